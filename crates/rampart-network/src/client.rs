@@ -1,0 +1,280 @@
+//! The sending side: openraft's network factory and the follower-to-leader calls.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use parking_lot::Mutex;
+use rampart_api::peer::peer_client::PeerClient;
+use rampart_api::peer::RaftRequest;
+use rampart_storage::{Command, NodeId, PeerNode, TypeConfig};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::faults::{LinkFaults, Verdict};
+use crate::messages::{ForwardReply, ReadIndexReply};
+
+/// Largest peer message: log batches and snapshot chunks may hold values up to the client
+/// request limit, many at once.
+pub(crate) const MAX_PEER_MESSAGE_BYTES: usize = 512 * 1024 * 1024;
+
+/// How long a connection attempt to a peer may take before the peer counts as unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The RPCs of the `Peer` service.
+#[derive(Clone, Copy, Debug)]
+enum Method {
+    AppendEntries,
+    InstallSnapshot,
+    Vote,
+    Forward,
+    ReadIndex,
+}
+
+/// Why a call to a peer produced no reply.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The peer could not be reached (bad address, refused connection, or a cut link): the
+    /// request was not delivered, or its reply was lost.
+    #[error("peer {target} unreachable: {reason}")]
+    Unreachable { target: NodeId, reason: String },
+    #[error("call to peer {target} timed out after {timeout:?}")]
+    Timeout { target: NodeId, timeout: Duration },
+    #[error("peer {target} answered with an error: {status}")]
+    Status {
+        target: NodeId,
+        #[source]
+        status: tonic::Status,
+    },
+    #[error("bad message from or to peer {target}: {source}")]
+    Codec {
+        target: NodeId,
+        #[source]
+        source: bincode::Error,
+    },
+}
+
+/// openraft's network factory and the client side of the peer protocol for one node.
+///
+/// Cloning is cheap; clones share the channel cache.
+#[derive(Clone)]
+pub struct PeerNetwork {
+    /// The node that sends: the `from` of every fault rule.
+    id: NodeId,
+    faults: LinkFaults,
+    /// One channel per peer, keyed by id and the URL it was built for, so a member whose URL
+    /// changes gets a new channel. tonic channels reconnect by themselves after failures.
+    channels: Arc<Mutex<HashMap<NodeId, (String, Channel)>>>,
+}
+
+impl PeerNetwork {
+    pub fn new(id: NodeId, faults: LinkFaults) -> Self {
+        PeerNetwork {
+            id,
+            faults,
+            channels: Arc::default(),
+        }
+    }
+
+    fn channel(&self, target: NodeId, node: &PeerNode) -> Result<Channel, CallError> {
+        let unreachable = |reason: String| CallError::Unreachable { target, reason };
+        let url = node
+            .peer_urls
+            .first()
+            .ok_or_else(|| unreachable("member has no peer URL".to_string()))?;
+        let mut channels = self.channels.lock();
+        if let Some((cached_url, channel)) = channels.get(&target) {
+            if cached_url == url {
+                return Ok(channel.clone());
+            }
+        }
+        let channel = Endpoint::from_shared(url.clone())
+            .map_err(|e| unreachable(format!("invalid peer URL {url}: {e}")))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_while_idle(true)
+            .connect_lazy();
+        channels.insert(target, (url.clone(), channel.clone()));
+        Ok(channel)
+    }
+
+    /// Sends one request and returns the reply's bytes, applying the fault rules to both
+    /// directions: a cut request link loses the request, a cut reply link loses the reply.
+    async fn call(
+        &self,
+        target: NodeId,
+        node: &PeerNode,
+        method: Method,
+        data: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, CallError> {
+        self.pass(self.id, target).await?;
+        let channel = self.channel(target, node)?;
+        let mut client = PeerClient::new(channel)
+            .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
+        let request = tonic::Request::new(RaftRequest { data });
+        let reply = async {
+            match method {
+                Method::AppendEntries => client.append_entries(request).await,
+                Method::InstallSnapshot => client.install_snapshot(request).await,
+                Method::Vote => client.vote(request).await,
+                Method::Forward => client.forward(request).await,
+                Method::ReadIndex => client.read_index(request).await,
+            }
+        };
+        let reply = match tokio::time::timeout(timeout, reply).await {
+            Err(_) => return Err(CallError::Timeout { target, timeout }),
+            Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
+                return Err(CallError::Unreachable {
+                    target,
+                    reason: status.message().to_string(),
+                })
+            }
+            Ok(Err(status)) => return Err(CallError::Status { target, status }),
+            Ok(Ok(reply)) => reply.into_inner().data,
+        };
+        self.pass(target, self.id).await?;
+        Ok(reply)
+    }
+
+    async fn pass(&self, from: NodeId, to: NodeId) -> Result<(), CallError> {
+        match self.faults.verdict(from, to) {
+            Verdict::Pass => Ok(()),
+            Verdict::Delay(delay) => {
+                tokio::time::sleep(delay).await;
+                Ok(())
+            }
+            Verdict::Drop => Err(CallError::Unreachable {
+                target: if from == self.id { to } else { from },
+                reason: format!("link {from} -> {to} is cut"),
+            }),
+        }
+    }
+
+    async fn call_typed<Req: Serialize, Reply: DeserializeOwned>(
+        &self,
+        target: NodeId,
+        node: &PeerNode,
+        method: Method,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<Reply, CallError> {
+        let codec = |source| CallError::Codec { target, source };
+        let data = bincode::serialize(request).map_err(codec)?;
+        let reply = self.call(target, node, method, data, timeout).await?;
+        bincode::deserialize(&reply).map_err(codec)
+    }
+
+    /// Asks the leader `target` to propose `command` and to answer once it is applied there.
+    pub async fn forward(
+        &self,
+        target: NodeId,
+        node: &PeerNode,
+        command: &Command,
+        timeout: Duration,
+    ) -> Result<ForwardReply, CallError> {
+        self.call_typed(target, node, Method::Forward, command, timeout)
+            .await
+    }
+
+    /// Asks the leader `target` for a read index confirmed by a quorum.
+    pub async fn read_index(
+        &self,
+        target: NodeId,
+        node: &PeerNode,
+        timeout: Duration,
+    ) -> Result<ReadIndexReply, CallError> {
+        self.call_typed(target, node, Method::ReadIndex, &(), timeout)
+            .await
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &PeerNode) -> PeerConnection {
+        PeerConnection {
+            network: self.clone(),
+            target,
+            node: node.clone(),
+        }
+    }
+}
+
+/// openraft's connection to one peer.
+pub struct PeerConnection {
+    network: PeerNetwork,
+    target: NodeId,
+    node: PeerNode,
+}
+
+impl PeerConnection {
+    /// Sends an openraft RPC whose reply is `Result<Reply, RaftError<NodeId, E>>` on the wire.
+    async fn send<Req, Reply, E>(
+        &self,
+        method: Method,
+        request: &Req,
+        option: &RPCOption,
+    ) -> Result<Reply, RPCError<NodeId, PeerNode, RaftError<NodeId, E>>>
+    where
+        Req: Serialize,
+        Reply: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let reply: Result<Reply, RaftError<NodeId, E>> = self
+            .network
+            .call_typed(self.target, &self.node, method, request, option.hard_ttl())
+            .await
+            .map_err(|e| match e {
+                CallError::Unreachable { .. } => RPCError::Unreachable(Unreachable::new(&e)),
+                _ => RPCError::Network(NetworkError::new(&e)),
+            })?;
+        reply.map_err(|e| {
+            RPCError::RemoteError(RemoteError::new_with_node(
+                self.target,
+                self.node.clone(),
+                e,
+            ))
+        })
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, PeerNode, RaftError<NodeId>>> {
+        self.send(Method::AppendEntries, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, PeerNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.send(Method::InstallSnapshot, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, PeerNode, RaftError<NodeId>>> {
+        self.send(Method::Vote, &rpc, &option).await
+    }
+}

@@ -1,0 +1,21 @@
+//! Rampart's peer network: openraft's RPCs, and client requests a follower passes to the leader,
+//! carried over gRPC (service `rampart.peer.v1.Peer`) as bincode bytes.
+//!
+//! - [`PeerNetwork`] is openraft's `RaftNetworkFactory`: one cached, lazily connected gRPC channel
+//!   per peer, shared by the Raft connections and by [`PeerNetwork::forward`] and
+//!   [`PeerNetwork::read_index`].
+//! - [`PeerService`] answers those RPCs on the receiving node.
+//! - [`LinkFaults`] can drop or delay traffic between chosen nodes; tests use it to cut links,
+//!   production leaves it empty.
+//!
+//! This crate knows nothing of the etcd client API.
+
+mod client;
+mod faults;
+mod messages;
+mod service;
+
+pub use client::{CallError, PeerConnection, PeerNetwork};
+pub use faults::LinkFaults;
+pub use messages::{ForwardError, ForwardReply, ReadIndexReply};
+pub use service::{propose, read_index, PeerService};

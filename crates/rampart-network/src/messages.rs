@@ -1,0 +1,30 @@
+//! The bincode payloads of the `Forward` and `ReadIndex` RPCs.
+
+use openraft::LogId;
+use rampart_storage::{CommandResponse, NodeId};
+use serde::{Deserialize, Serialize};
+
+/// Why a forwarded request was not carried out by the node it was sent to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ForwardError {
+    /// The receiver is not the leader; it names the leader it knows of, if any.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader { leader: Option<NodeId> },
+    /// The receiver lost leadership while the request was in flight: its outcome is unknown.
+    #[error("leader changed")]
+    LeaderChanged,
+    /// The receiver could not reach a quorum in time.
+    #[error("request timed out")]
+    Timeout,
+    /// The receiver is shutting down or hit a fatal storage error.
+    #[error("peer unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Reply to `Forward`: the outcome of applying the command on the leader, with the log index of
+/// the entry that carried it, so the forwarding node can wait until it has applied it too.
+pub type ForwardReply = Result<(u64, CommandResponse), ForwardError>;
+
+/// Reply to `ReadIndex`: the log id a read must wait for, confirmed by a quorum of the leader's
+/// term. `None` means nothing has been committed yet.
+pub type ReadIndexReply = Result<Option<LogId<NodeId>>, ForwardError>;

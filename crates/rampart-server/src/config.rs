@@ -1,0 +1,487 @@
+//! The node's configuration, layered once: defaults < config file (TOML) < `RAMPART_*`
+//! environment variables < command-line flags, then validated into [`Config`].
+//!
+//! Flag and file key names follow etcd's where the meaning is the same (`--data-dir`,
+//! `--initial-cluster`, ...). [`RawConfig`] is the unvalidated form: every field optional, shared
+//! by clap (flags and environment) and serde (the file), so the list of settings exists once.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::net::ToSocketAddrs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rampart_storage::NodeId;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+/// Settings as given, before defaults and validation.
+#[derive(Clone, Debug, Default, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawConfig {
+    /// Human-readable name of this member.
+    #[arg(long, env = "RAMPART_NAME")]
+    pub name: Option<String>,
+    /// Path to the data directory (default: "<name>.rampart").
+    #[arg(long, env = "RAMPART_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Comma-separated URLs to listen on for client traffic.
+    #[arg(long, env = "RAMPART_LISTEN_CLIENT_URLS")]
+    pub listen_client_urls: Option<String>,
+    /// Comma-separated client URLs to advertise to the rest of the cluster.
+    #[arg(long, env = "RAMPART_ADVERTISE_CLIENT_URLS")]
+    pub advertise_client_urls: Option<String>,
+    /// Comma-separated URLs to listen on for peer traffic.
+    #[arg(long, env = "RAMPART_LISTEN_PEER_URLS")]
+    pub listen_peer_urls: Option<String>,
+    /// Comma-separated peer URLs of this member, as the others reach it.
+    #[arg(long, env = "RAMPART_INITIAL_ADVERTISE_PEER_URLS")]
+    pub initial_advertise_peer_urls: Option<String>,
+    /// Initial cluster configuration: "name1=http://host1:2380,name2=http://host2:2380".
+    #[arg(long, env = "RAMPART_INITIAL_CLUSTER")]
+    pub initial_cluster: Option<String>,
+    /// "new" to bootstrap a new cluster, "existing" to join one.
+    #[arg(long, env = "RAMPART_INITIAL_CLUSTER_STATE")]
+    pub initial_cluster_state: Option<String>,
+    /// Token that keeps separately bootstrapped clusters apart.
+    #[arg(long, env = "RAMPART_INITIAL_CLUSTER_TOKEN")]
+    pub initial_cluster_token: Option<String>,
+    /// Largest client request accepted, in bytes.
+    #[arg(long, env = "RAMPART_MAX_REQUEST_BYTES")]
+    pub max_request_bytes: Option<usize>,
+    /// Most operations in one transaction.
+    #[arg(long, env = "RAMPART_MAX_TXN_OPS")]
+    pub max_txn_ops: Option<usize>,
+    /// Time between leader heartbeats, in milliseconds.
+    #[arg(long, env = "RAMPART_HEARTBEAT_INTERVAL")]
+    pub heartbeat_interval: Option<u64>,
+    /// Time without a heartbeat before a follower starts an election, in milliseconds.
+    #[arg(long, env = "RAMPART_ELECTION_TIMEOUT")]
+    pub election_timeout: Option<u64>,
+    /// Committed entries between two snapshots of the state machine.
+    #[arg(long, env = "RAMPART_SNAPSHOT_COUNT")]
+    pub snapshot_count: Option<u64>,
+    /// Entries kept in the log behind a snapshot, so slow followers catch up without one.
+    #[arg(long, env = "RAMPART_SNAPSHOT_CATCHUP_ENTRIES")]
+    pub snapshot_catchup_entries: Option<u64>,
+}
+
+impl RawConfig {
+    /// Reads a TOML config file.
+    pub fn from_file(path: &Path) -> Result<RawConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::File {
+            path: path.to_owned(),
+            reason: source.to_string(),
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::File {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Settings of `self`, with each unset one taken from `lower`.
+    pub fn over(self, lower: RawConfig) -> RawConfig {
+        macro_rules! pick {
+            ($($field:ident),* $(,)?) => {
+                RawConfig { $($field: self.$field.or(lower.$field)),* }
+            };
+        }
+        pick!(
+            name,
+            data_dir,
+            listen_client_urls,
+            advertise_client_urls,
+            listen_peer_urls,
+            initial_advertise_peer_urls,
+            initial_cluster,
+            initial_cluster_state,
+            initial_cluster_token,
+            max_request_bytes,
+            max_txn_ops,
+            heartbeat_interval,
+            election_timeout,
+            snapshot_count,
+            snapshot_catchup_entries,
+        )
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClusterState {
+    New,
+    Existing,
+}
+
+/// One member of `--initial-cluster`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InitialMember {
+    pub name: String,
+    pub id: NodeId,
+    pub peer_urls: Vec<String>,
+}
+
+/// A validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub listen_client_urls: Vec<String>,
+    pub advertise_client_urls: Vec<String>,
+    pub listen_peer_urls: Vec<String>,
+    pub initial_advertise_peer_urls: Vec<String>,
+    pub initial_cluster: Vec<InitialMember>,
+    pub initial_cluster_state: ClusterState,
+    pub initial_cluster_token: String,
+    pub max_request_bytes: usize,
+    pub max_txn_ops: usize,
+    pub heartbeat_interval: Duration,
+    pub election_timeout: Duration,
+    pub snapshot_count: u64,
+    pub snapshot_catchup_entries: u64,
+    /// This member's id, derived from its peer URLs and the cluster token.
+    pub member_id: NodeId,
+    /// The cluster's id, derived from the initial members and the cluster token.
+    pub cluster_id: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    #[error("invalid --{flag} {value:?}: {reason}")]
+    Invalid {
+        flag: &'static str,
+        value: String,
+        reason: String,
+    },
+}
+
+fn invalid(flag: &'static str, value: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        flag,
+        value: value.into(),
+        reason: reason.into(),
+    }
+}
+
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1536 * 1024;
+pub const DEFAULT_MAX_TXN_OPS: usize = 128;
+
+impl Config {
+    /// Applies the defaults to `raw` and validates it.
+    pub fn from_raw(raw: RawConfig) -> Result<Config, ConfigError> {
+        let name = raw.name.unwrap_or_else(|| "default".to_string());
+        if name.is_empty() {
+            return Err(invalid("name", name, "must not be empty"));
+        }
+        let data_dir = raw
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from(format!("{name}.rampart")));
+        let urls = |flag, value: Option<String>, default: &str| {
+            let value = value.unwrap_or_else(|| default.to_string());
+            parse_urls(flag, &value)
+        };
+        let listen_client_urls = urls(
+            "listen-client-urls",
+            raw.listen_client_urls,
+            "http://127.0.0.1:2379",
+        )?;
+        let advertise_client_urls = match raw.advertise_client_urls {
+            Some(value) => parse_urls("advertise-client-urls", &value)?,
+            None => listen_client_urls.clone(),
+        };
+        let listen_peer_urls = urls(
+            "listen-peer-urls",
+            raw.listen_peer_urls,
+            "http://127.0.0.1:2380",
+        )?;
+        let initial_advertise_peer_urls = match raw.initial_advertise_peer_urls {
+            Some(value) => parse_urls("initial-advertise-peer-urls", &value)?,
+            None => listen_peer_urls.clone(),
+        };
+        let initial_cluster_token = raw
+            .initial_cluster_token
+            .unwrap_or_else(|| "etcd-cluster".to_string());
+        let initial_cluster_text = raw
+            .initial_cluster
+            .unwrap_or_else(|| format!("{name}={}", initial_advertise_peer_urls.join(",")));
+        let initial_cluster = parse_initial_cluster(&initial_cluster_text, &initial_cluster_token)?;
+        let me = initial_cluster
+            .iter()
+            .find(|m| m.name == name)
+            .ok_or_else(|| {
+                invalid(
+                    "initial-cluster",
+                    &initial_cluster_text,
+                    format!("has no member named {name:?} (--name)"),
+                )
+            })?;
+        if sorted(&me.peer_urls) != sorted(&initial_advertise_peer_urls) {
+            return Err(invalid(
+                "initial-cluster",
+                &initial_cluster_text,
+                format!(
+                    "gives {name:?} the peer URLs {:?}, but --initial-advertise-peer-urls is {:?}",
+                    me.peer_urls, initial_advertise_peer_urls
+                ),
+            ));
+        }
+        let member_id = me.id;
+        let initial_cluster_state = match raw.initial_cluster_state.as_deref() {
+            None | Some("new") => ClusterState::New,
+            Some("existing") => ClusterState::Existing,
+            Some(other) => {
+                return Err(invalid(
+                    "initial-cluster-state",
+                    other,
+                    "must be \"new\" or \"existing\"",
+                ))
+            }
+        };
+        let heartbeat_ms = raw.heartbeat_interval.unwrap_or(100);
+        let election_ms = raw.election_timeout.unwrap_or(1000);
+        if heartbeat_ms == 0 {
+            return Err(invalid("heartbeat-interval", "0", "must be positive"));
+        }
+        if election_ms < 5 * heartbeat_ms {
+            return Err(invalid(
+                "election-timeout",
+                election_ms.to_string(),
+                format!("must be at least 5 times --heartbeat-interval ({heartbeat_ms} ms)"),
+            ));
+        }
+        let max_request_bytes = raw.max_request_bytes.unwrap_or(DEFAULT_MAX_REQUEST_BYTES);
+        if max_request_bytes == 0 {
+            return Err(invalid("max-request-bytes", "0", "must be positive"));
+        }
+        let max_txn_ops = raw.max_txn_ops.unwrap_or(DEFAULT_MAX_TXN_OPS);
+        if max_txn_ops == 0 {
+            return Err(invalid("max-txn-ops", "0", "must be positive"));
+        }
+        let snapshot_count = raw.snapshot_count.unwrap_or(10_000);
+        if snapshot_count == 0 {
+            return Err(invalid("snapshot-count", "0", "must be positive"));
+        }
+        let cluster_id = cluster_id(&initial_cluster, &initial_cluster_token);
+        Ok(Config {
+            name,
+            data_dir,
+            listen_client_urls,
+            advertise_client_urls,
+            listen_peer_urls,
+            initial_advertise_peer_urls,
+            initial_cluster,
+            initial_cluster_state,
+            initial_cluster_token,
+            max_request_bytes,
+            max_txn_ops,
+            heartbeat_interval: Duration::from_millis(heartbeat_ms),
+            election_timeout: Duration::from_millis(election_ms),
+            snapshot_count,
+            snapshot_catchup_entries: raw.snapshot_catchup_entries.unwrap_or(5_000),
+            member_id,
+            cluster_id,
+        })
+    }
+
+    /// How long a client request may take before it fails with "request timed out"; etcd's
+    /// `ReqTimeout`: 5 s plus two election timeouts.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(5) + 2 * self.election_timeout
+    }
+}
+
+fn sorted(urls: &[String]) -> Vec<String> {
+    let mut urls = urls.to_vec();
+    urls.sort();
+    urls
+}
+
+fn parse_urls(flag: &'static str, value: &str) -> Result<Vec<String>, ConfigError> {
+    let urls: Vec<String> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_string)
+        .collect();
+    if urls.is_empty() {
+        return Err(invalid(flag, value, "needs at least one URL"));
+    }
+    for url in &urls {
+        socket_addr(url).map_err(|reason| invalid(flag, value, reason))?;
+    }
+    Ok(urls)
+}
+
+/// The address an `http://host:port` URL names. Only plain HTTP is supported so far.
+pub fn socket_addr(url: &str) -> Result<SocketAddr, String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{url:?} is not an http:// URL"))?;
+    let host_port = rest.trim_end_matches('/');
+    if host_port.contains('/') {
+        return Err(format!("{url:?} must not have a path"));
+    }
+    host_port
+        .to_socket_addrs()
+        .map_err(|e| format!("{url:?} does not name host:port: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{url:?} resolves to no address"))
+}
+
+fn parse_initial_cluster(text: &str, token: &str) -> Result<Vec<InitialMember>, ConfigError> {
+    let mut by_name: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (name, url) = entry.split_once('=').ok_or_else(|| {
+            invalid(
+                "initial-cluster",
+                text,
+                format!("{entry:?} is not name=url"),
+            )
+        })?;
+        socket_addr(url).map_err(|reason| invalid("initial-cluster", text, reason))?;
+        by_name
+            .entry(name.to_string())
+            .or_default()
+            .push(url.to_string());
+    }
+    if by_name.is_empty() {
+        return Err(invalid("initial-cluster", text, "names no member"));
+    }
+    let members: Vec<InitialMember> = by_name
+        .into_iter()
+        .map(|(name, peer_urls)| InitialMember {
+            id: member_id(&peer_urls, token),
+            name,
+            peer_urls,
+        })
+        .collect();
+    for (i, a) in members.iter().enumerate() {
+        for b in &members[i + 1..] {
+            if a.peer_urls.iter().any(|u| b.peer_urls.contains(u)) {
+                return Err(invalid(
+                    "initial-cluster",
+                    text,
+                    format!("members {:?} and {:?} share a peer URL", a.name, b.name),
+                ));
+            }
+        }
+    }
+    Ok(members)
+}
+
+fn first_u64(digest: &[u8]) -> u64 {
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(bytes)
+}
+
+/// A member's id: a hash of its sorted peer URLs and the cluster token, as etcd derives it, so
+/// every node computes the same ids from the same `--initial-cluster`. Never 0 (openraft and
+/// etcd use 0 for "none").
+pub fn member_id(peer_urls: &[String], token: &str) -> NodeId {
+    let mut hasher = Sha256::new();
+    for url in sorted(peer_urls) {
+        hasher.update(url.as_bytes());
+    }
+    hasher.update(token.as_bytes());
+    first_u64(&hasher.finalize()).max(1)
+}
+
+/// The cluster's id: a hash of its initial member ids and the token.
+pub fn cluster_id(members: &[InitialMember], token: &str) -> u64 {
+    let mut ids: Vec<NodeId> = members.iter().map(|m| m.id).collect();
+    ids.sort_unstable();
+    let mut hasher = Sha256::new();
+    for id in ids {
+        hasher.update(id.to_be_bytes());
+    }
+    hasher.update(token.as_bytes());
+    first_u64(&hasher.finalize()).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_make_a_single_node_cluster() {
+        let config = Config::from_raw(RawConfig::default()).unwrap();
+        assert_eq!(config.name, "default");
+        assert_eq!(config.data_dir, PathBuf::from("default.rampart"));
+        assert_eq!(config.listen_client_urls, vec!["http://127.0.0.1:2379"]);
+        assert_eq!(config.initial_cluster.len(), 1);
+        assert_eq!(config.initial_cluster[0].id, config.member_id);
+        assert_eq!(config.max_request_bytes, 1536 * 1024);
+        assert_eq!(config.max_txn_ops, 128);
+    }
+
+    #[test]
+    fn higher_layers_win() {
+        let file = RawConfig {
+            name: Some("file".into()),
+            max_txn_ops: Some(7),
+            ..Default::default()
+        };
+        let flags = RawConfig {
+            name: Some("flag".into()),
+            ..Default::default()
+        };
+        let merged = flags.over(file);
+        assert_eq!(merged.name.as_deref(), Some("flag"));
+        assert_eq!(merged.max_txn_ops, Some(7));
+    }
+
+    #[test]
+    fn three_members_agree_on_ids() {
+        let cluster = "a=http://127.0.0.1:1,b=http://127.0.0.1:2,c=http://127.0.0.1:3";
+        let config = |name: &str, port: u16| {
+            Config::from_raw(RawConfig {
+                name: Some(name.into()),
+                initial_cluster: Some(cluster.into()),
+                initial_advertise_peer_urls: Some(format!("http://127.0.0.1:{port}")),
+                ..Default::default()
+            })
+            .unwrap()
+        };
+        let (a, b) = (config("a", 1), config("b", 2));
+        assert_eq!(a.cluster_id, b.cluster_id);
+        assert_ne!(a.member_id, b.member_id);
+        assert_eq!(a.initial_cluster, b.initial_cluster);
+    }
+
+    #[test]
+    fn bad_settings_are_refused_with_the_flag_named() {
+        let cases = [
+            RawConfig {
+                initial_cluster_state: Some("maybe".into()),
+                ..Default::default()
+            },
+            RawConfig {
+                listen_client_urls: Some("localhost:2379".into()),
+                ..Default::default()
+            },
+            RawConfig {
+                name: Some("x".into()),
+                initial_cluster: Some("y=http://127.0.0.1:2380".into()),
+                ..Default::default()
+            },
+            RawConfig {
+                election_timeout: Some(100),
+                ..Default::default()
+            },
+        ];
+        for raw in cases {
+            let err = Config::from_raw(raw).unwrap_err().to_string();
+            assert!(err.starts_with("invalid --"), "{err}");
+        }
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused() {
+        let err = toml::from_str::<RawConfig>("nmae = \"x\"").unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+        let ok: RawConfig = toml::from_str("name = \"x\"\nmax-txn-ops = 5").unwrap();
+        assert_eq!(ok.max_txn_ops, Some(5));
+    }
+}

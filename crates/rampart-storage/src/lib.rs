@@ -1,0 +1,39 @@
+//! Rampart's durable storage: the Raft log and the MVCC state machine, both in one sled database.
+//!
+//! This crate knows nothing of gRPC or of the network, and must not depend on the other Rampart
+//! crates. It exposes:
+//! - [`Store`], which opens a data directory and hands out the parts below;
+//! - [`LogStore`], openraft's `RaftLogStorage` (log entries, vote, committed log id);
+//! - [`StateMachine`], openraft's `RaftStateMachine`: applies [`Command`]s to the MVCC store and
+//!   builds and installs snapshots;
+//! - [`Mvcc`], a cheap cloneable read handle on the MVCC store for serving reads.
+//!
+//! Layout of the code: `codec` (how the MVCC tree is laid out on disk), `range` (reads: etcd's
+//! Range over live keys or history), `apply` (writes: one log entry, etcd's Put, DeleteRange,
+//! Txn, Compact), `mvcc` (the shared store and its lock), `state_machine` and `snapshot`
+//! (openraft's state machine and the snapshot file), `log_store` (openraft's log), `store`
+//! (opening a data directory).
+//!
+//! Invariants:
+//! - each log entry changes the MVCC tree in ONE sled batch that also records its log id, and
+//!   readers hold a read lock the applier's write lock excludes: no one sees half an entry, and a
+//!   restart neither re-applies nor skips one;
+//! - openraft hears "done" for log appends, votes, truncations and purges only after an fsync.
+
+mod apply;
+mod codec;
+mod error;
+mod log_store;
+mod mvcc;
+mod range;
+mod snapshot;
+mod state_machine;
+mod store;
+pub mod types;
+
+pub use error::{MvccError, StoreError};
+pub use log_store::LogStore;
+pub use mvcc::Mvcc;
+pub use state_machine::{SnapshotBuilder, StateMachine};
+pub use store::{ClusterIdentity, Store};
+pub use types::*;

@@ -1,0 +1,244 @@
+//! The MVCC store shared by the state machine (the only writer) and the readers.
+//!
+//! [`MvccCore`] owns the sled tree and, behind one `RwLock`, the cached bookkeeping that
+//! describes it. The lock is what makes each log entry atomic to readers: the state machine
+//! holds the write lock while it executes an entry and applies its batch, and every read (a
+//! Range, a snapshot export) holds the read lock, so no reader ever sees half an entry.
+//! [`Mvcc`] is the cheap read handle handed to the server.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use openraft::{LogId, StoredMembership};
+use parking_lot::RwLock;
+
+use crate::codec::{
+    self, Pairs, META, META_APPLIED, META_COMPACT, META_FORMAT, META_MEMBERSHIP,
+    META_MEMBER_PREFIX, META_REVISION,
+};
+use crate::error::{MvccError, StoreError};
+use crate::range::{self, Writes};
+use crate::types::{ApplyError, MemberAttributes, NodeId, PeerNode, RangeRequest, RangeResponse};
+
+/// The bookkeeping of the MVCC tree, cached in memory; always equal to the `m` keys on disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct MvccState {
+    /// Store revision; 1 on an empty store.
+    pub revision: i64,
+    /// Reads below this revision fail; 0 if never compacted.
+    pub compact_revision: i64,
+    /// The last log entry whose effects are in the tree.
+    pub applied: Option<LogId<NodeId>>,
+    /// The last membership applied.
+    pub membership: StoredMembership<NodeId, PeerNode>,
+    /// Latest published attributes per member.
+    pub members: BTreeMap<NodeId, MemberAttributes>,
+}
+
+impl MvccState {
+    /// Rebuilds the state from the tree's meta pairs (`m` prefix), wherever they come from: the
+    /// tree itself or a snapshot about to be installed. Checks the layout version.
+    pub(crate) fn from_meta<K, V>(
+        pairs: impl Iterator<Item = Result<(K, V), StoreError>>,
+    ) -> Result<Self, StoreError>
+    where
+        K: AsRef<[u8]>,
+        V: AsRef<[u8]>,
+    {
+        let mut state = MvccState {
+            revision: 1,
+            compact_revision: 0,
+            applied: None,
+            membership: StoredMembership::default(),
+            members: BTreeMap::new(),
+        };
+        let mut format = None;
+        for pair in pairs {
+            let (k, v) = pair?;
+            let (k, v) = (k.as_ref(), v.as_ref());
+            match k {
+                META_FORMAT => format = Some(codec::decode::<u32>("mvcc format version", v)?),
+                META_REVISION => state.revision = codec::decode("store revision", v)?,
+                META_COMPACT => state.compact_revision = codec::decode("compact revision", v)?,
+                META_APPLIED => state.applied = codec::decode("applied log id", v)?,
+                META_MEMBERSHIP => state.membership = codec::decode("membership", v)?,
+                k if k.starts_with(META_MEMBER_PREFIX) => {
+                    let attrs: MemberAttributes = codec::decode("member attributes", v)?;
+                    state.members.insert(attrs.id, attrs);
+                }
+                other => {
+                    return Err(StoreError::corrupt(
+                        "mvcc meta",
+                        format!("unknown meta key {:?}", String::from_utf8_lossy(other)),
+                    ))
+                }
+            }
+        }
+        match format {
+            Some(codec::FORMAT_VERSION) => Ok(state),
+            Some(found) => Err(StoreError::corrupt(
+                "mvcc tree",
+                format!(
+                    "layout version {found}, this build reads {}",
+                    codec::FORMAT_VERSION
+                ),
+            )),
+            None => Err(StoreError::corrupt("mvcc tree", "no layout version")),
+        }
+    }
+}
+
+/// The MVCC tree and its cached state. Shared by [`Mvcc`], the state machine and the snapshot
+/// builder.
+pub(crate) struct MvccCore {
+    /// The database, for flushing.
+    pub db: sled::Db,
+    /// The state machine's one tree (layout in [`codec`]).
+    pub tree: sled::Tree,
+    /// Guards `tree` as a whole (see the module docs) and caches its bookkeeping.
+    pub state: RwLock<MvccState>,
+}
+
+impl MvccCore {
+    /// Opens the state machine tree, stamping the layout version into a new one.
+    pub(crate) fn open(db: sled::Db, tree: sled::Tree) -> Result<Self, StoreError> {
+        if tree.is_empty() {
+            // A brand-new tree: only the version stamp, so later opens (and snapshots) can check it.
+            tree.insert(
+                META_FORMAT,
+                codec::encode("mvcc format version", &codec::FORMAT_VERSION)?,
+            )?;
+        }
+        let state = MvccState::from_meta(
+            tree.scan_prefix([META])
+                .map(|r| r.map_err(StoreError::from)),
+        )?;
+        Ok(MvccCore {
+            db,
+            tree,
+            state: RwLock::new(state),
+        })
+    }
+
+    /// Copies the whole tree and the state describing it, as of one applied entry.
+    pub(crate) fn export(&self) -> Result<(MvccState, Pairs), StoreError> {
+        let state = self.state.read();
+        let pairs = self
+            .tree
+            .iter()
+            .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((state.clone(), pairs))
+    }
+
+    /// Replaces the whole tree with `pairs` (a snapshot's), in one atomic batch, after checking
+    /// that their bookkeeping decodes and passes `expect`.
+    pub(crate) fn replace_all(
+        &self,
+        pairs: &[(Vec<u8>, Vec<u8>)],
+        expect: impl FnOnce(&MvccState) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let incoming = MvccState::from_meta(
+            pairs
+                .iter()
+                .filter(|(k, _)| k.first() == Some(&META))
+                .map(|(k, v)| Ok((k, v))),
+        )?;
+        expect(&incoming)?;
+        let mut state = self.state.write();
+        let mut batch = sled::Batch::default();
+        for key in self.tree.iter().keys() {
+            batch.remove(key?);
+        }
+        // A later insert of the same key in a batch overrides its removal above.
+        for (k, v) in pairs {
+            batch.insert(k.as_slice(), v.as_slice());
+        }
+        self.tree.apply_batch(batch)?;
+        // In the tree now, atomically: exactly the snapshot's pairs (sled recovers a batch whole
+        // or not at all, so a crash leaves the old state or the new one, never a mix). Durable at
+        // the caller's flush.
+        *state = incoming;
+        Ok(())
+    }
+
+    /// Range at the current state; see [`Mvcc::try_range`].
+    fn range(&self, req: &RangeRequest) -> Result<(RangeResponse, i64), MvccError> {
+        let state = self.state.read();
+        let resp = range::read_range(
+            &self.tree,
+            &Writes::new(),
+            state.revision,
+            state.compact_revision,
+            req,
+        )?;
+        Ok((resp, state.revision))
+    }
+}
+
+/// A read handle on the applied MVCC state; cheap to clone, usable from any task.
+///
+/// Reads see the state as of the last applied entry, never part of one. They are "serializable"
+/// reads in etcd's sense: linearizability is the caller's job (a read index from Raft first).
+#[derive(Clone)]
+pub struct Mvcc {
+    core: Arc<MvccCore>,
+}
+
+impl Mvcc {
+    pub(crate) fn new(core: Arc<MvccCore>) -> Self {
+        Mvcc { core }
+    }
+
+    /// Answers a Range from the applied state; returns the response and the store revision it
+    /// was read at (the revision for the response header, as etcd's: the current one, even for a
+    /// read at an older `req.revision`).
+    ///
+    /// Errors: [`ApplyError::FutureRevision`] if `req.revision` is past the current revision,
+    /// [`ApplyError::Compacted`] if `0 < req.revision <` the compact revision.
+    ///
+    /// # Panics
+    /// If the storage itself fails (sled I/O error, undecodable bytes). Like etcd, which panics on
+    /// a backend read error, the node cannot serve anything trustworthy past that point; use
+    /// [`Mvcc::try_range`] to handle it instead.
+    pub fn range(&self, req: &RangeRequest) -> Result<(RangeResponse, i64), ApplyError> {
+        match self.core.range(req) {
+            Ok(r) => Ok(r),
+            Err(MvccError::Apply(e)) => Err(e),
+            Err(MvccError::Store(e)) => panic!(
+                "MVCC store unreadable: {e} ({:?})",
+                std::error::Error::source(&e)
+            ),
+        }
+    }
+
+    /// [`Mvcc::range`], with storage failures returned as [`MvccError::Store`].
+    pub fn try_range(&self, req: &RangeRequest) -> Result<(RangeResponse, i64), MvccError> {
+        self.core.range(req)
+    }
+
+    /// The current store revision (1 on an empty store).
+    pub fn revision(&self) -> i64 {
+        self.core.state.read().revision
+    }
+
+    /// The compact revision; 0 if never compacted.
+    pub fn compact_revision(&self) -> i64 {
+        self.core.state.read().compact_revision
+    }
+
+    /// The last log entry applied to the store.
+    pub fn applied_log_id(&self) -> Option<LogId<NodeId>> {
+        self.core.state.read().applied
+    }
+
+    /// The last membership applied to the store.
+    pub fn membership(&self) -> StoredMembership<NodeId, PeerNode> {
+        self.core.state.read().membership.clone()
+    }
+
+    /// The members' published attributes (from `Command::Publish`, the latest per id), by id.
+    pub fn members(&self) -> Vec<MemberAttributes> {
+        self.core.state.read().members.values().cloned().collect()
+    }
+}

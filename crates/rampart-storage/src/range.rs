@@ -1,0 +1,386 @@
+//! Reading the MVCC tree: key ranges, scans of the live keys or of history, and etcd's Range.
+//!
+//! The same code serves client reads ([`crate::Mvcc`]) and the reads inside a write (a Txn's
+//! Range ops and compares, a DeleteRange's victims), so both follow one definition of etcd's
+//! semantics. Writes in progress are passed in as [`Writes`], an overlay merged over the tree, so
+//! that a Txn reads its own earlier writes.
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use crate::codec::{self, KeyRecord, HISTORY, LATEST};
+use crate::error::{MvccError, StoreError};
+use crate::types::{ApplyError, KeyValue, RangeRequest, RangeResponse, SortOrder, SortTarget};
+
+/// The writes of the revision being built, by user key: `Some` is a put, `None` a delete.
+pub(crate) type Writes = BTreeMap<Vec<u8>, Option<KeyRecord>>;
+
+/// A (start, end) pair of bounds, as sled and `BTreeMap` ranges take them.
+type Bounds<T> = (Bound<T>, Bound<T>);
+
+/// A set of user keys in etcd's `(key, range_end)` notation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum KeyRange {
+    /// Nothing (a `range_end` at or before `key`).
+    Empty,
+    /// Exactly one key (an empty `range_end`).
+    Single(Vec<u8>),
+    /// Every key `>= start` (`range_end == "\0"`; with `key == "\0"` too, every key).
+    From(Vec<u8>),
+    /// `[start, end)`.
+    Span(Vec<u8>, Vec<u8>),
+}
+
+impl KeyRange {
+    pub(crate) fn new(key: &[u8], range_end: &[u8]) -> KeyRange {
+        match range_end {
+            [] => KeyRange::Single(key.to_vec()),
+            // etcd's "\0" range end: every key >= key. With key "\0" too it means all keys, which
+            // also takes in the (never valid, but harmless) empty key.
+            [0] if key == [0] => KeyRange::From(Vec::new()),
+            [0] => KeyRange::From(key.to_vec()),
+            end if end <= key => KeyRange::Empty,
+            end => KeyRange::Span(key.to_vec(), end.to_vec()),
+        }
+    }
+
+    /// The range in user-key space, for the in-memory overlay.
+    fn user_bounds(&self) -> Option<Bounds<&[u8]>> {
+        match self {
+            KeyRange::Empty => None,
+            KeyRange::Single(k) => Some((Bound::Included(k), Bound::Included(k))),
+            KeyRange::From(k) => Some((Bound::Included(k), Bound::Unbounded)),
+            KeyRange::Span(a, b) => Some((Bound::Included(a), Bound::Excluded(b))),
+        }
+    }
+
+    /// The range among tree keys starting with `prefix` ([`LATEST`] or [`HISTORY`]): for history
+    /// it holds every version of every key in the range (see [`codec`]).
+    fn tree_bounds(&self, prefix: u8) -> Option<Bounds<Vec<u8>>> {
+        match self {
+            KeyRange::Empty => None,
+            KeyRange::Single(k) => Some((
+                Bound::Included(codec::prefixed_key(prefix, k)),
+                Bound::Excluded(codec::prefixed_key_end(prefix, k)),
+            )),
+            KeyRange::From(k) => Some((
+                Bound::Included(codec::prefixed_key(prefix, k)),
+                Bound::Excluded(vec![prefix + 1]),
+            )),
+            KeyRange::Span(a, b) => Some((
+                Bound::Included(codec::prefixed_key(prefix, a)),
+                Bound::Excluded(codec::prefixed_key(prefix, b)),
+            )),
+        }
+    }
+}
+
+/// Gathers a scan's result: counts every key, keeps the first `max` of them.
+pub(crate) struct Collector {
+    pub count: i64,
+    pub kvs: Vec<KeyValue>,
+    max: Option<usize>,
+}
+
+impl Collector {
+    /// Keeps every key.
+    pub(crate) fn all() -> Collector {
+        Collector {
+            count: 0,
+            kvs: Vec::new(),
+            max: None,
+        }
+    }
+
+    /// Keeps at most `max` keys (still counting all of them).
+    fn at_most(max: Option<usize>) -> Collector {
+        Collector {
+            count: 0,
+            kvs: Vec::new(),
+            max,
+        }
+    }
+
+    fn wants_more(&self) -> bool {
+        self.max.is_none_or(|m| self.kvs.len() < m)
+    }
+
+    /// Counts one key; decodes and keeps it only if wanted, so counting stays cheap.
+    fn offer(
+        &mut self,
+        key: impl FnOnce() -> Result<Vec<u8>, StoreError>,
+        record: impl FnOnce() -> Result<KeyRecord, StoreError>,
+    ) -> Result<(), StoreError> {
+        self.count += 1;
+        if self.wants_more() {
+            let key = key()?;
+            self.kvs.push(record()?.into_kv(key));
+        }
+        Ok(())
+    }
+}
+
+/// Reads one live key, `writes` taking precedence over the tree.
+pub(crate) fn get_latest(
+    tree: &sled::Tree,
+    writes: &Writes,
+    key: &[u8],
+) -> Result<Option<KeyRecord>, StoreError> {
+    if let Some(w) = writes.get(key) {
+        return Ok(w.clone());
+    }
+    match tree.get(codec::latest_key(key))? {
+        Some(v) => Ok(Some(codec::decode("key record", &v)?)),
+        None => Ok(None),
+    }
+}
+
+/// Scans the live keys in `range`, in key order, with `writes` merged over the tree.
+pub(crate) fn scan_latest(
+    tree: &sled::Tree,
+    writes: &Writes,
+    range: &KeyRange,
+    out: &mut Collector,
+) -> Result<(), StoreError> {
+    let (Some(tree_bounds), Some(user_bounds)) = (range.tree_bounds(LATEST), range.user_bounds())
+    else {
+        return Ok(());
+    };
+    let decode_key =
+        |k: &[u8]| -> Result<Vec<u8>, StoreError> { Ok(codec::decode_user_key(&k[1..])?.0) };
+    let mut base = tree.range(tree_bounds);
+    if writes.is_empty() {
+        for item in base {
+            let (k, v) = item?;
+            out.offer(|| decode_key(&k), || codec::decode("key record", &v))?;
+        }
+        return Ok(());
+    }
+
+    // Merge join of two key-ordered streams; on equal keys the overlay wins.
+    let mut over = writes.range::<[u8], _>(user_bounds);
+    let mut next_base = || -> Result<Option<(Vec<u8>, sled::IVec)>, StoreError> {
+        match base.next() {
+            Some(item) => {
+                let (k, v) = item?;
+                Ok(Some((decode_key(&k)?, v)))
+            }
+            None => Ok(None),
+        }
+    };
+    let mut b = next_base()?;
+    let mut o = over.next();
+    loop {
+        let order = match (&b, &o) {
+            (None, None) => break,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some((bk, _)), Some((ok, _))) => bk.as_slice().cmp(ok.as_slice()),
+        };
+        match order {
+            Ordering::Less => {
+                if let Some((bk, bv)) = b.take() {
+                    out.offer(|| Ok(bk), || codec::decode("key record", &bv))?;
+                }
+                b = next_base()?;
+            }
+            Ordering::Equal | Ordering::Greater => {
+                // A `None` in the overlay is a delete: the key is not there.
+                if let Some((ok, Some(rec))) = o.take() {
+                    out.offer(|| Ok(ok.clone()), || Ok(rec.clone()))?;
+                }
+                if order == Ordering::Equal {
+                    b = next_base()?;
+                }
+                o = over.next();
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Scans `range` as it was at `revision`: for each key its latest version `<= revision`, unless
+/// that version is a delete. Only valid for `revision >= compact revision`.
+pub(crate) fn scan_history(
+    tree: &sled::Tree,
+    revision: i64,
+    range: &KeyRange,
+    out: &mut Collector,
+) -> Result<(), StoreError> {
+    let Some(bounds) = range.tree_bounds(HISTORY) else {
+        return Ok(());
+    };
+    // Versions of one key are adjacent and in revision order, so the last one `<= revision` seen
+    // before the key changes is the one to answer with.
+    let finish =
+        |group: &[u8], best: Option<sled::IVec>, out: &mut Collector| -> Result<(), StoreError> {
+            let Some(value) = best else { return Ok(()) };
+            let Some(record) = codec::history_record_bytes(&value)? else {
+                return Ok(()); // deleted at that revision
+            };
+            out.offer(
+                || Ok(codec::decode_user_key(&group[1..])?.0),
+                || codec::decode("key record", record),
+            )
+        };
+    let mut group: Vec<u8> = Vec::new();
+    let mut best: Option<sled::IVec> = None;
+    for item in tree.range(bounds) {
+        let (k, v) = item?;
+        let (head, rev) = codec::split_history_key(&k)?;
+        if head != group.as_slice() {
+            finish(&group, best.take(), out)?;
+            group = head.to_vec();
+        }
+        if rev <= revision {
+            best = Some(v);
+        }
+    }
+    finish(&group, best, out)
+}
+
+/// Checks a requested read revision against the store: `<= 0` is "current".
+pub(crate) fn check_revision(requested: i64, current: i64, compact: i64) -> Result<(), ApplyError> {
+    if requested <= 0 {
+        Ok(())
+    } else if requested > current {
+        Err(ApplyError::FutureRevision)
+    } else if requested < compact {
+        Err(ApplyError::Compacted)
+    } else {
+        Ok(())
+    }
+}
+
+/// etcd's Range: reads `req` from the tree (with `writes` merged in for reads at the current
+/// revision), where `current` is the store revision before `writes`.
+///
+/// Follows etcd's `executeRange` (server/etcdserver/txn/range.go) step by step: fetch (only
+/// `limit + 1` keys when the order is the natural one and there are no revision filters), drop
+/// keys outside the min/max mod/create filters, sort, cut at `limit`. `count` is the number of
+/// keys in the range at that revision: like etcd it ignores both `limit` and the filters.
+pub(crate) fn read_range(
+    tree: &sled::Tree,
+    writes: &Writes,
+    current: i64,
+    compact: i64,
+    req: &RangeRequest,
+) -> Result<RangeResponse, MvccError> {
+    check_revision(req.revision, current, compact)?;
+    let range = KeyRange::new(&req.key, &req.range_end);
+
+    // etcd's rangeLimit(): note it looks at the *requested* order, so a non-key target with order
+    // NONE still fetches only `limit + 1` keys (in key order) before sorting them.
+    let fetch_all =
+        !is_default_ordering(req.sort_target, req.sort_order) || has_revision_filters(req);
+    let max = if req.count_only {
+        Some(0)
+    } else if req.limit > 0 && !fetch_all {
+        Some(
+            usize::try_from(req.limit)
+                .unwrap_or(usize::MAX)
+                .saturating_add(1),
+        )
+    } else {
+        None
+    };
+    let mut found = Collector::at_most(max);
+    if req.revision <= 0 || (req.revision == current && writes.is_empty()) {
+        scan_latest(tree, writes, &range, &mut found)?;
+    } else {
+        // An explicit revision inside a write reads the state before the write, as etcd does.
+        scan_history(tree, req.revision, &range, &mut found)?;
+    }
+
+    let mut kvs = found.kvs;
+    filter_revisions(&mut kvs, req);
+    sort(&mut kvs, req.sort_target, req.sort_order);
+    let mut more = false;
+    if req.limit > 0 {
+        let limit = usize::try_from(req.limit).unwrap_or(usize::MAX);
+        if kvs.len() > limit {
+            kvs.truncate(limit);
+            more = true;
+        }
+    }
+    if req.keys_only {
+        for kv in &mut kvs {
+            kv.value = Vec::new();
+        }
+    }
+    Ok(RangeResponse {
+        kvs,
+        more,
+        count: found.count,
+    })
+}
+
+/// Whether the storage order (ascending keys) already is the requested order.
+fn is_default_ordering(target: SortTarget, order: SortOrder) -> bool {
+    order == SortOrder::None || (target == SortTarget::Key && order == SortOrder::Ascend)
+}
+
+fn has_revision_filters(req: &RangeRequest) -> bool {
+    req.min_mod_revision != 0
+        || req.max_mod_revision != 0
+        || req.min_create_revision != 0
+        || req.max_create_revision != 0
+}
+
+fn filter_revisions(kvs: &mut Vec<KeyValue>, req: &RangeRequest) {
+    kvs.retain(|kv| {
+        !(req.max_mod_revision != 0 && kv.mod_revision > req.max_mod_revision
+            || req.min_mod_revision != 0 && kv.mod_revision < req.min_mod_revision
+            || req.max_create_revision != 0 && kv.create_revision > req.max_create_revision
+            || req.min_create_revision != 0 && kv.create_revision < req.min_create_revision)
+    });
+}
+
+/// Sorts as etcd does: order NONE with a target other than KEY means ASCEND. The sort is stable,
+/// so keys that tie on the target stay in key order (etcd leaves ties unspecified).
+fn sort(kvs: &mut [KeyValue], target: SortTarget, order: SortOrder) {
+    let order = if target != SortTarget::Key && order == SortOrder::None {
+        SortOrder::Ascend
+    } else {
+        order
+    };
+    if is_default_ordering(target, order) {
+        return;
+    }
+    if target == SortTarget::Key {
+        // Only DESCEND is left, and keys are unique and ascending.
+        kvs.reverse();
+        return;
+    }
+    let by = |a: &KeyValue, b: &KeyValue| match target {
+        SortTarget::Key => a.key.cmp(&b.key),
+        SortTarget::Version => a.version.cmp(&b.version),
+        SortTarget::Create => a.create_revision.cmp(&b.create_revision),
+        SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
+        SortTarget::Value => a.value.cmp(&b.value),
+    };
+    if order == SortOrder::Descend {
+        kvs.sort_by(|a, b| by(b, a));
+    } else {
+        kvs.sort_by(by);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_range_conventions() {
+        assert_eq!(KeyRange::new(b"a", b""), KeyRange::Single(b"a".to_vec()));
+        assert_eq!(KeyRange::new(b"a", b"\0"), KeyRange::From(b"a".to_vec()));
+        assert_eq!(KeyRange::new(b"\0", b"\0"), KeyRange::From(Vec::new()));
+        assert_eq!(KeyRange::new(b"b", b"a"), KeyRange::Empty);
+        assert_eq!(KeyRange::new(b"a", b"a"), KeyRange::Empty);
+        assert_eq!(
+            KeyRange::new(b"a", b"c"),
+            KeyRange::Span(b"a".to_vec(), b"c".to_vec())
+        );
+    }
+}

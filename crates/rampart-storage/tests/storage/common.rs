@@ -1,0 +1,160 @@
+//! A state machine driven by hand-made log entries, and request builders.
+
+use std::path::Path;
+
+use openraft::storage::RaftStateMachine;
+use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
+use rampart_storage::{
+    ApplyError, Command, CommandResponse, CommandResult, DeleteRangeRequest, KeyValue, Mvcc,
+    NodeId, PutRequest, RangeRequest, RangeResponse, StateMachine, Store, TypeConfig,
+};
+
+/// The log id of the `index`-th entry (term 1, leader 1).
+pub fn log_id(index: u64) -> LogId<NodeId> {
+    LogId::new(CommittedLeaderId::new(1, 1), index)
+}
+
+/// An opened store with its state machine, applying entries at consecutive log indexes.
+pub struct Node {
+    pub store: Store,
+    pub sm: StateMachine,
+    pub mvcc: Mvcc,
+    pub next_index: u64,
+}
+
+impl Node {
+    pub fn open(dir: &Path) -> Node {
+        let store = Store::open(dir).expect("store opens");
+        let mvcc = store.mvcc();
+        let next_index = mvcc.applied_log_id().map_or(1, |id| id.index + 1);
+        Node {
+            sm: store.state_machine(),
+            store,
+            mvcc,
+            next_index,
+        }
+    }
+
+    /// Applies one entry with `payload` at the next index.
+    pub async fn apply_payload(&mut self, payload: EntryPayload<TypeConfig>) -> CommandResponse {
+        let entry = Entry {
+            log_id: log_id(self.next_index),
+            payload,
+        };
+        self.next_index += 1;
+        let mut out = self.sm.apply([entry]).await.expect("apply succeeds");
+        assert_eq!(out.len(), 1, "one response per entry");
+        out.remove(0)
+    }
+
+    pub async fn apply(&mut self, cmd: Command) -> CommandResponse {
+        self.apply_payload(EntryPayload::Normal(cmd)).await
+    }
+
+    /// Puts `key = value`; returns the revision after it, asserting the put succeeded.
+    pub async fn put(&mut self, key: &str, value: &str) -> i64 {
+        let resp = self.apply(Command::Put(put(key, value))).await;
+        assert!(
+            matches!(resp.result, Ok(CommandResult::Put(_))),
+            "put {key} failed: {resp:?}"
+        );
+        resp.revision
+    }
+
+    /// Deletes `[key, range_end)`; returns the whole response.
+    pub async fn delete(&mut self, key: &str, range_end: &str) -> CommandResponse {
+        self.apply(Command::DeleteRange(DeleteRangeRequest {
+            key: key.into(),
+            range_end: range_end.into(),
+            prev_kv: false,
+        }))
+        .await
+    }
+
+    pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, ApplyError> {
+        let (resp, rev) = self.mvcc.range(req)?;
+        assert_eq!(
+            rev,
+            self.mvcc.revision(),
+            "a range reports the current store revision"
+        );
+        Ok(resp)
+    }
+
+    /// The key at the current revision.
+    pub fn get(&self, key: &str) -> Option<KeyValue> {
+        self.get_at(key, 0).expect("current read succeeds")
+    }
+
+    /// The key as of `revision`.
+    pub fn get_at(&self, key: &str, revision: i64) -> Result<Option<KeyValue>, ApplyError> {
+        let mut resp = self.range(&RangeRequest {
+            revision,
+            ..range(key, "")
+        })?;
+        assert!(resp.kvs.len() <= 1);
+        Ok(resp.kvs.pop())
+    }
+
+    /// `key=value` pairs of every key as of `revision` (0: current), in key order.
+    pub fn dump_at(&self, revision: i64) -> Result<Vec<String>, ApplyError> {
+        let resp = self.range(&RangeRequest {
+            revision,
+            ..range("\0", "\0")
+        })?;
+        Ok(resp.kvs.iter().map(kv_str).collect())
+    }
+}
+
+pub fn put(key: &str, value: &str) -> PutRequest {
+    PutRequest {
+        key: key.into(),
+        value: value.into(),
+        ..Default::default()
+    }
+}
+
+pub fn range(key: &str, range_end: &str) -> RangeRequest {
+    RangeRequest {
+        key: key.into(),
+        range_end: range_end.into(),
+        ..Default::default()
+    }
+}
+
+pub fn kv_str(kv: &KeyValue) -> String {
+    format!(
+        "{}={}",
+        String::from_utf8_lossy(&kv.key),
+        String::from_utf8_lossy(&kv.value)
+    )
+}
+
+/// The keys of a response, as strings.
+pub fn keys(resp: &RangeResponse) -> Vec<String> {
+    resp.kvs
+        .iter()
+        .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+        .collect()
+}
+
+pub fn strs(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+/// Lets a test say `range(..).with_revision(3)`.
+pub trait RangeExt {
+    fn with_revision(self, revision: i64) -> Self;
+    fn with_limit(self, limit: i64) -> Self;
+}
+
+impl RangeExt for rampart_storage::RangeRequest {
+    fn with_revision(mut self, revision: i64) -> Self {
+        self.revision = revision;
+        self
+    }
+    fn with_limit(mut self, limit: i64) -> Self {
+        self.limit = limit;
+        self
+    }
+}

@@ -1,0 +1,299 @@
+//! What survives a restart, and snapshots moving state between stores.
+
+use std::collections::BTreeSet;
+use std::io::Cursor;
+
+use openraft::storage::{RaftLogReader, RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
+use openraft::{Entry, EntryPayload, Membership, RaftSnapshotBuilder, StoredMembership, Vote};
+use rampart_storage::{ClusterIdentity, Command, MemberAttributes, RangeRequest, TypeConfig};
+use tempfile::TempDir;
+
+use crate::common::{log_id, put, range, strs, Node};
+
+/// Writes history, a compaction, a membership and a member: something of every kind.
+async fn populate(node: &mut Node) {
+    node.put("a", "1").await; // 2
+    node.put("b", "1").await; // 3
+    node.put("a", "2").await; // 4
+    node.delete("b", "").await; // 5
+    node.put("c", "1").await; // 6
+    node.apply(Command::Compact { revision: 3 }).await;
+    node.apply_payload(EntryPayload::Membership(Membership::new(
+        vec![BTreeSet::from([1, 2, 3])],
+        None,
+    )))
+    .await;
+    node.apply(Command::Publish(MemberAttributes {
+        id: 2,
+        name: "two".into(),
+        client_urls: vec!["http://two:2379".into()],
+    }))
+    .await;
+    node.put("d", "1").await; // 7
+}
+
+/// Everything a client or openraft can observe of a state machine.
+fn observe(node: &Node) -> Vec<String> {
+    let m = &node.mvcc;
+    let mut seen = vec![
+        format!("revision {}", m.revision()),
+        format!("compact {}", m.compact_revision()),
+        format!("applied {:?}", m.applied_log_id()),
+        format!("membership {:?}", m.membership()),
+        format!("members {:?}", m.members()),
+    ];
+    for rev in 0..=m.revision() + 1 {
+        seen.push(format!(
+            "@{rev}: {:?}",
+            node.range(&RangeRequest {
+                revision: rev,
+                ..range("\0", "\0")
+            })
+        ));
+    }
+    seen
+}
+
+#[tokio::test]
+async fn state_machine_survives_restart() {
+    let dir = TempDir::new().unwrap();
+    let before = {
+        let mut node = Node::open(dir.path());
+        populate(&mut node).await;
+        node.store.flush().unwrap();
+        observe(&node)
+    };
+    let node = Node::open(dir.path());
+    assert_eq!(observe(&node), before);
+    assert_eq!(node.mvcc.revision(), 7);
+    assert_eq!(node.mvcc.compact_revision(), 3);
+    assert_eq!(node.mvcc.applied_log_id(), Some(log_id(9)));
+    assert_eq!(node.dump_at(4).unwrap(), strs(&["a=2", "b=1"]));
+    assert_eq!(
+        node.mvcc.membership(),
+        StoredMembership::new(
+            Some(log_id(7)),
+            Membership::new(vec![BTreeSet::from([1, 2, 3])], None)
+        )
+    );
+    assert_eq!(node.mvcc.members().len(), 1);
+}
+
+#[tokio::test]
+async fn log_vote_committed_and_identity_survive_restart() {
+    let dir = TempDir::new().unwrap();
+    {
+        let store = rampart_storage::Store::open(dir.path()).unwrap();
+        assert_eq!(store.identity().unwrap(), None);
+        store
+            .set_identity(&ClusterIdentity {
+                cluster_id: 7,
+                member_id: 9,
+            })
+            .unwrap();
+        let mut log = store.log_store();
+        let entries = (1..=5).map(|i| Entry::<TypeConfig> {
+            log_id: log_id(i),
+            payload: EntryPayload::Normal(Command::Put(put("k", &i.to_string()))),
+        });
+        log.blocking_append(entries).await.unwrap();
+        log.save_vote(&Vote::new_committed(1, 1)).await.unwrap();
+        log.save_committed(Some(log_id(4))).await.unwrap();
+        log.purge(log_id(2)).await.unwrap();
+        assert!(store.size_on_disk() > 0);
+        store.flush().unwrap();
+    }
+    let store = rampart_storage::Store::open(dir.path()).unwrap();
+    assert_eq!(
+        store.identity().unwrap(),
+        Some(ClusterIdentity {
+            cluster_id: 7,
+            member_id: 9
+        })
+    );
+    let mut log = store.log_store();
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!(
+        (state.last_purged_log_id, state.last_log_id),
+        (Some(log_id(2)), Some(log_id(5)))
+    );
+    assert_eq!(
+        log.read_vote().await.unwrap(),
+        Some(Vote::new_committed(1, 1))
+    );
+    assert_eq!(log.read_committed().await.unwrap(), Some(log_id(4)));
+    let entries = log.try_get_log_entries(0..100).await.unwrap();
+    assert_eq!(
+        entries.iter().map(|e| e.log_id.index).collect::<Vec<_>>(),
+        vec![3, 4, 5]
+    );
+    assert_eq!(
+        entries[0].payload,
+        EntryPayload::Normal(Command::Put(put("k", "3")))
+    );
+
+    tracing::info!("--- truncation is durable too");
+    log.truncate(log_id(4)).await.unwrap();
+    drop(log);
+    drop(store);
+    let store = rampart_storage::Store::open(dir.path()).unwrap();
+    let state = store.log_store().get_log_state().await.unwrap();
+    assert_eq!(state.last_log_id, Some(log_id(3)));
+}
+
+#[tokio::test]
+async fn snapshot_moves_the_whole_state() {
+    let leader_dir = TempDir::new().unwrap();
+    let follower_dir = TempDir::new().unwrap();
+    let mut leader = Node::open(leader_dir.path());
+    populate(&mut leader).await;
+
+    let mut follower = Node::open(follower_dir.path());
+    follower.put("only-on-follower", "x").await;
+    follower.put("a", "stale").await;
+
+    tracing::info!("--- build on the leader");
+    let snap = leader
+        .sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    assert_eq!(snap.meta.last_log_id, leader.mvcc.applied_log_id());
+    assert_eq!(snap.meta.last_membership, leader.mvcc.membership());
+    let current = leader
+        .sm
+        .get_current_snapshot()
+        .await
+        .unwrap()
+        .expect("a current snapshot");
+    assert_eq!(current.meta, snap.meta);
+
+    tracing::info!("--- install on the follower: it now observes exactly what the leader does");
+    let mut receiving = follower.sm.begin_receiving_snapshot().await.unwrap();
+    assert!(receiving.get_ref().is_empty());
+    *receiving = *current.snapshot;
+    follower
+        .sm
+        .install_snapshot(&current.meta, receiving)
+        .await
+        .unwrap();
+    assert_eq!(observe(&follower), observe(&leader));
+    assert_eq!(
+        follower.get("only-on-follower"),
+        None,
+        "the old state is gone entirely"
+    );
+    let installed = follower
+        .sm
+        .get_current_snapshot()
+        .await
+        .unwrap()
+        .expect("installed snapshot kept");
+    assert_eq!(installed.meta, snap.meta);
+
+    tracing::info!("--- the installed state and the snapshot survive a restart");
+    let expected = observe(&follower);
+    drop(follower);
+    let mut follower = Node::open(follower_dir.path());
+    assert_eq!(observe(&follower), expected);
+    let again = follower
+        .sm
+        .get_current_snapshot()
+        .await
+        .unwrap()
+        .expect("snapshot after restart");
+    assert_eq!(again.meta, snap.meta);
+
+    tracing::info!("--- and the follower carries on from there, as the leader does");
+    assert_eq!(follower.put("e", "1").await, leader.put("e", "1").await);
+    assert_eq!(observe(&follower), observe(&leader));
+}
+
+#[tokio::test]
+async fn corrupt_snapshots_are_refused() {
+    let leader_dir = TempDir::new().unwrap();
+    let follower_dir = TempDir::new().unwrap();
+    let mut leader = Node::open(leader_dir.path());
+    populate(&mut leader).await;
+    let snap = leader
+        .sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let bytes = snap.snapshot.into_inner();
+
+    let mut follower = Node::open(follower_dir.path());
+    follower.put("mine", "1").await;
+    let before = observe(&follower);
+
+    let mut flipped = bytes.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0x40;
+    let mut truncated = bytes.clone();
+    truncated.truncate(bytes.len() - 10);
+    let mut wrong_meta = snap.meta.clone();
+    wrong_meta.snapshot_id = "someone-else".into();
+
+    let attempts = [
+        ("a flipped byte", snap.meta.clone(), flipped),
+        ("a truncated file", snap.meta.clone(), truncated),
+        ("garbage", snap.meta.clone(), b"not a snapshot".to_vec()),
+        ("nothing", snap.meta.clone(), Vec::new()),
+        ("meta not matching the data", wrong_meta, bytes.clone()),
+    ];
+    for (what, meta, data) in attempts {
+        let res = follower
+            .sm
+            .install_snapshot(&meta, Box::new(Cursor::new(data)))
+            .await;
+        assert!(res.is_err(), "{what} must be refused");
+        assert_eq!(
+            observe(&follower),
+            before,
+            "{what} must leave the state untouched"
+        );
+        assert!(
+            follower.sm.get_current_snapshot().await.unwrap().is_none(),
+            "{what} must not be kept"
+        );
+    }
+
+    tracing::info!("--- the intact bytes still install");
+    follower
+        .sm
+        .install_snapshot(&snap.meta, Box::new(Cursor::new(bytes)))
+        .await
+        .unwrap();
+    assert_eq!(observe(&follower), observe(&leader));
+}
+
+#[tokio::test]
+async fn a_corrupt_snapshot_file_is_reported_at_open() {
+    let dir = TempDir::new().unwrap();
+    {
+        let mut node = Node::open(dir.path());
+        node.put("a", "1").await;
+        node.sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+    }
+    let path = dir.path().join("snap").join("current.snap");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xFF;
+    std::fs::write(&path, bytes).unwrap();
+    let err = rampart_storage::Store::open(dir.path())
+        .err()
+        .expect("a corrupt snapshot file fails the open");
+    assert!(
+        err.to_string().contains("checksum"),
+        "clear message, got: {err}"
+    );
+}

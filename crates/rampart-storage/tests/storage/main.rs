@@ -1,0 +1,9 @@
+//! Tests of rampart-storage through its public API, driving the state machine the way openraft
+//! does: `apply` with log entries.
+
+mod common;
+mod durability;
+mod mvcc;
+mod range;
+mod suite;
+mod txn;

@@ -1,0 +1,62 @@
+//! `rampart`: a member of a Rampart cluster.
+//!
+//! Settings come from defaults, then `--config-file` (TOML), then `RAMPART_*` environment
+//! variables, then flags. With none, it starts a single-member cluster named `default`, serving
+//! clients on http://127.0.0.1:2379, with its data in `./default.rampart`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use rampart_server::{Config, LinkFaults, Listeners, RawConfig, RunningNode};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "rampart",
+    version,
+    about = "A replicated key-value store speaking the etcd v3 API"
+)]
+struct Cli {
+    /// TOML file with settings; its keys are the flag names (e.g. `data-dir = "..."`).
+    #[arg(long, env = "RAMPART_CONFIG_FILE")]
+    config_file: Option<PathBuf>,
+
+    #[command(flatten)]
+    settings: RawConfig,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,openraft=warn,sled=warn".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    let file = match &cli.config_file {
+        Some(path) => RawConfig::from_file(path)?,
+        None => RawConfig::default(),
+    };
+    let config = Config::from_raw(cli.settings.over(file))?;
+    let listeners = Listeners::bind(&config).await?;
+    let node = RunningNode::start(config, listeners, LinkFaults::default())
+        .await
+        .context("cannot start")?;
+
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    node.shutdown().await;
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result.context("cannot watch SIGINT")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,286 @@
+//! Test harnesses for Rampart clusters.
+//!
+//! - [`TestCluster`]: members running in this process, on port-0 listeners, sharing one set of
+//!   [`LinkFaults`] so a test can cut, delay and heal the links between them.
+//! - [`ProcessCluster`]: real `rampart` processes on free ports, for kill -9 and restart.
+//!
+//! Both wait on conditions with deadlines ([`wait_until`]); nothing sleeps blindly.
+
+mod process;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use rampart_api::etcdserverpb as pb;
+use rampart_api::etcdserverpb::kv_client::KvClient;
+use rampart_server::{Config, LinkFaults, Listeners, RawConfig, RunningNode};
+use rampart_storage::NodeId;
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+use tonic::transport::Channel;
+
+pub use process::{rampart_binary, ProcessCluster, ProcessMember};
+
+/// Timing used by test clusters: faster than etcd's defaults, slow enough for a loaded 2-core
+/// machine running many tests at once not to see spurious elections.
+pub const HEARTBEAT_MS: u64 = 100;
+pub const ELECTION_MS: u64 = 800;
+
+/// Installs a tracing subscriber once, honouring `RUST_LOG` (quiet by default).
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// Polls `check` until it returns `Ok(Some(value))` or `timeout` passes; the last error or
+/// `what` is reported on failure.
+pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last_error = None;
+    loop {
+        match check().await {
+            Ok(Some(value)) => return Ok(value),
+            Ok(None) => {}
+            Err(e) => last_error = Some(e),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            match last_error {
+                Some(e) => {
+                    bail!("timed out after {timeout:?} waiting for {what}: last error: {e:#}")
+                }
+                None => bail!("timed out after {timeout:?} waiting for {what}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Connects a KV client to `url`.
+pub async fn kv_client(url: &str) -> anyhow::Result<KvClient<Channel>> {
+    let channel = Channel::from_shared(url.to_string())?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(20))
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {url}"))?;
+    Ok(KvClient::new(channel))
+}
+
+/// Puts `key = value` and returns the revision it created.
+pub async fn put(client: &mut KvClient<Channel>, key: &str, value: &str) -> anyhow::Result<i64> {
+    let response = client
+        .put(pb::PutRequest {
+            key: key.as_bytes().to_vec(),
+            value: value.as_bytes().to_vec(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    Ok(response.header.context("no header")?.revision)
+}
+
+/// Reads `key`, linearizably unless `serializable`; `None` if missing.
+pub async fn get(
+    client: &mut KvClient<Channel>,
+    key: &str,
+    serializable: bool,
+) -> anyhow::Result<Option<String>> {
+    let response = client
+        .range(pb::RangeRequest {
+            key: key.as_bytes().to_vec(),
+            serializable,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    Ok(response
+        .kvs
+        .first()
+        .map(|kv| String::from_utf8_lossy(&kv.value).into_owned()))
+}
+
+/// One in-process member and what it needs to restart.
+pub struct Member {
+    pub name: String,
+    pub id: NodeId,
+    pub client_url: String,
+    pub peer_url: String,
+    /// `None` while the member is stopped.
+    pub running: Option<RunningNode>,
+    raw: RawConfig,
+}
+
+/// A cluster of in-process members with shared, controllable peer links.
+pub struct TestCluster {
+    pub members: Vec<Member>,
+    pub faults: LinkFaults,
+    /// Holds every member's data directory; removed when the cluster is dropped.
+    pub dir: TempDir,
+}
+
+async fn bind_local() -> anyhow::Result<(TcpListener, String)> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    Ok((listener, url))
+}
+
+impl TestCluster {
+    /// Starts `size` members with the default settings of the test harness.
+    pub async fn start(size: usize) -> anyhow::Result<TestCluster> {
+        Self::start_with(size, |_| {}).await
+    }
+
+    /// Starts `size` members; `adjust` may change each member's settings first.
+    pub async fn start_with(
+        size: usize,
+        adjust: impl Fn(&mut RawConfig),
+    ) -> anyhow::Result<TestCluster> {
+        init_tracing();
+        let dir = tempfile::tempdir()?;
+        let mut bound = Vec::new();
+        for i in 0..size {
+            let (client, client_url) = bind_local().await?;
+            let (peer, peer_url) = bind_local().await?;
+            bound.push((format!("m{i}"), client, client_url, peer, peer_url));
+        }
+        let initial_cluster = bound
+            .iter()
+            .map(|(name, _, _, _, peer_url)| format!("{name}={peer_url}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let faults = LinkFaults::default();
+        let mut members = Vec::new();
+        for (name, client, client_url, peer, peer_url) in bound {
+            let mut raw = RawConfig {
+                name: Some(name.clone()),
+                data_dir: Some(dir.path().join(&name)),
+                listen_client_urls: Some(client_url.clone()),
+                listen_peer_urls: Some(peer_url.clone()),
+                initial_cluster: Some(initial_cluster.clone()),
+                initial_cluster_token: Some("test-cluster".into()),
+                heartbeat_interval: Some(HEARTBEAT_MS),
+                election_timeout: Some(ELECTION_MS),
+                ..Default::default()
+            };
+            adjust(&mut raw);
+            let config = Config::from_raw(raw.clone())?;
+            let listeners = Listeners {
+                client: vec![client],
+                peer: vec![peer],
+            };
+            let running = RunningNode::start(config.clone(), listeners, faults.clone()).await?;
+            members.push(Member {
+                name,
+                id: config.member_id,
+                client_url,
+                peer_url,
+                running: Some(running),
+                raw,
+            });
+        }
+        Ok(TestCluster {
+            members,
+            faults,
+            dir,
+        })
+    }
+
+    pub fn ids(&self) -> Vec<NodeId> {
+        self.members.iter().map(|m| m.id).collect()
+    }
+
+    pub fn index_of(&self, id: NodeId) -> usize {
+        self.members
+            .iter()
+            .position(|m| m.id == id)
+            .expect("no member with that id")
+    }
+
+    /// Waits until every running member named in `among` agrees on one leader from `among`.
+    pub async fn wait_for_leader_among(
+        &self,
+        among: &[NodeId],
+        timeout: Duration,
+    ) -> anyhow::Result<NodeId> {
+        wait_until("a leader", timeout, || async {
+            let mut seen = None;
+            for member in &self.members {
+                if !among.contains(&member.id) {
+                    continue;
+                }
+                let Some(running) = &member.running else {
+                    continue;
+                };
+                let leader = running.node.metrics().current_leader;
+                match (leader, seen) {
+                    (Some(l), _) if !among.contains(&l) => return Ok(None),
+                    (Some(l), None) => seen = Some(l),
+                    (Some(l), Some(s)) if l == s => {}
+                    _ => return Ok(None),
+                }
+            }
+            Ok(seen)
+        })
+        .await
+    }
+
+    pub async fn wait_for_leader(&self, timeout: Duration) -> anyhow::Result<NodeId> {
+        self.wait_for_leader_among(&self.ids(), timeout).await
+    }
+
+    pub async fn client(&self, index: usize) -> anyhow::Result<KvClient<Channel>> {
+        kv_client(&self.members[index].client_url).await
+    }
+
+    /// Stops member `index` in order (its data stays).
+    pub async fn stop(&mut self, index: usize) {
+        if let Some(running) = self.members[index].running.take() {
+            running.shutdown().await;
+        }
+    }
+
+    /// Restarts a stopped member on its old addresses and data.
+    pub async fn restart(&mut self, index: usize) -> anyhow::Result<()> {
+        let member = &mut self.members[index];
+        anyhow::ensure!(
+            member.running.is_none(),
+            "member {} is running",
+            member.name
+        );
+        let config = Config::from_raw(member.raw.clone())?;
+        let listeners = Listeners::bind(&config).await?;
+        member.running = Some(RunningNode::start(config, listeners, self.faults.clone()).await?);
+        Ok(())
+    }
+
+    /// The applied log index of member `index`.
+    pub fn applied_index(&self, index: usize) -> u64 {
+        self.members[index]
+            .running
+            .as_ref()
+            .and_then(|r| r.node.metrics().last_applied)
+            .map_or(0, |id| id.index)
+    }
+
+    /// The data directory of member `index`.
+    pub fn data_dir(&self, index: usize) -> PathBuf {
+        self.dir.path().join(&self.members[index].name)
+    }
+
+    /// Stops every member.
+    pub async fn shutdown(mut self) {
+        for i in 0..self.members.len() {
+            self.stop(i).await;
+        }
+    }
+}

@@ -1,0 +1,300 @@
+//! In-process cluster tests: leader loss, partitions, healing and catch-up by snapshot, with the
+//! peer links cut and delayed through the harness's `LinkFaults`.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use rampart_api::etcdserverpb as pb;
+use rampart_tests::{get, put, wait_until, TestCluster};
+use tracing::info;
+
+const LEADER_WAIT: Duration = Duration::from_secs(20);
+const CATCH_UP: Duration = Duration::from_secs(30);
+
+/// Waits until member `index` serves `key = value` from its own state.
+async fn wait_value(
+    cluster: &TestCluster,
+    index: usize,
+    key: &str,
+    value: &str,
+) -> anyhow::Result<()> {
+    let url = cluster.members[index].client_url.clone();
+    wait_until(
+        &format!("member {index} to hold {key}={value}"),
+        CATCH_UP,
+        || {
+            let url = url.clone();
+            async move {
+                let mut client = rampart_tests::kv_client(&url).await?;
+                Ok((get(&mut client, key, true).await?.as_deref() == Some(value)).then_some(()))
+            }
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_survive_the_loss_of_the_leader() -> anyhow::Result<()> {
+    let mut cluster = TestCluster::start(3).await?;
+    let leader = cluster.wait_for_leader(LEADER_WAIT).await?;
+    let leader_index = cluster.index_of(leader);
+    let follower = (leader_index + 1) % 3;
+
+    info!("--- write through a follower, read linearizably from every member");
+    let mut client = cluster.client(follower).await?;
+    put(&mut client, "before", "1").await?;
+    for i in 0..3 {
+        let mut c = cluster.client(i).await?;
+        assert_eq!(
+            get(&mut c, "before", false).await?.as_deref(),
+            Some("1"),
+            "member {i}"
+        );
+    }
+
+    info!("--- stop the leader; the other two elect a new one and keep writing");
+    cluster.stop(leader_index).await;
+    let survivors: Vec<_> = cluster
+        .ids()
+        .into_iter()
+        .filter(|&id| id != leader)
+        .collect();
+    let new_leader = cluster
+        .wait_for_leader_among(&survivors, LEADER_WAIT)
+        .await?;
+    assert_ne!(new_leader, leader);
+    let mut client = cluster.client(follower).await?;
+    wait_until("a write to succeed after the election", LEADER_WAIT, || {
+        let mut client = client.clone();
+        async move { Ok(put(&mut client, "after", "2").await.ok().map(|_| ())) }
+    })
+    .await?;
+    assert_eq!(
+        get(&mut client, "before", false).await?.as_deref(),
+        Some("1")
+    );
+
+    info!("--- restart the old leader; it catches up by itself");
+    cluster.restart(leader_index).await?;
+    wait_value(&cluster, leader_index, "after", "2").await?;
+    wait_value(&cluster, leader_index, "before", "1").await?;
+    cluster.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_minority_serves_stale_reads_and_refuses_writes() -> anyhow::Result<()> {
+    let cluster = TestCluster::start(3).await?;
+    let leader = cluster.wait_for_leader(LEADER_WAIT).await?;
+    let leader_index = cluster.index_of(leader);
+    let minority = (leader_index + 1) % 3;
+    let majority: Vec<_> = cluster
+        .ids()
+        .into_iter()
+        .filter(|&id| id != cluster.members[minority].id)
+        .collect();
+    let mut minority_client = cluster.client(minority).await?;
+    let mut leader_client = cluster.client(leader_index).await?;
+    put(&mut leader_client, "k", "old").await?;
+    wait_value(&cluster, minority, "k", "old").await?;
+
+    info!("--- isolate one follower");
+    cluster
+        .faults
+        .isolate(cluster.members[minority].id, &cluster.ids());
+
+    info!("--- the majority keeps writing");
+    put(&mut leader_client, "k", "new").await?;
+    assert_eq!(
+        get(&mut leader_client, "k", false).await?.as_deref(),
+        Some("new")
+    );
+
+    info!("--- the minority answers serializable reads from its own, stale state");
+    assert_eq!(
+        get(&mut minority_client, "k", true).await?.as_deref(),
+        Some("old")
+    );
+
+    info!("--- the minority refuses writes and linearizable reads with an Unavailable error");
+    let write = minority_client
+        .put(pb::PutRequest {
+            key: b"k".to_vec(),
+            value: b"minority".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("a write on a minority must fail");
+    assert_eq!(write.code(), tonic::Code::Unavailable, "{write:?}");
+    assert!(write.message().starts_with("etcdserver: "), "{write:?}");
+    let read = get(&mut minority_client, "k", false)
+        .await
+        .expect_err("a linearizable read on a minority must fail");
+    let status = read
+        .downcast_ref::<tonic::Status>()
+        .context("not a gRPC status")?;
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+
+    info!("--- heal: the minority catches up and the refused write is nowhere");
+    cluster.faults.heal();
+    wait_value(&cluster, minority, "k", "new").await?;
+    let leader_now = cluster.wait_for_leader(LEADER_WAIT).await?;
+    assert!(majority.contains(&leader_now) || leader_now == cluster.members[minority].id);
+    assert_eq!(
+        get(&mut minority_client, "k", false).await?.as_deref(),
+        Some("new")
+    );
+    cluster.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_leader_is_replaced_and_its_writes_fail() -> anyhow::Result<()> {
+    let cluster = TestCluster::start(3).await?;
+    let old_leader = cluster.wait_for_leader(LEADER_WAIT).await?;
+    let old_index = cluster.index_of(old_leader);
+    let mut old_client = cluster.client(old_index).await?;
+    put(&mut old_client, "k", "v1").await?;
+
+    info!("--- cut the leader off; the other two elect a new leader");
+    cluster.faults.isolate(old_leader, &cluster.ids());
+    let others: Vec<_> = cluster
+        .ids()
+        .into_iter()
+        .filter(|&id| id != old_leader)
+        .collect();
+    let new_leader = cluster.wait_for_leader_among(&others, LEADER_WAIT).await?;
+    let mut new_client = cluster.client(cluster.index_of(new_leader)).await?;
+    wait_until("a write on the new leader", LEADER_WAIT, || {
+        let mut client = new_client.clone();
+        async move { Ok(put(&mut client, "k", "v2").await.ok().map(|_| ())) }
+    })
+    .await?;
+
+    info!("--- the old leader cannot commit: its write fails and changes nothing");
+    let err = put(&mut old_client, "k", "stale-leader")
+        .await
+        .expect_err("the isolated leader must not acknowledge a write");
+    let status = err
+        .downcast_ref::<tonic::Status>()
+        .context("not a gRPC status")?;
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+
+    info!("--- heal: everyone converges on the new leader's value");
+    cluster.faults.heal();
+    wait_value(&cluster, old_index, "k", "v2").await?;
+    assert_eq!(
+        get(&mut new_client, "k", false).await?.as_deref(),
+        Some("v2")
+    );
+    cluster.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_follower_is_caught_up_by_snapshot() -> anyhow::Result<()> {
+    let cluster = TestCluster::start_with(3, |raw| {
+        raw.snapshot_count = Some(20);
+        raw.snapshot_catchup_entries = Some(5);
+    })
+    .await?;
+    let leader = cluster.wait_for_leader(LEADER_WAIT).await?;
+    let leader_index = cluster.index_of(leader);
+    let lagging = (leader_index + 1) % 3;
+    let mut client = cluster.client(leader_index).await?;
+    put(&mut client, "first", "1").await?;
+    wait_value(&cluster, lagging, "first", "1").await?;
+
+    info!("--- cut a follower off while the others write past several snapshots");
+    cluster
+        .faults
+        .isolate(cluster.members[lagging].id, &cluster.ids());
+    for i in 0..150 {
+        put(&mut client, &format!("key-{i:03}"), &format!("value-{i}")).await?;
+    }
+    let lagging_applied = cluster.applied_index(lagging);
+    let leader_metrics = cluster.members[leader_index]
+        .running
+        .as_ref()
+        .context("leader stopped")?
+        .node
+        .metrics();
+    let purged = wait_until("the leader to purge its log", CATCH_UP, || {
+        let purged = cluster.members[leader_index]
+            .running
+            .as_ref()
+            .and_then(|r| r.node.metrics().purged)
+            .map_or(0, |id| id.index);
+        async move { Ok((purged > lagging_applied + 1).then_some(purged)) }
+    })
+    .await?;
+    info!(
+        purged,
+        lagging_applied,
+        leader_applied = ?leader_metrics.last_applied,
+        "--- the entries the follower misses are gone from the leader's log"
+    );
+
+    info!("--- heal: the follower must install a snapshot to catch up");
+    cluster.faults.heal();
+    wait_value(&cluster, lagging, "key-149", "value-149").await?;
+    wait_value(&cluster, lagging, "first", "1").await?;
+    let snapshot = cluster.members[lagging]
+        .running
+        .as_ref()
+        .context("follower stopped")?
+        .node
+        .metrics()
+        .snapshot
+        .context("the follower holds no snapshot")?;
+    assert!(
+        snapshot.index > lagging_applied,
+        "snapshot {snapshot:?} is older than the gap"
+    );
+
+    info!("--- the follower's whole keyspace equals the leader's");
+    let all = pb::RangeRequest {
+        key: vec![0],
+        range_end: vec![0],
+        serializable: true,
+        ..Default::default()
+    };
+    let mut lagging_client = cluster.client(lagging).await?;
+    let theirs = lagging_client.range(all.clone()).await?.into_inner();
+    let ours = client.range(all).await?.into_inner();
+    assert_eq!(theirs.kvs, ours.kvs);
+    assert_eq!(theirs.count, 151);
+    cluster.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_links_delay_but_do_not_break_the_cluster() -> anyhow::Result<()> {
+    let cluster = TestCluster::start(3).await?;
+    cluster.wait_for_leader(LEADER_WAIT).await?;
+    info!("--- delay every link by 30 ms");
+    for &a in &cluster.ids() {
+        for &b in &cluster.ids() {
+            if a != b {
+                cluster.faults.delay(a, b, Duration::from_millis(30));
+            }
+        }
+    }
+    for i in 0..3 {
+        let mut client = cluster.client(i).await?;
+        put(&mut client, &format!("slow-{i}"), "v").await?;
+    }
+    for i in 0..3 {
+        let mut client = cluster.client(i).await?;
+        for j in 0..3 {
+            assert_eq!(
+                get(&mut client, &format!("slow-{j}"), false)
+                    .await?
+                    .as_deref(),
+                Some("v")
+            );
+        }
+    }
+    cluster.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,571 @@
+//! Compatibility with the real `etcdctl` (3.4, from the Debian package `etcd-client`) against a
+//! cluster of three `rampart` processes.
+//!
+//! etcdctl speaks gRPC over plain HTTP/2 to the client URLs, like any etcd v3 client. The tests
+//! give it all three endpoints (its balancer spreads requests over them) and single followers,
+//! read its `-w json` output and compare it with what etcd prints. These tests fail, rather than
+//! skip, when etcdctl is missing: CI installs it, and a silently skipped compatibility test
+//! proves nothing.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context};
+use base64::Engine;
+use rampart_tests::{wait_until, ProcessCluster};
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+use tracing::info;
+
+/// How long one etcdctl invocation may take before the test fails.
+const COMMAND_DEADLINE: Duration = Duration::from_secs(60);
+/// How long members may take to agree (leader, revision, published client URLs).
+const AGREE_WAIT: Duration = Duration::from_secs(30);
+
+/// The `etcdctl` on `PATH`, or an error saying how to install it.
+fn etcdctl_path() -> anyhow::Result<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("etcdctl"))
+        .find(|candidate| candidate.is_file())
+        .context(
+            "etcdctl is not on PATH: these compatibility tests need the real etcdctl 3.4; \
+             install the Debian package etcd-client (`apt-get install etcd-client`), as CI does",
+        )
+}
+
+/// What one etcdctl run printed.
+struct Run {
+    success: bool,
+    stdout: String,
+    stderr: String,
+}
+
+/// etcdctl pointed at a fixed list of endpoints.
+struct Etcdctl {
+    binary: PathBuf,
+    endpoints: String,
+}
+
+impl Etcdctl {
+    fn new(endpoints: &[&str]) -> anyhow::Result<Etcdctl> {
+        Ok(Etcdctl {
+            binary: etcdctl_path()?,
+            endpoints: endpoints.join(","),
+        })
+    }
+
+    /// Runs `etcdctl <args>` with `stdin` fed to it, and returns what it printed.
+    async fn run(&self, args: &[&str], stdin: Option<&str>) -> anyhow::Result<Run> {
+        let mut command = tokio::process::Command::new(&self.binary);
+        command
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.endpoints))
+            .arg("--dial-timeout=5s")
+            .arg("--command-timeout=30s")
+            .args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("spawning {}", self.binary.display()))?;
+        if let Some(input) = stdin {
+            let mut pipe = child.stdin.take().context("etcdctl has no stdin")?;
+            pipe.write_all(input.as_bytes()).await?;
+            // Dropping the pipe closes it: etcdctl reads to the end of its input.
+        }
+        let output = tokio::time::timeout(COMMAND_DEADLINE, child.wait_with_output())
+            .await
+            .with_context(|| {
+                format!("etcdctl {args:?} did not finish within {COMMAND_DEADLINE:?}")
+            })??;
+        let run = Run {
+            success: output.status.success(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        };
+        Ok(run)
+    }
+
+    /// Runs etcdctl, requires success and returns its standard output.
+    async fn ok(&self, args: &[&str]) -> anyhow::Result<String> {
+        self.ok_with_input(args, None).await
+    }
+
+    async fn ok_with_input(&self, args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
+        let run = self.run(args, stdin).await?;
+        ensure!(
+            run.success,
+            "etcdctl {args:?} against {} failed:\nstdout: {}\nstderr: {}",
+            self.endpoints,
+            run.stdout,
+            run.stderr
+        );
+        Ok(run.stdout)
+    }
+
+    /// Runs etcdctl with `-w json` and parses what it prints.
+    async fn json(&self, args: &[&str]) -> anyhow::Result<Value> {
+        self.json_with_input(args, None).await
+    }
+
+    async fn json_with_input(&self, args: &[&str], stdin: Option<&str>) -> anyhow::Result<Value> {
+        let mut all = args.to_vec();
+        all.extend(["-w", "json"]);
+        let stdout = self.ok_with_input(&all, stdin).await?;
+        serde_json::from_str(&stdout)
+            .with_context(|| format!("etcdctl {all:?} printed something other than JSON: {stdout}"))
+    }
+}
+
+/// Decodes one of etcdctl's base64 JSON byte strings.
+fn text(value: &Value) -> anyhow::Result<String> {
+    let encoded = value
+        .as_str()
+        .with_context(|| format!("{value} is not a string"))?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .with_context(|| format!("{encoded:?} is not base64"))?;
+    Ok(String::from_utf8(bytes)?)
+}
+
+/// The `(key, value)` pairs of a range response printed by `etcdctl get -w json`. etcd leaves
+/// out empty fields, so a response without keys has no `kvs` at all.
+fn kvs(response: &Value) -> anyhow::Result<Vec<(String, String)>> {
+    let Some(kvs) = response.get("kvs") else {
+        return Ok(vec![]);
+    };
+    kvs.as_array()
+        .with_context(|| format!("kvs is not an array: {response}"))?
+        .iter()
+        .map(|kv| {
+            let value = match kv.get("value") {
+                Some(v) => text(v)?,
+                None => String::new(),
+            };
+            Ok((text(&kv["key"])?, value))
+        })
+        .collect()
+}
+
+/// A number field that etcd leaves out when it is zero.
+fn number(value: &Value, field: &str) -> i64 {
+    value.get(field).and_then(Value::as_i64).unwrap_or(0)
+}
+
+fn header_revision(response: &Value) -> anyhow::Result<i64> {
+    response["header"]["revision"]
+        .as_i64()
+        .with_context(|| format!("no header revision in {response}"))
+}
+
+fn owned(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// The cluster's client URLs.
+fn urls(cluster: &ProcessCluster) -> Vec<String> {
+    cluster
+        .members
+        .iter()
+        .map(|m| m.client_url.clone())
+        .collect()
+}
+
+/// Waits until every endpoint's status names the same non-zero leader, and returns the
+/// statuses (one per endpoint, in order) as etcdctl printed them.
+async fn agreed_status(urls: &[String]) -> anyhow::Result<Vec<Value>> {
+    let endpoints: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let etcdctl = Etcdctl::new(&endpoints)?;
+    wait_until(
+        "every endpoint to report one leader",
+        AGREE_WAIT,
+        || async {
+            let statuses = etcdctl.json(&["endpoint", "status"]).await?;
+            let statuses = statuses
+                .as_array()
+                .with_context(|| format!("endpoint status is not a list: {statuses}"))?
+                .clone();
+            ensure!(statuses.len() == 3, "expected 3 statuses: {statuses:?}");
+            let leaders: Vec<u64> = statuses
+                .iter()
+                .map(|s| s["Status"]["leader"].as_u64().unwrap_or(0))
+                .collect();
+            let agreed = leaders[0] != 0 && leaders.iter().all(|&l| l == leaders[0]);
+            Ok(agreed.then_some(statuses))
+        },
+    )
+    .await
+}
+
+/// Which member (index) leads, from endpoint statuses in endpoint order.
+fn leader_index(statuses: &[Value]) -> anyhow::Result<usize> {
+    let leader = statuses[0]["Status"]["leader"].as_u64().unwrap_or(0);
+    statuses
+        .iter()
+        .position(|s| s["Status"]["header"]["member_id"].as_u64() == Some(leader))
+        .with_context(|| format!("no endpoint is the leader {leader:x}: {statuses:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_get_del_and_history_reads() -> anyhow::Result<()> {
+    rampart_tests::init_tracing();
+    let etcdctl_binary = etcdctl_path()?;
+    info!(
+        "--- start 3 processes; etcdctl at {}",
+        etcdctl_binary.display()
+    );
+    let cluster = ProcessCluster::start(3).await?;
+    let urls = urls(&cluster);
+    let statuses = agreed_status(&urls).await?;
+    let leader = leader_index(&statuses)?;
+    let follower = (leader + 1) % 3;
+    let all = Etcdctl::new(&[&urls[0], &urls[1], &urls[2]])?;
+    let on_follower = Etcdctl::new(&[&urls[follower]])?;
+
+    info!("--- put through every endpoint and through a single follower");
+    assert_eq!(all.ok(&["put", "fruit/apple", "red"]).await?.trim(), "OK");
+    assert_eq!(
+        all.ok(&["put", "fruit/banana", "yellow"]).await?.trim(),
+        "OK"
+    );
+    let put = on_follower
+        .json(&["put", "fruit/cherry", "dark red"])
+        .await?;
+    let cherry_revision = header_revision(&put)?;
+
+    info!("--- get one key, simple and json; get by prefix");
+    assert_eq!(
+        all.ok(&["get", "fruit/apple"]).await?,
+        "fruit/apple\nred\n",
+        "simple output is the key then the value"
+    );
+    let got = on_follower.json(&["get", "fruit/cherry"]).await?;
+    assert_eq!(kvs(&got)?, owned(&[("fruit/cherry", "dark red")]));
+    assert_eq!(number(&got["kvs"][0], "mod_revision"), cherry_revision);
+    assert_eq!(number(&got["kvs"][0], "version"), 1);
+    assert_eq!(number(&got, "count"), 1);
+    let got = all.json(&["get", "fruit/", "--prefix"]).await?;
+    assert_eq!(
+        kvs(&got)?,
+        owned(&[
+            ("fruit/apple", "red"),
+            ("fruit/banana", "yellow"),
+            ("fruit/cherry", "dark red")
+        ])
+    );
+    assert_eq!(number(&got, "count"), 3);
+    let got = all
+        .json(&["get", "fruit/", "--prefix", "--limit=1"])
+        .await?;
+    assert_eq!(kvs(&got)?, owned(&[("fruit/apple", "red")]));
+    assert_eq!(number(&got, "count"), 3);
+    assert_eq!(got.get("more").and_then(Value::as_bool), Some(true));
+    assert_eq!(
+        all.ok(&["get", "fruit/", "--prefix", "--keys-only"])
+            .await?,
+        "fruit/apple\n\nfruit/banana\n\nfruit/cherry\n\n"
+    );
+
+    info!("--- overwrite a key and read the old value back with --rev");
+    on_follower.ok(&["put", "fruit/cherry", "black"]).await?;
+    let old = on_follower
+        .json(&["get", "fruit/cherry", &format!("--rev={cherry_revision}")])
+        .await?;
+    assert_eq!(kvs(&old)?, owned(&[("fruit/cherry", "dark red")]));
+    let new = all.json(&["get", "fruit/cherry"]).await?;
+    assert_eq!(kvs(&new)?, owned(&[("fruit/cherry", "black")]));
+    assert_eq!(number(&new["kvs"][0], "version"), 2);
+
+    info!("--- delete by prefix prints the count; the keys are gone everywhere");
+    let before = header_revision(&all.json(&["get", "nothing"]).await?)?;
+    assert_eq!(
+        on_follower.ok(&["del", "fruit/", "--prefix"]).await?.trim(),
+        "3"
+    );
+    for url in &urls {
+        let one = Etcdctl::new(&[url])?;
+        let got = one.json(&["get", "fruit/", "--prefix"]).await?;
+        assert!(kvs(&got)?.is_empty(), "{url} still has fruit: {got}");
+        assert_eq!(
+            header_revision(&got)?,
+            before + 1,
+            "{url}: one revision for the delete"
+        );
+    }
+    let deleted = all.json(&["del", "fruit/", "--prefix"]).await?;
+    assert_eq!(number(&deleted, "deleted"), 0, "nothing is left to delete");
+    assert_eq!(header_revision(&deleted)?, before + 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn txn_from_standard_input() -> anyhow::Result<()> {
+    rampart_tests::init_tracing();
+    etcdctl_path()?;
+    let cluster = ProcessCluster::start(3).await?;
+    let urls = urls(&cluster);
+    let statuses = agreed_status(&urls).await?;
+    let follower = (leader_index(&statuses)? + 2) % 3;
+    let all = Etcdctl::new(&[&urls[0], &urls[1], &urls[2]])?;
+    let on_follower = Etcdctl::new(&[&urls[follower]])?;
+
+    all.ok(&["put", "account", "10"]).await?;
+
+    info!("--- the compare holds: the success requests run");
+    // etcdctl's non-interactive txn format: compares, a blank line, success requests, a blank
+    // line, failure requests, a blank line.
+    let input = "value(\"account\") = \"10\"\n\nput account 20\nput audit \"moved 10\"\nget account\n\nget account\n\n";
+    let response = on_follower.json_with_input(&["txn"], Some(input)).await?;
+    assert_eq!(
+        response.get("succeeded").and_then(Value::as_bool),
+        Some(true),
+        "{response}"
+    );
+    let responses = response["responses"]
+        .as_array()
+        .with_context(|| format!("no responses: {response}"))?;
+    assert_eq!(responses.len(), 3, "{response}");
+    assert!(
+        responses[0]["Response"].get("ResponsePut").is_some(),
+        "{response}"
+    );
+    assert!(
+        responses[1]["Response"].get("ResponsePut").is_some(),
+        "{response}"
+    );
+    let range = &responses[2]["Response"]["ResponseRange"];
+    assert_eq!(
+        kvs(range)?,
+        owned(&[("account", "20")]),
+        "the txn reads its own write"
+    );
+    let txn_revision = header_revision(&response)?;
+    assert_eq!(
+        number(&range["kvs"][0], "mod_revision"),
+        txn_revision,
+        "the txn's writes carry its revision"
+    );
+
+    info!("--- the compare fails: the failure requests run, in simple output");
+    let input = "value(\"account\") = \"10\"\n\nput account 30\n\nget account\nput refused yes\n\n";
+    let stdout = all.ok_with_input(&["txn"], Some(input)).await?;
+    assert_eq!(
+        stdout, "FAILURE\n\naccount\n20\n\nOK\n",
+        "etcdctl's simple txn output"
+    );
+    let account = all.json(&["get", "account"]).await?;
+    assert_eq!(kvs(&account)?, owned(&[("account", "20")]));
+    let refused = all.json(&["get", "refused"]).await?;
+    assert_eq!(kvs(&refused)?, owned(&[("refused", "yes")]));
+
+    info!("--- version, create and mod compares, and del inside a txn");
+    let input = format!(
+        "version(\"account\") = \"2\"\nmod(\"account\") = \"{txn_revision}\"\ncreate(\"audit\") = \"{txn_revision}\"\n\ndel audit\n\n\n"
+    );
+    let response = on_follower.json_with_input(&["txn"], Some(&input)).await?;
+    assert_eq!(
+        response.get("succeeded").and_then(Value::as_bool),
+        Some(true),
+        "{response}"
+    );
+    let audit = all.json(&["get", "audit"]).await?;
+    assert!(kvs(&audit)?.is_empty(), "audit was deleted: {audit}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_and_reading_a_compacted_revision() -> anyhow::Result<()> {
+    rampart_tests::init_tracing();
+    etcdctl_path()?;
+    let cluster = ProcessCluster::start(3).await?;
+    let urls = urls(&cluster);
+    let statuses = agreed_status(&urls).await?;
+    let follower = (leader_index(&statuses)? + 1) % 3;
+    let all = Etcdctl::new(&[&urls[0], &urls[1], &urls[2]])?;
+
+    info!("--- three versions of one key");
+    let mut revisions = Vec::new();
+    for value in ["v1", "v2", "v3"] {
+        revisions.push(header_revision(&all.json(&["put", "k", value]).await?)?);
+    }
+
+    info!("--- compact at the second version through a follower");
+    let on_follower = Etcdctl::new(&[&urls[follower]])?;
+    let stdout = on_follower
+        .ok(&["compaction", &revisions[1].to_string()])
+        .await?;
+    assert_eq!(
+        stdout.trim(),
+        format!("compacted revision {}", revisions[1])
+    );
+
+    info!("--- every endpoint refuses the compacted revision and serves the later ones");
+    for url in &urls {
+        let one = Etcdctl::new(&[url])?;
+        let run = one
+            .run(&["get", "k", &format!("--rev={}", revisions[0])], None)
+            .await?;
+        ensure!(
+            !run.success,
+            "{url}: reading compacted revision {} succeeded: {}",
+            revisions[0],
+            run.stdout
+        );
+        ensure!(
+            run.stderr
+                .contains("Error: etcdserver: mvcc: required revision has been compacted"),
+            "{url}: expected etcd's compacted error, got:\n{}",
+            run.stderr
+        );
+        let got = one
+            .json(&["get", "k", &format!("--rev={}", revisions[1])])
+            .await?;
+        assert_eq!(kvs(&got)?, owned(&[("k", "v2")]), "{url}");
+    }
+
+    info!("--- a future revision is refused with etcd's message");
+    let run = all
+        .run(
+            &["get", "k", &format!("--rev={}", revisions[2] + 1000)],
+            None,
+        )
+        .await?;
+    if run.success
+        || !run
+            .stderr
+            .contains("etcdserver: mvcc: required revision is a future revision")
+    {
+        bail!(
+            "expected the future revision error, got success={} stdout={} stderr={}",
+            run.success,
+            run.stdout,
+            run.stderr
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_status_health_and_member_list() -> anyhow::Result<()> {
+    rampart_tests::init_tracing();
+    etcdctl_path()?;
+    let cluster = ProcessCluster::start(3).await?;
+    let urls = urls(&cluster);
+    let all = Etcdctl::new(&[&urls[0], &urls[1], &urls[2]])?;
+
+    info!("--- member list: three members named p0..p2, with their published URLs");
+    let members = wait_until(
+        "every member's client URLs to be listed",
+        AGREE_WAIT,
+        || async {
+            let list = all.json(&["member", "list"]).await?;
+            let members = list["members"]
+                .as_array()
+                .with_context(|| format!("no members: {list}"))?
+                .clone();
+            let published = members.len() == 3
+                && members.iter().all(|m| {
+                    m.get("clientURLs")
+                        .and_then(Value::as_array)
+                        .is_some_and(|urls| !urls.is_empty())
+                });
+            Ok(published.then_some(members))
+        },
+    )
+    .await?;
+    let mut listed: Vec<(String, String, String)> = members
+        .iter()
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap_or_default().to_string(),
+                m["peerURLs"][0].as_str().unwrap_or_default().to_string(),
+                m["clientURLs"][0].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    listed.sort();
+    let expected: Vec<(String, String, String)> = cluster
+        .members
+        .iter()
+        .map(|m| (m.name.clone(), m.peer_url.clone(), m.client_url.clone()))
+        .collect();
+    assert_eq!(listed, expected);
+    let ids: Vec<u64> = members.iter().filter_map(|m| m["ID"].as_u64()).collect();
+    assert_eq!(ids.len(), 3, "every member has a numeric ID: {members:?}");
+
+    info!("--- endpoint status: one line per endpoint, one leader among the members");
+    all.ok(&["put", "status-key", "1"]).await?;
+    let statuses = agreed_status(&urls).await?;
+    for (status, url) in statuses.iter().zip(&urls) {
+        assert_eq!(status["Endpoint"].as_str(), Some(url.as_str()), "{status}");
+        let member_id = status["Status"]["header"]["member_id"]
+            .as_u64()
+            .unwrap_or(0);
+        assert!(
+            ids.contains(&member_id),
+            "{url} answers as unknown member {member_id:x}"
+        );
+        assert!(number(&status["Status"], "raftTerm") > 0, "{status}");
+        assert!(number(&status["Status"], "raftIndex") > 0, "{status}");
+    }
+    let leader = statuses[0]["Status"]["leader"].as_u64().unwrap_or(0);
+    assert!(
+        ids.contains(&leader),
+        "the leader {leader:x} is not a member"
+    );
+    let mut answering: Vec<u64> = statuses
+        .iter()
+        .filter_map(|s| s["Status"]["header"]["member_id"].as_u64())
+        .collect();
+    answering.sort_unstable();
+    answering.dedup();
+    assert_eq!(answering.len(), 3, "each endpoint is a different member");
+
+    info!("--- every endpoint reaches the same revision");
+    wait_until(
+        "every endpoint to report one revision",
+        AGREE_WAIT,
+        || async {
+            let statuses = all.json(&["endpoint", "status"]).await?;
+            let revisions: Vec<i64> = statuses
+                .as_array()
+                .context("endpoint status is not a list")?
+                .iter()
+                .map(|s| number(&s["Status"]["header"], "revision"))
+                .collect();
+            Ok((revisions.len() == 3
+                && revisions[0] >= 2
+                && revisions.iter().all(|&r| r == revisions[0]))
+            .then_some(()))
+        },
+    )
+    .await?;
+
+    info!("--- endpoint health: every endpoint is healthy");
+    let stdout = all.ok(&["endpoint", "health"]).await?;
+    for url in &urls {
+        ensure!(
+            stdout.contains(&format!("{url} is healthy")),
+            "{url} is not reported healthy:\n{stdout}"
+        );
+    }
+    let health = all.json(&["endpoint", "health"]).await?;
+    let health = health.as_array().context("endpoint health is not a list")?;
+    assert_eq!(health.len(), 3);
+    assert!(
+        health.iter().all(|h| h["health"].as_bool() == Some(true)),
+        "{health:?}"
+    );
+    Ok(())
+}

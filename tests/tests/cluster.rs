@@ -298,3 +298,31 @@ async fn slow_links_delay_but_do_not_break_the_cluster() -> anyhow::Result<()> {
     cluster.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_data_directory_stops_the_member_at_start() -> anyhow::Result<()> {
+    let mut cluster = TestCluster::start(1).await?;
+    cluster.wait_for_leader(LEADER_WAIT).await?;
+    let mut client = cluster.client(0).await?;
+    for i in 0..20 {
+        put(&mut client, &format!("k{i}"), "v").await?;
+    }
+    cluster.stop(0).await;
+
+    info!("--- flip bytes all over the member's database file");
+    let db_file = cluster.data_dir(0).join("db").join("db");
+    let mut bytes = std::fs::read(&db_file).context("reading the sled file")?;
+    anyhow::ensure!(bytes.len() > 200, "database file unexpectedly small");
+    for i in (64..bytes.len()).step_by(61) {
+        bytes[i] ^= 0x5a;
+    }
+    std::fs::write(&db_file, bytes)?;
+
+    info!("--- the member refuses to start and names its data directory");
+    let error = match cluster.restart(0).await {
+        Ok(()) => anyhow::bail!("a member started on a corrupt data directory"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(error.contains("data directory"), "{error}");
+    Ok(())
+}

@@ -26,7 +26,7 @@ use crate::services;
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot open data directory {dir}: {source}")]
+    #[error("cannot open data directory {dir}")]
     Storage {
         dir: String,
         #[source]

@@ -23,6 +23,7 @@
 mod apply;
 mod codec;
 mod error;
+mod files;
 mod log_store;
 mod mvcc;
 mod range;

@@ -8,7 +8,6 @@
 //! over, and fsyncing the directory, so after a crash the file is the old snapshot or the new one.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -169,17 +168,7 @@ impl SnapshotFiles {
                 return Ok(false);
             }
         }
-        let tmp = self.dir.join(CURRENT_TMP);
-        let path = self.dir.join(CURRENT);
-        let mut f = fs::File::create(&tmp).map_err(|e| StoreError::io("create", &tmp, e))?;
-        f.write_all(bytes)
-            .map_err(|e| StoreError::io("write", &tmp, e))?;
-        f.sync_all().map_err(|e| StoreError::io("fsync", &tmp, e))?;
-        drop(f);
-        fs::rename(&tmp, &path).map_err(|e| StoreError::io("rename snapshot into", &path, e))?;
-        fs::File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| StoreError::io("fsync", &self.dir, e))?;
+        crate::files::write_atomically(&self.dir, CURRENT, bytes)?;
         // On disk: `current.snap` is this snapshot, complete and checksummed, and the rename is
         // durable; a crash from here on restarts with it.
         *current = Some(meta.clone());

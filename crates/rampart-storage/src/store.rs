@@ -51,10 +51,12 @@ impl Store {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::io("create data directory", dir, e))?;
         let db = sled::Config::new().path(dir.join("db")).open()?;
+        verify_readable(&db)?;
         let log = LogStore::new(db.clone(), db.open_tree(LOG_TREE)?);
         let core = Arc::new(MvccCore::open(db.clone(), db.open_tree(MVCC_TREE)?)?);
         let node = db.open_tree(NODE_TREE)?;
         let snapshots = Arc::new(SnapshotFiles::open(&dir.join("snap"))?);
+        check_identity_file(dir, &node)?;
         {
             let state = core.state.read();
             tracing::info!(
@@ -104,6 +106,8 @@ impl Store {
             .insert(IDENTITY, codec::encode("cluster identity", id)?)?;
         self.db.flush()?;
         // On disk: the identity, fsynced; a crash from here on restarts as this member.
+        crate::files::write_atomically(&self.dir, IDENTITY_FILE, identity_text(id).as_bytes())?;
+        // On disk as well: the same identity outside sled, for `check_identity_file`.
         Ok(())
     }
 
@@ -127,4 +131,58 @@ impl Store {
     pub(crate) fn core_for_tests(&self) -> Arc<MvccCore> {
         self.core.clone()
     }
+}
+
+/// Reads every page of every tree once, so that sled checks each one's checksum now: a corrupt
+/// data directory stops the member at start instead of failing (or worse) on a later read. This
+/// costs one sequential pass over the data, like etcd's initial corruption check.
+fn verify_readable(db: &sled::Db) -> Result<(), StoreError> {
+    for name in db.tree_names() {
+        let tree = db.open_tree(&name)?;
+        for item in tree.iter() {
+            item?;
+        }
+    }
+    Ok(())
+}
+
+/// The identity recorded outside sled, so that a database sled silently lost (it treats a damaged
+/// log as a torn write and recovers to an earlier state, possibly empty) is noticed.
+const IDENTITY_FILE: &str = "member.id";
+
+fn identity_text(id: &ClusterIdentity) -> String {
+    format!(
+        "cluster_id={:016x}\nmember_id={:016x}\n",
+        id.cluster_id, id.member_id
+    )
+}
+
+/// Refuses a database whose identity disagrees with `member.id`: the directory was initialized
+/// once, so sled must still hold that identity, or it lost data.
+fn check_identity_file(dir: &Path, node: &sled::Tree) -> Result<(), StoreError> {
+    let path = dir.join(IDENTITY_FILE);
+    let recorded = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(StoreError::io("read", &path, e)),
+    };
+    let in_db = match node.get(IDENTITY)? {
+        Some(v) => Some(identity_text(&codec::decode("cluster identity", &v)?)),
+        None => None,
+    };
+    if in_db.as_deref() != Some(recorded.as_str()) {
+        return Err(StoreError::Corrupt {
+            what: "database",
+            detail: format!(
+                "{} records this member's identity but the database {}: the database lost data",
+                path.display(),
+                if in_db.is_some() {
+                    "holds another"
+                } else {
+                    "holds none"
+                }
+            ),
+        });
+    }
+    Ok(())
 }

@@ -1,0 +1,81 @@
+//! A member stops in order on SIGTERM and SIGINT: it exits 0 and its data is intact.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::Context;
+use rampart_tests::{get, kv_client, put, rampart_binary, wait_until};
+
+fn free_url() -> anyhow::Result<String> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    Ok(format!("http://127.0.0.1:{port}"))
+}
+
+async fn stops_cleanly_on(signal: &str) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (client_url, peer_url) = (free_url()?, free_url()?);
+    let start = || {
+        Command::new(rampart_binary()?)
+            .arg(format!(
+                "--data-dir={}",
+                dir.path().join("m.rampart").display()
+            ))
+            .arg(format!("--listen-client-urls={client_url}"))
+            .arg(format!("--listen-peer-urls={peer_url}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("spawning rampart")
+    };
+    let mut child = start()?;
+    let client = wait_until("the member to serve", Duration::from_secs(30), || async {
+        Ok(Some(kv_client(&client_url).await?))
+    })
+    .await?;
+    wait_until("a write to succeed", Duration::from_secs(30), || {
+        let mut client = client.clone();
+        async move { Ok(put(&mut client, "k", "kept").await.ok()) }
+    })
+    .await?;
+
+    let status = Command::new("kill")
+        .args([format!("-{signal}"), child.id().to_string()])
+        .status()?;
+    anyhow::ensure!(status.success(), "kill -{signal} failed");
+    let exit = wait_until("the member to exit", Duration::from_secs(30), || {
+        let exited = child.try_wait().map_err(anyhow::Error::from);
+        async move { exited }
+    })
+    .await?;
+    assert!(
+        exit.success(),
+        "member exited with {exit} after SIG{signal}"
+    );
+
+    let mut child = start()?;
+    let value = wait_until(
+        "the restarted member to serve",
+        Duration::from_secs(30),
+        || {
+            let mut client = client.clone();
+            async move { Ok(get(&mut client, "k", true).await.ok()) }
+        },
+    )
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(value?.as_deref(), Some("kept"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_member_in_order() -> anyhow::Result<()> {
+    stops_cleanly_on("TERM").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_stops_the_member_in_order() -> anyhow::Result<()> {
+    stops_cleanly_on("INT").await
+}

@@ -392,7 +392,8 @@ impl RunningNode {
             let router = services::client_router(node.clone()).await;
             let shutdown = cancel.clone().cancelled_owned();
             tasks.spawn(async move {
-                let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+                // etcdctl 3.4 sends a URL as :authority, which h2 rejects; see rampart_h2_compat.
+                let incoming = rampart_h2_compat::incoming(listener);
                 if let Err(e) = router
                     .serve_with_incoming_shutdown(incoming, shutdown)
                     .await

@@ -1,7 +1,8 @@
 //! Generates the Rust code of Rampart's gRPC APIs from `proto/` at the
 //! workspace root: etcd v3's client API (packages `mvccpb`, `authpb`,
-//! `etcdserverpb`, `v3lockpb`, `v3electionpb`) and Rampart's own peer
-//! protocol (`rampart.peer.v1`), with both client and server code.
+//! `etcdserverpb`, `v3lockpb`, `v3electionpb`), Rampart's own peer
+//! protocol (`rampart.peer.v1`) and its test-only fault control
+//! (`rampart.faults.v1`), with both client and server code.
 //!
 //! protoc comes from the `protoc-bin-vendored` crate, so a fresh machine needs
 //! nothing installed. It overrides any `PROTOC` already set (for instance by
@@ -19,6 +20,7 @@ const PROTOS: &[&str] = &[
     "etcd/v3lockpb/v3lock.proto",
     "etcd/v3electionpb/v3election.proto",
     "rampart/peer.proto",
+    "rampart/faults.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -612,3 +612,96 @@ async fn per_endpoint_commands_accept_http_urls() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// etcdctl's lease commands: grant, put --lease, timetolive --keys, keep-alive --once, list and
+/// revoke, through every endpoint and through a single follower. etcdctl prints lease ids as
+/// 16 hex digits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_commands() -> anyhow::Result<()> {
+    rampart_tests::init_tracing();
+    etcdctl_path()?;
+    let cluster = ProcessCluster::start(3).await?;
+    let urls = urls(&cluster);
+    let statuses = agreed_status(&urls).await?;
+    let follower = (leader_index(&statuses)? + 1) % 3;
+    let all = Etcdctl::new(&[&urls[0], &urls[1], &urls[2]])?;
+    let on_follower = Etcdctl::new(&[&urls[follower]])?;
+
+    info!("--- lease grant prints the new lease's id and TTL");
+    let granted = on_follower.ok(&["lease", "grant", "10"]).await?;
+    let id = granted
+        .trim()
+        .strip_prefix("lease ")
+        .and_then(|rest| rest.strip_suffix(" granted with TTL(10s)"))
+        .with_context(|| format!("unexpected lease grant output: {granted:?}"))?
+        .to_string();
+    ensure!(
+        id.len() == 16 && i64::from_str_radix(&id, 16).is_ok_and(|id| id > 0),
+        "lease id {id:?} is not 16 hex digits of a positive id"
+    );
+
+    info!("--- put --lease attaches keys; lease timetolive --keys lists them");
+    assert_eq!(
+        all.ok(&["put", "--lease", &id, "session/a", "1"])
+            .await?
+            .trim(),
+        "OK"
+    );
+    on_follower
+        .ok(&["put", &format!("--lease={id}"), "session/b", "2"])
+        .await?;
+    let ttl = on_follower
+        .ok(&["lease", "timetolive", &id, "--keys"])
+        .await?;
+    let prefix = format!("lease {id} granted with TTL(10s), remaining(");
+    ensure!(
+        ttl.starts_with(&prefix)
+            && ttl
+                .trim_end()
+                .ends_with("s), attached keys([session/a session/b])"),
+        "unexpected lease timetolive output: {ttl:?}"
+    );
+
+    info!("--- lease keep-alive --once renews it to its full TTL; lease list shows it");
+    assert_eq!(
+        on_follower
+            .ok(&["lease", "keep-alive", "--once", &id])
+            .await?
+            .trim(),
+        format!("lease {id} keepalived with TTL(10)")
+    );
+    assert_eq!(
+        all.ok(&["lease", "list"]).await?,
+        format!("found 1 leases\n{id}\n")
+    );
+
+    info!("--- lease revoke deletes its keys on every member; the lease is gone");
+    assert_eq!(
+        on_follower.ok(&["lease", "revoke", &id]).await?.trim(),
+        format!("lease {id} revoked")
+    );
+    for url in &urls {
+        let got = Etcdctl::new(&[url])?
+            .json(&["get", "session/", "--prefix"])
+            .await?;
+        assert!(kvs(&got)?.is_empty(), "{url} still has the keys: {got}");
+    }
+    assert_eq!(
+        all.ok(&["lease", "timetolive", &id]).await?.trim(),
+        format!("lease {id} already expired")
+    );
+    assert_eq!(all.ok(&["lease", "list"]).await?, "found 0 leases\n");
+    let revoke: &[&str] = &["lease", "revoke", &id];
+    let keep_alive: &[&str] = &["lease", "keep-alive", "--once", &id];
+    for args in [revoke, keep_alive] {
+        let run = all.run(args, None).await?;
+        ensure!(
+            !run.success && run.stderr.contains("requested lease not found"),
+            "etcdctl {args:?} of a revoked lease: expected etcd's \"requested lease not found\", \
+             got:\nstdout: {}\nstderr: {}",
+            run.stdout,
+            run.stderr
+        );
+    }
+    Ok(())
+}

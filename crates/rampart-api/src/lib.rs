@@ -7,7 +7,9 @@
 //!   [`mvccpb`], [`authpb`], [`v3lockpb`] (Lock service) and [`v3electionpb`]
 //!   (Election service);
 //! - Rampart's internal peer protocol, [`peer`] (`rampart.peer.v1`), whose
-//!   payloads are opaque bincode bytes.
+//!   payloads are opaque bincode bytes;
+//! - the test-only control of a member's peer-link faults, [`faults`]
+//!   (`rampart.faults.v1`), served only with `--experimental-peer-fault-injection`.
 //!
 //! The code is generated at build time by `tonic-prost-build` from the
 //! `.proto` files under `proto/` at the workspace root. For each service `Foo`
@@ -43,6 +45,14 @@ pub mod v3electionpb {
 /// writes and read-index requests between members, as opaque bincode bytes.
 pub mod peer {
     tonic::include_proto!("rampart.peer.v1");
+}
+
+/// Rampart's test-only fault control, package `rampart.faults.v1`: the rules a
+/// member applies to the calls it sends to its peers (lost requests, lost
+/// replies, delays). Served only by members started with
+/// `--experimental-peer-fault-injection`.
+pub mod faults {
+    tonic::include_proto!("rampart.faults.v1");
 }
 
 /// The encoded `FileDescriptorSet` of every package above (for gRPC server

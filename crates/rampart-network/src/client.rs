@@ -21,7 +21,7 @@ use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::faults::{LinkFaults, Verdict};
-use crate::messages::{ForwardReply, ReadIndexReply};
+use crate::messages::{ForwardReply, LeaseReply, LeaseRequest, ReadIndexReply};
 
 /// Largest peer message: log batches and snapshot chunks may hold values up to the client
 /// request limit, many at once.
@@ -38,6 +38,7 @@ enum Method {
     Vote,
     Forward,
     ReadIndex,
+    Lease,
 }
 
 /// Why a call to a peer produced no reply.
@@ -131,6 +132,7 @@ impl PeerNetwork {
                 Method::Vote => client.vote(request).await,
                 Method::Forward => client.forward(request).await,
                 Method::ReadIndex => client.read_index(request).await,
+                Method::Lease => client.lease(request).await,
             }
         };
         let reply = match tokio::time::timeout(timeout, reply).await {
@@ -196,6 +198,20 @@ impl PeerNetwork {
         timeout: Duration,
     ) -> Result<ReadIndexReply, CallError> {
         self.call_typed(target, node, Method::ReadIndex, &(), timeout)
+            .await
+    }
+}
+
+impl PeerNetwork {
+    /// Asks the leader `target` a lease question.
+    pub async fn lease(
+        &self,
+        target: NodeId,
+        node: &PeerNode,
+        request: LeaseRequest,
+        timeout: Duration,
+    ) -> Result<LeaseReply, CallError> {
+        self.call_typed(target, node, Method::Lease, &request, timeout)
             .await
     }
 }

@@ -17,5 +17,7 @@ mod service;
 
 pub use client::{CallError, PeerConnection, PeerNetwork};
 pub use faults::LinkFaults;
-pub use messages::{ForwardError, ForwardReply, ReadIndexReply};
-pub use service::{propose, read_index, PeerService};
+pub use messages::{
+    ForwardError, ForwardReply, LeaseReply, LeaseRequest, LeaseStatus, ReadIndexReply,
+};
+pub use service::{propose, read_index, LeaseHandler, PeerService};

@@ -28,3 +28,24 @@ pub type ForwardReply = Result<(u64, CommandResponse), ForwardError>;
 /// Reply to `ReadIndex`: the log id a read must wait for, confirmed by a quorum of the leader's
 /// term. `None` means nothing has been committed yet.
 pub type ReadIndexReply = Result<Option<LogId<NodeId>>, ForwardError>;
+
+/// A lease question only the leader can answer: it alone tracks when leases expire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LeaseRequest {
+    /// Renew the lease to its full TTL.
+    KeepAlive { id: i64 },
+    /// How long the lease has left.
+    TimeToLive { id: i64 },
+}
+
+/// The leader's answer about one lease.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseStatus {
+    /// Seconds left (after a keep-alive: the full TTL); 0 or less when the lease does not exist.
+    pub remaining_ttl: i64,
+    /// The TTL the lease was granted with; 0 when it does not exist.
+    pub granted_ttl: i64,
+}
+
+/// Reply to `Lease`.
+pub type LeaseReply = Result<LeaseStatus, ForwardError>;

@@ -12,7 +12,14 @@ use serde::Serialize;
 use tonic::{Request, Response, Status};
 
 use crate::client::MAX_PEER_MESSAGE_BYTES;
-use crate::messages::{ForwardError, ForwardReply, ReadIndexReply};
+use crate::messages::{ForwardError, ForwardReply, LeaseReply, LeaseRequest, ReadIndexReply};
+
+/// Answers lease questions on the node that receives them: the server's lessor.
+#[tonic::async_trait]
+pub trait LeaseHandler: Send + Sync + 'static {
+    /// Answers `request` if this node is the leader, `ForwardError::NotLeader` otherwise.
+    async fn handle(&self, request: LeaseRequest) -> LeaseReply;
+}
 
 /// Proposes `command` on this node, which must be the leader, and waits until it is applied.
 ///
@@ -59,13 +66,19 @@ pub struct PeerService {
     raft: Raft<TypeConfig>,
     /// Upper bound for a forwarded write or read-index request; the caller has its own deadline.
     request_timeout: Duration,
+    leases: std::sync::Arc<dyn LeaseHandler>,
 }
 
 impl PeerService {
-    pub fn new(raft: Raft<TypeConfig>, request_timeout: Duration) -> Self {
+    pub fn new(
+        raft: Raft<TypeConfig>,
+        request_timeout: Duration,
+        leases: std::sync::Arc<dyn LeaseHandler>,
+    ) -> Self {
         PeerService {
             raft,
             request_timeout,
+            leases,
         }
     }
 
@@ -122,5 +135,10 @@ impl Peer for PeerService {
     ) -> Result<Response<RaftReply>, Status> {
         let () = decode(request)?;
         encode(&read_index(&self.raft, self.request_timeout).await)
+    }
+
+    async fn lease(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        let request: LeaseRequest = decode(request)?;
+        encode(&self.leases.handle(request).await)
     }
 }

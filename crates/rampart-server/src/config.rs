@@ -64,6 +64,23 @@ pub struct RawConfig {
     /// Entries kept in the log behind a snapshot, so slow followers catch up without one.
     #[arg(long, env = "RAMPART_SNAPSHOT_CATCHUP_ENTRIES")]
     pub snapshot_catchup_entries: Option<u64>,
+    /// Interval of watch progress notifications, e.g. "10m" (etcd's default) or "500ms".
+    #[arg(long, env = "RAMPART_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL")]
+    pub experimental_watch_progress_notify_interval: Option<String>,
+    /// How often the leader records the remaining TTLs of leases through Raft, so a new leader
+    /// resumes them instead of restarting them, e.g. "5s".
+    #[arg(long, env = "RAMPART_EXPERIMENTAL_LEASE_CHECKPOINT_INTERVAL")]
+    pub experimental_lease_checkpoint_interval: Option<String>,
+    /// TEST ONLY: serve the `rampart.faults.v1.Faults` service on the peer URLs, through which
+    /// anyone who reaches them can cut and delay this member's links to its peers. For
+    /// fault-injection harnesses (rampart-chaos); never enable it in production.
+    #[arg(
+        long,
+        env = "RAMPART_EXPERIMENTAL_PEER_FAULT_INJECTION",
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub experimental_peer_fault_injection: Option<bool>,
 }
 
 impl RawConfig {
@@ -102,6 +119,9 @@ impl RawConfig {
             election_timeout,
             snapshot_count,
             snapshot_catchup_entries,
+            experimental_watch_progress_notify_interval,
+            experimental_lease_checkpoint_interval,
+            experimental_peer_fault_injection,
         )
     }
 }
@@ -138,6 +158,11 @@ pub struct Config {
     pub election_timeout: Duration,
     pub snapshot_count: u64,
     pub snapshot_catchup_entries: u64,
+    pub watch_progress_notify_interval: Duration,
+    pub lease_checkpoint_interval: Duration,
+    /// Whether the peer listeners serve the test-only fault control
+    /// (`--experimental-peer-fault-injection`).
+    pub peer_fault_injection: bool,
     /// This member's id, derived from its peer URLs and the cluster token.
     pub member_id: NodeId,
     /// The cluster's id, derived from the initial members and the cluster token.
@@ -262,6 +287,24 @@ impl Config {
         if snapshot_count == 0 {
             return Err(invalid("snapshot-count", "0", "must be positive"));
         }
+        let duration = |flag: &'static str, value: Option<String>, default: Duration| match value {
+            None => Ok(default),
+            Some(text) => match humantime::parse_duration(&text) {
+                Ok(d) if !d.is_zero() => Ok(d),
+                Ok(_) => Err(invalid(flag, text, "must be positive")),
+                Err(e) => Err(invalid(flag, text, e.to_string())),
+            },
+        };
+        let watch_progress_notify_interval = duration(
+            "experimental-watch-progress-notify-interval",
+            raw.experimental_watch_progress_notify_interval,
+            Duration::from_secs(600),
+        )?;
+        let lease_checkpoint_interval = duration(
+            "experimental-lease-checkpoint-interval",
+            raw.experimental_lease_checkpoint_interval,
+            Duration::from_secs(5),
+        )?;
         let cluster_id = cluster_id(&initial_cluster, &initial_cluster_token);
         Ok(Config {
             name,
@@ -279,6 +322,9 @@ impl Config {
             election_timeout: Duration::from_millis(election_ms),
             snapshot_count,
             snapshot_catchup_entries: raw.snapshot_catchup_entries.unwrap_or(5_000),
+            watch_progress_notify_interval,
+            lease_checkpoint_interval,
+            peer_fault_injection: raw.experimental_peer_fault_injection.unwrap_or(false),
             member_id,
             cluster_id,
         })
@@ -288,6 +334,14 @@ impl Config {
     /// `ReqTimeout`: 5 s plus two election timeouts.
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(5) + 2 * self.election_timeout
+    }
+
+    /// The shortest lease TTL granted, in seconds: etcd's `minTTL`, one and a half election
+    /// timeouts rounded up, so a lease cannot expire during the election that follows a leader
+    /// loss.
+    pub fn min_lease_ttl(&self) -> i64 {
+        let millis = (3 * self.election_timeout.as_millis()).div_ceil(2);
+        millis.div_ceil(1000).max(1) as i64
     }
 }
 

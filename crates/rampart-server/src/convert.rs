@@ -291,6 +291,23 @@ pub fn delete_response(
     }
 }
 
+/// A watch event; its `prev_kv` only if the watch asked for it (etcd's `prev_kv` option).
+pub fn event(e: &domain::Event, with_prev_kv: bool) -> mvccpb::Event {
+    let kind = match e.kind {
+        domain::EventKind::Put => mvccpb::event::EventType::Put,
+        domain::EventKind::Delete => mvccpb::event::EventType::Delete,
+    };
+    mvccpb::Event {
+        r#type: kind as i32,
+        kv: Some(key_value(e.kv.clone())),
+        prev_kv: if with_prev_kv {
+            e.prev_kv.clone().map(key_value)
+        } else {
+            None
+        },
+    }
+}
+
 /// A txn response; every nested response carries the same header, as etcd's do.
 pub fn txn_response(r: domain::TxnResponse, header: &pb::ResponseHeader) -> pb::TxnResponse {
     use pb::response_op::Response;

@@ -33,6 +33,10 @@ pub enum ServerError {
     FutureRevision,
     #[error("etcdserver: requested lease not found")]
     LeaseNotFound,
+    #[error("etcdserver: lease already exists")]
+    LeaseExists,
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
     #[error("etcdserver: no leader")]
     NoLeader,
     #[error("etcdserver: leader changed")]
@@ -59,12 +63,12 @@ impl ServerError {
         match self {
             EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey
             | RequestTooLarge | InvalidSortOption | InvalidArgument(_) => Code::InvalidArgument,
-            Compacted | FutureRevision => Code::OutOfRange,
+            Compacted | FutureRevision | LeaseTtlTooLarge => Code::OutOfRange,
             LeaseNotFound | MemberNotFound => Code::NotFound,
             NoLeader | LeaderChanged | Timeout | TimeoutWaitAppliedIndex | Stopped => {
                 Code::Unavailable
             }
-            NotCapable => Code::FailedPrecondition,
+            NotCapable | LeaseExists => Code::FailedPrecondition,
             Storage(_) => Code::Internal,
         }
     }
@@ -92,6 +96,7 @@ impl From<ApplyError> for ServerError {
             ApplyError::LeaseNotFound => ServerError::LeaseNotFound,
             ApplyError::Compacted => ServerError::Compacted,
             ApplyError::FutureRevision => ServerError::FutureRevision,
+            ApplyError::LeaseExists => ServerError::LeaseExists,
         }
     }
 }

@@ -9,6 +9,8 @@
 pub mod config;
 mod convert;
 pub mod error;
+mod fault_control;
+mod lessor;
 pub mod node;
 mod services;
 

@@ -3,12 +3,16 @@
 //! read index).
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::{Raft, RaftMetrics, SnapshotPolicy};
 use rampart_api::etcdserverpb::ResponseHeader;
-use rampart_network::{CallError, ForwardError, LinkFaults, PeerNetwork, PeerService};
+use rampart_network::{
+    CallError, ForwardError, LeaseHandler, LeaseRequest, LeaseStatus, LinkFaults, PeerNetwork,
+    PeerService,
+};
 use rampart_storage::{
     ClusterIdentity, Command, CommandResponse, MemberAttributes, Mvcc, NodeId, PeerNode, Store,
     TypeConfig,
@@ -21,6 +25,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{ClusterState, Config};
 use crate::error::ServerError;
+use crate::fault_control::FaultControl;
+use crate::lessor::Lessor;
 use crate::services;
 
 /// Why a node could not start.
@@ -130,6 +136,19 @@ impl Node {
         Some((leader, node))
     }
 
+    /// The current term if this node leads it and has heard from a quorum within an election
+    /// timeout (the same check as [`Node::leader`]); `None` otherwise.
+    pub(crate) fn leading_term(&self) -> Option<u64> {
+        let metrics = self.metrics.borrow();
+        let election_ms = self.config.election_timeout.as_millis() as u64;
+        let leads = metrics.state == openraft::ServerState::Leader
+            && metrics.current_leader == Some(self.id())
+            && metrics
+                .millis_since_quorum_ack
+                .is_none_or(|ms| ms <= election_ms);
+        leads.then_some(metrics.current_term)
+    }
+
     /// Waits, at most until `deadline`, for a leader this node can reach; `NoLeader` if none.
     async fn wait_for_leader(&self, deadline: Instant) -> Result<(NodeId, PeerNode), ServerError> {
         let mut metrics = self.metrics.clone();
@@ -215,7 +234,11 @@ impl Node {
     }
 
     /// Waits until the local state machine has applied log index `index`.
-    async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<(), ServerError> {
+    pub(crate) async fn wait_applied(
+        &self,
+        index: u64,
+        deadline: Instant,
+    ) -> Result<(), ServerError> {
         let timeout = deadline.saturating_duration_since(Instant::now());
         self.raft
             .wait(Some(timeout))
@@ -233,26 +256,70 @@ impl Node {
     /// applied that far. Anything acknowledged before the read began is then visible here.
     pub async fn read_barrier(&self) -> Result<(), ServerError> {
         let deadline = Instant::now() + self.config.request_timeout();
+        let read_log_id = self
+            .ask_leader(
+                deadline,
+                |timeout| rampart_network::read_index(&self.raft, timeout),
+                |leader, node, timeout| async move {
+                    self.network.read_index(leader, &node, timeout).await
+                },
+            )
+            .await?;
+        let index = read_log_id.map_or(0, |id| id.index);
+        self.wait_applied(index, deadline).await
+    }
+
+    /// Asks the leader a lease question: `local` (this node's lessor) answers it when this node
+    /// leads, the leader's lessor otherwise. Only the leader knows when leases expire.
+    pub(crate) async fn ask_leader_lease(
+        &self,
+        request: LeaseRequest,
+        local: &dyn LeaseHandler,
+    ) -> Result<LeaseStatus, ServerError> {
+        let deadline = Instant::now() + self.config.request_timeout();
+        self.ask_leader(
+            deadline,
+            |_| local.handle(request),
+            |leader, node, timeout| async move {
+                self.network.lease(leader, &node, request, timeout).await
+            },
+        )
+        .await
+    }
+
+    /// Asks the leader, wherever it is, something that does no harm when asked twice (a read
+    /// index; a lease question, where a keep-alive only moves an expiry later): `local` answers
+    /// it when this node leads, `remote` sends it to the leader otherwise. After a leader change
+    /// it is asked again, until `deadline`.
+    async fn ask_leader<T, Local, LocalFut, Remote, RemoteFut>(
+        &self,
+        deadline: Instant,
+        local: Local,
+        remote: Remote,
+    ) -> Result<T, ServerError>
+    where
+        Local: Fn(Duration) -> LocalFut,
+        LocalFut: Future<Output = Result<T, ForwardError>>,
+        Remote: Fn(NodeId, PeerNode, Duration) -> RemoteFut,
+        RemoteFut: Future<Output = Result<Result<T, ForwardError>, CallError>>,
+    {
         let mut leader_deadline = Instant::now() + self.leader_wait();
         loop {
             let (leader, node) = self.wait_for_leader(leader_deadline.min(deadline)).await?;
             let remaining = deadline.saturating_duration_since(Instant::now());
             let reply = if leader == self.id() {
-                rampart_network::read_index(&self.raft, remaining).await
+                local(remaining).await
             } else {
-                match self.network.read_index(leader, &node, remaining).await {
+                match remote(leader, node, remaining).await {
                     Ok(reply) => reply,
                     Err(CallError::Timeout { .. }) => return Err(ServerError::Timeout),
                     Err(_) => Err(ForwardError::LeaderChanged),
                 }
             };
             match reply {
-                Ok(read_log_id) => {
-                    let index = read_log_id.map_or(0, |id| id.index);
-                    return self.wait_applied(index, deadline).await;
-                }
+                Ok(answer) => return Ok(answer),
                 Err(ForwardError::Timeout) => return Err(ServerError::Timeout),
-                // Reads change nothing, so they can always be tried again, until the deadline.
+                // Asking changes nothing, so it can always be tried again, until the deadline.
                 Err(_) => {
                     if Instant::now() >= leader_deadline.min(deadline) {
                         return Err(ServerError::NoLeader);
@@ -327,7 +394,7 @@ impl RunningNode {
                 .validate()
                 .map_err(|e| StartError::Raft(e.to_string()))?,
         );
-        let network = PeerNetwork::new(config.member_id, faults);
+        let network = PeerNetwork::new(config.member_id, faults.clone());
         let raft = Raft::new(
             config.member_id,
             raft_config,
@@ -373,14 +440,26 @@ impl RunningNode {
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
 
-        let peer_service = PeerService::new(node.raft.clone(), node.config.request_timeout());
+        let lessor = Lessor::new(node.clone(), cancel.clone());
+        let peer_service = PeerService::new(
+            node.raft.clone(),
+            node.config.request_timeout(),
+            lessor.clone(),
+        );
+        // TEST ONLY (--experimental-peer-fault-injection): remote control of `faults`.
+        let fault_control = node
+            .config
+            .peer_fault_injection
+            .then(|| FaultControl::server(node.id(), faults.clone()));
         for listener in listeners.peer {
             let service = peer_service.clone().into_server();
+            let fault_control = fault_control.clone();
             let shutdown = cancel.clone().cancelled_owned();
             tasks.spawn(async move {
                 let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
                 if let Err(e) = tonic::transport::Server::builder()
                     .add_service(service)
+                    .add_optional_service(fault_control)
                     .serve_with_incoming_shutdown(incoming, shutdown)
                     .await
                 {
@@ -389,7 +468,8 @@ impl RunningNode {
             });
         }
         for listener in listeners.client {
-            let router = services::client_router(node.clone()).await;
+            let router =
+                services::client_router(node.clone(), lessor.clone(), cancel.clone()).await;
             let shutdown = cancel.clone().cancelled_owned();
             tasks.spawn(async move {
                 // etcdctl 3.4 sends a URL as :authority, which h2 rejects; see rampart_h2_compat.
@@ -403,6 +483,7 @@ impl RunningNode {
             });
         }
         tasks.spawn(publish(node.clone(), cancel.clone()));
+        tasks.spawn(lessor.run());
 
         tracing::info!(
             name = %node.config.name,
@@ -425,6 +506,12 @@ impl RunningNode {
         self.tasks.wait().await;
         if let Err(e) = self.node.raft.shutdown().await {
             tracing::warn!("raft did not stop cleanly: {e}");
+        }
+        // openraft's workers may drop their storage handles a moment after `shutdown` returns;
+        // flush only once nothing else can write.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.node.store.released() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         if let Err(e) = self.node.store.flush() {
             tracing::error!("final flush failed: {e}");

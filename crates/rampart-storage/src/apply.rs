@@ -5,16 +5,27 @@
 //!    checks (leases, `ignore_*` keys, read revisions) run against the state before the entry;
 //!    any [`ApplyError`] here fails the whole command with nothing changed;
 //! 2. execute: the ops write into an in-memory overlay ([`Writes`]) that later reads of the same
-//!    entry merge over the tree (a Txn reads its own writes);
-//! 3. commit: the overlay, the new revision, the applied log id and any bookkeeping become ONE
-//!    sled batch. The cached state is updated only after the batch is in.
+//!    entry merge over the tree (a Txn reads its own writes), and note each key's record before
+//!    the entry, in op order;
+//! 3. commit: the overlay, the new revision, its event index, the lease attachments it changes,
+//!    the applied log id and any bookkeeping become ONE sled batch. The cached state is updated
+//!    only after the batch is in; then the revision's events go to the live watch feed.
+//!
+//! Lease attachments follow from each changed key's lease before and after the entry, so every
+//! way a key changes (a put with a new lease or lease 0, `ignore_lease`, any delete) keeps them
+//! right without a case of its own.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use openraft::{EntryPayload, StoredMembership};
 
 use crate::codec::{
-    self, KeyRecord, HISTORY, META_APPLIED, META_COMPACT, META_MEMBERSHIP, META_REVISION,
+    self, KeyRecord, EVENT, HISTORY, META_APPLIED, META_COMPACT, META_MEMBERSHIP, META_REVISION,
 };
 use crate::error::{MvccError, StoreError};
+use crate::events::{ChangedKey, WatchFeed, Written};
+use crate::lease;
 use crate::mvcc::{MvccCore, MvccState};
 use crate::range::{self, Collector, KeyRange, Writes};
 use crate::types::{
@@ -24,21 +35,12 @@ use crate::types::{
     TxnResponse, TypeConfig,
 };
 
-/// Checks that a lease exists. There is no lease store yet, so every lease but "none" (0) is
-/// unknown; when leases arrive this is the one place to ask them.
-pub(crate) fn check_lease(lease: i64) -> Result<(), ApplyError> {
-    if lease == 0 {
-        Ok(())
-    } else {
-        Err(ApplyError::LeaseNotFound)
-    }
-}
-
 /// What an applied entry changes in the cached [`MvccState`], set in memory only once the batch
 /// carrying the same changes is in the tree.
 #[derive(Default)]
 struct Changes {
-    revision: Option<i64>,
+    /// The revision the entry created and the keys it changed, for the watch feed.
+    written: Option<Written>,
     compact_revision: Option<i64>,
     membership: Option<StoredMembership<NodeId, PeerNode>>,
     member: Option<MemberAttributes>,
@@ -84,8 +86,8 @@ impl MvccCore {
         // db; sled also flushes on its own timer). Until then a crash only rolls the state machine
         // back to an earlier applied id, whose later entries are still in the flushed log
         // (purging needs a snapshot, and building one flushes), and openraft re-applies them.
-        if let Some(r) = changes.revision {
-            state.revision = r;
+        if let Some(w) = &changes.written {
+            state.revision = w.revision;
         }
         if let Some(c) = changes.compact_revision {
             state.compact_revision = c;
@@ -97,6 +99,19 @@ impl MvccCore {
             state.members.insert(a.id, a);
         }
         state.applied = Some(entry.log_id);
+        if let Some(written) = changes.written {
+            // Sent while the write lock is still held, with the revision now visible. Skipping
+            // the send when no one listens is safe: `receiver_count` and `subscribe` synchronize
+            // on the channel's lock, so a subscriber not counted here subscribes after this point
+            // and its next `Mvcc::revision()` waits for this lock, sees this revision, and replays
+            // it from history. It saves building the events (cloning values) for no one.
+            if self.feed.receiver_count() > 0 {
+                // An error only means every receiver has gone since the check.
+                let _ = self
+                    .feed
+                    .send(WatchFeed::Events(Arc::new(written.into_events())));
+            }
+        }
         Ok(CommandResponse {
             revision: state.revision,
             result,
@@ -135,8 +150,24 @@ fn execute(
             changes.member = Some(attrs.clone());
             CommandResult::Publish
         }
+        Command::LeaseGrant { id, ttl } => {
+            lease::grant(tree, *id, *ttl, batch)?;
+            CommandResult::LeaseGrant { id: *id, ttl: *ttl }
+        }
+        Command::LeaseRevoke { id } => {
+            // Key order, as etcd's revoke sorts them; all in this one revision (none if the
+            // lease had no keys).
+            for key in lease::remove(tree, *id, batch)? {
+                txn.delete_key(key)?;
+            }
+            CommandResult::LeaseRevoke
+        }
+        Command::LeaseCheckpoint { checkpoints } => {
+            lease::checkpoint(tree, checkpoints, batch)?;
+            CommandResult::LeaseCheckpoint
+        }
     };
-    changes.revision = txn.commit(batch)?;
+    changes.written = txn.commit(batch)?;
     Ok(result)
 }
 
@@ -152,7 +183,12 @@ struct WriteTxn<'a> {
     tree: &'a sled::Tree,
     base_revision: i64,
     compact_revision: i64,
+    /// Each written key's final state in this entry.
     writes: Writes,
+    /// Each written key once, in the order of its first write, with its record before the entry:
+    /// the revision's events. (A key written twice in one entry, which the server refuses as
+    /// etcd does, makes one event: its final state.)
+    changed: Vec<(Vec<u8>, Option<KeyValue>)>,
 }
 
 impl<'a> WriteTxn<'a> {
@@ -162,7 +198,22 @@ impl<'a> WriteTxn<'a> {
             base_revision: state.revision,
             compact_revision: state.compact_revision,
             writes: Writes::new(),
+            changed: Vec::new(),
         }
+    }
+
+    /// Sets `key` to `after` (`None`: deleted) in this entry; `before` gives its record before
+    /// the entry, asked for only on the key's first write.
+    fn write(
+        &mut self,
+        key: Vec<u8>,
+        before: impl FnOnce() -> Option<KeyValue>,
+        after: Option<KeyRecord>,
+    ) {
+        if !self.writes.contains_key(&key) {
+            self.changed.push((key.clone(), before()));
+        }
+        self.writes.insert(key, after);
     }
 
     /// The revision this entry's writes create.
@@ -177,7 +228,7 @@ impl<'a> WriteTxn<'a> {
     /// The checks etcd makes before a put (leases first, as its plain Put does; then the key the
     /// `ignore_*` flags need).
     fn check_put(&self, req: &PutRequest) -> Result<(), MvccError> {
-        check_lease(req.lease)?;
+        lease::check_lease(self.tree, req.lease)?;
         if (req.ignore_value || req.ignore_lease) && self.latest(&req.key)?.is_none() {
             return Err(ApplyError::KeyNotFound.into());
         }
@@ -209,12 +260,12 @@ impl<'a> WriteTxn<'a> {
                 value: req.value.clone(),
             },
         };
-        self.writes.insert(req.key.clone(), Some(record));
-        Ok(PutResponse {
-            prev_kv: prev
-                .filter(|_| req.prev_kv)
-                .map(|p| p.into_kv(req.key.clone())),
-        })
+        let prev = prev.map(|p| p.into_kv(req.key.clone()));
+        let response = PutResponse {
+            prev_kv: prev.as_ref().filter(|_| req.prev_kv).cloned(),
+        };
+        self.write(req.key.clone(), || prev, Some(record));
+        Ok(response)
     }
 
     fn delete_range(
@@ -229,12 +280,21 @@ impl<'a> WriteTxn<'a> {
             &mut victims,
         )?;
         for kv in &victims.kvs {
-            self.writes.insert(kv.key.clone(), None);
+            self.write(kv.key.clone(), || Some(kv.clone()), None);
         }
         Ok(DeleteRangeResponse {
             deleted: victims.count,
             prev_kvs: if req.prev_kv { victims.kvs } else { Vec::new() },
         })
+    }
+
+    /// Deletes `key` if it is live (a revoke's delete of one attached key).
+    fn delete_key(&mut self, key: Vec<u8>) -> Result<(), StoreError> {
+        if let Some(prev) = self.latest(&key)? {
+            let before = prev.into_kv(key.clone());
+            self.write(key, || Some(before), None);
+        }
+        Ok(())
     }
 
     fn range(&self, req: &RangeRequest) -> Result<RangeResponse, MvccError> {
@@ -319,33 +379,56 @@ impl<'a> WriteTxn<'a> {
         })
     }
 
-    /// Stages the writes in `batch` under one new revision; returns it, or `None` if nothing was
-    /// written (the revision does not move).
-    fn commit(self, batch: &mut sled::Batch) -> Result<Option<i64>, StoreError> {
-        if self.writes.is_empty() {
+    /// Stages the writes in `batch` under one new revision, with their event index entries and
+    /// lease attachment changes; returns what was written, or `None` if nothing was (the
+    /// revision does not move).
+    fn commit(mut self, batch: &mut sled::Batch) -> Result<Option<Written>, StoreError> {
+        if self.changed.is_empty() {
             return Ok(None);
         }
         let revision = self.revision();
-        for (key, write) in &self.writes {
-            match write {
+        let mut changes = Vec::with_capacity(self.changed.len());
+        for (seq, (key, before)) in self.changed.into_iter().enumerate() {
+            let after = self.writes.remove(&key).ok_or_else(|| {
+                StoreError::corrupt("txn writes", "a changed key has no write (bug)")
+            })?;
+            match &after {
                 Some(record) => {
-                    batch.insert(codec::latest_key(key), codec::encode("key record", record)?);
                     batch.insert(
-                        codec::history_key(key, revision),
+                        codec::latest_key(&key),
+                        codec::encode("key record", record)?,
+                    );
+                    batch.insert(
+                        codec::history_key(&key, revision),
                         codec::history_put(record)?,
                     );
                 }
                 None => {
-                    batch.remove(codec::latest_key(key));
+                    batch.remove(codec::latest_key(&key));
                     batch.insert(
-                        codec::history_key(key, revision),
+                        codec::history_key(&key, revision),
                         codec::history_tombstone(),
                     );
                 }
             }
+            let seq = u32::try_from(seq).map_err(|_| {
+                StoreError::corrupt("txn writes", "more than 2^32 keys in one revision")
+            })?;
+            batch.insert(codec::event_key(revision, seq), key.as_slice());
+            let old_lease = before.as_ref().map_or(0, |kv| kv.lease);
+            let new_lease = after.as_ref().map_or(0, |r| r.lease);
+            if old_lease != new_lease {
+                if old_lease != 0 {
+                    batch.remove(codec::attachment_key(old_lease, &key));
+                }
+                if new_lease != 0 {
+                    batch.insert(codec::attachment_key(new_lease, &key), &[]);
+                }
+            }
+            changes.push(ChangedKey { key, before, after });
         }
         batch.insert(META_REVISION, codec::encode("store revision", &revision)?);
-        Ok(Some(revision))
+        Ok(Some(Written { revision, changes }))
     }
 }
 
@@ -384,7 +467,9 @@ fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
 
 /// etcd's compaction: removes from history every version superseded at or before `revision`.
 /// Per key, the latest version `<= revision` stays, unless it is a delete, which goes too (reads
-/// at `>= revision` then find nothing, as they should). Newer versions are untouched.
+/// at `>= revision` then find nothing, as they should). Newer versions are untouched. The event
+/// index loses the entries of the versions removed: all below `revision`, and the deletes at
+/// `revision` itself.
 fn compact(
     tree: &sled::Tree,
     state: &MvccState,
@@ -397,35 +482,68 @@ fn compact(
     if revision > state.revision {
         return Err(ApplyError::FutureRevision.into());
     }
-    // The last version <= revision of the key being scanned: (tree key, is a tombstone).
-    let mut candidate: Option<(sled::IVec, bool)> = None;
+    // `h enc(key)` of the keys whose delete at exactly `revision` goes.
+    let mut deleted_at_revision = BTreeSet::new();
+    // The last version <= revision of the key being scanned, which stays unless it is a delete.
+    let mut settle = |candidate: Option<Candidate>, batch: &mut sled::Batch| {
+        if let Some(c) = candidate.filter(|c| c.tombstone) {
+            if c.revision == revision {
+                let (head, _) = codec::split_history_key(&c.key)?;
+                deleted_at_revision.insert(head.to_vec());
+            }
+            batch.remove(c.key);
+        }
+        Ok::<(), StoreError>(())
+    };
+    let mut candidate: Option<Candidate> = None;
     let mut group: Vec<u8> = Vec::new();
     for item in tree.scan_prefix([HISTORY]) {
         let (k, v) = item?;
         let (head, rev) = codec::split_history_key(&k)?;
         if head != group.as_slice() {
-            if let Some((old, true)) = candidate.take() {
-                batch.remove(old);
-            }
+            settle(candidate.take(), batch)?;
             group = head.to_vec();
         }
         if rev > revision {
             // Newer than the compaction point: this key's survivor (if any) is decided.
-            if let Some((old, true)) = candidate.take() {
-                batch.remove(old);
-            }
+            settle(candidate.take(), batch)?;
             continue;
         }
-        let tombstone = codec::history_record_bytes(&v)?.is_none();
-        if let Some((old, _)) = candidate.replace((k, tombstone)) {
-            batch.remove(old); // superseded at or before `revision`
+        let next = Candidate {
+            revision: rev,
+            tombstone: codec::history_record_bytes(&v)?.is_none(),
+            key: k,
+        };
+        if let Some(old) = candidate.replace(next) {
+            batch.remove(old.key); // superseded at or before `revision`
         }
     }
-    if let Some((old, true)) = candidate {
-        batch.remove(old);
+    settle(candidate, batch)?;
+
+    for k in tree
+        .range(vec![EVENT]..codec::event_key_start(revision))
+        .keys()
+    {
+        batch.remove(k?);
+    }
+    if !deleted_at_revision.is_empty() {
+        for item in tree.scan_prefix(codec::event_key_start(revision)) {
+            let (k, user_key) = item?;
+            if deleted_at_revision.contains(&codec::prefixed_key(HISTORY, &user_key)) {
+                batch.remove(k);
+            }
+        }
     }
     batch.insert(META_COMPACT, codec::encode("compact revision", &revision)?);
     Ok(())
+}
+
+/// A version compaction may keep: the last one at or before the compaction point seen so far.
+struct Candidate {
+    revision: i64,
+    tombstone: bool,
+    /// Its history key.
+    key: sled::IVec,
 }
 
 #[cfg(test)]
@@ -449,6 +567,18 @@ mod tests {
                     if dead { "-" } else { "" },
                     String::from_utf8(key).unwrap()
                 )
+            })
+            .collect()
+    }
+
+    /// The event index physically in the tree, as `revision:key`.
+    fn event_index(core: &MvccCore) -> Vec<String> {
+        core.tree
+            .scan_prefix([EVENT])
+            .map(|item| {
+                let (k, v) = item.unwrap();
+                let rev = codec::event_key_revision(&k).unwrap();
+                format!("{rev}:{}", String::from_utf8_lossy(&v))
             })
             .collect()
     }
@@ -483,6 +613,7 @@ mod tests {
         })); // 5
         apply(put("c")); // 6
         assert_eq!(history(&core), ["a@2", "a@4", "b@3", "-b@5", "c@6"]);
+        assert_eq!(event_index(&core), ["2:a", "3:b", "4:a", "5:b", "6:c"]);
 
         assert_eq!(
             apply(Command::Compact { revision: 4 }).result,
@@ -493,6 +624,11 @@ mod tests {
             ["a@4", "b@3", "-b@5", "c@6"],
             "a@2 was superseded at 4"
         );
+        assert_eq!(
+            event_index(&core),
+            ["4:a", "5:b", "6:c"],
+            "the index below 4 goes"
+        );
 
         assert_eq!(
             apply(Command::Compact { revision: 5 }).result,
@@ -502,6 +638,11 @@ mod tests {
             history(&core),
             ["a@4", "c@6"],
             "b's delete at 5 takes its whole history"
+        );
+        assert_eq!(
+            event_index(&core),
+            ["6:c"],
+            "and its index entry at 5, which would name a version no longer there"
         );
 
         assert_eq!(

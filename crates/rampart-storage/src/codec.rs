@@ -8,26 +8,45 @@
 //! |---------------------------------------|---------------------------------------------|
 //! | `l` enc(key)                          | bincode([`KeyRecord`]): live keys only       |
 //! | `h` enc(key) rev (8 bytes big-endian) | `1` bincode([`KeyRecord`]), or `0` (a delete) |
+//! | `r` rev seq (8 + 4 bytes big-endian)  | the user key the revision's `seq`-th change touched |
+//! | `L` lid                               | bincode([`Lease`])                           |
+//! | `A` lid enc(key)                      | empty: the key is attached to the lease      |
 //! | `m` name                              | bincode of one meta value (see `META_*`)     |
 //!
 //! `enc` is a memcomparable escape of the user key: every `0x00` becomes `0x00 0xFF` and the key
 //! ends with `0x00 0x01`. It keeps byte order (`a < b` iff `enc(a) < enc(b)`) and no encoded key is
 //! a prefix of another, so `[enc(a), enc(b))` holds exactly the history of the keys in `[a, b)`,
 //! whatever revision suffix follows.
+//!
+//! The `r` event index lists, per revision and in the order the command's operations made them,
+//! the keys that revision changed; each change itself is the key's `h` version at that revision.
+//! It lets a watcher replay history revision by revision without scanning every key.
+//!
+//! `lid` is a lease id as 8 big-endian bytes with the sign bit flipped, so leases (and each lease's
+//! attachments) sort by id, negative ids included. A live key with a non-zero `lease` has exactly
+//! one `A` entry, under that lease, and the lease exists: a revoke finds its keys by prefix.
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
-use crate::types::{KeyValue, NodeId};
+use crate::types::{KeyValue, Lease, NodeId};
 
 /// Version of this layout, stored under [`META_FORMAT`]; bump it on any incompatible change.
-pub(crate) const FORMAT_VERSION: u32 = 1;
+/// Version 2 added leases and the event index: a version-1 tree lacks the index for its history,
+/// so it is refused rather than served with silently missing watch events.
+pub(crate) const FORMAT_VERSION: u32 = 2;
 
 /// Prefix of the live keys.
 pub(crate) const LATEST: u8 = b'l';
 /// Prefix of every stored version of every key, until compaction removes it.
 pub(crate) const HISTORY: u8 = b'h';
+/// Prefix of the event index: which keys each revision changed, in op order.
+pub(crate) const EVENT: u8 = b'r';
+/// Prefix of the leases.
+pub(crate) const LEASE: u8 = b'L';
+/// Prefix of the lease attachments (lease id, then key).
+pub(crate) const ATTACHMENT: u8 = b'A';
 /// Prefix of the state machine's bookkeeping.
 pub(crate) const META: u8 = b'm';
 
@@ -160,6 +179,82 @@ pub(crate) fn split_history_key(k: &[u8]) -> Result<(&[u8], i64), StoreError> {
     Ok((head, u64::from_be_bytes(bytes) as i64))
 }
 
+/// `r rev seq`: the `seq`-th change (0-based, in op order) of revision `revision`.
+pub(crate) fn event_key(revision: i64, seq: u32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + 8 + 4);
+    out.push(EVENT);
+    out.extend_from_slice(&revision_bytes(revision));
+    out.extend_from_slice(&seq.to_be_bytes());
+    out
+}
+
+/// The first event-index key of revision `revision`: `r rev`, a prefix of all its entries.
+pub(crate) fn event_key_start(revision: i64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + 8);
+    out.push(EVENT);
+    out.extend_from_slice(&revision_bytes(revision));
+    out
+}
+
+/// The revision of an event-index key.
+pub(crate) fn event_key_revision(k: &[u8]) -> Result<i64, StoreError> {
+    match k {
+        [EVENT, rev @ .., _, _, _, _] if rev.len() == 8 => {
+            let mut bytes = [0u8; 8];
+            bytes.copy_from_slice(rev);
+            Ok(u64::from_be_bytes(bytes) as i64)
+        }
+        _ => Err(StoreError::corrupt(
+            "mvcc event index key",
+            "bad length or prefix",
+        )),
+    }
+}
+
+/// A lease id as bytes that sort like the ids: big-endian with the sign bit flipped.
+fn lease_id_bytes(id: i64) -> [u8; 8] {
+    ((id as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+/// `L lid`.
+pub(crate) fn lease_key(id: i64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + 8);
+    out.push(LEASE);
+    out.extend_from_slice(&lease_id_bytes(id));
+    out
+}
+
+/// `A lid`: the prefix of every attachment of lease `id`.
+pub(crate) fn attachment_prefix(id: i64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + 8);
+    out.push(ATTACHMENT);
+    out.extend_from_slice(&lease_id_bytes(id));
+    out
+}
+
+/// `A lid enc(key)`.
+pub(crate) fn attachment_key(id: i64, key: &[u8]) -> Vec<u8> {
+    let mut out = attachment_prefix(id);
+    push_user_key(&mut out, key);
+    out
+}
+
+/// The user key of an attachment key.
+pub(crate) fn attachment_user_key(k: &[u8]) -> Result<Vec<u8>, StoreError> {
+    match k.get(1 + 8..) {
+        Some(enc) if k[0] == ATTACHMENT => Ok(decode_user_key(enc)?.0),
+        _ => Err(StoreError::corrupt(
+            "mvcc lease attachment key",
+            "too short or bad prefix",
+        )),
+    }
+}
+
+/// bincode of a lease record.
+pub(crate) fn encode_lease(lease: &Lease) -> Result<Vec<u8>, StoreError> {
+    encode("lease", lease)
+}
+
 /// The history value of a put.
 pub(crate) fn history_put(record: &KeyRecord) -> Result<Vec<u8>, StoreError> {
     let mut out = vec![HISTORY_PUT];
@@ -245,6 +340,29 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn lease_and_event_keys_sort_by_id_and_revision() {
+        let ids = [i64::MIN, -5, -1, 0, 1, 7, 1 << 40, i64::MAX];
+        for pair in ids.windows(2) {
+            assert!(lease_key(pair[0]) < lease_key(pair[1]), "{pair:?}");
+            assert!(
+                attachment_key(pair[0], b"\xff\xff") < attachment_key(pair[1], b""),
+                "attachments of {pair:?} do not interleave"
+            );
+        }
+        let k = attachment_key(-3, b"a\0b");
+        assert!(k.starts_with(&attachment_prefix(-3)));
+        assert_eq!(attachment_user_key(&k).expect("decodes"), b"a\0b");
+
+        assert!(event_key(2, u32::MAX) < event_key(3, 0));
+        assert!(event_key(3, 0).starts_with(&event_key_start(3)));
+        assert_eq!(
+            event_key_revision(&event_key(1 << 33, 9)).expect("decodes"),
+            1 << 33
+        );
+        assert!(event_key_revision(&event_key_start(3)).is_err());
     }
 
     #[test]

@@ -16,6 +16,10 @@ pub enum StoreError {
     #[error("sled database error")]
     Sled(#[from] sled::Error),
 
+    /// Another process holds the database's lock.
+    #[error("{} is locked: another process is using this data directory", path.display())]
+    Locked { path: std::path::PathBuf },
+
     /// Bytes on disk (or in a received snapshot) did not decode as what they must be.
     #[error("corrupt {what}: cannot decode")]
     Decode {

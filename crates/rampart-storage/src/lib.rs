@@ -6,24 +6,30 @@
 //! - [`LogStore`], openraft's `RaftLogStorage` (log entries, vote, committed log id);
 //! - [`StateMachine`], openraft's `RaftStateMachine`: applies [`Command`]s to the MVCC store and
 //!   builds and installs snapshots;
-//! - [`Mvcc`], a cheap cloneable read handle on the MVCC store for serving reads.
+//! - [`Mvcc`], a cheap cloneable read handle on the MVCC store for serving reads: Range, leases,
+//!   watch events replayed from history, and the live [`WatchFeed`] of new revisions.
 //!
 //! Layout of the code: `codec` (how the MVCC tree is laid out on disk), `range` (reads: etcd's
 //! Range over live keys or history), `apply` (writes: one log entry, etcd's Put, DeleteRange,
-//! Txn, Compact), `mvcc` (the shared store and its lock), `state_machine` and `snapshot`
-//! (openraft's state machine and the snapshot file), `log_store` (openraft's log), `store`
-//! (opening a data directory).
+//! Txn, Compact, leases), `lease` (lease records and the keys attached to them), `events` (watch
+//! events: replay from history and the live feed), `mvcc` (the shared store, its lock and its
+//! feed), `state_machine` and `snapshot` (openraft's state machine and the snapshot file),
+//! `log_store` (openraft's log), `store` (opening a data directory).
 //!
 //! Invariants:
 //! - each log entry changes the MVCC tree in ONE sled batch that also records its log id, and
 //!   readers hold a read lock the applier's write lock excludes: no one sees half an entry, and a
 //!   restart neither re-applies nor skips one;
+//! - the live watch feed is sent to under that write lock, once the entry is visible, so it is in
+//!   revision order and a subscriber that reads the revision after subscribing misses nothing;
 //! - openraft hears "done" for log appends, votes, truncations and purges only after an fsync.
 
 mod apply;
 mod codec;
 mod error;
+mod events;
 mod files;
+mod lease;
 mod log_store;
 mod mvcc;
 mod range;
@@ -33,6 +39,7 @@ mod store;
 pub mod types;
 
 pub use error::{MvccError, StoreError};
+pub use events::{WatchFeed, WATCH_FEED_CAPACITY};
 pub use log_store::LogStore;
 pub use mvcc::Mvcc;
 pub use state_machine::{SnapshotBuilder, StateMachine};

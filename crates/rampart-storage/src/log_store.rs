@@ -16,6 +16,7 @@
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{LogId, OptionalSend, StorageError, StorageIOError, Vote};
@@ -43,11 +44,17 @@ fn entry_key(index: u64) -> [u8; 9] {
 pub struct LogStore {
     db: sled::Db,
     tree: sled::Tree,
+    /// Counts this handle as in use for [`crate::Store::released`].
+    _in_use: Arc<()>,
 }
 
 impl LogStore {
-    pub(crate) fn new(db: sled::Db, tree: sled::Tree) -> Self {
-        LogStore { db, tree }
+    pub(crate) fn new(db: sled::Db, tree: sled::Tree, in_use: Arc<()>) -> Self {
+        LogStore {
+            db,
+            tree,
+            _in_use: in_use,
+        }
     }
 
     fn get<T: DeserializeOwned>(

@@ -5,20 +5,32 @@
 //! holds the write lock while it executes an entry and applies its batch, and every read (a
 //! Range, a snapshot export) holds the read lock, so no reader ever sees half an entry.
 //! [`Mvcc`] is the cheap read handle handed to the server.
+//!
+//! The core also owns the live watch feed. Every message is sent while the write lock is still
+//! held, right after the state it describes became visible: so messages go out in revision order,
+//! and a subscriber that subscribes, then reads [`Mvcc::revision`], then replays history up to
+//! that revision with [`Mvcc::events`] sees every revision exactly once (those up to the revision
+//! it read from history, the later ones from the feed).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use openraft::{LogId, StoredMembership};
 use parking_lot::RwLock;
+use tokio::sync::broadcast;
 
 use crate::codec::{
     self, Pairs, META, META_APPLIED, META_COMPACT, META_FORMAT, META_MEMBERSHIP,
     META_MEMBER_PREFIX, META_REVISION,
 };
 use crate::error::{MvccError, StoreError};
+use crate::events::{WatchFeed, WATCH_FEED_CAPACITY};
+use crate::lease;
 use crate::range::{self, Writes};
-use crate::types::{ApplyError, MemberAttributes, NodeId, PeerNode, RangeRequest, RangeResponse};
+use crate::types::{
+    ApplyError, Lease, MemberAttributes, NodeId, PeerNode, RangeRequest, RangeResponse,
+    RevisionEvents,
+};
 
 /// The bookkeeping of the MVCC tree, cached in memory; always equal to the `m` keys on disk.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -97,6 +109,8 @@ pub(crate) struct MvccCore {
     pub tree: sled::Tree,
     /// Guards `tree` as a whole (see the module docs) and caches its bookkeeping.
     pub state: RwLock<MvccState>,
+    /// The live watch feed; sent to only with `state` locked for writing (see the module docs).
+    pub feed: broadcast::Sender<WatchFeed>,
 }
 
 impl MvccCore {
@@ -117,6 +131,7 @@ impl MvccCore {
             db,
             tree,
             state: RwLock::new(state),
+            feed: broadcast::channel(WATCH_FEED_CAPACITY).0,
         })
     }
 
@@ -159,6 +174,10 @@ impl MvccCore {
         // or not at all, so a crash leaves the old state or the new one, never a mix). Durable at
         // the caller's flush.
         *state = incoming;
+        // Sent under the write lock, like every feed message. No receiver is not an error.
+        let _ = self.feed.send(WatchFeed::Reset {
+            revision: state.revision,
+        });
         Ok(())
     }
 
@@ -240,5 +259,61 @@ impl Mvcc {
     /// The members' published attributes (from `Command::Publish`, the latest per id), by id.
     pub fn members(&self) -> Vec<MemberAttributes> {
         self.core.state.read().members.values().cloned().collect()
+    }
+
+    /// The lease `id` as the state machine records it, if it exists (granted and not revoked).
+    pub fn lease(&self, id: i64) -> Result<Option<Lease>, MvccError> {
+        let _state = self.core.state.read();
+        Ok(lease::get(&self.core.tree, id)?)
+    }
+
+    /// The keys attached to lease `id`, in key order; empty for an unknown lease.
+    pub fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>, MvccError> {
+        let _state = self.core.state.read();
+        Ok(lease::keys(&self.core.tree, id)?)
+    }
+
+    /// Every lease, sorted by id.
+    pub fn leases(&self) -> Result<Vec<Lease>, MvccError> {
+        let _state = self.core.state.read();
+        Ok(lease::all(&self.core.tree)?)
+    }
+
+    /// The events of revisions `start..=end` on the keys in `[key, range_end)` (etcd's
+    /// conventions: an empty `range_end` is the single key, `"\0"` every key `>= key`), replayed
+    /// from history, one [`RevisionEvents`] per revision that has matching events, in revision
+    /// order, each event with its `prev_kv` (`None` if the key did not exist before or history no
+    /// longer has its previous version).
+    ///
+    /// `end` is clamped to the current revision. Whole revisions only: it stops after the
+    /// revision with which the number of events reaches `max_events` (0: no limit), so a
+    /// revision with more events than that is still returned whole. Also returns the last
+    /// revision fully examined: the clamped `end` if nothing was cut, else the last revision
+    /// returned; continue from there + 1.
+    ///
+    /// Errors: [`ApplyError::Compacted`] if the store was compacted and `start` is below the
+    /// compact revision (etcd's rule; a `start` of 0 or less counts as 1 otherwise, "from now" is
+    /// the caller's business). A delete at exactly the compact revision is gone from history, and
+    /// so from the replay; events at the compact revision have no `prev_kv`.
+    pub fn events(
+        &self,
+        start: i64,
+        end: i64,
+        key: &[u8],
+        range_end: &[u8],
+        max_events: usize,
+    ) -> Result<(Vec<RevisionEvents>, i64), MvccError> {
+        self.core.events(start, end, key, range_end, max_events)
+    }
+
+    /// Subscribes to the live feed: every revision applied from now on, in order, and a
+    /// [`WatchFeed::Reset`] when a snapshot replaces the state.
+    ///
+    /// To miss nothing, subscribe first, then read [`Mvcc::revision`], then replay history up to
+    /// it with [`Mvcc::events`]; feed messages at or below that revision are duplicates to skip.
+    /// A receiver more than [`WATCH_FEED_CAPACITY`] messages behind gets `RecvError::Lagged` and
+    /// catches up from history the same way.
+    pub fn subscribe(&self) -> broadcast::Receiver<WatchFeed> {
+        self.core.feed.subscribe()
     }
 }

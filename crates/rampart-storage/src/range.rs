@@ -45,6 +45,16 @@ impl KeyRange {
         }
     }
 
+    /// Whether `key` is in the range.
+    pub(crate) fn contains(&self, key: &[u8]) -> bool {
+        match self {
+            KeyRange::Empty => false,
+            KeyRange::Single(k) => key == k.as_slice(),
+            KeyRange::From(k) => key >= k.as_slice(),
+            KeyRange::Span(a, b) => key >= a.as_slice() && key < b.as_slice(),
+        }
+    }
+
     /// The range in user-key space, for the in-memory overlay.
     fn user_bounds(&self) -> Option<Bounds<&[u8]>> {
         match self {
@@ -382,5 +392,26 @@ mod tests {
             KeyRange::new(b"a", b"c"),
             KeyRange::Span(b"a".to_vec(), b"c".to_vec())
         );
+    }
+
+    #[test]
+    fn key_range_contains() {
+        let check = |key: &[u8], end: &[u8], probe: &[u8], want: bool| {
+            assert_eq!(
+                KeyRange::new(key, end).contains(probe),
+                want,
+                "{probe:?} in ({key:?}, {end:?})"
+            );
+        };
+        check(b"a", b"", b"a", true);
+        check(b"a", b"", b"ab", false);
+        check(b"a", b"\0", b"a", true);
+        check(b"a", b"\0", b"\xff", true);
+        check(b"a", b"\0", b"", false);
+        check(b"\0", b"\0", b"", true);
+        check(b"a", b"c", b"b\xff", true);
+        check(b"a", b"c", b"c", false);
+        check(b"b", b"a", b"b", false);
+        check(b"a", b"c", b"", false);
     }
 }

@@ -19,11 +19,17 @@ use crate::types::{CommandResponse, NodeId, PeerNode, TypeConfig};
 pub struct StateMachine {
     core: Arc<MvccCore>,
     snapshots: Arc<SnapshotFiles>,
+    /// Counts this handle as in use for [`crate::Store::released`].
+    _in_use: Arc<()>,
 }
 
 impl StateMachine {
-    pub(crate) fn new(core: Arc<MvccCore>, snapshots: Arc<SnapshotFiles>) -> Self {
-        StateMachine { core, snapshots }
+    pub(crate) fn new(core: Arc<MvccCore>, snapshots: Arc<SnapshotFiles>, in_use: Arc<()>) -> Self {
+        StateMachine {
+            core,
+            snapshots,
+            _in_use: in_use,
+        }
     }
 }
 

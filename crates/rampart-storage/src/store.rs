@@ -31,7 +31,6 @@ pub struct ClusterIdentity {
 /// One node's data directory: the sled database in `dir/db` (Raft log, MVCC state machine, node
 /// identity) and the current snapshot in `dir/snap`. Cloning gives another handle on the same
 /// open database.
-#[derive(Clone)]
 pub struct Store {
     db: sled::Db,
     node: sled::Tree,
@@ -39,6 +38,8 @@ pub struct Store {
     core: Arc<MvccCore>,
     snapshots: Arc<SnapshotFiles>,
     dir: PathBuf,
+    /// Cloned into every handle given to openraft; see [`Store::released`].
+    in_use: Arc<()>,
 }
 
 impl Store {
@@ -50,9 +51,10 @@ impl Store {
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::io("create data directory", dir, e))?;
-        let db = sled::Config::new().path(dir.join("db")).open()?;
+        let db = open_db(&dir.join("db"))?;
         verify_readable(&db)?;
-        let log = LogStore::new(db.clone(), db.open_tree(LOG_TREE)?);
+        let in_use = Arc::new(());
+        let log = LogStore::new(db.clone(), db.open_tree(LOG_TREE)?, in_use.clone());
         let core = Arc::new(MvccCore::open(db.clone(), db.open_tree(MVCC_TREE)?)?);
         let node = db.open_tree(NODE_TREE)?;
         let snapshots = Arc::new(SnapshotFiles::open(&dir.join("snap"))?);
@@ -74,6 +76,7 @@ impl Store {
             core,
             snapshots,
             dir: dir.to_path_buf(),
+            in_use,
         })
     }
 
@@ -82,9 +85,21 @@ impl Store {
         self.log.clone()
     }
 
+    /// Whether openraft has dropped every log-store and state-machine handle: after
+    /// `Raft::shutdown` its workers may hold theirs a little longer, and the database should be
+    /// flushed and closed only once they are gone.
+    pub fn released(&self) -> bool {
+        // The Store's own copy and the one inside its LogStore remain.
+        Arc::strong_count(&self.in_use) <= 2
+    }
+
     /// The state machine, for openraft. There must be only one in use: it is the sole writer.
     pub fn state_machine(&self) -> StateMachine {
-        StateMachine::new(self.core.clone(), self.snapshots.clone())
+        StateMachine::new(
+            self.core.clone(),
+            self.snapshots.clone(),
+            self.in_use.clone(),
+        )
     }
 
     /// A read handle on the applied MVCC state.
@@ -185,4 +200,31 @@ fn check_identity_file(dir: &Path, node: &sled::Tree) -> Result<(), StoreError> 
         });
     }
     Ok(())
+}
+
+/// How long [`Store::open`] waits for a database that is still locked by a handle being closed.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Opens the sled database. Every durable point of Rampart flushes explicitly, so sled's own
+/// periodic flusher is off: no background thread writes or holds the database, and closing it
+/// releases its lock at once. A database still locked by a handle that is closing (sled may
+/// finish a last flush on another thread) is waited for briefly; one locked by another process
+/// is refused with a clear error.
+fn open_db(path: &Path) -> Result<sled::Db, StoreError> {
+    let config = sled::Config::new().path(path).flush_every_ms(None);
+    let started = std::time::Instant::now();
+    loop {
+        match config.open() {
+            Ok(db) => return Ok(db),
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                if started.elapsed() >= LOCK_WAIT {
+                    return Err(StoreError::Locked {
+                        path: path.to_path_buf(),
+                    });
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }

@@ -210,6 +210,61 @@ pub enum Command {
         revision: i64,
     },
     Publish(MemberAttributes),
+    /// Creates a lease. The id is chosen before proposing (never 0), so every member applies the
+    /// same one; `ttl` is the granted TTL in seconds, already clamped by the server.
+    LeaseGrant {
+        id: i64,
+        ttl: i64,
+    },
+    /// Revokes a lease and deletes every key attached to it, in one revision.
+    LeaseRevoke {
+        id: i64,
+    },
+    /// Records the remaining TTLs the leader measured, so a new leader resumes them.
+    LeaseCheckpoint {
+        checkpoints: Vec<LeaseCheckpoint>,
+    },
+}
+
+/// A lease's remaining TTL as the leader saw it when it proposed the checkpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseCheckpoint {
+    pub id: i64,
+    /// Seconds left; never more than the lease's granted TTL.
+    pub remaining_ttl: i64,
+}
+
+/// A lease as the state machine records it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub id: i64,
+    /// The TTL granted, in seconds.
+    pub ttl: i64,
+    /// Seconds left at the last checkpoint, if one was applied since the grant.
+    pub remaining_ttl: Option<i64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventKind {
+    Put,
+    Delete,
+}
+
+/// One change to one key, as etcd's `mvccpb.Event`. For a delete, `kv` carries the key and the
+/// deleting revision as `mod_revision`; its other fields are zero.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub kind: EventKind,
+    pub kv: KeyValue,
+    /// The key's version before this change, if it existed.
+    pub prev_kv: Option<KeyValue>,
+}
+
+/// Every event of one revision, in the order the command's operations made them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevisionEvents {
+    pub revision: i64,
+    pub events: Vec<Event>,
 }
 
 /// A deterministic failure of a command while it is applied. The store is unchanged by a command
@@ -225,6 +280,9 @@ pub enum ApplyError {
     Compacted,
     #[error("required revision is a future revision")]
     FutureRevision,
+    /// LeaseGrant with an id that is in use.
+    #[error("lease already exists")]
+    LeaseExists,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -234,6 +292,13 @@ pub enum CommandResult {
     Txn(TxnResponse),
     Compact,
     Publish,
+    LeaseGrant {
+        id: i64,
+        ttl: i64,
+    },
+    /// A revoke; the keys it deleted are in the revision's events.
+    LeaseRevoke,
+    LeaseCheckpoint,
     /// Entries without a command (blank entries, membership changes).
     Empty,
 }

@@ -62,7 +62,7 @@ impl KvService {
 }
 
 /// A command's result did not match the command: a broken invariant of the state machine.
-fn mismatch(result: CommandResult) -> Status {
+pub(super) fn mismatch(result: CommandResult) -> Status {
     Status::internal(format!(
         "unexpected result from the state machine: {result:?}"
     ))

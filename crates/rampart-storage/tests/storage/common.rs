@@ -5,8 +5,9 @@ use std::path::Path;
 use openraft::storage::RaftStateMachine;
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
 use rampart_storage::{
-    ApplyError, Command, CommandResponse, CommandResult, DeleteRangeRequest, KeyValue, Mvcc,
-    NodeId, PutRequest, RangeRequest, RangeResponse, StateMachine, Store, TypeConfig,
+    ApplyError, Command, CommandResponse, CommandResult, DeleteRangeRequest, Event, EventKind,
+    KeyValue, Mvcc, NodeId, PutRequest, RangeRequest, RangeResponse, RevisionEvents, StateMachine,
+    Store, TypeConfig,
 };
 
 /// The log id of the `index`-th entry (term 1, leader 1).
@@ -69,6 +70,49 @@ impl Node {
             prev_kv: false,
         }))
         .await
+    }
+
+    /// Grants lease `id`, asserting it succeeded.
+    pub async fn grant(&mut self, id: i64, ttl: i64) {
+        let resp = self.apply(Command::LeaseGrant { id, ttl }).await;
+        assert_eq!(
+            resp.result,
+            Ok(CommandResult::LeaseGrant { id, ttl }),
+            "grant {id}"
+        );
+    }
+
+    /// Puts `key = value` attached to `lease`; returns the whole response.
+    pub async fn put_lease(&mut self, key: &str, value: &str, lease: i64) -> CommandResponse {
+        self.apply(Command::Put(PutRequest {
+            lease,
+            ..put(key, value)
+        }))
+        .await
+    }
+
+    /// The keys attached to lease `id`, as strings.
+    pub fn lease_keys(&self, id: i64) -> Vec<String> {
+        self.mvcc
+            .lease_keys(id)
+            .expect("lease keys read")
+            .iter()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .collect()
+    }
+
+    /// Every event of every revision on every key, replayed from history in one call.
+    pub fn all_events(&self) -> Vec<RevisionEvents> {
+        let (events, last) = self
+            .mvcc
+            .events(1, i64::MAX, b"\0", b"\0", 0)
+            .expect("replay succeeds");
+        assert_eq!(
+            last,
+            self.mvcc.revision(),
+            "an unlimited replay reaches the end"
+        );
+        events
     }
 
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, ApplyError> {
@@ -157,4 +201,27 @@ impl RangeExt for rampart_storage::RangeRequest {
         self.limit = limit;
         self
     }
+}
+
+/// One event, compactly: `PUT k=v`, `DELETE k`, with `(was k=v)` when it has a `prev_kv`.
+pub fn event_str(e: &Event) -> String {
+    let prev = e
+        .prev_kv
+        .as_ref()
+        .map(|p| format!(" (was {})", kv_str(p)))
+        .unwrap_or_default();
+    match e.kind {
+        EventKind::Put => format!("PUT {}{prev}", kv_str(&e.kv)),
+        EventKind::Delete => format!("DELETE {}{prev}", String::from_utf8_lossy(&e.kv.key)),
+    }
+}
+
+/// Revisions of events, compactly: `@rev: event, event`.
+pub fn events_str(revs: &[RevisionEvents]) -> Vec<String> {
+    revs.iter()
+        .map(|r| {
+            let events: Vec<String> = r.events.iter().map(event_str).collect();
+            format!("@{}: {}", r.revision, events.join(", "))
+        })
+        .collect()
 }

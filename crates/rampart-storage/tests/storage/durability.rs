@@ -297,3 +297,18 @@ async fn a_corrupt_snapshot_file_is_reported_at_open() {
         "clear message, got: {err}"
     );
 }
+
+#[tokio::test]
+async fn a_data_directory_in_use_is_refused_with_a_clear_error() {
+    let dir = TempDir::new().unwrap();
+    let _first = rampart_storage::Store::open(dir.path()).unwrap();
+    let error = match rampart_storage::Store::open(dir.path()) {
+        Ok(_) => panic!("two stores opened one data directory"),
+        Err(e) => e,
+    };
+    assert!(
+        matches!(error, rampart_storage::StoreError::Locked { .. }),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("another process"), "{error}");
+}

@@ -3,6 +3,8 @@
 
 mod common;
 mod durability;
+mod events;
+mod lease;
 mod mvcc;
 mod range;
 mod suite;

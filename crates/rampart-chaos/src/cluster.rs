@@ -1,0 +1,636 @@
+//! A cluster of real `rampart` processes on loopback, and the faults the nemesis inflicts on
+//! them: kill -9 and restart, SIGSTOP and SIGCONT, and peer-link rules set through each member's
+//! test-only `Faults` service (`--experimental-peer-fault-injection`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use rampart_api::etcdserverpb as pb;
+use rampart_api::etcdserverpb::cluster_client::ClusterClient;
+use rampart_api::etcdserverpb::maintenance_client::MaintenanceClient;
+use rampart_api::faults::faults_client::FaultsClient;
+use rampart_api::faults::{Delay, FaultRules, HealRequest};
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+
+/// Raft timing of chaos clusters: etcd's defaults, so faults held for a second or more cause
+/// elections and shorter ones may not.
+pub const HEARTBEAT_MS: u64 = 100;
+pub const ELECTION_MS: u64 = 1000;
+
+/// How long a control call (Status, Faults, MemberList) may take: a paused member never answers.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long a started member may take to answer on its client URL.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The `rampart` binary to run: `explicit` if given, else `$RAMPART_BIN`, else (under cargo: `cargo
+/// run`, `cargo test`, nextest) the one cargo builds in this build's profile, built now if it is
+/// missing or stale, else the one beside this executable.
+pub fn rampart_binary(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(path) = explicit.or_else(|| std::env::var_os("RAMPART_BIN").map(PathBuf::from)) {
+        if !path.exists() {
+            bail!("rampart binary {} does not exist", path.display());
+        }
+        return Ok(path);
+    }
+    // Binaries live in target/<profile>/, test binaries in target/<profile>/deps/.
+    let exe = std::env::current_exe()?;
+    let mut profile_dir = exe.parent().context("executable has no directory")?;
+    if profile_dir.file_name().is_some_and(|n| n == "deps") {
+        profile_dir = profile_dir.parent().context("deps/ has no parent")?;
+    }
+    let binary = profile_dir.join("rampart");
+    if let Some(cargo) = std::env::var_os("CARGO") {
+        // Another package's binary is not built for this one's tests or `cargo run`; building
+        // it here (a no-op when fresh) keeps a stale server from being tested.
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml");
+        let mut build = std::process::Command::new(cargo);
+        build.args(["build", "--quiet", "-p", "rampart", "--bin", "rampart"]);
+        build.arg("--manifest-path").arg(&manifest);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            build.arg("--release");
+        }
+        let status = build.status().context("running cargo build for rampart")?;
+        if !status.success() {
+            bail!("cargo build -p rampart failed");
+        }
+    }
+    if !binary.exists() {
+        bail!(
+            "no rampart binary at {}; build it (cargo build -p rampart) or pass --rampart",
+            binary.display()
+        );
+    }
+    Ok(binary)
+}
+
+/// A free loopback port. It is released before the member binds it, so another process may
+/// take it first; [`Cluster::start`] retries with new ports when a member cannot start.
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A control channel to `url` that connects on first use and gives up quickly.
+pub fn channel(url: &str, timeout: Duration) -> anyhow::Result<Channel> {
+    Ok(Endpoint::from_shared(url.to_string())?
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .tcp_nodelay(true)
+        .connect_lazy())
+}
+
+/// What a member reports about itself (Maintenance.Status).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemberStatus {
+    /// The member's own id (from the response header).
+    pub id: u64,
+    /// The revision of its applied key-value state.
+    pub revision: i64,
+    pub applied_index: u64,
+    pub leader: u64,
+    pub term: u64,
+}
+
+/// Whether a member's process runs, is stopped by SIGSTOP, or is dead.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProcessState {
+    Running,
+    Paused,
+    Killed,
+}
+
+/// One `rampart` process and what it takes to start it again.
+pub struct Member {
+    pub name: String,
+    /// The Raft member id, from MemberList.
+    pub id: u64,
+    pub client_url: String,
+    pub peer_url: String,
+    pub data_dir: PathBuf,
+    pub log_path: PathBuf,
+    binary: PathBuf,
+    args: Vec<String>,
+    /// `None` once killed (by us) or found exited (by itself).
+    child: Option<Child>,
+    paused: bool,
+    /// The log's length when the current process started: what it wrote comes after.
+    log_start: u64,
+}
+
+impl Member {
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .with_context(|| format!("opening {}", self.log_path.display()))?;
+        self.log_start = log.metadata()?.len();
+        let child = Command::new(&self.binary)
+            .args(&self.args)
+            .env("RUST_LOG", "info,openraft=warn,sled=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            // A harness that panics or is interrupted leaves no process behind.
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("spawning {}", self.binary.display()))?;
+        self.child = Some(child);
+        self.paused = false;
+        Ok(())
+    }
+
+    pub fn state(&self) -> ProcessState {
+        match (&self.child, self.paused) {
+            (None, _) => ProcessState::Killed,
+            (Some(_), true) => ProcessState::Paused,
+            (Some(_), false) => ProcessState::Running,
+        }
+    }
+
+    /// The exit status if the process ended without being killed by us.
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok().flatten()?;
+        self.child = None;
+        self.paused = false;
+        Some(status)
+    }
+
+    /// The last `lines` lines the current (or last) process wrote to the member's log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = std::fs::read(&self.log_path).unwrap_or_default();
+        let start = (self.log_start as usize).min(log.len());
+        let log = String::from_utf8_lossy(&log[start..]);
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Whether the last process exited because its port was taken: while a member is down,
+    /// any process on the machine may be given its port for an outgoing connection.
+    fn lost_its_port(&self) -> bool {
+        self.log_tail(5).contains("Address already in use")
+    }
+
+    fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let pid = self
+            .child
+            .as_ref()
+            .and_then(Child::id)
+            .with_context(|| format!("{} has no process", self.name))?;
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .context("running kill")?;
+        if !status.success() {
+            bail!("kill -{signal} {pid} ({}) failed", self.name);
+        }
+        Ok(())
+    }
+
+    pub async fn status(&self) -> anyhow::Result<MemberStatus> {
+        let mut client = MaintenanceClient::new(channel(&self.client_url, CONTROL_TIMEOUT)?);
+        let status = client
+            .status(pb::StatusRequest {})
+            .await
+            .with_context(|| format!("Status of {}", self.name))?
+            .into_inner();
+        let header = status.header.context("Status without a header")?;
+        Ok(MemberStatus {
+            id: header.member_id,
+            revision: header.revision,
+            applied_index: status.raft_applied_index,
+            leader: status.leader,
+            term: status.raft_term,
+        })
+    }
+}
+
+/// Each member's peer-link rules: the nemesis's network faults, in the terms of the `Faults`
+/// service (each member's rules act on the calls it sends).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NetworkRules {
+    /// Per member index: member ids whose requests from it are lost.
+    pub blocked: BTreeMap<usize, Vec<u64>>,
+    /// Per member index: member ids whose replies to its calls are lost.
+    pub replies_lost: BTreeMap<usize, Vec<u64>>,
+    /// Per member index: (member id, millis) its requests to it wait.
+    pub delayed: BTreeMap<usize, Vec<(u64, u64)>>,
+}
+
+impl NetworkRules {
+    fn for_member(&self, index: usize) -> FaultRules {
+        FaultRules {
+            blocked: self.blocked.get(&index).cloned().unwrap_or_default(),
+            replies_lost: self.replies_lost.get(&index).cloned().unwrap_or_default(),
+            delayed: self
+                .delayed
+                .get(&index)
+                .into_iter()
+                .flatten()
+                .map(|&(target, millis)| Delay { target, millis })
+                .collect(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.blocked.is_empty() && self.replies_lost.is_empty() && self.delayed.is_empty()
+    }
+
+    /// Cuts the link from member `from` to member `to` (indices) one way: `from`'s requests to
+    /// `to` are lost. `to`'s requests to `from`, and their answers, still pass.
+    pub fn cut(&mut self, ids: &[u64], from: usize, to: usize) {
+        self.blocked.entry(from).or_default().push(ids[to]);
+    }
+
+    /// Loses `from`'s answers to `to`'s calls: `to`'s requests reach `from` and are carried
+    /// out, but `to` never learns the outcome.
+    pub fn lose_replies(&mut self, ids: &[u64], from: usize, to: usize) {
+        self.replies_lost.entry(to).or_default().push(ids[from]);
+    }
+
+    /// Cuts every link between the two sides, both directions.
+    pub fn split(&mut self, ids: &[u64], side_a: &[usize], side_b: &[usize]) {
+        for &a in side_a {
+            for &b in side_b {
+                self.cut(ids, a, b);
+                self.cut(ids, b, a);
+            }
+        }
+    }
+
+    /// Delays `from`'s requests to `to` by `millis`.
+    pub fn delay(&mut self, ids: &[u64], from: usize, to: usize, millis: u64) {
+        self.delayed
+            .entry(from)
+            .or_default()
+            .push((ids[to], millis));
+    }
+
+    /// Sorts and deduplicates every member's rules (a delay set twice keeps the longer).
+    pub fn normalize(&mut self) {
+        for targets in self
+            .blocked
+            .values_mut()
+            .chain(self.replies_lost.values_mut())
+        {
+            targets.sort_unstable();
+            targets.dedup();
+        }
+        for delays in self.delayed.values_mut() {
+            delays.sort_unstable_by_key(|&(target, millis)| (target, std::cmp::Reverse(millis)));
+            delays.dedup_by_key(|&mut (target, _)| target);
+        }
+    }
+}
+
+/// A member that exited without being killed: a panic, or a refusal to start.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Crash {
+    pub member: String,
+    pub status: String,
+    /// The end of its log.
+    pub log_tail: String,
+}
+
+/// Real `rampart` processes on loopback, each with its own data directory and log.
+pub struct Cluster {
+    pub members: Vec<Member>,
+    pub dir: PathBuf,
+    /// Every crash seen so far; each is a finding of the run.
+    pub crashes: Vec<Crash>,
+}
+
+impl Cluster {
+    /// Starts `size` members under `dir` (data directories and logs) and waits until each
+    /// answers and a leader is elected.
+    pub async fn start(binary: &Path, size: usize, dir: &Path) -> anyhow::Result<Cluster> {
+        let mut last_error = None;
+        for attempt in 0..3 {
+            let attempt_dir = dir.join(format!("cluster-{attempt}"));
+            match Self::try_start(binary, size, &attempt_dir).await {
+                Ok(cluster) => return Ok(cluster),
+                Err(e) => {
+                    tracing::warn!("cluster start attempt {attempt} failed: {e:#}");
+                    last_error = Some(e)
+                }
+            }
+        }
+        Err(last_error.expect("three attempts were made"))
+    }
+
+    async fn try_start(binary: &Path, size: usize, dir: &Path) -> anyhow::Result<Cluster> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut ports = Vec::new();
+        for _ in 0..size {
+            ports.push((free_port()?, free_port()?));
+        }
+        let initial_cluster = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("n{i}=http://127.0.0.1:{peer}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = Cluster {
+            members: Vec::new(),
+            dir: dir.to_owned(),
+            crashes: Vec::new(),
+        };
+        for (i, (client, peer)) in ports.into_iter().enumerate() {
+            let name = format!("n{i}");
+            let client_url = format!("http://127.0.0.1:{client}");
+            let peer_url = format!("http://127.0.0.1:{peer}");
+            let data_dir = dir.join(format!("{name}.rampart"));
+            let args = vec![
+                format!("--name={name}"),
+                format!("--data-dir={}", data_dir.display()),
+                format!("--listen-client-urls={client_url}"),
+                format!("--listen-peer-urls={peer_url}"),
+                format!("--initial-cluster={initial_cluster}"),
+                "--initial-cluster-token=rampart-chaos".to_string(),
+                format!("--heartbeat-interval={HEARTBEAT_MS}"),
+                format!("--election-timeout={ELECTION_MS}"),
+                "--experimental-peer-fault-injection".to_string(),
+            ];
+            let mut member = Member {
+                log_path: dir.join(format!("{name}.log")),
+                name,
+                id: 0,
+                client_url,
+                peer_url,
+                data_dir,
+                binary: binary.to_owned(),
+                args,
+                child: None,
+                paused: false,
+                log_start: 0,
+            };
+            member.spawn()?;
+            cluster.members.push(member);
+        }
+        for i in 0..size {
+            cluster.wait_serving(i).await?;
+        }
+        cluster.learn_ids().await?;
+        cluster.wait_for_leader(START_TIMEOUT).await?;
+        Ok(cluster)
+    }
+
+    /// Takes each member's id from the MemberList, matching members by peer URL.
+    async fn learn_ids(&mut self) -> anyhow::Result<()> {
+        let mut client = ClusterClient::new(channel(&self.members[0].client_url, CONTROL_TIMEOUT)?);
+        let list = client
+            .member_list(pb::MemberListRequest {
+                linearizable: false,
+            })
+            .await
+            .context("MemberList")?
+            .into_inner();
+        for member in &mut self.members {
+            member.id = list
+                .members
+                .iter()
+                .find(|m| m.peer_ur_ls.contains(&member.peer_url))
+                .with_context(|| format!("{} is not in the member list", member.name))?
+                .id;
+        }
+        Ok(())
+    }
+
+    pub fn ids(&self) -> Vec<u64> {
+        self.members.iter().map(|m| m.id).collect()
+    }
+
+    pub fn index_of(&self, id: u64) -> Option<usize> {
+        self.members.iter().position(|m| m.id == id)
+    }
+
+    pub fn client_urls(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.client_url.clone()).collect()
+    }
+
+    /// Waits until member `index` answers Status on its client URL.
+    pub async fn wait_serving(&mut self, index: usize) -> anyhow::Result<()> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let error = match self.members[index].status().await {
+                Ok(_) => return Ok(()),
+                Err(e) => e,
+            };
+            if self.reap(index) {
+                bail!("{} exited while starting", self.members[index].name);
+            }
+            if Instant::now() >= deadline {
+                return Err(error.context(format!(
+                    "{} did not serve within {START_TIMEOUT:?}",
+                    self.members[index].name
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Whether member `index` exited by itself; if so the crash is recorded (unless the process
+    /// could not bind its port: the harness's problem, not Rampart's).
+    fn reap(&mut self, index: usize) -> bool {
+        let member = &mut self.members[index];
+        match member.exited() {
+            Some(_) if member.lost_its_port() => {
+                tracing::warn!(member = %member.name, "member could not bind its port");
+                true
+            }
+            Some(status) => {
+                let crash = Crash {
+                    member: member.name.clone(),
+                    status: status.to_string(),
+                    log_tail: member.log_tail(40),
+                };
+                tracing::error!(member = %crash.member, status = %crash.status, "member crashed");
+                self.crashes.push(crash);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Records every member that exited by itself since the last look.
+    pub fn reap_crashed(&mut self) {
+        for i in 0..self.members.len() {
+            self.reap(i);
+        }
+    }
+
+    /// The member that the running members name as leader in the highest term, if any.
+    pub async fn leader(&self) -> Option<usize> {
+        let mut best: Option<(u64, u64)> = None;
+        for member in &self.members {
+            if member.state() != ProcessState::Running {
+                continue;
+            }
+            if let Ok(status) = member.status().await {
+                if status.leader != 0 && best.is_none_or(|(term, _)| status.term > term) {
+                    best = Some((status.term, status.leader));
+                }
+            }
+        }
+        best.and_then(|(_, leader)| self.index_of(leader))
+    }
+
+    /// Waits until some member names a leader.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> anyhow::Result<usize> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(leader) = self.leader().await {
+                return Ok(leader);
+            }
+            if Instant::now() >= deadline {
+                bail!("no leader elected within {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Kills member `index` with SIGKILL: no shutdown, no flush. A paused member dies too.
+    pub async fn kill(&mut self, index: usize) -> anyhow::Result<()> {
+        let member = &mut self.members[index];
+        if let Some(mut child) = member.child.take() {
+            child
+                .kill()
+                .await
+                .with_context(|| format!("killing {}", member.name))?;
+        }
+        member.paused = false;
+        Ok(())
+    }
+
+    /// Starts member `index` again, on its old addresses and data, and waits until it serves.
+    /// A start that fails because another process holds the member's port is tried again.
+    pub async fn restart(&mut self, index: usize) -> anyhow::Result<()> {
+        let mut attempts = 0;
+        loop {
+            if self.members[index].child.is_none() {
+                self.members[index].spawn()?;
+            }
+            match self.wait_serving(index).await {
+                Err(_) if self.members[index].lost_its_port() && attempts < 20 => {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// Stops member `index` with SIGSTOP: it keeps its sockets but answers nothing.
+    pub fn pause(&mut self, index: usize) -> anyhow::Result<()> {
+        self.members[index].signal("STOP")?;
+        self.members[index].paused = true;
+        Ok(())
+    }
+
+    /// Lets a paused member run again (SIGCONT).
+    pub fn resume(&mut self, index: usize) -> anyhow::Result<()> {
+        if self.members[index].paused {
+            self.members[index].signal("CONT")?;
+            self.members[index].paused = false;
+        }
+        Ok(())
+    }
+
+    /// Replaces member `index`'s peer-link rules.
+    pub async fn set_rules(&self, index: usize, rules: &NetworkRules) -> anyhow::Result<()> {
+        let member = &self.members[index];
+        let mut client = FaultsClient::new(channel(&member.peer_url, CONTROL_TIMEOUT)?);
+        client
+            .set(rules.for_member(index))
+            .await
+            .with_context(|| format!("setting the fault rules of {}", member.name))?;
+        Ok(())
+    }
+
+    /// Removes member `index`'s peer-link rules, retrying until `deadline` (a member that was
+    /// just restarted may not listen yet; it starts without rules anyway).
+    pub async fn heal_member(&self, index: usize, deadline: Instant) -> anyhow::Result<()> {
+        let member = &self.members[index];
+        loop {
+            let mut client = FaultsClient::new(channel(&member.peer_url, CONTROL_TIMEOUT)?);
+            match client.heal(HealRequest {}).await {
+                Ok(_) => return Ok(()),
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(e).with_context(|| format!("healing {}", member.name))
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    /// Undoes every fault: resumes paused members, restarts killed ones, heals every link.
+    pub async fn heal_everything(&mut self) -> anyhow::Result<()> {
+        let mut errors = Vec::new();
+        for i in 0..self.members.len() {
+            if let Err(e) = self.resume(i) {
+                errors.push(format!("{e:#}"));
+            }
+        }
+        for i in 0..self.members.len() {
+            if self.members[i].state() == ProcessState::Killed {
+                if let Err(e) = self.restart(i).await {
+                    errors.push(format!("{e:#}"));
+                }
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for i in 0..self.members.len() {
+            if let Err(e) = self.heal_member(i, deadline).await {
+                errors.push(format!("{e:#}"));
+            }
+        }
+        if !errors.is_empty() {
+            bail!("could not heal the cluster: {}", errors.join("; "));
+        }
+        Ok(())
+    }
+
+    /// Kills every member (they are dropped with the cluster too; this waits for them).
+    pub async fn stop(&mut self) {
+        for i in 0..self.members.len() {
+            let _ = self.kill(i).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_one_way_cut_is_a_rule_at_the_sending_end() {
+        let ids = [10, 20, 30];
+        let mut rules = NetworkRules::default();
+        rules.cut(&ids, 0, 1);
+        assert_eq!(rules.blocked.get(&0), Some(&vec![20]));
+        assert!(rules.blocked.get(&1).is_none());
+        assert!(rules.replies_lost.is_empty());
+        // Lost replies are a rule at the calling end.
+        rules.lose_replies(&ids, 0, 1);
+        assert_eq!(rules.replies_lost.get(&1), Some(&vec![10]));
+    }
+
+    #[test]
+    fn a_split_cuts_both_ways_and_leaves_each_side_whole() {
+        let ids = [10, 20, 30, 40, 50];
+        let mut rules = NetworkRules::default();
+        rules.split(&ids, &[0, 1], &[2, 3, 4]);
+        rules.normalize();
+        assert_eq!(rules.blocked[&0], vec![30, 40, 50]);
+        assert_eq!(rules.blocked[&4], vec![10, 20]);
+        assert!(rules.blocked.get(&5).is_none());
+    }
+}

@@ -1,0 +1,27 @@
+//! Proving Rampart safe, Jepsen-style: a real multi-process cluster driven by concurrent etcd
+//! clients while a nemesis injects faults, every operation recorded, and checkers that prove
+//! the history linearizable and the members in agreement, or show the violation.
+//!
+//! - [`linearizability`]: the checker for register histories (Wing & Gong with Lowe's
+//!   memoization); depends on nothing else here.
+//! - [`cluster`]: `rampart` processes on loopback; kill -9, restart, SIGSTOP/SIGCONT, and
+//!   peer-link rules through each member's test-only `Faults` service.
+//! - [`nemesis`]: the seeded schedule of faults.
+//! - [`workload`]: the clients (reads, writes, compare-and-swaps, deletes on a few keys).
+//! - [`history`]: the records of a run and the files they are written to.
+//! - [`checks`]: linearizability, revision order, convergence, crashes.
+//! - [`runner`]: one run, start to verdict; `src/main.rs` is the `rampart-chaos` command.
+//!
+//! It talks to Rampart only over the network, through `rampart-api` (the etcd client API and
+//! the fault control); it must not depend on the server crates. As test tooling, its harness
+//! errors are `anyhow` errors; violations are data ([`checks::Finding`]), never errors.
+
+pub mod checks;
+pub mod cluster;
+pub mod history;
+pub mod linearizability;
+pub mod nemesis;
+pub mod runner;
+pub mod workload;
+
+pub use runner::{run, Options, Outcome};

@@ -1,0 +1,132 @@
+//! `rampart-chaos`: runs a Rampart cluster under faults and checks what its clients saw.
+//!
+//! ```sh
+//! cargo run --release -p rampart-chaos -- --duration 30m
+//! ```
+//!
+//! Exits with status 1 when a checker found a violation (the seed and the report's path are
+//! printed), 2 when the harness itself failed.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use rampart_chaos::checks;
+use rampart_chaos::history::{self, Record};
+use rampart_chaos::nemesis::FaultKind;
+use rampart_chaos::Options;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "rampart-chaos",
+    about = "Runs a Rampart cluster under injected faults and checks the clients' history"
+)]
+struct Cli {
+    /// Members in the cluster.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(3..=9))]
+    nodes: u64,
+    /// How long the clients and the nemesis run, e.g. "30s" or "30m".
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Seed of the fault schedule and the clients' choices (default: a random one, printed).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 8)]
+    clients: usize,
+    /// Keys in use at once: few, so that operations contend.
+    #[arg(long, default_value_t = 5)]
+    keys: usize,
+    /// How long each generation of keys is used before the clients move to fresh ones (keeps
+    /// each key's history small enough to check).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    key_period: Duration,
+    /// Faults to inject, comma-separated: kill, pause, partition, delay, restart-all,
+    /// lost-replies; or default (all but lost-replies), all, none.
+    #[arg(long, default_value = "default", value_parser = FaultKind::parse_list)]
+    faults: std::vec::Vec<FaultKind>,
+    /// Output directory: history, nemesis log, members' logs, violation report (default: a
+    /// directory named after the seed in the system's temporary directory).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// The rampart binary (default: $RAMPART_BIN, else the one beside this program, built
+    /// first when run through cargo).
+    #[arg(long)]
+    rampart: Option<PathBuf>,
+    /// Check a recorded history.jsonl instead of running a cluster.
+    #[arg(long, value_name = "HISTORY")]
+    check: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    let seed = cli.seed.unwrap_or_else(rand::random);
+    println!("rampart-chaos seed {seed}");
+    let result = match &cli.check {
+        Some(path) => recheck(path, seed),
+        None => run(&cli, seed),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            println!("VIOLATION with seed {seed}; replay: rampart-chaos --seed {seed}");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("rampart-chaos (seed {seed}) failed: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: &Cli, seed: u64) -> anyhow::Result<bool> {
+    let out = cli
+        .out
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("rampart-chaos-{seed}")));
+    println!("output in {}", out.display());
+    let options = Options {
+        nodes: cli.nodes as usize,
+        duration: cli.duration,
+        seed,
+        clients: cli.clients,
+        keys: cli.keys,
+        key_period: cli.key_period,
+        faults: cli.faults.clone(),
+        out,
+        rampart: cli.rampart.clone(),
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    let outcome = runtime.block_on(rampart_chaos::run(&options))?;
+    println!("{}", outcome.summary());
+    for finding in &outcome.findings {
+        println!("{}", serde_json::to_string(finding)?);
+    }
+    Ok(outcome.passed())
+}
+
+/// Checks a history written by an earlier run; a violation report goes beside it.
+fn recheck(path: &PathBuf, seed: u64) -> anyhow::Result<bool> {
+    let records: Vec<Record> = history::read_jsonl(path)?;
+    let (report, findings) = checks::check_history(&records);
+    println!(
+        "{} operations, {} checked on {} keys, {} violation(s)",
+        records.len(),
+        report.operations,
+        report.keys,
+        findings.len()
+    );
+    if findings.is_empty() {
+        return Ok(true);
+    }
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    let file = history::write_violation(dir, seed, &findings)?;
+    println!("minimal failing histories in {}", file.display());
+    Ok(false)
+}

@@ -1,0 +1,218 @@
+//! The harness against real `rampart` clusters, bounded for CI (about two minutes in all, one
+//! test at a time; see `.config/nextest.toml`): fixed seeds with every fault, one fresh seed
+//! per run (printed), five members under partitions; and proof that the checks do fail, end to
+//! end, on a history that is not linearizable.
+//!
+//! A failing run keeps its directory (history, nemesis log, members' logs and data, violation
+//! report) and names it; `rampart-chaos --seed <seed>` replays its schedule.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use rampart_chaos::checks::{self, Finding};
+use rampart_chaos::history::{self, Record, ViolationReport};
+use rampart_chaos::linearizability::{Input, Output};
+use rampart_chaos::nemesis::FaultKind;
+use rampart_chaos::{Options, Outcome};
+use tempfile::TempDir;
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "rampart_chaos=info".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// Runs the harness and fails, keeping the run's directory, on any violation. The directory
+/// lives as long as the returned `TempDir`.
+async fn run_and_check(
+    seed: u64,
+    nodes: usize,
+    duration: Duration,
+    faults: &[FaultKind],
+) -> (Outcome, TempDir) {
+    init_tracing();
+    println!("rampart-chaos seed {seed} ({nodes} members, {duration:?}, faults {faults:?})");
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let options = Options {
+        nodes,
+        duration,
+        faults: faults.to_vec(),
+        ..Options::new(seed, dir.path().to_owned())
+    };
+    let outcome = match rampart_chaos::run(&options).await {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            let kept = dir.keep();
+            panic!(
+                "harness failed (seed {seed}, files in {}): {e:#}",
+                kept.display()
+            );
+        }
+    };
+    println!("{}", outcome.summary());
+    if !outcome.passed() {
+        let kept = dir.keep();
+        panic!(
+            "seed {seed} found {} violation(s); files in {}:\n{:#?}",
+            outcome.findings.len(),
+            kept.display(),
+            outcome.findings
+        );
+    }
+    assert!(
+        outcome.checked >= 200,
+        "seed {seed}: only {} operations checked; the cluster barely served",
+        outcome.checked
+    );
+    (outcome, dir)
+}
+
+const DEFAULT: &[FaultKind] = &FaultKind::DEFAULT;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixed_seed_1_all_faults() {
+    let (outcome, _dir) = run_and_check(1, 3, Duration::from_secs(20), DEFAULT).await;
+    assert!(outcome.fault_rounds >= 1, "the nemesis never struck");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixed_seed_2_all_faults() {
+    let (outcome, _dir) = run_and_check(2, 3, Duration::from_secs(20), DEFAULT).await;
+    assert!(outcome.fault_rounds >= 1, "the nemesis never struck");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixed_seed_3_all_faults() {
+    let (outcome, _dir) = run_and_check(3, 3, Duration::from_secs(20), DEFAULT).await;
+    assert!(outcome.fault_rounds >= 1, "the nemesis never struck");
+}
+
+/// A new seed on every run, so CI explores beyond the fixed ones; printed for replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_random_seed_all_faults() {
+    let seed: u64 = rand::random();
+    eprintln!("fresh seed {seed}: replay with `cargo run --release -p rampart-chaos -- --seed {seed} --duration 20s`");
+    run_and_check(seed, 3, Duration::from_secs(20), DEFAULT).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_members_under_partitions() {
+    let (outcome, _dir) =
+        run_and_check(5, 5, Duration::from_secs(15), &[FaultKind::Partition]).await;
+    assert!(outcome.fault_rounds >= 1, "the nemesis never struck");
+}
+
+/// A recorded history in which one read is made to return a stale value fails the checks: the
+/// library's, and the `rampart-chaos --check` command's, which exits 1, prints the seed and
+/// writes the minimal failing history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_falsified_history_fails_the_checks_end_to_end() {
+    let seed = 42;
+    let (outcome, _run_dir) = run_and_check(seed, 3, Duration::from_secs(5), &[]).await;
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let recorded = outcome.out.join("history.jsonl");
+    let mut records: Vec<Record> = history::read_jsonl(&recorded).expect("history");
+    assert_eq!(records.len(), outcome.operations);
+    assert!(checks::check_history(&records).1.is_empty());
+
+    // The last read of some key that saw a value, changed to an older value of that key: one
+    // written and acknowledged, then overwritten by a write that completed before the read.
+    let falsified = falsify_a_read(&mut records).expect("a read to falsify");
+    let (_, findings) = checks::check_history(&records);
+    let Some(Finding::NotLinearizable {
+        violation,
+        records: minimal,
+    }) = findings.first()
+    else {
+        panic!("the falsified read went unnoticed: {findings:?}");
+    };
+    assert_eq!(violation.key, falsified.op.key);
+    assert!(
+        minimal.contains(&falsified),
+        "the minimal history lacks the falsified read"
+    );
+    assert!(minimal.len() < violation.key_operations);
+
+    let history_file = dir.path().join("history.jsonl");
+    history::write_jsonl(&history_file, &records).expect("write history");
+    let output = Command::new(env!("CARGO_BIN_EXE_rampart-chaos"))
+        .arg("--check")
+        .arg(&history_file)
+        .args(["--seed", &seed.to_string()])
+        .output()
+        .expect("running rampart-chaos --check");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "stdout: {stdout}");
+    assert!(stdout.contains(&format!("seed {seed}")), "stdout: {stdout}");
+    let report: ViolationReport = read_json(&dir.path().join(format!("violation-{seed}.json")));
+    assert_eq!(report.seed, seed);
+    assert!(matches!(
+        &report.findings[0],
+        Finding::NotLinearizable { records, .. } if records.contains(&falsified)
+    ));
+}
+
+/// Two members' differing states are reported key by key.
+#[test]
+fn differing_member_states_are_a_divergence() {
+    let state = |member: &str, value: &str| checks::MemberState {
+        member: member.into(),
+        revision: 7,
+        kvs: vec![checks::StoredKv {
+            key: "chaos/0000/1".into(),
+            value: value.into(),
+            create_revision: 3,
+            mod_revision: 7,
+            version: 2,
+        }],
+    };
+    let divergences =
+        checks::compare_states(&[state("n0", "12"), state("n1", "12"), state("n2", "13")]);
+    assert_eq!(divergences.len(), 1);
+    assert_eq!(
+        (divergences[0].a.as_str(), divergences[0].b.as_str()),
+        ("n0", "n2")
+    );
+    assert_eq!(divergences[0].keys[0].0, "chaos/0000/1");
+}
+
+/// Makes the last successful read of a key that some acknowledged write overwrote before the
+/// read began return the overwritten value; returns the changed record.
+fn falsify_a_read(records: &mut [Record]) -> Option<Record> {
+    let (index, stale) = records.iter().enumerate().rev().find_map(|(i, read)| {
+        let (Input::Read, Output::Read(Some(seen)), Some(_)) =
+            (read.op.input, read.op.output, read.op.ret)
+        else {
+            return None;
+        };
+        // An acknowledged write of another value to the key, which a later acknowledged write
+        // overwrote before this read was sent.
+        records.iter().find_map(|w| match (w.op.input, w.op.ret) {
+            (Input::Write(old), Some(w_ret))
+                if w.op.key == read.op.key && old != seen && w_ret < read.op.call =>
+            {
+                let overwritten = records.iter().any(|x| {
+                    x.op.key == read.op.key
+                        && matches!(x.op.input, Input::Write(_))
+                        && x.op.output == Output::Written
+                        && x.op.call > w_ret
+                        && x.op.ret.is_some_and(|r| r < read.op.call)
+                });
+                overwritten.then_some((i, old))
+            }
+            _ => None,
+        })
+    })?;
+    records[index].op.output = Output::Read(Some(stale));
+    Some(records[index].clone())
+}
+
+fn read_json<T: for<'de> serde::Deserialize<'de>>(path: &Path) -> T {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}

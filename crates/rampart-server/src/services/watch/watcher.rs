@@ -1,0 +1,455 @@
+//! One watcher: the task that delivers a watch's events, in revision order, each revision whole,
+//! none lost and none twice.
+//!
+//! The watcher alternates between two states, like etcd's unsynced and synced watcher groups:
+//! - **catching up**: it reads the current revision `R` (its feed receiver already in place)
+//!   and replays `[next, R]` from history, in chunks of about [`HISTORY_CHUNK`] events;
+//! - **live**: it follows the store's feed, one message per applied revision, skipping those it
+//!   already replayed. On `Lagged` (it fell behind a full feed ring while its client was slow),
+//!   on a `Reset` (a snapshot replaced the state) or on a gap in the feed's revisions, it
+//!   catches up again from `next`.
+//!
+//! History that was compacted past `next` cancels the watch with `compact_revision`, as etcd
+//! cancels an unsynced watcher below the compact revision.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use prost::Message;
+use rampart_api::etcdserverpb as pb;
+use rampart_storage::{ApplyError, Event, EventKind, MvccError, RevisionEvents, WatchFeed};
+use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use super::StreamShared;
+use crate::convert;
+use crate::error::ServerError;
+
+/// About how many events one history read returns (whole revisions only), bounding what a
+/// catching-up watcher holds at once.
+const HISTORY_CHUNK: usize = 256;
+
+/// etcd's error for a create request whose range is empty (`mvcc.ErrEmptyWatcherRange`).
+pub(super) const EMPTY_RANGE: &str = "mvcc: watcher range is empty";
+
+/// A watch as its create request asked for it, normalized as etcd's `recvLoop` does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct WatchSpec {
+    /// The first key; never empty (etcd watches `"\0"`, the smallest key, for an empty one).
+    pub key: Vec<u8>,
+    /// etcd's conventions: empty for the single key, `"\0"` for every key from `key` on.
+    pub range_end: Vec<u8>,
+    pub no_put: bool,
+    pub no_delete: bool,
+    pub prev_kv: bool,
+    pub fragment: bool,
+    pub progress_notify: bool,
+}
+
+impl WatchSpec {
+    /// The watch `request` asks for, or the reason etcd refuses it.
+    pub(super) fn from_request(request: &pb::WatchCreateRequest) -> Result<WatchSpec, String> {
+        use pb::watch_create_request::FilterType;
+        let key = if request.key.is_empty() {
+            vec![0]
+        } else {
+            request.key.clone()
+        };
+        let range_end = request.range_end.clone();
+        if !range_end.is_empty() && range_end != [0] && key >= range_end {
+            return Err(EMPTY_RANGE.to_string());
+        }
+        let mut spec = WatchSpec {
+            key,
+            range_end,
+            no_put: false,
+            no_delete: false,
+            prev_kv: request.prev_kv,
+            fragment: request.fragment,
+            progress_notify: request.progress_notify,
+        };
+        for filter in &request.filters {
+            // etcd ignores a filter it does not know.
+            match FilterType::try_from(*filter) {
+                Ok(FilterType::Noput) => spec.no_put = true,
+                Ok(FilterType::Nodelete) => spec.no_delete = true,
+                Err(_) => {}
+            }
+        }
+        Ok(spec)
+    }
+
+    fn contains(&self, key: &[u8]) -> bool {
+        match self.range_end.as_slice() {
+            [] => key == self.key,
+            [0] => key >= self.key.as_slice(),
+            end => key >= self.key.as_slice() && key < end,
+        }
+    }
+
+    /// Whether `event` is on this watch's keys and passes its filters.
+    fn wants(&self, event: &Event) -> bool {
+        let filtered = match event.kind {
+            EventKind::Put => self.no_put,
+            EventKind::Delete => self.no_delete,
+        };
+        !filtered && self.contains(&event.kv.key)
+    }
+}
+
+/// Where a watcher stands, as its stream reads it to answer progress requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Progress {
+    /// Replaying history: not synced, in etcd's terms.
+    CatchingUp,
+    /// Following the feed; every event up to this revision is queued for the client.
+    Live(i64),
+    /// Ended (canceled, compacted or failed): sends nothing more.
+    Done,
+}
+
+/// A watcher's [`Progress`], shared with its stream.
+pub(super) struct SharedProgress(AtomicI64);
+
+impl SharedProgress {
+    // Revisions are at least 1, so 0 and i64::MAX are free to mark the other states.
+    const CATCHING_UP: i64 = 0;
+    const DONE: i64 = i64::MAX;
+
+    pub(super) fn new(progress: Progress) -> Self {
+        let shared = SharedProgress(AtomicI64::new(Self::CATCHING_UP));
+        shared.set(progress);
+        shared
+    }
+
+    pub(super) fn get(&self) -> Progress {
+        match self.0.load(Ordering::Acquire) {
+            Self::CATCHING_UP => Progress::CatchingUp,
+            Self::DONE => Progress::Done,
+            revision => Progress::Live(revision),
+        }
+    }
+
+    fn set(&self, progress: Progress) {
+        let value = match progress {
+            Progress::CatchingUp => Self::CATCHING_UP,
+            Progress::Live(revision) => revision,
+            Progress::Done => Self::DONE,
+        };
+        self.0.store(value, Ordering::Release);
+    }
+}
+
+/// The watcher must end: its stream is over, it was canceled, or it can deliver no more.
+struct Stop;
+
+pub(super) struct Watcher {
+    id: i64,
+    spec: WatchSpec,
+    shared: Arc<StreamShared>,
+    /// Cancelled by the stream on a cancel request, or with the whole stream.
+    token: CancellationToken,
+    progress: Arc<SharedProgress>,
+    /// The first revision whose events this watcher has not delivered yet.
+    next: i64,
+    /// The last revision this watcher has dealt with: all its wanted events up to here are
+    /// queued for the client. Below `next - 1` only while a future start revision is awaited.
+    seen: i64,
+    /// Whether events were sent since the last progress tick (etcd elides the next progress
+    /// notification of a watch that just sent events).
+    sent_since_tick: bool,
+}
+
+impl Watcher {
+    /// A watcher that delivers from revision `next` on.
+    pub(super) fn new(
+        id: i64,
+        spec: WatchSpec,
+        shared: Arc<StreamShared>,
+        token: CancellationToken,
+        progress: Arc<SharedProgress>,
+        next: i64,
+    ) -> Self {
+        Watcher {
+            id,
+            spec,
+            shared,
+            token,
+            progress,
+            next,
+            seen: 0,
+            sent_since_tick: false,
+        }
+    }
+
+    /// Runs until the watch is canceled, its stream ends or it can deliver no more. `feed` must
+    /// have been subscribed before the revision the create response named was read.
+    pub(super) async fn run(mut self, mut feed: broadcast::Receiver<WatchFeed>) {
+        let _ = self.follow(&mut feed).await;
+        self.publish(Progress::Done);
+    }
+
+    async fn follow(&mut self, feed: &mut broadcast::Receiver<WatchFeed>) -> Result<(), Stop> {
+        self.catch_up().await?;
+        let interval = self.shared.progress_interval;
+        let mut ticker = tokio::time::interval_at(Instant::now() + interval, interval);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = self.token.cancelled() => return Err(Stop),
+                _ = ticker.tick(), if self.spec.progress_notify => self.tick().await?,
+                received = feed.recv() => match received {
+                    Ok(WatchFeed::Events(revision)) => self.live(&revision).await?,
+                    Ok(WatchFeed::Reset { revision }) => {
+                        tracing::debug!(watch_id = self.id, revision, "store reset: replaying");
+                        self.catch_up().await?
+                    }
+                    Err(RecvError::Lagged(missed)) => {
+                        tracing::debug!(watch_id = self.id, missed, "fell behind the feed: replaying");
+                        self.catch_up().await?
+                    }
+                    Err(RecvError::Closed) => return Err(Stop),
+                },
+            }
+        }
+    }
+
+    /// One revision from the feed.
+    async fn live(&mut self, revision: &RevisionEvents) -> Result<(), Stop> {
+        if revision.revision <= self.seen {
+            return Ok(()); // already replayed from history
+        }
+        if revision.revision > self.seen + 1 {
+            // The feed skipped revisions; history has them (and this one).
+            return self.catch_up().await;
+        }
+        if revision.revision >= self.next {
+            self.deliver(revision, revision.revision).await?;
+            self.next = revision.revision + 1;
+        }
+        self.seen = revision.revision;
+        self.publish(Progress::Live(self.seen));
+        Ok(())
+    }
+
+    /// Replays history from `next` up to the current revision, then counts as live there.
+    async fn catch_up(&mut self) -> Result<(), Stop> {
+        let mvcc = self.shared.node.mvcc.clone();
+        // The feed receiver is already in place, so every revision after `target` will come
+        // from it: nothing falls between the replay and the feed.
+        let target = mvcc.revision();
+        if self.next <= target {
+            self.publish(Progress::CatchingUp);
+        }
+        while self.next <= target {
+            let replayed = mvcc.events(
+                self.next,
+                target,
+                &self.spec.key,
+                &self.spec.range_end,
+                HISTORY_CHUNK,
+            );
+            let (revisions, last) = match replayed {
+                Ok(found) => found,
+                Err(MvccError::Apply(ApplyError::Compacted)) => return Err(self.compacted().await),
+                Err(e) => return Err(self.fail(e.into()).await),
+            };
+            if last < self.next {
+                let stuck = ServerError::Storage(format!(
+                    "history replay from revision {} made no progress",
+                    self.next
+                ));
+                return Err(self.fail(stuck).await);
+            }
+            // As etcd's unsynced watchers, the header names the revision the replay reads to.
+            for revision in &revisions {
+                self.deliver(revision, target).await?;
+            }
+            self.next = last + 1;
+            // A long replay shares the thread with other tasks.
+            tokio::task::yield_now().await;
+        }
+        self.seen = self.seen.max(target);
+        self.publish(Progress::Live(self.seen));
+        Ok(())
+    }
+
+    /// Sends the wanted events of `revision`, if any, in one response (or its fragments).
+    async fn deliver(
+        &mut self,
+        revision: &RevisionEvents,
+        header_revision: i64,
+    ) -> Result<(), Stop> {
+        let events: Vec<_> = revision
+            .events
+            .iter()
+            .filter(|e| self.spec.wants(e))
+            .map(|e| convert::event(e, self.spec.prev_kv))
+            .collect();
+        // etcd sends nothing for a revision whose events the watch filters all out.
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut response = self.shared.response(self.id, header_revision);
+        response.events = events;
+        let responses = if self.spec.fragment {
+            fragments(response, self.shared.fragment_limit)
+        } else {
+            vec![response]
+        };
+        self.send(responses).await?;
+        self.sent_since_tick = true;
+        Ok(())
+    }
+
+    /// A progress tick: a watch that sent no events since the last one hears how far it is.
+    /// Only live watchers get here (catching up runs to completion between ticks), as etcd
+    /// sends progress notifications to synced watchers only.
+    async fn tick(&mut self) -> Result<(), Stop> {
+        if std::mem::replace(&mut self.sent_since_tick, false) {
+            return Ok(());
+        }
+        let notification = self.shared.response(self.id, self.seen);
+        self.send(vec![notification]).await
+    }
+
+    /// Cancels the watch because history no longer reaches back to `next`.
+    async fn compacted(&mut self) -> Stop {
+        let mvcc = &self.shared.node.mvcc;
+        let mut response = self.shared.response(self.id, mvcc.revision());
+        response.canceled = true;
+        response.compact_revision = mvcc.compact_revision();
+        let _ = self.send(vec![response]).await;
+        Stop
+    }
+
+    /// Cancels the watch because storage failed, saying why.
+    async fn fail(&mut self, error: ServerError) -> Stop {
+        tracing::error!(watch_id = self.id, "watch canceled: {error}");
+        let mut response = self
+            .shared
+            .response(self.id, self.shared.node.mvcc.revision());
+        response.canceled = true;
+        response.cancel_reason = error.to_string();
+        let _ = self.send(vec![response]).await;
+        Stop
+    }
+
+    async fn send(&self, responses: Vec<pb::WatchResponse>) -> Result<(), Stop> {
+        if self.shared.send(&self.token, responses).await {
+            Ok(())
+        } else {
+            Err(Stop)
+        }
+    }
+
+    fn publish(&self, progress: Progress) {
+        self.progress.set(progress);
+        self.shared.progressed.notify_one();
+    }
+}
+
+/// etcd's `sendFragments`: a response encoded at `limit` bytes or more, with at least two
+/// events, is split into responses of as many events as stay under `limit` (at least one each),
+/// all but the last marked `fragment`. Clients join them back up.
+pub(super) fn fragments(response: pb::WatchResponse, limit: usize) -> Vec<pb::WatchResponse> {
+    if response.encoded_len() < limit || response.events.len() < 2 {
+        return vec![response];
+    }
+    let mut events = response.events;
+    let template = pb::WatchResponse {
+        events: Vec::new(),
+        fragment: true,
+        ..response
+    };
+    let base = template.encoded_len();
+    let mut out = Vec::new();
+    let mut current = template.clone();
+    let mut size = base;
+    for event in events.drain(..) {
+        let added = prost::encoding::message::encoded_len(11, &event);
+        if !current.events.is_empty() && size + added >= limit {
+            out.push(std::mem::replace(&mut current, template.clone()));
+            size = base;
+        }
+        size += added;
+        current.events.push(event);
+    }
+    current.fragment = false;
+    out.push(current);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use rampart_api::mvccpb;
+
+    use super::*;
+
+    fn event(key: &str, value_len: usize) -> mvccpb::Event {
+        mvccpb::Event {
+            r#type: 0,
+            kv: Some(mvccpb::KeyValue {
+                key: key.into(),
+                value: vec![b'x'; value_len],
+                ..Default::default()
+            }),
+            prev_kv: None,
+        }
+    }
+
+    fn response(events: Vec<mvccpb::Event>) -> pb::WatchResponse {
+        pb::WatchResponse {
+            watch_id: 7,
+            events,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn small_or_single_event_responses_stay_whole() {
+        let small = response(vec![event("a", 10), event("b", 10)]);
+        assert_eq!(fragments(small.clone(), 1000), vec![small]);
+        let single = response(vec![event("a", 5000)]);
+        assert_eq!(fragments(single.clone(), 1000), vec![single]);
+    }
+
+    #[test]
+    fn large_responses_split_in_order_with_the_last_unmarked() {
+        let events: Vec<_> = (0..10).map(|i| event(&format!("k{i}"), 300)).collect();
+        let parts = fragments(response(events.clone()), 1000);
+        assert!(parts.len() > 1, "expected several fragments, got {parts:?}");
+        for (i, part) in parts.iter().enumerate() {
+            assert_eq!(part.fragment, i + 1 < parts.len());
+            assert_eq!(part.watch_id, 7);
+            assert!(!part.events.is_empty());
+            assert!(part.events.len() == 1 || part.encoded_len() < 1000);
+        }
+        let joined: Vec<_> = parts.into_iter().flat_map(|p| p.events).collect();
+        assert_eq!(joined, events);
+    }
+
+    #[test]
+    fn specs_follow_etcd_conventions() {
+        let request = |key: &str, end: &str| pb::WatchCreateRequest {
+            key: key.into(),
+            range_end: end.into(),
+            filters: vec![1, 42],
+            ..Default::default()
+        };
+        let empty_key = WatchSpec::from_request(&request("", "")).unwrap();
+        assert_eq!(empty_key.key, vec![0]);
+        assert!(empty_key.no_delete && !empty_key.no_put);
+        assert_eq!(
+            WatchSpec::from_request(&request("b", "a")),
+            Err(EMPTY_RANGE.to_string())
+        );
+        let from_key = WatchSpec::from_request(&request("b", "\0")).unwrap();
+        assert!(from_key.contains(b"zzz") && !from_key.contains(b"a"));
+        let range = WatchSpec::from_request(&request("b", "d")).unwrap();
+        assert!(range.contains(b"b") && range.contains(b"c\xff") && !range.contains(b"d"));
+        let single = WatchSpec::from_request(&request("b", "")).unwrap();
+        assert!(single.contains(b"b") && !single.contains(b"ba"));
+    }
+}

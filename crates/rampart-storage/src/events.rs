@@ -1,0 +1,212 @@
+//! Watch events: what each revision changed, replayed from history or fed live to watchers.
+//!
+//! Every revision's changes are recorded in the batch that makes them: each key's new version in
+//! history (`h`) and, in the order the command's operations made them, the key in the event index
+//! (`r`, see [`crate::codec`]). [`read_events`] replays revisions from those two; the state
+//! machine sends each new revision's events on the live feed ([`WatchFeed`]), built from the
+//! records it read while applying. Both build an event with [`event`], so they agree.
+//!
+//! Compaction at `C` drops the index entries below `C` with the history they point at. A key
+//! deleted at exactly `C` loses its tombstone (as in etcd, whose watchers cannot replay that
+//! delete either), so compaction drops that index entry too: every index entry names a version
+//! that history still has. Events at `C` itself carry no `prev_kv`, since the versions before `C`
+//! are gone.
+
+use std::ops::Bound;
+use std::sync::Arc;
+
+use crate::codec::{self, KeyRecord, HISTORY};
+use crate::error::{MvccError, StoreError};
+use crate::mvcc::{MvccCore, MvccState};
+use crate::range::KeyRange;
+use crate::types::{ApplyError, Event, EventKind, KeyValue, RevisionEvents};
+
+/// How many feed messages (one per revision, or a reset) a subscriber may fall behind before it
+/// gets `RecvError::Lagged` and must catch up from history with [`crate::Mvcc::events`]. A power
+/// of two, since tokio's broadcast channel rounds its capacity up to one.
+pub const WATCH_FEED_CAPACITY: usize = 4096;
+
+/// What the live feed of [`crate::Mvcc::subscribe`] carries.
+#[derive(Clone, Debug)]
+pub enum WatchFeed {
+    /// Every event of one new revision (with `prev_kv`), sent in revision order while the
+    /// revision becomes visible to readers.
+    Events(Arc<RevisionEvents>),
+    /// A snapshot replaced the whole state, which is now at `revision`. Revisions in between were
+    /// never sent; watchers catch up from history (which may be compacted past them).
+    Reset { revision: i64 },
+}
+
+/// One key an entry changed: its record before the entry and after it (`None`: not live).
+pub(crate) struct ChangedKey {
+    pub key: Vec<u8>,
+    pub before: Option<KeyValue>,
+    pub after: Option<KeyRecord>,
+}
+
+/// The keys one entry changed, in op order, and the revision it created.
+pub(crate) struct Written {
+    pub revision: i64,
+    pub changes: Vec<ChangedKey>,
+}
+
+impl Written {
+    /// The revision's events, as [`read_events`] would replay them.
+    pub(crate) fn into_events(self) -> RevisionEvents {
+        let revision = self.revision;
+        RevisionEvents {
+            revision,
+            events: self
+                .changes
+                .into_iter()
+                .map(|c| event(revision, c.key, c.after, c.before))
+                .collect(),
+        }
+    }
+}
+
+/// The event of `key` becoming `after` (a put) or disappearing (`None`, a delete) at `revision`.
+fn event(
+    revision: i64,
+    key: Vec<u8>,
+    after: Option<KeyRecord>,
+    prev_kv: Option<KeyValue>,
+) -> Event {
+    match after {
+        Some(record) => Event {
+            kind: EventKind::Put,
+            kv: record.into_kv(key),
+            prev_kv,
+        },
+        None => Event {
+            kind: EventKind::Delete,
+            kv: KeyValue {
+                key,
+                mod_revision: revision,
+                ..KeyValue::default()
+            },
+            prev_kv,
+        },
+    }
+}
+
+impl MvccCore {
+    /// Replays the events of revisions `[start, end]` on the keys in etcd's `(key, range_end)`;
+    /// see [`crate::Mvcc::events`].
+    pub(crate) fn events(
+        &self,
+        start: i64,
+        end: i64,
+        key: &[u8],
+        range_end: &[u8],
+        max_events: usize,
+    ) -> Result<(Vec<RevisionEvents>, i64), MvccError> {
+        let state = self.state.read();
+        read_events(
+            &self.tree,
+            &state,
+            start,
+            end,
+            &KeyRange::new(key, range_end),
+            max_events,
+        )
+    }
+}
+
+/// [`MvccCore::events`] on `tree`, described by `state`.
+fn read_events(
+    tree: &sled::Tree,
+    state: &MvccState,
+    start: i64,
+    end: i64,
+    range: &KeyRange,
+    max_events: usize,
+) -> Result<(Vec<RevisionEvents>, i64), MvccError> {
+    if state.compact_revision > 0 && start < state.compact_revision {
+        return Err(ApplyError::Compacted.into());
+    }
+    let end = end.min(state.revision);
+    let start = start.max(1);
+    if start > end {
+        return Ok((Vec::new(), end));
+    }
+    let bounds = (
+        Bound::Included(codec::event_key_start(start)),
+        Bound::Excluded(codec::event_key_start(end + 1)),
+    );
+    let mut out = Vec::new();
+    let mut total = 0usize;
+    let mut gathering = RevisionEvents {
+        revision: start,
+        events: Vec::new(),
+    };
+    for item in tree.range(bounds) {
+        let (k, v) = item?;
+        let revision = codec::event_key_revision(&k)?;
+        if revision != gathering.revision {
+            // Every change of `gathering.revision` has been seen: it is complete.
+            let done = gathering.revision;
+            let finished = std::mem::replace(
+                &mut gathering,
+                RevisionEvents {
+                    revision,
+                    events: Vec::new(),
+                },
+            );
+            if !finished.events.is_empty() {
+                total += finished.events.len();
+                out.push(finished);
+                if max_events > 0 && total >= max_events {
+                    return Ok((out, done));
+                }
+            }
+        }
+        if range.contains(&v) {
+            gathering
+                .events
+                .push(replay_event(tree, revision, v.to_vec())?);
+        }
+    }
+    if !gathering.events.is_empty() {
+        out.push(gathering);
+    }
+    Ok((out, end))
+}
+
+/// Rebuilds the event of `key` at `revision` from history.
+fn replay_event(tree: &sled::Tree, revision: i64, key: Vec<u8>) -> Result<Event, StoreError> {
+    let value = tree
+        .get(codec::history_key(&key, revision))?
+        .ok_or_else(|| {
+            StoreError::corrupt(
+                "mvcc event index",
+                format!("revision {revision} lists a key with no version at that revision"),
+            )
+        })?;
+    let after = match codec::history_record_bytes(&value)? {
+        Some(bytes) => Some(codec::decode::<KeyRecord>("key record", bytes)?),
+        None => None,
+    };
+    let prev_kv = version_before(tree, &key, revision)?;
+    Ok(event(revision, key, after, prev_kv))
+}
+
+/// The live version of `key` just before `revision`, if history still has one.
+fn version_before(
+    tree: &sled::Tree,
+    key: &[u8],
+    revision: i64,
+) -> Result<Option<KeyValue>, StoreError> {
+    // No encoded key is a prefix of another, so this range holds only `key`'s versions.
+    let versions = codec::prefixed_key(HISTORY, key)..codec::history_key(key, revision);
+    let Some(item) = tree.range(versions).next_back() else {
+        return Ok(None);
+    };
+    let (_, value) = item?;
+    match codec::history_record_bytes(&value)? {
+        Some(bytes) => Ok(Some(
+            codec::decode::<KeyRecord>("key record", bytes)?.into_kv(key.to_vec()),
+        )),
+        None => Ok(None), // deleted before `revision`
+    }
+}

@@ -41,8 +41,8 @@ pub enum Finding {
     /// revision.
     RevisionWentBack {
         member: u64,
-        earlier: Record,
-        later: Record,
+        earlier: Box<Record>,
+        later: Box<Record>,
     },
     /// Members hold different data at the same revision.
     Diverged(Divergence),
@@ -109,8 +109,8 @@ pub fn revisions(records: &[Record]) -> Vec<Finding> {
             if earlier.revision > later.revision {
                 findings.push(Finding::RevisionWentBack {
                     member,
-                    earlier: earlier.clone(),
-                    later: later.clone(),
+                    earlier: Box::new(earlier.clone()),
+                    later: Box::new(later.clone()),
                 });
                 if findings.len() >= MAX_REVISION_FINDINGS {
                     return findings;

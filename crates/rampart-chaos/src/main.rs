@@ -7,7 +7,7 @@
 //! Exits with status 1 when a checker found a violation (the seed and the report's path are
 //! printed), 2 when the harness itself failed.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -43,8 +43,10 @@ struct Cli {
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     key_period: Duration,
     /// Faults to inject, comma-separated: kill, pause, partition, delay, restart-all,
-    /// lost-replies; or default (all but lost-replies), all, none.
+    /// lost-replies; or default (all of them), all, none.
     #[arg(long, default_value = "default", value_parser = FaultKind::parse_list)]
+    // Spelled out so that clap takes the parsed list as one value rather than collecting
+    // repeated flags into a `Vec`.
     faults: std::vec::Vec<FaultKind>,
     /// Output directory: history, nemesis log, members' logs, violation report (default: a
     /// directory named after the seed in the system's temporary directory).
@@ -112,7 +114,7 @@ fn run(cli: &Cli, seed: u64) -> anyhow::Result<bool> {
 }
 
 /// Checks a history written by an earlier run; a violation report goes beside it.
-fn recheck(path: &PathBuf, seed: u64) -> anyhow::Result<bool> {
+fn recheck(path: &Path, seed: u64) -> anyhow::Result<bool> {
     let records: Vec<Record> = history::read_jsonl(path)?;
     let (report, findings) = checks::check_history(&records);
     println!(
@@ -125,8 +127,34 @@ fn recheck(path: &PathBuf, seed: u64) -> anyhow::Result<bool> {
     if findings.is_empty() {
         return Ok(true);
     }
-    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    let dir = path.parent().unwrap_or(Path::new("."));
     let file = history::write_violation(dir, seed, &findings)?;
     println!("minimal failing histories in {}", file.display());
     Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_parses() {
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from(["rampart-chaos"]).unwrap();
+        assert_eq!(cli.faults, FaultKind::DEFAULT.to_vec());
+        assert_eq!(cli.duration, Duration::from_secs(30));
+        let cli = Cli::try_parse_from([
+            "rampart-chaos",
+            "--nodes=5",
+            "--duration=30m",
+            "--faults=partition,kill",
+        ])
+        .unwrap();
+        assert_eq!(cli.nodes, 5);
+        assert_eq!(cli.duration, Duration::from_secs(1800));
+        assert_eq!(cli.faults, [FaultKind::Kill, FaultKind::Partition]);
+        assert!(Cli::try_parse_from(["rampart-chaos", "--nodes=2"]).is_err());
+    }
 }

@@ -9,7 +9,7 @@
 //! Network faults are peer-link rules set on the members (see [`NetworkRules`]); a member's
 //! rules act on the calls it sends (Raft messages, forwarded writes, read-index and lease
 //! requests). A symmetric partition A | B has every member of A drop its requests to every
-//! member of B and the other way round. A one-way cut a -> b has a drop its requests to b: b
+//! member of B and the other way round. In a one-way cut a -> b, a drops its requests to b: b
 //! hears nothing a initiates (heartbeats, appends, votes, forwards), while b's own requests
 //! still reach a and a's answers to them still come back. Losing those answers is a fault of
 //! its own, `lost-replies`: b's requests reach a and are carried out, but b never learns the
@@ -49,15 +49,9 @@ pub enum FaultKind {
 
 impl FaultKind {
     /// The faults a run injects unless told otherwise.
-    pub const DEFAULT: [FaultKind; 5] = [
-        FaultKind::Kill,
-        FaultKind::Pause,
-        FaultKind::Partition,
-        FaultKind::Delay,
-        FaultKind::RestartAll,
-    ];
+    pub const DEFAULT: [FaultKind; 6] = FaultKind::ALL;
 
-    /// Every kind of fault (`--faults all`): the default ones and lost replies.
+    /// Every kind of fault (`--faults all`).
     pub const ALL: [FaultKind; 6] = [
         FaultKind::Kill,
         FaultKind::Pause,
@@ -158,7 +152,11 @@ struct Nemesis {
 
 impl Nemesis {
     fn event(&mut self, action: &str, detail: String) {
-        tracing::info!(action, "nemesis: {detail}");
+        if action == "fault" || action == "heal" {
+            tracing::info!(action, "nemesis: {detail}");
+        } else {
+            tracing::warn!(action, "nemesis: {detail}");
+        }
         self.events.push(NemesisEvent {
             at: self.clock.now(),
             action: action.to_string(),
@@ -460,7 +458,7 @@ impl Nemesis {
         let result = cluster.heal_everything().await;
         let crashes = cluster.crashes.len();
         cluster.reap_crashed();
-        for crash in cluster.crashes[crashes..].to_vec() {
+        for crash in cluster.crashes[crashes..].iter().cloned() {
             self.event(
                 "crash",
                 format!("{} exited: {}", crash.member, crash.status),

@@ -176,12 +176,12 @@ pub async fn run(options: &Options) -> anyhow::Result<Outcome> {
     tracing::info!(operations = records.len(), "--- checking the history");
     history::write_jsonl(&options.out.join("history.jsonl"), &records)?;
     history::write_jsonl(&options.out.join("nemesis.jsonl"), &events)?;
-    let (report, history_findings) = {
-        let records = records.clone();
-        tokio::task::spawn_blocking(move || checks::check_history(&records))
-            .await
-            .context("the checker panicked")?
-    };
+    let (records, (report, history_findings)) = tokio::task::spawn_blocking(move || {
+        let verdict = checks::check_history(&records);
+        (records, verdict)
+    })
+    .await
+    .context("the checker panicked")?;
     findings.extend(history_findings);
 
     let violation_file = if findings.is_empty() {

@@ -44,8 +44,12 @@ enum Method {
 /// Why a call to a peer produced no reply.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
-    /// The peer could not be reached (bad address, refused connection, or a cut link): the
-    /// request was not delivered, or its reply was lost.
+    /// The request certainly never left this node (bad address, refused connection, a cut
+    /// outgoing link): sending it again cannot make it happen twice.
+    #[error("peer {target} unreachable, request not sent: {reason}")]
+    NotSent { target: NodeId, reason: String },
+    /// The transport failed after the request may have been sent (connection broken mid-call,
+    /// reply lost): the peer may have carried it out.
     #[error("peer {target} unreachable: {reason}")]
     Unreachable { target: NodeId, reason: String },
     #[error("call to peer {target} timed out after {timeout:?}")]
@@ -87,7 +91,7 @@ impl PeerNetwork {
     }
 
     fn channel(&self, target: NodeId, node: &PeerNode) -> Result<Channel, CallError> {
-        let unreachable = |reason: String| CallError::Unreachable { target, reason };
+        let unreachable = |reason: String| CallError::NotSent { target, reason };
         let url = node
             .peer_urls
             .first()
@@ -138,10 +142,14 @@ impl PeerNetwork {
         let reply = match tokio::time::timeout(timeout, reply).await {
             Err(_) => return Err(CallError::Timeout { target, timeout }),
             Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
-                return Err(CallError::Unreachable {
-                    target,
-                    reason: status.message().to_string(),
-                })
+                let reason = status.message().to_string();
+                // A failed connect sent nothing; any other transport failure may have come
+                // after the request was delivered.
+                return Err(if reason.contains("tcp connect error") {
+                    CallError::NotSent { target, reason }
+                } else {
+                    CallError::Unreachable { target, reason }
+                });
             }
             Ok(Err(status)) => return Err(CallError::Status { target, status }),
             Ok(Ok(reply)) => reply.into_inner().data,
@@ -157,9 +165,14 @@ impl PeerNetwork {
                 tokio::time::sleep(delay).await;
                 Ok(())
             }
-            Verdict::Drop => Err(CallError::Unreachable {
-                target: if from == self.id { to } else { from },
+            // A cut outgoing link loses the request; a cut return link loses only the reply.
+            Verdict::Drop if from == self.id => Err(CallError::NotSent {
+                target: to,
                 reason: format!("link {from} -> {to} is cut"),
+            }),
+            Verdict::Drop => Err(CallError::Unreachable {
+                target: from,
+                reason: format!("link {from} -> {to} is cut, the reply was lost"),
             }),
         }
     }
@@ -253,7 +266,9 @@ impl PeerConnection {
             .call_typed(self.target, &self.node, method, request, option.hard_ttl())
             .await
             .map_err(|e| match e {
-                CallError::Unreachable { .. } => RPCError::Unreachable(Unreachable::new(&e)),
+                CallError::NotSent { .. } | CallError::Unreachable { .. } => {
+                    RPCError::Unreachable(Unreachable::new(&e))
+                }
                 _ => RPCError::Network(NetworkError::new(&e)),
             })?;
         reply.map_err(|e| {

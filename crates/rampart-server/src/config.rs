@@ -538,4 +538,25 @@ mod tests {
         let ok: RawConfig = toml::from_str("name = \"x\"\nmax-txn-ops = 5").unwrap();
         assert_eq!(ok.max_txn_ops, Some(5));
     }
+
+    #[test]
+    fn peer_fault_injection_is_off_unless_asked_for() {
+        #[derive(clap::Parser)]
+        struct Flags {
+            #[command(flatten)]
+            raw: RawConfig,
+        }
+        let parse = |args: &[&str]| {
+            let flags = <Flags as clap::Parser>::try_parse_from(args).unwrap();
+            Config::from_raw(flags.raw).unwrap().peer_fault_injection
+        };
+        assert!(!parse(&["rampart"]));
+        assert!(parse(&["rampart", "--experimental-peer-fault-injection"]));
+        assert!(!parse(&[
+            "rampart",
+            "--experimental-peer-fault-injection=false"
+        ]));
+        let file: RawConfig = toml::from_str("experimental-peer-fault-injection = true").unwrap();
+        assert!(Config::from_raw(file).unwrap().peer_fault_injection);
+    }
 }

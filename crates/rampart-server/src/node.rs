@@ -188,8 +188,8 @@ impl Node {
                     .await
                 {
                     Ok(reply) => reply,
-                    // Not delivered: safe to send again once a leader is reachable.
-                    Err(CallError::Unreachable { .. }) => {
+                    // Never sent: safe to send again once a leader is reachable.
+                    Err(CallError::NotSent { .. }) => {
                         if Instant::now() >= leader_deadline {
                             return Err(ServerError::NoLeader);
                         }
@@ -197,10 +197,13 @@ impl Node {
                         continue;
                     }
                     Err(CallError::Timeout { .. }) => return Err(ServerError::Timeout),
-                    // Delivered or not, we cannot tell: the outcome is unknown.
-                    Err(CallError::Status { .. } | CallError::Codec { .. }) => {
-                        return Err(ServerError::LeaderChanged)
-                    }
+                    // Perhaps delivered and carried out (its reply lost, say): sending it
+                    // again could apply it twice, so the outcome is reported unknown.
+                    Err(
+                        CallError::Unreachable { .. }
+                        | CallError::Status { .. }
+                        | CallError::Codec { .. },
+                    ) => return Err(ServerError::LeaderChanged),
                 }
             };
             match reply {

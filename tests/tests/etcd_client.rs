@@ -6,10 +6,13 @@
 //! follower forwards writes to the leader and answers linearizable reads through a read index,
 //! and both paths must give what etcd gives, errors included (code and exact message).
 
-use std::fmt::Debug;
+mod common;
+
+use common::expect_error;
+
 use std::time::Duration;
 
-use anyhow::{ensure, Context};
+use anyhow::Context;
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, GetResponse, PutOptions,
     SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
@@ -108,28 +111,6 @@ async fn connect(urls: &[String]) -> anyhow::Result<Client> {
     Client::connect(urls, Some(options))
         .await
         .with_context(|| format!("connecting etcd-client to {urls:?}"))
-}
-
-/// Checks that `result` is a gRPC error with etcd's `code` and exact `message`.
-fn expect_error<T: Debug>(
-    what: &str,
-    result: Result<T, etcd_client::Error>,
-    code: Code,
-    message: &str,
-) -> anyhow::Result<()> {
-    match result {
-        Ok(value) => anyhow::bail!("{what}: expected {code:?} {message:?}, got success: {value:?}"),
-        Err(etcd_client::Error::GRpcStatus(status)) => {
-            ensure!(
-                status.code() == code && status.message() == message,
-                "{what}: expected {code:?} {message:?}, got {:?} {:?}",
-                status.code(),
-                status.message()
-            );
-            Ok(())
-        }
-        Err(other) => anyhow::bail!("{what}: expected gRPC {code:?} {message:?}, got {other}"),
-    }
 }
 
 /// The revision in a response header.

@@ -8,6 +8,10 @@
 //! resumes the remaining TTL recorded by the last checkpoint instead of restarting the lease.
 //! The test harness's 800 ms election timeout makes the shortest TTL 2 s.
 
+mod common;
+
+use common::expect_error;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -81,28 +85,6 @@ impl Fixture {
             .as_ref()
             .expect("member runs")
             .node
-    }
-}
-
-/// Checks that `result` is a gRPC error with etcd's `code` and exact `message`.
-fn expect_error<T: std::fmt::Debug>(
-    what: &str,
-    result: Result<T, etcd_client::Error>,
-    code: Code,
-    message: &str,
-) -> anyhow::Result<()> {
-    match result {
-        Ok(value) => anyhow::bail!("{what}: expected {code:?} {message:?}, got {value:?}"),
-        Err(etcd_client::Error::GRpcStatus(status)) => {
-            ensure!(
-                status.code() == code && status.message() == message,
-                "{what}: expected {code:?} {message:?}, got {:?} {:?}",
-                status.code(),
-                status.message()
-            );
-            Ok(())
-        }
-        Err(other) => anyhow::bail!("{what}: expected gRPC {code:?} {message:?}, got {other}"),
     }
 }
 

@@ -102,6 +102,25 @@ async fn put_with_lease(client: &mut Client, key: &str, lease: i64) -> anyhow::R
 }
 
 /// The keys under `prefix` at `revision` (0: now), read linearizably.
+/// Waits until no key starts with `prefix`, as `client`'s member sees it.
+async fn wait_keys_gone(
+    what: &str,
+    client: &Client,
+    prefix: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    wait_until(what, timeout, || {
+        let mut client = client.clone();
+        async move {
+            Ok(keys_at(&mut client, prefix, 0)
+                .await?
+                .is_empty()
+                .then_some(()))
+        }
+    })
+    .await
+}
+
 async fn keys_at(client: &mut Client, prefix: &str, revision: i64) -> anyhow::Result<Vec<String>> {
     let options = GetOptions::new()
         .with_prefix()
@@ -398,15 +417,12 @@ async fn expiry_deletes_the_keys_in_one_revision_and_keep_alive_through_a_follow
     }
 
     info!("--- the abandoned lease expires after its TTL, not before, and not much later");
-    let gone = wait_until("the expiring keys to go", Duration::from_secs(15), || {
-        let mut client = f.members[a].clone();
-        async move {
-            Ok(keys_at(&mut client, "expiring/", 0)
-                .await?
-                .is_empty()
-                .then_some(()))
-        }
-    });
+    let gone = wait_keys_gone(
+        "the expiring keys to go",
+        &f.members[a],
+        "expiring/",
+        Duration::from_secs(15),
+    );
     gone.await?;
     let lived = granting.elapsed();
     info!(?lived, "the abandoned lease expired");
@@ -461,15 +477,12 @@ async fn expiry_deletes_the_keys_in_one_revision_and_keep_alive_through_a_follow
     );
 
     info!("--- left alone, it expires too");
-    wait_until("the kept key to go", Duration::from_secs(10), || {
-        let mut client = f.members[a].clone();
-        async move {
-            Ok(keys_at(&mut client, "kept/", 0)
-                .await?
-                .is_empty()
-                .then_some(()))
-        }
-    })
+    wait_keys_gone(
+        "the kept key to go",
+        &f.members[a],
+        "kept/",
+        Duration::from_secs(10),
+    )
     .await?;
 
     info!("--- members stop promptly with keep-alive streams still open");
@@ -554,15 +567,12 @@ async fn a_new_leader_resumes_checkpoints_and_keeps_live_leases() -> anyhow::Res
     );
 
     info!("--- the abandoned lease expires within about its TTL and an election");
-    wait_until("the abandoned key to go", Duration::from_secs(15), || {
-        let mut client = f.members[new_leader].clone();
-        async move {
-            Ok(keys_at(&mut client, "abandoned/", 0)
-                .await?
-                .is_empty()
-                .then_some(()))
-        }
-    })
+    wait_keys_gone(
+        "the abandoned key to go",
+        &f.members[new_leader],
+        "abandoned/",
+        Duration::from_secs(15),
+    )
     .await?;
     let lived = granting.elapsed();
     let after_election = elapsed_since(elected);
@@ -576,15 +586,12 @@ async fn a_new_leader_resumes_checkpoints_and_keeps_live_leases() -> anyhow::Res
     );
 
     info!("--- the resumed lease expires well before a full TTL after the election");
-    wait_until("the resumed key to go", Duration::from_secs(15), || {
-        let mut client = f.members[new_leader].clone();
-        async move {
-            Ok(keys_at(&mut client, "resumed/", 0)
-                .await?
-                .is_empty()
-                .then_some(()))
-        }
-    })
+    wait_keys_gone(
+        "the resumed key to go",
+        &f.members[new_leader],
+        "resumed/",
+        Duration::from_secs(15),
+    )
     .await?;
     let after_election = elapsed_since(elected);
     info!(?after_election, "the resumed lease expired");
@@ -662,18 +669,11 @@ async fn whole_cluster_restart_keeps_leases_and_expires_abandoned_ones() -> anyh
     );
 
     info!("--- the abandoned short lease expires after the restart; the long one stays");
-    wait_until(
+    wait_keys_gone(
         "the short lease's key to go",
+        &client,
+        "restart/short",
         Duration::from_secs(20),
-        || {
-            let mut client = client.clone();
-            async move {
-                Ok(keys_at(&mut client, "restart/short", 0)
-                    .await?
-                    .is_empty()
-                    .then_some(()))
-            }
-        },
     )
     .await?;
     let lived = elapsed_since(restarted);

@@ -224,21 +224,52 @@ fn leader_index(statuses: &[Value]) -> anyhow::Result<usize> {
         .with_context(|| format!("no endpoint is the leader {leader:x}: {statuses:?}"))
 }
 
+/// Three `rampart` processes that agree on a leader, with etcdctl on all their endpoints.
+struct ThreeMembers {
+    /// Keeps the processes alive for the test.
+    _cluster: ProcessCluster,
+    urls: Vec<String>,
+    leader: usize,
+    all: Etcdctl,
+}
+
+impl ThreeMembers {
+    async fn start() -> anyhow::Result<ThreeMembers> {
+        rampart_tests::init_tracing();
+        let etcdctl_binary = etcdctl_path()?;
+        info!(
+            "--- start 3 processes; etcdctl at {}",
+            etcdctl_binary.display()
+        );
+        let cluster = ProcessCluster::start(3).await?;
+        let urls = urls(&cluster);
+        let leader = leader_index(&agreed_status(&urls).await?)?;
+        let all = Etcdctl::new(&[&urls[0], &urls[1], &urls[2]])?;
+        Ok(ThreeMembers {
+            _cluster: cluster,
+            urls,
+            leader,
+            all,
+        })
+    }
+
+    /// The member `offset` places after the leader (1 or 2: a follower).
+    fn follower(&self, offset: usize) -> usize {
+        (self.leader + offset) % 3
+    }
+
+    /// etcdctl on that follower's endpoint alone.
+    fn on_follower(&self, offset: usize) -> anyhow::Result<Etcdctl> {
+        Etcdctl::new(&[&self.urls[self.follower(offset)]])
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn put_get_del_and_history_reads() -> anyhow::Result<()> {
-    rampart_tests::init_tracing();
-    let etcdctl_binary = etcdctl_path()?;
-    info!(
-        "--- start 3 processes; etcdctl at {}",
-        etcdctl_binary.display()
-    );
-    let cluster = ProcessCluster::start(3).await?;
-    let urls = urls(&cluster);
-    let statuses = agreed_status(&urls).await?;
-    let leader = leader_index(&statuses)?;
-    let follower = (leader + 1) % 3;
-    let all = Etcdctl::new(&[&urls[0], &urls[1], &urls[2]])?;
-    let on_follower = Etcdctl::new(&[&urls[follower]])?;
+    let members = ThreeMembers::start().await?;
+    let urls = members.urls.clone();
+    let all = &members.all;
+    let on_follower = members.on_follower(1)?;
 
     info!("--- put through every endpoint and through a single follower");
     assert_eq!(all.ok(&["put", "fruit/apple", "red"]).await?.trim(), "OK");
@@ -318,14 +349,9 @@ async fn put_get_del_and_history_reads() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn txn_from_standard_input() -> anyhow::Result<()> {
-    rampart_tests::init_tracing();
-    etcdctl_path()?;
-    let cluster = ProcessCluster::start(3).await?;
-    let urls = urls(&cluster);
-    let statuses = agreed_status(&urls).await?;
-    let follower = (leader_index(&statuses)? + 2) % 3;
-    let all = Etcdctl::new(&[&urls[0], &urls[1], &urls[2]])?;
-    let on_follower = Etcdctl::new(&[&urls[follower]])?;
+    let members = ThreeMembers::start().await?;
+    let all = &members.all;
+    let on_follower = members.on_follower(2)?;
 
     all.ok(&["put", "account", "10"]).await?;
 
@@ -393,13 +419,10 @@ async fn txn_from_standard_input() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compaction_and_reading_a_compacted_revision() -> anyhow::Result<()> {
-    rampart_tests::init_tracing();
-    etcdctl_path()?;
-    let cluster = ProcessCluster::start(3).await?;
-    let urls = urls(&cluster);
-    let statuses = agreed_status(&urls).await?;
-    let follower = (leader_index(&statuses)? + 1) % 3;
-    let all = Etcdctl::new(&[&urls[0], &urls[1], &urls[2]])?;
+    let members = ThreeMembers::start().await?;
+    let urls = members.urls.clone();
+    let all = &members.all;
+    let follower = members.follower(1);
 
     info!("--- three versions of one key");
     let mut revisions = Vec::new();
@@ -618,14 +641,10 @@ async fn per_endpoint_commands_accept_http_urls() -> anyhow::Result<()> {
 /// 16 hex digits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lease_commands() -> anyhow::Result<()> {
-    rampart_tests::init_tracing();
-    etcdctl_path()?;
-    let cluster = ProcessCluster::start(3).await?;
-    let urls = urls(&cluster);
-    let statuses = agreed_status(&urls).await?;
-    let follower = (leader_index(&statuses)? + 1) % 3;
-    let all = Etcdctl::new(&[&urls[0], &urls[1], &urls[2]])?;
-    let on_follower = Etcdctl::new(&[&urls[follower]])?;
+    let members = ThreeMembers::start().await?;
+    let urls = members.urls.clone();
+    let all = &members.all;
+    let on_follower = members.on_follower(1)?;
 
     info!("--- lease grant prints the new lease's id and TTL");
     let granted = on_follower.ok(&["lease", "grant", "10"]).await?;

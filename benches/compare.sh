@@ -5,7 +5,8 @@
 #
 # Usage: benches/compare.sh [options]
 #   --duration D        length of each measured run (default 30s)
-#   --rounds N          rounds; each runs every workload against both clusters (default 3)
+#   --rounds N          rounds; each runs every workload against both clusters (default 3;
+#                       0 runs none, e.g. for --check-perf alone)
 #   --workloads LIST    comma-separated (default put,range,range-serializable,txn-put,mixed,
 #                       watch,lease,lock,delete)
 #   --clients N         concurrent clients (default 16)
@@ -15,6 +16,8 @@
 #   --watchers N        watchers of the watch workload (default 64)
 #   --streams N         watch streams of the watch workload (default 8)
 #   --rate R            open loop at R requests/s (default: closed loop)
+#   --check-perf LOADS  after the rounds, run `etcdctl check perf --load=L` against each
+#                       cluster for each comma-separated load L (s, m, l, xl; 60 s each)
 #   --debug             use debug builds (for trying the script; never for numbers)
 #   --no-build          use the binaries already built
 #
@@ -25,9 +28,20 @@
 # the same disk for both clusters.
 #
 # Rounds alternate which cluster goes first, so that a slow drift of the machine (heat, another
-# process) does not always favour the same one. The table shows medians over the rounds.
+# process) does not always favour the same one. The table shows medians over the rounds. For each
+# workload and cluster, the plots (latency by percentile, completions per second) of the round
+# with the median throughput are copied to benches/results/compare-<time>/ and linked from the
+# table; every run's plots stay in benches/results/tmp/.
 #
-# Needs: etcd (Debian package etcd-server), jq, cargo. Sends traffic to 127.0.0.1 only.
+# etcdctl check perf writes 1 KiB values under /etcdctl-check-perf/ at a fixed rate for 60 s
+# (s: 150/s over 50 clients, m: 1000/s over 200, l: 8000/s over 500, xl: 15000/s over 1000) and
+# passes if it reached 90% of the rate, with no error, no request slower than 0.5 s and a
+# standard deviation below 0.1 s. Its verdict and the lines it prints go into the results.
+#
+# Needs: etcd and etcdctl (Debian packages etcd-server, etcd-client), jq, cargo. Sends traffic
+# to 127.0.0.1 only. The cluster start-up is shared with capacity.sh, in lib.sh.
+# Ports: etcd's members on 22379-22384, Rampart's on 24379-24384 (ETCD_PORT_BASE and
+# RAMPART_PORT_BASE move them); binaries: ETCD_BIN, ETCDCTL_BIN, RAMPART_BIN, BENCH_BIN.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -43,6 +57,7 @@ value_size=256
 watchers=64
 streams=8
 rate=
+check_perf_loads=
 profile=release
 build=yes
 
@@ -58,6 +73,7 @@ while [ $# -gt 0 ]; do
         --watchers) watchers=$2; shift 2 ;;
         --streams) streams=$2; shift 2 ;;
         --rate) rate=$2; shift 2 ;;
+        --check-perf) check_perf_loads=$2; shift 2 ;;
         --debug) profile=debug; shift ;;
         --no-build) build=no; shift ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -65,103 +81,23 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-etcd_bin=${ETCD_BIN:-/usr/bin/etcd}
-for tool in "$etcd_bin" jq cargo; do
-    command -v "$tool" >/dev/null || { echo "compare.sh needs $tool" >&2; exit 1; }
-done
-
-if [ "$build" = yes ]; then
-    echo "--- build rampart and rampart-bench ($profile)"
-    if [ "$profile" = release ]; then
-        cargo build --release -p rampart --bin rampart -p rampart-bench --bin rampart-bench
-    else
-        cargo build -p rampart --bin rampart -p rampart-bench --bin rampart-bench
-    fi
-fi
-target_dir=$(cargo metadata --format-version 1 --no-deps | jq -r .target_directory)
-rampart_bin=${RAMPART_BIN:-$target_dir/$profile/rampart}
-bench_bin=${BENCH_BIN:-$target_dir/$profile/rampart-bench}
-
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 work=$repo/benches/results/tmp/$stamp
-mkdir -p "$work/runs"
+mkdir -p "$work/runs" "$work/plots"
 summary=$work/summary.jsonl
+touch "$summary"
 result=$repo/benches/results/compare-$stamp.md
+# The committed plots: one latency and one throughput PNG per workload and cluster.
+plots=$repo/benches/results/compare-$stamp
 
-# Processes this script started, killed on exit (and only those).
-pids=()
-stop_all() {
-    for pid in "${pids[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${pids[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
-}
-trap stop_all EXIT
-
-# Each cluster's ports: member i listens for clients on base+2i and for peers on base+2i+1.
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-check_ports() {
-    local base=$1
-    for port in $(seq "$base" $((base + 5))); do
-        if port_in_use "$port"; then
-            echo "port $port is in use; set ETCD_PORT_BASE / RAMPART_PORT_BASE" >&2
-            exit 1
-        fi
-    done
-}
-
-# start_cluster NAME BINARY PORT_BASE: starts 3 members and sets cluster_endpoints to their
-# client endpoints. (Not run in a subshell: the members' pids must reach `pids`.)
-start_cluster() {
-    local name=$1 binary=$2 base=$3 initial= endpoints=
-    check_ports "$base"
-    for i in 0 1 2; do
-        initial+="${initial:+,}$name$i=http://127.0.0.1:$((base + 2 * i + 1))"
-        endpoints+="${endpoints:+,}127.0.0.1:$((base + 2 * i))"
-    done
-    for i in 0 1 2; do
-        local client=http://127.0.0.1:$((base + 2 * i)) peer=http://127.0.0.1:$((base + 2 * i + 1))
-        "$binary" \
-            --name="$name$i" \
-            --data-dir="$work/$name/$name$i" \
-            --listen-client-urls="$client" \
-            --advertise-client-urls="$client" \
-            --listen-peer-urls="$peer" \
-            --initial-advertise-peer-urls="$peer" \
-            --initial-cluster="$initial" \
-            --initial-cluster-token="compare-$name" \
-            --initial-cluster-state=new \
-            --heartbeat-interval=100 \
-            --election-timeout=1000 \
-            >"$work/$name$i.log" 2>&1 &
-        pids+=($!)
-    done
-    cluster_endpoints=$endpoints
-}
-
-# wait_writable ENDPOINTS: waits until a put through every member succeeds.
-wait_writable() {
-    local probe=$work/probe.json
-    for endpoint in ${1//,/ }; do
-        local deadline=$((SECONDS + 60))
-        until "$bench_bin" -w put --endpoints "$endpoint" --total 1 --prefix probe/ \
-                --json-out "$probe" >/dev/null 2>&1 \
-            && [ "$(jq .errors_total "$probe")" = 0 ]; do
-            if [ $SECONDS -ge $deadline ]; then
-                echo "$endpoint did not accept a put within 60 s; logs in $work" >&2
-                exit 1
-            fi
-            sleep 0.5
-        done
-    done
-}
+# shellcheck source=benches/lib.sh
+. "$repo/benches/lib.sh"
+find_binaries
 
 echo "--- start 3 etcd members and 3 rampart members"
-start_cluster etcd "$etcd_bin" "${ETCD_PORT_BASE:-32379}"
+start_cluster etcd "$etcd_bin" "$etcd_port_base"
 etcd_endpoints=$cluster_endpoints
-start_cluster rampart "$rampart_bin" "${RAMPART_PORT_BASE:-42379}"
+start_cluster rampart "$rampart_bin" "$rampart_port_base"
 rampart_endpoints=$cluster_endpoints
 wait_writable "$etcd_endpoints"
 wait_writable "$rampart_endpoints"
@@ -186,19 +122,48 @@ workload_args() {
     esac
 }
 
+# display_name TARGET: how the results name a cluster.
+display_name() {
+    case "$1" in
+        etcd) echo etcd ;;
+        rampart) echo Rampart ;;
+    esac
+}
+
 # run_one TARGET ENDPOINTS LABEL ROUND ORDER
 run_one() {
     local target=$1 endpoints=$2 label=$3 round=$4 order=$5
-    local json=$work/runs/$target-$label-r$round.json
+    local run=$target-$label-r$round
+    local caption
+    caption=$(display_name "$target")
+    # The plots' captions name the workload (-w), which does not say "serializable".
+    if [ "$label" = range-serializable ]; then caption+=" serializable"; fi
     # shellcheck disable=SC2046  # workload_args is meant to split into words.
     "$bench_bin" --endpoints "$endpoints" "${common[@]}" $(workload_args "$label") \
-        --json-out "$json" | sed "s/^/  [$target] /"
+        --json-out "$work/runs/$run.json" --plot-dir "$work/plots/$run" --label "$caption" \
+        | sed "s/^/  [$target] /"
     jq -c --arg target "$target" --arg name "$label" --argjson order "$order" \
-        '{target: $target, label: $name, order: $order, ok,
+        --argjson round "$round" \
+        '{target: $target, label: $name, order: $order, round: $round, ok,
           p50: (if .ok > 0 then .ops.p50_us else null end),
           p99: (if .ok > 0 then .ops.p99_us else null end),
           throughput: (if .ok > 0 then .throughput else null end), errors: .errors_total,
-          kinds: (.errors | keys)}' "$json" >>"$summary"
+          kinds: (.errors | keys)}' "$work/runs/$run.json" >>"$summary"
+}
+
+# check_perf TARGET ENDPOINTS LOAD: runs etcdctl check perf and records its verdict (its exit
+# status) and what it printed, less the progress bar, in check-perf.jsonl.
+check_perf() {
+    local target=$1 endpoints=$2 load=$3 status=0
+    local out=$work/check-perf-$target-$load.txt
+    echo "--- etcdctl check perf --load=$load against $target"
+    etcdctl check perf --load="$load" --endpoints="$endpoints" >"$out" 2>&1 || status=$?
+    # Its progress bar (" 12 / 60   20.00% 00m48s") is redrawn on a line of its own, or after a
+    # carriage return on a terminal: drop it, and blank lines.
+    tr '\r' '\n' <"$out" | grep -v -E -e '^ *$' -e '^ *[0-9]+ / [0-9]+ ' \
+        | jq -R . | jq -sc --arg target "$target" --arg load "$load" --argjson status "$status" \
+            '{target: $target, load: $load, pass: ($status == 0), lines: .}' \
+        | tee -a "$work/check-perf.jsonl" | jq -r '.lines[]' | sed "s/^/  [$target] /"
 }
 
 IFS=, read -r -a labels <<<"$workloads"
@@ -219,11 +184,45 @@ for round in $(seq 1 "$rounds"); do
     done
 done
 
+if [ -n "$check_perf_loads" ]; then
+    IFS=, read -r -a perf_loads <<<"$check_perf_loads"
+    for index in "${!perf_loads[@]}"; do
+        if [ $((index % 2)) = 0 ]; then order=(etcd rampart); else order=(rampart etcd); fi
+        for target in "${order[@]}"; do
+            endpoints_var=${target}_endpoints
+            check_perf "$target" "${!endpoints_var}" "${perf_loads[$index]}"
+        done
+    done
+fi
+
+# For each workload and cluster, the plots of the round with the median throughput (the lower
+# middle one of an even number of rounds); none for a workload a cluster answered not once.
+mkdir -p "$plots"
+jq -rs 'group_by([.label, .target])[] | map(select(.throughput != null)) | select(length > 0)
+        | sort_by(.throughput) | .[(length - 1) / 2 | floor] | "\(.label) \(.target) \(.round)"' \
+    "$summary" | while read -r label target round; do
+        for kind in latency throughput; do
+            cp "$work/plots/$target-$label-r$round/"*"-$kind.png" "$plots/$label-$target-$kind.png"
+        done
+    done
+rmdir "$plots" 2>/dev/null || true
+
+# plot_links LABEL TARGET: the markdown links to a workload's committed plots, or a dash.
+plot_links() {
+    local dir
+    dir=$(basename "$plots")
+    if [ -f "$plots/$1-$2-latency.png" ]; then
+        echo "[latency]($dir/$1-$2-latency.png), [throughput]($dir/$1-$2-throughput.png)"
+    else
+        echo "–"
+    fi
+}
+
 echo "--- write $result"
 {
     echo "# Rampart vs etcd, $(date -u +%Y-%m-%d)"
     echo
-    echo "- commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (with local changes)')," \
+    echo "- commit $(describe_commit)," \
         "$("$etcd_bin" --version | head -1), rampart $profile build"
     echo "- machine: $(nproc) cores, $(uname -sr); both 3-member clusters on 127.0.0.1, same disk"
     echo "- each run: $duration, ${rate:+open loop at $rate/s, }$clients clients over $conns connections," \
@@ -260,8 +259,38 @@ echo "--- write $result"
           + "| \($e99 | fixed(3)) | \($r99 | fixed(3)) | \(ratio($r99; $e99)) "
           + "| \($e | errors) / \($r | errors) |"
     ' "$summary"
+    if [ -d "$plots" ]; then
+        echo
+        echo "Plots of the round with the median throughput (latency by percentile; completions"
+        echo "per second):"
+        echo
+        echo "| workload | etcd | Rampart |"
+        echo "|---|---|---|"
+        for label in "${labels[@]}"; do
+            echo "| $label | $(plot_links "$label" etcd) | $(plot_links "$label" rampart) |"
+        done
+    fi
+    if [ -s "$work/check-perf.jsonl" ]; then
+        echo
+        echo "## etcdctl check perf"
+        echo
+        echo "$("$etcdctl_bin" version | head -1) against each cluster's three endpoints:"
+        echo
+        echo "| load | etcd | Rampart |"
+        echo "|---|---|---|"
+        jq -rs '
+            def cell: if . == null then "–"
+                else (if .pass then "**PASS**" else "**FAIL**" end)
+                    + ([.lines[] | select(. != "PASS" and . != "FAIL")
+                        | gsub("\\|"; "\\|")] | map("<br>" + .) | join("")) end;
+            group_by(.load)[]
+            | (map(select(.target == "etcd")) | .[0]) as $e
+            | (map(select(.target == "rampart")) | .[0]) as $r
+            | "| \(.[0].load) | \($e | cell) | \($r | cell) |"
+        ' "$work/check-perf.jsonl"
+    fi
     echo
-    echo "Each run's report (JSON, with latency percentiles and per-second counts) is in"
-    echo "benches/results/tmp/$stamp/runs/."
+    echo "Each run's report (JSON, with latency percentiles and per-second counts) and plots are"
+    echo "in benches/results/tmp/$stamp/."
 } >"$result"
 cat "$result"

@@ -30,6 +30,8 @@ pub struct Config {
     pub watchers: usize,
     pub streams: usize,
     pub lease_ttl: i64,
+    /// Puts per txn of the load workload.
+    pub batch: u64,
     pub prefill: bool,
     pub timeout: Duration,
     pub seed: u64,
@@ -71,11 +73,18 @@ impl Options {
             Some(rate) if rate.is_finite() && rate > 0.0 => Pace::Open { rate },
             Some(rate) => return invalid(format!("--rate must be positive, not {rate}")),
         };
+        if self.batch == 0 {
+            return invalid("--batch must be at least 1".into());
+        }
         let stop = match (self.total, self.duration) {
             (Some(0), _) => return invalid("--total must be at least 1".into()),
             (Some(total), _) => Stop::Total(total),
             (None, Some(d)) if d.is_zero() => return invalid("--duration must be positive".into()),
             (None, Some(duration)) => Stop::Duration(duration),
+            // A load's natural end is one pass over the key space.
+            (None, None) if self.workload == Workload::Load => {
+                Stop::Total(self.key_space.div_ceil(self.batch))
+            }
             (None, None) => Stop::Total(DEFAULT_TOTAL),
         };
         if !(0.0..=1.0).contains(&self.read_ratio) {
@@ -119,6 +128,7 @@ impl Options {
             watchers: self.watchers,
             streams: self.streams,
             lease_ttl: self.lease_ttl,
+            batch: self.batch,
             prefill: self.prefill,
             timeout: self.timeout,
             seed: self.seed.unwrap_or_else(rand::random),
@@ -167,6 +177,25 @@ mod tests {
         assert_eq!(config.pace, Pace::Open { rate: 250.0 });
         assert_eq!(config.stop, Stop::Duration(Duration::from_secs(5)));
         assert_eq!(config.seed, 9);
+    }
+
+    #[test]
+    fn a_load_makes_one_pass_over_the_key_space_by_default() {
+        let load = |key_space, total| {
+            Options {
+                workload: Workload::Load,
+                key_space,
+                batch: 100,
+                total,
+                ..options()
+            }
+            .validate()
+            .expect("valid")
+            .stop
+        };
+        assert_eq!(load(1000, None), Stop::Total(10));
+        assert_eq!(load(1001, None), Stop::Total(11), "a last, partial txn");
+        assert_eq!(load(1000, Some(30)), Stop::Total(30), "three passes");
     }
 
     #[test]
@@ -239,6 +268,13 @@ mod tests {
                 ..options()
             },
             "--key-size",
+        );
+        refused(
+            Options {
+                batch: 0,
+                ..options()
+            },
+            "--batch",
         );
     }
 }

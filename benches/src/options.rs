@@ -31,6 +31,9 @@ pub enum Workload {
     Lease,
     /// Lock a random name of the key space (v3lockpb), then unlock it.
     Lock,
+    /// Write the key space in key order, --batch puts per txn: one pass over it by default
+    /// (a bulk load; `benches/capacity.sh` loads and overwrites with it).
+    Load,
 }
 
 impl Workload {
@@ -45,6 +48,7 @@ impl Workload {
             Workload::Watch => "watch",
             Workload::Lease => "lease",
             Workload::Lock => "lock",
+            Workload::Load => "load",
         }
     }
 }
@@ -131,6 +135,11 @@ pub struct Options {
     #[arg(long, default_value_t = 30)]
     pub lease_ttl: i64,
 
+    /// Puts per txn of the load workload; at most the server's --max-txn-ops (128 by default
+    /// on etcd and on Rampart).
+    #[arg(long, default_value_t = 100)]
+    pub batch: u64,
+
     /// Put every key of the key space once before measuring (for range, txn-put, delete and
     /// mixed to find keys).
     #[arg(long)]
@@ -152,6 +161,11 @@ pub struct Options {
     /// Write PNG plots (latency by percentile, throughput per second) into this directory.
     #[arg(long)]
     pub plot_dir: Option<PathBuf>,
+
+    /// What the run measures, e.g. the server's name: heads the plots' captions, so that plots
+    /// of two servers side by side say which is which.
+    #[arg(long)]
+    pub label: Option<String>,
 }
 
 impl Default for Options {

@@ -51,6 +51,14 @@ pub fn write_plots(report: &Report, dir: &Path) -> Result<Vec<PathBuf>, BenchErr
     Ok(vec![latency, throughput])
 }
 
+/// The start of a caption: the run's `--label`, if any, and the workload.
+fn caption_head(report: &Report) -> String {
+    match &report.options.label {
+        Some(label) => format!("{label}: {} ", report.workload.name()),
+        None => format!("{} ", report.workload.name()),
+    }
+}
+
 /// The series drawn: the requests first, then each part.
 fn series(report: &Report) -> Vec<(&str, &SeriesReport)> {
     std::iter::once(("requests", &report.ops))
@@ -107,7 +115,7 @@ fn draw_latency(report: &Report, path: &Path) -> DrawResult {
         * 1.1;
     let mut chart = ChartBuilder::on(&root)
         .caption(
-            format!("{} latency by percentile", report.workload.name()),
+            format!("{}latency by percentile", caption_head(report)),
             (FONT, 24),
         )
         .margin(15)
@@ -163,7 +171,7 @@ fn draw_throughput(report: &Report, path: &Path) -> DrawResult {
         * 1.1;
     let mut chart = ChartBuilder::on(&root)
         .caption(
-            format!("{} completions per second", report.workload.name()),
+            format!("{}completions per second", caption_head(report)),
             (FONT, 24),
         )
         .margin(15)

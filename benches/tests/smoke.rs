@@ -125,6 +125,16 @@ async fn rampart_put_range_watch() -> anyhow::Result<()> {
         assert_png(plot);
     }
 
+    println!("--- load: two passes over the 50 keys, 20 to a txn");
+    let report = bench(Options {
+        batch: 20,
+        total: Some(6),
+        ..options(&url, Workload::Load)
+    })
+    .await?;
+    assert_clean(&report, 6);
+    assert_eq!(report.counters["keys_written"], 100);
+
     println!("--- range: linearizable, then serializable, over the keys just put");
     for consistency in [Consistency::Linearizable, Consistency::Serializable] {
         let report = bench(Options {
@@ -133,11 +143,10 @@ async fn rampart_put_range_watch() -> anyhow::Result<()> {
         })
         .await?;
         assert_clean(&report, 100);
-        // 200 random puts over 50 keys leave almost all of them; every read may not hit one.
-        let found = report.counters["keys_found"];
-        assert!(
-            found > 50,
-            "{consistency:?}: {found} of 100 reads found their key"
+        // The load wrote every one of the 50 keys.
+        assert_eq!(
+            report.counters["keys_found"], 100,
+            "{consistency:?}: every read finds its key"
         );
     }
 
@@ -242,6 +251,7 @@ async fn etcd_every_workload() -> anyhow::Result<()> {
         Workload::TxnPut,
         Workload::Mixed,
         Workload::Delete,
+        Workload::Load,
     ] {
         let report = bench(Options {
             prefill: workload == Workload::Range,
@@ -265,6 +275,8 @@ async fn etcd_every_workload() -> anyhow::Result<()> {
                 );
             }
             Workload::Delete => assert!(report.counters["keys_deleted"] > 0),
+            // 100 txns, each of the whole key space of 50 (less than the batch of 100).
+            Workload::Load => assert_eq!(report.counters["keys_written"], 5000),
             _ => {}
         }
     }

@@ -100,6 +100,9 @@ impl Fixture {
     }
 
     async fn shutdown(self) {
+        // Clients first, so that no open connection waits on the members' graceful stop.
+        drop(self.all);
+        drop(self.members);
         self.cluster.shutdown().await;
     }
 }

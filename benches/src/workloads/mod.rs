@@ -4,6 +4,7 @@
 mod delete;
 mod keepalive;
 mod lease;
+mod load;
 mod lock;
 mod mixed;
 mod put;
@@ -33,6 +34,7 @@ pub async fn run(config: &Config, conns: &Connections) -> Result<Run, BenchError
         Workload::Mixed => drive_clients(config, conns, origin, mixed::MixedWorker::new).await,
         Workload::Lease => drive_clients(config, conns, origin, lease::LeaseWorker::new).await,
         Workload::Lock => drive_clients(config, conns, origin, lock::LockWorker::new).await,
+        Workload::Load => drive_clients(config, conns, origin, load::LoadWorker::new).await,
         Workload::Watch => watch::run(config, conns, origin).await,
     };
     Ok(run)

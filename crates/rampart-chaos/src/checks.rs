@@ -7,7 +7,11 @@
 //!   after another response from that member arrived carries a revision at least as high;
 //! - every member ends with the same data: once healed and quiet, all members reach the same
 //!   applied revision and hold the same key-values at it;
-//! - no member crashed.
+//! - no member crashed;
+//! - the watchers received every change of their prefix, in order, once, as written
+//!   ([`crate::watch_check`]);
+//! - leases lived as long as promised and were deleted soon after they expired
+//!   ([`crate::lease_check`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
@@ -18,8 +22,12 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::cluster::{channel, Cluster, Crash};
-use crate::history::{operations, Record};
+use crate::history::{
+    operations, LeaseHistory, LeaseRecord, Record, WatchHistory, WatchSession, WatchedEvent,
+};
+use crate::lease_check::{self, LeaseSummary};
 use crate::linearizability::{self, Report, Violation};
+use crate::watch_check::{self, ExpectedEvent, WatchSummary};
 
 /// How many checks shrinking one linearizability violation may spend.
 const SHRINK_BUDGET: usize = 2_000;
@@ -50,6 +58,108 @@ pub enum Finding {
     NotConverged { reason: String },
     /// A member exited without being killed.
     Crashed(Crash),
+    /// A watcher received a change of a lower revision after one of a higher revision.
+    WatchOutOfOrder {
+        watcher: u32,
+        earlier: Box<WatchedEvent>,
+        later: Box<WatchedEvent>,
+    },
+    /// A watcher received the same change (revision and key) twice.
+    WatchDuplicate {
+        watcher: u32,
+        first: Box<WatchedEvent>,
+        second: Box<WatchedEvent>,
+    },
+    /// A watcher (or the reference watch) lacks a change that happened, below a revision it
+    /// was told it had everything up to: the first such change, the watcher's events on
+    /// either side of it, and how many it lacks in all.
+    WatchMissed {
+        watcher: u32,
+        reference: bool,
+        missed: Box<ExpectedEvent>,
+        previous: Option<Box<WatchedEvent>>,
+        next: Option<Box<WatchedEvent>>,
+        total_missed: usize,
+    },
+    /// A watcher received an event that no attempted write explains, or that disagrees with
+    /// the acknowledged write of its revision or with the reference watch; with the write
+    /// that comes closest.
+    WatchUnexplained {
+        watcher: u32,
+        event: Box<WatchedEvent>,
+        reason: String,
+        kv_write: Option<Box<Record>>,
+        lease_write: Option<Box<LeaseRecord>>,
+    },
+    /// The server canceled a watch (nothing compacts during a run, nobody cancels).
+    WatchCanceled { watcher: u32, session: WatchSession },
+    /// A watcher never had it confirmed that it received everything up to the end revision.
+    WatchIncomplete {
+        watcher: u32,
+        reference: bool,
+        complete_through: i64,
+        end_revision: i64,
+        last_session: Option<WatchSession>,
+    },
+    /// A lease was gone (`evidence`, at `at`) before `alive_until`, the time `promised_by`
+    /// (an acknowledged grant or keep-alive) promised it would live to, with no revoke sent.
+    LeaseExpiredEarly {
+        lease: i64,
+        ttl: i64,
+        alive_until: u64,
+        promised_by: Box<LeaseRecord>,
+        at: u64,
+        evidence: String,
+        records: Vec<LeaseRecord>,
+    },
+    /// A lease's key was still there after `deadline` (`deleted`: when it was found gone, if
+    /// ever).
+    LeaseNotExpired {
+        lease: i64,
+        key: String,
+        ttl: i64,
+        deadline: u64,
+        deleted: Option<u64>,
+        records: Vec<LeaseRecord>,
+    },
+}
+
+/// The verdict of every check of a run's records.
+#[derive(Clone, Debug, Default)]
+pub struct Verdict {
+    pub report: Report,
+    pub watch: WatchSummary,
+    pub lease: LeaseSummary,
+    pub findings: Vec<Finding>,
+}
+
+/// Checks everything a run recorded: the KV history (see [`check_history`]) and, when the run
+/// had them, the watchers' events and the leases.
+pub fn check_run(
+    records: &[Record],
+    watches: Option<&WatchHistory>,
+    leases: Option<&LeaseHistory>,
+) -> Verdict {
+    let (report, mut findings) = check_history(records);
+    let lease_records = leases.map_or(&[][..], |l| l.records.as_slice());
+    let mut watch = WatchSummary::default();
+    if let Some(watches) = watches {
+        let (summary, watch_findings) = watch_check::check(watches, records, lease_records);
+        watch = summary;
+        findings.extend(watch_findings);
+    }
+    let mut lease = LeaseSummary::default();
+    if let Some(leases) = leases {
+        let (summary, lease_findings) = lease_check::check(leases, watches);
+        lease = summary;
+        findings.extend(lease_findings);
+    }
+    Verdict {
+        report,
+        watch,
+        lease,
+        findings,
+    }
 }
 
 /// Checks a recorded history: linearizability and revision order.
@@ -185,7 +295,8 @@ pub fn compare_states(states: &[MemberState]) -> Vec<Divergence> {
 
 /// Waits until every member reports the same applied revision and Raft index, then reads the
 /// whole keyspace at that revision on each member (serializable: its own state) and compares.
-pub async fn convergence(cluster: &Cluster, timeout: Duration) -> Vec<Finding> {
+/// Returns the common revision, if they reached one, and the findings.
+pub async fn convergence(cluster: &Cluster, timeout: Duration) -> (Option<i64>, Vec<Finding>) {
     let deadline = Instant::now() + timeout;
     let revision = loop {
         let mut seen = Vec::new();
@@ -214,9 +325,10 @@ pub async fn convergence(cluster: &Cluster, timeout: Duration) -> Vec<Finding> {
                 })
                 .collect::<Vec<_>>()
                 .join("; ");
-            return vec![Finding::NotConverged {
+            let findings = vec![Finding::NotConverged {
                 reason: format!("no common revision within {timeout:?}: {reason}"),
             }];
+            return (None, findings);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
@@ -229,16 +341,18 @@ pub async fn convergence(cluster: &Cluster, timeout: Duration) -> Vec<Finding> {
                 kvs,
             }),
             Err(e) => {
-                return vec![Finding::NotConverged {
+                let findings = vec![Finding::NotConverged {
                     reason: format!("reading {} at revision {revision}: {e:#}", member.name),
-                }]
+                }];
+                return (Some(revision), findings);
             }
         }
     }
-    compare_states(&states)
+    let findings = compare_states(&states)
         .into_iter()
         .map(Finding::Diverged)
-        .collect()
+        .collect();
+    (Some(revision), findings)
 }
 
 /// Every key-value of the member at `url`, at `revision`, from its own state.

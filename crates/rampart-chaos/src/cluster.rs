@@ -86,6 +86,17 @@ pub fn channel(url: &str, timeout: Duration) -> anyhow::Result<Channel> {
         .connect_lazy())
 }
 
+/// A channel for long-lived streams (watches, keep-alives) to `url`: it connects on first use
+/// and gives up connecting after `connect_timeout`, but sets no per-call deadline, which would
+/// end a stream that is meant to stay open. Its users detect a member that stopped answering
+/// themselves.
+pub fn stream_channel(url: &str, connect_timeout: Duration) -> anyhow::Result<Channel> {
+    Ok(Endpoint::from_shared(url.to_string())?
+        .connect_timeout(connect_timeout)
+        .tcp_nodelay(true)
+        .connect_lazy())
+}
+
 /// What a member reports about itself (Maintenance.Status).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MemberStatus {
@@ -487,6 +498,19 @@ impl Cluster {
             }
         }
         best.and_then(|(_, leader)| self.index_of(leader))
+    }
+
+    /// The highest revision a running member reports.
+    pub async fn revision(&self) -> anyhow::Result<i64> {
+        let mut highest = None;
+        for member in &self.members {
+            if member.state() == ProcessState::Running {
+                if let Ok(status) = member.status().await {
+                    highest = highest.max(Some(status.revision));
+                }
+            }
+        }
+        highest.context("no member reported its revision")
     }
 
     /// Waits until some member names a leader.

@@ -8,8 +8,15 @@
 //!   peer-link rules through each member's test-only `Faults` service.
 //! - [`nemesis`]: the seeded schedule of faults.
 //! - [`workload`]: the clients (reads, writes, compare-and-swaps, deletes on a few keys).
+//! - [`watchers`]: watch clients that follow the clients' keys through the faults, resuming
+//!   each broken watch from one past the last revision they received.
+//! - [`leases`]: lease clients that grant short leases, attach keys, and keep alive, abandon
+//!   or revoke them.
 //! - [`history`]: the records of a run and the files they are written to.
-//! - [`checks`]: linearizability, revision order, convergence, crashes.
+//! - [`checks`]: linearizability, revision order, convergence, crashes, and the verdict of
+//!   every check; [`watch_check`]: events ordered, none twice, none missing, each explained by
+//!   a write; [`lease_check`]: no lease's keys deleted before it could expire, and all of them
+//!   soon after.
 //! - [`runner`]: one run, start to verdict; `src/main.rs` is the `rampart-chaos` command.
 //!
 //! It talks to Rampart only over the network, through `rampart-api` (the etcd client API and
@@ -19,9 +26,13 @@
 pub mod checks;
 pub mod cluster;
 pub mod history;
+pub mod lease_check;
+pub mod leases;
 pub mod linearizability;
 pub mod nemesis;
 pub mod runner;
+pub mod watch_check;
+pub mod watchers;
 pub mod workload;
 
 pub use runner::{run, Options, Outcome};

@@ -13,8 +13,9 @@ use std::time::Duration;
 
 use clap::Parser;
 use rampart_chaos::checks;
-use rampart_chaos::history::{self, Record};
+use rampart_chaos::history::{self, LeaseHistory, Record, WatchHistory};
 use rampart_chaos::nemesis::FaultKind;
+use rampart_chaos::runner::{LEASES_FILE, WATCHES_FILE};
 use rampart_chaos::Options;
 
 #[derive(Parser, Debug)]
@@ -42,6 +43,14 @@ struct Cli {
     /// each key's history small enough to check).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     key_period: Duration,
+    /// Watchers of the clients' keys, which must receive every change in order, once (0: no
+    /// watch checks).
+    #[arg(long, default_value_t = 3)]
+    watchers: usize,
+    /// Lease clients, whose leases must live as long as promised and expire soon after (0: no
+    /// lease checks).
+    #[arg(long, default_value_t = 2)]
+    lease_clients: usize,
     /// Faults to inject, comma-separated: kill, pause, partition, delay, restart-all,
     /// lost-replies; or default (all of them), all, none.
     #[arg(long, default_value = "default", value_parser = FaultKind::parse_list)]
@@ -56,7 +65,8 @@ struct Cli {
     /// first when run through cargo).
     #[arg(long)]
     rampart: Option<PathBuf>,
-    /// Check a recorded history.jsonl instead of running a cluster.
+    /// Check a recorded history.jsonl (and the watches.json and leases.json beside it, if
+    /// there) instead of running a cluster.
     #[arg(long, value_name = "HISTORY")]
     check: Option<PathBuf>,
 }
@@ -100,6 +110,8 @@ fn run(cli: &Cli, seed: u64) -> anyhow::Result<bool> {
         clients: cli.clients,
         keys: cli.keys,
         key_period: cli.key_period,
+        watchers: cli.watchers,
+        lease_clients: cli.lease_clients,
         faults: cli.faults.clone(),
         out,
         rampart: cli.rampart.clone(),
@@ -113,24 +125,40 @@ fn run(cli: &Cli, seed: u64) -> anyhow::Result<bool> {
     Ok(outcome.passed())
 }
 
-/// Checks a history written by an earlier run; a violation report goes beside it.
+/// Checks a history written by an earlier run, with its watch and lease records if they are
+/// beside it; a violation report goes beside it too.
 fn recheck(path: &Path, seed: u64) -> anyhow::Result<bool> {
+    let dir = path.parent().unwrap_or(Path::new("."));
     let records: Vec<Record> = history::read_jsonl(path)?;
-    let (report, findings) = checks::check_history(&records);
+    let watches: Option<WatchHistory> = read_if_there(&dir.join(WATCHES_FILE))?;
+    let leases: Option<LeaseHistory> = read_if_there(&dir.join(LEASES_FILE))?;
+    let verdict = checks::check_run(&records, watches.as_ref(), leases.as_ref());
     println!(
-        "{} operations, {} checked on {} keys, {} violation(s)",
+        "{} operations, {} checked on {} keys; {} watch events of {} watchers; {} leases; \
+         {} violation(s)",
         records.len(),
-        report.operations,
-        report.keys,
-        findings.len()
+        verdict.report.operations,
+        verdict.report.keys,
+        verdict.watch.events,
+        verdict.watch.watchers,
+        verdict.lease.leases,
+        verdict.findings.len()
     );
+    let findings = verdict.findings;
     if findings.is_empty() {
         return Ok(true);
     }
-    let dir = path.parent().unwrap_or(Path::new("."));
     let file = history::write_violation(dir, seed, &findings)?;
     println!("minimal failing histories in {}", file.display());
     Ok(false)
+}
+
+/// Reads a JSON file of a run if the run wrote one.
+fn read_if_there<T: for<'de> serde::Deserialize<'de>>(path: &Path) -> anyhow::Result<Option<T>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    history::read_json(path).map(Some)
 }
 
 #[cfg(test)]

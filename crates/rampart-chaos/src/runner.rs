@@ -1,16 +1,24 @@
-//! One run: start a cluster, drive it with the clients while the nemesis injects faults, heal,
-//! read every key once more, and judge the history and the members' final states.
+//! One run: start a cluster, drive it with the clients, the lease clients and the watchers
+//! while the nemesis injects faults, heal, read every key once more, wait for the leases to
+//! expire, let the watchers confirm the last revision and read the reference watches, and
+//! judge the histories and the members' final states.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 use serde::Serialize;
+use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::checks::{self, Finding};
 use crate::cluster::{rampart_binary, Cluster};
-use crate::history::{self, Clock, Record};
+use crate::history::{self, Clock, LeaseHistory, Record, WatchHistory, WatcherLog};
+use crate::lease_check::{self, LeaseSummary};
+use crate::leases::{self, LeaseOptions};
 use crate::nemesis::{self, FaultKind};
+use crate::watch_check::WatchSummary;
+use crate::watchers::{self, EndRevision, WatcherOptions, REFERENCE_ID};
 use crate::workload::{self, WorkloadOptions};
 
 /// How long the members may take to agree on a revision once healed.
@@ -18,6 +26,13 @@ const CONVERGENCE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long the final reads may take in all.
 const FINAL_READS_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The watchers' events, beside `history.jsonl` ([`WatchHistory`]).
+pub const WATCHES_FILE: &str = "watches.json";
+
+/// The lease clients' operations and the final polls, beside `history.jsonl`
+/// ([`LeaseHistory`]).
+pub const LEASES_FILE: &str = "leases.json";
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -33,6 +48,10 @@ pub struct Options {
     pub keys: usize,
     /// How long each generation of keys is used.
     pub key_period: Duration,
+    /// Watchers of the clients' keys (0: no watch checks).
+    pub watchers: usize,
+    /// Lease clients (0: no lease checks). Their keys have a watcher of their own.
+    pub lease_clients: usize,
     /// The faults the nemesis may inject; empty for none.
     pub faults: Vec<FaultKind>,
     /// Where the history, the members' logs and data, and any violation report go.
@@ -51,6 +70,8 @@ impl Options {
             clients: 8,
             keys: 5,
             key_period: Duration::from_secs(10),
+            watchers: 3,
+            lease_clients: 2,
             faults: FaultKind::DEFAULT.to_vec(),
             out,
             rampart: None,
@@ -74,6 +95,8 @@ pub struct Outcome {
     pub failed: usize,
     /// Fault rounds the nemesis ran.
     pub fault_rounds: usize,
+    pub watch: WatchSummary,
+    pub lease: LeaseSummary,
     pub findings: Vec<Finding>,
     /// `violation-<seed>.json`, written when there are findings.
     pub violation_file: Option<PathBuf>,
@@ -87,12 +110,23 @@ impl Outcome {
     /// One line for logs and test output.
     pub fn summary(&self) -> String {
         format!(
-            "seed {}: {} operations ({} checked, {} unknown, {} failed), {} fault rounds, {}",
+            "seed {}: {} operations ({} checked, {} unknown, {} failed), {} watch events checked \
+             ({} watchers, {} resumes, {} in the reference watches), {} leases checked ({} keys, \
+             {} renewals, {} revoked, {} unknown outcomes), {} fault rounds, {}",
             self.seed,
             self.operations,
             self.checked,
             self.unknown,
             self.failed,
+            self.watch.events,
+            self.watch.watchers,
+            self.watch.resumes,
+            self.watch.reference_events,
+            self.lease.leases,
+            self.lease.keys,
+            self.lease.renewals,
+            self.lease.revoked,
+            self.lease.unknown,
             self.fault_rounds,
             if self.passed() {
                 "no violation".to_string()
@@ -127,12 +161,16 @@ pub async fn run(options: &Options) -> anyhow::Result<Outcome> {
         binary.display()
     );
     let mut cluster = Cluster::start(&binary, options.nodes, &options.out).await?;
+    let start_revision = cluster.revision().await? + 1;
 
     tracing::info!(
         duration = ?options.duration,
         clients = options.clients,
+        watchers = options.watchers,
+        lease_clients = options.lease_clients,
         faults = ?options.faults,
-        "--- running clients and nemesis"
+        start_revision,
+        "--- running clients, watchers, lease clients and nemesis"
     );
     let workload_options = WorkloadOptions {
         clients: options.clients,
@@ -143,18 +181,57 @@ pub async fn run(options: &Options) -> anyhow::Result<Outcome> {
     };
     let clock = Clock::start();
     let deadline = clock.at(options.duration);
+    // The watched prefixes: the clients' keys, and the lease clients' if there are any.
+    let mut prefixes = Vec::new();
+    if options.watchers > 0 {
+        prefixes.extend(std::iter::repeat_n(workload::PREFIX, options.watchers));
+    }
+    if options.lease_clients > 0 {
+        prefixes.push(leases::PREFIX);
+    }
+    let (end_revision, end) = watch::channel(None);
+    let watcher_tasks: Vec<_> = prefixes
+        .iter()
+        .enumerate()
+        .map(|(id, prefix)| {
+            let options = WatcherOptions {
+                id: id as u32,
+                prefix: prefix.to_string(),
+                start_revision,
+                reference: false,
+                seed: options.seed,
+            };
+            tokio::spawn(watchers::follow(
+                cluster.client_urls(),
+                options,
+                clock,
+                end.clone(),
+            ))
+        })
+        .collect();
     let clients = tokio::spawn(workload::run(
         cluster.client_urls(),
         workload_options.clone(),
         clock,
         deadline,
     ));
+    let lease_clients = tokio::spawn(leases::run(
+        cluster.client_urls(),
+        LeaseOptions {
+            clients: options.lease_clients,
+            seed: options.seed,
+        },
+        clock,
+        deadline,
+    ));
     let events = nemesis::run(&mut cluster, &options.faults, options.seed, clock, deadline).await;
+    let faults_ended = clock.now();
     let mut records: Vec<Record> = clients.await.context("the clients panicked")?;
+    let lease_records = lease_clients.await.context("the lease clients panicked")?;
 
     tracing::info!("--- final reads of every key");
     let keys = workload::keys_of(&records);
-    let final_deadline = tokio::time::Instant::now() + FINAL_READS_TIMEOUT;
+    let final_deadline = Instant::now() + FINAL_READS_TIMEOUT;
     records.extend(
         workload::final_reads(
             &cluster.client_urls(),
@@ -167,22 +244,79 @@ pub async fn run(options: &Options) -> anyhow::Result<Outcome> {
         .await,
     );
 
+    let mut polls = Vec::new();
+    if options.lease_clients > 0 {
+        let until = lease_check::latest_deadline(&lease_records, faults_ended);
+        tracing::info!(
+            lease_operations = lease_records.len(),
+            "--- waiting for the leases to expire (at most {:?})",
+            Duration::from_nanos(until.saturating_sub(clock.now()))
+        );
+        // A little past the deadline, so that a key still there is seen there.
+        let until = clock.at(Duration::from_nanos(until)) + Duration::from_secs(1);
+        polls = leases::await_expiry(&cluster.client_urls(), clock, until).await;
+    }
+
     tracing::info!("--- checking convergence");
-    let mut findings = checks::convergence(&cluster, CONVERGENCE_TIMEOUT).await;
+    let (converged, mut findings) = checks::convergence(&cluster, CONVERGENCE_TIMEOUT).await;
+
+    let mut watches = None;
+    if !prefixes.is_empty() {
+        let end_at = match converged {
+            Some(revision) => revision,
+            // The watchers will not confirm it, and say so; the members' disagreement is a
+            // finding already.
+            None => cluster.revision().await.unwrap_or(i64::MAX),
+        };
+        tracing::info!(end_revision = end_at, "--- letting the watchers finish");
+        let _ = end_revision.send(Some(end_at));
+        let mut logs: Vec<WatcherLog> = Vec::new();
+        for task in watcher_tasks {
+            logs.push(task.await.context("a watcher panicked")?);
+        }
+        tracing::info!("--- reading the reference watches");
+        logs.extend(
+            reference_watches(
+                &cluster,
+                &prefixes,
+                start_revision,
+                options.seed,
+                clock,
+                end,
+            )
+            .await?,
+        );
+        watches = Some(WatchHistory {
+            start_revision,
+            end_revision: end_at,
+            watchers: logs,
+        });
+    }
     cluster.reap_crashed();
     findings.extend(cluster.crashes.iter().cloned().map(Finding::Crashed));
     cluster.stop().await;
 
-    tracing::info!(operations = records.len(), "--- checking the history");
+    tracing::info!(operations = records.len(), "--- checking the histories");
     history::write_jsonl(&options.out.join("history.jsonl"), &records)?;
     history::write_jsonl(&options.out.join("nemesis.jsonl"), &events)?;
-    let (records, (report, history_findings)) = tokio::task::spawn_blocking(move || {
-        let verdict = checks::check_history(&records);
+    let leases = (options.lease_clients > 0).then_some(LeaseHistory {
+        records: lease_records,
+        polls,
+        faults_ended,
+    });
+    if let Some(watches) = &watches {
+        history::write_json(&options.out.join(WATCHES_FILE), watches)?;
+    }
+    if let Some(leases) = &leases {
+        history::write_json(&options.out.join(LEASES_FILE), leases)?;
+    }
+    let (records, verdict) = tokio::task::spawn_blocking(move || {
+        let verdict = checks::check_run(&records, watches.as_ref(), leases.as_ref());
         (records, verdict)
     })
     .await
     .context("the checker panicked")?;
-    findings.extend(history_findings);
+    findings.extend(verdict.findings);
 
     let violation_file = if findings.is_empty() {
         // Keep the logs and the history; the data directories of a passing run are not needed.
@@ -201,11 +335,51 @@ pub async fn run(options: &Options) -> anyhow::Result<Outcome> {
         seed: options.seed,
         out: options.out.clone(),
         operations: records.len(),
-        checked: report.operations,
+        checked: verdict.report.operations,
         unknown: records.iter().filter(|r| r.is_unknown()).count(),
         failed: records.iter().filter(|r| r.failed).count(),
         fault_rounds: events.iter().filter(|e| e.action == "fault").count(),
+        watch: verdict.watch,
+        lease: verdict.lease,
         findings,
         violation_file,
     })
+}
+
+/// One reference watch per watched prefix (each once), read on the healed cluster from the
+/// start revision to the end revision named on `end`.
+async fn reference_watches(
+    cluster: &Cluster,
+    prefixes: &[&str],
+    start_revision: i64,
+    seed: u64,
+    clock: Clock,
+    end: EndRevision,
+) -> anyhow::Result<Vec<WatcherLog>> {
+    let mut unique: Vec<&str> = prefixes.to_vec();
+    unique.dedup();
+    let tasks: Vec<_> = unique
+        .iter()
+        .enumerate()
+        .map(|(i, prefix)| {
+            let options = WatcherOptions {
+                id: REFERENCE_ID + i as u32,
+                prefix: prefix.to_string(),
+                start_revision,
+                reference: true,
+                seed,
+            };
+            tokio::spawn(watchers::follow(
+                cluster.client_urls(),
+                options,
+                clock,
+                end.clone(),
+            ))
+        })
+        .collect();
+    let mut logs = Vec::new();
+    for task in tasks {
+        logs.push(task.await.context("a reference watch panicked")?);
+    }
+    Ok(logs)
 }

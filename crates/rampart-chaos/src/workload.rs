@@ -36,9 +36,12 @@ pub struct WorkloadOptions {
     pub seed: u64,
 }
 
+/// The prefix of every key the clients use; the watchers watch it.
+pub const PREFIX: &str = "chaos/";
+
 /// The name of key `slot` of generation `generation`.
 pub fn key_name(generation: u64, slot: usize) -> String {
-    format!("chaos/{generation:04}/{slot}")
+    format!("{PREFIX}{generation:04}/{slot}")
 }
 
 /// Every key any record touched, in order.
@@ -343,7 +346,7 @@ fn parse_value(bytes: &[u8]) -> Value {
 /// it reached Raft (InvalidArgument), or never sent because no connection could be made.
 /// Anything else (Unavailable, timeouts, a connection lost mid-call, "no leader") may have
 /// been committed: its outcome is unknown.
-fn surely_not_executed(status: &tonic::Status) -> bool {
+pub(crate) fn surely_not_executed(status: &tonic::Status) -> bool {
     if status.code() == tonic::Code::InvalidArgument {
         return true;
     }
@@ -360,7 +363,7 @@ fn surely_not_executed(status: &tonic::Status) -> bool {
 }
 
 /// A status with its chain of causes, on one line.
-fn describe(status: &tonic::Status) -> String {
+pub(crate) fn describe(status: &tonic::Status) -> String {
     let mut text = format!("{:?}: {}", status.code(), status.message());
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
     while let Some(error) = source {

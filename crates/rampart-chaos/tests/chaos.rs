@@ -1,7 +1,9 @@
-//! The harness against real `rampart` clusters, bounded for CI (about two minutes in all, one
+//! The harness against real `rampart` clusters, bounded for CI (a few minutes in all, one
 //! test at a time; see `.config/nextest.toml`): fixed seeds with the default faults, one fresh
-//! seed per run (printed), five members under partitions; proof that the checks do fail, end
-//! to end, on a history that is not linearizable; and, ignored, the reproducer of a known bug.
+//! seed per run (printed), five members under partitions, each run with its watchers and lease
+//! clients checked too; proof that the checks do fail, end to end, on a history that is not
+//! linearizable, a watch that missed an event and a lease deleted early; and the regression
+//! test of a bug the harness found.
 //!
 //! A failing run keeps its directory (history, nemesis log, members' logs and data, violation
 //! report) and names it; `rampart-chaos --seed <seed>` replays its schedule.
@@ -11,9 +13,12 @@ use std::process::Command;
 use std::time::Duration;
 
 use rampart_chaos::checks::{self, Finding};
-use rampart_chaos::history::{self, Record, ViolationReport};
+use rampart_chaos::history::{
+    self, EventKind, LeaseHistory, LeaseOutcome, Record, ViolationReport, WatchHistory,
+};
 use rampart_chaos::linearizability::{Input, Output};
 use rampart_chaos::nemesis::FaultKind;
+use rampart_chaos::runner::{LEASES_FILE, WATCHES_FILE};
 use rampart_chaos::{Options, Outcome};
 use tempfile::TempDir;
 
@@ -69,6 +74,18 @@ async fn run_and_check(
         "seed {seed}: only {} operations checked; the cluster barely served",
         outcome.checked
     );
+    // The watch and lease checks judged something: events on every watcher, leases granted
+    // and their keys stored.
+    assert!(
+        outcome.watch.watchers == 4 && outcome.watch.events >= 100,
+        "seed {seed}: watch checks saw too little: {:?}",
+        outcome.watch
+    );
+    assert!(
+        outcome.lease.leases >= 3 && outcome.lease.keys >= 3,
+        "seed {seed}: lease checks saw too little: {:?}",
+        outcome.lease
+    );
     (outcome, dir)
 }
 
@@ -116,9 +133,21 @@ async fn lost_replies_do_not_duplicate_forwarded_writes() {
     run_and_check(3, 3, Duration::from_secs(20), &[FaultKind::LostReplies]).await;
 }
 
+/// Regression test, seed 4878157641327470543: the whole cluster is killed right after a batch
+/// of writes is acknowledged; the leader restarts as leader of the same term with a commit index
+/// saved before that batch, and a linearizable read on a member that had not applied the batch
+/// got a read index from before it (its revision went back). The read index is now the leader's
+/// whole log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_after_a_leader_restarts_in_its_term_see_every_acknowledged_write() {
+    run_and_check(4878157641327470543, 3, Duration::from_secs(20), DEFAULT).await;
+}
+
 /// A recorded history in which one read is made to return a stale value fails the checks: the
 /// library's, and the `rampart-chaos --check` command's, which exits 1, prints the seed and
-/// writes the minimal failing history.
+/// writes the minimal failing history. So do the same run's watch and lease records once a
+/// watcher is made to miss an event and a lease key's deletion is moved before the lease could
+/// have expired.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_falsified_history_fails_the_checks_end_to_end() {
     let seed = 42;
@@ -128,6 +157,7 @@ async fn a_falsified_history_fails_the_checks_end_to_end() {
     let mut records: Vec<Record> = history::read_jsonl(&recorded).expect("history");
     assert_eq!(records.len(), outcome.operations);
     assert!(checks::check_history(&records).1.is_empty());
+    falsified_watches_and_leases_fail_the_checks(seed, &outcome.out, &records);
 
     // The last read of some key that saw a value, changed to an older value of that key: one
     // written and acknowledged, then overwritten by a write that completed before the read.
@@ -164,6 +194,79 @@ async fn a_falsified_history_fails_the_checks_end_to_end() {
         &report.findings[0],
         Finding::NotLinearizable { records, .. } if records.contains(&falsified)
     ));
+}
+
+/// Drops one event of a watcher and makes one lease key's DELETE arrive just after its lease
+/// was granted; `rampart-chaos --check` on the run's files must report both.
+fn falsified_watches_and_leases_fail_the_checks(seed: u64, run: &Path, records: &[Record]) {
+    let mut watches: WatchHistory = read_json(&run.join(WATCHES_FILE));
+    let leases: LeaseHistory = read_json(&run.join(LEASES_FILE));
+    let verdict = checks::check_run(records, Some(&watches), Some(&leases));
+    assert!(verdict.findings.is_empty(), "{:?}", verdict.findings);
+
+    let watcher = watches
+        .watchers
+        .iter_mut()
+        .find(|w| !w.reference && w.prefix == "chaos/")
+        .expect("a watcher of the clients' keys");
+    let dropped = watcher.events.remove(watcher.events.len() / 2);
+
+    let lease_watcher = watches
+        .watchers
+        .iter_mut()
+        .find(|w| !w.reference && w.prefix == "lease/")
+        .expect("a watcher of the lease keys");
+    let deletion = lease_watcher
+        .events
+        .iter_mut()
+        .find(|e| e.kind == EventKind::Delete)
+        .expect("a lease key deleted");
+    let lease = i64::from_str_radix(deletion.key.split('/').nth(1).expect("lease id"), 16)
+        .expect("lease keys name their lease in hex");
+    let grant = leases
+        .records
+        .iter()
+        .find(|r| r.lease == lease && matches!(r.outcome, LeaseOutcome::Granted { .. }))
+        .expect("the lease's grant");
+    deletion.received = grant.call + 1;
+
+    let verdict = checks::check_run(records, Some(&watches), Some(&leases));
+    assert!(
+        verdict.findings.iter().any(|f| matches!(f,
+            Finding::WatchMissed { missed, reference: false, .. }
+                if missed.revision == dropped.revision && missed.key == dropped.key)),
+        "the dropped event went unnoticed: {:?}",
+        verdict.findings
+    );
+    assert!(
+        verdict.findings.iter().any(|f| matches!(f,
+            Finding::LeaseExpiredEarly { lease: l, .. } if *l == lease)),
+        "the early deletion went unnoticed: {:?}",
+        verdict.findings
+    );
+
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let history_file = dir.path().join("history.jsonl");
+    history::write_jsonl(&history_file, records).expect("write history");
+    history::write_json(&dir.path().join(WATCHES_FILE), &watches).expect("write watches");
+    history::write_json(&dir.path().join(LEASES_FILE), &leases).expect("write leases");
+    let output = Command::new(env!("CARGO_BIN_EXE_rampart-chaos"))
+        .arg("--check")
+        .arg(&history_file)
+        .args(["--seed", &seed.to_string()])
+        .output()
+        .expect("running rampart-chaos --check");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "stdout: {stdout}");
+    let report: ViolationReport = read_json(&dir.path().join(format!("violation-{seed}.json")));
+    assert!(report
+        .findings
+        .iter()
+        .any(|f| matches!(f, Finding::WatchMissed { .. })));
+    assert!(report
+        .findings
+        .iter()
+        .any(|f| matches!(f, Finding::LeaseExpiredEarly { .. })));
 }
 
 /// Two members' differing states are reported key by key.

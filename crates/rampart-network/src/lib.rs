@@ -13,6 +13,7 @@
 mod client;
 mod faults;
 mod messages;
+mod proposer;
 mod service;
 
 pub use client::{CallError, PeerConnection, PeerNetwork};
@@ -20,4 +21,5 @@ pub use faults::LinkFaults;
 pub use messages::{
     ForwardError, ForwardReply, LeaseReply, LeaseRequest, LeaseStatus, ReadIndexReply,
 };
+pub use proposer::{Proposer, MAX_IN_FLIGHT};
 pub use service::{propose, read_index, LeaseHandler, PeerService};

@@ -1,6 +1,5 @@
 //! The bincode payloads of the `Forward` and `ReadIndex` RPCs.
 
-use openraft::LogId;
 use rampart_storage::{CommandResponse, NodeId};
 use serde::{Deserialize, Serialize};
 
@@ -25,9 +24,9 @@ pub enum ForwardError {
 /// the entry that carried it, so the forwarding node can wait until it has applied it too.
 pub type ForwardReply = Result<(u64, CommandResponse), ForwardError>;
 
-/// Reply to `ReadIndex`: the log id a read must wait for, confirmed by a quorum of the leader's
-/// term. `None` means nothing has been committed yet.
-pub type ReadIndexReply = Result<Option<LogId<NodeId>>, ForwardError>;
+/// Reply to `ReadIndex`: the log index a read must wait for, confirmed by a quorum of the
+/// leader's term (0: nothing to wait for).
+pub type ReadIndexReply = Result<u64, ForwardError>;
 
 /// A lease question only the leader can answer: it alone tracks when leases expire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status};
 
 use crate::client::MAX_PEER_MESSAGE_BYTES;
 use crate::messages::{ForwardError, ForwardReply, LeaseReply, LeaseRequest, ReadIndexReply};
+use crate::proposer::Proposer;
 
 /// Answers lease questions on the node that receives them: the server's lessor.
 #[tonic::async_trait]
@@ -44,10 +45,21 @@ pub async fn propose(raft: &Raft<TypeConfig>, command: Command, timeout: Duratio
 
 /// Confirms with a quorum that this node is still the leader and returns the log id a
 /// linearizable read must wait for (Raft thesis §6.4, "read index").
+///
+/// The index is the leader's whole log, not only what openraft reports committed: a leader
+/// restarted without losing its term keeps its commit index only as recently as it was saved,
+/// and may not know yet that later entries of its log were committed (and acknowledged) before
+/// the restart. Every entry of a leader's log gets committed while it leads, so waiting for all of
+/// them is safe, and it covers those.
 pub async fn read_index(raft: &Raft<TypeConfig>, timeout: Duration) -> ReadIndexReply {
     match tokio::time::timeout(timeout, raft.get_read_log_id()).await {
         Err(_) => Err(ForwardError::Timeout),
-        Ok(Ok((read_log_id, _applied))) => Ok(read_log_id),
+        Ok(Ok((read_log_id, _applied))) => {
+            let last_log_index = raft.metrics().borrow().last_log_index;
+            Ok(read_log_id
+                .map_or(0, |id| id.index)
+                .max(last_log_index.unwrap_or(0)))
+        }
         Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
             Err(ForwardError::NotLeader {
                 leader: f.leader_id,
@@ -64,6 +76,8 @@ pub async fn read_index(raft: &Raft<TypeConfig>, timeout: Duration) -> ReadIndex
 #[derive(Clone)]
 pub struct PeerService {
     raft: Raft<TypeConfig>,
+    /// Forwarded writes go through the same batching as this node's own.
+    proposer: Proposer,
     /// Upper bound for a forwarded write or read-index request; the caller has its own deadline.
     request_timeout: Duration,
     leases: std::sync::Arc<dyn LeaseHandler>,
@@ -72,11 +86,13 @@ pub struct PeerService {
 impl PeerService {
     pub fn new(
         raft: Raft<TypeConfig>,
+        proposer: Proposer,
         request_timeout: Duration,
         leases: std::sync::Arc<dyn LeaseHandler>,
     ) -> Self {
         PeerService {
             raft,
+            proposer,
             request_timeout,
             leases,
         }
@@ -126,7 +142,7 @@ impl Peer for PeerService {
 
     async fn forward(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
         let command: Command = decode(request)?;
-        encode(&propose(&self.raft, command, self.request_timeout).await)
+        encode(&self.proposer.propose(command, self.request_timeout).await)
     }
 
     async fn read_index(

@@ -97,6 +97,8 @@ impl From<ApplyError> for ServerError {
             ApplyError::Compacted => ServerError::Compacted,
             ApplyError::FutureRevision => ServerError::FutureRevision,
             ApplyError::LeaseExists => ServerError::LeaseExists,
+            // Only a server bug proposes one.
+            ApplyError::NestedBatch => ServerError::Storage(error.to_string()),
         }
     }
 }

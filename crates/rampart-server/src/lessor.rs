@@ -10,7 +10,9 @@
 //!   timeout of grace. etcd (without its experimental checkpoints) restarts every lease at its
 //!   full TTL on a leader change instead; resuming the checkpoint lets an abandoned lease expire
 //!   about on time across leader changes and restarts.
-//! - **Keep-alive** moves a lease's expiry to now + TTL. Keep-alives and TimeToLive questions
+//! - **Keep-alive** moves a lease's expiry to now + TTL; if the lease's last checkpoint recorded
+//!   less than its TTL, the renewal first commits a checkpoint of the full TTL, so that a leader
+//!   change right after it cannot resume the lease at the stale remainder. Keep-alives and TimeToLive questions
 //!   reaching a follower are sent to the leader's lessor (the peer `Lease` RPC); a follower's
 //!   lessor answers "not the leader".
 //! - **Every [`TICK`]** the leader proposes `LeaseRevoke` for each expired lease, starts the
@@ -174,15 +176,13 @@ impl Lessor {
         let deadline = Instant::now() + timeout;
         // A new leader's read index is at least its first entry: once that is applied here,
         // the state machine holds every grant, revoke and checkpoint committed before this term.
-        let read_log_id = rampart_network::read_index(&self.node.raft, timeout)
+        let read_index = rampart_network::read_index(&self.node.raft, timeout)
             .await
             .map_err(|e| match e {
                 ForwardError::Timeout => ServerError::Timeout,
                 _ => ServerError::LeaderChanged,
             })?;
-        self.node
-            .wait_applied(read_log_id.map_or(0, |id| id.index), deadline)
-            .await?;
+        self.node.wait_applied(read_index, deadline).await?;
 
         let stored = self.node.mvcc.leases()?;
         let now = Instant::now();
@@ -352,6 +352,45 @@ impl LeaseHandler for Lessor {
             LeaseRequest::KeepAlive { id } => (id, true),
             LeaseRequest::TimeToLive { id } => (id, false),
         };
+        let status = self.answer(term, id, renew)?;
+        if let Some(reset) = status.reset_checkpoint {
+            // The renewal must survive a leader change: a stale checkpoint would make the next
+            // leader resume the lease at what was left before it (etcd checkpoints on renewal
+            // for the same reason). Committed before the client hears of the renewal.
+            let command = Command::LeaseCheckpoint {
+                checkpoints: vec![reset],
+            };
+            if let Err(e) = self.propose(command).await {
+                tracing::info!(
+                    lease = format_args!("{id:x}"),
+                    "renewal checkpoint failed: {e}"
+                );
+                return Err(match e {
+                    ServerError::Timeout => ForwardError::Timeout,
+                    _ => ForwardError::LeaderChanged,
+                });
+            }
+        }
+        Ok(status.status)
+    }
+}
+
+/// The leader's answer to a lease question, and the checkpoint a renewal needs first, if any.
+struct Answer {
+    status: LeaseStatus,
+    reset_checkpoint: Option<LeaseCheckpoint>,
+}
+
+impl Lessor {
+    /// Answers from the table (see [`LeaseHandler::handle`]); renews when `renew`.
+    fn answer(&self, term: u64, id: i64, renew: bool) -> Result<Answer, ForwardError> {
+        let answer = |remaining_ttl, granted_ttl| Answer {
+            status: LeaseStatus {
+                remaining_ttl,
+                granted_ttl,
+            },
+            reset_checkpoint: None,
+        };
         let now = Instant::now();
         let mut guard = self.leading.lock();
         let Some(leading) = guard.as_mut().filter(|l| l.term == term) else {
@@ -365,11 +404,7 @@ impl LeaseHandler for Lessor {
         let Some(lease) = stored else {
             leading.leases.remove(&id);
             // etcd: a keep-alive of an unknown lease answers TTL 0, TimeToLive answers -1.
-            let remaining_ttl = if renew { 0 } else { -1 };
-            return Ok(LeaseStatus {
-                remaining_ttl,
-                granted_ttl: 0,
-            });
+            return Ok(answer(if renew { 0 } else { -1 }, 0));
         };
         let tracked = leading.leases.entry(id).or_insert(Tracked {
             ttl: lease.ttl,
@@ -377,10 +412,7 @@ impl LeaseHandler for Lessor {
         });
         if tracked.expiry <= now {
             // Expired: its revoke is on its way, and a renewal would not survive it.
-            return Ok(LeaseStatus {
-                remaining_ttl: 0,
-                granted_ttl: lease.ttl,
-            });
+            return Ok(answer(0, lease.ttl));
         }
         if renew {
             tracked.expiry = now + seconds(lease.ttl);
@@ -388,9 +420,17 @@ impl LeaseHandler for Lessor {
         // Whole seconds, rounded down, as etcd's TimeToLive; never above the granted TTL (the
         // grace a new leader adds is not promised to the client).
         let remaining = (tracked.expiry - now).as_secs() as i64;
-        Ok(LeaseStatus {
-            remaining_ttl: remaining.min(lease.ttl),
-            granted_ttl: lease.ttl,
-        })
+        let mut reply = answer(remaining.min(lease.ttl), lease.ttl);
+        if renew
+            && lease
+                .remaining_ttl
+                .is_some_and(|checkpointed| checkpointed < lease.ttl)
+        {
+            reply.reset_checkpoint = Some(LeaseCheckpoint {
+                id,
+                remaining_ttl: lease.ttl,
+            });
+        }
+        Ok(reply)
     }
 }

@@ -11,7 +11,7 @@ use openraft::{Raft, RaftMetrics, SnapshotPolicy};
 use rampart_api::etcdserverpb::ResponseHeader;
 use rampart_network::{
     CallError, ForwardError, LeaseHandler, LeaseRequest, LeaseStatus, LinkFaults, PeerNetwork,
-    PeerService,
+    PeerService, Proposer,
 };
 use rampart_storage::{
     ClusterIdentity, Command, CommandResponse, MemberAttributes, Mvcc, NodeId, PeerNode, Store,
@@ -92,6 +92,8 @@ pub struct Node {
     pub mvcc: Mvcc,
     pub store: Store,
     network: PeerNetwork,
+    /// Batches this node's proposals when it leads (and forwarded ones, through the peer service).
+    proposer: Proposer,
     metrics: watch::Receiver<RaftMetrics<NodeId, PeerNode>>,
 }
 
@@ -180,7 +182,7 @@ impl Node {
             let (leader, node) = self.wait_for_leader(leader_deadline.min(deadline)).await?;
             let remaining = deadline.saturating_duration_since(Instant::now());
             let reply = if leader == self.id() {
-                rampart_network::propose(&self.raft, command.clone(), remaining).await
+                self.proposer.propose(command.clone(), remaining).await
             } else {
                 match self
                     .network
@@ -242,16 +244,11 @@ impl Node {
         index: u64,
         deadline: Instant,
     ) -> Result<(), ServerError> {
-        let timeout = deadline.saturating_duration_since(Instant::now());
-        self.raft
-            .wait(Some(timeout))
-            .applied_index_at_least(Some(index), "client request")
-            .await
-            .map(|_| ())
-            .map_err(|e| match e {
-                openraft::metrics::WaitError::Timeout(..) => ServerError::TimeoutWaitAppliedIndex,
-                openraft::metrics::WaitError::ShuttingDown => ServerError::Stopped,
-            })
+        match tokio::time::timeout_at(deadline, self.mvcc.wait_applied(index)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(ServerError::Stopped),
+            Err(_) => Err(ServerError::TimeoutWaitAppliedIndex),
+        }
     }
 
     /// The read barrier of a linearizable read: the leader confirms with a quorum that it still
@@ -259,7 +256,7 @@ impl Node {
     /// applied that far. Anything acknowledged before the read began is then visible here.
     pub async fn read_barrier(&self) -> Result<(), ServerError> {
         let deadline = Instant::now() + self.config.request_timeout();
-        let read_log_id = self
+        let index = self
             .ask_leader(
                 deadline,
                 |timeout| rampart_network::read_index(&self.raft, timeout),
@@ -268,7 +265,6 @@ impl Node {
                 },
             )
             .await?;
-        let index = read_log_id.map_or(0, |id| id.index);
         self.wait_applied(index, deadline).await
     }
 
@@ -339,6 +335,9 @@ impl Node {
         }
     }
 }
+
+/// How long [`RunningNode::shutdown`] lets requests in flight finish.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
 
 /// A started member; dropping it does not stop it, [`RunningNode::shutdown`] does.
 pub struct RunningNode {
@@ -432,7 +431,9 @@ impl RunningNode {
             store.set_identity(&want).map_err(storage_error)?;
         }
 
+        let proposer = Proposer::start(raft.clone(), config.request_timeout());
         let node = Arc::new(Node {
+            proposer,
             metrics: raft.metrics(),
             config,
             raft,
@@ -446,6 +447,7 @@ impl RunningNode {
         let lessor = Lessor::new(node.clone(), cancel.clone());
         let peer_service = PeerService::new(
             node.raft.clone(),
+            node.proposer.clone(),
             node.config.request_timeout(),
             lessor.clone(),
         );
@@ -506,7 +508,17 @@ impl RunningNode {
     pub async fn shutdown(self) {
         self.cancel.cancel();
         self.tasks.close();
-        self.tasks.wait().await;
+        // Serving stops gracefully: requests in flight finish. A client that keeps a stream or
+        // connection open past the drain time is cut off rather than allowed to hold the stop.
+        if tokio::time::timeout(SHUTDOWN_DRAIN, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                name = %self.node.config.name,
+                "requests still in flight after {SHUTDOWN_DRAIN:?}; stopping without them"
+            );
+        }
         if let Err(e) = self.node.raft.shutdown().await {
             tracing::warn!("raft did not stop cleanly: {e}");
         }

@@ -8,8 +8,9 @@
 //!    entry merge over the tree (a Txn reads its own writes), and note each key's record before
 //!    the entry, in op order;
 //! 3. commit: the overlay, the new revision, its event index, the lease attachments it changes,
-//!    the applied log id and any bookkeeping become ONE sled batch. The cached state is updated
-//!    only after the batch is in; then the revision's events go to the live watch feed.
+//!    the applied log id and any bookkeeping become ONE [`WriteBatch`], written atomically
+//!    through [`redo`]. The cached state is updated only after it is in; then the revision's
+//!    events go to the live watch feed.
 //!
 //! Lease attachments follow from each changed key's lease before and after the entry, so every
 //! way a key changes (a put with a new lease or lease 0, `ignore_lease`, any delete) keeps them
@@ -18,16 +19,18 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use openraft::{EntryPayload, StoredMembership};
+use openraft::{EntryPayload, LogId, StoredMembership};
 
 use crate::codec::{
-    self, KeyRecord, EVENT, HISTORY, META_APPLIED, META_COMPACT, META_MEMBERSHIP, META_REVISION,
+    self, KeyRecord, EVENT, HISTORY, META_APPLIED, META_APPLIED_PART, META_COMPACT,
+    META_MEMBERSHIP, META_REVISION,
 };
 use crate::error::{MvccError, StoreError};
 use crate::events::{ChangedKey, WatchFeed, Written};
 use crate::lease;
 use crate::mvcc::{MvccCore, MvccState};
 use crate::range::{self, Collector, KeyRange, Writes};
+use crate::redo::{self, WriteBatch};
 use crate::types::{
     ApplyError, Command, CommandResponse, CommandResult, Compare, CompareResult, CompareTarget,
     DeleteRangeRequest, DeleteRangeResponse, KeyValue, MemberAttributes, NodeId, PeerNode,
@@ -47,22 +50,71 @@ struct Changes {
 }
 
 impl MvccCore {
-    /// Applies one entry: its effects, its applied log id and any membership in one atomic batch.
+    /// Applies one entry: its effects, its applied log id and any membership in one atomic write.
+    /// A [`Command::Batch`] entry applies each of its commands that way in turn, the last one
+    /// recording the entry as applied (and each one its own position, so that a restart in the
+    /// middle resumes after it rather than applying any twice).
     pub(crate) fn apply_entry(
         &self,
         entry: &openraft::Entry<TypeConfig>,
     ) -> Result<CommandResponse, StoreError> {
         let mut state = self.state.write();
-        let mut batch = sled::Batch::default();
+        let commands = match &entry.payload {
+            EntryPayload::Normal(Command::Batch(commands)) => commands,
+            payload => return self.apply_part(&mut state, entry.log_id, payload, None),
+        };
+        let done = match state.applied_part {
+            Some((id, position)) if id == entry.log_id => position as usize + 1,
+            _ => 0,
+        };
+        let mut responses = Vec::with_capacity(commands.len());
+        for (position, command) in commands.iter().enumerate() {
+            if position < done {
+                // Applied before a restart; no client waits for its answer any more.
+                responses.push(CommandResponse {
+                    revision: state.revision,
+                    result: Ok(CommandResult::Empty),
+                });
+                continue;
+            }
+            let part = Part {
+                position: u32::try_from(position).map_err(|_| {
+                    StoreError::corrupt("batch entry", "more than 2^32 commands in one entry")
+                })?,
+                last: position + 1 == commands.len(),
+            };
+            let payload = EntryPayload::Normal(command.clone());
+            responses.push(self.apply_part(&mut state, entry.log_id, &payload, Some(part))?);
+        }
+        if commands.is_empty() {
+            return self.apply_part(&mut state, entry.log_id, &EntryPayload::Blank, None);
+        }
+        Ok(CommandResponse {
+            revision: state.revision,
+            result: Ok(CommandResult::Batch(responses)),
+        })
+    }
+
+    /// Applies one command (or a whole non-batch entry, when `part` is `None`) of entry `log_id`
+    /// in one atomic write.
+    fn apply_part(
+        &self,
+        state: &mut MvccState,
+        log_id: LogId<NodeId>,
+        payload: &EntryPayload<TypeConfig>,
+        part: Option<Part>,
+    ) -> Result<CommandResponse, StoreError> {
+        let mut batch = WriteBatch::default();
         let mut changes = Changes::default();
-        let result = match &entry.payload {
+        let result = match payload {
             EntryPayload::Blank => Ok(CommandResult::Empty),
+            EntryPayload::Normal(Command::Batch(_)) => Err(ApplyError::NestedBatch),
             EntryPayload::Normal(cmd) => {
-                match execute(&self.tree, &state, cmd, &mut batch, &mut changes) {
+                match execute(&self.tree, state, cmd, &mut batch, &mut changes) {
                     Ok(r) => Ok(r),
                     Err(MvccError::Apply(e)) => {
                         // A failed command changes nothing: drop whatever it may have staged.
-                        batch = sled::Batch::default();
+                        batch = WriteBatch::default();
                         changes = Changes::default();
                         Err(e)
                     }
@@ -70,22 +122,35 @@ impl MvccCore {
                 }
             }
             EntryPayload::Membership(m) => {
-                let stored = StoredMembership::new(Some(entry.log_id), m.clone());
+                let stored = StoredMembership::new(Some(log_id), m.clone());
                 batch.insert(META_MEMBERSHIP, codec::encode("membership", &stored)?);
                 changes.membership = Some(stored);
                 Ok(CommandResult::Empty)
             }
         };
-        batch.insert(
-            META_APPLIED,
-            codec::encode("applied log id", &Some(entry.log_id))?,
-        );
-        self.tree.apply_batch(batch)?;
+        let finishes_entry = part.is_none_or(|p| p.last);
+        if let Some(p) = part {
+            if p.last {
+                batch.remove(META_APPLIED_PART);
+            } else {
+                batch.insert(
+                    META_APPLIED_PART,
+                    codec::encode("applied batch position", &(log_id, p.position))?,
+                );
+            }
+        }
+        if finishes_entry {
+            batch.insert(
+                META_APPLIED,
+                codec::encode("applied log id", &Some(log_id))?,
+            );
+        }
+        redo::commit(&self.redo, &self.tree, &log_id, &batch)?;
         // In the tree now, atomically: the entry's data, the revision and the applied log id. It
-        // is durable at sled's next flush (every log append, vote and snapshot flushes the whole
-        // db; sled also flushes on its own timer). Until then a crash only rolls the state machine
-        // back to an earlier applied id, whose later entries are still in the flushed log
-        // (purging needs a snapshot, and building one flushes), and openraft re-applies them.
+        // is durable at the database's next flush (a vote, a purge, a snapshot, shutdown) or
+        // when sled writes its buffers out. Until then a crash only rolls the state machine back
+        // to an earlier applied id, whose later entries are still in the synced log (purging
+        // needs a snapshot, and building one flushes), and openraft re-applies them.
         if let Some(w) = &changes.written {
             state.revision = w.revision;
         }
@@ -98,7 +163,12 @@ impl MvccCore {
         if let Some(a) = changes.member {
             state.members.insert(a.id, a);
         }
-        state.applied = Some(entry.log_id);
+        if finishes_entry {
+            state.applied = Some(log_id);
+            state.applied_part = None;
+        } else if let Some(p) = part {
+            state.applied_part = Some((log_id, p.position));
+        }
         if let Some(written) = changes.written {
             // Sent while the write lock is still held, with the revision now visible. Skipping
             // the send when no one listens is safe: `receiver_count` and `subscribe` synchronize
@@ -119,13 +189,21 @@ impl MvccCore {
     }
 }
 
+/// Which command of a batch entry is being applied.
+#[derive(Clone, Copy)]
+struct Part {
+    position: u32,
+    /// The entry's last command: applying it applies the entry.
+    last: bool,
+}
+
 /// Executes a command against `state`, staging its writes in `batch` and its cache updates in
 /// `changes`. On `Err(MvccError::Apply)` the caller must discard both.
 fn execute(
     tree: &sled::Tree,
     state: &MvccState,
     cmd: &Command,
-    batch: &mut sled::Batch,
+    batch: &mut WriteBatch,
     changes: &mut Changes,
 ) -> Result<CommandResult, MvccError> {
     let mut txn = WriteTxn::new(tree, state);
@@ -166,6 +244,8 @@ fn execute(
             lease::checkpoint(tree, checkpoints, batch)?;
             CommandResult::LeaseCheckpoint
         }
+        // `apply_entry` takes batches apart; one inside a batch is refused before this.
+        Command::Batch(_) => return Err(ApplyError::NestedBatch.into()),
     };
     changes.written = txn.commit(batch)?;
     Ok(result)
@@ -382,7 +462,7 @@ impl<'a> WriteTxn<'a> {
     /// Stages the writes in `batch` under one new revision, with their event index entries and
     /// lease attachment changes; returns what was written, or `None` if nothing was (the
     /// revision does not move).
-    fn commit(mut self, batch: &mut sled::Batch) -> Result<Option<Written>, StoreError> {
+    fn commit(mut self, batch: &mut WriteBatch) -> Result<Option<Written>, StoreError> {
         if self.changed.is_empty() {
             return Ok(None);
         }
@@ -422,7 +502,7 @@ impl<'a> WriteTxn<'a> {
                     batch.remove(codec::attachment_key(old_lease, &key));
                 }
                 if new_lease != 0 {
-                    batch.insert(codec::attachment_key(new_lease, &key), &[]);
+                    batch.insert(codec::attachment_key(new_lease, &key), []);
                 }
             }
             changes.push(ChangedKey { key, before, after });
@@ -474,7 +554,7 @@ fn compact(
     tree: &sled::Tree,
     state: &MvccState,
     revision: i64,
-    batch: &mut sled::Batch,
+    batch: &mut WriteBatch,
 ) -> Result<(), MvccError> {
     if revision <= state.compact_revision {
         return Err(ApplyError::Compacted.into());
@@ -485,7 +565,7 @@ fn compact(
     // `h enc(key)` of the keys whose delete at exactly `revision` goes.
     let mut deleted_at_revision = BTreeSet::new();
     // The last version <= revision of the key being scanned, which stays unless it is a delete.
-    let mut settle = |candidate: Option<Candidate>, batch: &mut sled::Batch| {
+    let mut settle = |candidate: Option<Candidate>, batch: &mut WriteBatch| {
         if let Some(c) = candidate.filter(|c| c.tombstone) {
             if c.revision == revision {
                 let (head, _) = codec::split_history_key(&c.key)?;
@@ -654,5 +734,136 @@ mod tests {
             ["a@4", "c@6"],
             "the latest version of a live key always stays"
         );
+    }
+
+    fn put_cmd(k: &str, v: &str) -> Command {
+        Command::Put(PutRequest {
+            key: k.into(),
+            value: v.into(),
+            ..Default::default()
+        })
+    }
+
+    fn entry(index: u64, cmd: Command) -> Entry<TypeConfig> {
+        Entry::<TypeConfig> {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(cmd),
+        }
+    }
+
+    fn batch_revisions(response: &CommandResponse) -> Vec<(i64, bool)> {
+        match &response.result {
+            Ok(CommandResult::Batch(parts)) => parts
+                .iter()
+                .map(|p| (p.revision, p.result.is_ok()))
+                .collect(),
+            other => panic!("expected a batch answer, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_batch_applies_each_command_at_its_own_revision_and_failures_stay_alone() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let store = crate::Store::open(dir.path()).unwrap();
+        let core = store.core_for_tests();
+        let ignore_missing = Command::Put(PutRequest {
+            key: b"missing".to_vec(),
+            ignore_value: true,
+            ..Default::default()
+        });
+        let response = core
+            .apply_entry(&entry(
+                1,
+                Command::Batch(vec![put_cmd("a", "1"), ignore_missing, put_cmd("a", "2")]),
+            ))
+            .unwrap();
+        // The failing put changes nothing and takes no revision; the others see each other.
+        assert_eq!(
+            batch_revisions(&response),
+            [(2, true), (2, false), (3, true)]
+        );
+        assert_eq!(response.revision, 3);
+        assert_eq!(history(&core), ["a@2", "a@3"]);
+        let state = core.state.read();
+        assert_eq!(state.applied.map(|id| id.index), Some(1));
+        assert_eq!(state.applied_part, None);
+    }
+
+    #[test]
+    fn a_batch_cut_short_by_a_crash_resumes_after_its_last_applied_command() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let batch = Command::Batch(vec![
+            put_cmd("a", "1"),
+            put_cmd("b", "1"),
+            put_cmd("c", "1"),
+        ]);
+        {
+            let store = crate::Store::open(dir.path()).unwrap();
+            let core = store.core_for_tests();
+            core.apply_entry(&entry(1, put_cmd("x", "0"))).unwrap(); // revision 2
+                                                                     // As if the crash came after the batch's first command: its effects and position
+                                                                     // recorded, the entry not yet applied.
+            let mut state = core.state.write();
+            let payload = EntryPayload::Normal(put_cmd("a", "1"));
+            let first = Part {
+                position: 0,
+                last: false,
+            };
+            core.apply_part(
+                &mut state,
+                entry(2, batch.clone()).log_id,
+                &payload,
+                Some(first),
+            )
+            .unwrap();
+            store.flush().unwrap();
+        }
+        let store = crate::Store::open(dir.path()).unwrap();
+        let core = store.core_for_tests();
+        {
+            let state = core.state.read();
+            assert_eq!(state.applied.map(|id| id.index), Some(1));
+            assert_eq!(
+                state.applied_part.map(|(id, p)| (id.index, p)),
+                Some((2, 0))
+            );
+            assert_eq!(state.revision, 3);
+        }
+        let response = core.apply_entry(&entry(2, batch)).unwrap();
+        // "a" is not applied again: b and c take the next revisions.
+        assert_eq!(batch_revisions(&response)[1..], [(4, true), (5, true)]);
+        assert_eq!(history(&core), ["a@3", "b@4", "c@5", "x@2"]);
+        assert_eq!(core.state.read().applied.map(|id| id.index), Some(2));
+    }
+
+    #[test]
+    fn an_entry_whose_writes_were_cut_short_is_finished_from_its_redo_record() {
+        let dir = tempfile::TempDir::new().unwrap();
+        {
+            let store = crate::Store::open(dir.path()).unwrap();
+            let core = store.core_for_tests();
+            core.apply_entry(&entry(1, put_cmd("a", "1"))).unwrap();
+            // As if the crash came after entry 2's redo record and its first write: the redo
+            // record is there, the applied id still says 1.
+            let mut batch = WriteBatch::default();
+            batch.insert(codec::latest_key(b"zzz"), b"not a record");
+            batch.insert(
+                META_APPLIED,
+                codec::encode("applied", &Some(entry(2, put_cmd("b", "1")).log_id)).unwrap(),
+            );
+            let log_id = entry(2, put_cmd("b", "1")).log_id;
+            redo::commit(&core.redo, &core.tree, &log_id, &batch).unwrap();
+            // Undo the applied id, keep the record: a prefix of the entry's writes.
+            core.tree
+                .insert(
+                    META_APPLIED,
+                    codec::encode("applied", &Some(entry(1, put_cmd("a", "1")).log_id)).unwrap(),
+                )
+                .unwrap();
+            store.flush().unwrap();
+        }
+        let store = crate::Store::open(dir.path()).unwrap();
+        let core = store.core_for_tests();
+        assert_eq!(core.state.read().applied.map(|id| id.index), Some(2));
     }
 }

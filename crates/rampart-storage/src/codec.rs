@@ -1,7 +1,7 @@
 //! How the MVCC state machine lays its data out in its sled tree.
 //!
 //! Everything the state machine owns lives in ONE tree, so that each log entry's effect is one
-//! atomic `apply_batch` and a snapshot is simply every pair of that tree. The first byte of a key
+//! atomic write set (see `redo`) and a snapshot is simply every pair of that tree. The first byte of a key
 //! says what it is:
 //!
 //! | key                                   | value                                       |
@@ -58,6 +58,9 @@ pub(crate) const META_REVISION: &[u8] = b"mrevision";
 pub(crate) const META_COMPACT: &[u8] = b"mcompact";
 /// `Option<LogId>`: the last applied log id.
 pub(crate) const META_APPLIED: &[u8] = b"mapplied";
+/// `(LogId, u32)`: the last command applied of a [`crate::types::Command::Batch`] entry, by its
+/// position, while the entry is not wholly applied (so a restart resumes after it).
+pub(crate) const META_APPLIED_PART: &[u8] = b"mappliedpart";
 /// `StoredMembership`: the last applied membership.
 pub(crate) const META_MEMBERSHIP: &[u8] = b"mmembership";
 /// Prefix of `MemberAttributes`, one per member id (big-endian).

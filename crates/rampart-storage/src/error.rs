@@ -48,6 +48,18 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+
+    /// A thread of the store could not be started.
+    #[error("cannot start thread {name}")]
+    Thread {
+        name: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A part of the store that a write needs has stopped (the store is being closed).
+    #[error("{0} has stopped")]
+    Stopped(&'static str),
 }
 
 impl StoreError {

@@ -9,6 +9,7 @@
 
 use crate::codec::{self, LEASE};
 use crate::error::{MvccError, StoreError};
+use crate::redo::WriteBatch;
 use crate::types::{ApplyError, Lease, LeaseCheckpoint};
 
 /// Checks that a put may name `lease`: 0 (no lease) or an existing lease.
@@ -49,7 +50,7 @@ pub(crate) fn grant(
     tree: &sled::Tree,
     id: i64,
     ttl: i64,
-    batch: &mut sled::Batch,
+    batch: &mut WriteBatch,
 ) -> Result<(), MvccError> {
     if tree.contains_key(codec::lease_key(id))? {
         return Err(ApplyError::LeaseExists.into());
@@ -69,7 +70,7 @@ pub(crate) fn grant(
 pub(crate) fn checkpoint(
     tree: &sled::Tree,
     checkpoints: &[LeaseCheckpoint],
-    batch: &mut sled::Batch,
+    batch: &mut WriteBatch,
 ) -> Result<(), StoreError> {
     // The new value depends only on the checkpoint and the (unchanging) granted TTL, so reading
     // the tree rather than this batch is right even if one id appears twice: the last one wins.
@@ -87,7 +88,7 @@ pub(crate) fn checkpoint(
 pub(crate) fn remove(
     tree: &sled::Tree,
     id: i64,
-    batch: &mut sled::Batch,
+    batch: &mut WriteBatch,
 ) -> Result<Vec<Vec<u8>>, MvccError> {
     if !tree.contains_key(codec::lease_key(id))? {
         return Err(ApplyError::LeaseNotFound.into());

@@ -3,7 +3,8 @@
 //! This crate knows nothing of gRPC or of the network, and must not depend on the other Rampart
 //! crates. It exposes:
 //! - [`Store`], which opens a data directory and hands out the parts below;
-//! - [`LogStore`], openraft's `RaftLogStorage` (log entries, vote, committed log id);
+//! - [`LogStore`], openraft's `RaftLogStorage` (log entries in segment files, vote, committed
+//!   log id);
 //! - [`StateMachine`], openraft's `RaftStateMachine`: applies [`Command`]s to the MVCC store and
 //!   builds and installs snapshots;
 //! - [`Mvcc`], a cheap cloneable read handle on the MVCC store for serving reads: Range, leases,
@@ -14,7 +15,9 @@
 //! Txn, Compact, leases), `lease` (lease records and the keys attached to them), `events` (watch
 //! events: replay from history and the live feed), `mvcc` (the shared store, its lock and its
 //! feed), `state_machine` and `snapshot` (openraft's state machine and the snapshot file),
-//! `log_store` (openraft's log), `store` (opening a data directory).
+//! `log_store` and `wal` (openraft's log and its segment files), `durability` (fsyncs that
+//! survive power loss), `applied` (waiting for an applied index), `store` (opening a data
+//! directory).
 //!
 //! Invariants:
 //! - each log entry changes the MVCC tree in ONE sled batch that also records its log id, and
@@ -24,8 +27,10 @@
 //!   revision order and a subscriber that reads the revision after subscribing misses nothing;
 //! - openraft hears "done" for log appends, votes, truncations and purges only after an fsync.
 
+mod applied;
 mod apply;
 mod codec;
+mod durability;
 mod error;
 mod events;
 mod files;
@@ -33,10 +38,12 @@ mod lease;
 mod log_store;
 mod mvcc;
 mod range;
+mod redo;
 mod snapshot;
 mod state_machine;
 mod store;
 pub mod types;
+mod wal;
 
 pub use error::{MvccError, StoreError};
 pub use events::{WatchFeed, WATCH_FEED_CAPACITY};

@@ -1,116 +1,151 @@
 //! openraft's log storage: the Raft log, the vote, the committed and last purged log ids.
 //!
-//! All in one sled tree (`raft_log`) of the same database as the state machine:
+//! The entries live in [`crate::wal`]'s segment files (`dir/wal`), the rest in one sled tree
+//! (`raft_log`) of the same database as the state machine:
 //!
-//! | key                          | value                        |
-//! |------------------------------|------------------------------|
-//! | `e` index (8 bytes, big-end.)| bincode(`Entry`)             |
-//! | `m/vote`                     | bincode(`Vote`)              |
-//! | `m/committed`                | bincode(`LogId`)             |
-//! | `m/purged`                   | bincode(`LogId`)             |
+//! | key           | value                    |
+//! |---------------|--------------------------|
+//! | `m/vote`      | bincode(`Vote`)          |
+//! | `m/committed` | bincode(`LogId`)         |
+//! | `m/purged`    | bincode(`LogId`)         |
 //!
-//! Keeping the last purged id in the same tree as the entries lets a purge be one atomic batch.
 //! Every call that openraft needs durable returns (or reports through its callback) only after
-//! `flush_async`, sled's fsync of the whole database.
+//! an fsync: of the segment file for entries, of the database ([`Disk::flush`]) for the rest.
+//!
+//! Appends commit as a group: `append` writes its entries into the segment and hands openraft's
+//! callback to the log's flusher thread, which fdatasyncs once for every callback waiting and
+//! then reports them all, in order. openraft goes on (replicating, taking the next proposal)
+//! while the disk works, and one sync makes a whole burst of proposals durable.
 
 use std::fmt::Debug;
+use std::fs::File;
 use std::io;
 use std::ops::{Bound, RangeBounds};
-use std::sync::Arc;
+use std::path::Path;
+use std::sync::{mpsc, Arc};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{LogId, OptionalSend, StorageError, StorageIOError, Vote};
+use parking_lot::RwLock;
 use serde::de::DeserializeOwned;
 
 use crate::codec;
+use crate::durability::Disk;
 use crate::error::StoreError;
 use crate::types::{NodeId, TypeConfig};
+use crate::wal::{Entry, Wal};
 
-type Entry = openraft::Entry<TypeConfig>;
-
-const ENTRY_PREFIX: u8 = b'e';
 const VOTE: &[u8] = b"m/vote";
 const COMMITTED: &[u8] = b"m/committed";
 const PURGED: &[u8] = b"m/purged";
+/// Entries of the layout before the segment files: `e` + index (8 bytes, big-endian). Moved
+/// into the segment files when such a database is opened.
+const OLD_ENTRY_PREFIX: u8 = b'e';
 
-fn entry_key(index: u64) -> [u8; 9] {
-    let mut k = [ENTRY_PREFIX; 9];
-    k[1..].copy_from_slice(&index.to_be_bytes());
-    k
-}
+/// An append waiting for its sync: the segment its entries went to and openraft's callback.
+type Unflushed = (Arc<File>, LogFlushed<TypeConfig>);
 
 /// The Raft log. Cloning gives another handle on the same log (that is the log reader).
 #[derive(Clone)]
 pub struct LogStore {
-    db: sled::Db,
+    disk: Arc<Disk>,
     tree: sled::Tree,
+    wal: Arc<RwLock<Wal>>,
+    /// Appends whose entries are written but not yet synced, for the flusher.
+    unflushed: mpsc::Sender<Unflushed>,
     /// Counts this handle as in use for [`crate::Store::released`].
     _in_use: Arc<()>,
 }
 
 impl LogStore {
-    pub(crate) fn new(db: sled::Db, tree: sled::Tree, in_use: Arc<()>) -> Self {
-        LogStore {
-            db,
+    /// Opens the log: the segment files in `wal_dir`, the rest in `tree`.
+    pub(crate) fn open(
+        disk: Arc<Disk>,
+        tree: sled::Tree,
+        wal_dir: &Path,
+        in_use: Arc<()>,
+    ) -> Result<Self, StoreError> {
+        let purged: Option<LogId<NodeId>> = get(&tree, PURGED, "last purged log id")?;
+        let mut wal = Wal::open(wal_dir, purged.map(|id| id.index))?;
+        move_old_entries(&disk, &tree, &mut wal)?;
+        let unflushed = spawn_flusher()?;
+        Ok(LogStore {
+            disk,
             tree,
+            wal: Arc::new(RwLock::new(wal)),
+            unflushed,
             _in_use: in_use,
-        }
-    }
-
-    fn get<T: DeserializeOwned>(
-        &self,
-        key: &[u8],
-        what: &'static str,
-    ) -> Result<Option<T>, StoreError> {
-        match self.tree.get(key)? {
-            Some(v) => Ok(Some(codec::decode(what, &v)?)),
-            None => Ok(None),
-        }
-    }
-
-    fn last_entry_id(&self) -> Result<Option<LogId<NodeId>>, StoreError> {
-        match self
-            .tree
-            .range(entry_key(0)..=entry_key(u64::MAX))
-            .next_back()
-        {
-            Some(item) => {
-                let (_, v) = item?;
-                let entry: Entry = codec::decode("log entry", &v)?;
-                Ok(Some(entry.log_id))
-            }
-            None => Ok(None),
-        }
+        })
     }
 
     fn read_entries(&self, range: impl RangeBounds<u64>) -> Result<Vec<Entry>, StoreError> {
-        let start = match range.start_bound() {
-            Bound::Included(&i) => Bound::Included(entry_key(i)),
+        let from = match range.start_bound() {
+            Bound::Included(&i) => i,
             Bound::Excluded(&i) => match i.checked_add(1) {
-                Some(i) => Bound::Included(entry_key(i)),
+                Some(i) => i,
                 None => return Ok(Vec::new()),
             },
-            Bound::Unbounded => Bound::Included(entry_key(0)),
+            Bound::Unbounded => 0,
         };
-        let end = match range.end_bound() {
-            Bound::Included(&i) => Bound::Included(entry_key(i)),
-            Bound::Excluded(&i) => Bound::Excluded(entry_key(i)),
-            Bound::Unbounded => Bound::Included(entry_key(u64::MAX)),
+        let to = match range.end_bound() {
+            Bound::Included(&i) => i,
+            Bound::Excluded(&i) => match i.checked_sub(1) {
+                Some(i) => i,
+                None => return Ok(Vec::new()),
+            },
+            Bound::Unbounded => u64::MAX,
         };
-        self.tree
-            .range((start, end))
-            .map(|item| {
-                let (_, v) = item?;
-                codec::decode("log entry", &v)
-            })
-            .collect()
+        self.wal.read().read(from, to)
     }
 
-    /// Flushes the database to disk (sled fsyncs).
+    /// Flushes the database to disk (see [`Disk::flush`]).
     async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
-        Ok(())
+        self.disk.flush_async().await
     }
+}
+
+fn get<T: DeserializeOwned>(
+    tree: &sled::Tree,
+    key: &[u8],
+    what: &'static str,
+) -> Result<Option<T>, StoreError> {
+    match tree.get(key)? {
+        Some(v) => Ok(Some(codec::decode(what, &v)?)),
+        None => Ok(None),
+    }
+}
+
+/// Moves the entries a database of the earlier layout kept in sled into the segment files:
+/// written and synced there first, removed from sled after, so a crash in between only repeats
+/// the move.
+fn move_old_entries(disk: &Disk, tree: &sled::Tree, wal: &mut Wal) -> Result<(), StoreError> {
+    let mut entries = Vec::new();
+    let mut keys = Vec::new();
+    for item in tree.scan_prefix([OLD_ENTRY_PREFIX]) {
+        let (k, v) = item?;
+        entries.push(codec::decode::<Entry>("log entry", &v)?);
+        keys.push(k);
+    }
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let purged = wal.purged();
+    entries.retain(|e| purged.is_none_or(|p| e.log_id.index > p));
+    if let Some(file) = wal.append(&entries)? {
+        file.sync_data()
+            .map_err(|e| StoreError::io("fdatasync", "raft log segment", e))?;
+    }
+    let mut batch = sled::Batch::default();
+    for k in keys {
+        batch.remove(k);
+    }
+    tree.apply_batch(batch)?;
+    disk.flush()?;
+    tracing::info!(
+        entries = entries.len(),
+        "moved the raft log out of the database into segment files"
+    );
+    Ok(())
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -128,12 +163,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
-        let last_purged_log_id: Option<LogId<NodeId>> = self
-            .get(PURGED, "last purged log id")
-            .map_err(|e| StorageIOError::read_logs(&e))?;
-        let last = self
-            .last_entry_id()
-            .map_err(|e| StorageIOError::read_logs(&e))?;
+        let last_purged_log_id: Option<LogId<NodeId>> =
+            get(&self.tree, PURGED, "last purged log id")
+                .map_err(|e| StorageIOError::read_logs(&e))?;
+        let last = self.wal.read().last();
         Ok(LogState {
             last_purged_log_id,
             last_log_id: last.or(last_purged_log_id),
@@ -156,9 +189,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
-        Ok(self
-            .get(VOTE, "vote")
-            .map_err(|e| StorageIOError::read_vote(&e))?)
+        Ok(get(&self.tree, VOTE, "vote").map_err(|e| StorageIOError::read_vote(&e))?)
     }
 
     async fn save_committed(
@@ -176,17 +207,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         };
         write().map_err(|e| StorageIOError::write(&e))?;
         // Not flushed on purpose: the committed id only lets a restart re-apply committed entries
-        // early. It is durable with the next flush (the next append or vote, or sled's timer); if
-        // a crash loses it, the restarted node learns the commit index from the leader again. It
-        // never gets to disk ahead of the entries it covers: those came through earlier `append`
-        // calls, each of which returned only after its flush.
+        // early; if a crash loses it, the restarted node learns the commit index from the leader
+        // again. It may reach disk before the entries it covers (they are synced by another
+        // file's fsync), so `read_committed` never reports more than the log holds.
         Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
-        Ok(self
-            .get(COMMITTED, "committed log id")
-            .map_err(|e| StorageIOError::read(&e))?)
+        let committed: Option<LogId<NodeId>> =
+            get(&self.tree, COMMITTED, "committed log id").map_err(|e| StorageIOError::read(&e))?;
+        let last = self.wal.read().last();
+        // Entries up to the committed index matched the leader's log when it was recorded, so
+        // the log's last entry, if it is below that index, is committed too.
+        Ok(match (committed, last) {
+            (Some(c), Some(l)) if l.index < c.index => Some(l),
+            (c, _) => c,
+        })
     }
 
     async fn append<I>(
@@ -198,68 +234,92 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let stage = || -> Result<(), StoreError> {
-            let mut batch = sled::Batch::default();
-            for entry in entries {
-                batch.insert(
-                    &entry_key(entry.log_id.index),
-                    codec::encode("log entry", &entry)?,
-                );
-            }
-            self.tree.apply_batch(batch)?;
-            Ok(())
-        };
-        stage().map_err(|e| StorageIOError::write_logs(&e))?;
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let written = self
+            .wal
+            .write()
+            .append(&entries)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
         // The entries are readable from here on (openraft requires that when append returns).
-        match self.flush().await {
-            Ok(()) => {
-                // On disk: every entry of this call (and all earlier writes), fsynced. Only now may
-                // openraft count them toward a quorum.
-                callback.log_io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                callback.log_io_completed(Err(io::Error::other(e.to_string())));
-                Err(StorageIOError::write_logs(&e).into())
-            }
+        // They become durable with the flusher's next sync of their segment, which starts after
+        // this send; only its callback lets openraft count them toward a quorum.
+        let Some(segment) = written else {
+            callback.log_io_completed(Ok(()));
+            return Ok(());
+        };
+        if let Err(mpsc::SendError((_, callback))) = self.unflushed.send((segment, callback)) {
+            let e = StoreError::Stopped("the log flusher");
+            callback.log_io_completed(Err(io::Error::other(e.to_string())));
+            return Err(StorageIOError::write_logs(&e).into());
         }
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
-        let write = async {
-            let mut batch = sled::Batch::default();
-            for key in self
-                .tree
-                .range(entry_key(log_id.index)..=entry_key(u64::MAX))
-                .keys()
-            {
-                batch.remove(key?);
-            }
-            self.tree.apply_batch(batch)?;
-            self.flush().await
-        };
-        write.await.map_err(|e| StorageIOError::write_logs(&e))?;
+        self.wal
+            .write()
+            .truncate(log_id.index)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
         // On disk: no entry at or after `log_id.index` (they conflicted with the leader's log).
         Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
-        let write = async {
-            let mut batch = sled::Batch::default();
-            batch.insert(PURGED, codec::encode("last purged log id", &log_id)?);
-            for key in self
-                .tree
-                .range(entry_key(0)..=entry_key(log_id.index))
-                .keys()
-            {
-                batch.remove(key?);
-            }
-            self.tree.apply_batch(batch)?;
+        let record = async {
+            self.tree
+                .insert(PURGED, codec::encode("last purged log id", &log_id)?)?;
             self.flush().await
         };
-        write.await.map_err(|e| StorageIOError::write_logs(&e))?;
-        // On disk, from one atomic batch: the last purged id and the removal of every entry up to
-        // it, so the log never has a hole that its bookkeeping does not explain.
+        record.await.map_err(|e| StorageIOError::write_logs(&e))?;
+        // On disk: the last purged id. Only now may the entries up to it go, so the log never
+        // has a hole that its bookkeeping does not explain.
+        self.wal
+            .write()
+            .purge(log_id.index)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
         Ok(())
     }
+}
+
+/// Starts the log's flusher thread: it waits for an append, takes every other one already
+/// queued behind it, fdatasyncs each segment they wrote to once and reports the outcome to all
+/// of them in the order the appends were made. Every entry of those appends was written before
+/// its callback was queued, so the sync covers it. The thread ends when the last [`LogStore`]
+/// handle is dropped.
+fn spawn_flusher() -> Result<mpsc::Sender<Unflushed>, StoreError> {
+    let (sender, queue) = mpsc::channel::<Unflushed>();
+    std::thread::Builder::new()
+        .name("rampart-log-flush".into())
+        .spawn(move || {
+            while let Ok(first) = queue.recv() {
+                let group: Vec<Unflushed> =
+                    std::iter::once(first).chain(queue.try_iter()).collect();
+                let mut synced: Vec<&Arc<File>> = Vec::new();
+                let mut outcome = Ok(());
+                for (segment, _) in &group {
+                    if synced.iter().any(|s| Arc::ptr_eq(s, segment)) {
+                        continue;
+                    }
+                    if let Err(e) = segment.sync_data() {
+                        outcome = Err(e);
+                        break;
+                    }
+                    synced.push(segment);
+                }
+                // On disk, when `outcome` is Ok: every entry of every append in `group`.
+                for (_, callback) in group {
+                    callback.log_io_completed(
+                        outcome
+                            .as_ref()
+                            .map(|_| ())
+                            .map_err(|e| io::Error::new(e.kind(), e.to_string())),
+                    );
+                }
+            }
+        })
+        .map_err(|source| StoreError::Thread {
+            name: "rampart-log-flush",
+            source,
+        })?;
+    Ok(sender)
 }

@@ -19,14 +19,17 @@ use openraft::{LogId, StoredMembership};
 use parking_lot::RwLock;
 use tokio::sync::broadcast;
 
+use crate::applied::AppliedWaiters;
 use crate::codec::{
-    self, Pairs, META, META_APPLIED, META_COMPACT, META_FORMAT, META_MEMBERSHIP,
+    self, Pairs, META, META_APPLIED, META_APPLIED_PART, META_COMPACT, META_FORMAT, META_MEMBERSHIP,
     META_MEMBER_PREFIX, META_REVISION,
 };
+use crate::durability::Disk;
 use crate::error::{MvccError, StoreError};
 use crate::events::{WatchFeed, WATCH_FEED_CAPACITY};
 use crate::lease;
 use crate::range::{self, Writes};
+use crate::redo;
 use crate::types::{
     ApplyError, Lease, MemberAttributes, NodeId, PeerNode, RangeRequest, RangeResponse,
     RevisionEvents,
@@ -41,6 +44,9 @@ pub(crate) struct MvccState {
     pub compact_revision: i64,
     /// The last log entry whose effects are in the tree.
     pub applied: Option<LogId<NodeId>>,
+    /// The batch entry being applied and the position of its last applied command (see
+    /// [`codec::META_APPLIED_PART`]).
+    pub applied_part: Option<(LogId<NodeId>, u32)>,
     /// The last membership applied.
     pub membership: StoredMembership<NodeId, PeerNode>,
     /// Latest published attributes per member.
@@ -61,6 +67,7 @@ impl MvccState {
             revision: 1,
             compact_revision: 0,
             applied: None,
+            applied_part: None,
             membership: StoredMembership::default(),
             members: BTreeMap::new(),
         };
@@ -73,6 +80,9 @@ impl MvccState {
                 META_REVISION => state.revision = codec::decode("store revision", v)?,
                 META_COMPACT => state.compact_revision = codec::decode("compact revision", v)?,
                 META_APPLIED => state.applied = codec::decode("applied log id", v)?,
+                META_APPLIED_PART => {
+                    state.applied_part = Some(codec::decode("applied batch position", v)?)
+                }
                 META_MEMBERSHIP => state.membership = codec::decode("membership", v)?,
                 k if k.starts_with(META_MEMBER_PREFIX) => {
                     let attrs: MemberAttributes = codec::decode("member attributes", v)?;
@@ -103,19 +113,27 @@ impl MvccState {
 /// The MVCC tree and its cached state. Shared by [`Mvcc`], the state machine and the snapshot
 /// builder.
 pub(crate) struct MvccCore {
-    /// The database, for flushing.
-    pub db: sled::Db,
+    /// The database's files, for flushing.
+    pub disk: Arc<Disk>,
     /// The state machine's one tree (layout in [`codec`]).
     pub tree: sled::Tree,
+    /// The redo record of the last entry applied (see [`crate::redo`]).
+    pub redo: sled::Tree,
     /// Guards `tree` as a whole (see the module docs) and caches its bookkeeping.
     pub state: RwLock<MvccState>,
     /// The live watch feed; sent to only with `state` locked for writing (see the module docs).
     pub feed: broadcast::Sender<WatchFeed>,
+    /// Requests waiting for an applied index; advanced by the applier after each entry.
+    pub applied_waiters: AppliedWaiters,
 }
 
 impl MvccCore {
     /// Opens the state machine tree, stamping the layout version into a new one.
-    pub(crate) fn open(db: sled::Db, tree: sled::Tree) -> Result<Self, StoreError> {
+    pub(crate) fn open(
+        disk: Arc<Disk>,
+        tree: sled::Tree,
+        redo: sled::Tree,
+    ) -> Result<Self, StoreError> {
         if tree.is_empty() {
             // A brand-new tree: only the version stamp, so later opens (and snapshots) can check it.
             tree.insert(
@@ -123,15 +141,24 @@ impl MvccCore {
                 codec::encode("mvcc format version", &codec::FORMAT_VERSION)?,
             )?;
         }
-        let state = MvccState::from_meta(
-            tree.scan_prefix([META])
-                .map(|r| r.map_err(StoreError::from)),
-        )?;
+        let read_state = || {
+            MvccState::from_meta(
+                tree.scan_prefix([META])
+                    .map(|r| r.map_err(StoreError::from)),
+            )
+        };
+        let mut state = read_state()?;
+        if let Some(finished) = redo::recover(&redo, &tree, state.applied)? {
+            tracing::info!(log_id = %finished, "finished applying the entry a crash interrupted");
+            state = read_state()?;
+        }
         Ok(MvccCore {
-            db,
+            disk,
             tree,
+            redo,
             state: RwLock::new(state),
             feed: broadcast::channel(WATCH_FEED_CAPACITY).0,
+            applied_waiters: AppliedWaiters::default(),
         })
     }
 
@@ -170,6 +197,7 @@ impl MvccCore {
             batch.insert(k.as_slice(), v.as_slice());
         }
         self.tree.apply_batch(batch)?;
+        redo::clear(&self.redo)?;
         // In the tree now, atomically: exactly the snapshot's pairs (sled recovers a batch whole
         // or not at all, so a crash leaves the old state or the new one, never a mix). Durable at
         // the caller's flush.
@@ -249,6 +277,18 @@ impl Mvcc {
     /// The last log entry applied to the store.
     pub fn applied_log_id(&self) -> Option<LogId<NodeId>> {
         self.core.state.read().applied
+    }
+
+    /// Completes once the store has applied log index `index` (at once if it has), or fails
+    /// with [`StoreError::Stopped`] if the store is closed first.
+    pub async fn wait_applied(&self, index: u64) -> Result<(), StoreError> {
+        let applied = || self.core.state.read().applied.map_or(0, |id| id.index);
+        match self.core.applied_waiters.register(index, applied) {
+            None => Ok(()),
+            Some(woken) => woken
+                .await
+                .map_err(|_| StoreError::Stopped("the state machine")),
+        }
     }
 
     /// The last membership applied to the store.

@@ -65,10 +65,10 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         // up to `last_log_id` before the snapshot is handed over. Flushing after the export covers
         // that (and possibly more).
         self.core
-            .db
+            .disk
             .flush_async()
             .await
-            .map_err(|e| snapshot_error(Some(&meta), ErrorVerb::Write, &StoreError::from(e)))?;
+            .map_err(|e| snapshot_error(Some(&meta), ErrorVerb::Write, &e))?;
         let body = SnapshotBody { meta, pairs };
         let bytes = snapshot::encode(&body)
             .map_err(|e| snapshot_error(Some(&body.meta), ErrorVerb::Write, &e))?;
@@ -106,6 +106,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .core
                 .apply_entry(&entry)
                 .map_err(|e| StorageIOError::apply(entry.log_id, &e))?;
+            self.core.applied_waiters.advance(entry.log_id.index);
             responses.push(resp);
         }
         Ok(responses)
@@ -150,11 +151,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 Ok(())
             })
             .map_err(read_err)?;
+        if let Some(applied) = meta.last_log_id {
+            self.core.applied_waiters.advance(applied.index);
+        }
         self.core
-            .db
+            .disk
             .flush_async()
             .await
-            .map_err(|e| snapshot_error(Some(meta), ErrorVerb::Write, &StoreError::from(e)))?;
+            .map_err(|e| snapshot_error(Some(meta), ErrorVerb::Write, &e))?;
         // On disk: the state machine is exactly the snapshot's. Saving the file comes second, so
         // a crash in between leaves the new state with the old file, which is merely stale (the
         // state machine, not the file, is what a restart reads).

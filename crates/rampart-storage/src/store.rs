@@ -6,6 +6,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::codec;
+use crate::durability::Disk;
 use crate::error::StoreError;
 use crate::log_store::LogStore;
 use crate::mvcc::{Mvcc, MvccCore};
@@ -14,8 +15,12 @@ use crate::state_machine::StateMachine;
 
 /// sled tree of the Raft log (see [`crate::log_store`]).
 const LOG_TREE: &str = "raft_log";
+/// Directory of the Raft log's segment files (see [`crate::wal`]).
+const WAL_DIR: &str = "wal";
 /// sled tree of the MVCC state machine (see [`crate::codec`]).
 const MVCC_TREE: &str = "mvcc";
+/// sled tree of the state machine's redo record (see [`crate::redo`]).
+const REDO_TREE: &str = "mvcc_redo";
 /// sled tree of this node's own facts, which no snapshot carries.
 const NODE_TREE: &str = "node";
 const IDENTITY: &[u8] = b"identity";
@@ -33,6 +38,7 @@ pub struct ClusterIdentity {
 /// open database.
 pub struct Store {
     db: sled::Db,
+    disk: Arc<Disk>,
     node: sled::Tree,
     log: LogStore,
     core: Arc<MvccCore>,
@@ -51,11 +57,22 @@ impl Store {
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::io("create data directory", dir, e))?;
-        let db = open_db(&dir.join("db"))?;
+        let db_dir = dir.join("db");
+        let db = open_db(&db_dir)?;
         verify_readable(&db)?;
+        let disk = Arc::new(Disk::new(db.clone(), &db_dir)?);
         let in_use = Arc::new(());
-        let log = LogStore::new(db.clone(), db.open_tree(LOG_TREE)?, in_use.clone());
-        let core = Arc::new(MvccCore::open(db.clone(), db.open_tree(MVCC_TREE)?)?);
+        let log = LogStore::open(
+            disk.clone(),
+            db.open_tree(LOG_TREE)?,
+            &dir.join(WAL_DIR),
+            in_use.clone(),
+        )?;
+        let core = Arc::new(MvccCore::open(
+            disk.clone(),
+            db.open_tree(MVCC_TREE)?,
+            db.open_tree(REDO_TREE)?,
+        )?);
         let node = db.open_tree(NODE_TREE)?;
         let snapshots = Arc::new(SnapshotFiles::open(&dir.join("snap"))?);
         check_identity_file(dir, &node)?;
@@ -71,6 +88,7 @@ impl Store {
         }
         Ok(Store {
             db,
+            disk,
             node,
             log,
             core,
@@ -119,7 +137,7 @@ impl Store {
     pub fn set_identity(&self, id: &ClusterIdentity) -> Result<(), StoreError> {
         self.node
             .insert(IDENTITY, codec::encode("cluster identity", id)?)?;
-        self.db.flush()?;
+        self.disk.flush()?;
         // On disk: the identity, fsynced; a crash from here on restarts as this member.
         crate::files::write_atomically(&self.dir, IDENTITY_FILE, identity_text(id).as_bytes())?;
         // On disk as well: the same identity outside sled, for `check_identity_file`.
@@ -136,7 +154,7 @@ impl Store {
 
     /// Flushes everything written so far to disk; the last step of an ordered shutdown.
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
+        self.disk.flush()?;
         // On disk: every write made before this call, including applied entries not yet flushed.
         Ok(())
     }

@@ -224,6 +224,10 @@ pub enum Command {
     LeaseCheckpoint {
         checkpoints: Vec<LeaseCheckpoint>,
     },
+    /// Several clients' commands proposed as one log entry (proposal batching). Each is applied
+    /// as if it were an entry of its own, in order, with a revision of its own; the entry's
+    /// response is [`CommandResult::Batch`]. Never nested.
+    Batch(Vec<Command>),
 }
 
 /// A lease's remaining TTL as the leader saw it when it proposed the checkpoint.
@@ -283,6 +287,9 @@ pub enum ApplyError {
     /// LeaseGrant with an id that is in use.
     #[error("lease already exists")]
     LeaseExists,
+    /// A [`Command::Batch`] inside a batch (the server never proposes one).
+    #[error("a batch of commands cannot contain another batch")]
+    NestedBatch,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -301,6 +308,8 @@ pub enum CommandResult {
     LeaseCheckpoint,
     /// Entries without a command (blank entries, membership changes).
     Empty,
+    /// The responses of a [`Command::Batch`], one per command, in order.
+    Batch(Vec<CommandResponse>),
 }
 
 /// What applying one log entry produced.

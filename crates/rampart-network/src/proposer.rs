@@ -1,0 +1,145 @@
+//! Proposal batching: the leader's concurrent client writes go into Raft as few log entries.
+//!
+//! openraft makes each proposal wait for its entry's fsync on the leader before it takes the
+//! next, so proposing every client request as an entry of its own caps the leader at one write
+//! per fsync. The [`Proposer`] instead queues the requests and keeps at most
+//! [`MAX_IN_FLIGHT`] proposals in Raft: while they are on their way, new requests gather in the
+//! queue, and the next proposal carries all of them as one [`Command::Batch`] entry. Under light
+//! load a request goes alone and at once; under heavy load one fsync (and one replication round)
+//! serves hundreds.
+//!
+//! A batch entry is committed or not as a whole, so every request in it shares its fate: all get
+//! the same [`ForwardError`] when it fails, and each its own response when it is applied.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::Raft;
+use rampart_storage::{Command, CommandResult, TypeConfig};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::messages::{ForwardError, ForwardReply};
+use crate::service::propose;
+
+/// Proposals in Raft at once; more requests wait in the queue and go in the next batch.
+pub const MAX_IN_FLIGHT: usize = 2;
+/// Most requests in one batch entry.
+const MAX_BATCH: usize = 1024;
+/// A batch stops growing once its commands take this many bytes (one larger command still goes,
+/// alone).
+const MAX_BATCH_BYTES: u64 = 1024 * 1024;
+/// Requests waiting for a proposal; a full queue makes callers wait (backpressure).
+const QUEUE: usize = 16 * 1024;
+
+/// A request waiting to be proposed.
+struct Pending {
+    command: Command,
+    reply: oneshot::Sender<ForwardReply>,
+}
+
+/// Proposes commands on this node's Raft, batching concurrent ones. Cloning gives another handle
+/// on the same queue.
+#[derive(Clone)]
+pub struct Proposer {
+    queue: mpsc::Sender<Pending>,
+}
+
+impl Proposer {
+    /// Starts the batching task; it ends when every handle is dropped. `timeout` bounds each
+    /// proposal (callers have their own deadlines too).
+    pub fn start(raft: Raft<TypeConfig>, timeout: Duration) -> Proposer {
+        let (queue, requests) = mpsc::channel(QUEUE);
+        tokio::spawn(run(raft, requests, timeout));
+        Proposer { queue }
+    }
+
+    /// Proposes `command` and waits until it is applied on this node, which must be the leader;
+    /// the same contract as [`propose`]: [`ForwardError::NotLeader`] means it was surely not
+    /// committed, a timeout leaves the outcome unknown.
+    pub async fn propose(&self, command: Command, timeout: Duration) -> ForwardReply {
+        let (reply, answer) = oneshot::channel();
+        let queued = async {
+            self.queue
+                .send(Pending { command, reply })
+                .await
+                .map_err(|_| ForwardError::Unavailable("the proposer has stopped".into()))?;
+            answer
+                .await
+                .map_err(|_| ForwardError::Unavailable("the proposer has stopped".into()))?
+        };
+        match tokio::time::timeout(timeout, queued).await {
+            Ok(reply) => reply,
+            Err(_) => Err(ForwardError::Timeout),
+        }
+    }
+}
+
+async fn run(raft: Raft<TypeConfig>, mut requests: mpsc::Receiver<Pending>, timeout: Duration) {
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    while let Some(first) = requests.recv().await {
+        // Wait for room first: the requests arriving meanwhile join this batch.
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let mut bytes = encoded_size(&first.command);
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+            match requests.try_recv() {
+                Ok(next) => {
+                    bytes += encoded_size(&next.command);
+                    batch.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            propose_batch(&raft, batch, timeout).await;
+            drop(permit);
+        });
+    }
+}
+
+fn encoded_size(command: &Command) -> u64 {
+    bincode::serialized_size(command).unwrap_or(MAX_BATCH_BYTES)
+}
+
+/// Proposes `batch` as one entry (a lone command as itself) and answers each request.
+async fn propose_batch(raft: &Raft<TypeConfig>, batch: Vec<Pending>, timeout: Duration) {
+    // A caller that stopped waiting was told the outcome is unknown; leaving its command out
+    // keeps that true.
+    let mut batch: Vec<Pending> = batch.into_iter().filter(|p| !p.reply.is_closed()).collect();
+    if batch.len() <= 1 {
+        if let Some(only) = batch.pop() {
+            let reply = propose(raft, only.command, timeout).await;
+            let _ = only.reply.send(reply);
+        }
+        return;
+    }
+    let (commands, replies): (Vec<Command>, Vec<oneshot::Sender<ForwardReply>>) =
+        batch.into_iter().map(|p| (p.command, p.reply)).unzip();
+    let count = commands.len();
+    match propose(raft, Command::Batch(commands), timeout).await {
+        Ok((index, response)) => match response.result {
+            Ok(CommandResult::Batch(responses)) if responses.len() == count => {
+                for (reply, response) in replies.into_iter().zip(responses) {
+                    // An error only means the caller stopped waiting.
+                    let _ = reply.send(Ok((index, response)));
+                }
+            }
+            other => {
+                // Applied, but not answered as a batch: a bug; say so to every caller.
+                tracing::error!(?other, "a batch entry was not answered as a batch");
+                let error = ForwardError::Unavailable("a batch entry got no batch answer".into());
+                for reply in replies {
+                    let _ = reply.send(Err(error.clone()));
+                }
+            }
+        },
+        Err(error) => {
+            for reply in replies {
+                let _ = reply.send(Err(error.clone()));
+            }
+        }
+    }
+}

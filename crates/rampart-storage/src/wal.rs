@@ -1,0 +1,646 @@
+//! The Raft log's entries, in append-only segment files beside the sled database.
+//!
+//! A segment is a file `<first index, 20 digits>.wal` in the log directory, holding entries
+//! with consecutive indexes, each as one record:
+//!
+//! | bytes | field                                                      |
+//! |-------|------------------------------------------------------------|
+//! | 4     | payload length, little-endian                              |
+//! | 4     | CRC-32 of the length bytes and the payload, little-endian  |
+//! | n     | payload: bincode(`Entry`)                                  |
+//!
+//! Appends go to the last segment, written with one `pwrite` per call; making them durable is
+//! the caller's job (an `fdatasync` of the segment, see [`crate::log_store`]), so that one sync
+//! can cover many appends. A new segment starts when the last one passes [`SEGMENT_BYTES`], or
+//! when an append does not follow the last entry (after a purge past the end, as when a
+//! snapshot is installed); creating one fsyncs the directory.
+//!
+//! Opening reads every segment and checks every record: a record cut short or failing its CRC at
+//! the end of the last segment is a write the crash interrupted, which was never acknowledged,
+//! and is cut off; anywhere else it is corruption and the log refuses to open.
+//!
+//! Invariants: the segments' entries are consecutive from the first segment's first index to
+//! [`Wal::last`]; entries at or below `purged` are never returned, whether or not their files
+//! have gone yet.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use openraft::LogId;
+
+use crate::codec;
+use crate::error::StoreError;
+use crate::types::{NodeId, TypeConfig};
+
+pub(crate) type Entry = openraft::Entry<TypeConfig>;
+
+/// A segment grows to about this size before the next append starts a new one.
+pub(crate) const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+
+const HEADER_BYTES: usize = 8;
+const SUFFIX: &str = ".wal";
+
+/// One segment file and where each of its entries starts.
+struct Segment {
+    path: PathBuf,
+    file: Arc<File>,
+    /// Index of the segment's first entry (also its name).
+    first: u64,
+    /// `offsets[i]` is where the record of entry `first + i` starts; `end` is where the last
+    /// one ends and the next append goes.
+    offsets: Vec<u64>,
+    end: u64,
+}
+
+impl Segment {
+    /// Index of the last entry, if the segment has any.
+    fn last(&self) -> Option<u64> {
+        (!self.offsets.is_empty()).then(|| self.first + self.offsets.len() as u64 - 1)
+    }
+
+    /// Index the next entry appended here must have.
+    fn next_index(&self) -> u64 {
+        self.first + self.offsets.len() as u64
+    }
+
+    /// Byte range of the records of entries `from..=to`, all in this segment.
+    fn byte_range(&self, from: u64, to: u64) -> (u64, u64) {
+        let start = self.offsets[(from - self.first) as usize];
+        let end = self
+            .offsets
+            .get((to - self.first + 1) as usize)
+            .copied()
+            .unwrap_or(self.end);
+        (start, end)
+    }
+}
+
+/// The segment files of one log directory.
+pub(crate) struct Wal {
+    dir: PathBuf,
+    /// By first index.
+    segments: BTreeMap<u64, Segment>,
+    /// Entries at or below this index are purged: never returned, their files removable.
+    purged: Option<u64>,
+    /// The last entry's log id; `None` when the files hold no unpurged entry.
+    last: Option<LogId<NodeId>>,
+    /// Size past which the next append starts a new segment.
+    segment_bytes: u64,
+}
+
+impl Wal {
+    /// Opens (creating if needed) the log directory `dir`, dropping segments wholly at or below
+    /// `purged` and cutting off a torn record at the end of the last segment.
+    pub(crate) fn open(dir: &Path, purged: Option<u64>) -> Result<Wal, StoreError> {
+        Wal::open_with_segment_bytes(dir, purged, SEGMENT_BYTES)
+    }
+
+    fn open_with_segment_bytes(
+        dir: &Path,
+        purged: Option<u64>,
+        segment_bytes: u64,
+    ) -> Result<Wal, StoreError> {
+        fs::create_dir_all(dir).map_err(|e| StoreError::io("create log directory", dir, e))?;
+        let mut names = Vec::new();
+        for item in fs::read_dir(dir).map_err(|e| StoreError::io("list", dir, e))? {
+            let item = item.map_err(|e| StoreError::io("list", dir, e))?;
+            let name = item.file_name();
+            let Some(first) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(SUFFIX))
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            names.push((first, item.path()));
+        }
+        names.sort();
+
+        let mut wal = Wal {
+            dir: dir.to_path_buf(),
+            segments: BTreeMap::new(),
+            purged,
+            last: None,
+            segment_bytes,
+        };
+        let count = names.len();
+        for (n, (first, path)) in names.into_iter().enumerate() {
+            let is_last_file = n + 1 == count;
+            let (segment, last) = load_segment(first, &path, is_last_file)?;
+            // Empty (created just before a crash) or wholly purged: nothing in it is needed.
+            if segment
+                .last()
+                .is_none_or(|l| purged.is_some_and(|p| l <= p))
+            {
+                remove_file(&segment.path)?;
+                continue;
+            }
+            if let Some(prev) = wal.segments.values().next_back() {
+                let expected = prev.next_index();
+                if first != expected {
+                    return Err(StoreError::corrupt(
+                        "raft log",
+                        format!(
+                            "segment {} starts at index {first}, but the one before it ends \
+                             before index {expected}",
+                            path.display()
+                        ),
+                    ));
+                }
+            }
+            if last.is_some() {
+                wal.last = last;
+            }
+            wal.segments.insert(first, segment);
+        }
+        Ok(wal)
+    }
+
+    /// The index at or below which entries are purged.
+    pub(crate) fn purged(&self) -> Option<u64> {
+        self.purged
+    }
+
+    /// The last entry's log id, `None` if no unpurged entry is left.
+    pub(crate) fn last(&self) -> Option<LogId<NodeId>> {
+        self.last
+    }
+
+    /// Writes `entries` (consecutive indexes) after the last entry, replacing any entries at or
+    /// after the first one's index. Returns the segment file written to, which the caller must
+    /// sync before counting the entries as durable.
+    pub(crate) fn append(&mut self, entries: &[Entry]) -> Result<Option<Arc<File>>, StoreError> {
+        let Some(first) = entries.first() else {
+            return Ok(None);
+        };
+        let first_index = first.log_id.index;
+        if self.last.is_some_and(|l| first_index <= l.index) {
+            self.truncate_unsynced(first_index)?;
+        }
+        let mut records = Vec::new();
+        let mut starts = Vec::with_capacity(entries.len());
+        for (i, entry) in entries.iter().enumerate() {
+            if entry.log_id.index != first_index + i as u64 {
+                return Err(StoreError::corrupt(
+                    "raft log append",
+                    format!(
+                        "entry {} follows index {} (indexes must be consecutive)",
+                        entry.log_id.index,
+                        first_index + i as u64 - 1
+                    ),
+                ));
+            }
+            starts.push(records.len() as u64);
+            encode_record(&mut records, entry)?;
+        }
+        let segment = match self.segments.values_mut().next_back() {
+            Some(s) if s.next_index() == first_index && s.end < self.segment_bytes => s,
+            _ => self.new_segment(first_index)?,
+        };
+        segment
+            .file
+            .write_all_at(&records, segment.end)
+            .map_err(|e| StoreError::io("write", &segment.path, e))?;
+        let base = segment.end;
+        segment.offsets.extend(starts.iter().map(|s| base + s));
+        segment.end += records.len() as u64;
+        let file = segment.file.clone();
+        self.last = entries.last().map(|e| e.log_id);
+        Ok(Some(file))
+    }
+
+    /// Removes every entry at or after `index`, durably.
+    pub(crate) fn truncate(&mut self, index: u64) -> Result<(), StoreError> {
+        let touched = self.truncate_unsynced(index)?;
+        if let Some(segment) = touched.and_then(|first| self.segments.get(&first)) {
+            segment
+                .file
+                .sync_data()
+                .map_err(|e| StoreError::io("fdatasync", &segment.path, e))?;
+        }
+        sync_dir(&self.dir)
+        // On disk: no entry at or after `index`.
+    }
+
+    /// Removes entries at or after `index` from the files (not yet synced); returns the first
+    /// index of the segment cut short, if one was.
+    fn truncate_unsynced(&mut self, index: u64) -> Result<Option<u64>, StoreError> {
+        let doomed: Vec<u64> = self.segments.range(index..).map(|(&k, _)| k).collect();
+        for first in doomed {
+            if let Some(segment) = self.segments.remove(&first) {
+                remove_file(&segment.path)?;
+            }
+        }
+        let mut touched = None;
+        if let Some(segment) = self.segments.values_mut().next_back() {
+            if segment.last().is_some_and(|l| l >= index) {
+                let keep = (index - segment.first) as usize;
+                let end = segment.offsets[keep];
+                segment
+                    .file
+                    .set_len(end)
+                    .map_err(|e| StoreError::io("truncate", &segment.path, e))?;
+                segment.offsets.truncate(keep);
+                segment.end = end;
+                touched = Some(segment.first);
+            }
+        }
+        self.last = match index.checked_sub(1) {
+            Some(prev) if self.purged.is_none_or(|p| prev > p) => {
+                self.read(prev, prev)?.pop().map(|e| e.log_id)
+            }
+            _ => None,
+        };
+        Ok(touched)
+    }
+
+    /// Forgets every entry at or below `index` and removes the segments wholly below it. The
+    /// caller has already recorded `index` as purged, durably.
+    pub(crate) fn purge(&mut self, index: u64) -> Result<(), StoreError> {
+        self.purged = Some(self.purged.map_or(index, |p| p.max(index)));
+        let doomed: Vec<u64> = self
+            .segments
+            .values()
+            .filter(|s| s.last().is_none_or(|l| l <= index))
+            .map(|s| s.first)
+            .collect();
+        for first in doomed {
+            if let Some(segment) = self.segments.remove(&first) {
+                remove_file(&segment.path)?;
+            }
+        }
+        if self.last.is_some_and(|l| l.index <= index) {
+            self.last = None;
+        }
+        // Not synced: a removal the crash undoes leaves a segment wholly at or below the purged
+        // index, which the next open removes again.
+        Ok(())
+    }
+
+    /// The entries from `from` to `to` inclusive that the log still holds (none at or below
+    /// the purged index), in order.
+    pub(crate) fn read(&self, from: u64, to: u64) -> Result<Vec<Entry>, StoreError> {
+        let from = from.max(self.purged.map_or(0, |p| p + 1));
+        let to = match self.last {
+            Some(last) => to.min(last.index),
+            None => return Ok(Vec::new()),
+        };
+        let mut entries = Vec::new();
+        if from > to {
+            return Ok(entries);
+        }
+        let start_key = self
+            .segments
+            .range(..=from)
+            .next_back()
+            .map_or(from, |(&k, _)| k);
+        for segment in self.segments.range(start_key..=to).map(|(_, s)| s) {
+            let Some(seg_last) = segment.last() else {
+                continue;
+            };
+            let lo = from.max(segment.first);
+            let hi = to.min(seg_last);
+            if lo > hi {
+                continue;
+            }
+            let (start, end) = segment.byte_range(lo, hi);
+            let mut bytes = vec![0; (end - start) as usize];
+            segment
+                .file
+                .read_exact_at(&mut bytes, start)
+                .map_err(|e| StoreError::io("read", &segment.path, e))?;
+            let mut at = 0;
+            while at < bytes.len() {
+                match decode_record(&bytes[at..])? {
+                    Some((entry, used)) => {
+                        entries.push(entry);
+                        at += used;
+                    }
+                    None => {
+                        return Err(StoreError::corrupt(
+                            "raft log",
+                            format!("a record in {} is cut short", segment.path.display()),
+                        ))
+                    }
+                }
+            }
+        }
+        Ok(entries)
+    }
+
+    /// Starts a new, empty segment for entries from `first` and fsyncs the directory.
+    fn new_segment(&mut self, first: u64) -> Result<&mut Segment, StoreError> {
+        let path = self.dir.join(format!("{first:020}{SUFFIX}"));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|e| StoreError::io("create", &path, e))?;
+        sync_dir(&self.dir)?;
+        // On disk: the new segment's name; its contents are synced with each group.
+        let segment = Segment {
+            path,
+            file: Arc::new(file),
+            first,
+            offsets: Vec::new(),
+            end: 0,
+        };
+        Ok(self.segments.entry(first).or_insert(segment))
+    }
+}
+
+/// Reads one segment file, checking every record; returns it and its last entry's log id. A
+/// damaged record ends a last segment there (the file is cut to match) and fails any other.
+fn load_segment(
+    first: u64,
+    path: &Path,
+    is_last_file: bool,
+) -> Result<(Segment, Option<LogId<NodeId>>), StoreError> {
+    let bytes = fs::read(path).map_err(|e| StoreError::io("read", path, e))?;
+    let mut offsets = Vec::new();
+    let mut last = None;
+    let mut at = 0usize;
+    while at < bytes.len() {
+        let rest = &bytes[at..];
+        let (entry, used) = match decode_record(rest) {
+            Ok(Some(found)) => found,
+            // The file ends inside this record, or a damaged record is the last thing in the
+            // file: the write the crash interrupted. Damage with records after it is not that.
+            Ok(None) | Err(_) if is_last_file && reaches_end(rest) => {
+                tracing::warn!(
+                    segment = %path.display(),
+                    offset = at,
+                    "cutting off an incomplete record at the end of the raft log (a write the \
+                     last crash interrupted)"
+                );
+                break;
+            }
+            Ok(None) => {
+                return Err(StoreError::corrupt(
+                    "raft log",
+                    format!("{} ends in the middle of a record", path.display()),
+                ))
+            }
+            Err(e) => return Err(e),
+        };
+        let expected = first + offsets.len() as u64;
+        if entry.log_id.index != expected {
+            return Err(StoreError::corrupt(
+                "raft log",
+                format!(
+                    "{} holds entry {} where entry {expected} belongs",
+                    path.display(),
+                    entry.log_id.index
+                ),
+            ));
+        }
+        offsets.push(at as u64);
+        last = Some(entry.log_id);
+        at += used;
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| StoreError::io("open", path, e))?;
+    let end = at as u64;
+    if end < bytes.len() as u64 {
+        file.set_len(end)
+            .and_then(|()| file.sync_data())
+            .map_err(|e| StoreError::io("truncate", path, e))?;
+    }
+    let segment = Segment {
+        path: path.to_path_buf(),
+        file: Arc::new(file),
+        first,
+        offsets,
+        end,
+    };
+    Ok((segment, last))
+}
+
+fn encode_record(out: &mut Vec<u8>, entry: &Entry) -> Result<(), StoreError> {
+    let payload = codec::encode("log entry", entry)?;
+    let len = u32::try_from(payload.len()).map_err(|_| {
+        StoreError::corrupt(
+            "log entry",
+            format!("{} bytes is too large for one record", payload.len()),
+        )
+    })?;
+    let len_bytes = len.to_le_bytes();
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&len_bytes);
+    crc.update(&payload);
+    out.extend_from_slice(&len_bytes);
+    out.extend_from_slice(&crc.finalize().to_le_bytes());
+    out.extend_from_slice(&payload);
+    Ok(())
+}
+
+/// Decodes the record at the start of `bytes`: the entry and the bytes it took, `Ok(None)` if
+/// `bytes` ends before the record does, an error if the record is damaged.
+fn decode_record(bytes: &[u8]) -> Result<Option<(Entry, usize)>, StoreError> {
+    let Some(header) = bytes.get(..HEADER_BYTES) else {
+        return Ok(None);
+    };
+    let len_bytes: [u8; 4] = header[..4].try_into().expect("4 bytes");
+    let crc_bytes: [u8; 4] = header[4..].try_into().expect("4 bytes");
+    let len = u32::from_le_bytes(len_bytes) as usize;
+    let Some(payload) = bytes.get(HEADER_BYTES..HEADER_BYTES + len) else {
+        return Ok(None);
+    };
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&len_bytes);
+    crc.update(payload);
+    if crc.finalize() != u32::from_le_bytes(crc_bytes) {
+        return Err(StoreError::corrupt(
+            "raft log",
+            "a record fails its checksum",
+        ));
+    }
+    let entry: Entry = codec::decode("log entry", payload)?;
+    Ok(Some((entry, HEADER_BYTES + len)))
+}
+
+/// Whether the record at the start of `bytes` ends at or past the end of `bytes`.
+fn reaches_end(bytes: &[u8]) -> bool {
+    match bytes.get(..4) {
+        Some(len) => {
+            let len = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
+            HEADER_BYTES.saturating_add(len) >= bytes.len()
+        }
+        None => true,
+    }
+}
+
+fn remove_file(path: &Path) -> Result<(), StoreError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StoreError::io("remove", path, e)),
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StoreError::io("fsync", dir, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+
+    fn entry(term: u64, index: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    fn entries(term: u64, indexes: std::ops::RangeInclusive<u64>) -> Vec<Entry> {
+        indexes.map(|i| entry(term, i)).collect()
+    }
+
+    fn indexes(wal: &Wal, from: u64, to: u64) -> Vec<(u64, u64)> {
+        wal.read(from, to)
+            .unwrap()
+            .iter()
+            .map(|e| (e.log_id.leader_id.term, e.log_id.index))
+            .collect()
+    }
+
+    fn segment_files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn entries_survive_reopening_across_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // Small segments: every append of two entries fills one.
+            let mut wal = Wal::open_with_segment_bytes(dir.path(), None, 20).unwrap();
+            for first in (1..=9).step_by(2) {
+                wal.append(&entries(1, first..=first + 1)).unwrap();
+            }
+            assert_eq!(wal.last().map(|l| l.index), Some(10));
+        }
+        assert!(
+            segment_files(dir.path()).len() >= 3,
+            "{:?}",
+            segment_files(dir.path())
+        );
+        let wal = Wal::open(dir.path(), None).unwrap();
+        assert_eq!(wal.last().map(|l| l.index), Some(10));
+        assert_eq!(indexes(&wal, 0, u64::MAX).len(), 10);
+        assert_eq!(indexes(&wal, 4, 7), vec![(1, 4), (1, 5), (1, 6), (1, 7)]);
+    }
+
+    #[test]
+    fn a_torn_last_record_is_cut_off_and_the_log_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = {
+            let mut wal = Wal::open(dir.path(), None).unwrap();
+            wal.append(&entries(1, 1..=3)).unwrap();
+            dir.path().join(&segment_files(dir.path())[0])
+        };
+        let len = fs::metadata(&path).unwrap().len();
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len - 3)
+            .unwrap();
+        let mut wal = Wal::open(dir.path(), None).unwrap();
+        assert_eq!(indexes(&wal, 1, 10), vec![(1, 1), (1, 2)]);
+        wal.append(&entries(2, 3..=4)).unwrap();
+        drop(wal);
+        let wal = Wal::open(dir.path(), None).unwrap();
+        assert_eq!(indexes(&wal, 1, 10), vec![(1, 1), (1, 2), (2, 3), (2, 4)]);
+    }
+
+    #[test]
+    fn damage_before_the_end_is_refused_not_cut_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = {
+            let mut wal = Wal::open(dir.path(), None).unwrap();
+            wal.append(&entries(1, 1..=3)).unwrap();
+            dir.path().join(&segment_files(dir.path())[0])
+        };
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[HEADER_BYTES + 2] ^= 0xff;
+        fs::write(&path, &bytes).unwrap();
+        match Wal::open(dir.path(), None) {
+            Err(StoreError::Corrupt { what, .. }) => assert_eq!(what, "raft log"),
+            Err(e) => panic!("expected a corruption error, got {e}"),
+            Ok(_) => panic!("a damaged record before the end must not open"),
+        }
+    }
+
+    #[test]
+    fn truncate_removes_the_tail_durably_and_appends_replace_it() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut wal = Wal::open_with_segment_bytes(dir.path(), None, 20).unwrap();
+            wal.append(&entries(1, 1..=2)).unwrap();
+            wal.append(&entries(1, 3..=4)).unwrap();
+            wal.append(&entries(1, 5..=6)).unwrap();
+            wal.truncate(4).unwrap();
+            assert_eq!(wal.last().map(|l| l.index), Some(3));
+            // An append over existing entries replaces them too.
+            wal.append(&entries(2, 4..=5)).unwrap();
+            wal.append(&entries(3, 5..=5)).unwrap();
+        }
+        let wal = Wal::open(dir.path(), None).unwrap();
+        assert_eq!(
+            indexes(&wal, 1, 10),
+            vec![(1, 1), (1, 2), (1, 3), (2, 4), (3, 5)]
+        );
+    }
+
+    #[test]
+    fn purge_hides_entries_and_drops_whole_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut wal = Wal::open_with_segment_bytes(dir.path(), None, 20).unwrap();
+            for first in (1..=7).step_by(2) {
+                wal.append(&entries(1, first..=first + 1)).unwrap();
+            }
+            wal.purge(3).unwrap();
+            assert_eq!(indexes(&wal, 1, 10).first(), Some(&(1, 4)));
+        }
+        // Entries 1 and 2 had a segment of their own; 3 shares one with 4.
+        assert!(!segment_files(dir.path()).contains(&format!("{:020}{SUFFIX}", 1)));
+        let wal = Wal::open(dir.path(), Some(3)).unwrap();
+        assert_eq!(indexes(&wal, 0, 100).first(), Some(&(1, 4)));
+        assert_eq!(wal.last().map(|l| l.index), Some(8));
+    }
+
+    #[test]
+    fn an_append_past_a_purge_beyond_the_end_starts_afresh() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut wal = Wal::open(dir.path(), None).unwrap();
+            wal.append(&entries(1, 1..=3)).unwrap();
+            // As after installing a snapshot of index 100.
+            wal.purge(100).unwrap();
+            assert_eq!(wal.last(), None);
+            assert!(indexes(&wal, 0, u64::MAX).is_empty());
+            wal.append(&entries(4, 101..=102)).unwrap();
+        }
+        let wal = Wal::open(dir.path(), Some(100)).unwrap();
+        assert_eq!(indexes(&wal, 0, u64::MAX), vec![(4, 101), (4, 102)]);
+    }
+}

@@ -179,16 +179,7 @@ async fn a_falsified_history_fails_the_checks_end_to_end() {
 
     let history_file = dir.path().join("history.jsonl");
     history::write_jsonl(&history_file, &records).expect("write history");
-    let output = Command::new(env!("CARGO_BIN_EXE_rampart-chaos"))
-        .arg("--check")
-        .arg(&history_file)
-        .args(["--seed", &seed.to_string()])
-        .output()
-        .expect("running rampart-chaos --check");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert_eq!(output.status.code(), Some(1), "stdout: {stdout}");
-    assert!(stdout.contains(&format!("seed {seed}")), "stdout: {stdout}");
-    let report: ViolationReport = read_json(&dir.path().join(format!("violation-{seed}.json")));
+    let report = check_command_finds_a_violation(&history_file, seed);
     assert_eq!(report.seed, seed);
     assert!(matches!(
         &report.findings[0],
@@ -250,15 +241,7 @@ fn falsified_watches_and_leases_fail_the_checks(seed: u64, run: &Path, records: 
     history::write_jsonl(&history_file, records).expect("write history");
     history::write_json(&dir.path().join(WATCHES_FILE), &watches).expect("write watches");
     history::write_json(&dir.path().join(LEASES_FILE), &leases).expect("write leases");
-    let output = Command::new(env!("CARGO_BIN_EXE_rampart-chaos"))
-        .arg("--check")
-        .arg(&history_file)
-        .args(["--seed", &seed.to_string()])
-        .output()
-        .expect("running rampart-chaos --check");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert_eq!(output.status.code(), Some(1), "stdout: {stdout}");
-    let report: ViolationReport = read_json(&dir.path().join(format!("violation-{seed}.json")));
+    let report = check_command_finds_a_violation(&history_file, seed);
     assert!(report
         .findings
         .iter()
@@ -322,6 +305,25 @@ fn falsify_a_read(records: &mut [Record]) -> Option<Record> {
     })?;
     records[index].op.output = Output::Read(Some(stale));
     Some(records[index].clone())
+}
+
+/// Runs `rampart-chaos --check` on the history in `history_file` (and the watch and lease
+/// records beside it) and expects it to exit 1, print the seed and write its report beside the
+/// history; returns the report.
+fn check_command_finds_a_violation(history_file: &Path, seed: u64) -> ViolationReport {
+    let output = Command::new(env!("CARGO_BIN_EXE_rampart-chaos"))
+        .arg("--check")
+        .arg(history_file)
+        .args(["--seed", &seed.to_string()])
+        .output()
+        .expect("running rampart-chaos --check");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "stdout: {stdout}");
+    assert!(stdout.contains(&format!("seed {seed}")), "stdout: {stdout}");
+    let dir = history_file
+        .parent()
+        .expect("the history is in a directory");
+    read_json(&dir.join(format!("violation-{seed}.json")))
 }
 
 fn read_json<T: for<'de> serde::Deserialize<'de>>(path: &Path) -> T {

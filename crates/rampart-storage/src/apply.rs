@@ -19,7 +19,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use openraft::{EntryPayload, LogId, StoredMembership};
+use openraft::{EntryPayload, LogId, Membership, StoredMembership};
 
 use crate::codec::{
     self, KeyRecord, EVENT, HISTORY, META_APPLIED, META_APPLIED_PART, META_COMPACT,
@@ -59,12 +59,27 @@ impl MvccCore {
         entry: &openraft::Entry<TypeConfig>,
     ) -> Result<CommandResponse, StoreError> {
         let mut state = self.state.write();
-        let commands = match &entry.payload {
-            EntryPayload::Normal(Command::Batch(commands)) => commands,
-            payload => return self.apply_part(&mut state, entry.log_id, payload, None),
+        let effect = match &entry.payload {
+            EntryPayload::Normal(Command::Batch(commands)) if !commands.is_empty() => {
+                return self.apply_batch(&mut state, entry.log_id, commands)
+            }
+            EntryPayload::Normal(Command::Batch(_)) | EntryPayload::Blank => Effect::Nothing,
+            EntryPayload::Normal(command) => Effect::Command(command),
+            EntryPayload::Membership(m) => Effect::Membership(m),
         };
+        self.apply_part(&mut state, entry.log_id, effect, None)
+    }
+
+    /// Applies the commands of batch entry `log_id` one by one, skipping those applied before a
+    /// restart.
+    fn apply_batch(
+        &self,
+        state: &mut MvccState,
+        log_id: LogId<NodeId>,
+        commands: &[Command],
+    ) -> Result<CommandResponse, StoreError> {
         let done = match state.applied_part {
-            Some((id, position)) if id == entry.log_id => position as usize + 1,
+            Some((id, position)) if id == log_id => position as usize + 1,
             _ => 0,
         };
         let mut responses = Vec::with_capacity(commands.len());
@@ -83,11 +98,7 @@ impl MvccCore {
                 })?,
                 last: position + 1 == commands.len(),
             };
-            let payload = EntryPayload::Normal(command.clone());
-            responses.push(self.apply_part(&mut state, entry.log_id, &payload, Some(part))?);
-        }
-        if commands.is_empty() {
-            return self.apply_part(&mut state, entry.log_id, &EntryPayload::Blank, None);
+            responses.push(self.apply_part(state, log_id, Effect::Command(command), Some(part))?);
         }
         Ok(CommandResponse {
             revision: state.revision,
@@ -101,15 +112,15 @@ impl MvccCore {
         &self,
         state: &mut MvccState,
         log_id: LogId<NodeId>,
-        payload: &EntryPayload<TypeConfig>,
+        effect: Effect<'_>,
         part: Option<Part>,
     ) -> Result<CommandResponse, StoreError> {
         let mut batch = WriteBatch::default();
         let mut changes = Changes::default();
-        let result = match payload {
-            EntryPayload::Blank => Ok(CommandResult::Empty),
-            EntryPayload::Normal(Command::Batch(_)) => Err(ApplyError::NestedBatch),
-            EntryPayload::Normal(cmd) => {
+        let result = match effect {
+            Effect::Nothing => Ok(CommandResult::Empty),
+            // A batch inside a batch is refused by `execute`.
+            Effect::Command(cmd) => {
                 match execute(&self.tree, state, cmd, &mut batch, &mut changes) {
                     Ok(r) => Ok(r),
                     Err(MvccError::Apply(e)) => {
@@ -121,7 +132,7 @@ impl MvccCore {
                     Err(MvccError::Store(e)) => return Err(e),
                 }
             }
-            EntryPayload::Membership(m) => {
+            Effect::Membership(m) => {
                 let stored = StoredMembership::new(Some(log_id), m.clone());
                 batch.insert(META_MEMBERSHIP, codec::encode("membership", &stored)?);
                 changes.membership = Some(stored);
@@ -187,6 +198,14 @@ impl MvccCore {
             result,
         })
     }
+}
+
+/// What one atomic write of [`MvccCore::apply_part`] carries out.
+enum Effect<'a> {
+    /// Only the applied log id (a blank entry).
+    Nothing,
+    Command(&'a Command),
+    Membership(&'a Membership<NodeId, PeerNode>),
 }
 
 /// Which command of a batch entry is being applied.
@@ -571,7 +590,7 @@ fn compact(
                 let (head, _) = codec::split_history_key(&c.key)?;
                 deleted_at_revision.insert(head.to_vec());
             }
-            batch.remove(c.key);
+            batch.remove(c.key.to_vec());
         }
         Ok::<(), StoreError>(())
     };
@@ -595,7 +614,7 @@ fn compact(
             key: k,
         };
         if let Some(old) = candidate.replace(next) {
-            batch.remove(old.key); // superseded at or before `revision`
+            batch.remove(old.key.to_vec()); // superseded at or before `revision`
         }
     }
     settle(candidate, batch)?;
@@ -604,13 +623,13 @@ fn compact(
         .range(vec![EVENT]..codec::event_key_start(revision))
         .keys()
     {
-        batch.remove(k?);
+        batch.remove(k?.to_vec());
     }
     if !deleted_at_revision.is_empty() {
         for item in tree.scan_prefix(codec::event_key_start(revision)) {
             let (k, user_key) = item?;
             if deleted_at_revision.contains(&codec::prefixed_key(HISTORY, &user_key)) {
-                batch.remove(k);
+                batch.remove(k.to_vec());
             }
         }
     }
@@ -744,9 +763,13 @@ mod tests {
         })
     }
 
+    fn log_id(index: u64) -> LogId<NodeId> {
+        LogId::new(CommittedLeaderId::new(1, 1), index)
+    }
+
     fn entry(index: u64, cmd: Command) -> Entry<TypeConfig> {
         Entry::<TypeConfig> {
-            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            log_id: log_id(index),
             payload: EntryPayload::Normal(cmd),
         }
     }
@@ -804,18 +827,13 @@ mod tests {
                                                                      // As if the crash came after the batch's first command: its effects and position
                                                                      // recorded, the entry not yet applied.
             let mut state = core.state.write();
-            let payload = EntryPayload::Normal(put_cmd("a", "1"));
             let first = Part {
                 position: 0,
                 last: false,
             };
-            core.apply_part(
-                &mut state,
-                entry(2, batch.clone()).log_id,
-                &payload,
-                Some(first),
-            )
-            .unwrap();
+            let put_a = put_cmd("a", "1");
+            core.apply_part(&mut state, log_id(2), Effect::Command(&put_a), Some(first))
+                .unwrap();
             store.flush().unwrap();
         }
         let store = crate::Store::open(dir.path()).unwrap();
@@ -839,31 +857,25 @@ mod tests {
     #[test]
     fn an_entry_whose_writes_were_cut_short_is_finished_from_its_redo_record() {
         let dir = tempfile::TempDir::new().unwrap();
+        let marker = codec::latest_key(b"written by entry 2");
         {
             let store = crate::Store::open(dir.path()).unwrap();
             let core = store.core_for_tests();
             core.apply_entry(&entry(1, put_cmd("a", "1"))).unwrap();
-            // As if the crash came after entry 2's redo record and its first write: the redo
-            // record is there, the applied id still says 1.
+            // Entry 2's redo record, then a prefix of its writes: none of them, as if the crash
+            // came right after the record.
             let mut batch = WriteBatch::default();
-            batch.insert(codec::latest_key(b"zzz"), b"not a record");
+            batch.insert(marker.clone(), b"v".as_slice());
             batch.insert(
                 META_APPLIED,
-                codec::encode("applied", &Some(entry(2, put_cmd("b", "1")).log_id)).unwrap(),
+                codec::encode("applied", &Some(log_id(2))).unwrap(),
             );
-            let log_id = entry(2, put_cmd("b", "1")).log_id;
-            redo::commit(&core.redo, &core.tree, &log_id, &batch).unwrap();
-            // Undo the applied id, keep the record: a prefix of the entry's writes.
-            core.tree
-                .insert(
-                    META_APPLIED,
-                    codec::encode("applied", &Some(entry(1, put_cmd("a", "1")).log_id)).unwrap(),
-                )
-                .unwrap();
+            redo::write_record(&core.redo, &log_id(2), &batch).unwrap();
             store.flush().unwrap();
         }
         let store = crate::Store::open(dir.path()).unwrap();
         let core = store.core_for_tests();
         assert_eq!(core.state.read().applied.map(|id| id.index), Some(2));
+        assert!(core.tree.get(&marker).unwrap().is_some());
     }
 }

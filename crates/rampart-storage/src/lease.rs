@@ -98,7 +98,7 @@ pub(crate) fn remove(
     for k in tree.scan_prefix(codec::attachment_prefix(id)).keys() {
         let k = k?;
         attached.push(codec::attachment_user_key(&k)?);
-        batch.remove(k);
+        batch.remove(k.to_vec());
     }
     Ok(attached)
 }

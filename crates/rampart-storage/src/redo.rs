@@ -27,13 +27,13 @@ pub(crate) struct WriteBatch {
 }
 
 impl WriteBatch {
-    pub(crate) fn insert(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
-        self.ops
-            .push((key.as_ref().to_vec(), Some(value.as_ref().to_vec())));
+    /// Owned keys and values are moved in, not copied.
+    pub(crate) fn insert(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.ops.push((key.into(), Some(value.into())));
     }
 
-    pub(crate) fn remove(&mut self, key: impl AsRef<[u8]>) {
-        self.ops.push((key.as_ref().to_vec(), None));
+    pub(crate) fn remove(&mut self, key: impl Into<Vec<u8>>) {
+        self.ops.push((key.into(), None));
     }
 }
 
@@ -57,6 +57,16 @@ pub(crate) fn commit(
     log_id: &LogId,
     batch: &WriteBatch,
 ) -> Result<(), StoreError> {
+    write_record(redo, log_id, batch)?;
+    perform(tree, &batch.ops)
+}
+
+/// Records `batch` as the redo record of entry `log_id`, without performing it.
+pub(crate) fn write_record(
+    redo: &sled::Tree,
+    log_id: &LogId,
+    batch: &WriteBatch,
+) -> Result<(), StoreError> {
     let record = codec::encode(
         "redo record",
         &RedoRef {
@@ -65,7 +75,7 @@ pub(crate) fn commit(
         },
     )?;
     redo.insert(REDO, record)?;
-    perform(tree, &batch.ops)
+    Ok(())
 }
 
 fn perform(tree: &sled::Tree, ops: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<(), StoreError> {

@@ -5,6 +5,7 @@
 //!   per peer, shared by the Raft connections and by [`PeerNetwork::forward`] and
 //!   [`PeerNetwork::read_index`].
 //! - [`PeerService`] answers those RPCs on the receiving node.
+//! - [`Proposer`] batches the leader's proposals; [`ReadIndexer`] batches read-index rounds.
 //! - [`LinkFaults`] can drop or delay traffic between chosen nodes; tests use it to cut links,
 //!   production leaves it empty.
 //!
@@ -14,6 +15,7 @@ mod client;
 mod faults;
 mod messages;
 mod proposer;
+mod read_index;
 mod service;
 
 pub use client::{CallError, PeerConnection, PeerNetwork};
@@ -22,4 +24,5 @@ pub use messages::{
     ForwardError, ForwardReply, LeaseReply, LeaseRequest, LeaseStatus, ReadIndexReply,
 };
 pub use proposer::{Proposer, MAX_IN_FLIGHT};
+pub use read_index::ReadIndexer;
 pub use service::{propose, read_index, LeaseHandler, PeerService};

@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status};
 use crate::client::MAX_PEER_MESSAGE_BYTES;
 use crate::messages::{ForwardError, ForwardReply, LeaseReply, LeaseRequest, ReadIndexReply};
 use crate::proposer::Proposer;
+use crate::read_index::ReadIndexer;
 
 /// Answers lease questions on the node that receives them: the server's lessor.
 #[tonic::async_trait]
@@ -78,6 +79,8 @@ pub struct PeerService {
     raft: Raft<TypeConfig>,
     /// Forwarded writes go through the same batching as this node's own.
     proposer: Proposer,
+    /// Forwarded read-index requests share rounds with this node's own.
+    read_indexer: ReadIndexer,
     /// Upper bound for a forwarded write or read-index request; the caller has its own deadline.
     request_timeout: Duration,
     leases: std::sync::Arc<dyn LeaseHandler>,
@@ -87,12 +90,14 @@ impl PeerService {
     pub fn new(
         raft: Raft<TypeConfig>,
         proposer: Proposer,
+        read_indexer: ReadIndexer,
         request_timeout: Duration,
         leases: std::sync::Arc<dyn LeaseHandler>,
     ) -> Self {
         PeerService {
             raft,
             proposer,
+            read_indexer,
             request_timeout,
             leases,
         }
@@ -150,7 +155,7 @@ impl Peer for PeerService {
         request: Request<RaftRequest>,
     ) -> Result<Response<RaftReply>, Status> {
         let () = decode(request)?;
-        encode(&read_index(&self.raft, self.request_timeout).await)
+        encode(&self.read_indexer.local(self.request_timeout).await)
     }
 
     async fn lease(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {

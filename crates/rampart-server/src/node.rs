@@ -11,7 +11,7 @@ use openraft::{Raft, RaftMetrics, SnapshotPolicy};
 use rampart_api::etcdserverpb::ResponseHeader;
 use rampart_network::{
     CallError, ForwardError, LeaseHandler, LeaseRequest, LeaseStatus, LinkFaults, PeerNetwork,
-    PeerService, Proposer,
+    PeerService, Proposer, ReadIndexer,
 };
 use rampart_storage::{
     ClusterIdentity, Command, CommandResponse, MemberAttributes, Mvcc, NodeId, PeerNode, Store,
@@ -94,6 +94,9 @@ pub struct Node {
     network: PeerNetwork,
     /// Batches this node's proposals when it leads (and forwarded ones, through the peer service).
     proposer: Proposer,
+    /// Batches the read-index rounds of linearizable reads (this node's and, when it leads,
+    /// forwarded ones).
+    read_indexer: ReadIndexer,
     metrics: watch::Receiver<RaftMetrics<NodeId, PeerNode>>,
 }
 
@@ -259,9 +262,9 @@ impl Node {
         let index = self
             .ask_leader(
                 deadline,
-                |timeout| rampart_network::read_index(&self.raft, timeout),
+                |timeout| self.read_indexer.local(timeout),
                 |leader, node, timeout| async move {
-                    self.network.read_index(leader, &node, timeout).await
+                    Ok(self.read_indexer.remote(leader, node, timeout).await)
                 },
             )
             .await?;
@@ -432,8 +435,11 @@ impl RunningNode {
         }
 
         let proposer = Proposer::start(raft.clone(), config.request_timeout());
+        let read_indexer =
+            ReadIndexer::start(raft.clone(), network.clone(), config.request_timeout());
         let node = Arc::new(Node {
             proposer,
+            read_indexer,
             metrics: raft.metrics(),
             config,
             raft,
@@ -448,6 +454,7 @@ impl RunningNode {
         let peer_service = PeerService::new(
             node.raft.clone(),
             node.proposer.clone(),
+            node.read_indexer.clone(),
             node.config.request_timeout(),
             lessor.clone(),
         );

@@ -101,7 +101,7 @@ impl MvccCore {
         range_end: &[u8],
         max_events: usize,
     ) -> Result<(Vec<RevisionEvents>, i64), MvccError> {
-        let state = self.state.read();
+        let state = self.read_state();
         read_events(
             &self.tree,
             &state,

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use openraft::{LogId, StoredMembership};
-use parking_lot::RwLock;
+use parking_lot::{RwLock, RwLockReadGuard};
 use tokio::sync::broadcast;
 
 use crate::applied::AppliedWaiters;
@@ -162,6 +162,16 @@ impl MvccCore {
         })
     }
 
+    /// The state, locked for reading. The lock is held for writing while an entry is applied,
+    /// and new readers also queue behind an applier waiting for a snapshot's export: both may
+    /// take long (a delete of many keys), so a reader that cannot have the lock at once waits off
+    /// the runtime's worker, which goes on serving other requests and Raft's heartbeats.
+    pub(crate) fn read_state(&self) -> RwLockReadGuard<'_, MvccState> {
+        self.state
+            .try_read()
+            .unwrap_or_else(|| blocking(|| self.state.read()))
+    }
+
     /// Copies the whole tree and the state describing it, as of one applied entry.
     pub(crate) fn export(&self) -> Result<(MvccState, Pairs), StoreError> {
         let state = self.state.read();
@@ -211,7 +221,7 @@ impl MvccCore {
 
     /// Range at the current state; see [`Mvcc::try_range`].
     fn range(&self, req: &RangeRequest) -> Result<(RangeResponse, i64), MvccError> {
-        let state = self.state.read();
+        let state = self.read_state();
         let resp = range::read_range(
             &self.tree,
             &Writes::new(),
@@ -266,23 +276,23 @@ impl Mvcc {
 
     /// The current store revision (1 on an empty store).
     pub fn revision(&self) -> i64 {
-        self.core.state.read().revision
+        self.core.read_state().revision
     }
 
     /// The compact revision; 0 if never compacted.
     pub fn compact_revision(&self) -> i64 {
-        self.core.state.read().compact_revision
+        self.core.read_state().compact_revision
     }
 
     /// The last log entry applied to the store.
     pub fn applied_log_id(&self) -> Option<LogId<NodeId>> {
-        self.core.state.read().applied
+        self.core.read_state().applied
     }
 
     /// Completes once the store has applied log index `index` (at once if it has), or fails
     /// with [`StoreError::Stopped`] if the store is closed first.
     pub async fn wait_applied(&self, index: u64) -> Result<(), StoreError> {
-        let applied = || self.core.state.read().applied.map_or(0, |id| id.index);
+        let applied = || self.core.read_state().applied.map_or(0, |id| id.index);
         match self.core.applied_waiters.register(index, applied) {
             None => Ok(()),
             Some(woken) => woken
@@ -293,29 +303,29 @@ impl Mvcc {
 
     /// The last membership applied to the store.
     pub fn membership(&self) -> StoredMembership<NodeId, PeerNode> {
-        self.core.state.read().membership.clone()
+        self.core.read_state().membership.clone()
     }
 
     /// The members' published attributes (from `Command::Publish`, the latest per id), by id.
     pub fn members(&self) -> Vec<MemberAttributes> {
-        self.core.state.read().members.values().cloned().collect()
+        self.core.read_state().members.values().cloned().collect()
     }
 
     /// The lease `id` as the state machine records it, if it exists (granted and not revoked).
     pub fn lease(&self, id: i64) -> Result<Option<Lease>, MvccError> {
-        let _state = self.core.state.read();
+        let _state = self.core.read_state();
         Ok(lease::get(&self.core.tree, id)?)
     }
 
     /// The keys attached to lease `id`, in key order; empty for an unknown lease.
     pub fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>, MvccError> {
-        let _state = self.core.state.read();
+        let _state = self.core.read_state();
         Ok(lease::keys(&self.core.tree, id)?)
     }
 
     /// Every lease, sorted by id.
     pub fn leases(&self) -> Result<Vec<Lease>, MvccError> {
-        let _state = self.core.state.read();
+        let _state = self.core.read_state();
         Ok(lease::all(&self.core.tree)?)
     }
 
@@ -355,5 +365,17 @@ impl Mvcc {
     /// catches up from history the same way.
     pub fn subscribe(&self) -> broadcast::Receiver<WatchFeed> {
         self.core.feed.subscribe()
+    }
+}
+
+/// Runs `f`, which may block for a while, telling a multi-threaded runtime to hand this worker's
+/// other tasks to another thread meanwhile (a current-thread runtime, as in unit tests, just runs
+/// it).
+pub(crate) fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
     }
 }

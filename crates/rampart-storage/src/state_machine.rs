@@ -10,7 +10,7 @@ use openraft::{
 };
 
 use crate::error::StoreError;
-use crate::mvcc::MvccCore;
+use crate::mvcc::{blocking, MvccCore};
 use crate::snapshot::{self, SnapshotBody, SnapshotFiles};
 use crate::types::{CommandResponse, NodeId, PeerNode, TypeConfig};
 
@@ -49,38 +49,57 @@ fn snapshot_error(
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
-        // A consistent copy: export holds the read lock, so the pairs are exactly the state after
-        // `state.applied`, which becomes the snapshot's last log id.
-        let (state, pairs) = self
-            .core
-            .export()
-            .map_err(|e| snapshot_error(None, ErrorVerb::Read, &e))?;
-        let meta = SnapshotMeta {
-            last_log_id: state.applied,
-            last_membership: state.membership.clone(),
-            snapshot_id: self.snapshots.new_id(state.applied),
-        };
-        // openraft purges the log up to the snapshot once it has it, and after a restart the state
-        // machine is read back from sled, not from the snapshot file: so the tree must be durable
-        // up to `last_log_id` before the snapshot is handed over. Flushing after the export covers
-        // that (and possibly more).
-        self.core
-            .disk
-            .flush_async()
+        // Reading the whole store, encoding and saving it take long: on a thread of their own,
+        // so that the runtime's workers go on serving heartbeats and requests meanwhile.
+        let (core, snapshots) = (self.core.clone(), self.snapshots.clone());
+        let built = tokio::task::spawn_blocking(move || build(&core, &snapshots))
             .await
-            .map_err(|e| snapshot_error(Some(&meta), ErrorVerb::Write, &e))?;
-        let body = SnapshotBody { meta, pairs };
-        let bytes = snapshot::encode(&body)
-            .map_err(|e| snapshot_error(Some(&body.meta), ErrorVerb::Write, &e))?;
-        self.snapshots
-            .save(&body.meta, &bytes)
-            .map_err(|e| snapshot_error(Some(&body.meta), ErrorVerb::Write, &e))?;
-        tracing::info!(snapshot = %body.meta, bytes = bytes.len(), "built snapshot");
-        Ok(Snapshot {
-            meta: body.meta,
-            snapshot: Box::new(Cursor::new(bytes)),
-        })
+            .map_err(|e| {
+                let e = StoreError::Stopped(if e.is_panic() {
+                    "a snapshot build (it panicked)"
+                } else {
+                    "a snapshot build"
+                });
+                snapshot_error(None, ErrorVerb::Write, &e)
+            })?;
+        built.map_err(|e| *e)
     }
+}
+
+/// Builds and saves a snapshot of `core` as it is now. (The error is boxed only to keep the
+/// result small on its way back from the blocking thread.)
+fn build(
+    core: &MvccCore,
+    snapshots: &SnapshotFiles,
+) -> Result<Snapshot<TypeConfig>, Box<StorageError<NodeId>>> {
+    // A consistent copy: export holds the read lock, so the pairs are exactly the state after
+    // `state.applied`, which becomes the snapshot's last log id.
+    let (state, pairs) = core
+        .export()
+        .map_err(|e| snapshot_error(None, ErrorVerb::Read, &e))?;
+    let meta = SnapshotMeta {
+        last_log_id: state.applied,
+        last_membership: state.membership.clone(),
+        snapshot_id: snapshots.new_id(state.applied),
+    };
+    // openraft purges the log up to the snapshot once it has it, and after a restart the state
+    // machine is read back from sled, not from the snapshot file: so the tree must be durable
+    // up to `last_log_id` before the snapshot is handed over. Flushing after the export covers
+    // that (and possibly more).
+    core.disk
+        .flush()
+        .map_err(|e| snapshot_error(Some(&meta), ErrorVerb::Write, &e))?;
+    let body = SnapshotBody { meta, pairs };
+    let bytes = snapshot::encode(&body)
+        .map_err(|e| snapshot_error(Some(&body.meta), ErrorVerb::Write, &e))?;
+    snapshots
+        .save(&body.meta, &bytes)
+        .map_err(|e| snapshot_error(Some(&body.meta), ErrorVerb::Write, &e))?;
+    tracing::info!(snapshot = %body.meta, bytes = bytes.len(), "built snapshot");
+    Ok(Snapshot {
+        meta: body.meta,
+        snapshot: Box::new(Cursor::new(bytes)),
+    })
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
@@ -90,7 +109,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         &mut self,
     ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, PeerNode>), StorageError<NodeId>>
     {
-        let state = self.core.state.read();
+        let state = self.core.read_state();
         Ok((state.applied, state.membership.clone()))
     }
 
@@ -99,17 +118,24 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = openraft::Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut responses = Vec::new();
-        for entry in entries {
-            // Each entry is applied (and visible to readers) whole, one at a time, in log order.
-            let resp = self
-                .core
-                .apply_entry(&entry)
-                .map_err(|e| StorageIOError::apply(entry.log_id, &e))?;
-            self.core.applied_waiters.advance(entry.log_id.index);
-            responses.push(resp);
-        }
-        Ok(responses)
+        // Applying waits for the store's write lock and writes to sled: it may take long (a
+        // snapshot being read, a delete of many keys), so the runtime moves its other tasks off
+        // this worker meanwhile.
+        blocking(|| {
+            let mut responses = Vec::new();
+            for entry in entries {
+                // Each entry is applied (and visible to readers) whole, one at a time, in log
+                // order.
+                let resp = self
+                    .core
+                    .apply_entry(&entry)
+                    .map_err(|e| (entry.log_id, e))?;
+                self.core.applied_waiters.advance(entry.log_id.index);
+                responses.push(resp);
+            }
+            Ok(responses)
+        })
+        .map_err(|(log_id, e)| StorageIOError::apply(log_id, &e).into())
     }
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
@@ -140,8 +166,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 format!("its meta {} is not the announced {}", body.meta, meta),
             )));
         }
-        self.core
-            .replace_all(&body.pairs, |incoming| {
+        blocking(|| {
+            self.core.replace_all(&body.pairs, |incoming| {
                 if incoming.applied != meta.last_log_id || incoming.membership != meta.last_membership {
                     return Err(StoreError::corrupt(
                         "snapshot",
@@ -150,7 +176,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
                 Ok(())
             })
-            .map_err(read_err)?;
+        })
+        .map_err(read_err)?;
         if let Some(applied) = meta.last_log_id {
             self.core.applied_waiters.advance(applied.index);
         }

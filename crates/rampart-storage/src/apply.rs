@@ -83,22 +83,29 @@ impl MvccCore {
             _ => 0,
         };
         let mut responses = Vec::with_capacity(commands.len());
-        for (position, command) in commands.iter().enumerate() {
-            if position < done {
-                // Applied before a restart; no client waits for its answer any more.
-                responses.push(CommandResponse {
-                    revision: state.revision,
-                    result: Ok(CommandResult::Empty),
-                });
-                continue;
-            }
+        // Applied before a restart; no client waits for their answers any more.
+        for _ in 0..done.min(commands.len()) {
+            responses.push(CommandResponse {
+                revision: state.revision,
+                result: Ok(CommandResult::Empty),
+            });
+        }
+        let mut position = done;
+        while position < commands.len() {
+            let end = put_run_end(commands, position);
             let part = Part {
-                position: u32::try_from(position).map_err(|_| {
+                position: u32::try_from(end - 1).map_err(|_| {
                     StoreError::corrupt("batch entry", "more than 2^32 commands in one entry")
                 })?,
-                last: position + 1 == commands.len(),
+                last: end == commands.len(),
             };
-            responses.push(self.apply_part(state, log_id, Effect::Command(command), Some(part))?);
+            if end - position > 1 {
+                responses.extend(self.apply_puts(state, log_id, &commands[position..end], part)?);
+            } else {
+                let effect = Effect::Command(&commands[position]);
+                responses.push(self.apply_part(state, log_id, effect, Some(part))?);
+            }
+            position = end;
         }
         Ok(CommandResponse {
             revision: state.revision,
@@ -139,6 +146,77 @@ impl MvccCore {
                 Ok(CommandResult::Empty)
             }
         };
+        self.finish(state, log_id, part, batch, vec![changes])?;
+        Ok(CommandResponse {
+            revision: state.revision,
+            result,
+        })
+    }
+
+    /// Applies a run of puts of batch entry `log_id`, each of a different key, in one atomic
+    /// write: each at its own revision with its own response, as if applied one by one (the
+    /// keys are distinct, so none reads another's write), a failing one changing nothing. `part`
+    /// is the run's last command. One redo record and one set of bookkeeping writes serve the
+    /// whole run instead of one per put.
+    fn apply_puts(
+        &self,
+        state: &mut MvccState,
+        log_id: LogId<NodeId>,
+        puts: &[Command],
+        part: Part,
+    ) -> Result<Vec<CommandResponse>, StoreError> {
+        let mut batch = WriteBatch::default();
+        let mut changes = Vec::with_capacity(puts.len());
+        let mut responses = Vec::with_capacity(puts.len());
+        let mut revision = state.revision;
+        for command in puts {
+            let Command::Put(req) = command else {
+                return Err(StoreError::corrupt(
+                    "put run",
+                    "a command other than a put (bug)",
+                ));
+            };
+            let mut txn = WriteTxn::at(&self.tree, revision, state.compact_revision);
+            let result = match txn.put(req) {
+                Ok(response) => {
+                    let written = txn.commit(&mut batch)?;
+                    if let Some(w) = &written {
+                        revision = w.revision;
+                    }
+                    changes.push(Changes {
+                        written,
+                        ..Changes::default()
+                    });
+                    Ok(CommandResult::Put(response))
+                }
+                // Refused before writing anything: nothing of it is in `batch`.
+                Err(MvccError::Apply(e)) => Err(e),
+                Err(MvccError::Store(e)) => return Err(e),
+            };
+            responses.push(CommandResponse { revision, result });
+        }
+        self.finish(state, log_id, Some(part), batch, changes)?;
+        Ok(responses)
+    }
+
+    /// Writes `batch`, the effect of one part of entry `log_id` (the whole entry when `part` is
+    /// `None`), with the bookkeeping that goes with it, then updates the cached state from
+    /// `changes` (one per command, in order) and feeds their events to watchers.
+    fn finish(
+        &self,
+        state: &mut MvccState,
+        log_id: LogId<NodeId>,
+        part: Option<Part>,
+        mut batch: WriteBatch,
+        changes: Vec<Changes>,
+    ) -> Result<(), StoreError> {
+        if let Some(revision) = changes
+            .iter()
+            .filter_map(|c| c.written.as_ref().map(|w| w.revision))
+            .next_back()
+        {
+            batch.insert(META_REVISION, codec::encode("store revision", &revision)?);
+        }
         let finishes_entry = part.is_none_or(|p| p.last);
         if let Some(p) = part {
             if p.last {
@@ -162,6 +240,21 @@ impl MvccCore {
         // when sled writes its buffers out. Until then a crash only rolls the state machine back
         // to an earlier applied id, whose later entries are still in the synced log (purging
         // needs a snapshot, and building one flushes), and openraft re-applies them.
+        for changes in changes {
+            self.update(state, changes);
+        }
+        if finishes_entry {
+            state.applied = Some(log_id);
+            state.applied_part = None;
+        } else if let Some(p) = part {
+            state.applied_part = Some((log_id, p.position));
+        }
+        Ok(())
+    }
+
+    /// Updates the cached state with one command's `changes`, now in the tree, and sends its
+    /// events to the live watch feed.
+    fn update(&self, state: &mut MvccState, changes: Changes) {
         if let Some(w) = &changes.written {
             state.revision = w.revision;
         }
@@ -173,12 +266,6 @@ impl MvccCore {
         }
         if let Some(a) = changes.member {
             state.members.insert(a.id, a);
-        }
-        if finishes_entry {
-            state.applied = Some(log_id);
-            state.applied_part = None;
-        } else if let Some(p) = part {
-            state.applied_part = Some((log_id, p.position));
         }
         if let Some(written) = changes.written {
             // Sent while the write lock is still held, with the revision now visible. Skipping
@@ -193,11 +280,31 @@ impl MvccCore {
                     .send(WatchFeed::Events(Arc::new(written.into_events())));
             }
         }
-        Ok(CommandResponse {
-            revision: state.revision,
-            result,
-        })
     }
+}
+
+/// A run of puts longer than this many bytes of keys and values is cut: its redo record holds
+/// each value twice (key record and history), and sled stores a value larger than a quarter of
+/// its segment (64 KiB here) as a file of its own, which is slow to write.
+const MAX_RUN_BYTES: usize = 16 * 1024;
+
+/// The end (exclusive) of the run of puts that starts at `start`: puts of keys not put before
+/// in the run, at most [`MAX_RUN_BYTES`] of them. Always past `start`, which may be any command.
+fn put_run_end(commands: &[Command], start: usize) -> usize {
+    let mut keys = std::collections::HashSet::new();
+    let mut bytes = 0;
+    let mut end = start;
+    for command in &commands[start..] {
+        let Command::Put(req) = command else {
+            break;
+        };
+        bytes += req.key.len() + req.value.len();
+        if end > start && bytes > MAX_RUN_BYTES || !keys.insert(req.key.as_slice()) {
+            break;
+        }
+        end += 1;
+    }
+    end.max(start + 1)
 }
 
 /// What one atomic write of [`MvccCore::apply_part`] carries out.
@@ -292,10 +399,16 @@ struct WriteTxn<'a> {
 
 impl<'a> WriteTxn<'a> {
     fn new(tree: &'a sled::Tree, state: &MvccState) -> Self {
+        Self::at(tree, state.revision, state.compact_revision)
+    }
+
+    /// Writes over the store at `base_revision` (a put run's earlier puts are not in the cached
+    /// state yet).
+    fn at(tree: &'a sled::Tree, base_revision: i64, compact_revision: i64) -> Self {
         WriteTxn {
             tree,
-            base_revision: state.revision,
-            compact_revision: state.compact_revision,
+            base_revision,
+            compact_revision,
             writes: Writes::new(),
             changed: Vec::new(),
         }
@@ -526,7 +639,7 @@ impl<'a> WriteTxn<'a> {
             }
             changes.push(ChangedKey { key, before, after });
         }
-        batch.insert(META_REVISION, codec::encode("store revision", &revision)?);
+        // The store's revision (META_REVISION) is written once per atomic write, by `finish`.
         Ok(Some(Written { revision, changes }))
     }
 }
@@ -810,6 +923,72 @@ mod tests {
         let state = core.state.read();
         assert_eq!(state.applied.map(|id| id.index), Some(1));
         assert_eq!(state.applied_part, None);
+    }
+
+    #[test]
+    fn a_run_of_puts_is_one_write_with_a_revision_and_an_answer_per_put() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let ignore_missing = Command::Put(PutRequest {
+            key: b"missing".to_vec(),
+            ignore_value: true,
+            ..Default::default()
+        });
+        let delete_b = Command::DeleteRange(DeleteRangeRequest {
+            key: b"b".to_vec(),
+            ..Default::default()
+        });
+        let commands = vec![
+            put_cmd("a", "1"),
+            put_cmd("b", "1"),
+            ignore_missing,
+            put_cmd("c", "1"),
+            put_cmd("a", "2"),
+            delete_b,
+        ];
+        // a, b, the failing put and c form one run; the second put of a starts the next.
+        assert_eq!(put_run_end(&commands, 0), 4);
+        assert_eq!(put_run_end(&commands, 4), 5);
+        assert_eq!(
+            put_run_end(&commands, 5),
+            6,
+            "a lone delete is a part of its own"
+        );
+        {
+            let store = crate::Store::open(dir.path()).unwrap();
+            let core = store.core_for_tests();
+            let response = core
+                .apply_entry(&entry(1, Command::Batch(commands)))
+                .unwrap();
+            assert_eq!(
+                batch_revisions(&response),
+                [
+                    (2, true),
+                    (3, true),
+                    (3, false),
+                    (4, true),
+                    (5, true),
+                    (6, true)
+                ]
+            );
+            assert_eq!(history(&core), ["a@2", "a@5", "b@3", "-b@6", "c@4"]);
+            assert_eq!(event_index(&core), ["2:a", "3:b", "4:c", "5:a", "6:b"]);
+            store.flush().unwrap();
+        }
+        // What was written, not only the cached state, says revision 6, entry 1 applied whole.
+        let store = crate::Store::open(dir.path()).unwrap();
+        let state = store.core_for_tests().state.read().clone();
+        assert_eq!(state.revision, 6);
+        assert_eq!(state.applied.map(|id| id.index), Some(1));
+        assert_eq!(state.applied_part, None);
+    }
+
+    #[test]
+    fn a_run_of_puts_stops_at_its_size_limit_but_takes_at_least_one() {
+        let big = "v".repeat(MAX_RUN_BYTES);
+        let commands = vec![put_cmd("a", "1"), put_cmd("b", &big), put_cmd("c", "1")];
+        assert_eq!(put_run_end(&commands, 0), 1);
+        assert_eq!(put_run_end(&commands, 1), 2);
+        assert_eq!(put_run_end(&commands, 2), 3);
     }
 
     #[test]

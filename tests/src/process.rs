@@ -163,7 +163,24 @@ impl ProcessCluster {
         for i in 0..size {
             cluster.wait_serving(i).await?;
         }
+        cluster.wait_for_leader().await?;
         Ok(cluster)
+    }
+
+    /// Waits until the cluster has a leader: member 0 answers a linearizable read, which needs
+    /// the leader's read index. (A busy machine can take longer to elect one than a request
+    /// waits for a leader.)
+    pub async fn wait_for_leader(&self) -> anyhow::Result<()> {
+        let url = self.members[0].client_url.clone();
+        wait_until("a leader", Duration::from_secs(30), || {
+            let url = url.clone();
+            async move {
+                let mut client = crate::kv_client(&url).await?;
+                crate::get(&mut client, "probe", false).await?;
+                Ok(Some(()))
+            }
+        })
+        .await
     }
 
     /// Waits until member `index` answers a serializable read.

@@ -83,6 +83,55 @@ async fn writes_survive_the_loss_of_the_leader() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_through_a_follower_each_get_their_own_answer() -> anyhow::Result<()> {
+    const WRITES: usize = 64;
+    let cluster = TestCluster::start(3).await?;
+    let leader = cluster.wait_for_leader(LEADER_WAIT).await?;
+    let follower = (cluster.index_of(leader) + 1) % 3;
+    let client = cluster.client(follower).await?;
+    let base = put(&mut client.clone(), "base", "0").await?;
+
+    info!("--- {WRITES} puts and one put that must fail, all at once through a follower");
+    let puts = (0..WRITES).map(|i| {
+        let mut client = client.clone();
+        async move { put(&mut client, &format!("k{i}"), &format!("v{i}")).await }
+    });
+    let failing = {
+        let mut client = client.clone();
+        async move {
+            client
+                .put(pb::PutRequest {
+                    key: b"missing".to_vec(),
+                    ignore_value: true,
+                    ..Default::default()
+                })
+                .await
+        }
+    };
+    let (revisions, failed) = tokio::join!(futures::future::join_all(puts), failing);
+    let status = failed.expect_err("a put with ignore_value on a missing key must fail");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert_eq!(status.message(), "etcdserver: key not found");
+
+    // Each write has a revision of its own, and together they are the next WRITES revisions.
+    let mut revisions = revisions
+        .into_iter()
+        .collect::<anyhow::Result<Vec<i64>>>()?;
+    revisions.sort_unstable();
+    let expected: Vec<i64> = (base + 1..=base + WRITES as i64).collect();
+    assert_eq!(revisions, expected);
+    for i in (0..WRITES).step_by(7) {
+        for member in 0..3 {
+            let mut c = cluster.client(member).await?;
+            let value = get(&mut c, &format!("k{i}"), false).await?;
+            assert_eq!(value, Some(format!("v{i}")), "k{i} on member {member}");
+        }
+    }
+    cluster.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_minority_serves_stale_reads_and_refuses_writes() -> anyhow::Result<()> {
     let cluster = TestCluster::start(3).await?;
     let leader = cluster.wait_for_leader(LEADER_WAIT).await?;

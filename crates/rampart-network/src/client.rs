@@ -37,12 +37,13 @@ enum Method {
     InstallSnapshot,
     Vote,
     Forward,
+    ForwardBatch,
     ReadIndex,
     Lease,
 }
 
 /// Why a call to a peer produced no reply.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum CallError {
     /// The request certainly never left this node (bad address, refused connection, a cut
     /// outgoing link): sending it again cannot make it happen twice.
@@ -64,7 +65,7 @@ pub enum CallError {
     Codec {
         target: NodeId,
         #[source]
-        source: bincode::Error,
+        source: Arc<bincode::Error>,
     },
 }
 
@@ -135,6 +136,7 @@ impl PeerNetwork {
                 Method::InstallSnapshot => client.install_snapshot(request).await,
                 Method::Vote => client.vote(request).await,
                 Method::Forward => client.forward(request).await,
+                Method::ForwardBatch => client.forward_batch(request).await,
                 Method::ReadIndex => client.read_index(request).await,
                 Method::Lease => client.lease(request).await,
             }
@@ -185,7 +187,10 @@ impl PeerNetwork {
         request: &Req,
         timeout: Duration,
     ) -> Result<Reply, CallError> {
-        let codec = |source| CallError::Codec { target, source };
+        let codec = |source| CallError::Codec {
+            target,
+            source: Arc::new(source),
+        };
         let data = bincode::serialize(request).map_err(codec)?;
         let reply = self.call(target, node, method, data, timeout).await?;
         bincode::deserialize(&reply).map_err(codec)
@@ -200,6 +205,19 @@ impl PeerNetwork {
         timeout: Duration,
     ) -> Result<ForwardReply, CallError> {
         self.call_typed(target, node, Method::Forward, command, timeout)
+            .await
+    }
+
+    /// Asks the leader `target` to propose each of `commands` and to answer, for each, once it
+    /// is applied there: one reply per command, in order.
+    pub async fn forward_batch(
+        &self,
+        target: NodeId,
+        node: &PeerNode,
+        commands: &[Command],
+        timeout: Duration,
+    ) -> Result<Vec<ForwardReply>, CallError> {
+        self.call_typed(target, node, Method::ForwardBatch, &commands, timeout)
             .await
     }
 

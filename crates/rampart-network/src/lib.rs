@@ -5,7 +5,8 @@
 //!   per peer, shared by the Raft connections and by [`PeerNetwork::forward`] and
 //!   [`PeerNetwork::read_index`].
 //! - [`PeerService`] answers those RPCs on the receiving node.
-//! - [`Proposer`] batches the leader's proposals; [`ReadIndexer`] batches read-index rounds.
+//! - [`Proposer`] batches the leader's proposals, [`Forwarder`] a follower's forwarded writes,
+//!   [`ReadIndexer`] read-index rounds.
 //! - [`LinkFaults`] can drop or delay traffic between chosen nodes; tests use it to cut links,
 //!   production leaves it empty.
 //!
@@ -13,6 +14,7 @@
 
 mod client;
 mod faults;
+mod forwarder;
 mod messages;
 mod proposer;
 mod read_index;
@@ -20,6 +22,7 @@ mod service;
 
 pub use client::{CallError, PeerConnection, PeerNetwork};
 pub use faults::LinkFaults;
+pub use forwarder::{Forwarded, Forwarder};
 pub use messages::{
     ForwardError, ForwardReply, LeaseReply, LeaseRequest, LeaseStatus, ReadIndexReply,
 };

@@ -74,6 +74,37 @@ impl Proposer {
     }
 }
 
+impl Proposer {
+    /// Proposes each of `commands` like [`Proposer::propose`], queued in order at once so that
+    /// they can share batch entries, and returns their replies in order.
+    pub async fn propose_many(
+        &self,
+        commands: Vec<Command>,
+        timeout: Duration,
+    ) -> Vec<ForwardReply> {
+        let stopped = || ForwardError::Unavailable("the proposer has stopped".into());
+        let mut answers = Vec::with_capacity(commands.len());
+        for command in commands {
+            let (reply, answer) = oneshot::channel();
+            let queued = self.queue.send(Pending { command, reply }).await.is_ok();
+            answers.push(queued.then_some(answer));
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut replies = Vec::with_capacity(answers.len());
+        for answer in answers {
+            replies.push(match answer {
+                None => Err(stopped()),
+                Some(answer) => match tokio::time::timeout_at(deadline, answer).await {
+                    Err(_) => Err(ForwardError::Timeout),
+                    Ok(Err(_)) => Err(stopped()),
+                    Ok(Ok(reply)) => reply,
+                },
+            });
+        }
+        replies
+    }
+}
+
 async fn run(raft: Raft<TypeConfig>, mut requests: mpsc::Receiver<Pending>, timeout: Duration) {
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     while let Some(first) = requests.recv().await {

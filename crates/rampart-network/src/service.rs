@@ -150,6 +150,19 @@ impl Peer for PeerService {
         encode(&self.proposer.propose(command, self.request_timeout).await)
     }
 
+    async fn forward_batch(
+        &self,
+        request: Request<RaftRequest>,
+    ) -> Result<Response<RaftReply>, Status> {
+        let commands: Vec<Command> = decode(request)?;
+        encode(
+            &self
+                .proposer
+                .propose_many(commands, self.request_timeout)
+                .await,
+        )
+    }
+
     async fn read_index(
         &self,
         request: Request<RaftRequest>,

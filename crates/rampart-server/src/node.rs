@@ -10,8 +10,8 @@ use std::time::Duration;
 use openraft::{Raft, RaftMetrics, SnapshotPolicy};
 use rampart_api::etcdserverpb::ResponseHeader;
 use rampart_network::{
-    CallError, ForwardError, LeaseHandler, LeaseRequest, LeaseStatus, LinkFaults, PeerNetwork,
-    PeerService, Proposer, ReadIndexer,
+    CallError, ForwardError, Forwarder, LeaseHandler, LeaseRequest, LeaseStatus, LinkFaults,
+    PeerNetwork, PeerService, Proposer, ReadIndexer,
 };
 use rampart_storage::{
     ClusterIdentity, Command, CommandResponse, MemberAttributes, Mvcc, NodeId, PeerNode, Store,
@@ -95,6 +95,8 @@ pub struct Node {
     network: PeerNetwork,
     /// Batches this node's proposals when it leads (and forwarded ones, through the peer service).
     proposer: Proposer,
+    /// Batches the writes this node forwards to the leader.
+    forwarder: Forwarder,
     /// Batches the read-index rounds of linearizable reads (this node's and, when it leads,
     /// forwarded ones).
     read_indexer: ReadIndexer,
@@ -189,8 +191,8 @@ impl Node {
                 self.proposer.propose(command.clone(), remaining).await
             } else {
                 match self
-                    .network
-                    .forward(leader, &node, &command, remaining)
+                    .forwarder
+                    .forward(leader, node, command.clone(), remaining)
                     .await
                 {
                     Ok(reply) => reply,
@@ -438,8 +440,10 @@ impl RunningNode {
         let proposer = Proposer::start(raft.clone(), config.request_timeout());
         let read_indexer =
             ReadIndexer::start(raft.clone(), network.clone(), config.request_timeout());
+        let forwarder = Forwarder::start(network.clone(), config.request_timeout());
         let node = Arc::new(Node {
             proposer,
+            forwarder,
             read_indexer,
             metrics: raft.metrics(),
             config,

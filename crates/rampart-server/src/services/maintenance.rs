@@ -72,7 +72,14 @@ impl Maintenance for MaintenanceService {
         }))
     }
 
-    /// sled needs no defragmenting; flushing is the closest useful work.
+    /// Only flushes the database: unlike etcd's, this returns no space to the file system.
+    /// sled cannot rewrite its file in place; it reuses a log segment of its own accord once at
+    /// most half of it is live, which leaves a database that was overwritten several times at
+    /// several times the size of its live data even after a compaction (see
+    /// `benches/capacity.sh`). Building a snapshot so as to purge the Raft log was weighed and
+    /// not done: the snapshot file is a full copy of the state machine (with 100,000 keys
+    /// written three times, 140 MiB before a compaction and about 65 after it, against 87 MiB
+    /// of Raft log), and building it raised one store's RSS from 93 to 267 MiB.
     async fn defragment(
         &self,
         _request: Request<pb::DefragmentRequest>,

@@ -35,7 +35,7 @@
 # that the start-up check wrote). etcd runs with --quota-backend-bytes of
 # 8 GiB, its largest recommended, so that three versions of a million keys stay below its space
 # alarm (the default is 2 GiB); everything else is both servers' defaults (etcd: snapshot every
-# 100,000 entries; Rampart: every 10,000 entries, sled's cache of 64 MiB). The restart times are
+# 100,000 entries; Rampart: every 100,000 entries too, sled's cache of 64 MiB). The restart times are
 # polled with etcdctl every 50 ms or so: a resolution of about a tenth of a second.
 #
 # Data directories, logs and the load reports stay in benches/results/tmp/ (not committed):

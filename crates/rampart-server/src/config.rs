@@ -58,7 +58,7 @@ pub struct RawConfig {
     /// Time without a heartbeat before a follower starts an election, in milliseconds.
     #[arg(long, env = "RAMPART_ELECTION_TIMEOUT")]
     pub election_timeout: Option<u64>,
-    /// Committed entries between two snapshots of the state machine.
+    /// Committed entries between two snapshots of the state machine (default 100000, etcd's).
     #[arg(long, env = "RAMPART_SNAPSHOT_COUNT")]
     pub snapshot_count: Option<u64>,
     /// Entries kept in the log behind a snapshot, so slow followers catch up without one.
@@ -283,7 +283,7 @@ impl Config {
         if max_txn_ops == 0 {
             return Err(invalid("max-txn-ops", "0", "must be positive"));
         }
-        let snapshot_count = raw.snapshot_count.unwrap_or(10_000);
+        let snapshot_count = raw.snapshot_count.unwrap_or(100_000);
         if snapshot_count == 0 {
             return Err(invalid("snapshot-count", "0", "must be positive"));
         }

@@ -36,16 +36,25 @@ use tokio_stream::{Stream, StreamExt};
 pub use authority_fix::AuthorityFix;
 pub use error::Error;
 
-/// The connections accepted on `listener`, with TCP_NODELAY set (as tonic's own listener
-/// does) and wrapped in [`AuthorityFix`]; for `serve_with_incoming_shutdown`.
-pub fn incoming(
+/// The connections accepted on `listener`, with TCP_NODELAY set as tonic's own listener does
+/// (a small reply must not wait for the peer's delayed ACK). Also for servers that need no
+/// [`AuthorityFix`], such as Rampart's peer listener.
+pub fn accepted(
     listener: TcpListener,
-) -> impl Stream<Item = io::Result<AuthorityFix<TcpStream>>> + Send + 'static {
+) -> impl Stream<Item = io::Result<TcpStream>> + Send + 'static {
     tokio_stream::wrappers::TcpListenerStream::new(listener).map(|accepted| {
         let stream = accepted?;
         if let Err(e) = stream.set_nodelay(true) {
             tracing::warn!("cannot set TCP_NODELAY on an accepted connection: {e}");
         }
-        Ok(AuthorityFix::new(stream))
+        Ok(stream)
     })
+}
+
+/// The connections [`accepted`] on `listener`, wrapped in [`AuthorityFix`]; for
+/// `serve_with_incoming_shutdown`.
+pub fn incoming(
+    listener: TcpListener,
+) -> impl Stream<Item = io::Result<AuthorityFix<TcpStream>>> + Send + 'static {
+    accepted(listener).map(|stream| Ok(AuthorityFix::new(stream?)))
 }

@@ -13,16 +13,21 @@ use std::time::Duration;
 use rampart_storage::{Command, NodeId, PeerNode};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use crate::batching::{gather, Batched};
 use crate::client::{CallError, PeerNetwork};
 use crate::messages::ForwardReply;
 
 /// `ForwardBatch` calls open at once; more writes wait in the queue and go in the next call.
 const MAX_IN_FLIGHT_CALLS: usize = 4;
-/// Most writes in one call.
+
+impl Batched for Pending {
+    fn command(&self) -> &Command {
+        &self.command
+    }
+}
+
+/// Most writes in one call (and at most `MAX_BATCH_BYTES` of commands).
 const MAX_BATCH: usize = 512;
-/// A call stops growing once its commands take this many bytes (one larger command still
-/// goes, alone).
-const MAX_BATCH_BYTES: u64 = 1024 * 1024;
 
 /// What a forwarded write gets back: the leader's reply, or why the call got none.
 pub type Forwarded = Result<ForwardReply, CallError>;
@@ -105,31 +110,19 @@ async fn run(
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
         };
-        let mut bytes = encoded_size(&first.command);
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
-            match requests.try_recv() {
-                Ok(next) if next.leader == batch[0].leader => {
-                    bytes += encoded_size(&next.command);
-                    batch.push(next);
-                }
-                Ok(next) => {
-                    held = Some(next);
-                    break;
-                }
-                Err(_) => break,
-            }
-        }
+        let (batch, other_leader) = gather(
+            first,
+            || requests.try_recv().ok(),
+            |first, next| next.leader == first.leader,
+            MAX_BATCH,
+        );
+        held = other_leader;
         let network = network.clone();
         tokio::spawn(async move {
             forward_batch(&network, batch, timeout).await;
             drop(permit);
         });
     }
-}
-
-fn encoded_size(command: &Command) -> u64 {
-    bincode::serialized_size(command).unwrap_or(MAX_BATCH_BYTES)
 }
 
 /// Sends `batch` to its leader (a lone write as a plain `Forward`) and answers each write.

@@ -12,6 +12,7 @@
 //!
 //! This crate knows nothing of the etcd client API.
 
+mod batching;
 mod client;
 mod faults;
 mod forwarder;

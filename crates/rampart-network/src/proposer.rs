@@ -18,16 +18,14 @@ use openraft::Raft;
 use rampart_storage::{Command, CommandResult, TypeConfig};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use crate::batching::{gather, Batched};
 use crate::messages::{ForwardError, ForwardReply};
 use crate::service::propose;
 
 /// Proposals in Raft at once; more requests wait in the queue and go in the next batch.
 pub const MAX_IN_FLIGHT: usize = 2;
-/// Most requests in one batch entry.
+/// Most requests in one batch entry (and at most `MAX_BATCH_BYTES` of commands).
 const MAX_BATCH: usize = 1024;
-/// A batch stops growing once its commands take this many bytes (one larger command still goes,
-/// alone).
-const MAX_BATCH_BYTES: u64 = 1024 * 1024;
 /// Requests waiting for a proposal; a full queue makes callers wait (backpressure).
 const QUEUE: usize = 16 * 1024;
 
@@ -35,6 +33,12 @@ const QUEUE: usize = 16 * 1024;
 struct Pending {
     command: Command,
     reply: oneshot::Sender<ForwardReply>,
+}
+
+impl Batched for Pending {
+    fn command(&self) -> &Command {
+        &self.command
+    }
 }
 
 /// Proposes commands on this node's Raft, batching concurrent ones. Cloning gives another handle
@@ -112,27 +116,13 @@ async fn run(raft: Raft<TypeConfig>, mut requests: mpsc::Receiver<Pending>, time
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
         };
-        let mut bytes = encoded_size(&first.command);
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
-            match requests.try_recv() {
-                Ok(next) => {
-                    bytes += encoded_size(&next.command);
-                    batch.push(next);
-                }
-                Err(_) => break,
-            }
-        }
+        let (batch, _) = gather(first, || requests.try_recv().ok(), |_, _| true, MAX_BATCH);
         let raft = raft.clone();
         tokio::spawn(async move {
             propose_batch(&raft, batch, timeout).await;
             drop(permit);
         });
     }
-}
-
-fn encoded_size(command: &Command) -> u64 {
-    bincode::serialized_size(command).unwrap_or(MAX_BATCH_BYTES)
 }
 
 /// Proposes `batch` as one entry (a lone command as itself) and answers each request.

@@ -20,7 +20,6 @@ use rampart_storage::{
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -473,16 +472,7 @@ impl RunningNode {
             let fault_control = fault_control.clone();
             let shutdown = cancel.clone().cancelled_owned();
             tasks.spawn(async move {
-                // Replies go out at once (TCP_NODELAY), as tonic's own listener would set: with
-                // Nagle's algorithm a small reply can wait for the peer's delayed ACK.
-                let incoming =
-                    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|accepted| {
-                        let stream = accepted?;
-                        if let Err(e) = stream.set_nodelay(true) {
-                            tracing::warn!("cannot set TCP_NODELAY on a peer connection: {e}");
-                        }
-                        Ok::<_, std::io::Error>(stream)
-                    });
+                let incoming = rampart_h2_compat::accepted(listener);
                 if let Err(e) = tonic::transport::Server::builder()
                     .add_service(service)
                     .add_optional_service(fault_control)

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, GetResponse, PutOptions,
-    SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
+    Client, CompactionOptions, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions,
+    GetResponse, PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
 };
 use rampart_tests::{wait_until, TestCluster};
 use tonic::Code;
@@ -446,10 +446,36 @@ async fn history_reads_and_compaction() -> anyhow::Result<()> {
         );
     }
 
-    info!("--- compacting again at or below r2, or in the future, is refused");
+    info!("--- a physical compaction at r3 answers once this member's history is compacted");
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        f.members[follower].compact(r3, Some(CompactionOptions::new().with_physical())),
+    )
+    .await
+    .context("a physical compaction did not answer within 30 s")??;
+    for (i, client) in f.members.iter_mut().enumerate() {
+        expect_error(
+            &format!("member {i}: get at compacted revision {r2}"),
+            client
+                .get("h", Some(GetOptions::new().with_revision(r2)))
+                .await,
+            Code::OutOfRange,
+            "etcdserver: mvcc: required revision has been compacted",
+        )?;
+        let response = client
+            .get("h", Some(GetOptions::new().with_revision(r3)))
+            .await?;
+        assert_eq!(
+            pairs(&response),
+            owned(&[("h", "v3")]),
+            "member {i} at {r3}"
+        );
+    }
+
+    info!("--- compacting again at or below r3, or in the future, is refused");
     expect_error(
         "compact at an already compacted revision",
-        f.all.compact(r1, None).await,
+        f.all.compact(r2, None).await,
         Code::OutOfRange,
         "etcdserver: mvcc: required revision has been compacted",
     )?;

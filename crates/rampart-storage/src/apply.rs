@@ -16,14 +16,12 @@
 //! way a key changes (a put with a new lease or lease 0, `ignore_lease`, any delete) keeps them
 //! right without a case of its own.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use openraft::{EntryPayload, LogId, Membership, StoredMembership};
 
 use crate::codec::{
-    self, KeyRecord, EVENT, HISTORY, META_APPLIED, META_APPLIED_PART, META_COMPACT,
-    META_MEMBERSHIP, META_REVISION,
+    self, KeyRecord, META_APPLIED, META_APPLIED_PART, META_COMPACT, META_MEMBERSHIP, META_REVISION,
 };
 use crate::error::{MvccError, StoreError};
 use crate::events::{ChangedKey, WatchFeed, Written};
@@ -260,6 +258,8 @@ impl MvccCore {
         }
         if let Some(c) = changes.compact_revision {
             state.compact_revision = c;
+            // The versions it superseded go in the background (see `compactor`).
+            self.compactor.wake();
         }
         if let Some(m) = changes.membership {
             state.membership = m;
@@ -491,13 +491,17 @@ impl<'a> WriteTxn<'a> {
             &KeyRange::new(&req.key, &req.range_end),
             &mut victims,
         )?;
-        for kv in &victims.kvs {
-            self.write(kv.key.clone(), || Some(kv.clone()), None);
+        let deleted = victims.count;
+        let mut prev_kvs = Vec::new();
+        for kv in victims.kvs {
+            if req.prev_kv {
+                prev_kvs.push(kv.clone());
+            }
+            // Moved, not copied, when the caller does not want it back: a delete of many keys
+            // would otherwise copy every value once more.
+            self.write(kv.key.clone(), || Some(kv), None);
         }
-        Ok(DeleteRangeResponse {
-            deleted: victims.count,
-            prev_kvs: if req.prev_kv { victims.kvs } else { Vec::new() },
-        })
+        Ok(DeleteRangeResponse { deleted, prev_kvs })
     }
 
     /// Deletes `key` if it is live (a revoke's delete of one attached key).
@@ -677,11 +681,11 @@ fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
     }
 }
 
-/// etcd's compaction: removes from history every version superseded at or before `revision`.
-/// Per key, the latest version `<= revision` stays, unless it is a delete, which goes too (reads
-/// at `>= revision` then find nothing, as they should). Newer versions are untouched. The event
-/// index loses the entries of the versions removed: all below `revision`, and the deletes at
-/// `revision` itself.
+/// etcd's compaction at `revision`: from now on reads below `revision` fail, and the versions
+/// it superseded (per key, those older than the latest one `<= revision`, and that one too if
+/// it is a delete) are removed from history in the background by the [`crate::compactor`].
+/// Here, only the event-index entries of the deletes at exactly `revision` go, so that a replay
+/// from `revision` never lists a delete whose version is about to be removed.
 fn compact(
     tree: &sled::Tree,
     state: &MvccState,
@@ -694,68 +698,19 @@ fn compact(
     if revision > state.revision {
         return Err(ApplyError::FutureRevision.into());
     }
-    // `h enc(key)` of the keys whose delete at exactly `revision` goes.
-    let mut deleted_at_revision = BTreeSet::new();
-    // The last version <= revision of the key being scanned, which stays unless it is a delete.
-    let mut settle = |candidate: Option<Candidate>, batch: &mut WriteBatch| {
-        if let Some(c) = candidate.filter(|c| c.tombstone) {
-            if c.revision == revision {
-                let (head, _) = codec::split_history_key(&c.key)?;
-                deleted_at_revision.insert(head.to_vec());
-            }
-            batch.remove(c.key.to_vec());
-        }
-        Ok::<(), StoreError>(())
-    };
-    let mut candidate: Option<Candidate> = None;
-    let mut group: Vec<u8> = Vec::new();
-    for item in tree.scan_prefix([HISTORY]) {
-        let (k, v) = item?;
-        let (head, rev) = codec::split_history_key(&k)?;
-        if head != group.as_slice() {
-            settle(candidate.take(), batch)?;
-            group = head.to_vec();
-        }
-        if rev > revision {
-            // Newer than the compaction point: this key's survivor (if any) is decided.
-            settle(candidate.take(), batch)?;
-            continue;
-        }
-        let next = Candidate {
-            revision: rev,
-            tombstone: codec::history_record_bytes(&v)?.is_none(),
-            key: k,
+    for item in tree.scan_prefix(codec::event_key_start(revision)) {
+        let (k, user_key) = item?;
+        let version = tree.get(codec::history_key(&user_key, revision))?;
+        let is_delete = match &version {
+            Some(bytes) => codec::history_record_bytes(bytes)?.is_none(),
+            None => false,
         };
-        if let Some(old) = candidate.replace(next) {
-            batch.remove(old.key.to_vec()); // superseded at or before `revision`
-        }
-    }
-    settle(candidate, batch)?;
-
-    for k in tree
-        .range(vec![EVENT]..codec::event_key_start(revision))
-        .keys()
-    {
-        batch.remove(k?.to_vec());
-    }
-    if !deleted_at_revision.is_empty() {
-        for item in tree.scan_prefix(codec::event_key_start(revision)) {
-            let (k, user_key) = item?;
-            if deleted_at_revision.contains(&codec::prefixed_key(HISTORY, &user_key)) {
-                batch.remove(k.to_vec());
-            }
+        if is_delete {
+            batch.remove(k.to_vec());
         }
     }
     batch.insert(META_COMPACT, codec::encode("compact revision", &revision)?);
     Ok(())
-}
-
-/// A version compaction may keep: the last one at or before the compaction point seen so far.
-struct Candidate {
-    revision: i64,
-    tombstone: bool,
-    /// Its history key.
-    key: sled::IVec,
 }
 
 #[cfg(test)]
@@ -763,6 +718,9 @@ mod tests {
     use openraft::{CommittedLeaderId, Entry, LogId};
 
     use super::*;
+    use std::collections::BTreeMap;
+
+    use crate::codec::{EVENT, HISTORY};
     use crate::types::{DeleteRangeRequest, PutRequest};
 
     /// The history versions physically in the tree, as `key@revision` (`-` marks a delete).
@@ -793,6 +751,24 @@ mod tests {
                 format!("{rev}:{}", String::from_utf8_lossy(&v))
             })
             .collect()
+    }
+
+    /// Waits (at most 10 s) until the background compaction of `core` reaches `revision`.
+    fn wait_compacted(core: &Arc<MvccCore>, revision: i64) {
+        let mvcc = crate::Mvcc::new(core.clone());
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+            .block_on(async {
+                tokio::time::timeout(
+                    std::time::Duration::from_secs(10),
+                    mvcc.wait_compacted(revision),
+                )
+                .await
+            })
+            .expect("physical compaction did not finish within 10 s")
+            .unwrap();
     }
 
     #[test]
@@ -831,6 +807,7 @@ mod tests {
             apply(Command::Compact { revision: 4 }).result,
             Ok(CommandResult::Compact)
         );
+        wait_compacted(&core, 4);
         assert_eq!(
             history(&core),
             ["a@4", "b@3", "-b@5", "c@6"],
@@ -846,6 +823,7 @@ mod tests {
             apply(Command::Compact { revision: 5 }).result,
             Ok(CommandResult::Compact)
         );
+        wait_compacted(&core, 5);
         assert_eq!(
             history(&core),
             ["a@4", "c@6"],
@@ -861,11 +839,118 @@ mod tests {
             apply(Command::Compact { revision: 6 }).result,
             Ok(CommandResult::Compact)
         );
+        wait_compacted(&core, 6);
         assert_eq!(
             history(&core),
             ["a@4", "c@6"],
             "the latest version of a live key always stays"
         );
+    }
+
+    /// Writes `keys` keys a few times over (every seventh deleted in between), enough history
+    /// for several compaction chunks; returns the store revision and, per revision, the key it
+    /// changed and whether that was a delete.
+    fn write_history(core: &MvccCore, index: &mut u64, keys: usize) -> Vec<(String, i64, bool)> {
+        let mut changes = Vec::new();
+        let mut revision = core.state.read().revision;
+        for round in 0..3 {
+            for i in 0..keys {
+                let key = format!("k{i:05}");
+                *index += 1;
+                let deleting = round == 1 && i % 7 == 0;
+                let cmd = if deleting {
+                    Command::DeleteRange(DeleteRangeRequest {
+                        key: key.clone().into_bytes(),
+                        ..Default::default()
+                    })
+                } else {
+                    put_cmd(&key, &format!("{round}"))
+                };
+                core.apply_entry(&entry(*index, cmd)).unwrap();
+                revision += 1;
+                changes.push((key, revision, deleting));
+            }
+        }
+        changes
+    }
+
+    /// `history()` as it must be after compacting `changes` at `revision`: per key, the versions
+    /// after it, and the latest one at or before it unless that is a delete.
+    fn compacted_history(changes: &[(String, i64, bool)], revision: i64) -> Vec<String> {
+        let mut by_key: BTreeMap<&str, Vec<(i64, bool)>> = BTreeMap::new();
+        for (key, rev, deleted) in changes {
+            by_key.entry(key).or_default().push((*rev, *deleted));
+        }
+        let mut out = Vec::new();
+        for (key, versions) in by_key {
+            let survivor = versions.iter().rfind(|(r, _)| *r <= revision);
+            for &(rev, deleted) in &versions {
+                let kept = rev > revision || (Some(&(rev, deleted)) == survivor && !deleted);
+                if kept {
+                    out.push(format!("{}{key}@{rev}", if deleted { "-" } else { "" }));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn writes_made_during_a_background_compaction_stay() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let store = crate::Store::open(dir.path()).unwrap();
+        let core = store.core_for_tests();
+        let mut index = 0;
+        // 3 x 1500 versions: several chunks of the compactor.
+        let mut changes = write_history(&core, &mut index, 1500);
+        let at = changes[2 * 1500 + 100].1;
+        index += 1;
+        let reply = core
+            .apply_entry(&entry(index, Command::Compact { revision: at }))
+            .unwrap();
+        assert_eq!(reply.result, Ok(CommandResult::Compact));
+        // Applied while the compactor works through the history (or after: either way the
+        // result must be the same).
+        changes.extend(write_history(&core, &mut index, 40));
+        wait_compacted(&core, at);
+        assert_eq!(history(&core), compacted_history(&changes, at));
+        let index_revisions: Vec<i64> = core
+            .tree
+            .scan_prefix([EVENT])
+            .keys()
+            .map(|k| codec::event_key_revision(&k.unwrap()).unwrap())
+            .collect();
+        assert!(
+            index_revisions.iter().all(|&r| r >= at),
+            "no event index entry below the compact revision"
+        );
+        assert_eq!(
+            index_revisions.len(),
+            changes.iter().filter(|(_, r, _)| *r >= at).count(),
+            "every revision from the compact revision on is still indexed (no delete at {at})"
+        );
+    }
+
+    #[test]
+    fn a_compaction_unfinished_at_close_is_finished_after_reopening() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let mut index = 0;
+        let (changes, at) = {
+            let store = crate::Store::open(dir.path()).unwrap();
+            let core = store.core_for_tests();
+            let changes = write_history(&core, &mut index, 1500);
+            let at = changes.last().unwrap().1 - 10;
+            index += 1;
+            core.apply_entry(&entry(index, Command::Compact { revision: at }))
+                .unwrap();
+            // Closed at once, most likely with the compactor in the middle of its pass.
+            store.flush().unwrap();
+            (changes, at)
+        };
+        let store = crate::Store::open(dir.path()).unwrap();
+        let core = store.core_for_tests();
+        assert_eq!(core.state.read().compact_revision, at);
+        wait_compacted(&core, at);
+        assert_eq!(history(&core), compacted_history(&changes, at));
     }
 
     fn put_cmd(k: &str, v: &str) -> Command {

@@ -164,7 +164,7 @@ fn read_events(
         if range.contains(&v) {
             gathering
                 .events
-                .push(replay_event(tree, revision, v.to_vec())?);
+                .push(replay_event(tree, state, revision, v.to_vec())?);
         }
     }
     if !gathering.events.is_empty() {
@@ -174,7 +174,12 @@ fn read_events(
 }
 
 /// Rebuilds the event of `key` at `revision` from history.
-fn replay_event(tree: &sled::Tree, revision: i64, key: Vec<u8>) -> Result<Event, StoreError> {
+fn replay_event(
+    tree: &sled::Tree,
+    state: &MvccState,
+    revision: i64,
+    key: Vec<u8>,
+) -> Result<Event, StoreError> {
     let value = tree
         .get(codec::history_key(&key, revision))?
         .ok_or_else(|| {
@@ -187,7 +192,13 @@ fn replay_event(tree: &sled::Tree, revision: i64, key: Vec<u8>) -> Result<Event,
         Some(bytes) => Some(codec::decode::<KeyRecord>("key record", bytes)?),
         None => None,
     };
-    let prev_kv = version_before(tree, &key, revision)?;
+    // As etcd's: no previous version is read below the compact revision, even one the
+    // background compaction has not removed yet.
+    let prev_kv = if revision > state.compact_revision {
+        version_before(tree, &key, revision)?
+    } else {
+        None
+    };
     Ok(event(revision, key, after, prev_kv))
 }
 

@@ -30,6 +30,7 @@
 mod applied;
 mod apply;
 mod codec;
+mod compactor;
 mod durability;
 mod error;
 mod events;

@@ -24,6 +24,7 @@ use crate::codec::{
     self, Pairs, META, META_APPLIED, META_APPLIED_PART, META_COMPACT, META_FORMAT, META_MEMBERSHIP,
     META_MEMBER_PREFIX, META_REVISION,
 };
+use crate::compactor::Compactor;
 use crate::durability::Disk;
 use crate::error::{MvccError, StoreError};
 use crate::events::{WatchFeed, WATCH_FEED_CAPACITY};
@@ -125,6 +126,8 @@ pub(crate) struct MvccCore {
     pub feed: broadcast::Sender<WatchFeed>,
     /// Requests waiting for an applied index; advanced by the applier after each entry.
     pub applied_waiters: AppliedWaiters,
+    /// Removes compacted versions in the background; started by [`Compactor::start`].
+    pub compactor: Compactor,
 }
 
 impl MvccCore {
@@ -133,6 +136,7 @@ impl MvccCore {
         disk: Arc<Disk>,
         tree: sled::Tree,
         redo: sled::Tree,
+        compaction: sled::Tree,
     ) -> Result<Self, StoreError> {
         if tree.is_empty() {
             // A brand-new tree: only the version stamp, so later opens (and snapshots) can check it.
@@ -159,6 +163,7 @@ impl MvccCore {
             state: RwLock::new(state),
             feed: broadcast::channel(WATCH_FEED_CAPACITY).0,
             applied_waiters: AppliedWaiters::default(),
+            compactor: Compactor::open(compaction)?,
         })
     }
 
@@ -208,6 +213,7 @@ impl MvccCore {
         }
         self.tree.apply_batch(batch)?;
         redo::clear(&self.redo)?;
+        self.compactor.tree_replaced()?;
         // In the tree now, atomically: exactly the snapshot's pairs (sled recovers a batch whole
         // or not at all, so a crash leaves the old state or the new one, never a mix). Durable at
         // the caller's flush.
@@ -282,6 +288,18 @@ impl Mvcc {
     /// The compact revision; 0 if never compacted.
     pub fn compact_revision(&self) -> i64 {
         self.core.read_state().compact_revision
+    }
+
+    /// Completes once this member's history is physically compacted up to `revision` (the
+    /// versions a `Compact` at `revision` superseded are gone from disk), or fails with
+    /// [`StoreError::Stopped`] if the store is closed first. Applying the `Compact` is not
+    /// enough: its removals run in the background.
+    pub async fn wait_compacted(&self, revision: i64) -> Result<(), StoreError> {
+        let mut done = self.core.compactor.subscribe();
+        done.wait_for(|&compacted| compacted >= revision)
+            .await
+            .map(|_| ())
+            .map_err(|_| StoreError::Stopped("the compactor"))
     }
 
     /// The last log entry applied to the store.

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::codec;
+use crate::compactor::Compactor;
 use crate::durability::Disk;
 use crate::error::StoreError;
 use crate::log_store::LogStore;
@@ -21,6 +22,8 @@ const WAL_DIR: &str = "wal";
 const MVCC_TREE: &str = "mvcc";
 /// sled tree of the state machine's redo record (see [`crate::redo`]).
 const REDO_TREE: &str = "mvcc_redo";
+/// Progress of the background compaction (see `compactor`).
+const COMPACTION_TREE: &str = "mvcc_compaction";
 /// sled tree of this node's own facts, which no snapshot carries.
 const NODE_TREE: &str = "node";
 const IDENTITY: &[u8] = b"identity";
@@ -72,7 +75,9 @@ impl Store {
             disk.clone(),
             db.open_tree(MVCC_TREE)?,
             db.open_tree(REDO_TREE)?,
+            db.open_tree(COMPACTION_TREE)?,
         )?);
+        Compactor::start(&core)?;
         let node = db.open_tree(NODE_TREE)?;
         let snapshots = Arc::new(SnapshotFiles::open(&dir.join("snap"))?);
         check_identity_file(dir, &node)?;

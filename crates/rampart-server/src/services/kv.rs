@@ -140,11 +140,23 @@ impl Kv for KvService {
         &self,
         request: Request<pb::CompactionRequest>,
     ) -> Result<Response<pb::CompactionResponse>, Status> {
-        let revision = request.into_inner().revision;
+        let request = request.into_inner();
+        let revision = request.revision;
         match self.write(Command::Compact { revision }).await? {
-            (CommandResult::Compact, header) => Ok(Response::new(pb::CompactionResponse {
-                header: Some(header),
-            })),
+            (CommandResult::Compact, header) => {
+                if request.physical {
+                    // Applied here, the compaction removes what it superseded in the
+                    // background; `physical` asks to answer only once that is done, as etcd's.
+                    self.node
+                        .mvcc
+                        .wait_compacted(revision)
+                        .await
+                        .map_err(|_| ServerError::Stopped)?;
+                }
+                Ok(Response::new(pb::CompactionResponse {
+                    header: Some(header),
+                }))
+            }
             (other, _) => Err(mismatch(other)),
         }
     }

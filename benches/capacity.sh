@@ -10,6 +10,7 @@
 #   --conns N           gRPC connections, spread over the 3 members (default 6)
 #   --systems LIST      comma-separated, in order (default etcd,rampart)
 #   --signal SIG        how the restarted member is stopped: TERM (default) or KILL (a crash)
+#   --compaction-load S seconds of the put load that runs across the compaction (default 15)
 #   --debug             use debug builds (for trying the script; never for numbers)
 #   --no-build          use the binaries already built
 #
@@ -21,7 +22,9 @@
 #                  (a pass in which txns failed, e.g. timed out, is noted and run again
 #                  whole, up to 3 times in all);
 #   4. compacted   etcdctl compact --physical to the current revision, then etcdctl defrag on
-#                  each member, record;
+#                  each member, record; a put load on other keys (--clients clients, closed
+#                  loop) runs from 2 s before the compaction for --compaction-load seconds
+#                  (default 15), and its latencies say whether writes went on meanwhile;
 #   5. restarted   stop one follower (SIGTERM, or --signal KILL), start it again on its data,
 #                  time until it answers a serializable read of the last key at that key's latest
 #                  mod_revision, then until `etcdctl endpoint health` passes on all 3; record
@@ -57,6 +60,7 @@ clients=64
 conns=6
 systems=etcd,rampart
 signal=TERM
+compaction_load=15
 profile=release
 build=yes
 
@@ -69,6 +73,7 @@ while [ $# -gt 0 ]; do
         --conns) conns=$2; shift 2 ;;
         --systems) systems=$2; shift 2 ;;
         --signal) signal=$2; shift 2 ;;
+        --compaction-load) compaction_load=$2; shift 2 ;;
         --debug) profile=debug; shift ;;
         --no-build) build=no; shift ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -274,8 +279,15 @@ for system in "${system_list[@]}"; do
 
     revision=$(etcdctl get "$last_key" -w json --endpoints="$endpoints" | jq .header.revision)
     echo "--- $system: compact to revision $revision, then defragment each member"
+    "$bench_bin" --workload put --endpoints "$endpoints" --clients "$clients" --conns "$conns" \
+        --key-space 10000 --value-size "$value_size" --prefix live/ \
+        --duration "${compaction_load}s" --label "$system during compaction" \
+        --json-out "$work/$system-during-compaction.json" >"$work/$system-during-compaction.log" 2>&1 &
+    load_pid=$!
+    sleep 2
     timed "compact --physical" "$system" \
         etcdctl compact "$revision" --physical --endpoints="$endpoints" --command-timeout=10m
+    wait "$load_pid" || echo "$system: the put load across the compaction failed" >>"$notes"
     timed defrag "$system" etcdctl defrag --endpoints="$endpoints" --command-timeout=10m
     record "$system" compacted
 
@@ -356,6 +368,23 @@ echo "--- write $result"
         "| serializable read of the last key, latest version | \(v($e.read_s)) | \(v($r.read_s)) |",
         "| all 3 endpoints healthy | \(v($e.healthy_s)) | \(v($r.healthy_s)) |"
     ' "$restarts"
+    echo
+    echo "Puts on other keys across the compaction ($clients clients, closed loop, from 2 s"
+    echo "before it, ${compaction_load} s in all; a compaction that holds writes back shows in the max):"
+    echo
+    echo "| system | puts/s | p50 ms | p99 ms | max ms | errors |"
+    echo "|---|---:|---:|---:|---:|---:|"
+    for system in "${system_list[@]}"; do
+        report=$work/$system-during-compaction.json
+        if [ -s "$report" ]; then
+            jq -r --arg system "$system" '
+                def ms: . / 1000 | . * 10 | round / 10;
+                "| \($system) | \(.throughput | round) | \(.ops.p50_us | ms) "
+                + "| \(.ops.p99_us | ms) | \(.ops.max_us | ms) | \(.errors_total) |"' "$report"
+        else
+            echo "| $system | – | – | – | – | no report |"
+        fi
+    done
     echo
     echo "Per member (RSS anon: the part of RSS that is not file-backed, e.g. not etcd's mmap of"
     echo "its bbolt file; status db: Maintenance.Status dbSize):"

@@ -453,3 +453,128 @@ async fn an_invalid_initial_cluster_state_is_refused() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Puts `keys` under `prefix` with `value`, up to 100 to a txn, through `client`; returns the
+/// revision of the last txn.
+async fn put_all(
+    client: &mut KvClient<Channel>,
+    keys: &[String],
+    value: &str,
+) -> anyhow::Result<i64> {
+    let mut revision = 0;
+    for chunk in keys.chunks(100) {
+        let success = chunk
+            .iter()
+            .map(|key| pb::RequestOp {
+                request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
+                    key: key.as_bytes().to_vec(),
+                    value: value.as_bytes().to_vec(),
+                    ..Default::default()
+                })),
+            })
+            .collect();
+        let response = client
+            .txn(pb::TxnRequest {
+                success,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        revision = response.header.context("no header")?.revision;
+    }
+    Ok(revision)
+}
+
+/// Every key and value under `prefix` at `revision` on the member behind `client`, read
+/// serializably (its own state).
+async fn local_keys_at(
+    client: &mut KvClient<Channel>,
+    prefix: &str,
+    revision: i64,
+) -> Result<Vec<(Vec<u8>, Vec<u8>, i64)>, tonic::Status> {
+    let mut range_end = prefix.as_bytes().to_vec();
+    *range_end.last_mut().expect("a prefix") += 1;
+    let response = client
+        .range(pb::RangeRequest {
+            key: prefix.as_bytes().to_vec(),
+            range_end,
+            revision,
+            serializable: true,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    Ok(response
+        .kvs
+        .into_iter()
+        .map(|kv| (kv.key, kv.value, kv.mod_revision))
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_killed_during_a_background_compaction_serves_the_same_history(
+) -> anyhow::Result<()> {
+    rampart_tests::init_tracing();
+    info!("--- start 3 processes; write 1,500 keys three times over, deleting some in between");
+    let mut cluster = ProcessCluster::start(3).await?;
+    let leader = leader_index(&cluster, &[0, 1, 2]).await?;
+    let victim = (leader + 1) % 3;
+    let mut clients = connect_all(&cluster).await?;
+    let keys: Vec<String> = (0..1500).map(|i| format!("c/{i:05}")).collect();
+    put_all(&mut clients[leader], &keys, "first").await?;
+    for key in keys.iter().step_by(5) {
+        clients[leader]
+            .delete_range(pb::DeleteRangeRequest {
+                key: key.as_bytes().to_vec(),
+                ..Default::default()
+            })
+            .await?;
+    }
+    let middle = put_all(&mut clients[leader], &keys[..700], "second").await?;
+    let last = put_all(&mut clients[leader], &keys, "third").await?;
+
+    info!("--- compact at {middle} through member {victim}, then kill -9 it at once");
+    clients[victim]
+        .compact(pb::CompactionRequest {
+            revision: middle,
+            physical: false,
+        })
+        .await?;
+    cluster.kill(victim)?;
+
+    info!("--- restart it: it finishes the compaction and serves what the others serve");
+    cluster.restart(victim).await?;
+    let mut clients = connect_all(&cluster).await?;
+    // A physical compaction one revision on answers once the restarted member's history is
+    // compacted past both.
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        clients[victim].compact(pb::CompactionRequest {
+            revision: middle + 1,
+            physical: true,
+        }),
+    )
+    .await
+    .context("no answer to a physical compaction within 30 s")??;
+    for revision in [middle + 1, middle + 2, last - 1, last] {
+        let mut answers = Vec::new();
+        for client in clients.iter_mut() {
+            answers.push(local_keys_at(client, "c/", revision).await?);
+        }
+        ensure!(
+            answers.iter().all(|a| a == &answers[0]),
+            "at revision {revision}, the members disagree (sizes {:?})",
+            answers.iter().map(Vec::len).collect::<Vec<_>>()
+        );
+        ensure!(
+            !answers[0].is_empty(),
+            "nothing under c/ at revision {revision}"
+        );
+    }
+    let below = local_keys_at(&mut clients[victim], "c/", middle).await;
+    ensure!(
+        below.is_err_and(|s| s.message() == "etcdserver: mvcc: required revision has been compacted"),
+        "a read below the compact revision must be refused"
+    );
+    Ok(())
+}

@@ -364,6 +364,35 @@ async fn range_options_prefix_limit_sort_keys_only_count_only() -> anyhow::Resul
     Ok(())
 }
 
+/// Checks member `i`'s history of key `h`: a read at `compacted` is refused as compacted, and a
+/// read at each `(revision, value)` of `served` finds that value.
+async fn expect_history(
+    client: &mut Client,
+    i: usize,
+    compacted: i64,
+    served: &[(i64, &str)],
+) -> anyhow::Result<()> {
+    expect_error(
+        &format!("member {i}: get at compacted revision {compacted}"),
+        client
+            .get("h", Some(GetOptions::new().with_revision(compacted)))
+            .await,
+        Code::OutOfRange,
+        "etcdserver: mvcc: required revision has been compacted",
+    )?;
+    for &(revision, value) in served {
+        let response = client
+            .get("h", Some(GetOptions::new().with_revision(revision)))
+            .await?;
+        assert_eq!(
+            pairs(&response),
+            owned(&[("h", value)]),
+            "member {i} at {revision}"
+        );
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_reads_and_compaction() -> anyhow::Result<()> {
     let mut f = Fixture::start().await?;
@@ -420,30 +449,7 @@ async fn history_reads_and_compaction() -> anyhow::Result<()> {
 
     info!("--- every member refuses revisions below r2 and serves r2 and later");
     for (i, client) in f.members.iter_mut().enumerate() {
-        expect_error(
-            &format!("member {i}: get at compacted revision {r1}"),
-            client
-                .get("h", Some(GetOptions::new().with_revision(r1)))
-                .await,
-            Code::OutOfRange,
-            "etcdserver: mvcc: required revision has been compacted",
-        )?;
-        let response = client
-            .get("h", Some(GetOptions::new().with_revision(r2)))
-            .await?;
-        assert_eq!(
-            pairs(&response),
-            owned(&[("h", "v2")]),
-            "member {i} at {r2}"
-        );
-        let response = client
-            .get("h", Some(GetOptions::new().with_revision(r3)))
-            .await?;
-        assert_eq!(
-            pairs(&response),
-            owned(&[("h", "v3")]),
-            "member {i} at {r3}"
-        );
+        expect_history(client, i, r1, &[(r2, "v2"), (r3, "v3")]).await?;
     }
 
     info!("--- a physical compaction at r3 answers once this member's history is compacted");
@@ -454,22 +460,7 @@ async fn history_reads_and_compaction() -> anyhow::Result<()> {
     .await
     .context("a physical compaction did not answer within 30 s")??;
     for (i, client) in f.members.iter_mut().enumerate() {
-        expect_error(
-            &format!("member {i}: get at compacted revision {r2}"),
-            client
-                .get("h", Some(GetOptions::new().with_revision(r2)))
-                .await,
-            Code::OutOfRange,
-            "etcdserver: mvcc: required revision has been compacted",
-        )?;
-        let response = client
-            .get("h", Some(GetOptions::new().with_revision(r3)))
-            .await?;
-        assert_eq!(
-            pairs(&response),
-            owned(&[("h", "v3")]),
-            "member {i} at {r3}"
-        );
+        expect_history(client, i, r2, &[(r3, "v3")]).await?;
     }
 
     info!("--- compacting again at or below r3, or in the future, is refused");

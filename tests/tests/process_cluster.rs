@@ -106,17 +106,7 @@ async fn local_keys(
     client: &mut KvClient<Channel>,
     prefix: &str,
 ) -> anyhow::Result<(BTreeMap<String, String>, i64)> {
-    let mut range_end = prefix.as_bytes().to_vec();
-    *range_end.last_mut().context("empty prefix")? += 1;
-    let response = client
-        .range(pb::RangeRequest {
-            key: prefix.as_bytes().to_vec(),
-            range_end,
-            serializable: true,
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
+    let response = local_range(client, prefix, 0).await?;
     let revision = response.header.context("no header")?.revision;
     let kvs = response
         .kvs
@@ -485,16 +475,19 @@ async fn put_all(
     Ok(revision)
 }
 
-/// Every key and value under `prefix` at `revision` on the member behind `client`, read
-/// serializably (its own state).
-async fn local_keys_at(
+/// The keys under `prefix` (not empty) at `revision` (0: the latest) on the member behind
+/// `client`, read serializably, so that it is that member's own state.
+async fn local_range(
     client: &mut KvClient<Channel>,
     prefix: &str,
     revision: i64,
-) -> Result<Vec<(Vec<u8>, Vec<u8>, i64)>, tonic::Status> {
+) -> Result<pb::RangeResponse, tonic::Status> {
     let mut range_end = prefix.as_bytes().to_vec();
-    *range_end.last_mut().expect("a prefix") += 1;
-    let response = client
+    let Some(last) = range_end.last_mut() else {
+        return Err(tonic::Status::invalid_argument("empty prefix"));
+    };
+    *last += 1;
+    Ok(client
         .range(pb::RangeRequest {
             key: prefix.as_bytes().to_vec(),
             range_end,
@@ -503,7 +496,17 @@ async fn local_keys_at(
             ..Default::default()
         })
         .await?
-        .into_inner();
+        .into_inner())
+}
+
+/// Every key, value and mod revision under `prefix` at `revision` on the member behind
+/// `client`, from its own state.
+async fn local_keys_at(
+    client: &mut KvClient<Channel>,
+    prefix: &str,
+    revision: i64,
+) -> Result<Vec<(Vec<u8>, Vec<u8>, i64)>, tonic::Status> {
+    let response = local_range(client, prefix, revision).await?;
     Ok(response
         .kvs
         .into_iter()

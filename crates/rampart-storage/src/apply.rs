@@ -779,11 +779,7 @@ mod tests {
         let mut index = 0;
         let mut apply = |cmd: Command| {
             index += 1;
-            let entry = Entry::<TypeConfig> {
-                log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-                payload: EntryPayload::Normal(cmd),
-            };
-            core.apply_entry(&entry).unwrap()
+            core.apply_entry(&entry(index, cmd)).unwrap()
         };
         let put = |k: &str| {
             Command::Put(PutRequest {

@@ -173,13 +173,21 @@ struct Candidate {
 fn step(core: &MvccCore, pass: &mut Option<Pass>) -> Result<bool, StoreError> {
     let compactor = &core.compactor;
     let Some(current) = pass.as_mut() else {
-        let target = core.state.read().compact_revision;
+        // Both read under the state lock, under which the tree is replaced: the target is that
+        // of the tree this generation names.
+        let (target, generation) = {
+            let state = core.state.read();
+            (
+                state.compact_revision,
+                compactor.generation.load(Ordering::SeqCst),
+            )
+        };
         if target <= *compactor.done.borrow() {
             return Ok(false);
         }
         *pass = Some(Pass {
             target,
-            generation: compactor.generation.load(Ordering::SeqCst),
+            generation,
             stage: Stage::History,
             cursor: vec![HISTORY],
             group: Vec::new(),

@@ -7,10 +7,10 @@
 //! 2. execute: the ops write into an in-memory overlay ([`Writes`]) that later reads of the same
 //!    entry merge over the tree (a Txn reads its own writes), and note each key's record before
 //!    the entry, in op order;
-//! 3. commit: the overlay, the new revision, its event index, the lease attachments it changes,
-//!    the applied log id and any bookkeeping become ONE [`WriteBatch`], written atomically
-//!    through [`redo`]. The cached state is updated only after it is in; then the revision's
-//!    events go to the live watch feed.
+//! 3. commit: the overlay's versions (in history, under the new revision), the lease
+//!    attachments it changes, the applied log id and any bookkeeping become ONE [`WriteBatch`],
+//!    written atomically through [`redo`]. The cached state and the key index are updated only
+//!    after it is in; then the revision's events go to the live watch feed.
 //!
 //! Lease attachments follow from each changed key's lease before and after the entry, so every
 //! way a key changes (a put with a new lease or lease 0, `ignore_lease`, any delete) keeps them
@@ -25,6 +25,7 @@ use crate::codec::{
 };
 use crate::error::{MvccError, StoreError};
 use crate::events::{ChangedKey, WatchFeed, Written};
+use crate::index::{KeyIndex, Version};
 use crate::lease;
 use crate::mvcc::{MvccCore, MvccState};
 use crate::range::{self, Collector, KeyRange, Writes};
@@ -174,7 +175,7 @@ impl MvccCore {
                     "a command other than a put (bug)",
                 ));
             };
-            let mut txn = WriteTxn::at(&self.tree, revision, state.compact_revision);
+            let mut txn = WriteTxn::at(&self.tree, &state.index, revision, state.compact_revision);
             let result = match txn.put(req) {
                 Ok(response) => {
                     let written = txn.commit(&mut batch)?;
@@ -250,11 +251,19 @@ impl MvccCore {
         Ok(())
     }
 
-    /// Updates the cached state with one command's `changes`, now in the tree, and sends its
-    /// events to the live watch feed.
+    /// Updates the cached state and the key index with one command's `changes`, now in the tree,
+    /// and sends its events to the live watch feed.
     fn update(&self, state: &mut MvccState, changes: Changes) {
         if let Some(w) = &changes.written {
             state.revision = w.revision;
+            for (seq, change) in (0..).zip(&w.changes) {
+                let version = Version {
+                    revision: w.revision,
+                    seq,
+                    tombstone: change.after.is_none(),
+                };
+                state.index.push(&change.key, version);
+            }
         }
         if let Some(c) = changes.compact_revision {
             state.compact_revision = c;
@@ -284,8 +293,8 @@ impl MvccCore {
 }
 
 /// A run of puts longer than this many bytes of keys and values is cut: its redo record holds
-/// each value twice (key record and history), and sled stores a value larger than a quarter of
-/// its segment (64 KiB here) as a file of its own, which is slow to write.
+/// them all, and sled stores a value larger than a quarter of its segment (64 KiB here) as a
+/// file of its own, which is slow to write.
 const MAX_RUN_BYTES: usize = 16 * 1024;
 
 /// The end (exclusive) of the run of puts that starts at `start`: puts of keys not put before
@@ -342,7 +351,7 @@ fn execute(
             CommandResult::Txn(txn.txn(req, &path)?)
         }
         Command::Compact { revision } => {
-            compact(tree, state, *revision, batch)?;
+            compact(state, *revision, batch)?;
             changes.compact_revision = Some(*revision);
             CommandResult::Compact
         }
@@ -387,6 +396,7 @@ struct TxnPath {
 /// The writes of one entry over the state before it; all its writes get revision `base + 1`.
 struct WriteTxn<'a> {
     tree: &'a sled::Tree,
+    index: &'a KeyIndex,
     base_revision: i64,
     compact_revision: i64,
     /// Each written key's final state in this entry.
@@ -398,15 +408,21 @@ struct WriteTxn<'a> {
 }
 
 impl<'a> WriteTxn<'a> {
-    fn new(tree: &'a sled::Tree, state: &MvccState) -> Self {
-        Self::at(tree, state.revision, state.compact_revision)
+    fn new(tree: &'a sled::Tree, state: &'a MvccState) -> Self {
+        Self::at(tree, &state.index, state.revision, state.compact_revision)
     }
 
     /// Writes over the store at `base_revision` (a put run's earlier puts are not in the cached
     /// state yet).
-    fn at(tree: &'a sled::Tree, base_revision: i64, compact_revision: i64) -> Self {
+    fn at(
+        tree: &'a sled::Tree,
+        index: &'a KeyIndex,
+        base_revision: i64,
+        compact_revision: i64,
+    ) -> Self {
         WriteTxn {
             tree,
+            index,
             base_revision,
             compact_revision,
             writes: Writes::new(),
@@ -434,7 +450,7 @@ impl<'a> WriteTxn<'a> {
     }
 
     fn latest(&self, key: &[u8]) -> Result<Option<KeyRecord>, StoreError> {
-        range::get_latest(self.tree, &self.writes, key)
+        range::get_latest(self.tree, self.index, &self.writes, key)
     }
 
     /// The checks etcd makes before a put (leases first, as its plain Put does; then the key the
@@ -487,6 +503,7 @@ impl<'a> WriteTxn<'a> {
         let mut victims = Collector::all();
         range::scan_latest(
             self.tree,
+            self.index,
             &self.writes,
             &KeyRange::new(&req.key, &req.range_end),
             &mut victims,
@@ -516,6 +533,7 @@ impl<'a> WriteTxn<'a> {
     fn range(&self, req: &RangeRequest) -> Result<RangeResponse, MvccError> {
         range::read_range(
             self.tree,
+            self.index,
             &self.writes,
             self.base_revision,
             self.compact_revision,
@@ -548,6 +566,7 @@ impl<'a> WriteTxn<'a> {
         let mut found = Collector::all();
         range::scan_latest(
             self.tree,
+            self.index,
             &self.writes,
             &KeyRange::new(&c.key, &c.range_end),
             &mut found,
@@ -595,9 +614,9 @@ impl<'a> WriteTxn<'a> {
         })
     }
 
-    /// Stages the writes in `batch` under one new revision, with their event index entries and
-    /// lease attachment changes; returns what was written, or `None` if nothing was (the
-    /// revision does not move).
+    /// Stages the writes in `batch` as the versions of one new revision, in the order of the
+    /// keys' first writes, with the lease attachment changes; returns what was written, or `None`
+    /// if nothing was (the revision does not move).
     fn commit(mut self, batch: &mut WriteBatch) -> Result<Option<Written>, StoreError> {
         if self.changed.is_empty() {
             return Ok(None);
@@ -608,29 +627,14 @@ impl<'a> WriteTxn<'a> {
             let after = self.writes.remove(&key).ok_or_else(|| {
                 StoreError::corrupt("txn writes", "a changed key has no write (bug)")
             })?;
-            match &after {
-                Some(record) => {
-                    batch.insert(
-                        codec::latest_key(&key),
-                        codec::encode("key record", record)?,
-                    );
-                    batch.insert(
-                        codec::history_key(&key, revision),
-                        codec::history_put(record)?,
-                    );
-                }
-                None => {
-                    batch.remove(codec::latest_key(&key));
-                    batch.insert(
-                        codec::history_key(&key, revision),
-                        codec::history_tombstone(),
-                    );
-                }
-            }
             let seq = u32::try_from(seq).map_err(|_| {
                 StoreError::corrupt("txn writes", "more than 2^32 keys in one revision")
             })?;
-            batch.insert(codec::event_key(revision, seq), key.as_slice());
+            let version = match &after {
+                Some(record) => codec::history_put(&key, record)?,
+                None => codec::history_tombstone(&key)?,
+            };
+            batch.insert(codec::history_key(revision, seq), version);
             let old_lease = before.as_ref().map_or(0, |kv| kv.lease);
             let new_lease = after.as_ref().map_or(0, |r| r.lease);
             if old_lease != new_lease {
@@ -684,30 +688,12 @@ fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
 /// etcd's compaction at `revision`: from now on reads below `revision` fail, and the versions
 /// it superseded (per key, those older than the latest one `<= revision`, and that one too if
 /// it is a delete) are removed from history in the background by the [`crate::compactor`].
-/// Here, only the event-index entries of the deletes at exactly `revision` go, so that a replay
-/// from `revision` never lists a delete whose version is about to be removed.
-fn compact(
-    tree: &sled::Tree,
-    state: &MvccState,
-    revision: i64,
-    batch: &mut WriteBatch,
-) -> Result<(), MvccError> {
+fn compact(state: &MvccState, revision: i64, batch: &mut WriteBatch) -> Result<(), MvccError> {
     if revision <= state.compact_revision {
         return Err(ApplyError::Compacted.into());
     }
     if revision > state.revision {
         return Err(ApplyError::FutureRevision.into());
-    }
-    for item in tree.scan_prefix(codec::event_key_start(revision)) {
-        let (k, user_key) = item?;
-        let version = tree.get(codec::history_key(&user_key, revision))?;
-        let is_delete = match &version {
-            Some(bytes) => codec::history_record_bytes(bytes)?.is_none(),
-            None => false,
-        };
-        if is_delete {
-            batch.remove(k.to_vec());
-        }
     }
     batch.insert(META_COMPACT, codec::encode("compact revision", &revision)?);
     Ok(())
@@ -720,35 +706,48 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
 
-    use crate::codec::{EVENT, HISTORY};
+    use crate::codec::HISTORY;
     use crate::types::{DeleteRangeRequest, PutRequest};
 
-    /// The history versions physically in the tree, as `key@revision` (`-` marks a delete).
+    /// The history versions physically in the tree, as `key@revision` (`-` marks a delete),
+    /// in key order, then revision order.
     fn history(core: &MvccCore) -> Vec<String> {
-        core.tree
+        let mut versions: Vec<(String, i64, bool)> = core
+            .tree
             .scan_prefix([HISTORY])
             .map(|item| {
                 let (k, v) = item.unwrap();
-                let (head, rev) = codec::split_history_key(&k).unwrap();
-                let key = codec::decode_user_key(&head[1..]).unwrap().0;
-                let dead = codec::history_record_bytes(&v).unwrap().is_none();
-                format!(
-                    "{}{}@{rev}",
-                    if dead { "-" } else { "" },
-                    String::from_utf8(key).unwrap()
-                )
+                let (rev, _) = codec::split_history_key(&k).unwrap();
+                let value = codec::history_value(&v).unwrap();
+                let key = String::from_utf8(value.key.to_vec()).unwrap();
+                (key, rev, value.record.is_none())
             })
+            .collect();
+        versions.sort();
+        versions
+            .into_iter()
+            .map(|(key, rev, dead)| format!("{}{key}@{rev}", if dead { "-" } else { "" }))
             .collect()
     }
 
-    /// The event index physically in the tree, as `revision:key`.
-    fn event_index(core: &MvccCore) -> Vec<String> {
-        core.tree
-            .scan_prefix([EVENT])
-            .map(|item| {
-                let (k, v) = item.unwrap();
-                let rev = codec::event_key_revision(&k).unwrap();
-                format!("{rev}:{}", String::from_utf8_lossy(&v))
+    /// The events replayed from `start` on, as `revision:key` (`-` marks a delete).
+    fn replay(core: &MvccCore, start: i64) -> Vec<String> {
+        let (revisions, _) = core.events(start, i64::MAX, b"\0", b"\0", 0).unwrap();
+        revisions
+            .iter()
+            .flat_map(|r| {
+                r.events.iter().map(move |e| {
+                    let dead = if e.kind == crate::types::EventKind::Delete {
+                        "-"
+                    } else {
+                        ""
+                    };
+                    format!(
+                        "{}:{dead}{}",
+                        r.revision,
+                        String::from_utf8_lossy(&e.kv.key)
+                    )
+                })
             })
             .collect()
     }
@@ -797,7 +796,7 @@ mod tests {
         })); // 5
         apply(put("c")); // 6
         assert_eq!(history(&core), ["a@2", "a@4", "b@3", "-b@5", "c@6"]);
-        assert_eq!(event_index(&core), ["2:a", "3:b", "4:a", "5:b", "6:c"]);
+        assert_eq!(replay(&core, 1), ["2:a", "3:b", "4:a", "5:-b", "6:c"]);
 
         assert_eq!(
             apply(Command::Compact { revision: 4 }).result,
@@ -809,11 +808,7 @@ mod tests {
             ["a@4", "b@3", "-b@5", "c@6"],
             "a@2 was superseded at 4"
         );
-        assert_eq!(
-            event_index(&core),
-            ["4:a", "5:b", "6:c"],
-            "the index below 4 goes"
-        );
+        assert_eq!(replay(&core, 4), ["4:a", "5:-b", "6:c"]);
 
         assert_eq!(
             apply(Command::Compact { revision: 5 }).result,
@@ -826,9 +821,9 @@ mod tests {
             "b's delete at 5 takes its whole history"
         );
         assert_eq!(
-            event_index(&core),
+            replay(&core, 5),
             ["6:c"],
-            "and its index entry at 5, which would name a version no longer there"
+            "a delete at exactly the compact revision is not replayed"
         );
 
         assert_eq!(
@@ -909,20 +904,24 @@ mod tests {
         changes.extend(write_history(&core, &mut index, 40));
         wait_compacted(&core, at);
         assert_eq!(history(&core), compacted_history(&changes, at));
-        let index_revisions: Vec<i64> = core
-            .tree
-            .scan_prefix([EVENT])
-            .keys()
-            .map(|k| codec::event_key_revision(&k.unwrap()).unwrap())
-            .collect();
-        assert!(
-            index_revisions.iter().all(|&r| r >= at),
-            "no event index entry below the compact revision"
+        assert_eq!(
+            replay(&core, at).len(),
+            changes.iter().filter(|(_, r, _)| *r >= at).count(),
+            "every change from the compact revision on is replayed (no delete at {at})"
         );
         assert_eq!(
-            index_revisions.len(),
-            changes.iter().filter(|(_, r, _)| *r >= at).count(),
-            "every revision from the compact revision on is still indexed (no delete at {at})"
+            core.state.read().index.len(),
+            history(&core)
+                .iter()
+                .map(|v| v
+                    .trim_start_matches('-')
+                    .split('@')
+                    .next()
+                    .unwrap()
+                    .to_string())
+                .collect::<std::collections::BTreeSet<_>>()
+                .len(),
+            "the index holds exactly the keys history has"
         );
     }
 
@@ -1052,12 +1051,13 @@ mod tests {
                 ]
             );
             assert_eq!(history(&core), ["a@2", "a@5", "b@3", "-b@6", "c@4"]);
-            assert_eq!(event_index(&core), ["2:a", "3:b", "4:c", "5:a", "6:b"]);
+            assert_eq!(replay(&core, 1), ["2:a", "3:b", "4:c", "5:a", "6:-b"]);
             store.flush().unwrap();
         }
         // What was written, not only the cached state, says revision 6, entry 1 applied whole.
         let store = crate::Store::open(dir.path()).unwrap();
-        let state = store.core_for_tests().state.read().clone();
+        let core = store.core_for_tests();
+        let state = core.state.read();
         assert_eq!(state.revision, 6);
         assert_eq!(state.applied.map(|id| id.index), Some(1));
         assert_eq!(state.applied_part, None);
@@ -1117,7 +1117,7 @@ mod tests {
     #[test]
     fn an_entry_whose_writes_were_cut_short_is_finished_from_its_redo_record() {
         let dir = tempfile::TempDir::new().unwrap();
-        let marker = codec::latest_key(b"written by entry 2");
+        let marker = b"xwritten by entry 2".to_vec();
         {
             let store = crate::Store::open(dir.path()).unwrap();
             let core = store.core_for_tests();

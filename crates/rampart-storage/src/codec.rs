@@ -4,23 +4,26 @@
 //! atomic write set (see `redo`) and a snapshot is simply every pair of that tree. The first byte of a key
 //! says what it is:
 //!
-//! | key                                   | value                                       |
-//! |---------------------------------------|---------------------------------------------|
-//! | `l` enc(key)                          | bincode([`KeyRecord`]): live keys only       |
-//! | `h` enc(key) rev (8 bytes big-endian) | `1` bincode([`KeyRecord`]), or `0` (a delete) |
-//! | `r` rev seq (8 + 4 bytes big-endian)  | the user key the revision's `seq`-th change touched |
-//! | `L` lid                               | bincode([`Lease`])                           |
-//! | `A` lid enc(key)                      | empty: the key is attached to the lease      |
-//! | `m` name                              | bincode of one meta value (see `META_*`)     |
+//! | key                                | value                                                 |
+//! |------------------------------------|-------------------------------------------------------|
+//! | `h` rev seq (8 + 4 bytes big-endian) | one version: tag, user key, bincode([`KeyRecord`]) if a put |
+//! | `L` lid                            | bincode([`Lease`])                                     |
+//! | `A` lid enc(key)                   | empty: the key is attached to the lease                |
+//! | `m` name                           | bincode of one meta value (see `META_*`)               |
+//!
+//! History is keyed by revision, as etcd's: version `seq` (0-based, in the order the command's
+//! operations made them) of revision `rev` is the `seq`-th key that revision changed, so history
+//! in key order IS the event log, and each value is written once. Which version of a key is
+//! visible at a revision comes from the in-memory [`crate::index::KeyIndex`], rebuilt from
+//! history when the tree is opened.
+//!
+//! A history value is `1` (a put) or `0` (a delete), the user key's length as 4 bytes
+//! big-endian, the user key, and for a put the bincode of its [`KeyRecord`]: the key can be read
+//! without decoding the record.
 //!
 //! `enc` is a memcomparable escape of the user key: every `0x00` becomes `0x00 0xFF` and the key
 //! ends with `0x00 0x01`. It keeps byte order (`a < b` iff `enc(a) < enc(b)`) and no encoded key is
-//! a prefix of another, so `[enc(a), enc(b))` holds exactly the history of the keys in `[a, b)`,
-//! whatever revision suffix follows.
-//!
-//! The `r` event index lists, per revision and in the order the command's operations made them,
-//! the keys that revision changed; each change itself is the key's `h` version at that revision.
-//! It lets a watcher replay history revision by revision without scanning every key.
+//! a prefix of another, so a lease's attachments sort by key.
 //!
 //! `lid` is a lease id as 8 big-endian bytes with the sign bit flipped, so leases (and each lease's
 //! attachments) sort by id, negative ids included. A live key with a non-zero `lease` has exactly
@@ -33,16 +36,12 @@ use crate::error::StoreError;
 use crate::types::{KeyValue, Lease, NodeId};
 
 /// Version of this layout, stored under [`META_FORMAT`]; bump it on any incompatible change.
-/// Version 2 added leases and the event index: a version-1 tree lacks the index for its history,
-/// so it is refused rather than served with silently missing watch events.
-pub(crate) const FORMAT_VERSION: u32 = 2;
+/// Version 2 added leases and the event index; version 3 keys history by revision and keeps the
+/// live keys in memory only. An older tree is refused rather than misread.
+pub(crate) const FORMAT_VERSION: u32 = 3;
 
-/// Prefix of the live keys.
-pub(crate) const LATEST: u8 = b'l';
-/// Prefix of every stored version of every key, until compaction removes it.
+/// Prefix of every stored version of every key, by revision, until compaction removes it.
 pub(crate) const HISTORY: u8 = b'h';
-/// Prefix of the event index: which keys each revision changed, in op order.
-pub(crate) const EVENT: u8 = b'r';
 /// Prefix of the leases.
 pub(crate) const LEASE: u8 = b'L';
 /// Prefix of the lease attachments (lease id, then key).
@@ -132,83 +131,42 @@ pub(crate) fn decode_user_key(enc: &[u8]) -> Result<(Vec<u8>, usize), StoreError
     Err(StoreError::corrupt("mvcc key", "unterminated encoded key"))
 }
 
-/// `prefix enc(key)`.
-pub(crate) fn prefixed_key(prefix: u8, key: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(key.len() + 3);
-    out.push(prefix);
-    push_user_key(&mut out, key);
-    out
-}
-
-/// The smallest byte string greater than every string starting with `prefixed_key(p, key)`.
-/// `enc` always ends with `0x00 0x01`, so bumping the last byte is enough.
-pub(crate) fn prefixed_key_end(prefix: u8, key: &[u8]) -> Vec<u8> {
-    let mut out = prefixed_key(prefix, key);
-    // Invariant: `push_user_key` always ends the encoding with the byte 0x01.
-    if let Some(last) = out.last_mut() {
-        *last = 2;
-    }
-    out
-}
-
-/// `l enc(key)`.
-pub(crate) fn latest_key(key: &[u8]) -> Vec<u8> {
-    prefixed_key(LATEST, key)
-}
-
-/// `h enc(key) rev`.
-pub(crate) fn history_key(key: &[u8], revision: i64) -> Vec<u8> {
-    let mut out = prefixed_key(HISTORY, key);
-    out.extend_from_slice(&revision_bytes(revision));
-    out
-}
-
 /// Revisions are positive, so their big-endian `u64` bytes sort like the numbers.
 fn revision_bytes(revision: i64) -> [u8; 8] {
     (revision as u64).to_be_bytes()
 }
 
-/// Splits a history key into `h enc(key)` (identifying the key) and the revision.
-pub(crate) fn split_history_key(k: &[u8]) -> Result<(&[u8], i64), StoreError> {
-    if k.len() < 1 + 2 + 8 || k[0] != HISTORY {
-        return Err(StoreError::corrupt(
-            "mvcc history key",
-            "too short or bad prefix",
-        ));
-    }
-    let (head, rev) = k.split_at(k.len() - 8);
-    let mut bytes = [0u8; 8];
-    bytes.copy_from_slice(rev);
-    Ok((head, u64::from_be_bytes(bytes) as i64))
-}
+/// A history key: `h rev seq`.
+pub(crate) type HistoryKey = [u8; 1 + 8 + 4];
 
-/// `r rev seq`: the `seq`-th change (0-based, in op order) of revision `revision`.
-pub(crate) fn event_key(revision: i64, seq: u32) -> Vec<u8> {
-    let mut out = Vec::with_capacity(1 + 8 + 4);
-    out.push(EVENT);
-    out.extend_from_slice(&revision_bytes(revision));
-    out.extend_from_slice(&seq.to_be_bytes());
+/// `h rev seq`: the `seq`-th change (0-based, in op order) of revision `revision`.
+pub(crate) fn history_key(revision: i64, seq: u32) -> HistoryKey {
+    let mut out = [0; 13];
+    out[0] = HISTORY;
+    out[1..9].copy_from_slice(&revision_bytes(revision));
+    out[9..].copy_from_slice(&seq.to_be_bytes());
     out
 }
 
-/// The first event-index key of revision `revision`: `r rev`, a prefix of all its entries.
-pub(crate) fn event_key_start(revision: i64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(1 + 8);
-    out.push(EVENT);
-    out.extend_from_slice(&revision_bytes(revision));
+/// `h rev`: the first history key of revision `revision`, a prefix of all of them.
+pub(crate) fn history_key_start(revision: i64) -> [u8; 9] {
+    let mut out = [0; 9];
+    out[0] = HISTORY;
+    out[1..].copy_from_slice(&revision_bytes(revision));
     out
 }
 
-/// The revision of an event-index key.
-pub(crate) fn event_key_revision(k: &[u8]) -> Result<i64, StoreError> {
+/// The revision and sequence number of a history key.
+pub(crate) fn split_history_key(k: &[u8]) -> Result<(i64, u32), StoreError> {
     match k {
-        [EVENT, rev @ .., _, _, _, _] if rev.len() == 8 => {
-            let mut bytes = [0u8; 8];
-            bytes.copy_from_slice(rev);
-            Ok(u64::from_be_bytes(bytes) as i64)
+        [HISTORY, rest @ ..] if rest.len() == 12 => {
+            let (rev, seq) = rest.split_at(8);
+            let rev = u64::from_be_bytes(rev.try_into().unwrap_or_default()) as i64;
+            let seq = u32::from_be_bytes(seq.try_into().unwrap_or_default());
+            Ok((rev, seq))
         }
         _ => Err(StoreError::corrupt(
-            "mvcc event index key",
+            "mvcc history key",
             "bad length or prefix",
         )),
     }
@@ -258,9 +216,34 @@ pub(crate) fn encode_lease(lease: &Lease) -> Result<Vec<u8>, StoreError> {
     encode("lease", lease)
 }
 
-/// The history value of a put.
-pub(crate) fn history_put(record: &KeyRecord) -> Result<Vec<u8>, StoreError> {
-    let mut out = vec![HISTORY_PUT];
+/// One decoded history value, borrowing from its bytes.
+pub(crate) struct HistoryValue<'a> {
+    pub key: &'a [u8],
+    /// The bincode of the put's [`KeyRecord`]; `None` for a delete.
+    pub record: Option<&'a [u8]>,
+}
+
+impl HistoryValue<'_> {
+    /// Decodes the put's record; `None` for a delete.
+    pub(crate) fn decode_record(&self) -> Result<Option<KeyRecord>, StoreError> {
+        self.record.map(|r| decode("key record", r)).transpose()
+    }
+}
+
+fn history_value_head(tag: u8, key: &[u8], extra: usize) -> Result<Vec<u8>, StoreError> {
+    let len = u32::try_from(key.len())
+        .map_err(|_| StoreError::corrupt("mvcc history value", "key longer than 4 GiB"))?;
+    let mut out = Vec::with_capacity(1 + 4 + key.len() + extra);
+    out.push(tag);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(key);
+    Ok(out)
+}
+
+/// The history value of `key` put as `record`.
+pub(crate) fn history_put(key: &[u8], record: &KeyRecord) -> Result<Vec<u8>, StoreError> {
+    // The record's four revisions and the value's length, then the value.
+    let mut out = history_value_head(HISTORY_PUT, key, 5 * 8 + record.value.len())?;
     bincode::serialize_into(&mut out, record).map_err(|source| StoreError::Encode {
         what: "key record",
         source,
@@ -268,17 +251,29 @@ pub(crate) fn history_put(record: &KeyRecord) -> Result<Vec<u8>, StoreError> {
     Ok(out)
 }
 
-/// The history value of a delete.
-pub(crate) fn history_tombstone() -> Vec<u8> {
-    vec![HISTORY_TOMBSTONE]
+/// The history value of a delete of `key`.
+pub(crate) fn history_tombstone(key: &[u8]) -> Result<Vec<u8>, StoreError> {
+    history_value_head(HISTORY_TOMBSTONE, key, 0)
 }
 
-/// Reads a history value: `None` for a tombstone, the record's bytes for a put.
-pub(crate) fn history_record_bytes(value: &[u8]) -> Result<Option<&[u8]>, StoreError> {
-    match value.split_first() {
-        Some((&HISTORY_TOMBSTONE, [])) => Ok(None),
-        Some((&HISTORY_PUT, rest)) => Ok(Some(rest)),
-        _ => Err(StoreError::corrupt("mvcc history value", "bad tag")),
+/// Reads a history value without decoding its record.
+pub(crate) fn history_value(value: &[u8]) -> Result<HistoryValue<'_>, StoreError> {
+    let bad = |why: &str| StoreError::corrupt("mvcc history value", why.to_string());
+    let (&tag, rest) = value.split_first().ok_or_else(|| bad("empty"))?;
+    let (len, rest) = rest
+        .split_at_checked(4)
+        .ok_or_else(|| bad("truncated key length"))?;
+    let len = u32::from_be_bytes(len.try_into().map_err(|_| bad("bad key length"))?) as usize;
+    let (key, record) = rest
+        .split_at_checked(len)
+        .ok_or_else(|| bad("truncated key"))?;
+    match tag {
+        HISTORY_PUT => Ok(HistoryValue {
+            key,
+            record: Some(record),
+        }),
+        HISTORY_TOMBSTONE if record.is_empty() => Ok(HistoryValue { key, record: None }),
+        _ => Err(bad("bad tag")),
     }
 }
 
@@ -326,19 +321,22 @@ mod tests {
             b"\xff",
             b"\xff\xff",
         ];
+        let enc = |k: &[u8]| {
+            let mut out = Vec::new();
+            push_user_key(&mut out, k);
+            out
+        };
         for a in &keys {
-            let ea = prefixed_key(LATEST, a);
-            let (back, used) = decode_user_key(&ea[1..]).expect("decodes");
+            let ea = enc(a);
+            let (back, used) = decode_user_key(&ea).expect("decodes");
             assert_eq!(&back[..], *a, "round trip of {a:?}");
-            assert_eq!(used, ea.len() - 1, "whole encoding consumed for {a:?}");
+            assert_eq!(used, ea.len(), "whole encoding consumed for {a:?}");
             for b in &keys {
-                let eb = prefixed_key(LATEST, b);
-                assert_eq!(a.cmp(b), ea.cmp(&eb), "order of {a:?} vs {b:?}");
-                // With any revision suffix the order between different keys stays the same.
+                assert_eq!(a.cmp(b), ea.cmp(&enc(b)), "order of {a:?} vs {b:?}");
                 if a < b {
                     assert!(
-                        history_key(a, i64::MAX) < history_key(b, 1),
-                        "{a:?} < {b:?} in history"
+                        attachment_key(1, a) < attachment_key(1, b),
+                        "{a:?} < {b:?} among attachments"
                     );
                 }
             }
@@ -346,7 +344,7 @@ mod tests {
     }
 
     #[test]
-    fn lease_and_event_keys_sort_by_id_and_revision() {
+    fn lease_and_history_keys_sort_by_id_and_revision() {
         let ids = [i64::MIN, -5, -1, 0, 1, 7, 1 << 40, i64::MAX];
         for pair in ids.windows(2) {
             assert!(lease_key(pair[0]) < lease_key(pair[1]), "{pair:?}");
@@ -359,21 +357,43 @@ mod tests {
         assert!(k.starts_with(&attachment_prefix(-3)));
         assert_eq!(attachment_user_key(&k).expect("decodes"), b"a\0b");
 
-        assert!(event_key(2, u32::MAX) < event_key(3, 0));
-        assert!(event_key(3, 0).starts_with(&event_key_start(3)));
+        assert!(history_key(2, u32::MAX) < history_key(3, 0));
+        assert!(history_key(1 << 33, 0) > history_key((1 << 33) - 1, u32::MAX));
+        assert!(history_key(3, 7).starts_with(&history_key_start(3)));
         assert_eq!(
-            event_key_revision(&event_key(1 << 33, 9)).expect("decodes"),
-            1 << 33
+            split_history_key(&history_key(1 << 33, 9)).expect("splits"),
+            (1 << 33, 9)
         );
-        assert!(event_key_revision(&event_key_start(3)).is_err());
+        assert!(split_history_key(&history_key_start(3)).is_err());
     }
 
     #[test]
-    fn history_key_splits_back() {
-        let k = history_key(b"k\0ey", 42);
-        let (head, rev) = split_history_key(&k).expect("splits");
-        assert_eq!(rev, 42);
-        assert_eq!(head, prefixed_key(HISTORY, b"k\0ey").as_slice());
-        assert!(k < prefixed_key_end(HISTORY, b"k\0ey"));
+    fn history_values_round_trip() {
+        let record = KeyRecord {
+            create_revision: 2,
+            mod_revision: 5,
+            version: 3,
+            lease: -7,
+            value: b"v\0".to_vec(),
+        };
+        let put = history_put(b"k\0ey", &record).expect("encodes");
+        let read = history_value(&put).expect("decodes");
+        assert_eq!(read.key, b"k\0ey");
+        assert_eq!(read.decode_record().expect("decodes"), Some(record));
+
+        let delete = history_tombstone(b"").expect("encodes");
+        let read = history_value(&delete).expect("decodes");
+        assert_eq!(read.key, b"");
+        assert_eq!(read.decode_record().expect("decodes"), None);
+
+        for bad in [
+            &[][..],
+            &[1, 0, 0],
+            &[0, 0, 0, 0, 2, b'k'],
+            &[0, 0, 0, 0, 0, 9],
+            &[7, 0, 0, 0, 0],
+        ] {
+            assert!(history_value(bad).is_err(), "{bad:?} is refused");
+        }
     }
 }

@@ -1,20 +1,20 @@
 //! Physical compaction, in the background, a chunk at a time.
 //!
-//! Applying a `Compact` only records the new compact revision (reads below it fail from then on)
-//! and drops the event-index entries of the deletes at exactly that revision, so that a replay
-//! from the compact revision never meets an index entry whose version is about to go. Removing
-//! the versions it superseded is this module's work, as etcd's scheduled compaction is: a worker
-//! thread per store scans the history in chunks of [`CHUNK`] records and removes each chunk's
-//! dead versions under the state's write lock, held only for that chunk, so writes and reads go
-//! on between chunks instead of waiting for a scan of the whole history.
+//! Applying a `Compact` only records the new compact revision: reads below it fail from then on.
+//! Removing the versions it superseded is this module's work, as etcd's scheduled compaction is:
+//! a worker thread per store walks the key index in key order and, a chunk at a time
+//! ([`KeyIndex::compact_chunk`]), removes each chunk's dead versions from the index and from
+//! history together, under the state's write lock, held only for that chunk, so writes and
+//! reads go on between chunks instead of waiting for the whole pass.
 //!
 //! A version not yet removed is invisible. Per key, a pass keeps the latest version at or below
 //! the target revision and removes the older ones; a read at or above the compact revision
 //! always finds that newer version first, and a replay from below the compact revision is
 //! refused. When that latest version is a delete, it goes too, but only after every older
 //! version of the key: sled recovers a prefix of its writes in order, so a crash in the middle
-//! never leaves an old put exposed by a missing delete. Event-index entries below the target go
-//! last. Every removal is idempotent, so a pass interrupted by a crash is simply run again.
+//! never leaves an old put exposed by a missing delete. Every removal is idempotent, and the
+//! index is rebuilt from what history holds at open, so a pass interrupted by a crash is simply
+//! run again.
 //!
 //! How far this member's history is compacted is kept in its own tree (not in the MVCC tree,
 //! which is what snapshots carry) and published on a watch channel for `physical` compaction
@@ -29,12 +29,15 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
-use crate::codec::{self, EVENT, HISTORY};
+use crate::codec;
 use crate::error::StoreError;
+#[cfg(doc)]
+use crate::index::KeyIndex;
 use crate::mvcc::MvccCore;
 
-/// History records (or event-index entries) scanned per chunk; the state's write lock is held
-/// while one chunk's removals are made.
+/// The work of one chunk: keys looked at plus versions removed (see
+/// [`KeyIndex::compact_chunk`]); the state's write lock is held while one chunk's removals are
+/// made.
 const CHUNK: usize = 1024;
 
 /// The pause between two chunks, which leaves the disk and the CPU to the requests (etcd's
@@ -147,26 +150,8 @@ fn run(core: Weak<MvccCore>, woken: mpsc::Receiver<()>) {
 struct Pass {
     target: i64,
     generation: u64,
-    stage: Stage,
-    /// The next key to scan from.
+    /// The next key of the index to look at.
     cursor: Vec<u8>,
-    /// `h enc(key)` of the key whose versions are being scanned.
-    group: Vec<u8>,
-    /// The latest version `<= target` of that key seen so far, which stays unless it is a
-    /// delete.
-    candidate: Option<Candidate>,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Stage {
-    History,
-    Events,
-}
-
-struct Candidate {
-    tombstone: bool,
-    /// Its history key.
-    key: sled::IVec,
 }
 
 /// Does one chunk of work; `Ok(false)` when there is none left.
@@ -188,97 +173,32 @@ fn step(core: &MvccCore, pass: &mut Option<Pass>) -> Result<bool, StoreError> {
         *pass = Some(Pass {
             target,
             generation,
-            stage: Stage::History,
-            cursor: vec![HISTORY],
-            group: Vec::new(),
-            candidate: None,
+            cursor: Vec::new(),
         });
         tracing::debug!(revision = target, "physical compaction started");
         return Ok(true);
     };
-    let (removals, finished) = match current.stage {
-        Stage::History => current.scan_history(&core.tree)?,
-        Stage::Events => current.scan_events(&core.tree)?,
-    };
-    {
-        let _state = core.state.write();
-        if compactor.generation.load(Ordering::SeqCst) != current.generation {
-            // The tree this chunk was scanned from is gone; start over on the new one.
-            *pass = None;
-            return Ok(true);
-        }
-        for key in &removals {
-            core.tree.remove(key)?;
-        }
-        if finished && current.stage == Stage::Events {
+    let mut state = core.state.write();
+    if compactor.generation.load(Ordering::SeqCst) != current.generation {
+        // The tree (and its index) this pass was working on is gone; start over on the new one.
+        *pass = None;
+        return Ok(true);
+    }
+    let (removed, next) = state
+        .index
+        .compact_chunk(&current.cursor, current.target, CHUNK);
+    // If a removal fails, the index has already forgotten versions history still holds; the
+    // member stops at the same error on its next write, and the index is rebuilt at restart.
+    for version in &removed {
+        core.tree.remove(version.history_key())?;
+    }
+    match next {
+        Some(key) => current.cursor = key,
+        None => {
             compactor.record_done(current.target)?;
             tracing::debug!(revision = current.target, "physical compaction finished");
             *pass = None;
-            return Ok(true);
         }
-    }
-    if finished {
-        current.stage = Stage::Events;
-        current.cursor = vec![EVENT];
     }
     Ok(true)
-}
-
-impl Pass {
-    /// Scans up to [`CHUNK`] history records from the cursor: returns the versions to remove, in
-    /// the order they must go, and whether the history is done.
-    fn scan_history(&mut self, tree: &sled::Tree) -> Result<(Vec<sled::IVec>, bool), StoreError> {
-        let mut removals = Vec::new();
-        for (scanned, item) in tree.range(self.cursor.as_slice()..).enumerate() {
-            let (k, v) = item?;
-            if k.first() != Some(&HISTORY) {
-                break;
-            }
-            if scanned == CHUNK {
-                self.cursor = k.to_vec();
-                return Ok((removals, false));
-            }
-            let (head, revision) = codec::split_history_key(&k)?;
-            if head != self.group.as_slice() {
-                settle(self.candidate.take(), &mut removals);
-                self.group = head.to_vec();
-            }
-            if revision > self.target {
-                // Newer than the compaction point: this key's survivor (if any) is decided.
-                settle(self.candidate.take(), &mut removals);
-                continue;
-            }
-            let next = Candidate {
-                tombstone: codec::history_record_bytes(&v)?.is_none(),
-                key: k,
-            };
-            if let Some(old) = self.candidate.replace(next) {
-                removals.push(old.key); // superseded at or before the target
-            }
-        }
-        settle(self.candidate.take(), &mut removals);
-        Ok((removals, true))
-    }
-
-    /// Up to [`CHUNK`] event-index entries below the target, and whether that is all of them.
-    fn scan_events(&mut self, tree: &sled::Tree) -> Result<(Vec<sled::IVec>, bool), StoreError> {
-        let end = codec::event_key_start(self.target);
-        let keys = tree
-            .range(self.cursor.as_slice()..end.as_slice())
-            .keys()
-            .take(CHUNK + 1)
-            .collect::<Result<Vec<_>, _>>()?;
-        if keys.len() > CHUNK {
-            self.cursor = keys[CHUNK].to_vec();
-            return Ok((keys[..CHUNK].to_vec(), false));
-        }
-        Ok((keys, true))
-    }
-}
-
-/// The last version `<=` the target of a key stays, unless it is a delete.
-fn settle(candidate: Option<Candidate>, removals: &mut Vec<sled::IVec>) {
-    if let Some(c) = candidate.filter(|c| c.tombstone) {
-        removals.push(c.key);
-    }
 }

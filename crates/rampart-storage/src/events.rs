@@ -1,24 +1,24 @@
 //! Watch events: what each revision changed, replayed from history or fed live to watchers.
 //!
-//! Every revision's changes are recorded in the batch that makes them: each key's new version in
-//! history (`h`) and, in the order the command's operations made them, the key in the event index
-//! (`r`, see [`crate::codec`]). [`read_events`] replays revisions from those two; the state
-//! machine sends each new revision's events on the live feed ([`WatchFeed`]), built from the
-//! records it read while applying. Both build an event with [`event`], so they agree.
+//! History is keyed by revision (see [`crate::codec`]): each revision's versions, in the order
+//! the command's operations made them, are its events. [`read_events`] replays revisions from
+//! there, with each event's previous version found through the key index; the state machine
+//! sends each new revision's events on the live feed ([`WatchFeed`]), built from the records it
+//! read while applying. Both build an event with [`event`], so they agree.
 //!
-//! Compaction at `C` drops the index entries below `C` with the history they point at. A key
-//! deleted at exactly `C` loses its tombstone (as in etcd, whose watchers cannot replay that
-//! delete either), so compaction drops that index entry too: every index entry names a version
-//! that history still has. Events at `C` itself carry no `prev_kv`, since the versions before `C`
-//! are gone.
+//! Compaction at `C` removes the versions below `C` that nothing can read any more. A key deleted
+//! at exactly `C` loses its tombstone too (as in etcd, whose watchers cannot replay that delete
+//! either); since the removal runs in the background, the replay skips such a delete whether or
+//! not it is still there, so every member answers alike. Events at `C` itself carry no
+//! `prev_kv`, since the versions before `C` are gone.
 
 use std::ops::Bound;
 use std::sync::Arc;
 
-use crate::codec::{self, KeyRecord, HISTORY};
+use crate::codec::{self, KeyRecord};
 use crate::error::{MvccError, StoreError};
 use crate::mvcc::{MvccCore, MvccState};
-use crate::range::KeyRange;
+use crate::range::{self, KeyRange};
 use crate::types::{ApplyError, Event, EventKind, KeyValue, RevisionEvents};
 
 /// How many feed messages (one per revision, or a reset) a subscriber may fall behind before it
@@ -131,8 +131,8 @@ fn read_events(
         return Ok((Vec::new(), end));
     }
     let bounds = (
-        Bound::Included(codec::event_key_start(start)),
-        Bound::Excluded(codec::event_key_start(end + 1)),
+        Bound::Included(codec::history_key_start(start)),
+        Bound::Excluded(codec::history_key_start(end + 1)),
     );
     let mut out = Vec::new();
     let mut total = 0usize;
@@ -142,7 +142,7 @@ fn read_events(
     };
     for item in tree.range(bounds) {
         let (k, v) = item?;
-        let revision = codec::event_key_revision(&k)?;
+        let (revision, _) = codec::split_history_key(&k)?;
         if revision != gathering.revision {
             // Every change of `gathering.revision` has been seen: it is complete.
             let done = gathering.revision;
@@ -161,10 +161,19 @@ fn read_events(
                 }
             }
         }
-        if range.contains(&v) {
-            gathering
-                .events
-                .push(replay_event(tree, state, revision, v.to_vec())?);
+        let version = codec::history_value(&v)?;
+        let compacted_delete = version.record.is_none() && revision == state.compact_revision;
+        if range.contains(version.key) && !compacted_delete {
+            let after = version.decode_record()?;
+            let key = version.key.to_vec();
+            // As etcd's: no previous version is read below the compact revision, even one the
+            // background compaction has not removed yet.
+            let prev_kv = if revision > state.compact_revision {
+                version_before(tree, state, &key, revision)?
+            } else {
+                None
+            };
+            gathering.events.push(event(revision, key, after, prev_kv));
         }
     }
     if !gathering.events.is_empty() {
@@ -173,51 +182,17 @@ fn read_events(
     Ok((out, end))
 }
 
-/// Rebuilds the event of `key` at `revision` from history.
-fn replay_event(
-    tree: &sled::Tree,
-    state: &MvccState,
-    revision: i64,
-    key: Vec<u8>,
-) -> Result<Event, StoreError> {
-    let value = tree
-        .get(codec::history_key(&key, revision))?
-        .ok_or_else(|| {
-            StoreError::corrupt(
-                "mvcc event index",
-                format!("revision {revision} lists a key with no version at that revision"),
-            )
-        })?;
-    let after = match codec::history_record_bytes(&value)? {
-        Some(bytes) => Some(codec::decode::<KeyRecord>("key record", bytes)?),
-        None => None,
-    };
-    // As etcd's: no previous version is read below the compact revision, even one the
-    // background compaction has not removed yet.
-    let prev_kv = if revision > state.compact_revision {
-        version_before(tree, &key, revision)?
-    } else {
-        None
-    };
-    Ok(event(revision, key, after, prev_kv))
-}
-
 /// The live version of `key` just before `revision`, if history still has one.
 fn version_before(
     tree: &sled::Tree,
+    state: &MvccState,
     key: &[u8],
     revision: i64,
 ) -> Result<Option<KeyValue>, StoreError> {
-    // No encoded key is a prefix of another, so this range holds only `key`'s versions.
-    let versions = codec::prefixed_key(HISTORY, key)..codec::history_key(key, revision);
-    let Some(item) = tree.range(versions).next_back() else {
-        return Ok(None);
-    };
-    let (_, value) = item?;
-    match codec::history_record_bytes(&value)? {
-        Some(bytes) => Ok(Some(
-            codec::decode::<KeyRecord>("key record", bytes)?.into_kv(key.to_vec()),
-        )),
-        None => Ok(None), // deleted before `revision`
+    match state.index.before(key, revision) {
+        Some(version) if !version.tombstone => {
+            Ok(Some(range::fetch(tree, version)?.into_kv(key.to_vec())))
+        }
+        _ => Ok(None), // never put, or deleted before `revision`
     }
 }

@@ -10,8 +10,8 @@
 //! - [`Mvcc`], a cheap cloneable read handle on the MVCC store for serving reads: Range, leases,
 //!   watch events replayed from history, and the live [`WatchFeed`] of new revisions.
 //!
-//! Layout of the code: `codec` (how the MVCC tree is laid out on disk), `range` (reads: etcd's
-//! Range over live keys or history), `apply` (writes: one log entry, etcd's Put, DeleteRange,
+//! Layout of the code: `codec` (how the MVCC tree is laid out on disk), `index` (the in-memory
+//! key index over history), `range` (reads: etcd's Range at the current or a past revision), `apply` (writes: one log entry, etcd's Put, DeleteRange,
 //! Txn, Compact, leases), `lease` (lease records and the keys attached to them), `events` (watch
 //! events: replay from history and the live feed), `mvcc` (the shared store, its lock and its
 //! feed), `state_machine` and `snapshot` (openraft's state machine and the snapshot file),
@@ -35,6 +35,7 @@ mod durability;
 mod error;
 mod events;
 mod files;
+mod index;
 mod lease;
 mod log_store;
 mod mvcc;

@@ -1,7 +1,7 @@
 //! The MVCC store shared by the state machine (the only writer) and the readers.
 //!
-//! [`MvccCore`] owns the sled tree and, behind one `RwLock`, the cached bookkeeping that
-//! describes it. The lock is what makes each log entry atomic to readers: the state machine
+//! [`MvccCore`] owns the sled tree and, behind one `RwLock`, the cached bookkeeping and the key
+//! index that describe it. The lock is what makes each log entry atomic to readers: the state machine
 //! holds the write lock while it executes an entry and applies its batch, and every read (a
 //! Range, a snapshot export) holds the read lock, so no reader ever sees half an entry.
 //! [`Mvcc`] is the cheap read handle handed to the server.
@@ -28,6 +28,7 @@ use crate::compactor::Compactor;
 use crate::durability::Disk;
 use crate::error::{MvccError, StoreError};
 use crate::events::{WatchFeed, WATCH_FEED_CAPACITY};
+use crate::index::KeyIndex;
 use crate::lease;
 use crate::range::{self, Writes};
 use crate::redo;
@@ -36,8 +37,8 @@ use crate::types::{
     RevisionEvents,
 };
 
-/// The bookkeeping of the MVCC tree, cached in memory; always equal to the `m` keys on disk.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The bookkeeping of the MVCC tree, cached in memory (always equal to the `m` keys on disk), and
+/// the index of its history.
 pub(crate) struct MvccState {
     /// Store revision; 1 on an empty store.
     pub revision: i64,
@@ -52,11 +53,14 @@ pub(crate) struct MvccState {
     pub membership: StoredMembership<NodeId, PeerNode>,
     /// Latest published attributes per member.
     pub members: BTreeMap<NodeId, MemberAttributes>,
+    /// Which version of each key is visible at each revision.
+    pub index: KeyIndex,
 }
 
 impl MvccState {
     /// Rebuilds the state from the tree's meta pairs (`m` prefix), wherever they come from: the
-    /// tree itself or a snapshot about to be installed. Checks the layout version.
+    /// tree itself or a snapshot about to be installed. Checks the layout version. The index is
+    /// left empty: see [`KeyIndex::rebuild`].
     pub(crate) fn from_meta<K, V>(
         pairs: impl Iterator<Item = Result<(K, V), StoreError>>,
     ) -> Result<Self, StoreError>
@@ -71,6 +75,7 @@ impl MvccState {
             applied_part: None,
             membership: StoredMembership::default(),
             members: BTreeMap::new(),
+            index: KeyIndex::default(),
         };
         let mut format = None;
         for pair in pairs {
@@ -156,6 +161,8 @@ impl MvccCore {
             tracing::info!(log_id = %finished, "finished applying the entry a crash interrupted");
             state = read_state()?;
         }
+        // Reads the whole tree, so that sled checks every page of it now (see `verify_readable`).
+        state.index = KeyIndex::rebuild(tree.iter().map(|r| r.map_err(StoreError::from)))?;
         Ok(MvccCore {
             disk,
             tree,
@@ -177,15 +184,20 @@ impl MvccCore {
             .unwrap_or_else(|| blocking(|| self.state.read()))
     }
 
-    /// Copies the whole tree and the state describing it, as of one applied entry.
-    pub(crate) fn export(&self) -> Result<(MvccState, Pairs), StoreError> {
+    /// Copies the whole tree as of one applied entry, with that entry's log id and the
+    /// membership then.
+    pub(crate) fn export(&self) -> Result<Exported, StoreError> {
         let state = self.state.read();
         let pairs = self
             .tree
             .iter()
             .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok((state.clone(), pairs))
+        Ok(Exported {
+            applied: state.applied,
+            membership: state.membership.clone(),
+            pairs,
+        })
     }
 
     /// Replaces the whole tree with `pairs` (a snapshot's), in one atomic batch, after checking
@@ -195,13 +207,14 @@ impl MvccCore {
         pairs: &[(Vec<u8>, Vec<u8>)],
         expect: impl FnOnce(&MvccState) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        let incoming = MvccState::from_meta(
+        let mut incoming = MvccState::from_meta(
             pairs
                 .iter()
                 .filter(|(k, _)| k.first() == Some(&META))
                 .map(|(k, v)| Ok((k, v))),
         )?;
         expect(&incoming)?;
+        incoming.index = KeyIndex::rebuild(pairs.iter().map(|(k, v)| Ok((k, v))))?;
         let mut state = self.state.write();
         let mut batch = sled::Batch::default();
         for key in self.tree.iter().keys() {
@@ -230,6 +243,7 @@ impl MvccCore {
         let state = self.read_state();
         let resp = range::read_range(
             &self.tree,
+            &state.index,
             &Writes::new(),
             state.revision,
             state.compact_revision,
@@ -237,6 +251,14 @@ impl MvccCore {
         )?;
         Ok((resp, state.revision))
     }
+}
+
+/// A copy of the MVCC tree for a snapshot: [`MvccCore::export`].
+pub(crate) struct Exported {
+    /// The last entry applied to the copy.
+    pub applied: Option<LogId<NodeId>>,
+    pub membership: StoredMembership<NodeId, PeerNode>,
+    pub pairs: Pairs,
 }
 
 /// A read handle on the applied MVCC state; cheap to clone, usable from any task.

@@ -1,16 +1,18 @@
-//! Reading the MVCC tree: key ranges, scans of the live keys or of history, and etcd's Range.
+//! Reading the MVCC store: key ranges, scans of the keys visible at a revision, and etcd's Range.
 //!
 //! The same code serves client reads ([`crate::Mvcc`]) and the reads inside a write (a Txn's
 //! Range ops and compares, a DeleteRange's victims), so both follow one definition of etcd's
-//! semantics. Writes in progress are passed in as [`Writes`], an overlay merged over the tree, so
-//! that a Txn reads its own earlier writes.
+//! semantics. The [`KeyIndex`] says which version of each key is visible, history holds it.
+//! Writes in progress are passed in as [`Writes`], an overlay merged over the store, so that a Txn
+//! reads its own earlier writes.
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
-use crate::codec::{self, KeyRecord, HISTORY, LATEST};
+use crate::codec::{self, KeyRecord};
 use crate::error::{MvccError, StoreError};
+use crate::index::{KeyIndex, Version};
 use crate::types::{ApplyError, KeyValue, RangeRequest, RangeResponse, SortOrder, SortTarget};
 
 /// The writes of the revision being built, by user key: `Some` is a put, `None` a delete.
@@ -55,33 +57,13 @@ impl KeyRange {
         }
     }
 
-    /// The range in user-key space, for the in-memory overlay.
-    fn user_bounds(&self) -> Option<Bounds<&[u8]>> {
+    /// The range as bounds on user keys.
+    pub(crate) fn user_bounds(&self) -> Option<Bounds<&[u8]>> {
         match self {
             KeyRange::Empty => None,
             KeyRange::Single(k) => Some((Bound::Included(k), Bound::Included(k))),
             KeyRange::From(k) => Some((Bound::Included(k), Bound::Unbounded)),
             KeyRange::Span(a, b) => Some((Bound::Included(a), Bound::Excluded(b))),
-        }
-    }
-
-    /// The range among tree keys starting with `prefix` ([`LATEST`] or [`HISTORY`]): for history
-    /// it holds every version of every key in the range (see [`codec`]).
-    fn tree_bounds(&self, prefix: u8) -> Option<Bounds<Vec<u8>>> {
-        match self {
-            KeyRange::Empty => None,
-            KeyRange::Single(k) => Some((
-                Bound::Included(codec::prefixed_key(prefix, k)),
-                Bound::Excluded(codec::prefixed_key_end(prefix, k)),
-            )),
-            KeyRange::From(k) => Some((
-                Bound::Included(codec::prefixed_key(prefix, k)),
-                Bound::Excluded(vec![prefix + 1]),
-            )),
-            KeyRange::Span(a, b) => Some((
-                Bound::Included(codec::prefixed_key(prefix, a)),
-                Bound::Excluded(codec::prefixed_key(prefix, b)),
-            )),
         }
     }
 }
@@ -131,69 +113,76 @@ impl Collector {
     }
 }
 
-/// Reads one live key, `writes` taking precedence over the tree.
+/// Reads the record of `version` from history.
+pub(crate) fn fetch(tree: &sled::Tree, version: Version) -> Result<KeyRecord, StoreError> {
+    let bytes = tree.get(version.history_key())?.ok_or_else(|| {
+        StoreError::corrupt(
+            "mvcc history",
+            format!(
+                "the key index names version {}.{} that history does not have",
+                version.revision, version.seq
+            ),
+        )
+    })?;
+    codec::history_value(&bytes)?
+        .decode_record()?
+        .ok_or_else(|| {
+            StoreError::corrupt(
+                "mvcc history",
+                format!(
+                    "the key index names delete {}.{} as a put",
+                    version.revision, version.seq
+                ),
+            )
+        })
+}
+
+/// Reads one live key, `writes` taking precedence over the store.
 pub(crate) fn get_latest(
     tree: &sled::Tree,
+    index: &KeyIndex,
     writes: &Writes,
     key: &[u8],
 ) -> Result<Option<KeyRecord>, StoreError> {
     if let Some(w) = writes.get(key) {
         return Ok(w.clone());
     }
-    match tree.get(codec::latest_key(key))? {
-        Some(v) => Ok(Some(codec::decode("key record", &v)?)),
-        None => Ok(None),
-    }
+    index.get(key, None).map(|v| fetch(tree, v)).transpose()
 }
 
-/// Scans the live keys in `range`, in key order, with `writes` merged over the tree.
+/// Scans the live keys in `range`, in key order, with `writes` merged over the store.
 pub(crate) fn scan_latest(
     tree: &sled::Tree,
+    index: &KeyIndex,
     writes: &Writes,
     range: &KeyRange,
     out: &mut Collector,
 ) -> Result<(), StoreError> {
-    let (Some(tree_bounds), Some(user_bounds)) = (range.tree_bounds(LATEST), range.user_bounds())
-    else {
-        return Ok(());
-    };
-    let decode_key =
-        |k: &[u8]| -> Result<Vec<u8>, StoreError> { Ok(codec::decode_user_key(&k[1..])?.0) };
-    let mut base = tree.range(tree_bounds);
-    if writes.is_empty() {
-        for item in base {
-            let (k, v) = item?;
-            out.offer(|| decode_key(&k), || codec::decode("key record", &v))?;
+    let mut base = index.range(range, None);
+    let Some(user_bounds) = range.user_bounds().filter(|_| !writes.is_empty()) else {
+        for (key, version) in base {
+            out.offer(|| Ok(key.to_vec()), || fetch(tree, version))?;
         }
         return Ok(());
-    }
+    };
 
     // Merge join of two key-ordered streams; on equal keys the overlay wins.
     let mut over = writes.range::<[u8], _>(user_bounds);
-    let mut next_base = || -> Result<Option<(Vec<u8>, sled::IVec)>, StoreError> {
-        match base.next() {
-            Some(item) => {
-                let (k, v) = item?;
-                Ok(Some((decode_key(&k)?, v)))
-            }
-            None => Ok(None),
-        }
-    };
-    let mut b = next_base()?;
+    let mut b = base.next();
     let mut o = over.next();
     loop {
         let order = match (&b, &o) {
             (None, None) => break,
             (Some(_), None) => Ordering::Less,
             (None, Some(_)) => Ordering::Greater,
-            (Some((bk, _)), Some((ok, _))) => bk.as_slice().cmp(ok.as_slice()),
+            (Some((bk, _)), Some((ok, _))) => bk.cmp(&ok.as_slice()),
         };
         match order {
             Ordering::Less => {
-                if let Some((bk, bv)) = b.take() {
-                    out.offer(|| Ok(bk), || codec::decode("key record", &bv))?;
+                if let Some((key, version)) = b.take() {
+                    out.offer(|| Ok(key.to_vec()), || fetch(tree, version))?;
                 }
-                b = next_base()?;
+                b = base.next();
             }
             Ordering::Equal | Ordering::Greater => {
                 // A `None` in the overlay is a delete: the key is not there.
@@ -201,7 +190,7 @@ pub(crate) fn scan_latest(
                     out.offer(|| Ok(ok.clone()), || Ok(rec.clone()))?;
                 }
                 if order == Ordering::Equal {
-                    b = next_base()?;
+                    b = base.next();
                 }
                 o = over.next();
             }
@@ -214,40 +203,15 @@ pub(crate) fn scan_latest(
 /// that version is a delete. Only valid for `revision >= compact revision`.
 pub(crate) fn scan_history(
     tree: &sled::Tree,
+    index: &KeyIndex,
     revision: i64,
     range: &KeyRange,
     out: &mut Collector,
 ) -> Result<(), StoreError> {
-    let Some(bounds) = range.tree_bounds(HISTORY) else {
-        return Ok(());
-    };
-    // Versions of one key are adjacent and in revision order, so the last one `<= revision` seen
-    // before the key changes is the one to answer with.
-    let finish =
-        |group: &[u8], best: Option<sled::IVec>, out: &mut Collector| -> Result<(), StoreError> {
-            let Some(value) = best else { return Ok(()) };
-            let Some(record) = codec::history_record_bytes(&value)? else {
-                return Ok(()); // deleted at that revision
-            };
-            out.offer(
-                || Ok(codec::decode_user_key(&group[1..])?.0),
-                || codec::decode("key record", record),
-            )
-        };
-    let mut group: Vec<u8> = Vec::new();
-    let mut best: Option<sled::IVec> = None;
-    for item in tree.range(bounds) {
-        let (k, v) = item?;
-        let (head, rev) = codec::split_history_key(&k)?;
-        if head != group.as_slice() {
-            finish(&group, best.take(), out)?;
-            group = head.to_vec();
-        }
-        if rev <= revision {
-            best = Some(v);
-        }
+    for (key, version) in index.range(range, Some(revision)) {
+        out.offer(|| Ok(key.to_vec()), || fetch(tree, version))?;
     }
-    finish(&group, best, out)
+    Ok(())
 }
 
 /// Checks a requested read revision against the store: `<= 0` is "current".
@@ -263,7 +227,7 @@ pub(crate) fn check_revision(requested: i64, current: i64, compact: i64) -> Resu
     }
 }
 
-/// etcd's Range: reads `req` from the tree (with `writes` merged in for reads at the current
+/// etcd's Range: reads `req` from the store (with `writes` merged in for reads at the current
 /// revision), where `current` is the store revision before `writes`.
 ///
 /// Follows etcd's `executeRange` (server/etcdserver/txn/range.go) step by step: fetch (only
@@ -272,6 +236,7 @@ pub(crate) fn check_revision(requested: i64, current: i64, compact: i64) -> Resu
 /// keys in the range at that revision: like etcd it ignores both `limit` and the filters.
 pub(crate) fn read_range(
     tree: &sled::Tree,
+    index: &KeyIndex,
     writes: &Writes,
     current: i64,
     compact: i64,
@@ -297,10 +262,10 @@ pub(crate) fn read_range(
     };
     let mut found = Collector::at_most(max);
     if req.revision <= 0 || (req.revision == current && writes.is_empty()) {
-        scan_latest(tree, writes, &range, &mut found)?;
+        scan_latest(tree, index, writes, &range, &mut found)?;
     } else {
         // An explicit revision inside a write reads the state before the write, as etcd does.
-        scan_history(tree, req.revision, &range, &mut found)?;
+        scan_history(tree, index, req.revision, &range, &mut found)?;
     }
 
     let mut kvs = found.kvs;

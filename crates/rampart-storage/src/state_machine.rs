@@ -74,13 +74,13 @@ fn build(
 ) -> Result<Snapshot<TypeConfig>, Box<StorageError<NodeId>>> {
     // A consistent copy: export holds the read lock, so the pairs are exactly the state after
     // `state.applied`, which becomes the snapshot's last log id.
-    let (state, pairs) = core
+    let exported = core
         .export()
         .map_err(|e| snapshot_error(None, ErrorVerb::Read, &e))?;
     let meta = SnapshotMeta {
-        last_log_id: state.applied,
-        last_membership: state.membership.clone(),
-        snapshot_id: snapshots.new_id(state.applied),
+        last_log_id: exported.applied,
+        last_membership: exported.membership,
+        snapshot_id: snapshots.new_id(exported.applied),
     };
     // openraft purges the log up to the snapshot once it has it, and after a restart the state
     // machine is read back from sled, not from the snapshot file: so the tree must be durable
@@ -89,7 +89,10 @@ fn build(
     core.disk
         .flush()
         .map_err(|e| snapshot_error(Some(&meta), ErrorVerb::Write, &e))?;
-    let body = SnapshotBody { meta, pairs };
+    let body = SnapshotBody {
+        meta,
+        pairs: exported.pairs,
+    };
     let bytes = snapshot::encode(&body)
         .map_err(|e| snapshot_error(Some(&body.meta), ErrorVerb::Write, &e))?;
     snapshots

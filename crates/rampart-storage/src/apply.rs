@@ -24,11 +24,11 @@ use crate::codec::{
     self, KeyRecord, META_APPLIED, META_APPLIED_PART, META_COMPACT, META_MEMBERSHIP, META_REVISION,
 };
 use crate::error::{MvccError, StoreError};
-use crate::events::{ChangedKey, WatchFeed, Written};
-use crate::index::{KeyIndex, Version};
+use crate::events::{ChangedKey, Prior, WatchFeed, Written};
+use crate::index::{KeyIndex, Live, Version};
 use crate::lease;
 use crate::mvcc::{MvccCore, MvccState};
-use crate::range::{self, Collector, KeyRange, Writes};
+use crate::range::{self, Collector, Found, KeyRange, Writes};
 use crate::redo::{self, WriteBatch};
 use crate::types::{
     ApplyError, Command, CommandResponse, CommandResult, Compare, CompareResult, CompareTarget,
@@ -240,7 +240,7 @@ impl MvccCore {
         // to an earlier applied id, whose later entries are still in the synced log (purging
         // needs a snapshot, and building one flushes), and openraft re-applies them.
         for changes in changes {
-            self.update(state, changes);
+            self.update(state, changes)?;
         }
         if finishes_entry {
             state.applied = Some(log_id);
@@ -253,7 +253,7 @@ impl MvccCore {
 
     /// Updates the cached state and the key index with one command's `changes`, now in the tree,
     /// and sends its events to the live watch feed.
-    fn update(&self, state: &mut MvccState, changes: Changes) {
+    fn update(&self, state: &mut MvccState, changes: Changes) -> Result<(), StoreError> {
         if let Some(w) = &changes.written {
             state.revision = w.revision;
             for (seq, change) in (0..).zip(&w.changes) {
@@ -262,7 +262,12 @@ impl MvccCore {
                     seq,
                     tombstone: change.after.is_none(),
                 };
-                state.index.push(&change.key, version);
+                let live = change.after.as_ref().map(|r| Live {
+                    create_revision: r.create_revision,
+                    version: r.version,
+                    lease: r.lease,
+                });
+                state.index.push(&change.key, version, live);
             }
         }
         if let Some(c) = changes.compact_revision {
@@ -281,14 +286,15 @@ impl MvccCore {
             // the send when no one listens is safe: `receiver_count` and `subscribe` synchronize
             // on the channel's lock, so a subscriber not counted here subscribes after this point
             // and its next `Mvcc::revision()` waits for this lock, sees this revision, and replays
-            // it from history. It saves building the events (cloning values) for no one.
+            // it from history. It saves building the events (reading and cloning values) for
+            // no one.
             if self.feed.receiver_count() > 0 {
+                let events = written.into_events(&self.tree)?;
                 // An error only means every receiver has gone since the check.
-                let _ = self
-                    .feed
-                    .send(WatchFeed::Events(Arc::new(written.into_events())));
+                let _ = self.feed.send(WatchFeed::Events(Arc::new(events)));
             }
         }
+        Ok(())
     }
 }
 
@@ -404,7 +410,7 @@ struct WriteTxn<'a> {
     /// Each written key once, in the order of its first write, with its record before the entry:
     /// the revision's events. (A key written twice in one entry, which the server refuses as
     /// etcd does, makes one event: its final state.)
-    changed: Vec<(Vec<u8>, Option<KeyValue>)>,
+    changed: Vec<(Vec<u8>, Option<Prior>)>,
 }
 
 impl<'a> WriteTxn<'a> {
@@ -435,7 +441,7 @@ impl<'a> WriteTxn<'a> {
     fn write(
         &mut self,
         key: Vec<u8>,
-        before: impl FnOnce() -> Option<KeyValue>,
+        before: impl FnOnce() -> Option<Prior>,
         after: Option<KeyRecord>,
     ) {
         if !self.writes.contains_key(&key) {
@@ -453,11 +459,28 @@ impl<'a> WriteTxn<'a> {
         range::get_latest(self.tree, self.index, &self.writes, key)
     }
 
+    /// `key`'s record before this write, if it is live, without reading its value from history.
+    fn prior(&self, key: &[u8]) -> Option<Prior> {
+        match self.writes.get(key) {
+            Some(written) => written
+                .clone()
+                .map(|record| Prior::Record(record.into_kv(key.to_vec()))),
+            None => self.stored_prior(key),
+        }
+    }
+
+    /// `key`'s record in the store, if it is live, without reading its value.
+    fn stored_prior(&self, key: &[u8]) -> Option<Prior> {
+        self.index
+            .live(key)
+            .map(|(version, live)| Prior::Stored { version, live })
+    }
+
     /// The checks etcd makes before a put (leases first, as its plain Put does; then the key the
     /// `ignore_*` flags need).
     fn check_put(&self, req: &PutRequest) -> Result<(), MvccError> {
         lease::check_lease(self.tree, req.lease)?;
-        if (req.ignore_value || req.ignore_lease) && self.latest(&req.key)?.is_none() {
+        if (req.ignore_value || req.ignore_lease) && self.prior(&req.key).is_none() {
             return Err(ApplyError::KeyNotFound.into());
         }
         Ok(())
@@ -465,19 +488,33 @@ impl<'a> WriteTxn<'a> {
 
     fn put(&mut self, req: &PutRequest) -> Result<PutResponse, MvccError> {
         self.check_put(req)?;
-        let prev = self.latest(&req.key)?;
+        // The previous value is read only if the request needs it.
+        let full = if req.prev_kv || req.ignore_value {
+            self.latest(&req.key)?
+                .map(|record| record.into_kv(req.key.clone()))
+        } else {
+            None
+        };
+        let value = match &full {
+            Some(kv) if req.ignore_value => kv.value.clone(),
+            _ => req.value.clone(),
+        };
+        let prev = match full {
+            Some(kv) => Some(Prior::Record(kv)),
+            None => self.prior(&req.key),
+        };
         let revision = self.revision();
         let record = match &prev {
             Some(p) => KeyRecord {
-                create_revision: p.create_revision,
+                create_revision: p.create_revision(),
                 mod_revision: revision,
-                version: p.version + 1,
-                lease: if req.ignore_lease { p.lease } else { req.lease },
-                value: if req.ignore_value {
-                    p.value.clone()
+                version: p.version() + 1,
+                lease: if req.ignore_lease {
+                    p.lease()
                 } else {
-                    req.value.clone()
+                    req.lease
                 },
+                value,
             },
             // check_put has refused ignore_* on a missing key.
             None => KeyRecord {
@@ -485,47 +522,57 @@ impl<'a> WriteTxn<'a> {
                 mod_revision: revision,
                 version: 1,
                 lease: req.lease,
-                value: req.value.clone(),
+                value,
             },
         };
-        let prev = prev.map(|p| p.into_kv(req.key.clone()));
-        let response = PutResponse {
-            prev_kv: prev.as_ref().filter(|_| req.prev_kv).cloned(),
+        let prev_kv = match &prev {
+            Some(Prior::Record(kv)) if req.prev_kv => Some(kv.clone()),
+            _ => None,
         };
         self.write(req.key.clone(), || prev, Some(record));
-        Ok(response)
+        Ok(PutResponse { prev_kv })
     }
 
     fn delete_range(
         &mut self,
         req: &DeleteRangeRequest,
     ) -> Result<DeleteRangeResponse, StoreError> {
-        let mut victims = Collector::all();
-        range::scan_latest(
-            self.tree,
+        let mut victims = Vec::new();
+        range::visit_latest(
             self.index,
             &self.writes,
             &KeyRange::new(&req.key, &req.range_end),
-            &mut victims,
+            |key, found| {
+                let prior = match found {
+                    Found::Written(record) => Prior::Record(record.clone().into_kv(key.to_vec())),
+                    Found::Stored(_) => self.stored_prior(key).ok_or_else(|| {
+                        StoreError::corrupt("key index", "a live key without its record (bug)")
+                    })?,
+                };
+                victims.push((key.to_vec(), prior));
+                Ok(())
+            },
         )?;
-        let deleted = victims.count;
+        let deleted = victims.len() as i64;
         let mut prev_kvs = Vec::new();
-        for kv in victims.kvs {
-            if req.prev_kv {
+        for (key, prior) in victims {
+            // Values are read only when the caller wants them back.
+            let prior = if req.prev_kv {
+                let kv = prior.into_kv(self.tree, &key)?;
                 prev_kvs.push(kv.clone());
-            }
-            // Moved, not copied, when the caller does not want it back: a delete of many keys
-            // would otherwise copy every value once more.
-            self.write(kv.key.clone(), || Some(kv), None);
+                Prior::Record(kv)
+            } else {
+                prior
+            };
+            self.write(key, || Some(prior), None);
         }
         Ok(DeleteRangeResponse { deleted, prev_kvs })
     }
 
     /// Deletes `key` if it is live (a revoke's delete of one attached key).
     fn delete_key(&mut self, key: Vec<u8>) -> Result<(), StoreError> {
-        if let Some(prev) = self.latest(&key)? {
-            let before = prev.into_kv(key.clone());
-            self.write(key, || Some(before), None);
+        if let Some(prior) = self.prior(&key) {
+            self.write(key, || Some(prior), None);
         }
         Ok(())
     }
@@ -635,7 +682,7 @@ impl<'a> WriteTxn<'a> {
                 None => codec::history_tombstone(&key)?,
             };
             batch.insert(codec::history_key(revision, seq), version);
-            let old_lease = before.as_ref().map_or(0, |kv| kv.lease);
+            let old_lease = before.as_ref().map_or(0, Prior::lease);
             let new_lease = after.as_ref().map_or(0, |r| r.lease);
             if old_lease != new_lease {
                 if old_lease != 0 {

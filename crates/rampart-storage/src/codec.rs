@@ -33,6 +33,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
+use crate::index::Live;
 use crate::types::{KeyValue, Lease, NodeId};
 
 /// Version of this layout, stored under [`META_FORMAT`]; bump it on any incompatible change.
@@ -228,6 +229,27 @@ impl HistoryValue<'_> {
     pub(crate) fn decode_record(&self) -> Result<Option<KeyRecord>, StoreError> {
         self.record.map(|r| decode("key record", r)).transpose()
     }
+
+    /// Decodes the put's record up to its value (which stays undecoded); `None` for a delete.
+    pub(crate) fn decode_live(&self) -> Result<Option<Live>, StoreError> {
+        let Some(record) = self.record else {
+            return Ok(None);
+        };
+        // The leading fields of a `KeyRecord`, in its order; bincode leaves the rest unread.
+        #[derive(Deserialize)]
+        struct Head {
+            create_revision: i64,
+            _mod_revision: i64,
+            version: i64,
+            lease: i64,
+        }
+        let head: Head = decode("key record", record)?;
+        Ok(Some(Live {
+            create_revision: head.create_revision,
+            version: head.version,
+            lease: head.lease,
+        }))
+    }
 }
 
 fn history_value_head(tag: u8, key: &[u8], extra: usize) -> Result<Vec<u8>, StoreError> {
@@ -379,6 +401,14 @@ mod tests {
         let put = history_put(b"k\0ey", &record).expect("encodes");
         let read = history_value(&put).expect("decodes");
         assert_eq!(read.key, b"k\0ey");
+        assert_eq!(
+            read.decode_live().expect("decodes"),
+            Some(Live {
+                create_revision: 2,
+                version: 3,
+                lease: -7
+            })
+        );
         assert_eq!(read.decode_record().expect("decodes"), Some(record));
 
         let delete = history_tombstone(b"").expect("encodes");

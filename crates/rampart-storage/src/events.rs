@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use crate::codec::{self, KeyRecord};
 use crate::error::{MvccError, StoreError};
+use crate::index::{Live, Version};
 use crate::mvcc::{MvccCore, MvccState};
 use crate::range::{self, KeyRange};
 use crate::types::{ApplyError, Event, EventKind, KeyValue, RevisionEvents};
@@ -40,8 +41,48 @@ pub enum WatchFeed {
 /// One key an entry changed: its record before the entry and after it (`None`: not live).
 pub(crate) struct ChangedKey {
     pub key: Vec<u8>,
-    pub before: Option<KeyValue>,
+    pub before: Option<Prior>,
     pub after: Option<KeyRecord>,
+}
+
+/// A changed key's record before the entry.
+pub(crate) enum Prior {
+    /// Read in full: the command needed it, or wrote it itself earlier.
+    Record(KeyValue),
+    /// Not read: still in history, and what the key index knows of it.
+    Stored { version: Version, live: Live },
+}
+
+impl Prior {
+    pub(crate) fn create_revision(&self) -> i64 {
+        match self {
+            Prior::Record(kv) => kv.create_revision,
+            Prior::Stored { live, .. } => live.create_revision,
+        }
+    }
+
+    pub(crate) fn version(&self) -> i64 {
+        match self {
+            Prior::Record(kv) => kv.version,
+            Prior::Stored { live, .. } => live.version,
+        }
+    }
+
+    pub(crate) fn lease(&self) -> i64 {
+        match self {
+            Prior::Record(kv) => kv.lease,
+            Prior::Stored { live, .. } => live.lease,
+        }
+    }
+
+    /// The whole record of `key`, read from history if it was not yet. History keeps it at
+    /// least until the entry that replaced it is applied: the compactor cannot run meanwhile.
+    pub(crate) fn into_kv(self, tree: &sled::Tree, key: &[u8]) -> Result<KeyValue, StoreError> {
+        match self {
+            Prior::Record(kv) => Ok(kv),
+            Prior::Stored { version, .. } => Ok(range::fetch(tree, version)?.into_kv(key.to_vec())),
+        }
+    }
 }
 
 /// The keys one entry changed, in op order, and the revision it created.
@@ -51,17 +92,16 @@ pub(crate) struct Written {
 }
 
 impl Written {
-    /// The revision's events, as [`read_events`] would replay them.
-    pub(crate) fn into_events(self) -> RevisionEvents {
+    /// The revision's events, as [`read_events`] would replay them; previous records not read
+    /// yet are read from `tree`.
+    pub(crate) fn into_events(self, tree: &sled::Tree) -> Result<RevisionEvents, StoreError> {
         let revision = self.revision;
-        RevisionEvents {
-            revision,
-            events: self
-                .changes
-                .into_iter()
-                .map(|c| event(revision, c.key, c.after, c.before))
-                .collect(),
+        let mut events = Vec::with_capacity(self.changes.len());
+        for c in self.changes {
+            let prev_kv = c.before.map(|p| p.into_kv(tree, &c.key)).transpose()?;
+            events.push(event(revision, c.key, c.after, prev_kv));
         }
+        Ok(RevisionEvents { revision, events })
     }
 }
 

@@ -32,10 +32,26 @@ impl Version {
     }
 }
 
+/// What a put of a live key needs of its current record, kept so that it is not read back from
+/// history (etcd keeps the same in its key index and lessor).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Live {
+    pub create_revision: i64,
+    pub version: i64,
+    pub lease: i64,
+}
+
+/// One key's versions, in revision order, and its current record's [`Live`] part if it exists.
+#[derive(Default)]
+struct Entry {
+    versions: Vec<Version>,
+    live: Option<Live>,
+}
+
 /// Every key that has a version in history, with its versions in revision order.
 #[derive(Default)]
 pub(crate) struct KeyIndex {
-    keys: BTreeMap<Vec<u8>, Vec<Version>>,
+    keys: BTreeMap<Vec<u8>, Entry>,
 }
 
 impl KeyIndex {
@@ -56,26 +72,25 @@ impl KeyIndex {
             }
             let (revision, seq) = codec::split_history_key(k.as_ref())?;
             let value = codec::history_value(v.as_ref())?;
-            index.push(
-                value.key,
-                Version {
-                    revision,
-                    seq,
-                    tombstone: value.record.is_none(),
-                },
-            );
+            let version = Version {
+                revision,
+                seq,
+                tombstone: value.record.is_none(),
+            };
+            index.push(value.key, version, value.decode_live()?);
         }
         Ok(index)
     }
 
-    /// Records a new version of `key`, later than every version the index holds.
-    pub(crate) fn push(&mut self, key: &[u8], version: Version) {
-        match self.keys.get_mut(key) {
-            Some(versions) => versions.push(version),
-            None => {
-                self.keys.insert(key.to_vec(), vec![version]);
-            }
-        }
+    /// Records a new version of `key`, later than every version the index holds: `live` is
+    /// the record's [`Live`] part for a put, `None` for a delete.
+    pub(crate) fn push(&mut self, key: &[u8], version: Version, live: Option<Live>) {
+        let entry = match self.keys.get_mut(key) {
+            Some(entry) => entry,
+            None => self.keys.entry(key.to_vec()).or_default(),
+        };
+        entry.versions.push(version);
+        entry.live = live;
     }
 
     /// The version of `key` visible at `revision` (`None`: the latest), unless the key did not
@@ -83,12 +98,18 @@ impl KeyIndex {
     pub(crate) fn get(&self, key: &[u8], revision: Option<i64>) -> Option<Version> {
         self.keys
             .get(key)
-            .and_then(|versions| visible(versions, revision))
+            .and_then(|entry| visible(&entry.versions, revision))
+    }
+
+    /// The current version of `key` and its [`Live`] part, if the key exists.
+    pub(crate) fn live(&self, key: &[u8]) -> Option<(Version, Live)> {
+        let entry = self.keys.get(key)?;
+        Some((visible(&entry.versions, None)?, entry.live?))
     }
 
     /// The version of `key` just before `revision`, a delete included, if history has one.
     pub(crate) fn before(&self, key: &[u8], revision: i64) -> Option<Version> {
-        let versions = self.keys.get(key)?;
+        let versions = &self.keys.get(key)?.versions;
         let at = versions.partition_point(|v| v.revision < revision);
         at.checked_sub(1).map(|i| versions[i])
     }
@@ -104,7 +125,9 @@ impl KeyIndex {
             .user_bounds()
             .into_iter()
             .flat_map(move |bounds| self.keys.range::<[u8], _>(bounds))
-            .filter_map(move |(key, versions)| Some((key.as_slice(), visible(versions, revision)?)))
+            .filter_map(move |(key, entry)| {
+                Some((key.as_slice(), visible(&entry.versions, revision)?))
+            })
     }
 
     /// Removes from the index, from key `from` on, versions that a compaction at `target`
@@ -122,7 +145,7 @@ impl KeyIndex {
         let mut removed = Vec::new();
         let mut emptied = Vec::new();
         let mut next = None;
-        for (key, versions) in self
+        for (key, entry) in self
             .keys
             .range_mut::<[u8], _>((Bound::Included(from), Bound::Unbounded))
         {
@@ -131,6 +154,7 @@ impl KeyIndex {
                 break;
             }
             budget -= 1;
+            let versions = &mut entry.versions;
             let at_or_below = versions.partition_point(|v| v.revision <= target);
             let Some(survivor) = at_or_below.checked_sub(1) else {
                 continue;
@@ -178,6 +202,14 @@ fn visible(versions: &[Version], revision: Option<i64>) -> Option<Version> {
 mod tests {
     use super::*;
 
+    fn live(revision: i64) -> Option<Live> {
+        Some(Live {
+            create_revision: revision,
+            version: 1,
+            lease: 0,
+        })
+    }
+
     fn put(revision: i64) -> Version {
         Version {
             revision,
@@ -196,15 +228,17 @@ mod tests {
     #[test]
     fn visibility_follows_revisions_and_deletes() {
         let mut index = KeyIndex::default();
-        index.push(b"a", put(2));
-        index.push(b"a", delete(4));
-        index.push(b"a", put(6));
-        index.push(b"b", put(3));
+        index.push(b"a", put(2), live(2));
+        index.push(b"a", delete(4), None);
+        index.push(b"a", put(6), live(6));
+        index.push(b"b", put(3), live(3));
         assert_eq!(index.get(b"a", Some(1)), None);
         assert_eq!(index.get(b"a", Some(3)), Some(put(2)));
         assert_eq!(index.get(b"a", Some(5)), None, "deleted at 4");
         assert_eq!(index.get(b"a", None), Some(put(6)));
         assert_eq!(index.get(b"c", None), None);
+        assert_eq!(index.live(b"a"), Some((put(6), live(6).unwrap())));
+        assert_eq!(index.live(b"c"), None);
         assert_eq!(index.before(b"a", 6), Some(delete(4)));
         assert_eq!(index.before(b"a", 2), None);
         let at = |revision| {
@@ -221,12 +255,12 @@ mod tests {
     #[test]
     fn compaction_keeps_what_reads_at_or_after_the_target_can_see() {
         let mut index = KeyIndex::default();
-        index.push(b"a", put(2));
-        index.push(b"b", put(3));
-        index.push(b"a", put(4));
-        index.push(b"b", delete(5));
-        index.push(b"c", put(6));
-        index.push(b"c", put(8));
+        index.push(b"a", put(2), live(2));
+        index.push(b"b", put(3), live(3));
+        index.push(b"a", put(4), live(4));
+        index.push(b"b", delete(5), None);
+        index.push(b"c", put(6), live(6));
+        index.push(b"c", put(8), live(8));
 
         // a: one key and one version; b: one key and two versions; nothing left for c.
         let (removed, next) = index.compact_chunk(b"", 5, 5);
@@ -249,9 +283,9 @@ mod tests {
     fn a_long_history_is_compacted_over_several_chunks_oldest_first() {
         let mut index = KeyIndex::default();
         for revision in 1..=5 {
-            index.push(b"x", put(revision));
+            index.push(b"x", put(revision), live(revision));
         }
-        index.push(b"x", delete(6));
+        index.push(b"x", delete(6), None);
         let (removed, next) = index.compact_chunk(b"", 6, 3);
         assert_eq!(removed, [put(1), put(2)]);
         assert_eq!(next, Some(b"x".to_vec()), "x is not done");

@@ -150,18 +150,26 @@ pub(crate) fn get_latest(
     index.get(key, None).map(|v| fetch(tree, v)).transpose()
 }
 
-/// Scans the live keys in `range`, in key order, with `writes` merged over the store.
-pub(crate) fn scan_latest(
-    tree: &sled::Tree,
+/// Where a live key's record is.
+pub(crate) enum Found<'a> {
+    /// In history, at this version.
+    Stored(Version),
+    /// Among the writes of the entry being applied.
+    Written(&'a KeyRecord),
+}
+
+/// Calls `f` with each live key in `range`, in key order, `writes` merged over the store,
+/// without reading any record.
+pub(crate) fn visit_latest(
     index: &KeyIndex,
     writes: &Writes,
     range: &KeyRange,
-    out: &mut Collector,
+    mut f: impl FnMut(&[u8], Found<'_>) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
     let mut base = index.range(range, None);
     let Some(user_bounds) = range.user_bounds().filter(|_| !writes.is_empty()) else {
         for (key, version) in base {
-            out.offer(|| Ok(key.to_vec()), || fetch(tree, version))?;
+            f(key, Found::Stored(version))?;
         }
         return Ok(());
     };
@@ -180,14 +188,14 @@ pub(crate) fn scan_latest(
         match order {
             Ordering::Less => {
                 if let Some((key, version)) = b.take() {
-                    out.offer(|| Ok(key.to_vec()), || fetch(tree, version))?;
+                    f(key, Found::Stored(version))?;
                 }
                 b = base.next();
             }
             Ordering::Equal | Ordering::Greater => {
                 // A `None` in the overlay is a delete: the key is not there.
-                if let Some((ok, Some(rec))) = o.take() {
-                    out.offer(|| Ok(ok.clone()), || Ok(rec.clone()))?;
+                if let Some((key, Some(record))) = o.take() {
+                    f(key, Found::Written(record))?;
                 }
                 if order == Ordering::Equal {
                     b = base.next();
@@ -197,6 +205,25 @@ pub(crate) fn scan_latest(
         }
     }
     Ok(())
+}
+
+/// Scans the live keys in `range`, in key order, with `writes` merged over the store.
+pub(crate) fn scan_latest(
+    tree: &sled::Tree,
+    index: &KeyIndex,
+    writes: &Writes,
+    range: &KeyRange,
+    out: &mut Collector,
+) -> Result<(), StoreError> {
+    visit_latest(index, writes, range, |key, found| {
+        out.offer(
+            || Ok(key.to_vec()),
+            || match found {
+                Found::Stored(version) => fetch(tree, version),
+                Found::Written(record) => Ok(record.clone()),
+            },
+        )
+    })
 }
 
 /// Scans `range` as it was at `revision`: for each key its latest version `<= revision`, unless

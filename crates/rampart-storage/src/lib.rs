@@ -20,9 +20,10 @@
 //! directory).
 //!
 //! Invariants:
-//! - each log entry changes the MVCC tree in ONE sled batch that also records its log id, and
-//!   readers hold a read lock the applier's write lock excludes: no one sees half an entry, and a
-//!   restart neither re-applies nor skips one;
+//! - each log entry changes the MVCC tree in ONE atomic write set (its redo record, see `redo`)
+//!   that also records its log id, and readers hold a read lock the applier's write lock
+//!   excludes: no one sees half an entry, and a restart neither re-applies nor skips one;
+//! - the in-memory key index always describes exactly the history in the tree;
 //! - the live watch feed is sent to under that write lock, once the entry is visible, so it is in
 //!   revision order and a subscriber that reads the revision after subscribing misses nothing;
 //! - openraft hears "done" for log appends, votes, truncations and purges only after an fsync.

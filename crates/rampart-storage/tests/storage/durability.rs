@@ -51,6 +51,11 @@ fn observe(node: &Node) -> Vec<String> {
             })
         ));
     }
+    // Replayed with each event's previous version, which the key index rebuilt at open finds.
+    seen.push(format!(
+        "events {:?}",
+        m.events(m.compact_revision(), i64::MAX, b"\0", b"\0", 0)
+    ));
     seen
 }
 
@@ -77,6 +82,15 @@ async fn state_machine_survives_restart() {
         )
     );
     assert_eq!(node.mvcc.members().len(), 1);
+
+    // The rebuilt index knows each live key's create revision and version.
+    let mut node = node;
+    node.put("a", "3").await; // 8
+    let a = node.range(&range("a", "")).unwrap().kvs;
+    assert_eq!(
+        (a[0].create_revision, a[0].mod_revision, a[0].version),
+        (2, 8, 3)
+    );
 }
 
 #[tokio::test]

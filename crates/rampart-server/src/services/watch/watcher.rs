@@ -5,9 +5,12 @@
 //! - **catching up**: it reads the current revision `R` (its feed receiver already in place)
 //!   and replays `[next, R]` from history, in chunks of about [`HISTORY_CHUNK`] events;
 //! - **live**: it follows the store's feed, one message per applied revision, skipping those it
-//!   already replayed. On `Lagged` (it fell behind a full feed ring while its client was slow),
-//!   on a `Reset` (a snapshot replaced the state) or on a gap in the feed's revisions, it
-//!   catches up again from `next`.
+//!   already replayed. The revisions waiting in the feed when it wakes are handled together (at
+//!   most [`MAX_LIVE_BATCH`] of them): one response each, as etcd's synced watchers send, queued
+//!   for the stream at once. On
+//!   `Lagged` (it fell behind a full feed ring while its client was slow), on a `Reset` (a
+//!   snapshot replaced the state) or on a gap in the feed's revisions, it catches up again from
+//!   `next`.
 //!
 //! History that was compacted past `next` cancels the watch with `compact_revision`, as etcd
 //! cancels an unsynced watcher below the compact revision.
@@ -18,7 +21,10 @@ use std::sync::Arc;
 use prost::Message;
 use rampart_api::etcdserverpb as pb;
 use rampart_storage::{ApplyError, Event, EventKind, MvccError, RevisionEvents, WatchFeed};
-use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::broadcast::{
+    self,
+    error::{RecvError, TryRecvError},
+};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
@@ -29,6 +35,9 @@ use crate::error::ServerError;
 /// About how many events one history read returns (whole revisions only), bounding what a
 /// catching-up watcher holds at once.
 const HISTORY_CHUNK: usize = 256;
+
+/// At most how many revisions waiting in the feed a live watcher handles at once.
+const MAX_LIVE_BATCH: usize = 64;
 
 /// etcd's error for a create request whose range is empty (`mvcc.ErrEmptyWatcherRange`).
 pub(super) const EMPTY_RANGE: &str = "mvcc: watcher range is empty";
@@ -200,7 +209,7 @@ impl Watcher {
                 _ = self.token.cancelled() => return Err(Stop),
                 _ = ticker.tick(), if self.spec.progress_notify => self.tick().await?,
                 received = feed.recv() => match received {
-                    Ok(WatchFeed::Events(revision)) => self.live(&revision).await?,
+                    Ok(WatchFeed::Events(revision)) => self.live(revision, feed).await?,
                     Ok(WatchFeed::Reset { revision }) => {
                         tracing::debug!(watch_id = self.id, revision, "store reset: replaying");
                         self.catch_up().await?
@@ -215,21 +224,52 @@ impl Watcher {
         }
     }
 
-    /// One revision from the feed.
-    async fn live(&mut self, revision: &RevisionEvents) -> Result<(), Stop> {
-        if revision.revision <= self.seen {
-            return Ok(()); // already replayed from history
+    /// One revision from the feed, with those already waiting behind it: a response for each
+    /// that has wanted events, queued together.
+    async fn live(
+        &mut self,
+        first: Arc<RevisionEvents>,
+        feed: &mut broadcast::Receiver<WatchFeed>,
+    ) -> Result<(), Stop> {
+        let mut batch = vec![first];
+        let mut then_catch_up = false;
+        while batch.len() < MAX_LIVE_BATCH {
+            match feed.try_recv() {
+                Ok(WatchFeed::Events(revision)) => batch.push(revision),
+                // What follows a reset or a gap in the ring comes from history, after the batch.
+                Ok(WatchFeed::Reset { .. }) | Err(TryRecvError::Lagged(_)) => {
+                    then_catch_up = true;
+                    break;
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Closed) => return Err(Stop),
+            }
         }
-        if revision.revision > self.seen + 1 {
-            // The feed skipped revisions; history has them (and this one).
-            return self.catch_up().await;
+        let mut responses = Vec::new();
+        let mut seen = self.seen;
+        for revision in &batch {
+            if revision.revision <= seen {
+                continue; // already replayed from history
+            }
+            if revision.revision > seen + 1 {
+                // The feed skipped revisions; history has them (and this one).
+                then_catch_up = true;
+                break;
+            }
+            if revision.revision >= self.next {
+                responses.extend(self.responses(revision, revision.revision));
+                self.next = revision.revision + 1;
+            }
+            seen = revision.revision;
         }
-        if revision.revision >= self.next {
-            self.deliver(revision, revision.revision).await?;
-            self.next = revision.revision + 1;
+        self.send_events(responses).await?;
+        if seen > self.seen {
+            self.seen = seen;
+            self.publish(Progress::Live(self.seen));
         }
-        self.seen = revision.revision;
-        self.publish(Progress::Live(self.seen));
+        if then_catch_up {
+            self.catch_up().await?;
+        }
         Ok(())
     }
 
@@ -264,7 +304,8 @@ impl Watcher {
             }
             // As etcd's unsynced watchers, the header names the revision the replay reads to.
             for revision in &revisions {
-                self.deliver(revision, target).await?;
+                let responses = self.responses(revision, target);
+                self.send_events(responses).await?;
             }
             self.next = last + 1;
             // A long replay shares the thread with other tasks.
@@ -275,29 +316,32 @@ impl Watcher {
         Ok(())
     }
 
-    /// Sends the wanted events of `revision`, if any, in one response (or its fragments).
-    async fn deliver(
-        &mut self,
-        revision: &RevisionEvents,
-        header_revision: i64,
-    ) -> Result<(), Stop> {
+    /// The response carrying the wanted events of `revision` (or its fragments); none if the
+    /// watch filters them all out, as etcd sends nothing then.
+    fn responses(&self, revision: &RevisionEvents, header_revision: i64) -> Vec<pb::WatchResponse> {
         let events: Vec<_> = revision
             .events
             .iter()
             .filter(|e| self.spec.wants(e))
             .map(|e| convert::event(e, self.spec.prev_kv))
             .collect();
-        // etcd sends nothing for a revision whose events the watch filters all out.
         if events.is_empty() {
-            return Ok(());
+            return Vec::new();
         }
         let mut response = self.shared.response(self.id, header_revision);
         response.events = events;
-        let responses = if self.spec.fragment {
+        if self.spec.fragment {
             fragments(response, self.shared.fragment_limit)
         } else {
             vec![response]
-        };
+        }
+    }
+
+    /// Queues event `responses`, if any, for the client.
+    async fn send_events(&mut self, responses: Vec<pb::WatchResponse>) -> Result<(), Stop> {
+        if responses.is_empty() {
+            return Ok(());
+        }
         self.send(responses).await?;
         self.sent_since_tick = true;
         Ok(())

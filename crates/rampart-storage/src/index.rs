@@ -121,10 +121,18 @@ impl KeyIndex {
         range: &'a KeyRange,
         revision: Option<i64>,
     ) -> impl Iterator<Item = (&'a [u8], Version)> + 'a {
-        range
-            .user_bounds()
+        // A single key, the common case, is a lookup rather than a range scan.
+        let (single, bounds) = match range {
+            KeyRange::Single(key) => (self.keys.get_key_value(key.as_slice()), None),
+            _ => (None, range.user_bounds()),
+        };
+        single
             .into_iter()
-            .flat_map(move |bounds| self.keys.range::<[u8], _>(bounds))
+            .chain(
+                bounds
+                    .into_iter()
+                    .flat_map(move |bounds| self.keys.range::<[u8], _>(bounds)),
+            )
             .filter_map(move |(key, entry)| {
                 Some((key.as_slice(), visible(&entry.versions, revision)?))
             })
@@ -250,6 +258,15 @@ mod tests {
         assert_eq!(at(Some(4)), [(b"b".to_vec(), 3)]);
         assert_eq!(at(None), [(b"a".to_vec(), 6), (b"b".to_vec(), 3)]);
         assert_eq!(index.range(&KeyRange::Empty, None).count(), 0);
+        let single = |key: &[u8], revision| {
+            index
+                .range(&KeyRange::Single(key.to_vec()), revision)
+                .map(|(_, v)| v.revision)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(single(b"a", Some(3)), [2]);
+        assert_eq!(single(b"a", Some(5)), [], "deleted at 4");
+        assert_eq!(single(b"c", None), []);
     }
 
     #[test]

@@ -4,18 +4,18 @@
 //! atomic write set (see `redo`) and a snapshot is simply every pair of that tree. The first byte of a key
 //! says what it is:
 //!
-//! | key                                | value                                                 |
-//! |------------------------------------|-------------------------------------------------------|
-//! | `h` rev seq (8 + 4 bytes big-endian) | one version: tag, user key, bincode([`KeyRecord`]) if a put |
-//! | `L` lid                            | bincode([`Lease`])                                     |
-//! | `A` lid enc(key)                   | empty: the key is attached to the lease                |
-//! | `m` name                           | bincode of one meta value (see `META_*`)               |
+//! | key                   | value                                                      |
+//! |-----------------------|------------------------------------------------------------|
+//! | `h` rev seq           | one version: tag, user key, bincode([`KeyRecord`]) if a put |
+//! | `L` lid               | bincode([`Lease`])                                         |
+//! | `A` lid enc(key)      | empty: the key is attached to the lease                    |
+//! | `m` name              | bincode of one meta value (see `META_*`)                   |
 //!
-//! History is keyed by revision, as etcd's: version `seq` (0-based, in the order the command's
-//! operations made them) of revision `rev` is the `seq`-th key that revision changed, so history
-//! in key order IS the event log, and each value is written once. Which version of a key is
-//! visible at a revision comes from the in-memory [`crate::index::KeyIndex`], rebuilt from
-//! history when the tree is opened.
+//! History is keyed by revision, as etcd's (`rev` and `seq` are 8 and 4 bytes big-endian):
+//! version `seq` (0-based, in the order the command's operations made them) of revision `rev` is
+//! the `seq`-th key that revision changed, so history in key order IS the event log, and each
+//! value is written once. Which version of a key is visible at a revision comes from the
+//! in-memory [`crate::index::KeyIndex`], rebuilt from history when the tree is opened.
 //!
 //! A history value is `1` (a put) or `0` (a delete), the user key's length as 4 bytes
 //! big-endian, the user key, and for a put the bincode of its [`KeyRecord`]: the key can be read

@@ -11,13 +11,13 @@
 //!   watch events replayed from history, and the live [`WatchFeed`] of new revisions.
 //!
 //! Layout of the code: `codec` (how the MVCC tree is laid out on disk), `index` (the in-memory
-//! key index over history), `range` (reads: etcd's Range at the current or a past revision), `apply` (writes: one log entry, etcd's Put, DeleteRange,
-//! Txn, Compact, leases), `lease` (lease records and the keys attached to them), `events` (watch
-//! events: replay from history and the live feed), `mvcc` (the shared store, its lock and its
-//! feed), `state_machine` and `snapshot` (openraft's state machine and the snapshot file),
-//! `log_store` and `wal` (openraft's log and its segment files), `durability` (fsyncs that
-//! survive power loss), `applied` (waiting for an applied index), `store` (opening a data
-//! directory).
+//! key index over history), `range` (reads: etcd's Range at the current or a past revision),
+//! `apply` (writes: one log entry, etcd's Put, DeleteRange, Txn, Compact, leases), `lease`
+//! (lease records and the keys attached to them), `events` (watch events: replay from history
+//! and the live feed), `mvcc` (the shared store, its lock and its feed), `state_machine` and
+//! `snapshot` (openraft's state machine and the snapshot file), `log_store` and `wal`
+//! (openraft's log and its segment files), `durability` (fsyncs that survive power loss),
+//! `applied` (waiting for an applied index), `store` (opening a data directory).
 //!
 //! Invariants:
 //! - each log entry changes the MVCC tree in ONE atomic write set (its redo record, see `redo`)

@@ -1,9 +1,9 @@
 //! The MVCC store shared by the state machine (the only writer) and the readers.
 //!
 //! [`MvccCore`] owns the sled tree and, behind one `RwLock`, the cached bookkeeping and the key
-//! index that describe it. The lock is what makes each log entry atomic to readers: the state machine
-//! holds the write lock while it executes an entry and applies its batch, and every read (a
-//! Range, a snapshot export) holds the read lock, so no reader ever sees half an entry.
+//! index that describe it. The lock is what makes each log entry atomic to readers: the state
+//! machine holds the write lock while it executes an entry and applies its batch, and every read
+//! (a Range, a snapshot export) holds the read lock, so no reader ever sees half an entry.
 //! [`Mvcc`] is the cheap read handle handed to the server.
 //!
 //! The core also owns the live watch feed. Every message is sent while the write lock is still

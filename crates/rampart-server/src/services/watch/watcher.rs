@@ -7,10 +7,9 @@
 //! - **live**: it follows the store's feed, one message per applied revision, skipping those it
 //!   already replayed. The revisions waiting in the feed when it wakes are handled together (at
 //!   most [`MAX_LIVE_BATCH`] of them): one response each, as etcd's synced watchers send, queued
-//!   for the stream at once. On
-//!   `Lagged` (it fell behind a full feed ring while its client was slow), on a `Reset` (a
-//!   snapshot replaced the state) or on a gap in the feed's revisions, it catches up again from
-//!   `next`.
+//!   for the stream at once. On `Lagged` (it fell behind a full feed ring while its client was
+//!   slow), on a `Reset` (a snapshot replaced the state) or on a gap in the feed's revisions, it
+//!   catches up again from `next`.
 //!
 //! History that was compacted past `next` cancels the watch with `compact_revision`, as etcd
 //! cancels an unsynced watcher below the compact revision.

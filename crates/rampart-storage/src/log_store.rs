@@ -131,7 +131,8 @@ fn move_old_entries(disk: &Disk, tree: &sled::Tree, wal: &mut Wal) -> Result<(),
     }
     let purged = wal.purged();
     entries.retain(|e| purged.is_none_or(|p| e.log_id.index > p));
-    if let Some(file) = wal.append(&entries)? {
+    let moved = entries.len();
+    if let Some(file) = wal.append(entries)? {
         file.sync_data()
             .map_err(|e| StoreError::io("fdatasync", "raft log segment", e))?;
     }
@@ -142,7 +143,7 @@ fn move_old_entries(disk: &Disk, tree: &sled::Tree, wal: &mut Wal) -> Result<(),
     tree.apply_batch(batch)?;
     disk.flush()?;
     tracing::info!(
-        entries = entries.len(),
+        entries = moved,
         "moved the raft log out of the database into segment files"
     );
     Ok(())
@@ -238,7 +239,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let written = self
             .wal
             .write()
-            .append(&entries)
+            .append(entries)
             .map_err(|e| StorageIOError::write_logs(&e))?;
         // The entries are readable from here on (openraft requires that when append returns).
         // They become durable with the flusher's next sync of their segment, which starts after

@@ -19,11 +19,15 @@
 //! the end of the last segment is a write the crash interrupted, which was never acknowledged,
 //! and is cut off; anywhere else it is corruption and the log refuses to open.
 //!
+//! The entries appended last are also kept decoded in memory, up to [`RECENT_BYTES`] of records:
+//! the reads that follow an append closely (replicating it to followers, applying it once
+//! committed) are served from there, without reading and decoding the file again.
+//!
 //! Invariants: the segments' entries are consecutive from the first segment's first index to
 //! [`Wal::last`]; entries at or below `purged` are never returned, whether or not their files
 //! have gone yet.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -39,6 +43,9 @@ pub(crate) type Entry = openraft::Entry<TypeConfig>;
 
 /// A segment grows to about this size before the next append starts a new one.
 pub(crate) const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// At most this many bytes of records are kept decoded in memory (see [`Recent`]).
+const RECENT_BYTES: usize = 8 * 1024 * 1024;
 
 const HEADER_BYTES: usize = 8;
 const SUFFIX: &str = ".wal";
@@ -78,6 +85,88 @@ impl Segment {
     }
 }
 
+/// The last entries appended, decoded: consecutive, ending at [`Wal::last`] whenever there are
+/// any, each with the size of its record.
+struct Recent {
+    entries: VecDeque<(Entry, usize)>,
+    bytes: usize,
+    /// At most this many bytes of records are held.
+    limit: usize,
+}
+
+impl Recent {
+    fn new(limit: usize) -> Self {
+        Recent {
+            entries: VecDeque::new(),
+            bytes: 0,
+            limit,
+        }
+    }
+
+    fn first_index(&self) -> Option<u64> {
+        self.entries.front().map(|(e, _)| e.log_id.index)
+    }
+
+    /// Adds entries that follow the last one held (or forgets those held, if they do not),
+    /// then forgets the oldest ones past the limit.
+    fn extend(&mut self, appended: impl IntoIterator<Item = (Entry, usize)>) {
+        for (entry, size) in appended {
+            let follows = self
+                .entries
+                .back()
+                .is_none_or(|(last, _)| last.log_id.index + 1 == entry.log_id.index);
+            if !follows {
+                self.clear();
+            }
+            self.bytes += size;
+            self.entries.push_back((entry, size));
+        }
+        while self.bytes > self.limit {
+            let Some((_, size)) = self.entries.pop_front() else {
+                break;
+            };
+            self.bytes -= size;
+        }
+    }
+
+    /// Forgets the entries at or after `index`.
+    fn truncate(&mut self, index: u64) {
+        while let Some((entry, size)) = self.entries.back() {
+            if entry.log_id.index < index {
+                break;
+            }
+            self.bytes -= size;
+            self.entries.pop_back();
+        }
+    }
+
+    /// Forgets the entries at or below `index`.
+    fn purge(&mut self, index: u64) {
+        while let Some((entry, size)) = self.entries.front() {
+            if entry.log_id.index > index {
+                break;
+            }
+            self.bytes -= size;
+            self.entries.pop_front();
+        }
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+    }
+
+    /// Copies of the entries `from..=to` held (the caller asks only for held ones).
+    fn read(&self, from: u64, to: u64) -> impl Iterator<Item = Entry> + '_ {
+        let first = self.first_index().unwrap_or(from);
+        self.entries
+            .iter()
+            .skip(from.saturating_sub(first) as usize)
+            .take(to.saturating_sub(from).saturating_add(1) as usize)
+            .map(|(e, _)| e.clone())
+    }
+}
+
 /// The segment files of one log directory.
 pub(crate) struct Wal {
     dir: PathBuf,
@@ -89,19 +178,21 @@ pub(crate) struct Wal {
     last: Option<LogId<NodeId>>,
     /// Size past which the next append starts a new segment.
     segment_bytes: u64,
+    recent: Recent,
 }
 
 impl Wal {
     /// Opens (creating if needed) the log directory `dir`, dropping segments wholly at or below
     /// `purged` and cutting off a torn record at the end of the last segment.
     pub(crate) fn open(dir: &Path, purged: Option<u64>) -> Result<Wal, StoreError> {
-        Wal::open_with_segment_bytes(dir, purged, SEGMENT_BYTES)
+        Wal::open_with_limits(dir, purged, SEGMENT_BYTES, RECENT_BYTES)
     }
 
-    fn open_with_segment_bytes(
+    fn open_with_limits(
         dir: &Path,
         purged: Option<u64>,
         segment_bytes: u64,
+        recent_bytes: usize,
     ) -> Result<Wal, StoreError> {
         fs::create_dir_all(dir).map_err(|e| StoreError::io("create log directory", dir, e))?;
         let mut names = Vec::new();
@@ -125,6 +216,7 @@ impl Wal {
             purged,
             last: None,
             segment_bytes,
+            recent: Recent::new(recent_bytes),
         };
         let count = names.len();
         for (n, (first, path)) in names.into_iter().enumerate() {
@@ -172,7 +264,7 @@ impl Wal {
     /// Writes `entries` (consecutive indexes) after the last entry, replacing any entries at or
     /// after the first one's index. Returns the segment file written to, which the caller must
     /// sync before counting the entries as durable.
-    pub(crate) fn append(&mut self, entries: &[Entry]) -> Result<Option<Arc<File>>, StoreError> {
+    pub(crate) fn append(&mut self, entries: Vec<Entry>) -> Result<Option<Arc<File>>, StoreError> {
         let Some(first) = entries.first() else {
             return Ok(None);
         };
@@ -209,6 +301,12 @@ impl Wal {
         segment.end += records.len() as u64;
         let file = segment.file.clone();
         self.last = entries.last().map(|e| e.log_id);
+        let ends = starts.iter().skip(1).copied().chain([records.len() as u64]);
+        let sizes = starts
+            .iter()
+            .zip(ends)
+            .map(|(start, end)| (end - start) as usize);
+        self.recent.extend(entries.into_iter().zip(sizes));
         Ok(Some(file))
     }
 
@@ -228,6 +326,7 @@ impl Wal {
     /// Removes entries at or after `index` from the files (not yet synced); returns the first
     /// index of the segment cut short, if one was.
     fn truncate_unsynced(&mut self, index: u64) -> Result<Option<u64>, StoreError> {
+        self.recent.truncate(index);
         let doomed: Vec<u64> = self.segments.range(index..).map(|(&k, _)| k).collect();
         for first in doomed {
             if let Some(segment) = self.segments.remove(&first) {
@@ -261,6 +360,7 @@ impl Wal {
     /// caller has already recorded `index` as purged, durably.
     pub(crate) fn purge(&mut self, index: u64) -> Result<(), StoreError> {
         self.purged = Some(self.purged.map_or(index, |p| p.max(index)));
+        self.recent.purge(index);
         let doomed: Vec<u64> = self
             .segments
             .values()
@@ -292,6 +392,25 @@ impl Wal {
         if from > to {
             return Ok(entries);
         }
+        // The part held in memory, if any, comes from there; only what precedes it from disk.
+        let held = self.recent.first_index().filter(|&first| first <= to);
+        let disk_to = match held {
+            Some(first) if first <= from => {
+                entries.extend(self.recent.read(from, to));
+                return Ok(entries);
+            }
+            Some(first) => first - 1,
+            None => to,
+        };
+        self.read_files(from, disk_to, &mut entries)?;
+        if let Some(first) = held {
+            entries.extend(self.recent.read(first, to));
+        }
+        Ok(entries)
+    }
+
+    /// Reads the entries `from..=to` (all held by the files) into `entries`.
+    fn read_files(&self, from: u64, to: u64, entries: &mut Vec<Entry>) -> Result<(), StoreError> {
         let start_key = self
             .segments
             .range(..=from)
@@ -328,7 +447,7 @@ impl Wal {
                 }
             }
         }
-        Ok(entries)
+        Ok(())
     }
 
     /// Starts a new, empty segment for entries from `first` and fsyncs the directory.
@@ -531,9 +650,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             // Small segments: every append of two entries fills one.
-            let mut wal = Wal::open_with_segment_bytes(dir.path(), None, 20).unwrap();
+            let mut wal = Wal::open_with_limits(dir.path(), None, 20, RECENT_BYTES).unwrap();
             for first in (1..=9).step_by(2) {
-                wal.append(&entries(1, first..=first + 1)).unwrap();
+                wal.append(entries(1, first..=first + 1)).unwrap();
             }
             assert_eq!(wal.last().map(|l| l.index), Some(10));
         }
@@ -553,7 +672,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = {
             let mut wal = Wal::open(dir.path(), None).unwrap();
-            wal.append(&entries(1, 1..=3)).unwrap();
+            wal.append(entries(1, 1..=3)).unwrap();
             dir.path().join(&segment_files(dir.path())[0])
         };
         let len = fs::metadata(&path).unwrap().len();
@@ -565,7 +684,7 @@ mod tests {
             .unwrap();
         let mut wal = Wal::open(dir.path(), None).unwrap();
         assert_eq!(indexes(&wal, 1, 10), vec![(1, 1), (1, 2)]);
-        wal.append(&entries(2, 3..=4)).unwrap();
+        wal.append(entries(2, 3..=4)).unwrap();
         drop(wal);
         let wal = Wal::open(dir.path(), None).unwrap();
         assert_eq!(indexes(&wal, 1, 10), vec![(1, 1), (1, 2), (2, 3), (2, 4)]);
@@ -576,7 +695,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = {
             let mut wal = Wal::open(dir.path(), None).unwrap();
-            wal.append(&entries(1, 1..=3)).unwrap();
+            wal.append(entries(1, 1..=3)).unwrap();
             dir.path().join(&segment_files(dir.path())[0])
         };
         let mut bytes = fs::read(&path).unwrap();
@@ -593,15 +712,15 @@ mod tests {
     fn truncate_removes_the_tail_durably_and_appends_replace_it() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let mut wal = Wal::open_with_segment_bytes(dir.path(), None, 20).unwrap();
-            wal.append(&entries(1, 1..=2)).unwrap();
-            wal.append(&entries(1, 3..=4)).unwrap();
-            wal.append(&entries(1, 5..=6)).unwrap();
+            let mut wal = Wal::open_with_limits(dir.path(), None, 20, RECENT_BYTES).unwrap();
+            wal.append(entries(1, 1..=2)).unwrap();
+            wal.append(entries(1, 3..=4)).unwrap();
+            wal.append(entries(1, 5..=6)).unwrap();
             wal.truncate(4).unwrap();
             assert_eq!(wal.last().map(|l| l.index), Some(3));
             // An append over existing entries replaces them too.
-            wal.append(&entries(2, 4..=5)).unwrap();
-            wal.append(&entries(3, 5..=5)).unwrap();
+            wal.append(entries(2, 4..=5)).unwrap();
+            wal.append(entries(3, 5..=5)).unwrap();
         }
         let wal = Wal::open(dir.path(), None).unwrap();
         assert_eq!(
@@ -614,9 +733,9 @@ mod tests {
     fn purge_hides_entries_and_drops_whole_segments() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let mut wal = Wal::open_with_segment_bytes(dir.path(), None, 20).unwrap();
+            let mut wal = Wal::open_with_limits(dir.path(), None, 20, RECENT_BYTES).unwrap();
             for first in (1..=7).step_by(2) {
-                wal.append(&entries(1, first..=first + 1)).unwrap();
+                wal.append(entries(1, first..=first + 1)).unwrap();
             }
             wal.purge(3).unwrap();
             assert_eq!(indexes(&wal, 1, 10).first(), Some(&(1, 4)));
@@ -633,14 +752,66 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let mut wal = Wal::open(dir.path(), None).unwrap();
-            wal.append(&entries(1, 1..=3)).unwrap();
+            wal.append(entries(1, 1..=3)).unwrap();
             // As after installing a snapshot of index 100.
             wal.purge(100).unwrap();
             assert_eq!(wal.last(), None);
             assert!(indexes(&wal, 0, u64::MAX).is_empty());
-            wal.append(&entries(4, 101..=102)).unwrap();
+            wal.append(entries(4, 101..=102)).unwrap();
         }
         let wal = Wal::open(dir.path(), Some(100)).unwrap();
         assert_eq!(indexes(&wal, 0, u64::MAX), vec![(4, 101), (4, 102)]);
+    }
+
+    /// Whatever the entries kept in memory are, every read returns what the files hold: a log
+    /// that holds the last few entries in memory and one that holds none go through the same
+    /// appends (some replacing a tail partly in memory, partly not), truncations and purges,
+    /// and answer every read alike.
+    #[test]
+    fn reads_from_memory_match_the_files() {
+        let (small, none) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        // A blank entry's record is some 30 bytes: 100 bytes hold the last three.
+        let mut small = Wal::open_with_limits(small.path(), None, 200, 100).unwrap();
+        let mut none = Wal::open_with_limits(none.path(), None, 200, 0).unwrap();
+        enum Step {
+            Append(u64, std::ops::RangeInclusive<u64>),
+            Truncate(u64),
+            Purge(u64),
+        }
+        let run = |wal: &mut Wal, step: &Step| match step {
+            Step::Append(term, indexes) => {
+                drop(wal.append(entries(*term, indexes.clone())).unwrap())
+            }
+            Step::Truncate(index) => wal.truncate(*index).unwrap(),
+            Step::Purge(index) => wal.purge(*index).unwrap(),
+        };
+        let steps = [
+            ("append 1..=8", Step::Append(1, 1..=8)),
+            ("append 9..=9", Step::Append(1, 9..=9)),
+            ("replace from 8", Step::Append(2, 8..=10)),
+            ("replace from 4", Step::Append(3, 4..=5)),
+            ("append 6..=12", Step::Append(3, 6..=12)),
+            ("truncate at 11", Step::Truncate(11)),
+            ("purge to 9", Step::Purge(9)),
+            ("append 11..=11", Step::Append(4, 11..=11)),
+            ("purge past the end", Step::Purge(50)),
+            ("append 51..=54", Step::Append(5, 51..=54)),
+        ];
+        for (name, step) in &steps {
+            run(&mut small, step);
+            run(&mut none, step);
+            assert!(none.recent.entries.is_empty());
+            assert_eq!(small.last(), none.last(), "after {name}");
+            for from in 0..=55 {
+                for to in [from, from + 1, from + 3, u64::MAX] {
+                    assert_eq!(
+                        indexes(&small, from, to),
+                        indexes(&none, from, to),
+                        "after {name}: read {from}..={to}"
+                    );
+                }
+            }
+        }
+        assert!(!small.recent.entries.is_empty(), "the memory held nothing");
     }
 }

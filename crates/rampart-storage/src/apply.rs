@@ -8,8 +8,9 @@
 //!    entry merge over the tree (a Txn reads its own writes), and note each key's record before
 //!    the entry, in op order;
 //! 3. commit: the overlay's versions (in history, under the new revision), the lease
-//!    attachments it changes, the applied log id and any bookkeeping become ONE [`WriteBatch`],
-//!    written atomically through [`redo`]. The cached state and the key index are updated only
+//!    attachments it changes, any bookkeeping and, last, the progress record (the revision and
+//!    the applied log id) become ONE [`WriteBatch`], written atomically through
+//!    [`crate::redo`]. The cached state and the key index are updated only
 //!    after it is in; then the revision's events go to the live watch feed.
 //!
 //! Lease attachments follow from each changed key's lease before and after the entry, so every
@@ -20,16 +21,14 @@ use std::sync::Arc;
 
 use openraft::{EntryPayload, LogId, Membership, StoredMembership};
 
-use crate::codec::{
-    self, KeyRecord, META_APPLIED, META_APPLIED_PART, META_COMPACT, META_MEMBERSHIP, META_REVISION,
-};
+use crate::codec::{self, KeyRecord, Progress, META_COMPACT, META_MEMBERSHIP, META_PROGRESS};
 use crate::error::{MvccError, StoreError};
 use crate::events::{ChangedKey, Prior, WatchFeed, Written};
 use crate::index::{KeyIndex, Live, Version};
 use crate::lease;
 use crate::mvcc::{MvccCore, MvccState};
 use crate::range::{self, Collector, Found, KeyRange, Writes};
-use crate::redo::{self, WriteBatch};
+use crate::redo::WriteBatch;
 use crate::types::{
     ApplyError, Command, CommandResponse, CommandResult, Compare, CompareResult, CompareTarget,
     DeleteRangeRequest, DeleteRangeResponse, KeyValue, MemberAttributes, NodeId, PeerNode,
@@ -155,8 +154,8 @@ impl MvccCore {
     /// Applies a run of puts of batch entry `log_id`, each of a different key, in one atomic
     /// write: each at its own revision with its own response, as if applied one by one (the
     /// keys are distinct, so none reads another's write), a failing one changing nothing. `part`
-    /// is the run's last command. One redo record and one set of bookkeeping writes serve the
-    /// whole run instead of one per put.
+    /// is the run's last command. One progress record (and, for puts with leases, one redo
+    /// record) serves the whole run instead of one per put.
     fn apply_puts(
         &self,
         state: &mut MvccState,
@@ -209,31 +208,26 @@ impl MvccCore {
         mut batch: WriteBatch,
         changes: Vec<Changes>,
     ) -> Result<(), StoreError> {
-        if let Some(revision) = changes
-            .iter()
-            .filter_map(|c| c.written.as_ref().map(|w| w.revision))
-            .next_back()
-        {
-            batch.insert(META_REVISION, codec::encode("store revision", &revision)?);
-        }
         let finishes_entry = part.is_none_or(|p| p.last);
-        if let Some(p) = part {
-            if p.last {
-                batch.remove(META_APPLIED_PART);
+        let progress = Progress {
+            revision: changes
+                .iter()
+                .filter_map(|c| c.written.as_ref().map(|w| w.revision))
+                .next_back()
+                .unwrap_or(state.revision),
+            applied: if finishes_entry {
+                Some(log_id)
             } else {
-                batch.insert(
-                    META_APPLIED_PART,
-                    codec::encode("applied batch position", &(log_id, p.position))?,
-                );
-            }
-        }
-        if finishes_entry {
-            batch.insert(
-                META_APPLIED,
-                codec::encode("applied log id", &Some(log_id))?,
-            );
-        }
-        redo::commit(&self.redo, &self.tree, &log_id, &batch)?;
+                state.applied
+            },
+            applied_part: part.filter(|p| !p.last).map(|p| (log_id, p.position)),
+        };
+        // New versions past the recorded revision are invisible until the progress record
+        // that follows them: should a crash cut them short, opening the tree drops them.
+        let needs_record = !batch.only_adds_history_past(state.revision);
+        batch.insert(META_PROGRESS, codec::encode("progress", &progress)?);
+        self.redo
+            .commit(&self.tree, &log_id, &batch, needs_record)?;
         // In the tree now, atomically: the entry's data, the revision and the applied log id. It
         // is durable at the database's next flush (a vote, a purge, a snapshot, shutdown) or
         // when sled writes its buffers out. Until then a crash only rolls the state machine back
@@ -242,12 +236,7 @@ impl MvccCore {
         for changes in changes {
             self.update(state, changes)?;
         }
-        if finishes_entry {
-            state.applied = Some(log_id);
-            state.applied_part = None;
-        } else if let Some(p) = part {
-            state.applied_part = Some((log_id, p.position));
-        }
+        state.set_progress(progress);
         Ok(())
     }
 
@@ -298,8 +287,8 @@ impl MvccCore {
     }
 }
 
-/// A run of puts longer than this many bytes of keys and values is cut: its redo record holds
-/// them all, and sled stores a value larger than a quarter of its segment (64 KiB here) as a
+/// A run of puts longer than this many bytes of keys and values is cut: its redo record (if
+/// it needs one) holds them all, and sled stores a value larger than a quarter of its segment (64 KiB here) as a
 /// file of its own, which is slow to write.
 const MAX_RUN_BYTES: usize = 16 * 1024;
 
@@ -694,7 +683,7 @@ impl<'a> WriteTxn<'a> {
             }
             changes.push(ChangedKey { key, before, after });
         }
-        // The store's revision (META_REVISION) is written once per atomic write, by `finish`.
+        // The store's revision (in the progress record) is written once per atomic write, by `finish`.
         Ok(Some(Written { revision, changes }))
     }
 }
@@ -1169,16 +1158,149 @@ mod tests {
             // came right after the record.
             let mut batch = WriteBatch::default();
             batch.insert(marker.clone(), b"v".as_slice());
-            batch.insert(
-                META_APPLIED,
-                codec::encode("applied", &Some(log_id(2))).unwrap(),
-            );
-            redo::write_record(&core.redo, &log_id(2), &batch).unwrap();
+            let progress = Progress {
+                revision: 2,
+                applied: Some(log_id(2)),
+                applied_part: None,
+            };
+            batch.insert(META_PROGRESS, codec::encode("progress", &progress).unwrap());
+            core.redo.write_record(&log_id(2), &batch).unwrap();
             store.flush().unwrap();
         }
         let store = crate::Store::open(dir.path()).unwrap();
         let core = store.core_for_tests();
         assert_eq!(core.state.read().applied.map(|id| id.index), Some(2));
         assert!(core.tree.get(&marker).unwrap().is_some());
+    }
+
+    #[test]
+    fn history_a_crash_left_past_the_recorded_revision_is_dropped_when_opened() {
+        let dir = tempfile::TempDir::new().unwrap();
+        {
+            let store = crate::Store::open(dir.path()).unwrap();
+            let core = store.core_for_tests();
+            // A lease grant needs a redo record; the puts after it need none and remove it.
+            let grant = Command::LeaseGrant { id: 7, ttl: 60 };
+            core.apply_entry(&entry(1, grant)).unwrap();
+            assert!(core.redo.is_held());
+            core.apply_entry(&entry(2, put_cmd("a", "1"))).unwrap(); // revision 2
+            assert!(!core.redo.is_held());
+            let after_a = core.tree.get(META_PROGRESS).unwrap().unwrap();
+            core.apply_entry(&entry(3, put_cmd("b", "1"))).unwrap(); // revision 3
+            assert!(!core.redo.is_held());
+            // As if the crash came just before entry 3's progress record: its version written,
+            // the record not.
+            core.tree.insert(META_PROGRESS, after_a).unwrap();
+            store.flush().unwrap();
+        }
+        let store = crate::Store::open(dir.path()).unwrap();
+        let core = store.core_for_tests();
+        {
+            let state = core.state.read();
+            assert_eq!(state.revision, 2);
+            assert_eq!(state.applied.map(|id| id.index), Some(2));
+        }
+        assert_eq!(history(&core), ["a@2"]);
+        // openraft applies entry 3 again: the same revision, and only its version.
+        core.apply_entry(&entry(3, put_cmd("b", "1"))).unwrap();
+        assert_eq!(history(&core), ["a@2", "b@3"]);
+        assert_eq!(core.state.read().revision, 3);
+    }
+
+    /// Turns the tree's meta into layout version 3's: three values instead of the progress
+    /// record.
+    fn rewrite_as_v3(tree: &sled::Tree) {
+        let bytes = tree.remove(META_PROGRESS).unwrap().unwrap();
+        let progress: Progress = codec::decode("progress", &bytes).unwrap();
+        tree.insert(
+            codec::V3_REVISION,
+            codec::encode("r", &progress.revision).unwrap(),
+        )
+        .unwrap();
+        tree.insert(
+            codec::V3_APPLIED,
+            codec::encode("a", &progress.applied).unwrap(),
+        )
+        .unwrap();
+        if let Some(part) = progress.applied_part {
+            tree.insert(codec::V3_APPLIED_PART, codec::encode("p", &part).unwrap())
+                .unwrap();
+        }
+        let v3 = codec::encode("f", &codec::FORMAT_VERSION_3).unwrap();
+        tree.insert(codec::META_FORMAT, v3).unwrap();
+    }
+
+    #[test]
+    fn a_layout_version_3_tree_or_snapshot_is_upgraded() {
+        let (dir, other) = (
+            tempfile::TempDir::new().unwrap(),
+            tempfile::TempDir::new().unwrap(),
+        );
+        let v3_pairs: Vec<(Vec<u8>, Vec<u8>)> = {
+            let store = crate::Store::open(dir.path()).unwrap();
+            let core = store.core_for_tests();
+            core.apply_entry(&entry(1, put_cmd("a", "1"))).unwrap(); // revision 2
+                                                                     // A batch entry cut short after its first command: an applied position too.
+            let first = Part {
+                position: 0,
+                last: false,
+            };
+            let put_b = put_cmd("b", "1");
+            let mut state = core.state.write();
+            core.apply_part(&mut state, log_id(2), Effect::Command(&put_b), Some(first))
+                .unwrap(); // revision 3
+            drop(state);
+            rewrite_as_v3(&core.tree);
+            store.flush().unwrap();
+            core.tree
+                .iter()
+                .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).unwrap())
+                .collect()
+        };
+        let check = |core: &MvccCore| {
+            {
+                let state = core.state.read();
+                assert_eq!(state.revision, 3);
+                assert_eq!(state.applied.map(|id| id.index), Some(1));
+                assert_eq!(
+                    state.applied_part.map(|(id, p)| (id.index, p)),
+                    Some((2, 0))
+                );
+            }
+            assert_eq!(history(core), ["a@2", "b@3"]);
+            let meta: Vec<Vec<u8>> = core
+                .tree
+                .scan_prefix([codec::META])
+                .keys()
+                .map(|k| k.unwrap().to_vec())
+                .collect();
+            assert!(meta.contains(&META_PROGRESS.to_vec()), "{meta:?}");
+            for old in [
+                codec::V3_REVISION,
+                codec::V3_APPLIED,
+                codec::V3_APPLIED_PART,
+            ] {
+                assert!(!meta.contains(&old.to_vec()), "{meta:?}");
+            }
+            let format = core.tree.get(codec::META_FORMAT).unwrap().unwrap();
+            assert_eq!(
+                codec::decode::<u32>("format", &format).unwrap(),
+                codec::FORMAT_VERSION
+            );
+        };
+        // Opened: upgraded in place, and the batch goes on after its first command.
+        {
+            let store = crate::Store::open(dir.path()).unwrap();
+            let core = store.core_for_tests();
+            check(&core);
+            let batch = Command::Batch(vec![put_cmd("b", "1"), put_cmd("c", "1")]);
+            core.apply_entry(&entry(2, batch)).unwrap();
+            assert_eq!(history(&core), ["a@2", "b@3", "c@4"]);
+        }
+        // Installed as a snapshot: upgraded as it goes in.
+        let store = crate::Store::open(other.path()).unwrap();
+        let core = store.core_for_tests();
+        core.replace_all(&v3_pairs, |_| Ok(())).unwrap();
+        check(&core);
     }
 }

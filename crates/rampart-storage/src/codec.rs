@@ -29,6 +29,7 @@
 //! attachments) sort by id, negative ids included. A live key with a non-zero `lease` has exactly
 //! one `A` entry, under that lease, and the lease exists: a revoke finds its keys by prefix.
 
+use openraft::LogId;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -38,8 +39,13 @@ use crate::types::{KeyValue, Lease, NodeId};
 
 /// Version of this layout, stored under [`META_FORMAT`]; bump it on any incompatible change.
 /// Version 2 added leases and the event index; version 3 keys history by revision and keeps the
-/// live keys in memory only. An older tree is refused rather than misread.
-pub(crate) const FORMAT_VERSION: u32 = 3;
+/// live keys in memory only; version 4 keeps the revision and the applied position in one
+/// record, [`META_PROGRESS`]. A version 3 tree (or snapshot) is upgraded when it is opened
+/// (installed); an older one is refused rather than misread.
+pub(crate) const FORMAT_VERSION: u32 = 4;
+/// The earlier layout that [`crate::mvcc`] upgrades: the same but for [`Progress`], which it
+/// kept as three meta values ([`V3_REVISION`], [`V3_APPLIED`], [`V3_APPLIED_PART`]).
+pub(crate) const FORMAT_VERSION_3: u32 = 3;
 
 /// Prefix of every stored version of every key, by revision, until compaction removes it.
 pub(crate) const HISTORY: u8 = b'h';
@@ -52,19 +58,44 @@ pub(crate) const META: u8 = b'm';
 
 /// `u32`: the [`FORMAT_VERSION`] the tree was written with.
 pub(crate) const META_FORMAT: &[u8] = b"mformat";
-/// `i64`: the store revision; absent means 1 (an empty store).
-pub(crate) const META_REVISION: &[u8] = b"mrevision";
+/// [`Progress`]: how far the tree is; absent on an empty store.
+pub(crate) const META_PROGRESS: &[u8] = b"mprogress";
 /// `i64`: the compact revision; absent means 0 (never compacted).
 pub(crate) const META_COMPACT: &[u8] = b"mcompact";
-/// `Option<LogId>`: the last applied log id.
-pub(crate) const META_APPLIED: &[u8] = b"mapplied";
-/// `(LogId, u32)`: the last command applied of a [`crate::types::Command::Batch`] entry, by its
-/// position, while the entry is not wholly applied (so a restart resumes after it).
-pub(crate) const META_APPLIED_PART: &[u8] = b"mappliedpart";
 /// `StoredMembership`: the last applied membership.
 pub(crate) const META_MEMBERSHIP: &[u8] = b"mmembership";
 /// Prefix of `MemberAttributes`, one per member id (big-endian).
 pub(crate) const META_MEMBER_PREFIX: &[u8] = b"mmember/";
+/// Layout version 3's `i64` store revision, now [`Progress::revision`].
+pub(crate) const V3_REVISION: &[u8] = b"mrevision";
+/// Layout version 3's `Option<LogId>` last applied log id, now [`Progress::applied`].
+pub(crate) const V3_APPLIED: &[u8] = b"mapplied";
+/// Layout version 3's `(LogId, u32)` batch position, now [`Progress::applied_part`].
+pub(crate) const V3_APPLIED_PART: &[u8] = b"mappliedpart";
+
+/// How far the tree is, in one value, written last by every atomic write of an applied entry:
+/// so whenever it is on disk, so is everything that write put before it (sled recovers a prefix
+/// of its writes), and history past `revision` can only be a write that a crash cut short.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Progress {
+    /// The store revision (1 on an empty store).
+    pub revision: i64,
+    /// The last log entry wholly applied.
+    pub applied: Option<LogId<NodeId>>,
+    /// The last command applied of a [`crate::types::Command::Batch`] entry, by its position,
+    /// while the entry is not wholly applied (so a restart resumes after it).
+    pub applied_part: Option<(LogId<NodeId>, u32)>,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress {
+            revision: 1,
+            applied: None,
+            applied_part: None,
+        }
+    }
+}
 
 /// Raw (key, value) pairs of the MVCC tree, in key order: what a snapshot carries.
 pub(crate) type Pairs = Vec<(Vec<u8>, Vec<u8>)>;

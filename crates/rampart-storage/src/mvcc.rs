@@ -21,8 +21,9 @@ use tokio::sync::broadcast;
 
 use crate::applied::AppliedWaiters;
 use crate::codec::{
-    self, Pairs, META, META_APPLIED, META_APPLIED_PART, META_COMPACT, META_FORMAT, META_MEMBERSHIP,
-    META_MEMBER_PREFIX, META_REVISION,
+    self, Pairs, Progress, FORMAT_VERSION, FORMAT_VERSION_3, HISTORY, META, META_COMPACT,
+    META_FORMAT, META_MEMBERSHIP, META_MEMBER_PREFIX, META_PROGRESS, V3_APPLIED, V3_APPLIED_PART,
+    V3_REVISION,
 };
 use crate::compactor::Compactor;
 use crate::durability::Disk;
@@ -31,7 +32,7 @@ use crate::events::{WatchFeed, WATCH_FEED_CAPACITY};
 use crate::index::KeyIndex;
 use crate::lease;
 use crate::range::{self, Writes};
-use crate::redo;
+use crate::redo::Redo;
 use crate::types::{
     ApplyError, Lease, MemberAttributes, NodeId, PeerNode, RangeRequest, RangeResponse,
     RevisionEvents,
@@ -47,7 +48,7 @@ pub(crate) struct MvccState {
     /// The last log entry whose effects are in the tree.
     pub applied: Option<LogId<NodeId>>,
     /// The batch entry being applied and the position of its last applied command (see
-    /// [`codec::META_APPLIED_PART`]).
+    /// [`Progress::applied_part`]).
     pub applied_part: Option<(LogId<NodeId>, u32)>,
     /// The last membership applied.
     pub membership: StoredMembership<NodeId, PeerNode>,
@@ -59,11 +60,12 @@ pub(crate) struct MvccState {
 
 impl MvccState {
     /// Rebuilds the state from the tree's meta pairs (`m` prefix), wherever they come from: the
-    /// tree itself or a snapshot about to be installed. Checks the layout version. The index is
-    /// left empty: see [`KeyIndex::rebuild`].
+    /// tree itself or a snapshot about to be installed. Checks the layout version, and returns
+    /// it: [`FORMAT_VERSION`], or [`FORMAT_VERSION_3`], which the caller upgrades with
+    /// [`upgrade_v3`]. The index is left empty: see [`KeyIndex::rebuild`].
     pub(crate) fn from_meta<K, V>(
         pairs: impl Iterator<Item = Result<(K, V), StoreError>>,
-    ) -> Result<Self, StoreError>
+    ) -> Result<(Self, u32), StoreError>
     where
         K: AsRef<[u8]>,
         V: AsRef<[u8]>,
@@ -78,21 +80,26 @@ impl MvccState {
             index: KeyIndex::default(),
         };
         let mut format = None;
+        let mut progress = None;
+        let mut v3 = Progress::default();
+        let mut v3_seen = false;
         for pair in pairs {
             let (k, v) = pair?;
             let (k, v) = (k.as_ref(), v.as_ref());
             match k {
                 META_FORMAT => format = Some(codec::decode::<u32>("mvcc format version", v)?),
-                META_REVISION => state.revision = codec::decode("store revision", v)?,
+                META_PROGRESS => progress = Some(codec::decode("progress", v)?),
                 META_COMPACT => state.compact_revision = codec::decode("compact revision", v)?,
-                META_APPLIED => state.applied = codec::decode("applied log id", v)?,
-                META_APPLIED_PART => {
-                    state.applied_part = Some(codec::decode("applied batch position", v)?)
-                }
                 META_MEMBERSHIP => state.membership = codec::decode("membership", v)?,
                 k if k.starts_with(META_MEMBER_PREFIX) => {
                     let attrs: MemberAttributes = codec::decode("member attributes", v)?;
                     state.members.insert(attrs.id, attrs);
+                }
+                V3_REVISION => (v3.revision, v3_seen) = (codec::decode("store revision", v)?, true),
+                V3_APPLIED => (v3.applied, v3_seen) = (codec::decode("applied log id", v)?, true),
+                V3_APPLIED_PART => {
+                    v3.applied_part = Some(codec::decode("applied batch position", v)?);
+                    v3_seen = true;
                 }
                 other => {
                     return Err(StoreError::corrupt(
@@ -102,18 +109,71 @@ impl MvccState {
                 }
             }
         }
-        match format {
-            Some(codec::FORMAT_VERSION) => Ok(state),
-            Some(found) => Err(StoreError::corrupt(
-                "mvcc tree",
-                format!(
-                    "layout version {found}, this build reads {}",
-                    codec::FORMAT_VERSION
-                ),
-            )),
-            None => Err(StoreError::corrupt("mvcc tree", "no layout version")),
+        let progress = match format {
+            Some(FORMAT_VERSION) if !v3_seen => progress.unwrap_or_default(),
+            Some(FORMAT_VERSION_3) if progress.is_none() => v3,
+            Some(FORMAT_VERSION | FORMAT_VERSION_3) => {
+                return Err(StoreError::corrupt(
+                    "mvcc meta",
+                    "both layout version 3's and version 4's applied position",
+                ))
+            }
+            Some(found) => {
+                return Err(StoreError::corrupt(
+                    "mvcc tree",
+                    format!("layout version {found}, this build reads {FORMAT_VERSION}"),
+                ))
+            }
+            None => return Err(StoreError::corrupt("mvcc tree", "no layout version")),
+        };
+        state.set_progress(progress);
+        Ok((state, format.unwrap_or(FORMAT_VERSION)))
+    }
+
+    /// The revision and applied position, as recorded under [`META_PROGRESS`].
+    pub(crate) fn progress(&self) -> Progress {
+        Progress {
+            revision: self.revision,
+            applied: self.applied,
+            applied_part: self.applied_part,
         }
     }
+
+    pub(crate) fn set_progress(&mut self, progress: Progress) {
+        self.revision = progress.revision;
+        self.applied = progress.applied;
+        self.applied_part = progress.applied_part;
+    }
+}
+
+/// Adds to `batch` the writes that turn a layout version 3 tree, whose state is `state`, into
+/// the current layout: its three meta values become one progress record.
+fn upgrade_v3(batch: &mut sled::Batch, state: &MvccState) -> Result<(), StoreError> {
+    for key in [V3_REVISION, V3_APPLIED, V3_APPLIED_PART] {
+        batch.remove(key);
+    }
+    batch.insert(META_PROGRESS, codec::encode("progress", &state.progress())?);
+    batch.insert(
+        META_FORMAT,
+        codec::encode("mvcc format version", &FORMAT_VERSION)?,
+    );
+    Ok(())
+}
+
+/// Removes the history past `revision`, the tree's recorded revision: versions whose write set a
+/// crash cut short before its progress record (see [`crate::redo`]), never visible to anyone.
+/// Returns how many there were.
+fn drop_unrecorded_history(tree: &sled::Tree, revision: i64) -> Result<usize, StoreError> {
+    let start = codec::history_key_start(revision.saturating_add(1));
+    let mut dropped = 0;
+    for key in tree
+        .range(start.as_slice()..[HISTORY + 1].as_slice())
+        .keys()
+    {
+        tree.remove(key?)?;
+        dropped += 1;
+    }
+    Ok(dropped)
 }
 
 /// The MVCC tree and its cached state. Shared by [`Mvcc`], the state machine and the snapshot
@@ -123,8 +183,8 @@ pub(crate) struct MvccCore {
     pub disk: Arc<Disk>,
     /// The state machine's one tree (layout in [`codec`]).
     pub tree: sled::Tree,
-    /// The redo record of the last entry applied (see [`crate::redo`]).
-    pub redo: sled::Tree,
+    /// The redo record of the last write set that needed one (see [`crate::redo`]).
+    pub redo: Redo,
     /// Guards `tree` as a whole (see the module docs) and caches its bookkeeping.
     pub state: RwLock<MvccState>,
     /// The live watch feed; sent to only with `state` locked for writing (see the module docs).
@@ -147,7 +207,7 @@ impl MvccCore {
             // A brand-new tree: only the version stamp, so later opens (and snapshots) can check it.
             tree.insert(
                 META_FORMAT,
-                codec::encode("mvcc format version", &codec::FORMAT_VERSION)?,
+                codec::encode("mvcc format version", &FORMAT_VERSION)?,
             )?;
         }
         let read_state = || {
@@ -156,10 +216,28 @@ impl MvccCore {
                     .map(|r| r.map_err(StoreError::from)),
             )
         };
-        let mut state = read_state()?;
-        if let Some(finished) = redo::recover(&redo, &tree, state.applied)? {
+        let redo = Redo::open(redo);
+        let (mut state, mut format) = read_state()?;
+        if let Some(finished) = redo.recover(&tree, state.applied)? {
             tracing::info!(log_id = %finished, "finished applying the entry a crash interrupted");
-            state = read_state()?;
+            (state, format) = read_state()?;
+        }
+        if format == FORMAT_VERSION_3 {
+            let mut batch = sled::Batch::default();
+            upgrade_v3(&mut batch, &state)?;
+            tree.apply_batch(batch)?;
+            tracing::info!(
+                "upgraded the state machine's layout from version 3 to {FORMAT_VERSION}"
+            );
+        }
+        let dropped = drop_unrecorded_history(&tree, state.revision)?;
+        if dropped > 0 {
+            tracing::info!(
+                versions = dropped,
+                revision = state.revision,
+                "removed history past the recorded revision (the writes of an entry a crash \
+                 interrupted; it is applied again)"
+            );
         }
         // Reads the whole tree, so that sled checks every page of it now (see `verify_readable`).
         state.index = KeyIndex::rebuild(tree.iter().map(|r| r.map_err(StoreError::from)))?;
@@ -207,7 +285,7 @@ impl MvccCore {
         pairs: &[(Vec<u8>, Vec<u8>)],
         expect: impl FnOnce(&MvccState) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        let mut incoming = MvccState::from_meta(
+        let (mut incoming, format) = MvccState::from_meta(
             pairs
                 .iter()
                 .filter(|(k, _)| k.first() == Some(&META))
@@ -224,8 +302,12 @@ impl MvccCore {
         for (k, v) in pairs {
             batch.insert(k.as_slice(), v.as_slice());
         }
+        // A snapshot of a member still on layout version 3 is upgraded as it goes in.
+        if format == FORMAT_VERSION_3 {
+            upgrade_v3(&mut batch, &incoming)?;
+        }
         self.tree.apply_batch(batch)?;
-        redo::clear(&self.redo)?;
+        self.redo.clear()?;
         self.compactor.tree_replaced()?;
         // In the tree now, atomically: exactly the snapshot's pairs (sled recovers a batch whole
         // or not at all, so a crash leaves the old state or the new one, never a mix). Durable at

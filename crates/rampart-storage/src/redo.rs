@@ -2,16 +2,28 @@
 //!
 //! sled's `apply_batch` writes out and syncs its current I/O buffer on every call, which made
 //! each applied entry cost a disk write on every member. Instead, the applier stages an entry's
-//! writes in a [`WriteBatch`], records them ALL as one value (the redo record, in its own tree),
-//! then performs them one by one. sled's recovery keeps a prefix of its writes in order, so after
-//! a crash either the redo record is missing (and so is every write after it: the entry is not
-//! applied) or it is there, and [`recover`] repeats its writes, which is harmless if some or all
-//! had already happened. The entry's applied log id is its last write, so "applied" is only ever
-//! recorded with the whole entry.
+//! writes in a [`WriteBatch`] and performs them one by one, the entry's
+//! [`crate::codec::Progress`] (its revision and applied position) last. sled's recovery keeps a
+//! prefix of its writes in order, so after a crash the progress record is there only if every
+//! write before it is. What a crash can leave is a prefix of the writes without their progress
+//! record, made whole in one of two ways:
+//!
+//! - A write set that only adds history past the recorded revision (puts and deletes of keys
+//!   without leases, the common case) needs nothing more: such versions are invisible leftovers,
+//!   which opening the tree removes (`MvccCore::open`), and openraft applies the entry again.
+//! - Any other write set (leases, compaction, membership, ...) is first recorded ALL as one
+//!   value, the redo record (in its own tree), then performed; after a crash either the record
+//!   is missing (and so is every write after it: the entry is not applied) or it is there, and
+//!   [`Redo::recover`] repeats its writes, which is harmless if some or all had already happened.
+//!
+//! The record, when there is one, is always of the last write set that needed it: a write set
+//! without one removes an earlier record first, so that it is never repeated over later writes.
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
 
-use crate::codec;
+use crate::codec::{self, HISTORY};
 use crate::error::StoreError;
 use crate::types::NodeId;
 
@@ -35,6 +47,16 @@ impl WriteBatch {
     pub(crate) fn remove(&mut self, key: impl Into<Vec<u8>>) {
         self.ops.push((key.into(), None));
     }
+
+    /// Whether every write adds a history version past `revision`: such a write set, followed
+    /// by its progress record, needs no redo record.
+    pub(crate) fn only_adds_history_past(&self, revision: i64) -> bool {
+        self.ops.iter().all(|(key, value)| {
+            value.is_some()
+                && key.first() == Some(&HISTORY)
+                && codec::split_history_key(key).is_ok_and(|(rev, _)| rev > revision)
+        })
+    }
 }
 
 #[derive(Serialize)]
@@ -44,38 +66,91 @@ struct RedoRef<'a> {
 }
 
 #[derive(Deserialize)]
-struct Redo {
+struct Record {
     log_id: LogId,
     ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
-/// Writes `batch`, the whole effect of entry `log_id`, to `tree`: the redo record first, then
-/// each write. The caller holds the state lock, so no reader sees the writes half done.
-pub(crate) fn commit(
-    redo: &sled::Tree,
-    tree: &sled::Tree,
-    log_id: &LogId,
-    batch: &WriteBatch,
-) -> Result<(), StoreError> {
-    write_record(redo, log_id, batch)?;
-    perform(tree, &batch.ops)
+/// The redo record's tree, and whether it holds a record.
+pub(crate) struct Redo {
+    tree: sled::Tree,
+    held: AtomicBool,
 }
 
-/// Records `batch` as the redo record of entry `log_id`, without performing it.
-pub(crate) fn write_record(
-    redo: &sled::Tree,
-    log_id: &LogId,
-    batch: &WriteBatch,
-) -> Result<(), StoreError> {
-    let record = codec::encode(
-        "redo record",
-        &RedoRef {
-            log_id,
-            ops: &batch.ops,
-        },
-    )?;
-    redo.insert(REDO, record)?;
-    Ok(())
+impl Redo {
+    pub(crate) fn open(tree: sled::Tree) -> Self {
+        let held = AtomicBool::new(!tree.is_empty());
+        Redo { tree, held }
+    }
+
+    /// Writes `batch`, the whole effect of (a part of) entry `log_id`, to `data`: when
+    /// `needs_record`, the redo record first, then each write; otherwise each write, after
+    /// removing any earlier record. The caller holds the state lock, so no reader sees the
+    /// writes half done, and put the progress record last.
+    pub(crate) fn commit(
+        &self,
+        data: &sled::Tree,
+        log_id: &LogId,
+        batch: &WriteBatch,
+        needs_record: bool,
+    ) -> Result<(), StoreError> {
+        if needs_record {
+            self.write_record(log_id, batch)?;
+        } else if self.held.load(Ordering::Relaxed) {
+            self.clear()?;
+        }
+        perform(data, &batch.ops)
+    }
+
+    /// Records `batch` as the redo record of entry `log_id`, without performing it.
+    pub(crate) fn write_record(
+        &self,
+        log_id: &LogId,
+        batch: &WriteBatch,
+    ) -> Result<(), StoreError> {
+        let record = codec::encode(
+            "redo record",
+            &RedoRef {
+                log_id,
+                ops: &batch.ops,
+            },
+        )?;
+        self.tree.insert(REDO, record)?;
+        self.held.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Finishes the entry a crash interrupted, if its record is there: repeats the record's
+    /// writes when its entry is later than `applied`. Returns the entry's log id if it did.
+    pub(crate) fn recover(
+        &self,
+        data: &sled::Tree,
+        applied: Option<LogId>,
+    ) -> Result<Option<LogId>, StoreError> {
+        let Some(bytes) = self.tree.get(REDO)? else {
+            return Ok(None);
+        };
+        let record: Record = codec::decode("redo record", &bytes)?;
+        if applied.is_some_and(|a| record.log_id <= a) {
+            return Ok(None);
+        }
+        perform(data, &record.ops)?;
+        Ok(Some(record.log_id))
+    }
+
+    /// Forgets the redo record (when the writes that follow do not need it, or after the tree
+    /// was replaced by a snapshot's, which covers it).
+    pub(crate) fn clear(&self) -> Result<(), StoreError> {
+        self.tree.remove(REDO)?;
+        self.held.store(false, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Whether a record is held.
+    #[cfg(test)]
+    pub(crate) fn is_held(&self) -> bool {
+        self.held.load(Ordering::Relaxed)
+    }
 }
 
 fn perform(tree: &sled::Tree, ops: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<(), StoreError> {
@@ -85,29 +160,5 @@ fn perform(tree: &sled::Tree, ops: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<(), 
             None => tree.remove(key.as_slice())?,
         };
     }
-    Ok(())
-}
-
-/// Finishes the entry a crash interrupted, if any: repeats the redo record's writes when its
-/// entry is later than `applied`. Returns the entry's log id if it did.
-pub(crate) fn recover(
-    redo: &sled::Tree,
-    tree: &sled::Tree,
-    applied: Option<LogId>,
-) -> Result<Option<LogId>, StoreError> {
-    let Some(bytes) = redo.get(REDO)? else {
-        return Ok(None);
-    };
-    let record: Redo = codec::decode("redo record", &bytes)?;
-    if applied.is_some_and(|a| record.log_id <= a) {
-        return Ok(None);
-    }
-    perform(tree, &record.ops)?;
-    Ok(Some(record.log_id))
-}
-
-/// Forgets the redo record (after the tree was replaced by a snapshot's, which covers it).
-pub(crate) fn clear(redo: &sled::Tree) -> Result<(), StoreError> {
-    redo.remove(REDO)?;
     Ok(())
 }

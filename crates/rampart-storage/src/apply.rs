@@ -999,6 +999,16 @@ mod tests {
         }
     }
 
+    /// The state's revision, applied index and batch position (entry index, command).
+    fn progress(core: &MvccCore) -> (i64, Option<u64>, Option<(u64, u32)>) {
+        let state = core.state.read();
+        (
+            state.revision,
+            state.applied.map(|id| id.index),
+            state.applied_part.map(|(id, p)| (id.index, p)),
+        )
+    }
+
     fn batch_revisions(response: &CommandResponse) -> Vec<(i64, bool)> {
         match &response.result {
             Ok(CommandResult::Batch(parts)) => parts
@@ -1032,9 +1042,7 @@ mod tests {
         );
         assert_eq!(response.revision, 3);
         assert_eq!(history(&core), ["a@2", "a@3"]);
-        let state = core.state.read();
-        assert_eq!(state.applied.map(|id| id.index), Some(1));
-        assert_eq!(state.applied_part, None);
+        assert_eq!(progress(&core), (3, Some(1), None));
     }
 
     #[test]
@@ -1089,10 +1097,7 @@ mod tests {
         // What was written, not only the cached state, says revision 6, entry 1 applied whole.
         let store = crate::Store::open(dir.path()).unwrap();
         let core = store.core_for_tests();
-        let state = core.state.read();
-        assert_eq!(state.revision, 6);
-        assert_eq!(state.applied.map(|id| id.index), Some(1));
-        assert_eq!(state.applied_part, None);
+        assert_eq!(progress(&core), (6, Some(1), None));
     }
 
     #[test]
@@ -1130,15 +1135,7 @@ mod tests {
         }
         let store = crate::Store::open(dir.path()).unwrap();
         let core = store.core_for_tests();
-        {
-            let state = core.state.read();
-            assert_eq!(state.applied.map(|id| id.index), Some(1));
-            assert_eq!(
-                state.applied_part.map(|(id, p)| (id.index, p)),
-                Some((2, 0))
-            );
-            assert_eq!(state.revision, 3);
-        }
+        assert_eq!(progress(&core), (3, Some(1), Some((2, 0))));
         let response = core.apply_entry(&entry(2, batch)).unwrap();
         // "a" is not applied again: b and c take the next revisions.
         assert_eq!(batch_revisions(&response)[1..], [(4, true), (5, true)]);
@@ -1195,11 +1192,7 @@ mod tests {
         }
         let store = crate::Store::open(dir.path()).unwrap();
         let core = store.core_for_tests();
-        {
-            let state = core.state.read();
-            assert_eq!(state.revision, 2);
-            assert_eq!(state.applied.map(|id| id.index), Some(2));
-        }
+        assert_eq!(progress(&core), (2, Some(2), None));
         assert_eq!(history(&core), ["a@2"]);
         // openraft applies entry 3 again: the same revision, and only its version.
         core.apply_entry(&entry(3, put_cmd("b", "1"))).unwrap();
@@ -1258,15 +1251,7 @@ mod tests {
                 .collect()
         };
         let check = |core: &MvccCore| {
-            {
-                let state = core.state.read();
-                assert_eq!(state.revision, 3);
-                assert_eq!(state.applied.map(|id| id.index), Some(1));
-                assert_eq!(
-                    state.applied_part.map(|(id, p)| (id.index, p)),
-                    Some((2, 0))
-                );
-            }
+            assert_eq!(progress(core), (3, Some(1), Some((2, 0))));
             assert_eq!(history(core), ["a@2", "b@3"]);
             let meta: Vec<Vec<u8>> = core
                 .tree

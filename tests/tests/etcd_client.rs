@@ -74,7 +74,7 @@ impl Fixture {
             .as_ref()
             .expect("member 0 runs")
             .node
-            .config
+            .config()
             .cluster_id
     }
 

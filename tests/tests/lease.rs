@@ -240,7 +240,7 @@ impl KeepAlive {
 async fn grant_attach_time_to_live_and_revoke() -> anyhow::Result<()> {
     rampart_tests::init_tracing();
     let mut f = Fixture::start(None).await?;
-    let min_ttl = f.node(0).config.min_lease_ttl();
+    let min_ttl = f.node(0).config().min_lease_ttl();
     assert_eq!(min_ttl, 2, "1.5 election timeouts of 800 ms, rounded up");
     let follower = f.followers()[0];
     let other = f.followers()[1];
@@ -518,7 +518,7 @@ async fn a_new_leader_resumes_checkpoints_and_keeps_live_leases() -> anyhow::Res
         Duration::from_secs(15),
         || async {
             for &i in &followers {
-                let lease = f.node(i).mvcc.lease(resumed)?.context("lease missing")?;
+                let lease = f.node(i).mvcc().lease(resumed)?.context("lease missing")?;
                 if lease.remaining_ttl.is_none_or(|r| r > 6) {
                     return Ok(None);
                 }
@@ -537,7 +537,7 @@ async fn a_new_leader_resumes_checkpoints_and_keeps_live_leases() -> anyhow::Res
         Duration::from_secs(5),
         || async {
             for &i in &followers {
-                let lease = f.node(i).mvcc.lease(abandoned)?.context("lease missing")?;
+                let lease = f.node(i).mvcc().lease(abandoned)?.context("lease missing")?;
                 if lease.remaining_ttl.is_none() {
                     return Ok(None);
                 }

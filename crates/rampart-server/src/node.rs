@@ -107,6 +107,16 @@ impl Node {
         self.config.member_id
     }
 
+    /// This member's validated configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The read handle of this member's MVCC store (its applied state).
+    pub fn mvcc(&self) -> &Mvcc {
+        &self.mvcc
+    }
+
     pub fn metrics(&self) -> RaftMetrics<NodeId, PeerNode> {
         self.metrics.borrow().clone()
     }

@@ -31,7 +31,10 @@
 # process) does not always favour the same one. The table shows medians over the rounds. For each
 # workload and cluster, the plots (latency by percentile, completions per second) of the round
 # with the median throughput are copied to benches/results/compare-<time>/ and linked from the
-# table; every run's plots stay in benches/results/tmp/.
+# table; every run's plots stay in benches/results/tmp/. Only the latest run's plots are kept in
+# git (about 3 MB a run): a run that draws plots deletes the compare-*/ folders of the runs
+# before it and puts a note in their reports where the links were, so commit those changes
+# together with the new report.
 #
 # etcdctl check perf writes 1 KiB values under /etcdctl-check-perf/ at a fixed rate for 60 s
 # (s: 150/s over 50 clients, m: 1000/s over 200, l: 8000/s over 500, xl: 15000/s over 1000) and
@@ -294,3 +297,31 @@ echo "--- write $result"
     echo "in benches/results/tmp/$stamp/."
 } >"$result"
 cat "$result"
+
+# drop_plot_links REPORT: replaces the table of plot links in an older report by a note.
+drop_plot_links() {
+    awk '
+        /^Plots of the round with the median throughput/ {
+            print "The plots of this run are not kept: the repository holds only those of the"
+            print "latest run (benches/compare.sh draws them for each run; see benches/README.md)."
+            skip = 1; next
+        }
+        skip && /^[|]/ { table = 1; next }
+        skip && table { skip = 0; table = 0 }
+        skip { next }
+        { print }
+    ' "$1" >"$1.tmp"
+    mv "$1.tmp" "$1"
+}
+
+# Only the latest run's plots stay committed; the reports keep every number. A run without plots
+# (--rounds 0) leaves the earlier ones alone.
+if [ -d "$plots" ]; then
+    for old in "$repo"/benches/results/compare-*/; do
+        old=${old%/}
+        if [ ! -d "$old" ] || [ "$old" = "$plots" ]; then continue; fi
+        rm -r "$old"
+        if [ -f "$old.md" ]; then drop_plot_links "$old.md"; fi
+        echo "--- removed the plots of $(basename "$old") (commit the removal with this run)"
+    done
+fi

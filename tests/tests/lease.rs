@@ -537,7 +537,11 @@ async fn a_new_leader_resumes_checkpoints_and_keeps_live_leases() -> anyhow::Res
         Duration::from_secs(5),
         || async {
             for &i in &followers {
-                let lease = f.node(i).mvcc().lease(abandoned)?.context("lease missing")?;
+                let lease = f
+                    .node(i)
+                    .mvcc()
+                    .lease(abandoned)?
+                    .context("lease missing")?;
                 if lease.remaining_ttl.is_none() {
                     return Ok(None);
                 }

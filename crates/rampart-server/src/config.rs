@@ -336,6 +336,15 @@ impl Config {
         Duration::from_secs(5) + 2 * self.election_timeout
     }
 
+    /// The largest gRPC message a client may send: `--max-request-bytes` plus etcd's allowance
+    /// for gRPC overhead, so that an oversized request still reaches the server's own check and
+    /// gets etcd's "request is too large". Watch fragments are cut to this size too.
+    pub fn max_grpc_message_bytes(&self) -> usize {
+        /// etcd's `grpcOverheadBytes`.
+        const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+        self.max_request_bytes + GRPC_OVERHEAD_BYTES
+    }
+
     /// The shortest lease TTL granted, in seconds: etcd's `minTTL`, one and a half election
     /// timeouts rounded up, so a lease cannot expire during the election that follows a leader
     /// loss.

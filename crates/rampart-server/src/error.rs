@@ -3,7 +3,11 @@
 //! etcd clients turn a status back into a typed error by comparing its message, so the texts
 //! below must match etcd's `api/v3rpc/rpctypes/error.go` to the letter.
 
-use rampart_storage::{ApplyError, MvccError};
+use std::error::Error;
+use std::fmt;
+use std::sync::Arc;
+
+use rampart_storage::{ApplyError, MvccError, StoreError};
 use tonic::{Code, Status};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -52,9 +56,48 @@ pub enum ServerError {
     /// The node is shutting down; the request was not carried out.
     #[error("etcdserver: server stopped")]
     Stopped,
-    /// Local storage failed while serving a read; nothing was changed.
-    #[error("etcdserver: storage failure: {0}")]
-    Storage(String),
+    /// Local storage failed while serving a request; nothing was changed. Its causes follow
+    /// in the status message (see [`chain`]).
+    #[error("etcdserver: storage failure")]
+    Storage(#[source] Cause),
+    /// A call etcd defines that Rampart does not serve yet.
+    #[error("rampart does not support {0} yet")]
+    Unimplemented(&'static str),
+    /// A broken invariant of this server (a result that does not match its command, say): a
+    /// bug, never the client's doing.
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// The cause of a [`ServerError::Storage`], kept whole so that its source chain reaches the log.
+/// Two causes are equal only when they are the same error.
+#[derive(Debug, Clone)]
+pub struct Cause(Arc<StoreError>);
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl Error for Cause {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        self.0.source()
+    }
+}
+
+impl PartialEq for Cause {
+    fn eq(&self, other: &Cause) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Cause {}
+
+impl From<StoreError> for ServerError {
+    fn from(error: StoreError) -> ServerError {
+        ServerError::Storage(Cause(Arc::new(error)))
+    }
 }
 
 impl ServerError {
@@ -69,22 +112,40 @@ impl ServerError {
                 Code::Unavailable
             }
             NotCapable | LeaseExists => Code::FailedPrecondition,
-            Storage(_) => Code::Internal,
+            Storage(_) | Internal(_) => Code::Internal,
+            Unimplemented(_) => Code::Unimplemented,
         }
     }
 }
 
 impl From<ServerError> for Status {
     fn from(error: ServerError) -> Status {
-        Status::new(error.code(), error.to_string())
+        // Only internal failures have causes; the client and the log get all of them.
+        let message = chain(&error);
+        if error.code() == Code::Internal {
+            tracing::error!("request failed: {message}");
+        }
+        Status::new(error.code(), message)
     }
+}
+
+/// `error` and each of its sources, joined with ": ".
+pub fn chain(error: &dyn Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 impl From<MvccError> for ServerError {
     fn from(error: MvccError) -> ServerError {
         match error {
             MvccError::Apply(e) => e.into(),
-            MvccError::Store(e) => ServerError::Storage(e.to_string()),
+            MvccError::Store(e) => e.into(),
         }
     }
 }
@@ -98,7 +159,7 @@ impl From<ApplyError> for ServerError {
             ApplyError::FutureRevision => ServerError::FutureRevision,
             ApplyError::LeaseExists => ServerError::LeaseExists,
             // Only a server bug proposes one.
-            ApplyError::NestedBatch => ServerError::Storage(error.to_string()),
+            ApplyError::NestedBatch => ServerError::Internal(error.to_string()),
         }
     }
 }
@@ -130,11 +191,31 @@ mod tests {
                 Code::NotFound,
                 "etcdserver: requested lease not found",
             ),
+            (
+                ServerError::Unimplemented("Hash"),
+                Code::Unimplemented,
+                "rampart does not support Hash yet",
+            ),
         ];
         for (error, code, text) in cases {
             let status = Status::from(error);
             assert_eq!(status.code(), code);
             assert_eq!(status.message(), text);
         }
+    }
+
+    #[test]
+    fn a_storage_failure_keeps_its_causes() {
+        let io = std::io::Error::other("disk on fire");
+        let error = ServerError::from(StoreError::Io {
+            action: "cannot read",
+            path: "/data/db".into(),
+            source: io,
+        });
+        assert_eq!(error.to_string(), "etcdserver: storage failure");
+        assert_eq!(
+            Status::from(error).message(),
+            "etcdserver: storage failure: cannot read /data/db: disk on fire"
+        );
     }
 }

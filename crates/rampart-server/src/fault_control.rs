@@ -14,6 +14,8 @@ use rampart_network::LinkFaults;
 use rampart_storage::NodeId;
 use tonic::{Request, Response, Status};
 
+use crate::error::ServerError;
+
 /// Longest delay a rule may set: longer ones are surely a harness's mistake.
 const MAX_DELAY: Duration = Duration::from_secs(60);
 
@@ -45,10 +47,11 @@ impl Faults for FaultControl {
         for delay in &rules.delayed {
             let duration = Duration::from_millis(delay.millis);
             if duration > MAX_DELAY {
-                return Err(Status::invalid_argument(format!(
+                return Err(ServerError::InvalidArgument(format!(
                     "delay of {} ms to {:016x} is longer than {MAX_DELAY:?}",
                     delay.millis, delay.target
-                )));
+                ))
+                .into());
             }
             delays.push((delay.target, duration));
         }

@@ -122,7 +122,7 @@ impl Lessor {
     /// Follows this node's leadership until the node stops: loads the leases when it becomes
     /// leader, expires and checkpoints them while it leads, drops them when it no longer does.
     pub async fn run(self: Arc<Self>) {
-        let mut metrics = self.node.raft.metrics();
+        let mut metrics = self.node.subscribe_metrics();
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
@@ -172,21 +172,18 @@ impl Lessor {
 
     /// Loads every lease of the state machine for `term`, resuming checkpointed TTLs.
     async fn promote(&self, term: u64) -> Result<(), ServerError> {
-        let timeout = self.node.config.request_timeout();
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + self.node.config().request_timeout();
         // A new leader's read index is at least its first entry: once that is applied here,
         // the state machine holds every grant, revoke and checkpoint committed before this term.
-        let read_index = rampart_network::read_index(&self.node.raft, timeout)
-            .await
-            .map_err(|e| match e {
-                ForwardError::Timeout => ServerError::Timeout,
-                _ => ServerError::LeaderChanged,
-            })?;
+        let read_index = self.node.read_index_here().await.map_err(|e| match e {
+            ForwardError::Timeout => ServerError::Timeout,
+            _ => ServerError::LeaderChanged,
+        })?;
         self.node.wait_applied(read_index, deadline).await?;
 
-        let stored = self.node.mvcc.leases()?;
+        let stored = self.node.mvcc().leases()?;
         let now = Instant::now();
-        let grace = self.node.config.election_timeout;
+        let grace = self.node.config().election_timeout;
         let leases: HashMap<i64, Tracked> = stored
             .iter()
             .map(|lease| {
@@ -214,7 +211,7 @@ impl Lessor {
         *leading = Some(Leading {
             term,
             leases,
-            next_checkpoint: now + self.node.config.lease_checkpoint_interval,
+            next_checkpoint: now + self.node.config().lease_checkpoint_interval,
         });
         self.loaded.send_replace(Some(term));
         Ok(())
@@ -269,7 +266,7 @@ impl Lessor {
             return Ok(None);
         };
         // Read while holding the lock, so a keep-alive cannot add a lease this look misses.
-        let stored = self.node.mvcc.leases()?;
+        let stored = self.node.mvcc().leases()?;
         let leases: HashMap<i64, Tracked> = stored
             .iter()
             .map(|lease| {
@@ -295,7 +292,7 @@ impl Lessor {
             .collect();
         let mut checkpoints = Vec::new();
         if now >= leading.next_checkpoint {
-            leading.next_checkpoint = now + self.node.config.lease_checkpoint_interval;
+            leading.next_checkpoint = now + self.node.config().lease_checkpoint_interval;
             checkpoints = leading
                 .leases
                 .iter()
@@ -316,8 +313,7 @@ impl Lessor {
     /// Proposes `command` on this node only. Never forwarded: a revoke or checkpoint is this
     /// leader's decision, and if it is deposed its decisions must not reach the new leader.
     async fn propose(&self, command: Command) -> Result<CommandResult, ServerError> {
-        let timeout = self.node.config.request_timeout();
-        match rampart_network::propose(&self.node.raft, command, timeout).await {
+        match self.node.propose_here(command).await {
             Ok((_, response)) => Ok(response.result?),
             Err(ForwardError::Timeout) => Err(ServerError::Timeout),
             Err(_) => Err(ServerError::LeaderChanged),
@@ -328,7 +324,7 @@ impl Lessor {
     async fn wait_loaded(&self, term: u64) -> Result<(), ForwardError> {
         let mut loaded = self.loaded.subscribe();
         let wait = loaded.wait_for(|loaded| *loaded == Some(term));
-        let waited = tokio::time::timeout(2 * self.node.config.election_timeout, wait).await;
+        let waited = tokio::time::timeout(2 * self.node.config().election_timeout, wait).await;
         match waited {
             Ok(Ok(_)) => Ok(()),
             _ => Err(ForwardError::LeaderChanged),
@@ -398,7 +394,7 @@ impl Lessor {
         };
         let stored = self
             .node
-            .mvcc
+            .mvcc()
             .lease(id)
             .map_err(|e| ForwardError::Unavailable(format!("cannot read lease {id:x}: {e}")))?;
         let Some(lease) = stored else {

@@ -2,19 +2,36 @@
 //! peer network ([`rampart_network`]), and the etcd v3 gRPC services clients talk to.
 //!
 //! [`RunningNode::start`] takes a validated [`Config`], listeners bound by the caller and the
-//! peer-link fault rules (empty outside tests). Requests enter through `services`, are checked and
-//! converted to domain types in `convert`, and take the write or read path of [`Node`]. Errors
-//! become gRPC statuses in one place, `error`.
+//! peer-link fault rules (empty outside tests). The modules, each using only those below it:
+//!
+//! - `server`: start-up, the registration of every service behind the interceptor chain, and
+//!   the ordered shutdown; nothing else imports it.
+//! - `services`: one file per etcd gRPC service, thin adaptors over the in-process client;
+//!   `interceptor`: the checks every client call passes first.
+//! - `client`: the in-process client (etcd's KV, Lease and Watch calls on protobuf messages),
+//!   on which services, and those built on KV, Lease and Watch, are written.
+//! - `watch`: watch streams; `lessor`: the leader's lease clock.
+//! - `node`: [`Node`], the paths requests take into Raft and back (write, read barrier, lease
+//!   questions to the leader).
+//! - `convert`: protobuf ⇄ domain types with etcd's request checks; `error`: [`ServerError`] and
+//!   its one mapping to gRPC statuses; `config`: flags, environment and file into [`Config`];
+//!   `fault_control`: TEST ONLY remote control of the peer-link faults.
 
+mod client;
 pub mod config;
 mod convert;
 pub mod error;
 mod fault_control;
+mod interceptor;
 mod lessor;
 pub mod node;
+mod server;
 mod services;
+mod watch;
 
+pub use client::Client;
 pub use config::{Config, ConfigError, RawConfig};
 pub use error::ServerError;
-pub use node::{Listeners, Node, RunningNode, StartError};
+pub use node::Node;
 pub use rampart_network::LinkFaults;
+pub use server::{Listeners, RunningNode, StartError};

@@ -1,96 +1,36 @@
-//! A running member: Raft, storage and network wired together, and the paths every client
-//! request takes through them (writes forwarded to the leader, linearizable reads through a
-//! read index).
+//! The paths every client request takes into Raft and back: writes proposed on the leader
+//! (forwarded when this member follows) and awaited until applied here, linearizable reads
+//! through a read index, and lease questions asked of the leader's lessor.
+//!
+//! `Node` is what a member's services share; it is built by `crate::server`, which wires it to
+//! Raft, storage and the network, and reached by services through `crate::client`.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::{Raft, RaftMetrics, SnapshotPolicy};
+use openraft::{Raft, RaftMetrics};
 use rampart_api::etcdserverpb::ResponseHeader;
 use rampart_network::{
-    CallError, ForwardError, Forwarder, LeaseHandler, LeaseRequest, LeaseStatus, LinkFaults,
-    PeerNetwork, PeerService, Proposer, ReadIndexer,
+    CallError, ForwardError, Forwarder, LeaseHandler, LeaseRequest, LeaseStatus, PeerNetwork,
+    PeerService, Proposer, ReadIndexer,
 };
-use rampart_storage::{
-    ClusterIdentity, Command, CommandResponse, MemberAttributes, Mvcc, NodeId, PeerNode, Store,
-    TypeConfig,
-};
-use tokio::net::TcpListener;
+use rampart_storage::{Command, CommandResponse, Mvcc, NodeId, PeerNode, Store, TypeConfig};
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::config::{ClusterState, Config};
+use crate::config::Config;
 use crate::error::ServerError;
-use crate::fault_control::FaultControl;
-use crate::lessor::Lessor;
-use crate::services;
-
-/// Why a node could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error("cannot open data directory {dir}")]
-    Storage {
-        dir: String,
-        #[source]
-        source: rampart_storage::StoreError,
-    },
-    #[error(
-        "data directory {dir} belongs to cluster {found_cluster:016x} as member \
-         {found_member:016x}, but this configuration makes cluster {want_cluster:016x} member \
-         {want_member:016x}; check --data-dir, --initial-cluster and --initial-cluster-token"
-    )]
-    WrongCluster {
-        dir: String,
-        found_cluster: u64,
-        found_member: u64,
-        want_cluster: u64,
-        want_member: u64,
-    },
-    #[error("--initial-cluster-state existing needs a data directory that already holds this member (joining a running cluster is not supported yet)")]
-    JoinUnsupported,
-    #[error("invalid Raft configuration: {0}")]
-    Raft(String),
-    #[error("cannot serve: {0}")]
-    Serve(String),
-}
-
-/// The listeners a node serves on, bound by the caller so that tests can use port 0.
-pub struct Listeners {
-    pub client: Vec<TcpListener>,
-    pub peer: Vec<TcpListener>,
-}
-
-impl Listeners {
-    /// Binds every listen URL of `config`.
-    pub async fn bind(config: &Config) -> Result<Listeners, StartError> {
-        async fn bind_all(urls: &[String]) -> Result<Vec<TcpListener>, StartError> {
-            let mut listeners = Vec::new();
-            for url in urls {
-                let addr = crate::config::socket_addr(url).map_err(StartError::Serve)?;
-                let listener = TcpListener::bind(addr)
-                    .await
-                    .map_err(|e| StartError::Serve(format!("cannot listen on {url}: {e}")))?;
-                listeners.push(listener);
-            }
-            Ok(listeners)
-        }
-        Ok(Listeners {
-            client: bind_all(&config.listen_client_urls).await?,
-            peer: bind_all(&config.listen_peer_urls).await?,
-        })
-    }
-}
 
 /// The state every client service shares: one per member.
 pub struct Node {
-    pub config: Config,
-    pub raft: Raft<TypeConfig>,
-    pub mvcc: Mvcc,
-    pub store: Store,
+    config: Config,
+    raft: Raft<TypeConfig>,
+    /// The read handle of the state machine: what this member has applied.
+    mvcc: Mvcc,
+    /// The data directory, for its size and its flush.
+    store: Store,
+    /// Calls to the other members (forwarded lease questions).
     network: PeerNetwork,
     /// Batches this node's proposals when it leads (and forwarded ones, through the peer service).
     proposer: Proposer,
@@ -103,6 +43,42 @@ pub struct Node {
 }
 
 impl Node {
+    /// Starts the batching tasks of a member's request paths over its Raft, store and network.
+    pub(crate) fn new(
+        config: Config,
+        raft: Raft<TypeConfig>,
+        store: Store,
+        network: PeerNetwork,
+    ) -> Node {
+        let proposer = Proposer::start(raft.clone(), config.request_timeout());
+        let read_indexer =
+            ReadIndexer::start(raft.clone(), network.clone(), config.request_timeout());
+        let forwarder = Forwarder::start(network.clone(), config.request_timeout());
+        Node {
+            proposer,
+            forwarder,
+            read_indexer,
+            metrics: raft.metrics(),
+            mvcc: store.mvcc(),
+            config,
+            raft,
+            store,
+            network,
+        }
+    }
+
+    /// The receiving side of the peer protocol: Raft's RPCs, and the writes, read-index rounds
+    /// and lease questions the other members send this one when it leads.
+    pub(crate) fn peer_service(&self, leases: Arc<dyn LeaseHandler>) -> PeerService {
+        PeerService::new(
+            self.raft.clone(),
+            self.proposer.clone(),
+            self.read_indexer.clone(),
+            self.config.request_timeout(),
+            leases,
+        )
+    }
+
     pub fn id(&self) -> NodeId {
         self.config.member_id
     }
@@ -121,6 +97,26 @@ impl Node {
         self.metrics.borrow().clone()
     }
 
+    /// Follows this member's Raft metrics (role, leader, term, applied index).
+    pub(crate) fn subscribe_metrics(&self) -> watch::Receiver<RaftMetrics<NodeId, PeerNode>> {
+        self.metrics.clone()
+    }
+
+    /// The data directory's size on disk, in bytes.
+    pub(crate) fn db_size(&self) -> u64 {
+        self.store.size_on_disk()
+    }
+
+    /// Makes everything this member has applied durable (see `rampart_storage::Disk`).
+    pub(crate) fn flush(&self) -> Result<(), ServerError> {
+        self.store.flush().map_err(ServerError::from)
+    }
+
+    /// A response header at the revision this member has applied.
+    pub fn current_header(&self) -> ResponseHeader {
+        self.header(self.mvcc.revision())
+    }
+
     /// A response header at `revision`.
     pub fn header(&self, revision: i64) -> ResponseHeader {
         ResponseHeader {
@@ -129,6 +125,11 @@ impl Node {
             revision,
             raft_term: self.metrics.borrow().current_term,
         }
+    }
+
+    /// Whether this member knows of a leader it can reach (etcd's `Leader() != None`).
+    pub(crate) fn has_leader(&self) -> bool {
+        self.leader().is_some()
     }
 
     /// The leader this node knows of. A leader that has not heard from a quorum for an
@@ -283,6 +284,33 @@ impl Node {
         self.wait_applied(index, deadline).await
     }
 
+    /// Proposes `command` on this member's own Raft, never forwarded: for the lessor, whose
+    /// decisions are this leader's alone. The entry is on a quorum's disks when it answers.
+    pub(crate) async fn propose_here(
+        &self,
+        command: Command,
+    ) -> Result<(u64, CommandResponse), ForwardError> {
+        rampart_network::propose(&self.raft, command, self.config.request_timeout()).await
+    }
+
+    /// This member's own read index, confirmed with a quorum; it fails unless this member leads.
+    pub(crate) async fn read_index_here(&self) -> Result<u64, ForwardError> {
+        rampart_network::read_index(&self.raft, self.config.request_timeout()).await
+    }
+
+    /// Stops Raft: no more entries are appended or applied here.
+    pub(crate) async fn shutdown_raft(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!("raft did not stop cleanly: {e}");
+        }
+    }
+
+    /// Whether Raft's workers have let go of the storage, so that a final flush sees every
+    /// write (see `Store::released`).
+    pub(crate) fn storage_released(&self) -> bool {
+        self.store.released()
+    }
+
     /// Asks the leader a lease question: `local` (this node's lessor) answers it when this node
     /// leads, the leader's lessor otherwise. Only the leader knows when leases expire.
     pub(crate) async fn ask_leader_lease(
@@ -347,245 +375,6 @@ impl Node {
                     }
                 }
             }
-        }
-    }
-}
-
-/// How long [`RunningNode::shutdown`] lets requests in flight finish.
-const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
-
-/// A started member; dropping it does not stop it, [`RunningNode::shutdown`] does.
-pub struct RunningNode {
-    pub node: Arc<Node>,
-    cancel: CancellationToken,
-    tasks: TaskTracker,
-}
-
-impl RunningNode {
-    /// Opens the data directory, starts Raft and serves the client and peer listeners.
-    pub async fn start(
-        config: Config,
-        listeners: Listeners,
-        faults: LinkFaults,
-    ) -> Result<RunningNode, StartError> {
-        let dir = config.data_dir.display().to_string();
-        let storage_error = |source| StartError::Storage {
-            dir: dir.clone(),
-            source,
-        };
-        let store = Store::open(&config.data_dir).map_err(storage_error)?;
-        let want = ClusterIdentity {
-            cluster_id: config.cluster_id,
-            member_id: config.member_id,
-        };
-        let fresh = match store.identity().map_err(storage_error)? {
-            Some(found) if found != want => {
-                return Err(StartError::WrongCluster {
-                    dir,
-                    found_cluster: found.cluster_id,
-                    found_member: found.member_id,
-                    want_cluster: want.cluster_id,
-                    want_member: want.member_id,
-                })
-            }
-            Some(_) => false,
-            None => true,
-        };
-        if fresh && config.initial_cluster_state == ClusterState::Existing {
-            return Err(StartError::JoinUnsupported);
-        }
-
-        let raft_config = openraft::Config {
-            cluster_name: config.initial_cluster_token.clone(),
-            heartbeat_interval: config.heartbeat_interval.as_millis() as u64,
-            election_timeout_min: config.election_timeout.as_millis() as u64,
-            election_timeout_max: 2 * config.election_timeout.as_millis() as u64,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_count),
-            max_in_snapshot_log_to_keep: config.snapshot_catchup_entries,
-            // Purge as soon as a snapshot allows, so the log stays bounded.
-            purge_batch_size: 1,
-            ..Default::default()
-        };
-        let raft_config = Arc::new(
-            raft_config
-                .validate()
-                .map_err(|e| StartError::Raft(e.to_string()))?,
-        );
-        let network = PeerNetwork::new(config.member_id, faults.clone());
-        let raft = Raft::new(
-            config.member_id,
-            raft_config,
-            network.clone(),
-            store.log_store(),
-            store.state_machine(),
-        )
-        .await
-        .map_err(|e| StartError::Raft(e.to_string()))?;
-
-        if fresh {
-            let members: BTreeMap<NodeId, PeerNode> = config
-                .initial_cluster
-                .iter()
-                .map(|m| {
-                    (
-                        m.id,
-                        PeerNode {
-                            name: m.name.clone(),
-                            peer_urls: m.peer_urls.clone(),
-                        },
-                    )
-                })
-                .collect();
-            // Every initial member initializes with the same membership; openraft refuses a
-            // second initialization, which is harmless here.
-            if let Err(e) = raft.initialize(members).await {
-                tracing::info!("cluster already initialized: {e}");
-            }
-            // Record the identity last: a crash before this point leaves a directory that the
-            // next start treats as fresh again, which initializes identically.
-            store.set_identity(&want).map_err(storage_error)?;
-        }
-
-        let proposer = Proposer::start(raft.clone(), config.request_timeout());
-        let read_indexer =
-            ReadIndexer::start(raft.clone(), network.clone(), config.request_timeout());
-        let forwarder = Forwarder::start(network.clone(), config.request_timeout());
-        let node = Arc::new(Node {
-            proposer,
-            forwarder,
-            read_indexer,
-            metrics: raft.metrics(),
-            config,
-            raft,
-            mvcc: store.mvcc(),
-            store,
-            network,
-        });
-        let cancel = CancellationToken::new();
-        let tasks = TaskTracker::new();
-
-        let lessor = Lessor::new(node.clone(), cancel.clone());
-        let peer_service = PeerService::new(
-            node.raft.clone(),
-            node.proposer.clone(),
-            node.read_indexer.clone(),
-            node.config.request_timeout(),
-            lessor.clone(),
-        );
-        // TEST ONLY (--experimental-peer-fault-injection): remote control of `faults`.
-        let fault_control = node
-            .config
-            .peer_fault_injection
-            .then(|| FaultControl::server(node.id(), faults.clone()));
-        for listener in listeners.peer {
-            let service = peer_service.clone().into_server();
-            let fault_control = fault_control.clone();
-            let shutdown = cancel.clone().cancelled_owned();
-            tasks.spawn(async move {
-                let incoming = rampart_h2_compat::accepted(listener);
-                if let Err(e) = tonic::transport::Server::builder()
-                    .add_service(service)
-                    .add_optional_service(fault_control)
-                    .serve_with_incoming_shutdown(incoming, shutdown)
-                    .await
-                {
-                    tracing::error!("peer server failed: {e}");
-                }
-            });
-        }
-        for listener in listeners.client {
-            let router =
-                services::client_router(node.clone(), lessor.clone(), cancel.clone()).await;
-            let shutdown = cancel.clone().cancelled_owned();
-            tasks.spawn(async move {
-                // etcdctl 3.4 sends a URL as :authority, which h2 rejects; see rampart_h2_compat.
-                let incoming = rampart_h2_compat::incoming(listener);
-                if let Err(e) = router
-                    .serve_with_incoming_shutdown(incoming, shutdown)
-                    .await
-                {
-                    tracing::error!("client server failed: {e}");
-                }
-            });
-        }
-        tasks.spawn(publish(node.clone(), cancel.clone()));
-        tasks.spawn(lessor.run());
-
-        tracing::info!(
-            name = %node.config.name,
-            member_id = format_args!("{:016x}", node.id()),
-            cluster_id = format_args!("{:016x}", node.config.cluster_id),
-            "rampart member started"
-        );
-        Ok(RunningNode {
-            node,
-            cancel,
-            tasks,
-        })
-    }
-
-    /// Stops in order: stop accepting and drain client and peer requests, stop Raft, then
-    /// flush storage.
-    pub async fn shutdown(self) {
-        self.cancel.cancel();
-        self.tasks.close();
-        // Serving stops gracefully: requests in flight finish. A client that keeps a stream or
-        // connection open past the drain time is cut off rather than allowed to hold the stop.
-        if tokio::time::timeout(SHUTDOWN_DRAIN, self.tasks.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                name = %self.node.config.name,
-                "requests still in flight after {SHUTDOWN_DRAIN:?}; stopping without them"
-            );
-        }
-        if let Err(e) = self.node.raft.shutdown().await {
-            tracing::warn!("raft did not stop cleanly: {e}");
-        }
-        // openraft's workers may drop their storage handles a moment after `shutdown` returns;
-        // flush only once nothing else can write.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !self.node.store.released() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        if let Err(e) = self.node.store.flush() {
-            tracing::error!("final flush failed: {e}");
-        }
-        tracing::info!(name = %self.node.config.name, "rampart member stopped");
-    }
-
-    /// Completes when the node is asked to stop.
-    pub async fn stopped(&self) {
-        self.cancel.cancelled().await
-    }
-}
-
-/// Publishes this member's name and client URLs through Raft, as etcd's members do after they
-/// start, retrying until it is applied, so every member can list them.
-async fn publish(node: Arc<Node>, cancel: CancellationToken) {
-    let attributes = MemberAttributes {
-        id: node.id(),
-        name: node.config.name.clone(),
-        client_urls: node.config.advertise_client_urls.clone(),
-    };
-    while !cancel.is_cancelled() {
-        if node.mvcc.members().contains(&attributes) {
-            return;
-        }
-        let attempt = node.write(Command::Publish(attributes.clone()));
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            result = attempt => match result {
-                Ok(_) => return,
-                Err(e) => {
-                    tracing::debug!("publishing member attributes failed, retrying: {e}");
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = tokio::time::sleep(node.config.election_timeout) => {}
-                    }
-                }
-            },
         }
     }
 }

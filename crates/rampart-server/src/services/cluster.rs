@@ -7,6 +7,7 @@ use rampart_api::etcdserverpb as pb;
 use rampart_api::etcdserverpb::cluster_server::Cluster;
 use tonic::{Request, Response, Status};
 
+use crate::error::ServerError;
 use crate::node::Node;
 
 pub struct ClusterService {
@@ -19,31 +20,27 @@ impl ClusterService {
     }
 }
 
-fn not_yet(what: &str) -> Status {
-    Status::unimplemented(format!("rampart does not support {what} yet"))
-}
-
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     async fn member_add(
         &self,
         _request: Request<pb::MemberAddRequest>,
     ) -> Result<Response<pb::MemberAddResponse>, Status> {
-        Err(not_yet("adding members"))
+        Err(ServerError::Unimplemented("adding members").into())
     }
 
     async fn member_remove(
         &self,
         _request: Request<pb::MemberRemoveRequest>,
     ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
-        Err(not_yet("removing members"))
+        Err(ServerError::Unimplemented("removing members").into())
     }
 
     async fn member_update(
         &self,
         _request: Request<pb::MemberUpdateRequest>,
     ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
-        Err(not_yet("updating members"))
+        Err(ServerError::Unimplemented("updating members").into())
     }
 
     /// Members from the Raft membership, with the client URLs each member published.
@@ -58,7 +55,7 @@ impl Cluster for ClusterService {
         let membership = metrics.membership_config.membership();
         let published: HashMap<_, _> = self
             .node
-            .mvcc
+            .mvcc()
             .members()
             .into_iter()
             .map(|m| (m.id, m))
@@ -79,7 +76,7 @@ impl Cluster for ClusterService {
             })
             .collect();
         Ok(Response::new(pb::MemberListResponse {
-            header: Some(self.node.header(self.node.mvcc.revision())),
+            header: Some(self.node.current_header()),
             members,
         }))
     }
@@ -88,6 +85,6 @@ impl Cluster for ClusterService {
         &self,
         _request: Request<pb::MemberPromoteRequest>,
     ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
-        Err(not_yet("promoting members"))
+        Err(ServerError::Unimplemented("promoting members").into())
     }
 }

@@ -8,6 +8,7 @@ use rampart_api::etcdserverpb as pb;
 use rampart_api::etcdserverpb::maintenance_server::Maintenance;
 use tonic::{Request, Response, Status};
 
+use crate::error::ServerError;
 use crate::node::Node;
 
 /// The etcd API version Rampart speaks, reported by Status.
@@ -23,10 +24,6 @@ impl MaintenanceService {
     }
 }
 
-fn not_yet(what: &str) -> Status {
-    Status::unimplemented(format!("rampart does not support {what} yet"))
-}
-
 type SnapshotStream = Pin<Box<dyn Stream<Item = Result<pb::SnapshotResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -38,10 +35,10 @@ impl Maintenance for MaintenanceService {
     ) -> Result<Response<pb::AlarmResponse>, Status> {
         let request = request.into_inner();
         if request.action != pb::alarm_request::AlarmAction::Get as i32 {
-            return Err(not_yet("raising or clearing alarms"));
+            return Err(ServerError::Unimplemented("raising or clearing alarms").into());
         }
         Ok(Response::new(pb::AlarmResponse {
-            header: Some(self.node.header(self.node.mvcc.revision())),
+            header: Some(self.node.current_header()),
             alarms: vec![],
         }))
     }
@@ -51,14 +48,14 @@ impl Maintenance for MaintenanceService {
         _request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
         let metrics = self.node.metrics();
-        let db_size = self.node.store.size_on_disk() as i64;
+        let db_size = self.node.db_size() as i64;
         let is_learner = !metrics
             .membership_config
             .membership()
             .voter_ids()
             .any(|id| id == self.node.id());
         Ok(Response::new(pb::StatusResponse {
-            header: Some(self.node.header(self.node.mvcc.revision())),
+            header: Some(self.node.current_header()),
             version: API_VERSION.to_string(),
             db_size,
             leader: metrics.current_leader.unwrap_or(0),
@@ -75,21 +72,17 @@ impl Maintenance for MaintenanceService {
     /// Only flushes the database: unlike etcd's, this returns no space to the file system.
     /// sled cannot rewrite its file in place; it reuses a log segment of its own accord once at
     /// most half of it is live, which leaves a database that was overwritten several times at
-    /// several times the size of its live data even after a compaction (see
-    /// `benches/capacity.sh`). Building a snapshot so as to purge the Raft log was weighed and
-    /// not done: the snapshot file is a full copy of the state machine (with 100,000 keys
-    /// written three times, 140 MiB before a compaction and about 65 after it, against 87 MiB
-    /// of Raft log), and building it raised one store's RSS from 93 to 267 MiB.
+    /// several times the size of its live data even after a compaction. Building a snapshot so
+    /// as to purge the Raft log was weighed and not done: the snapshot file is a full copy of the
+    /// state machine, often larger than the log it would purge, and building one costs memory.
+    /// The measurements are in benches/README.md (`benches/capacity.sh`).
     async fn defragment(
         &self,
         _request: Request<pb::DefragmentRequest>,
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
-        self.node
-            .store
-            .flush()
-            .map_err(|e| Status::internal(format!("flush failed: {e}")))?;
+        self.node.flush()?;
         Ok(Response::new(pb::DefragmentResponse {
-            header: Some(self.node.header(self.node.mvcc.revision())),
+            header: Some(self.node.current_header()),
         }))
     }
 
@@ -97,14 +90,14 @@ impl Maintenance for MaintenanceService {
         &self,
         _request: Request<pb::HashRequest>,
     ) -> Result<Response<pb::HashResponse>, Status> {
-        Err(not_yet("Hash"))
+        Err(ServerError::Unimplemented("Hash").into())
     }
 
     async fn hash_kv(
         &self,
         _request: Request<pb::HashKvRequest>,
     ) -> Result<Response<pb::HashKvResponse>, Status> {
-        Err(not_yet("HashKV"))
+        Err(ServerError::Unimplemented("HashKV").into())
     }
 
     type SnapshotStream = SnapshotStream;
@@ -113,20 +106,20 @@ impl Maintenance for MaintenanceService {
         &self,
         _request: Request<pb::SnapshotRequest>,
     ) -> Result<Response<SnapshotStream>, Status> {
-        Err(not_yet("Snapshot"))
+        Err(ServerError::Unimplemented("Snapshot").into())
     }
 
     async fn move_leader(
         &self,
         _request: Request<pb::MoveLeaderRequest>,
     ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
-        Err(not_yet("MoveLeader"))
+        Err(ServerError::Unimplemented("MoveLeader").into())
     }
 
     async fn downgrade(
         &self,
         _request: Request<pb::DowngradeRequest>,
     ) -> Result<Response<pb::DowngradeResponse>, Status> {
-        Err(not_yet("Downgrade"))
+        Err(ServerError::Unimplemented("Downgrade").into())
     }
 }

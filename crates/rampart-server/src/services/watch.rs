@@ -1,109 +1,22 @@
-//! etcdserverpb.Watch: one bidirectional stream carries many watches, served from this member's
-//! applied state (no Raft round trip), as etcd's `v3rpc/watch.go` and `mvcc/watchable_store.go`.
-//!
-//! Layout: this file is the gRPC entry and what the tasks of one stream share;
-//! [`stream`] runs a stream (reads its requests, creates and cancels watchers, answers progress
-//! requests); [`watcher`] runs one watcher (replays history, follows the live feed, filters,
-//! fragments, sends periodic progress notifications).
-//!
-//! Tasks: one per stream and one per watcher. Every response goes through the stream's one
-//! bounded channel, [`Outgoing`], whose items are sent whole and in order: the responses a
-//! watcher makes of one revision (all its fragments) are one item, so nothing interleaves with a
-//! fragmented revision, which etcd's clients rely on.
-//!
-//! Bounded memory: a watcher holds at most one history chunk (about 256 events, whole
-//! revisions) or one feed revision in hand. It follows the store's live feed (a broadcast ring
-//! of `WATCH_FEED_CAPACITY` revisions shared by every subscriber, its events behind `Arc`s, so
-//! not copied per watcher); when its client does not read, the channel fills, the watcher waits
-//! to send, and its feed receiver falls behind instead of buffering: the ring overwrites what it
-//! missed and the watcher later gets `Lagged` and replays from history, from the first revision
-//! it has not delivered. So a slow client costs its stream at most [`OUTGOING_CAPACITY`] queued
-//! items (each one revision of one watch, like etcd's per-stream buffer) plus a chunk per
-//! watcher, and never slows the feed, apply or any other stream. Nothing is dropped silently: a
-//! watcher that history can no longer serve (compacted past what it needs) is canceled with
-//! `compact_revision`, as etcd cancels it.
-//!
-//! Ending: the stream's tasks share a cancellation token, a child of the node's shutdown token.
-//! It is cancelled when the client goes away (its request stream fails, or the response stream
-//! is dropped), and when the node stops: the response stream then ends at once with etcd's
-//! "server stopped" (`Unavailable`), so the server's graceful drain does not wait on watches.
+//! etcdserverpb.Watch: each gRPC stream is a watch stream of `crate::watch`, opened through the
+//! in-process client.
 
-mod stream;
-mod watcher;
-
-use std::hash::{BuildHasher, Hasher};
 use std::pin::Pin;
-use std::sync::Arc;
-use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use rampart_api::etcdserverpb as pb;
 use rampart_api::etcdserverpb::watch_server::Watch;
-use tokio::sync::{mpsc, Notify};
-use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::error::ServerError;
-use crate::node::Node;
-
-/// How many items (a control response, or one watcher's responses for one revision) a stream
-/// may have queued for its client before its tasks wait. etcd buffers 128 events and 128
-/// control responses per stream.
-const OUTGOING_CAPACITY: usize = 256;
-
-/// etcd's floor on the progress notification interval (`minWatchProgressInterval`).
-const MIN_PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
-
-/// One item of a stream's outgoing channel: responses that reach the client back to back.
-type Outgoing = Vec<pb::WatchResponse>;
-
-/// What the tasks of one stream share.
-struct StreamShared {
-    node: Arc<Node>,
-    /// The stream's only way to its client; see [`Outgoing`].
-    out: mpsc::Sender<Outgoing>,
-    /// Ends every task of the stream.
-    token: CancellationToken,
-    /// Woken whenever a watcher's delivered revision moves, so that a progress request
-    /// deferred until every watcher is synced is answered as soon as they are.
-    progressed: Notify,
-    /// A revision's events encoded larger than this are split, for watches that asked for
-    /// fragments. etcd compares with `--max-request-bytes` plus its gRPC overhead allowance.
-    fragment_limit: usize,
-    /// How often a `progress_notify` watch hears of its progress when it has had no events.
-    progress_interval: Duration,
-}
-
-impl StreamShared {
-    /// Queues `responses` for the client; false if the client went away or `token` (the
-    /// caller's: the stream's, or a watcher's child of it) was cancelled meanwhile, in which
-    /// case the caller stops.
-    async fn send(&self, token: &CancellationToken, responses: Outgoing) -> bool {
-        tokio::select! {
-            _ = token.cancelled() => false,
-            sent = self.out.send(responses) => sent.is_ok(),
-        }
-    }
-
-    /// A response for `watch_id` with a header at `revision`.
-    fn response(&self, watch_id: i64, revision: i64) -> pb::WatchResponse {
-        pb::WatchResponse {
-            header: Some(self.node.header(revision)),
-            watch_id,
-            ..Default::default()
-        }
-    }
-}
+use crate::client::Client;
 
 pub struct WatchService {
-    node: Arc<Node>,
-    /// Cancelled when the node stops.
-    shutdown: CancellationToken,
+    client: Client,
 }
 
 impl WatchService {
-    pub fn new(node: Arc<Node>, shutdown: CancellationToken) -> Self {
-        WatchService { node, shutdown }
+    pub fn new(client: Client) -> Self {
+        WatchService { client }
     }
 }
 
@@ -117,58 +30,9 @@ impl Watch for WatchService {
         &self,
         request: Request<Streaming<pb::WatchRequest>>,
     ) -> Result<Response<WatchStream>, Status> {
-        let (out, outgoing) = mpsc::channel(OUTGOING_CAPACITY);
-        let shared = Arc::new(StreamShared {
-            node: self.node.clone(),
-            out,
-            token: self.shutdown.child_token(),
-            progressed: Notify::new(),
-            fragment_limit: self.node.config.max_request_bytes + super::GRPC_OVERHEAD_BYTES,
-            progress_interval: jittered(
-                self.node
-                    .config
-                    .watch_progress_notify_interval
-                    .max(MIN_PROGRESS_INTERVAL),
-            ),
-        });
-        tokio::spawn(stream::run(shared, request.into_inner()));
-        Ok(Response::new(responses(outgoing, self.shutdown.clone())))
+        let responses = self.client.watch(request.into_inner());
+        Ok(Response::new(Box::pin(
+            responses.map(|response| response.map_err(Status::from)),
+        )))
     }
-}
-
-/// `interval` plus up to a tenth more, as etcd adds, so that streams opened together (say, by a
-/// restarted client) do not all get their progress notifications at the same moment.
-fn jittered(interval: Duration) -> Duration {
-    // A randomly keyed hasher is randomness enough for spreading timers.
-    let random = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
-    let tenth = (interval.as_nanos() / 10).max(1);
-    interval + Duration::from_nanos((u128::from(random) % tenth) as u64)
-}
-
-/// The response stream: the items of `outgoing`, flattened, until every sender is gone; or, once
-/// the node stops, etcd's "server stopped" at once, dropping whatever was still queued.
-fn responses(outgoing: mpsc::Receiver<Outgoing>, shutdown: CancellationToken) -> WatchStream {
-    let items = futures::stream::unfold(
-        (outgoing, shutdown, false),
-        |(mut outgoing, shutdown, stopped)| async move {
-            if stopped {
-                return None;
-            }
-            tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => {
-                    let stop: Vec<Result<pb::WatchResponse, Status>> =
-                        vec![Err(ServerError::Stopped.into())];
-                    Some((stop, (outgoing, shutdown, true)))
-                }
-                item = outgoing.recv() => {
-                    let item = item?.into_iter().map(Ok).collect();
-                    Some((item, (outgoing, shutdown, false)))
-                }
-            }
-        },
-    );
-    Box::pin(items.flat_map(futures::stream::iter))
 }

@@ -27,7 +27,7 @@ use tokio::sync::broadcast::{
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use super::StreamShared;
+use super::shared::StreamShared;
 use crate::convert;
 use crate::error::ServerError;
 
@@ -274,7 +274,7 @@ impl Watcher {
 
     /// Replays history from `next` up to the current revision, then counts as live there.
     async fn catch_up(&mut self) -> Result<(), Stop> {
-        let mvcc = self.shared.node.mvcc.clone();
+        let mvcc = self.shared.node.mvcc().clone();
         // The feed receiver is already in place, so every revision after `target` will come
         // from it: nothing falls between the replay and the feed.
         let target = mvcc.revision();
@@ -295,7 +295,7 @@ impl Watcher {
                 Err(e) => return Err(self.fail(e.into()).await),
             };
             if last < self.next {
-                let stuck = ServerError::Storage(format!(
+                let stuck = ServerError::Internal(format!(
                     "history replay from revision {} made no progress",
                     self.next
                 ));
@@ -359,7 +359,7 @@ impl Watcher {
 
     /// Cancels the watch because history no longer reaches back to `next`.
     async fn compacted(&mut self) -> Stop {
-        let mvcc = &self.shared.node.mvcc;
+        let mvcc = self.shared.node.mvcc();
         let mut response = self.shared.response(self.id, mvcc.revision());
         response.canceled = true;
         response.compact_revision = mvcc.compact_revision();
@@ -372,7 +372,7 @@ impl Watcher {
         tracing::error!(watch_id = self.id, "watch canceled: {error}");
         let mut response = self
             .shared
-            .response(self.id, self.shared.node.mvcc.revision());
+            .response(self.id, self.shared.node.mvcc().revision());
         response.canceled = true;
         response.cancel_reason = error.to_string();
         let _ = self.send(vec![response]).await;

@@ -13,13 +13,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use futures::{Stream, StreamExt};
 use rampart_api::etcdserverpb as pb;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::Streaming;
 
+use super::shared::StreamShared;
 use super::watcher::{Progress, SharedProgress, WatchSpec, Watcher};
-use super::StreamShared;
 use crate::error::ServerError;
 
 /// A create request's `watch_id` that asks the server to choose (etcd's `AutoWatchID`).
@@ -63,7 +63,12 @@ struct WatchStream {
 }
 
 /// Serves one stream until the client goes away or the node stops, then stops its watchers.
-pub(super) async fn run(shared: Arc<StreamShared>, mut requests: Streaming<pb::WatchRequest>) {
+/// `requests` are the client's: a gRPC stream's, or an in-process client's.
+pub(super) async fn run<R, E>(shared: Arc<StreamShared>, mut requests: R)
+where
+    R: Stream<Item = Result<pb::WatchRequest, E>> + Unpin,
+    E: std::fmt::Display,
+{
     // However this task ends, every watcher of the stream ends with it.
     let _stop = shared.token.clone().drop_guard();
     let mut stream = WatchStream {
@@ -83,16 +88,16 @@ pub(super) async fn run(shared: Arc<StreamShared>, mut requests: Streaming<pb::W
                     break;
                 }
             }
-            request = requests.message(), if requests_open => match request {
-                Ok(Some(request)) => {
+            request = requests.next(), if requests_open => match request {
+                Some(Ok(request)) => {
                     if !stream.handle(request).await {
                         break;
                     }
                 }
                 // A client that closes its side still gets its watches' events, as from etcd,
                 // until it goes away.
-                Ok(None) => requests_open = false,
-                Err(status) => {
+                None => requests_open = false,
+                Some(Err(status)) => {
                     tracing::debug!("watch stream ended: {status}");
                     break;
                 }
@@ -130,7 +135,7 @@ impl WatchStream {
         } else {
             request.watch_id
         };
-        let mvcc = &self.shared.node.mvcc;
+        let mvcc = self.shared.node.mvcc();
         // Subscribe before reading the revision: every revision after it comes from the feed.
         let feed = mvcc.subscribe();
         let revision = mvcc.revision();
@@ -172,7 +177,7 @@ impl WatchStream {
 
     /// etcd answers a create it refuses with created and canceled at once, and the reason.
     async fn refuse(&mut self, reason: String) -> bool {
-        let revision = self.shared.node.mvcc.revision();
+        let revision = self.shared.node.mvcc().revision();
         let mut response = self.shared.response(INVALID_WATCH_ID, revision);
         response.created = true;
         response.canceled = true;
@@ -199,7 +204,7 @@ impl WatchStream {
         if let Err(e) = watcher.task.await {
             tracing::error!(watch_id = id, "watcher task failed: {e}");
         }
-        let mut response = self.shared.response(id, self.shared.node.mvcc.revision());
+        let mut response = self.shared.response(id, self.shared.node.mvcc().revision());
         response.canceled = true;
         if !self.shared.send(&self.shared.token, vec![response]).await {
             return false;

@@ -1,0 +1,362 @@
+//! The wiring of a member: opening its data directory, starting Raft, registering every gRPC
+//! service behind one interceptor chain, serving the listeners, and stopping in order.
+//!
+//! This is the one place a service is registered (etcd's `v3rpc/grpc.go::Server()`): client
+//! services in [`serve_clients`], the peer protocol in [`serve_peers`].
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::{Raft, SnapshotPolicy};
+use rampart_api::etcdserverpb::cluster_server::ClusterServer;
+use rampart_api::etcdserverpb::kv_server::KvServer;
+use rampart_api::etcdserverpb::lease_server::LeaseServer;
+use rampart_api::etcdserverpb::maintenance_server::MaintenanceServer;
+use rampart_api::etcdserverpb::watch_server::WatchServer;
+use rampart_network::{LinkFaults, PeerNetwork, PeerService};
+use rampart_storage::{ClusterIdentity, Command, MemberAttributes, NodeId, PeerNode, Store};
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::service::InterceptorLayer;
+
+use crate::client::Client;
+use crate::config::{ClusterState, Config};
+use crate::fault_control::FaultControl;
+use crate::interceptor::RequestInterceptor;
+use crate::lessor::Lessor;
+use crate::node::Node;
+use crate::services::{ClusterService, KvService, LeaseService, MaintenanceService, WatchService};
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot open data directory {dir}")]
+    Storage {
+        dir: String,
+        #[source]
+        source: rampart_storage::StoreError,
+    },
+    #[error(
+        "data directory {dir} belongs to cluster {found_cluster:016x} as member \
+         {found_member:016x}, but this configuration makes cluster {want_cluster:016x} member \
+         {want_member:016x}; check --data-dir, --initial-cluster and --initial-cluster-token"
+    )]
+    WrongCluster {
+        dir: String,
+        found_cluster: u64,
+        found_member: u64,
+        want_cluster: u64,
+        want_member: u64,
+    },
+    #[error("--initial-cluster-state existing needs a data directory that already holds this member (joining a running cluster is not supported yet)")]
+    JoinUnsupported,
+    #[error("invalid Raft configuration")]
+    RaftConfig(#[source] openraft::ConfigError),
+    #[error("cannot start Raft")]
+    Raft(#[source] openraft::error::Fatal<NodeId>),
+    #[error("{0}")]
+    InvalidUrl(String),
+    #[error("cannot listen on {url}")]
+    Listen {
+        url: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The listeners a node serves on, bound by the caller so that tests can use port 0.
+pub struct Listeners {
+    pub client: Vec<TcpListener>,
+    pub peer: Vec<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds every listen URL of `config`.
+    pub async fn bind(config: &Config) -> Result<Listeners, StartError> {
+        async fn bind_all(urls: &[String]) -> Result<Vec<TcpListener>, StartError> {
+            let mut listeners = Vec::new();
+            for url in urls {
+                let addr = crate::config::socket_addr(url).map_err(StartError::InvalidUrl)?;
+                let listener =
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| StartError::Listen {
+                            url: url.clone(),
+                            source,
+                        })?;
+                listeners.push(listener);
+            }
+            Ok(listeners)
+        }
+        Ok(Listeners {
+            client: bind_all(&config.listen_client_urls).await?,
+            peer: bind_all(&config.listen_peer_urls).await?,
+        })
+    }
+}
+
+/// How long [`RunningNode::shutdown`] lets requests in flight finish.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
+
+/// A started member; dropping it does not stop it, [`RunningNode::shutdown`] does.
+pub struct RunningNode {
+    pub node: Arc<Node>,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl RunningNode {
+    /// Opens the data directory, starts Raft and serves the client and peer listeners.
+    pub async fn start(
+        config: Config,
+        listeners: Listeners,
+        faults: LinkFaults,
+    ) -> Result<RunningNode, StartError> {
+        let dir = config.data_dir.display().to_string();
+        let storage_error = |source| StartError::Storage {
+            dir: dir.clone(),
+            source,
+        };
+        let store = Store::open(&config.data_dir).map_err(storage_error)?;
+        let want = ClusterIdentity {
+            cluster_id: config.cluster_id,
+            member_id: config.member_id,
+        };
+        let fresh = match store.identity().map_err(storage_error)? {
+            Some(found) if found != want => {
+                return Err(StartError::WrongCluster {
+                    dir,
+                    found_cluster: found.cluster_id,
+                    found_member: found.member_id,
+                    want_cluster: want.cluster_id,
+                    want_member: want.member_id,
+                })
+            }
+            Some(_) => false,
+            None => true,
+        };
+        if fresh && config.initial_cluster_state == ClusterState::Existing {
+            return Err(StartError::JoinUnsupported);
+        }
+
+        let raft_config = openraft::Config {
+            cluster_name: config.initial_cluster_token.clone(),
+            heartbeat_interval: config.heartbeat_interval.as_millis() as u64,
+            election_timeout_min: config.election_timeout.as_millis() as u64,
+            election_timeout_max: 2 * config.election_timeout.as_millis() as u64,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_count),
+            max_in_snapshot_log_to_keep: config.snapshot_catchup_entries,
+            // Purge as soon as a snapshot allows, so the log stays bounded.
+            purge_batch_size: 1,
+            ..Default::default()
+        };
+        let raft_config = Arc::new(raft_config.validate().map_err(StartError::RaftConfig)?);
+        let network = PeerNetwork::new(config.member_id, faults.clone());
+        let raft = Raft::new(
+            config.member_id,
+            raft_config,
+            network.clone(),
+            store.log_store(),
+            store.state_machine(),
+        )
+        .await
+        .map_err(StartError::Raft)?;
+
+        if fresh {
+            let members: BTreeMap<NodeId, PeerNode> = config
+                .initial_cluster
+                .iter()
+                .map(|m| {
+                    (
+                        m.id,
+                        PeerNode {
+                            name: m.name.clone(),
+                            peer_urls: m.peer_urls.clone(),
+                        },
+                    )
+                })
+                .collect();
+            // Every initial member initializes with the same membership; openraft refuses a
+            // second initialization, which is harmless here.
+            if let Err(e) = raft.initialize(members).await {
+                tracing::info!("cluster already initialized: {e}");
+            }
+            // Record the identity last: a crash before this point leaves a directory that the
+            // next start treats as fresh again, which initializes identically.
+            store.set_identity(&want).map_err(storage_error)?;
+        }
+
+        let node = Arc::new(Node::new(config, raft, store, network));
+        let cancel = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let lessor = Lessor::new(node.clone(), cancel.clone());
+        let client = Client::new(node.clone(), lessor.clone(), cancel.clone());
+
+        let peer_service = node.peer_service(lessor.clone());
+        for listener in listeners.peer {
+            tasks.spawn(serve_peers(
+                &node,
+                peer_service.clone(),
+                &faults,
+                listener,
+                cancel.clone(),
+            ));
+        }
+        for listener in listeners.client {
+            tasks.spawn(serve_clients(&node, &client, listener, cancel.clone()));
+        }
+        tasks.spawn(publish(node.clone(), cancel.clone()));
+        tasks.spawn(lessor.run());
+
+        tracing::info!(
+            name = %node.config().name,
+            member_id = format_args!("{:016x}", node.id()),
+            cluster_id = format_args!("{:016x}", node.config().cluster_id),
+            "rampart member started"
+        );
+        Ok(RunningNode {
+            node,
+            cancel,
+            tasks,
+        })
+    }
+
+    /// Stops in order: stop accepting and drain client and peer requests, stop Raft, then
+    /// flush storage.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        self.tasks.close();
+        // Serving stops gracefully: requests in flight finish. A client that keeps a stream or
+        // connection open past the drain time is cut off rather than allowed to hold the stop.
+        if tokio::time::timeout(SHUTDOWN_DRAIN, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                name = %self.node.config().name,
+                "requests still in flight after {SHUTDOWN_DRAIN:?}; stopping without them"
+            );
+        }
+        self.node.shutdown_raft().await;
+        // openraft's workers may drop their storage handles a moment after `shutdown` returns;
+        // flush only once nothing else can write.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.node.storage_released() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if let Err(e) = self.node.flush() {
+            tracing::error!("final flush failed: {}", crate::error::chain(&e));
+        }
+        tracing::info!(name = %self.node.config().name, "rampart member stopped");
+    }
+
+    /// Completes when the node is asked to stop.
+    pub async fn stopped(&self) {
+        self.cancel.cancelled().await
+    }
+}
+
+/// Serves the etcd client API on `listener` until `shutdown`: KV, Watch, Lease, Maintenance,
+/// Cluster and gRPC health, every call through [`RequestInterceptor`] first. Long-lived streams
+/// end on `shutdown` too, so that the graceful drain does not wait for clients that never hang
+/// up.
+fn serve_clients(
+    node: &Arc<Node>,
+    client: &Client,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let limit = node.config().max_grpc_message_bytes();
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    let router = tonic::transport::Server::builder()
+        .layer(InterceptorLayer::new(RequestInterceptor::new(node.clone())))
+        .add_service(health)
+        .add_service(
+            KvServer::new(KvService::new(client.clone()))
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(usize::MAX),
+        )
+        .add_service(
+            WatchServer::new(WatchService::new(client.clone())).max_decoding_message_size(limit),
+        )
+        .add_service(
+            LeaseServer::new(LeaseService::new(client.clone())).max_decoding_message_size(limit),
+        )
+        .add_service(
+            MaintenanceServer::new(MaintenanceService::new(node.clone()))
+                .max_decoding_message_size(limit),
+        )
+        .add_service(
+            ClusterServer::new(ClusterService::new(node.clone())).max_decoding_message_size(limit),
+        );
+    async move {
+        health_reporter.set_serving::<KvServer<KvService>>().await;
+        // etcdctl 3.4 sends a URL as :authority, which h2 rejects; see rampart_h2_compat.
+        let incoming = rampart_h2_compat::incoming(listener);
+        let shutdown = shutdown.cancelled_owned();
+        if let Err(e) = router
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await
+        {
+            tracing::error!("client server failed: {e}");
+        }
+    }
+}
+
+/// Serves the peer protocol on `listener` until `shutdown`, and, with
+/// `--experimental-peer-fault-injection` only (TEST ONLY), the remote control of `faults`.
+fn serve_peers(
+    node: &Node,
+    service: PeerService,
+    faults: &LinkFaults,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let fault_control = node
+        .config()
+        .peer_fault_injection
+        .then(|| FaultControl::server(node.id(), faults.clone()));
+    async move {
+        let incoming = rampart_h2_compat::accepted(listener);
+        if let Err(e) = tonic::transport::Server::builder()
+            .add_service(service.into_server())
+            .add_optional_service(fault_control)
+            .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+            .await
+        {
+            tracing::error!("peer server failed: {e}");
+        }
+    }
+}
+
+/// Publishes this member's name and client URLs through Raft, as etcd's members do after they
+/// start, retrying until it is applied, so every member can list them.
+async fn publish(node: Arc<Node>, cancel: CancellationToken) {
+    let attributes = MemberAttributes {
+        id: node.id(),
+        name: node.config().name.clone(),
+        client_urls: node.config().advertise_client_urls.clone(),
+    };
+    while !cancel.is_cancelled() {
+        if node.mvcc().members().contains(&attributes) {
+            return;
+        }
+        let attempt = node.write(Command::Publish(attributes.clone()));
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            result = attempt => match result {
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::debug!("publishing member attributes failed, retrying: {e}");
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(node.config().election_timeout) => {}
+                    }
+                }
+            },
+        }
+    }
+}

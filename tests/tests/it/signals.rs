@@ -6,12 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use rampart_tests::{get, kv_client, put, rampart_binary, wait_until};
 
-fn free_url() -> anyhow::Result<String> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    Ok(format!("http://127.0.0.1:{port}"))
-}
+use crate::common::free_url;
 
 async fn stops_cleanly_on(signal: &str) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;

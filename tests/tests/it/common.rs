@@ -1,4 +1,4 @@
-//! Helpers shared by the test modules: clients, etcd's errors, etcdctl, loopback URLs.
+//! Helpers shared by the test modules: etcd-client connections, etcd's errors, etcdctl.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -57,10 +57,4 @@ pub fn etcdctl_path() -> anyhow::Result<PathBuf> {
             "etcdctl is not on PATH: these compatibility tests need the real etcdctl 3.4; \
              install the Debian package etcd-client (`apt-get install etcd-client`), as CI does",
         )
-}
-
-/// A loopback URL on a port that was free a moment ago.
-pub fn free_url() -> anyhow::Result<String> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(format!("http://{}", listener.local_addr()?))
 }

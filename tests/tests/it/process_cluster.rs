@@ -15,12 +15,11 @@ use anyhow::{bail, ensure, Context};
 use rampart_api::etcdserverpb as pb;
 use rampart_api::etcdserverpb::kv_client::KvClient;
 use rampart_api::etcdserverpb::maintenance_client::MaintenanceClient;
+use rampart_launcher::free_url;
 use rampart_tests::{kv_client, put, rampart_binary, wait_until, ProcessCluster};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 use tracing::info;
-
-use crate::common::free_url;
 
 /// How long one write may keep being retried (through an election) before it is given up.
 const WRITE_DEADLINE: Duration = Duration::from_secs(30);

@@ -4,9 +4,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::Context;
+use rampart_launcher::{free_url, send_signal};
 use rampart_tests::{get, kv_client, put, rampart_binary, wait_until};
-
-use crate::common::free_url;
 
 async fn stops_cleanly_on(signal: &str) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -35,10 +34,7 @@ async fn stops_cleanly_on(signal: &str) -> anyhow::Result<()> {
     })
     .await?;
 
-    let status = Command::new("kill")
-        .args([format!("-{signal}"), child.id().to_string()])
-        .status()?;
-    anyhow::ensure!(status.success(), "kill -{signal} failed");
+    send_signal(child.id(), signal)?;
     let exit = wait_until("the member to exit", Duration::from_secs(30), || {
         let exited = child.try_wait().map_err(anyhow::Error::from);
         async move { exited }

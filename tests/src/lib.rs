@@ -2,7 +2,8 @@
 //!
 //! - [`TestCluster`]: members running in this process, on port-0 listeners, sharing one set of
 //!   [`LinkFaults`] so a test can cut, delay and heal the links between them.
-//! - [`ProcessCluster`]: real `rampart` processes on free ports, for kill -9 and restart.
+//! - [`ProcessCluster`]: real `rampart` processes on free ports, for kill -9 and restart, started
+//!   through `rampart-launcher`, which the chaos harness shares.
 //!
 //! Both wait on conditions with deadlines ([`wait_until`]); nothing sleeps blindly.
 

@@ -319,9 +319,9 @@ pub async fn convergence(cluster: &Cluster, timeout: Duration) -> (Option<i64>, 
                 .map(|(m, s)| match s {
                     Ok(s) => format!(
                         "{} at revision {} applied index {}",
-                        m.name, s.revision, s.applied_index
+                        m.process.name, s.revision, s.applied_index
                     ),
-                    Err(e) => format!("{}: {e}", m.name),
+                    Err(e) => format!("{}: {e}", m.process.name),
                 })
                 .collect::<Vec<_>>()
                 .join("; ");
@@ -334,15 +334,18 @@ pub async fn convergence(cluster: &Cluster, timeout: Duration) -> (Option<i64>, 
     };
     let mut states = Vec::new();
     for member in &cluster.members {
-        match read_state(&member.client_url, revision).await {
+        match read_state(&member.process.client_url, revision).await {
             Ok(kvs) => states.push(MemberState {
-                member: member.name.clone(),
+                member: member.process.name.clone(),
                 revision,
                 kvs,
             }),
             Err(e) => {
                 let findings = vec![Finding::NotConverged {
-                    reason: format!("reading {} at revision {revision}: {e:#}", member.name),
+                    reason: format!(
+                        "reading {} at revision {revision}: {e:#}",
+                        member.process.name
+                    ),
                 }];
                 return (Some(revision), findings);
             }

@@ -1,10 +1,11 @@
 //! A cluster of real `rampart` processes on loopback, and the faults the nemesis inflicts on
-//! them: kill -9 and restart, SIGSTOP and SIGCONT, and peer-link rules set through each member's
-//! test-only `Faults` service (`--experimental-peer-fault-injection`).
+//! them: kill -9 and restart, SIGSTOP and SIGCONT (through `rampart-launcher`, which the tests
+//! crate shares), and peer-link rules set through each member's test-only `Faults` service
+//! (`--experimental-peer-fault-injection`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::ExitStatus;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -13,9 +14,11 @@ use rampart_api::etcdserverpb::cluster_client::ClusterClient;
 use rampart_api::etcdserverpb::maintenance_client::MaintenanceClient;
 use rampart_api::faults::faults_client::FaultsClient;
 use rampart_api::faults::{Delay, FaultRules, HealRequest};
-use tokio::process::{Child, Command};
+use rampart_launcher::{NotAnswering, Plan};
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
+
+pub use rampart_launcher::{rampart_binary, ProcessState};
 
 /// Raft timing of chaos clusters: etcd's defaults, so faults held for a second or more cause
 /// elections and shorter ones may not.
@@ -27,55 +30,6 @@ const CONTROL_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How long a started member may take to answer on its client URL.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The `rampart` binary to run: `explicit` if given, else `$RAMPART_BIN`, else (under cargo: `cargo
-/// run`, `cargo test`, nextest) the one cargo builds in this build's profile, built now if it is
-/// missing or stale, else the one beside this executable.
-pub fn rampart_binary(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
-    if let Some(path) = explicit.or_else(|| std::env::var_os("RAMPART_BIN").map(PathBuf::from)) {
-        if !path.exists() {
-            bail!("rampart binary {} does not exist", path.display());
-        }
-        return Ok(path);
-    }
-    // Binaries live in target/<profile>/, test binaries in target/<profile>/deps/.
-    let exe = std::env::current_exe()?;
-    let mut profile_dir = exe.parent().context("executable has no directory")?;
-    if profile_dir.file_name().is_some_and(|n| n == "deps") {
-        profile_dir = profile_dir.parent().context("deps/ has no parent")?;
-    }
-    let binary = profile_dir.join("rampart");
-    if let Some(cargo) = std::env::var_os("CARGO") {
-        // Another package's binary is not built for this one's tests or `cargo run`; building
-        // it here (a no-op when fresh) keeps a stale server from being tested.
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml");
-        let mut build = std::process::Command::new(cargo);
-        build.args(["build", "--quiet", "-p", "rampart", "--bin", "rampart"]);
-        build.arg("--manifest-path").arg(&manifest);
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            build.arg("--release");
-        }
-        let status = build.status().context("running cargo build for rampart")?;
-        if !status.success() {
-            bail!("cargo build -p rampart failed");
-        }
-    }
-    if !binary.exists() {
-        bail!(
-            "no rampart binary at {}; build it (cargo build -p rampart) or pass --rampart",
-            binary.display()
-        );
-    }
-    Ok(binary)
-}
-
-/// A free loopback port. It is released before the member binds it, so another process may
-/// take it first; [`Cluster::start`] retries with new ports when a member cannot start.
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
 
 /// A control channel to `url` that connects on first use and gives up quickly.
 pub fn channel(url: &str, timeout: Duration) -> anyhow::Result<Channel> {
@@ -109,123 +63,49 @@ pub struct MemberStatus {
     pub term: u64,
 }
 
-/// Whether a member's process runs, is stopped by SIGSTOP, or is dead.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ProcessState {
-    Running,
-    Paused,
-    Killed,
-}
-
-/// One `rampart` process and what it takes to start it again.
+/// One member of a chaos cluster: its process and the harness's control channels to it.
 pub struct Member {
-    pub name: String,
+    /// The process, its addresses, data directory and log.
+    pub process: rampart_launcher::Member,
     /// The Raft member id, from MemberList.
     pub id: u64,
-    pub client_url: String,
-    pub peer_url: String,
-    pub data_dir: PathBuf,
-    pub log_path: PathBuf,
-    binary: PathBuf,
-    args: Vec<String>,
     /// Control channels to the client URL (Status, MemberList) and to the peer URL (the
     /// `Faults` service): one each for the whole run, reconnecting across restarts.
     client_channel: Channel,
     peer_channel: Channel,
-    /// `None` once killed (by us) or found exited (by itself).
-    child: Option<Child>,
-    paused: bool,
-    /// The log's length when the current process started: what it wrote comes after.
-    log_start: u64,
 }
 
 impl Member {
-    fn spawn(&mut self) -> anyhow::Result<()> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log_path)
-            .with_context(|| format!("opening {}", self.log_path.display()))?;
-        self.log_start = log.metadata()?.len();
-        let child = Command::new(&self.binary)
-            .args(&self.args)
-            .env("RUST_LOG", "info,openraft=warn,sled=warn")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            // A harness that panics or is interrupted leaves no process behind.
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("spawning {}", self.binary.display()))?;
-        self.child = Some(child);
-        self.paused = false;
-        Ok(())
-    }
-
     pub fn state(&self) -> ProcessState {
-        match (&self.child, self.paused) {
-            (None, _) => ProcessState::Killed,
-            (Some(_), true) => ProcessState::Paused,
-            (Some(_), false) => ProcessState::Running,
-        }
-    }
-
-    /// The exit status if the process ended without being killed by us.
-    fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        let status = self.child.as_mut()?.try_wait().ok().flatten()?;
-        self.child = None;
-        self.paused = false;
-        Some(status)
-    }
-
-    /// The last `lines` lines the current (or last) process wrote to the member's log.
-    pub fn log_tail(&self, lines: usize) -> String {
-        let log = std::fs::read(&self.log_path).unwrap_or_default();
-        let start = (self.log_start as usize).min(log.len());
-        let log = String::from_utf8_lossy(&log[start..]);
-        let all: Vec<&str> = log.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
-    }
-
-    /// Whether the last process exited because its port was taken: while a member is down,
-    /// any process on the machine may be given its port for an outgoing connection.
-    fn lost_its_port(&self) -> bool {
-        self.log_tail(5).contains("Address already in use")
-    }
-
-    fn signal(&self, signal: &str) -> anyhow::Result<()> {
-        let pid = self
-            .child
-            .as_ref()
-            .and_then(Child::id)
-            .with_context(|| format!("{} has no process", self.name))?;
-        let status = std::process::Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(pid.to_string())
-            .status()
-            .context("running kill")?;
-        if !status.success() {
-            bail!("kill -{signal} {pid} ({}) failed", self.name);
-        }
-        Ok(())
+        self.process.state()
     }
 
     pub async fn status(&self) -> anyhow::Result<MemberStatus> {
-        let mut client = MaintenanceClient::new(self.client_channel.clone());
-        let status = client
-            .status(pb::StatusRequest {})
-            .await
-            .with_context(|| format!("Status of {}", self.name))?
-            .into_inner();
-        let header = status.header.context("Status without a header")?;
-        Ok(MemberStatus {
-            id: header.member_id,
-            revision: header.revision,
-            applied_index: status.raft_applied_index,
-            leader: status.leader,
-            term: status.raft_term,
-        })
+        status(&self.client_channel, &self.process.name).await
     }
+}
+
+/// What the member behind `channel` (named `name`) reports about itself.
+async fn status(channel: &Channel, name: &str) -> anyhow::Result<MemberStatus> {
+    let mut client = MaintenanceClient::new(channel.clone());
+    let status = client
+        .status(pb::StatusRequest {})
+        .await
+        .with_context(|| format!("Status of {name}"))?
+        .into_inner();
+    let header = status.header.context("Status without a header")?;
+    Ok(MemberStatus {
+        id: header.member_id,
+        revision: header.revision,
+        applied_index: status.raft_applied_index,
+        leader: status.leader,
+        term: status.raft_term,
+    })
+}
+
+/// The probe of a serving member: it answers Status on its client URL.
+async fn answers(channel: &Channel, name: &str) -> anyhow::Result<()> {
+    status(channel, name).await.map(drop)
 }
 
 /// Each member's peer-link rules: the nemesis's network faults, in the terms of the `Faults`
@@ -327,70 +207,42 @@ impl Cluster {
     /// Starts `size` members under `dir` (data directories and logs) and waits until each
     /// answers and a leader is elected.
     pub async fn start(binary: &Path, size: usize, dir: &Path) -> anyhow::Result<Cluster> {
-        let mut last_error = None;
-        for attempt in 0..3 {
+        rampart_launcher::retry_start(|attempt| async move {
             let attempt_dir = dir.join(format!("cluster-{attempt}"));
-            match Self::try_start(binary, size, &attempt_dir).await {
-                Ok(cluster) => return Ok(cluster),
-                Err(e) => {
-                    tracing::warn!("cluster start attempt {attempt} failed: {e:#}");
-                    last_error = Some(e)
-                }
-            }
-        }
-        Err(last_error.expect("three attempts were made"))
+            Self::try_start(binary, size, &attempt_dir)
+                .await
+                .inspect_err(|e| tracing::warn!("cluster start attempt {attempt} failed: {e:#}"))
+        })
+        .await
     }
 
     async fn try_start(binary: &Path, size: usize, dir: &Path) -> anyhow::Result<Cluster> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let mut ports = Vec::new();
-        for _ in 0..size {
-            ports.push((free_port()?, free_port()?));
-        }
-        let initial_cluster = ports
-            .iter()
-            .enumerate()
-            .map(|(i, (_, peer))| format!("n{i}=http://127.0.0.1:{peer}"))
-            .collect::<Vec<_>>()
-            .join(",");
+        let plan = Plan {
+            size,
+            name_prefix: "n".into(),
+            token: "rampart-chaos".into(),
+            heartbeat_ms: HEARTBEAT_MS,
+            election_ms: ELECTION_MS,
+            data_dir_suffix: ".rampart".into(),
+            extra_args: vec!["--experimental-peer-fault-injection".into()],
+            rust_log: "info,openraft=warn,sled=warn".into(),
+        };
         let mut cluster = Cluster {
             members: Vec::new(),
             dir: dir.to_owned(),
             crashes: Vec::new(),
         };
-        for (i, (client, peer)) in ports.into_iter().enumerate() {
-            let name = format!("n{i}");
-            let client_url = format!("http://127.0.0.1:{client}");
-            let peer_url = format!("http://127.0.0.1:{peer}");
-            let data_dir = dir.join(format!("{name}.rampart"));
-            let args = vec![
-                format!("--name={name}"),
-                format!("--data-dir={}", data_dir.display()),
-                format!("--listen-client-urls={client_url}"),
-                format!("--listen-peer-urls={peer_url}"),
-                format!("--initial-cluster={initial_cluster}"),
-                "--initial-cluster-token=rampart-chaos".to_string(),
-                format!("--heartbeat-interval={HEARTBEAT_MS}"),
-                format!("--election-timeout={ELECTION_MS}"),
-                "--experimental-peer-fault-injection".to_string(),
-            ];
-            let mut member = Member {
-                client_channel: channel(&client_url, CONTROL_TIMEOUT)?,
-                peer_channel: channel(&peer_url, CONTROL_TIMEOUT)?,
-                log_path: dir.join(format!("{name}.log")),
-                name,
+        for mut process in plan.members(binary, dir)? {
+            let client_channel = channel(&process.client_url, CONTROL_TIMEOUT)?;
+            let peer_channel = channel(&process.peer_url, CONTROL_TIMEOUT)?;
+            process.spawn()?;
+            cluster.members.push(Member {
+                process,
                 id: 0,
-                client_url,
-                peer_url,
-                data_dir,
-                binary: binary.to_owned(),
-                args,
-                child: None,
-                paused: false,
-                log_start: 0,
-            };
-            member.spawn()?;
-            cluster.members.push(member);
+                client_channel,
+                peer_channel,
+            });
         }
         for i in 0..size {
             cluster.wait_serving(i).await?;
@@ -414,8 +266,8 @@ impl Cluster {
             member.id = list
                 .members
                 .iter()
-                .find(|m| m.peer_ur_ls.contains(&member.peer_url))
-                .with_context(|| format!("{} is not in the member list", member.name))?
+                .find(|m| m.peer_ur_ls.contains(&member.process.peer_url))
+                .with_context(|| format!("{} is not in the member list", member.process.name))?
                 .id;
         }
         Ok(())
@@ -430,51 +282,73 @@ impl Cluster {
     }
 
     pub fn client_urls(&self) -> Vec<String> {
-        self.members.iter().map(|m| m.client_url.clone()).collect()
+        self.members
+            .iter()
+            .map(|m| m.process.client_url.clone())
+            .collect()
     }
 
     /// Waits until member `index` answers Status on its client URL.
     pub async fn wait_serving(&mut self, index: usize) -> anyhow::Result<()> {
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            let error = match self.members[index].status().await {
-                Ok(_) => return Ok(()),
-                Err(e) => e,
-            };
-            if self.reap(index) {
-                bail!("{} exited while starting", self.members[index].name);
+        self.serve(index, false).await
+    }
+
+    /// Waits until member `index` answers Status, first starting it again if `restart` (see
+    /// [`rampart_launcher::Member::restart`]). An exit is recorded as [`Cluster::reap`] records
+    /// it.
+    async fn serve(&mut self, index: usize, restart: bool) -> anyhow::Result<()> {
+        let Member {
+            process,
+            client_channel,
+            ..
+        } = &mut self.members[index];
+        let name = process.name.clone();
+        let probe = || answers(client_channel, &name);
+        let answered = if restart {
+            process.restart(START_TIMEOUT, probe).await
+        } else {
+            process.wait_answering(START_TIMEOUT, probe).await
+        };
+        match answered {
+            Ok(()) => Ok(()),
+            Err(NotAnswering::Exited(status)) => {
+                self.record_exit(index, status);
+                bail!("{name} exited while starting")
             }
-            if Instant::now() >= deadline {
-                return Err(error.context(format!(
-                    "{} did not serve within {START_TIMEOUT:?}",
-                    self.members[index].name
-                )));
+            Err(NotAnswering::NotStarted(error)) => Err(error),
+            Err(NotAnswering::TimedOut(error)) => {
+                Err(error.context(format!("{name} did not serve within {START_TIMEOUT:?}")))
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
-    /// Whether member `index` exited by itself; if so the crash is recorded (unless the process
-    /// could not bind its port: the harness's problem, not Rampart's).
+    /// Whether member `index` exited by itself; if so the crash is recorded (see
+    /// [`Cluster::record_exit`]).
     fn reap(&mut self, index: usize) -> bool {
-        let member = &mut self.members[index];
-        match member.exited() {
-            Some(_) if member.lost_its_port() => {
-                tracing::warn!(member = %member.name, "member could not bind its port");
-                true
-            }
+        match self.members[index].process.exited() {
             Some(status) => {
-                let crash = Crash {
-                    member: member.name.clone(),
-                    status: status.to_string(),
-                    log_tail: member.log_tail(40),
-                };
-                tracing::error!(member = %crash.member, status = %crash.status, "member crashed");
-                self.crashes.push(crash);
+                self.record_exit(index, status);
                 true
             }
             None => false,
         }
+    }
+
+    /// Records that member `index` exited by itself with `status`, as a crash, unless the
+    /// process could not bind its port: the harness's problem, not Rampart's.
+    fn record_exit(&mut self, index: usize, status: ExitStatus) {
+        let member = &self.members[index].process;
+        if member.lost_its_port() {
+            tracing::warn!(member = %member.name, "member could not bind its port");
+            return;
+        }
+        let crash = Crash {
+            member: member.name.clone(),
+            status: status.to_string(),
+            log_tail: member.log_tail(40),
+        };
+        tracing::error!(member = %crash.member, status = %crash.status, "member crashed");
+        self.crashes.push(crash);
     }
 
     /// Records every member that exited by itself since the last look.
@@ -529,49 +403,23 @@ impl Cluster {
 
     /// Kills member `index` with SIGKILL: no shutdown, no flush. A paused member dies too.
     pub async fn kill(&mut self, index: usize) -> anyhow::Result<()> {
-        let member = &mut self.members[index];
-        if let Some(mut child) = member.child.take() {
-            child
-                .kill()
-                .await
-                .with_context(|| format!("killing {}", member.name))?;
-        }
-        member.paused = false;
-        Ok(())
+        self.members[index].process.kill()
     }
 
     /// Starts member `index` again, on its old addresses and data, and waits until it serves.
     /// A start that fails because another process holds the member's port is tried again.
     pub async fn restart(&mut self, index: usize) -> anyhow::Result<()> {
-        let mut attempts = 0;
-        loop {
-            if self.members[index].child.is_none() {
-                self.members[index].spawn()?;
-            }
-            match self.wait_serving(index).await {
-                Err(_) if self.members[index].lost_its_port() && attempts < 20 => {
-                    attempts += 1;
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-                result => return result,
-            }
-        }
+        self.serve(index, true).await
     }
 
     /// Stops member `index` with SIGSTOP: it keeps its sockets but answers nothing.
     pub fn pause(&mut self, index: usize) -> anyhow::Result<()> {
-        self.members[index].signal("STOP")?;
-        self.members[index].paused = true;
-        Ok(())
+        self.members[index].process.pause()
     }
 
     /// Lets a paused member run again (SIGCONT).
     pub fn resume(&mut self, index: usize) -> anyhow::Result<()> {
-        if self.members[index].paused {
-            self.members[index].signal("CONT")?;
-            self.members[index].paused = false;
-        }
-        Ok(())
+        self.members[index].process.resume()
     }
 
     /// Replaces member `index`'s peer-link rules.
@@ -581,7 +429,7 @@ impl Cluster {
         client
             .set(rules.for_member(index))
             .await
-            .with_context(|| format!("setting the fault rules of {}", member.name))?;
+            .with_context(|| format!("setting the fault rules of {}", member.process.name))?;
         Ok(())
     }
 
@@ -594,7 +442,7 @@ impl Cluster {
             match client.heal(HealRequest {}).await {
                 Ok(_) => return Ok(()),
                 Err(e) if Instant::now() >= deadline => {
-                    return Err(e).with_context(|| format!("healing {}", member.name))
+                    return Err(e).with_context(|| format!("healing {}", member.process.name))
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }

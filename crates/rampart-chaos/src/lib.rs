@@ -4,8 +4,9 @@
 //!
 //! - [`linearizability`]: the checker for register histories (Wing & Gong with Lowe's
 //!   memoization); depends on nothing else here.
-//! - [`cluster`]: `rampart` processes on loopback; kill -9, restart, SIGSTOP/SIGCONT, and
-//!   peer-link rules through each member's test-only `Faults` service.
+//! - [`cluster`]: `rampart` processes on loopback, started, killed (-9), restarted, paused
+//!   and resumed through `rampart-launcher`; peer-link rules through each member's test-only
+//!   `Faults` service.
 //! - [`nemesis`]: the seeded schedule of faults.
 //! - [`workload`]: the clients (reads, writes, compare-and-swaps, deletes on a few keys).
 //! - [`watchers`]: watch clients that follow the clients' keys through the faults, resuming
@@ -20,7 +21,8 @@
 //! - [`runner`]: one run, start to verdict; `src/main.rs` is the `rampart-chaos` command.
 //!
 //! It talks to Rampart only over the network, through `rampart-api` (the etcd client API and
-//! the fault control); it must not depend on the server crates. As test tooling, its harness
+//! the fault control), and starts its processes through `rampart-launcher`; it must not depend
+//! on the server crates. As test tooling, its harness
 //! errors are `anyhow` errors; violations are data ([`checks::Finding`]), never errors.
 
 pub mod checks;

@@ -294,7 +294,7 @@ impl Nemesis {
         targets.extend(rest.into_iter().take(count - targets.len().min(count)));
         let mut names = Vec::new();
         for &i in &targets {
-            let name = cluster.members[i].name.clone();
+            let name = cluster.members[i].process.name.clone();
             let role = if Some(i) == leader { " (leader)" } else { "" };
             let result = match kind {
                 FaultKind::Kill => cluster.kill(i).await,
@@ -323,7 +323,7 @@ impl Nemesis {
     ) -> String {
         let ids = cluster.ids();
         let n = ids.len();
-        let name = |i: usize| cluster.members[i].name.clone();
+        let name = |i: usize| cluster.members[i].process.name.clone();
         let names = |set: &[usize]| set.iter().map(|&i| name(i)).collect::<Vec<_>>().join(",");
         let mut order: Vec<usize> = (0..n).collect();
         order.shuffle(&mut self.rng);
@@ -391,7 +391,7 @@ impl Nemesis {
         if !self.rng.gen_bool(0.5) {
             followers.truncate(1);
         }
-        let name = |i: usize| cluster.members[i].name.clone();
+        let name = |i: usize| cluster.members[i].process.name.clone();
         let names = followers
             .iter()
             .map(|&i| name(i))
@@ -434,7 +434,7 @@ impl Nemesis {
             }
             format!(
                 "delay {millis} ms on every link of {}",
-                cluster.members[node].name
+                cluster.members[node].process.name
             )
         } else {
             let mut links = Vec::new();
@@ -445,7 +445,7 @@ impl Nemesis {
                         rules.delay(&ids, from, to, ms);
                         links.push(format!(
                             "{}->{} {ms} ms",
-                            cluster.members[from].name, cluster.members[to].name
+                            cluster.members[from].process.name, cluster.members[to].process.name
                         ));
                     }
                 }

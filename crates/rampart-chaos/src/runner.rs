@@ -153,7 +153,8 @@ pub async fn run(options: &Options) -> anyhow::Result<Outcome> {
     );
     std::fs::create_dir_all(&options.out)
         .with_context(|| format!("creating {}", options.out.display()))?;
-    let binary = rampart_binary(options.rampart.clone())?;
+    let binary = rampart_binary(options.rampart.clone())
+        .context("the rampart binary (--rampart chooses one)")?;
     tracing::info!(
         seed = options.seed,
         nodes = options.nodes,
@@ -321,7 +322,7 @@ pub async fn run(options: &Options) -> anyhow::Result<Outcome> {
     let violation_file = if findings.is_empty() {
         // Keep the logs and the history; the data directories of a passing run are not needed.
         for member in &cluster.members {
-            let _ = std::fs::remove_dir_all(&member.data_dir);
+            let _ = std::fs::remove_dir_all(&member.process.data_dir);
         }
         None
     } else {

@@ -8,16 +8,12 @@
 //! resumes the remaining TTL recorded by the last checkpoint instead of restarting the lease.
 //! The test harness's 800 ms election timeout makes the shortest TTL 2 s.
 
-mod common;
-
-use common::expect_error;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{ensure, Context};
-use etcd_client::{Client, ConnectOptions, GetOptions, LeaseGrantOptions, LeaseTimeToLiveOptions};
+use etcd_client::{Client, GetOptions, LeaseGrantOptions, LeaseTimeToLiveOptions};
 use parking_lot::Mutex;
 use rampart_api::etcdserverpb as pb;
 use rampart_api::etcdserverpb::lease_client::LeaseClient;
@@ -27,20 +23,13 @@ use tonic::transport::Channel;
 use tonic::Code;
 use tracing::info;
 
+use crate::common::{connect, expect_error};
+
 const LEADER_WAIT: Duration = Duration::from_secs(20);
 
 /// The longest restarted members take to elect a leader: within two election timeouts
 /// (openraft's randomized maximum) of silence, plus the election itself.
 const FAILOVER: Duration = Duration::from_millis(3 * ELECTION_MS);
-
-async fn connect(urls: &[String]) -> anyhow::Result<Client> {
-    let options = ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(2))
-        .with_timeout(Duration::from_secs(20));
-    Client::connect(urls, Some(options))
-        .await
-        .with_context(|| format!("connecting etcd-client to {urls:?}"))
-}
 
 /// A 3-member in-process cluster with one client per member.
 struct Fixture {

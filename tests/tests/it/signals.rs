@@ -4,14 +4,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::Context;
+use rampart_launcher::{free_url, send_signal};
 use rampart_tests::{get, kv_client, put, rampart_binary, wait_until};
-
-fn free_url() -> anyhow::Result<String> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    Ok(format!("http://127.0.0.1:{port}"))
-}
 
 async fn stops_cleanly_on(signal: &str) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -40,10 +34,7 @@ async fn stops_cleanly_on(signal: &str) -> anyhow::Result<()> {
     })
     .await?;
 
-    let status = Command::new("kill")
-        .args([format!("-{signal}"), child.id().to_string()])
-        .status()?;
-    anyhow::ensure!(status.success(), "kill -{signal} failed");
+    send_signal(child.id(), signal)?;
     let exit = wait_until("the member to exit", Duration::from_secs(30), || {
         let exited = child.try_wait().map_err(anyhow::Error::from);
         async move { exited }

@@ -7,15 +7,12 @@
 //! print their seed.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context};
-use etcd_client::{
-    Client, ConnectOptions, EventType, Txn, TxnOp, WatchFilterType, WatchOptions, WatchStream,
-};
+use etcd_client::{Client, EventType, Txn, TxnOp, WatchFilterType, WatchOptions, WatchStream};
 use parking_lot::Mutex;
 use rampart_api::etcdserverpb as pb;
 use rampart_api::etcdserverpb::kv_client::KvClient;
@@ -29,6 +26,8 @@ use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 use tracing::info;
 
+use crate::common::{connect, etcdctl_path};
+
 const LEADER_WAIT: Duration = Duration::from_secs(20);
 /// How long a test waits for a response it expects.
 const RESPONSE_WAIT: Duration = Duration::from_secs(20);
@@ -40,12 +39,7 @@ const QUIET: Duration = Duration::from_millis(500);
 
 /// An etcd-client `Client` talking to `url` only.
 async fn etcd(url: &str) -> anyhow::Result<Client> {
-    let options = ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(2))
-        .with_timeout(Duration::from_secs(20));
-    Client::connect([url], Some(options))
-        .await
-        .with_context(|| format!("connecting etcd-client to {url}"))
+    connect(&[url.to_string()]).await
 }
 
 /// The next message of an etcd-client watch stream, within [`RESPONSE_WAIT`].
@@ -1174,15 +1168,6 @@ async fn stopping_a_member_ends_its_watch_streams() -> anyhow::Result<()> {
     }
     cluster.shutdown().await;
     Ok(())
-}
-
-/// The `etcdctl` on `PATH`.
-fn etcdctl_path() -> anyhow::Result<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|dir| dir.join("etcdctl"))
-        .find(|candidate| candidate.is_file())
-        .context("etcdctl is not on PATH: install the Debian package etcd-client, as CI does")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,20 +6,18 @@
 //! follower forwards writes to the leader and answers linearizable reads through a read index,
 //! and both paths must give what etcd gives, errors included (code and exact message).
 
-mod common;
-
-use common::expect_error;
-
 use std::time::Duration;
 
 use anyhow::Context;
 use etcd_client::{
-    Client, CompactionOptions, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions,
-    GetResponse, PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
+    Client, CompactionOptions, Compare, CompareOp, DeleteOptions, GetOptions, GetResponse,
+    PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
 };
 use rampart_tests::{wait_until, TestCluster};
 use tonic::Code;
 use tracing::info;
+
+use crate::common::{connect, expect_error, owned};
 
 const LEADER_WAIT: Duration = Duration::from_secs(20);
 /// How long members may take to publish their client URLs after start.
@@ -107,15 +105,6 @@ impl Fixture {
     }
 }
 
-async fn connect(urls: &[String]) -> anyhow::Result<Client> {
-    let options = ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(2))
-        .with_timeout(Duration::from_secs(20));
-    Client::connect(urls, Some(options))
-        .await
-        .with_context(|| format!("connecting etcd-client to {urls:?}"))
-}
-
 /// The revision in a response header.
 fn revision(header: Option<&etcd_client::ResponseHeader>) -> anyhow::Result<i64> {
     Ok(header.context("response has no header")?.revision())
@@ -147,13 +136,6 @@ async fn value_of(client: &mut Client, key: &str) -> anyhow::Result<Option<Strin
         .kvs()
         .first()
         .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
-}
-
-fn owned(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

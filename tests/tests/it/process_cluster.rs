@@ -7,13 +7,15 @@
 //! either for it (but never another value).
 
 use std::collections::BTreeMap;
-use std::process::{Command, Output, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Output, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context};
 use rampart_api::etcdserverpb as pb;
 use rampart_api::etcdserverpb::kv_client::KvClient;
 use rampart_api::etcdserverpb::maintenance_client::MaintenanceClient;
+use rampart_launcher::free_url;
 use rampart_tests::{kv_client, put, rampart_binary, wait_until, ProcessCluster};
 use tokio::time::Instant;
 use tonic::transport::Channel;
@@ -328,14 +330,8 @@ async fn acknowledged_writes_survive_killing_every_member() -> anyhow::Result<()
     Ok(())
 }
 
-/// A loopback URL on a port that was free a moment ago.
-fn free_url() -> anyhow::Result<String> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(format!("http://{}", listener.local_addr()?))
-}
-
 /// Runs `rampart` with `args` in `cwd` and waits, at most [`EXIT_DEADLINE`], for it to exit.
-fn run_to_exit(args: &[String], cwd: &std::path::Path) -> anyhow::Result<Output> {
+fn run_to_exit(args: &[String], cwd: &Path) -> anyhow::Result<Output> {
     let mut child = Command::new(rampart_binary()?)
         .args(args)
         .current_dir(cwd)
@@ -362,6 +358,18 @@ fn run_to_exit(args: &[String], cwd: &std::path::Path) -> anyhow::Result<Output>
     }
 }
 
+/// Runs `rampart` with `args` in `cwd` to its exit, on a blocking thread (see [`run_to_exit`]);
+/// returns how it exited and everything it printed, standard output first.
+async fn exit_of(args: Vec<String>, cwd: PathBuf) -> anyhow::Result<(ExitStatus, String)> {
+    let output = tokio::task::spawn_blocking(move || run_to_exit(&args, &cwd)).await??;
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok((output.status, printed))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_data_directory_from_another_cluster_is_refused() -> anyhow::Result<()> {
     rampart_tests::init_tracing();
@@ -386,18 +394,9 @@ async fn a_data_directory_from_another_cluster_is_refused() -> anyhow::Result<()
         format!("--initial-cluster=p0={peer_url}"),
         "--initial-cluster-token=some-other-cluster".to_string(),
     ];
-    let output = tokio::task::spawn_blocking({
-        let cwd = cluster.dir.path().to_path_buf();
-        move || run_to_exit(&args, &cwd)
-    })
-    .await??;
-    let printed = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let (status, printed) = exit_of(args, cluster.dir.path().to_path_buf()).await?;
     ensure!(
-        !output.status.success(),
+        !status.success(),
         "rampart started on another cluster's data directory; it printed:\n{printed}"
     );
     ensure!(
@@ -419,18 +418,9 @@ async fn an_invalid_initial_cluster_state_is_refused() -> anyhow::Result<()> {
         format!("--listen-peer-urls={}", free_url()?),
     ];
     info!("--- rampart {args:?}");
-    let output = tokio::task::spawn_blocking({
-        let cwd = dir.path().to_path_buf();
-        move || run_to_exit(&args, &cwd)
-    })
-    .await??;
-    let printed = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let (status, printed) = exit_of(args, dir.path().to_path_buf()).await?;
     ensure!(
-        !output.status.success(),
+        !status.success(),
         "rampart accepted --initial-cluster-state=maybe; it printed:\n{printed}"
     );
     ensure!(

@@ -18,22 +18,12 @@ use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use tracing::info;
 
+use crate::common::{etcdctl_path, owned};
+
 /// How long one etcdctl invocation may take before the test fails.
 const COMMAND_DEADLINE: Duration = Duration::from_secs(60);
 /// How long members may take to agree (leader, revision, published client URLs).
 const AGREE_WAIT: Duration = Duration::from_secs(30);
-
-/// The `etcdctl` on `PATH`, or an error saying how to install it.
-fn etcdctl_path() -> anyhow::Result<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|dir| dir.join("etcdctl"))
-        .find(|candidate| candidate.is_file())
-        .context(
-            "etcdctl is not on PATH: these compatibility tests need the real etcdctl 3.4; \
-             install the Debian package etcd-client (`apt-get install etcd-client`), as CI does",
-        )
-}
 
 /// What one etcdctl run printed.
 struct Run {
@@ -164,13 +154,6 @@ fn header_revision(response: &Value) -> anyhow::Result<i64> {
     response["header"]["revision"]
         .as_i64()
         .with_context(|| format!("no header revision in {response}"))
-}
-
-fn owned(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
 }
 
 /// The cluster's client URLs.

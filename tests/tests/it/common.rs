@@ -1,0 +1,60 @@
+//! Helpers shared by the test modules: etcd-client connections, etcd's errors, etcdctl.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{ensure, Context};
+use etcd_client::{Client, ConnectOptions};
+use tonic::Code;
+
+/// An etcd-client `Client` that balances over `urls`.
+pub async fn connect(urls: &[String]) -> anyhow::Result<Client> {
+    let options = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_timeout(Duration::from_secs(20));
+    Client::connect(urls, Some(options))
+        .await
+        .with_context(|| format!("connecting etcd-client to {urls:?}"))
+}
+
+/// Checks that `result` is a gRPC error with etcd's `code` and exact `message`.
+pub fn expect_error<T: std::fmt::Debug>(
+    what: &str,
+    result: Result<T, etcd_client::Error>,
+    code: Code,
+    message: &str,
+) -> anyhow::Result<()> {
+    match result {
+        Ok(value) => anyhow::bail!("{what}: expected {code:?} {message:?}, got success: {value:?}"),
+        Err(etcd_client::Error::GRpcStatus(status)) => {
+            ensure!(
+                status.code() == code && status.message() == message,
+                "{what}: expected {code:?} {message:?}, got {:?} {:?}",
+                status.code(),
+                status.message()
+            );
+            Ok(())
+        }
+        Err(other) => anyhow::bail!("{what}: expected gRPC {code:?} {message:?}, got {other}"),
+    }
+}
+
+/// `(key, value)` pairs as owned strings, to compare with what a range returned.
+pub fn owned(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// The `etcdctl` on `PATH`, or an error saying how to install it.
+pub fn etcdctl_path() -> anyhow::Result<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("etcdctl"))
+        .find(|candidate| candidate.is_file())
+        .context(
+            "etcdctl is not on PATH: these compatibility tests need the real etcdctl 3.4; \
+             install the Debian package etcd-client (`apt-get install etcd-client`), as CI does",
+        )
+}

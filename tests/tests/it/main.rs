@@ -1,0 +1,29 @@
+//! Rampart's integration tests, one binary: each module is one area, tested through the etcd
+//! v3 API against in-process members ([`rampart_tests::TestCluster`]) or real `rampart`
+//! processes ([`rampart_tests::ProcessCluster`]).
+//!
+//! - [`cluster`]: leader loss, partitions, healing and catch-up by snapshot, in process.
+//! - [`etcd_client`]: compatibility with the `etcd-client` crate, errors included.
+//! - [`etcdctl`]: compatibility with the real `etcdctl` 3.4, against processes.
+//! - [`interceptor`]: the checks every client call passes first (etcd's require-leader).
+//! - [`lease`]: grant, attach, keep-alive, revoke and expiry, across leader loss and restart.
+//! - [`process_cluster`]: acknowledged writes survive kill -9; bad settings and foreign data
+//!   directories are refused.
+//! - [`signals`]: SIGTERM and SIGINT stop a member in order.
+//! - [`watch`]: the Watch service, its ordering and its bounded memory.
+//! - [`common`]: the helpers the modules share.
+//!
+//! Tests share this process only under `cargo test`; nextest runs each in its own. Nothing here
+//! changes process-wide state beyond [`rampart_tests::init_tracing`], which installs its
+//! subscriber once and ignores later calls.
+
+mod common;
+
+mod cluster;
+mod etcd_client;
+mod etcdctl;
+mod interceptor;
+mod lease;
+mod process_cluster;
+mod signals;
+mod watch;

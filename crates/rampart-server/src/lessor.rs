@@ -12,7 +12,10 @@
 //!   about on time across leader changes and restarts.
 //! - **Keep-alive** moves a lease's expiry to now + TTL; if the lease's last checkpoint recorded
 //!   less than its TTL, the renewal first commits a checkpoint of the full TTL, so that a leader
-//!   change right after it cannot resume the lease at the stale remainder. Keep-alives and TimeToLive questions
+//!   change right after it cannot resume the lease at the stale remainder. Renewals and periodic
+//!   checkpoints are ordered (`checkpoint_order`): a renewal waits for a checkpoint in flight
+//!   to apply before it compares, so a checkpoint computed before a renewal never lands after
+//!   it unanswered. Keep-alives and TimeToLive questions
 //!   reaching a follower are sent to the leader's lessor (the peer `Lease` RPC); a follower's
 //!   lessor answers "not the leader".
 //! - **Every [`TICK`]** the leader proposes `LeaseRevoke` for each expired lease, starts the
@@ -54,6 +57,11 @@ pub struct Lessor {
     node: Arc<Node>,
     /// The leases and their expiries, while this node leads and has loaded them.
     leading: Mutex<Option<Leading>>,
+    /// Held for writing by a tick from computing its periodic checkpoint until that is applied,
+    /// and for reading by a renewal from reading the lease's checkpoint until its reset
+    /// checkpoint (if it needs one) is applied. Without it, a checkpoint computed just before a
+    /// renewal could apply just after it, recording less than the TTL the client was promised.
+    checkpoint_order: tokio::sync::RwLock<()>,
     /// The term whose leases are loaded. Lease questions reaching a new leader before it has
     /// loaded wait on it, so none is answered from an empty table.
     loaded: watch::Sender<Option<u64>>,
@@ -91,6 +99,7 @@ impl Lessor {
         Arc::new(Lessor {
             node,
             leading: Mutex::new(None),
+            checkpoint_order: tokio::sync::RwLock::new(()),
             loaded: watch::Sender::new(None),
             stop,
         })
@@ -219,6 +228,7 @@ impl Lessor {
 
     /// One round of the leader's work: revoke what expired, checkpoint when due.
     async fn tick(&self, term: u64) {
+        let order = self.checkpoint_order.write().await;
         let work = match self.collect(term) {
             Ok(Some(work)) => work,
             Ok(None) => return,
@@ -227,6 +237,14 @@ impl Lessor {
                 return;
             }
         };
+        for batch in work.checkpoints.chunks(CHECKPOINT_BATCH) {
+            let checkpoints = batch.to_vec();
+            if let Err(e) = self.propose(Command::LeaseCheckpoint { checkpoints }).await {
+                tracing::info!("lease checkpoint failed: {e}");
+            }
+        }
+        // Applied (or failed for good): renewals may compare with it now.
+        drop(order);
         let revokes = work
             .expired
             .iter()
@@ -249,24 +267,20 @@ impl Lessor {
                 leading.leases.remove(&id);
             }
         }
-        for batch in work.checkpoints.chunks(CHECKPOINT_BATCH) {
-            let checkpoints = batch.to_vec();
-            if let Err(e) = self.propose(Command::LeaseCheckpoint { checkpoints }).await {
-                tracing::info!("lease checkpoint failed: {e}");
-            }
-        }
     }
 
-    /// Under the lock: brings the table up to date with the state machine and says what to
-    /// propose. `None` if this node no longer leads `term`.
+    /// Brings the table up to date with the state machine and says what to propose; called with
+    /// `checkpoint_order` held for writing. `None` if this node no longer leads `term`.
     fn collect(&self, term: u64) -> Result<Option<Work>, MvccError> {
+        // Read before the table's lock, which nothing may hold while it waits for the store (a
+        // long read can hold the store's lock). The caller holds `checkpoint_order`, so no
+        // renewal adds a lease to the table meanwhile.
+        let stored = self.node.mvcc().leases()?;
         let now = Instant::now();
         let mut guard = self.leading.lock();
         let Some(leading) = guard.as_mut().filter(|l| l.term == term) else {
             return Ok(None);
         };
-        // Read while holding the lock, so a keep-alive cannot add a lease this look misses.
-        let stored = self.node.mvcc().leases()?;
         let leases: HashMap<i64, Tracked> = stored
             .iter()
             .map(|lease| {
@@ -348,6 +362,13 @@ impl LeaseHandler for Lessor {
             LeaseRequest::KeepAlive { id } => (id, true),
             LeaseRequest::TimeToLive { id } => (id, false),
         };
+        // A renewal waits for a periodic checkpoint in flight to apply, then holds checkpoints
+        // back until its own reset (if any) is applied; see `checkpoint_order`.
+        let _order = if renew {
+            Some(self.checkpoint_order.read().await)
+        } else {
+            None
+        };
         let status = self.answer(term, id, renew)?;
         if let Some(reset) = status.reset_checkpoint {
             // The renewal must survive a leader change: a stale checkpoint would make the next
@@ -387,16 +408,17 @@ impl Lessor {
             },
             reset_checkpoint: None,
         };
-        let now = Instant::now();
-        let mut guard = self.leading.lock();
-        let Some(leading) = guard.as_mut().filter(|l| l.term == term) else {
-            return Err(ForwardError::LeaderChanged);
-        };
+        // Read before the table's lock, which nothing may hold while it waits for the store.
         let stored = self
             .node
             .mvcc()
             .lease(id)
             .map_err(|e| ForwardError::Unavailable(format!("cannot read lease {id:x}: {e}")))?;
+        let now = Instant::now();
+        let mut guard = self.leading.lock();
+        let Some(leading) = guard.as_mut().filter(|l| l.term == term) else {
+            return Err(ForwardError::LeaderChanged);
+        };
         let Some(lease) = stored else {
             leading.leases.remove(&id);
             // etcd: a keep-alive of an unknown lease answers TTL 0, TimeToLive answers -1.

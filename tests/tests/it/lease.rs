@@ -17,6 +17,7 @@ use etcd_client::{Client, GetOptions, LeaseGrantOptions, LeaseTimeToLiveOptions}
 use parking_lot::Mutex;
 use rampart_api::etcdserverpb as pb;
 use rampart_api::etcdserverpb::lease_client::LeaseClient;
+use rampart_server::RawConfig;
 use rampart_tests::{wait_until, ProcessCluster, TestCluster, ELECTION_MS};
 use tokio::time::Instant;
 use tonic::transport::Channel;
@@ -42,10 +43,14 @@ struct Fixture {
 
 impl Fixture {
     async fn start(checkpoint_interval: Option<&str>) -> anyhow::Result<Fixture> {
-        let cluster = TestCluster::start_with(3, |raw| {
+        Fixture::start_with(|raw| {
             raw.experimental_lease_checkpoint_interval = checkpoint_interval.map(str::to_string);
         })
-        .await?;
+        .await
+    }
+
+    async fn start_with(adjust: impl Fn(&mut RawConfig)) -> anyhow::Result<Fixture> {
+        let cluster = TestCluster::start_with(3, adjust).await?;
         let leader = cluster.index_of(cluster.wait_for_leader(LEADER_WAIT).await?);
         let urls: Vec<String> = cluster
             .members
@@ -678,5 +683,78 @@ async fn whole_cluster_restart_keeps_leases_and_expires_abandoned_ones() -> anyh
     );
     assert_eq!(time_to_live(&mut client, short).await?, -1);
     assert_eq!(keys_at(&mut client, "restart/", 0).await?, ["restart/long"]);
+    Ok(())
+}
+
+/// A renewal promises its lease a full TTL from when it was answered. A periodic checkpoint
+/// computed before the renewal but applied after it would record less, and a new leader would
+/// resume the lease at that: it would end before the TTL the client was promised.
+///
+/// Every entry is slowed to commit in about 250 ms, and checkpoints are due every 3.5 s. Each
+/// round waits for a periodic checkpoint to apply, renews at once (a reset checkpoint to the
+/// full TTL follows), then renews again just as the next periodic checkpoint, computed about
+/// 3 s after the first renewal, is in flight. After each renewal the checkpoint the leader
+/// applies must never fall below what that renewal promised.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_in_flight_never_undoes_a_renewal() -> anyhow::Result<()> {
+    rampart_tests::init_tracing();
+    const TTL: i64 = 10;
+    const ROUNDS: usize = 4;
+    // Heartbeats of 300 ms let a message be delayed 250 ms without timing out (openraft waits a
+    // heartbeat interval for an AppendEntries answer).
+    let mut f = Fixture::start_with(|raw| {
+        raw.experimental_lease_checkpoint_interval = Some("3500ms".to_string());
+        raw.heartbeat_interval = Some(300);
+        raw.election_timeout = Some(3000);
+    })
+    .await?;
+    let leader = f.leader;
+    let leader_id = f.cluster.members[leader].id;
+    let id = grant(&mut f.members[leader], TTL).await?;
+    let checkpointed = |f: &Fixture| -> anyhow::Result<Option<i64>> {
+        let lease = f.node(leader).mvcc().lease(id)?;
+        Ok(lease.context("lease missing")?.remaining_ttl)
+    };
+
+    info!("--- slow every entry's commit: the leader's messages to both followers are delayed");
+    for &follower in &f.followers() {
+        let to = f.cluster.members[follower].id;
+        f.cluster
+            .faults
+            .delay(leader_id, to, Duration::from_millis(250));
+    }
+
+    for round in 0..ROUNDS {
+        info!(round, "--- wait for a periodic checkpoint to apply");
+        let before = checkpointed(&f)?;
+        wait_until("a periodic checkpoint", Duration::from_secs(10), || async {
+            let now = checkpointed(&f)?;
+            Ok((now != before && now.is_some_and(|c| c < TTL)).then_some(()))
+        })
+        .await?;
+        // It was proposed about 250 ms ago; the next is proposed 3.5 s after it, within a
+        // lessor tick (250 ms).
+        let applied = Instant::now();
+        for renewal in [Duration::from_millis(100), Duration::from_millis(3500)] {
+            tokio::time::sleep_until(applied + renewal).await;
+            let ttl = keep_alive_once(&f.urls[leader], id).await?;
+            let answered = Instant::now();
+            ensure!(ttl == TTL, "round {round}: renewed to {ttl}");
+            while answered.elapsed() < Duration::from_millis(800) {
+                // The leader renewed a little before the answer reached us: one second of slack.
+                let promised = (TTL as f64 - answered.elapsed().as_secs_f64() - 1.0).floor() as i64;
+                if let Some(checkpoint) = checkpointed(&f)? {
+                    ensure!(
+                        checkpoint >= promised,
+                        "round {round}: {:?} after a renewal to {TTL} s, the applied \
+                         checkpoint says {checkpoint} s left",
+                        answered.elapsed()
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    f.cluster.faults.heal();
     Ok(())
 }

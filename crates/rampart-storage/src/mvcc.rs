@@ -241,13 +241,14 @@ impl MvccCore {
         }
         // Reads the whole tree, so that sled checks every page of it now (see `verify_readable`).
         state.index = KeyIndex::rebuild(tree.iter().map(|r| r.map_err(StoreError::from)))?;
+        let applied = state.applied.map_or(0, |id| id.index);
         Ok(MvccCore {
             disk,
             tree,
             redo,
             state: RwLock::new(state),
             feed: broadcast::channel(WATCH_FEED_CAPACITY).0,
-            applied_waiters: AppliedWaiters::default(),
+            applied_waiters: AppliedWaiters::new(applied),
             compactor: Compactor::open(compaction)?,
         })
     }
@@ -414,8 +415,7 @@ impl Mvcc {
     /// Completes once the store has applied log index `index` (at once if it has), or fails
     /// with [`StoreError::Stopped`] if the store is closed first.
     pub async fn wait_applied(&self, index: u64) -> Result<(), StoreError> {
-        let applied = || self.core.read_state().applied.map_or(0, |id| id.index);
-        match self.core.applied_waiters.register(index, applied) {
+        match self.core.applied_waiters.register(index) {
             None => Ok(()),
             Some(woken) => woken
                 .await
@@ -499,5 +499,57 @@ pub(crate) fn blocking<R>(f: impl FnOnce() -> R) -> R {
             tokio::task::block_in_place(f)
         }
         _ => f(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::Store;
+
+    /// A long read holds the state's lock and the applier queues for it (so parking_lot lets no
+    /// new reader in): a request waiting for an index that is already applied must still be
+    /// answered at once, without waiting for either. Before the applied index was an atomic,
+    /// the wait took the state's read lock while holding the waiters' mutex, and every later
+    /// waiter parked its runtime worker behind it.
+    #[test]
+    fn waiting_for_an_applied_index_never_waits_for_the_state_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mvcc = store.mvcc();
+        let core = mvcc.core.clone();
+
+        let long_read = core.state.read();
+        let applier = std::thread::spawn({
+            let core = core.clone();
+            move || drop(core.state.write())
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while core.state.try_read().is_some() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the writer never queued"
+            );
+            std::thread::yield_now();
+        }
+
+        let (done, answered) = std::sync::mpsc::channel();
+        let waiter = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            let result = runtime.block_on(mvcc.wait_applied(0));
+            let _ = done.send(result.is_ok());
+        });
+        let answered = answered.recv_timeout(Duration::from_secs(10));
+        drop(long_read);
+        applier.join().unwrap();
+        waiter.join().unwrap();
+        assert_eq!(
+            answered,
+            Ok(true),
+            "the wait for an applied index waited for the state lock"
+        );
     }
 }

@@ -14,8 +14,8 @@ use rampart_storage::{Command, NodeId, PeerNode};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::batching::{gather, Batched};
-use crate::client::{CallError, PeerNetwork};
 use crate::messages::ForwardReply;
+use crate::peer_network::{CallError, PeerNetwork};
 
 /// `ForwardBatch` calls open at once; more writes wait in the queue and go in the next call.
 const MAX_IN_FLIGHT_CALLS: usize = 4;

@@ -1,5 +1,10 @@
-//! Rampart's peer network: openraft's RPCs, and client requests a follower passes to the leader,
-//! carried over gRPC (service `rampart.peer.v1.Peer`) as bincode bytes.
+//! Rampart's peer network and its Raft proposal plumbing: openraft's RPCs, and the client
+//! requests a follower passes to the leader, carried over gRPC (service `rampart.peer.v1.Peer`)
+//! as bincode bytes; and the batching of proposals, forwarded writes and read-index rounds.
+//!
+//! Modules, each using only those below it: `peer_service` (the receiving side), `proposer`,
+//! `forwarder`, `read_index` (the batching tasks), `raft_calls` (calls into this member's own
+//! Raft), `peer_network` (the sending side), `batching`, `faults`, `messages`.
 //!
 //! - [`PeerNetwork`] is openraft's `RaftNetworkFactory`: one cached, lazily connected gRPC channel
 //!   per peer, shared by the Raft connections and by [`PeerNetwork::forward`] and
@@ -13,20 +18,22 @@
 //! This crate knows nothing of the etcd client API.
 
 mod batching;
-mod client;
 mod faults;
 mod forwarder;
 mod messages;
+mod peer_network;
+mod peer_service;
 mod proposer;
+mod raft_calls;
 mod read_index;
-mod service;
 
-pub use client::{CallError, PeerConnection, PeerNetwork};
 pub use faults::LinkFaults;
 pub use forwarder::{Forwarded, Forwarder};
 pub use messages::{
     ForwardError, ForwardReply, LeaseReply, LeaseRequest, LeaseStatus, ReadIndexReply,
 };
+pub use peer_network::{CallError, PeerConnection, PeerNetwork};
+pub use peer_service::{LeaseHandler, PeerService};
 pub use proposer::{Proposer, MAX_IN_FLIGHT};
+pub use raft_calls::{propose, read_index};
 pub use read_index::ReadIndexer;
-pub use service::{propose, read_index, LeaseHandler, PeerService};

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::batching::{gather, Batched};
 use crate::messages::{ForwardError, ForwardReply};
-use crate::service::propose;
+use crate::raft_calls::propose;
 
 /// Proposals in Raft at once; more requests wait in the queue and go in the next batch.
 pub const MAX_IN_FLIGHT: usize = 2;

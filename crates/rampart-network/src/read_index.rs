@@ -19,9 +19,9 @@ use openraft::Raft;
 use rampart_storage::{NodeId, PeerNode, TypeConfig};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::client::{CallError, PeerNetwork};
 use crate::messages::{ForwardError, ReadIndexReply};
-use crate::service::read_index;
+use crate::peer_network::{CallError, PeerNetwork};
+use crate::raft_calls::read_index;
 
 /// Read indexes for this node's linearizable reads and for those followers forward to it.
 /// Cloning gives another handle on the same rounds.

@@ -1,8 +1,8 @@
-//! The receiving side of the peer protocol.
+//! The receiving side of the peer protocol: Raft's RPCs, and the writes, read-index rounds and
+//! lease questions other members send this one when it leads.
 
 use std::time::Duration;
 
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::Raft;
 use rampart_api::peer::peer_server::{Peer, PeerServer};
 use rampart_api::peer::{RaftReply, RaftRequest};
@@ -11,8 +11,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::{Request, Response, Status};
 
-use crate::client::MAX_PEER_MESSAGE_BYTES;
-use crate::messages::{ForwardError, ForwardReply, LeaseReply, LeaseRequest, ReadIndexReply};
+use crate::messages::{LeaseReply, LeaseRequest};
+use crate::peer_network::MAX_PEER_MESSAGE_BYTES;
 use crate::proposer::Proposer;
 use crate::read_index::ReadIndexer;
 
@@ -21,56 +21,6 @@ use crate::read_index::ReadIndexer;
 pub trait LeaseHandler: Send + Sync + 'static {
     /// Answers `request` if this node is the leader, `ForwardError::NotLeader` otherwise.
     async fn handle(&self, request: LeaseRequest) -> LeaseReply;
-}
-
-/// Proposes `command` on this node, which must be the leader, and waits until it is applied.
-///
-/// Returns [`ForwardError::NotLeader`] when the command was not appended here or its entry was
-/// overwritten by a newer leader: either way it was never committed and the caller may safely
-/// send it again. A timeout leaves the outcome unknown.
-pub async fn propose(raft: &Raft<TypeConfig>, command: Command, timeout: Duration) -> ForwardReply {
-    match tokio::time::timeout(timeout, raft.client_write(command)).await {
-        Err(_) => Err(ForwardError::Timeout),
-        Ok(Ok(reply)) => Ok((reply.log_id.index, reply.data)),
-        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-            Err(ForwardError::NotLeader {
-                leader: f.leader_id,
-            })
-        }
-        Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
-            Err(ForwardError::Unavailable(e.to_string()))
-        }
-        Ok(Err(RaftError::Fatal(fatal))) => Err(ForwardError::Unavailable(fatal.to_string())),
-    }
-}
-
-/// Confirms with a quorum that this node is still the leader and returns the log id a
-/// linearizable read must wait for (Raft thesis §6.4, "read index").
-///
-/// The index is the leader's whole log, not only what openraft reports committed: a leader
-/// restarted without losing its term keeps its commit index only as recently as it was saved,
-/// and may not know yet that later entries of its log were committed (and acknowledged) before
-/// the restart. Every entry of a leader's log gets committed while it leads, so waiting for all of
-/// them is safe, and it covers those.
-pub async fn read_index(raft: &Raft<TypeConfig>, timeout: Duration) -> ReadIndexReply {
-    match tokio::time::timeout(timeout, raft.get_read_log_id()).await {
-        Err(_) => Err(ForwardError::Timeout),
-        Ok(Ok((read_log_id, _applied))) => {
-            let last_log_index = raft.metrics().borrow().last_log_index;
-            Ok(read_log_id
-                .map_or(0, |id| id.index)
-                .max(last_log_index.unwrap_or(0)))
-        }
-        Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
-            Err(ForwardError::NotLeader {
-                leader: f.leader_id,
-            })
-        }
-        Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => {
-            Err(ForwardError::LeaderChanged)
-        }
-        Ok(Err(RaftError::Fatal(fatal))) => Err(ForwardError::Unavailable(fatal.to_string())),
-    }
 }
 
 /// Serves the `Peer` service for one node.

@@ -21,6 +21,9 @@ struct Rules {
     blocked: HashSet<(NodeId, NodeId)>,
     /// Directed links on which every message waits this long before it is sent.
     delayed: HashMap<(NodeId, NodeId), Duration>,
+    /// Directed links that carry heartbeats but lose every append carrying log entries: the
+    /// leader stays leader, but nothing it appends from then on can commit.
+    entries_held: HashSet<(NodeId, NodeId)>,
 }
 
 /// What the rules decide for one message.
@@ -59,11 +62,23 @@ impl LinkFaults {
         self.rules.write().delayed.insert((from, to), delay);
     }
 
+    /// Loses every append from `from` to `to` that carries log entries, and passes the empty
+    /// ones (heartbeats, and the leader's quorum checks).
+    pub fn hold_entries(&self, from: NodeId, to: NodeId) {
+        self.rules.write().entries_held.insert((from, to));
+    }
+
     /// Removes every rule: all links deliver again.
     pub fn heal(&self) {
         let mut rules = self.rules.write();
         rules.blocked.clear();
         rules.delayed.clear();
+        rules.entries_held.clear();
+    }
+
+    /// Whether an append carrying entries from `from` to `to` is lost.
+    pub(crate) fn holds_entries(&self, from: NodeId, to: NodeId) -> bool {
+        self.rules.read().entries_held.contains(&(from, to))
     }
 
     pub(crate) fn verdict(&self, from: NodeId, to: NodeId) -> Verdict {

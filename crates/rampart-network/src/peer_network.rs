@@ -305,6 +305,14 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, PeerNode, RaftError<NodeId>>> {
+        let (from, to) = (self.network.id, self.target);
+        if !rpc.entries.is_empty() && self.network.faults.holds_entries(from, to) {
+            let held = CallError::NotSent {
+                target: to,
+                reason: format!("link {from} -> {to} holds back log entries"),
+            };
+            return Err(RPCError::Unreachable(Unreachable::new(&held)));
+        }
         self.send(Method::AppendEntries, &rpc, &option).await
     }
 

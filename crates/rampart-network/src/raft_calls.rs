@@ -34,20 +34,15 @@ pub async fn propose(raft: &Raft<TypeConfig>, command: Command, timeout: Duratio
 /// Confirms with a quorum that this node is still the leader and returns the log id a
 /// linearizable read must wait for (Raft thesis §6.4, "read index").
 ///
-/// The index is the leader's whole log, not only what openraft reports committed: a leader
-/// restarted without losing its term keeps its commit index only as recently as it was saved,
-/// and may not know yet that later entries of its log were committed (and acknowledged) before
-/// the restart. Every entry of a leader's log gets committed while it leads, so waiting for all of
-/// them is safe, and it covers those.
+/// openraft's read log id is the later of the commit index and the first entry of this leader's
+/// term (its blank entry), so it covers every entry committed before the read, of this term or
+/// of an earlier one: a restarted node leads only after a new election, with a new blank entry.
+/// Entries appended but not yet committed are not waited for: a read does not wait for the
+/// writes in flight, and a tail a later leader truncates never holds a read back.
 pub async fn read_index(raft: &Raft<TypeConfig>, timeout: Duration) -> ReadIndexReply {
     match tokio::time::timeout(timeout, raft.get_read_log_id()).await {
         Err(_) => Err(ForwardError::Timeout),
-        Ok(Ok((read_log_id, _applied))) => {
-            let last_log_index = raft.metrics().borrow().last_log_index;
-            Ok(read_log_id
-                .map_or(0, |id| id.index)
-                .max(last_log_index.unwrap_or(0)))
-        }
+        Ok(Ok((read_log_id, _applied))) => Ok(read_log_id.map_or(0, |id| id.index)),
         Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
             Err(ForwardError::NotLeader {
                 leader: f.leader_id,

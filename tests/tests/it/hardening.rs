@@ -1,0 +1,70 @@
+//! Faults at the edges of the consensus paths, in process: a leader whose appends cannot
+//! commit, and peer calls that carry commands no client could have sent.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use rampart_tests::{get, put, wait_until, TestCluster};
+use tracing::info;
+
+const LEADER_WAIT: Duration = Duration::from_secs(20);
+
+/// A linearizable read is answered from the commit index the leader confirms with a quorum; it
+/// does not wait for entries the leader has appended but not committed. Those may never commit
+/// (a later leader can truncate them), and waiting for them would hold every read behind every
+/// write in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_linearizable_read_does_not_wait_for_uncommitted_entries() -> anyhow::Result<()> {
+    let cluster = TestCluster::start(3).await?;
+    let leader = cluster.wait_for_leader(LEADER_WAIT).await?;
+    let leader_index = cluster.index_of(leader);
+    let mut client = cluster.client(leader_index).await?;
+    put(&mut client, "k", "committed").await?;
+
+    info!("--- the leader's appends stop reaching the followers; its heartbeats still do");
+    for id in cluster.ids().into_iter().filter(|&id| id != leader) {
+        cluster.faults.hold_entries(leader, id);
+    }
+    let mut writer = client.clone();
+    let write = tokio::spawn(async move { put(&mut writer, "k", "in flight").await });
+    let node = cluster.members[leader_index]
+        .running
+        .as_ref()
+        .context("the leader is running")?
+        .node
+        .clone();
+    wait_until(
+        "an entry appended on the leader and not committed",
+        LEADER_WAIT,
+        || {
+            let metrics = node.metrics();
+            let appended = metrics.last_log_index.unwrap_or(0);
+            let applied = metrics.last_applied.map_or(0, |id| id.index);
+            async move { Ok((appended > applied).then_some(())) }
+        },
+    )
+    .await?;
+
+    info!("--- a linearizable read on the leader and on a follower answers at once");
+    // Well within the followers' election timeout, so the leader still leads; a read that
+    // waited for the held entry could not finish before the links heal.
+    let patience = Duration::from_millis(600);
+    let follower_index = (leader_index + 1) % 3;
+    for index in [leader_index, follower_index] {
+        let mut reader = cluster.client(index).await?;
+        let value = tokio::time::timeout(patience, get(&mut reader, "k", false))
+            .await
+            .with_context(|| format!("linearizable read on member {index} waited"))??;
+        assert_eq!(value.as_deref(), Some("committed"), "member {index}");
+    }
+
+    info!("--- healed, the write in flight commits");
+    cluster.faults.heal();
+    write.await??;
+    assert_eq!(
+        get(&mut client, "k", false).await?.as_deref(),
+        Some("in flight")
+    );
+    cluster.shutdown().await;
+    Ok(())
+}

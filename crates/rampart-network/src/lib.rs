@@ -33,7 +33,7 @@ pub use messages::{
     ForwardError, ForwardReply, LeaseReply, LeaseRequest, LeaseStatus, ReadIndexReply,
 };
 pub use peer_network::{CallError, PeerConnection, PeerNetwork};
-pub use peer_service::{LeaseHandler, PeerService};
+pub use peer_service::{ForwardCheck, LeaseHandler, PeerService};
 pub use proposer::{Proposer, MAX_IN_FLIGHT};
 pub use raft_calls::{propose, read_index};
 pub use read_index::ReadIndexer;

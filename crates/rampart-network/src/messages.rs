@@ -18,6 +18,10 @@ pub enum ForwardError {
     /// The receiver is shutting down or hit a fatal storage error.
     #[error("peer unavailable: {0}")]
     Unavailable(String),
+    /// The leader refused to propose the command: it fails a check every client request
+    /// passes (a follower running the same checks never sends one). Nothing was proposed.
+    #[error("the leader refused the command: {0}")]
+    Rejected(String),
 }
 
 /// Reply to `Forward`: the outcome of applying the command on the leader, with the log index of

@@ -1,6 +1,7 @@
 //! The receiving side of the peer protocol: Raft's RPCs, and the writes, read-index rounds and
 //! lease questions other members send this one when it leads.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::Raft;
@@ -11,7 +12,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::{Request, Response, Status};
 
-use crate::messages::{LeaseReply, LeaseRequest};
+use crate::messages::{ForwardError, ForwardReply, LeaseReply, LeaseRequest};
 use crate::peer_network::MAX_PEER_MESSAGE_BYTES;
 use crate::proposer::Proposer;
 use crate::read_index::ReadIndexer;
@@ -21,6 +22,13 @@ use crate::read_index::ReadIndexer;
 pub trait LeaseHandler: Send + Sync + 'static {
     /// Answers `request` if this node is the leader, `ForwardError::NotLeader` otherwise.
     async fn handle(&self, request: LeaseRequest) -> LeaseReply;
+}
+
+/// Checks a command another member forwards before this leader proposes it: the checks the
+/// member that took the client request made, made again where the command enters the log.
+pub trait ForwardCheck: Send + Sync + 'static {
+    /// `Err` with the reason if `command` must not be proposed.
+    fn check(&self, command: &Command) -> Result<(), String>;
 }
 
 /// Serves the `Peer` service for one node.
@@ -33,7 +41,8 @@ pub struct PeerService {
     read_indexer: ReadIndexer,
     /// Upper bound for a forwarded write or read-index request; the caller has its own deadline.
     request_timeout: Duration,
-    leases: std::sync::Arc<dyn LeaseHandler>,
+    leases: Arc<dyn LeaseHandler>,
+    checks: Arc<dyn ForwardCheck>,
 }
 
 impl PeerService {
@@ -42,7 +51,8 @@ impl PeerService {
         proposer: Proposer,
         read_indexer: ReadIndexer,
         request_timeout: Duration,
-        leases: std::sync::Arc<dyn LeaseHandler>,
+        leases: Arc<dyn LeaseHandler>,
+        checks: Arc<dyn ForwardCheck>,
     ) -> Self {
         PeerService {
             raft,
@@ -50,7 +60,16 @@ impl PeerService {
             read_indexer,
             request_timeout,
             leases,
+            checks,
         }
+    }
+
+    /// Proposes a forwarded command if it passes the checks.
+    async fn propose_checked(&self, command: Command) -> ForwardReply {
+        self.checks
+            .check(&command)
+            .map_err(ForwardError::Rejected)?;
+        self.proposer.propose(command, self.request_timeout).await
     }
 
     /// The tonic service, with message limits large enough for log batches and snapshot chunks.
@@ -97,7 +116,7 @@ impl Peer for PeerService {
 
     async fn forward(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
         let command: Command = decode(request)?;
-        encode(&self.proposer.propose(command, self.request_timeout).await)
+        encode(&self.propose_checked(command).await)
     }
 
     async fn forward_batch(
@@ -105,12 +124,32 @@ impl Peer for PeerService {
         request: Request<RaftRequest>,
     ) -> Result<Response<RaftReply>, Status> {
         let commands: Vec<Command> = decode(request)?;
-        encode(
-            &self
-                .proposer
-                .propose_many(commands, self.request_timeout)
-                .await,
-        )
+        // Each command is checked alone: one refused fails no other, as it would not have if
+        // they had been forwarded one by one.
+        let checked: Vec<Result<(), String>> =
+            commands.iter().map(|c| self.checks.check(c)).collect();
+        let passed = commands
+            .into_iter()
+            .zip(&checked)
+            .filter_map(|(command, check)| check.is_ok().then_some(command))
+            .collect();
+        let mut proposed = self
+            .proposer
+            .propose_many(passed, self.request_timeout)
+            .await
+            .into_iter();
+        let replies: Vec<ForwardReply> = checked
+            .into_iter()
+            .map(|check| match check {
+                Err(reason) => Err(ForwardError::Rejected(reason)),
+                Ok(()) => proposed.next().unwrap_or_else(|| {
+                    Err(ForwardError::Unavailable(
+                        "the proposer gave no answer".into(),
+                    ))
+                }),
+            })
+            .collect();
+        encode(&replies)
     }
 
     async fn read_index(

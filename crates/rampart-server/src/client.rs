@@ -17,14 +17,11 @@ use rampart_api::etcdserverpb as pb;
 use rampart_storage::{ApplyError, Command, CommandResult};
 use tokio_util::sync::CancellationToken;
 
-use crate::convert::{self, Limits};
+use crate::convert::{self, Limits, MAX_LEASE_TTL};
 use crate::error::ServerError;
 use crate::lessor::Lessor;
 use crate::node::Node;
 use crate::watch;
-
-/// The largest TTL a lease may be granted, in seconds (etcd's `MaxLeaseTTL`).
-pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
 
 /// A client of one member; cheap to clone.
 #[derive(Clone)]

@@ -8,6 +8,9 @@ use rampart_storage as domain;
 
 use crate::error::ServerError;
 
+/// The largest TTL a lease may be granted, in seconds (etcd's `MaxLeaseTTL`).
+pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
+
 /// Limits a request is checked against.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
@@ -202,7 +205,7 @@ impl Deleted<'_> {
 /// etcd's `checkIntervals`: along any path through a txn, no key is put twice and no key is both
 /// put and deleted. The then and else branches of one nested txn exclude each other, so they may
 /// put the same key.
-fn check_intervals(ops: &[domain::RequestOp]) -> Result<(), ServerError> {
+pub(crate) fn check_intervals(ops: &[domain::RequestOp]) -> Result<(), ServerError> {
     intervals(ops).map(|_| ())
 }
 

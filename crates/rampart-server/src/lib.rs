@@ -15,6 +15,7 @@
 //!   questions to the leader).
 //! - `convert`: protobuf ⇄ domain types with etcd's request checks; `error`: [`ServerError`] and
 //!   its one mapping to gRPC statuses; `config`: flags, environment and file into [`Config`];
+//!   `forward_check`: the leader's checks of commands other members forward;
 //!   `fault_control`: TEST ONLY remote control of the peer-link faults.
 
 mod client;
@@ -22,6 +23,7 @@ pub mod config;
 mod convert;
 pub mod error;
 mod fault_control;
+mod forward_check;
 mod interceptor;
 mod lessor;
 pub mod node;

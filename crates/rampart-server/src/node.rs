@@ -12,8 +12,8 @@ use std::time::Duration;
 use openraft::{Raft, RaftMetrics};
 use rampart_api::etcdserverpb::ResponseHeader;
 use rampart_network::{
-    CallError, ForwardError, Forwarder, LeaseHandler, LeaseRequest, LeaseStatus, PeerNetwork,
-    PeerService, Proposer, ReadIndexer,
+    CallError, ForwardCheck, ForwardError, Forwarder, LeaseHandler, LeaseRequest, LeaseStatus,
+    PeerNetwork, PeerService, Proposer, ReadIndexer,
 };
 use rampart_storage::{Command, CommandResponse, Mvcc, NodeId, PeerNode, Store, TypeConfig};
 use tokio::sync::watch;
@@ -69,13 +69,18 @@ impl Node {
 
     /// The receiving side of the peer protocol: Raft's RPCs, and the writes, read-index rounds
     /// and lease questions the other members send this one when it leads.
-    pub(crate) fn peer_service(&self, leases: Arc<dyn LeaseHandler>) -> PeerService {
+    pub(crate) fn peer_service(
+        &self,
+        leases: Arc<dyn LeaseHandler>,
+        checks: Arc<dyn ForwardCheck>,
+    ) -> PeerService {
         PeerService::new(
             self.raft.clone(),
             self.proposer.clone(),
             self.read_indexer.clone(),
             self.config.request_timeout(),
             leases,
+            checks,
         )
     }
 
@@ -239,6 +244,13 @@ impl Node {
                 Err(ForwardError::Timeout) => return Err(ServerError::Timeout),
                 Err(ForwardError::LeaderChanged) => return Err(ServerError::LeaderChanged),
                 Err(ForwardError::Unavailable(_)) => return Err(ServerError::LeaderChanged),
+                // This member checked the request as the leader did: they disagree on the
+                // checks (different versions, say). Nothing was proposed.
+                Err(ForwardError::Rejected(reason)) => {
+                    return Err(ServerError::Internal(format!(
+                        "the leader refused a request this member accepted: {reason}"
+                    )))
+                }
             }
         }
     }

@@ -24,7 +24,9 @@ use tonic::service::InterceptorLayer;
 
 use crate::client::Client;
 use crate::config::{ClusterState, Config};
+use crate::convert::Limits;
 use crate::fault_control::FaultControl;
+use crate::forward_check::ForwardedCommands;
 use crate::interceptor::RequestInterceptor;
 use crate::lessor::Lessor;
 use crate::node::Node;
@@ -195,7 +197,13 @@ impl RunningNode {
         let lessor = Lessor::new(node.clone(), cancel.clone());
         let client = Client::new(node.clone(), lessor.clone(), cancel.clone());
 
-        let peer_service = node.peer_service(lessor.clone());
+        let checks = ForwardedCommands {
+            limits: Limits {
+                max_txn_ops: node.config().max_txn_ops,
+            },
+            max_command_bytes: node.config().max_grpc_message_bytes(),
+        };
+        let peer_service = node.peer_service(lessor.clone(), Arc::new(checks));
         for listener in listeners.peer {
             tasks.spawn(serve_peers(
                 &node,

@@ -4,6 +4,8 @@
 use std::time::Duration;
 
 use anyhow::Context;
+use rampart_network::{ForwardError, LinkFaults, PeerNetwork};
+use rampart_storage::{Command, LeaseCheckpoint, PeerNode, PutRequest, RequestOp, TxnRequest};
 use rampart_tests::{get, put, wait_until, TestCluster};
 use tracing::info;
 
@@ -64,6 +66,106 @@ async fn a_linearizable_read_does_not_wait_for_uncommitted_entries() -> anyhow::
     assert_eq!(
         get(&mut client, "k", false).await?.as_deref(),
         Some("in flight")
+    );
+    cluster.shutdown().await;
+    Ok(())
+}
+
+/// The leader checks what other members forward before it proposes it, as the member that took
+/// the client request did: a peer cannot put into the log what no client could.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_refuses_forwarded_commands_no_client_could_send() -> anyhow::Result<()> {
+    let cluster = TestCluster::start(3).await?;
+    let leader = cluster.wait_for_leader(LEADER_WAIT).await?;
+    let leader_index = cluster.index_of(leader);
+    let mut client = cluster.client(leader_index).await?;
+    let revision = put(&mut client, "k", "v").await?;
+    let leader_node = PeerNode {
+        peer_urls: vec![cluster.members[leader_index].peer_url.clone()],
+        ..Default::default()
+    };
+    let peer = PeerNetwork::new(0, LinkFaults::default());
+    let timeout = Duration::from_secs(10);
+    let put_op = |key: &str| {
+        RequestOp::Put(PutRequest {
+            key: key.as_bytes().to_vec(),
+            value: b"v".to_vec(),
+            ..Default::default()
+        })
+    };
+    let too_many = TxnRequest {
+        success: (0..200).map(|i| put_op(&format!("k{i}"))).collect(),
+        ..Default::default()
+    };
+    let refused = [
+        ("an empty key", Command::Put(PutRequest::default())),
+        ("too many ops", Command::Txn(too_many)),
+        (
+            "a duplicate key",
+            Command::Txn(TxnRequest {
+                success: vec![put_op("a"), put_op("a")],
+                ..Default::default()
+            }),
+        ),
+        (
+            "an oversized value",
+            Command::Put(PutRequest {
+                key: b"big".to_vec(),
+                value: vec![0; 4 * 1024 * 1024],
+                ..Default::default()
+            }),
+        ),
+        (
+            "a lease checkpoint",
+            Command::LeaseCheckpoint {
+                checkpoints: vec![LeaseCheckpoint {
+                    id: 7,
+                    remaining_ttl: 1,
+                }],
+            },
+        ),
+        (
+            "a batch",
+            Command::Batch(vec![Command::Compact { revision: 1 }]),
+        ),
+    ];
+
+    info!("--- one forwarded at a time, and all in one batch call: each refused");
+    for (what, command) in &refused {
+        let reply = peer.forward(leader, &leader_node, command, timeout).await?;
+        assert!(
+            matches!(reply, Err(ForwardError::Rejected(_))),
+            "{what}: expected a refusal, got {reply:?}"
+        );
+    }
+    let commands: Vec<Command> = refused.iter().map(|(_, c)| c.clone()).collect();
+    let replies = peer
+        .forward_batch(leader, &leader_node, &commands, timeout)
+        .await?;
+    assert_eq!(replies.len(), commands.len());
+    for ((what, _), reply) in refused.iter().zip(&replies) {
+        assert!(
+            matches!(reply, Err(ForwardError::Rejected(_))),
+            "{what} in a batch: expected a refusal, got {reply:?}"
+        );
+    }
+
+    info!("--- nothing was proposed; a good command in the same batch call still is");
+    let good = Command::Put(PutRequest {
+        key: b"good".to_vec(),
+        value: b"1".to_vec(),
+        ..Default::default()
+    });
+    let mixed = vec![Command::Put(PutRequest::default()), good];
+    let replies = peer
+        .forward_batch(leader, &leader_node, &mixed, timeout)
+        .await?;
+    assert!(matches!(replies[0], Err(ForwardError::Rejected(_))));
+    let (_, response) = replies[1].clone().context("the good put")?;
+    assert_eq!(
+        response.revision,
+        revision + 1,
+        "only the good put changed the store"
     );
     cluster.shutdown().await;
     Ok(())

@@ -21,13 +21,14 @@ use std::sync::Arc;
 
 use openraft::{EntryPayload, LogId, Membership, StoredMembership};
 
-use crate::codec::{self, KeyRecord, Progress, META_COMPACT, META_MEMBERSHIP, META_PROGRESS};
+use crate::codec::{self, KeyRecord, Live, Progress, META_COMPACT, META_MEMBERSHIP, META_PROGRESS};
 use crate::error::{MvccError, StoreError};
 use crate::events::{ChangedKey, Prior, WatchFeed, Written};
-use crate::index::{KeyIndex, Live, Version};
+use crate::index::{KeyIndex, Version};
+use crate::key_range::KeyRange;
 use crate::lease;
 use crate::mvcc::{MvccCore, MvccState};
-use crate::range::{self, Collector, Found, KeyRange, Writes};
+use crate::range::{self, Collector, Found, Writes};
 use crate::redo::WriteBatch;
 use crate::types::{
     ApplyError, Command, CommandResponse, CommandResult, Compare, CompareResult, CompareTarget,

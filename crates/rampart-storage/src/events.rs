@@ -15,11 +15,12 @@
 use std::ops::Bound;
 use std::sync::Arc;
 
-use crate::codec::{self, KeyRecord};
+use crate::codec::{self, KeyRecord, Live};
 use crate::error::{MvccError, StoreError};
-use crate::index::{Live, Version};
+use crate::index::Version;
+use crate::key_range::KeyRange;
 use crate::mvcc::{MvccCore, MvccState};
-use crate::range::{self, KeyRange};
+use crate::range;
 use crate::types::{ApplyError, Event, EventKind, KeyValue, RevisionEvents};
 
 /// How many feed messages (one per revision, or a reset) a subscriber may fall behind before it

@@ -37,6 +37,7 @@ mod error;
 mod events;
 mod files;
 mod index;
+mod key_range;
 mod lease;
 mod log_store;
 mod mvcc;

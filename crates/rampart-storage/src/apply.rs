@@ -23,11 +23,11 @@ use openraft::{EntryPayload, LogId, Membership, StoredMembership};
 
 use crate::codec::{self, KeyRecord, Live, Progress, META_COMPACT, META_MEMBERSHIP, META_PROGRESS};
 use crate::error::{MvccError, StoreError};
-use crate::events::{ChangedKey, Prior, WatchFeed, Written};
+use crate::events::{ChangedKey, Prior, Written};
 use crate::index::{KeyIndex, Version};
 use crate::key_range::KeyRange;
 use crate::lease;
-use crate::mvcc::{MvccCore, MvccState};
+use crate::mvcc::{MvccCore, MvccState, WatchFeed};
 use crate::range::{self, Collector, Found, Writes};
 use crate::redo::WriteBatch;
 use crate::types::{

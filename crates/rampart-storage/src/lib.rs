@@ -50,9 +50,8 @@ pub mod types;
 mod wal;
 
 pub use error::{MvccError, StoreError};
-pub use events::{WatchFeed, WATCH_FEED_CAPACITY};
 pub use log_store::LogStore;
-pub use mvcc::Mvcc;
+pub use mvcc::{Mvcc, WatchFeed, WATCH_FEED_CAPACITY};
 pub use state_machine::{SnapshotBuilder, StateMachine};
 pub use store::{ClusterIdentity, Store};
 pub use types::*;

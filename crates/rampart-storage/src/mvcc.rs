@@ -28,7 +28,6 @@ use crate::codec::{
 use crate::compactor::Compactor;
 use crate::durability::Disk;
 use crate::error::{MvccError, StoreError};
-use crate::events::{WatchFeed, WATCH_FEED_CAPACITY};
 use crate::index::KeyIndex;
 use crate::lease;
 use crate::range::{self, Writes};
@@ -37,6 +36,22 @@ use crate::types::{
     ApplyError, Lease, MemberAttributes, NodeId, PeerNode, RangeRequest, RangeResponse,
     RevisionEvents,
 };
+
+/// How many feed messages (one per revision, or a reset) a subscriber may fall behind before it
+/// gets `RecvError::Lagged` and must catch up from history with [`Mvcc::events`]. A power
+/// of two, since tokio's broadcast channel rounds its capacity up to one.
+pub const WATCH_FEED_CAPACITY: usize = 4096;
+
+/// What the live feed of [`Mvcc::subscribe`] carries.
+#[derive(Clone, Debug)]
+pub enum WatchFeed {
+    /// Every event of one new revision (with `prev_kv`), sent in revision order while the
+    /// revision becomes visible to readers.
+    Events(Arc<RevisionEvents>),
+    /// A snapshot replaced the whole state, which is now at `revision`. Revisions in between were
+    /// never sent; watchers catch up from history (which may be compacted past them).
+    Reset { revision: i64 },
+}
 
 /// The bookkeeping of the MVCC tree, cached in memory (always equal to the `m` keys on disk), and
 /// the index of its history.

@@ -48,6 +48,7 @@ mod state_machine;
 mod store;
 pub mod types;
 mod wal;
+mod write_txn;
 
 pub use error::{MvccError, StoreError};
 pub use log_store::LogStore;

@@ -46,6 +46,8 @@ mod redo;
 mod snapshot;
 mod state_machine;
 mod store;
+#[cfg(test)]
+pub(crate) mod test_support;
 pub mod types;
 mod wal;
 mod write_txn;

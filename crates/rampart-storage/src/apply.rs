@@ -1,40 +1,42 @@
-//! Applying one log entry to the MVCC store, with etcd's semantics.
+//! Applying one log entry to the MVCC store: the entry-level work, one dispatch as etcd's
+//! `apply/uber_applier.go`. [`MvccCore::apply_entry`] takes a batch entry apart (a run of puts
+//! of distinct keys goes in as one write), [`execute`] turns each command into its writes
+//! (etcd's Put, DeleteRange, Txn and Compact through [`crate::write_txn`], leases through
+//! [`crate::lease`]), and `finish` writes them with the entry's progress and updates the cached
+//! state, the key index and the watch feed.
 //!
 //! An entry is executed in three steps, all under the store's write lock:
 //! 1. decide: compares (for a Txn, every compare on the chosen path, nested ones included) and
 //!    checks (leases, `ignore_*` keys, read revisions) run against the state before the entry;
 //!    any [`ApplyError`] here fails the whole command with nothing changed;
-//! 2. execute: the ops write into an in-memory overlay ([`Writes`]) that later reads of the same
-//!    entry merge over the tree (a Txn reads its own writes), and note each key's record before
-//!    the entry, in op order;
+//! 2. execute: the ops write into an in-memory overlay ([`crate::range::Writes`]) that later
+//!    reads of the same entry merge over the tree (a Txn reads its own writes), and note each
+//!    key's record before the entry, in op order;
 //! 3. commit: the overlay's versions (in history, under the new revision), the lease
 //!    attachments it changes, any bookkeeping and, last, the progress record (the revision and
 //!    the applied log id) become ONE [`WriteBatch`], written atomically through
 //!    [`crate::redo`]. The cached state and the key index are updated only
 //!    after it is in; then the revision's events go to the live watch feed.
 //!
-//! Lease attachments follow from each changed key's lease before and after the entry, so every
-//! way a key changes (a put with a new lease or lease 0, `ignore_lease`, any delete) keeps them
-//! right without a case of its own.
+//! Steps 1 and 2, and the staging of step 3, are [`WriteTxn`]'s; the write and what follows it
+//! are this module's.
 
 use std::sync::Arc;
 
 use openraft::{EntryPayload, LogId, Membership, StoredMembership};
 
-use crate::codec::{self, KeyRecord, Progress, META_COMPACT, META_MEMBERSHIP, META_PROGRESS};
+use crate::codec::{self, Live, Progress, META_MEMBERSHIP, META_PROGRESS};
 use crate::error::{MvccError, StoreError};
-use crate::events::{ChangedKey, Prior, WatchFeed, Written};
-use crate::index::{KeyIndex, Live, Version};
+use crate::events::Written;
+use crate::index::Version;
 use crate::lease;
-use crate::mvcc::{MvccCore, MvccState};
-use crate::range::{self, Collector, Found, KeyRange, Writes};
+use crate::mvcc::{MvccCore, MvccState, WatchFeed};
 use crate::redo::WriteBatch;
 use crate::types::{
-    ApplyError, Command, CommandResponse, CommandResult, Compare, CompareResult, CompareTarget,
-    DeleteRangeRequest, DeleteRangeResponse, KeyValue, MemberAttributes, NodeId, PeerNode,
-    PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseOp, TxnRequest,
-    TxnResponse, TypeConfig,
+    ApplyError, Command, CommandResponse, CommandResult, MemberAttributes, NodeId, PeerNode,
+    TypeConfig,
 };
+use crate::write_txn::{self, WriteTxn};
 
 /// What an applied entry changes in the cached [`MvccState`], set in memory only once the batch
 /// carrying the same changes is in the tree.
@@ -112,8 +114,9 @@ impl MvccCore {
     }
 
     /// Applies one command (or a whole non-batch entry, when `part` is `None`) of entry `log_id`
-    /// in one atomic write.
-    fn apply_part(
+    /// in one atomic write. Visible to the crate (with [`Effect`] and [`Part`]) for `mvcc.rs`'s
+    /// tests, which stage a batch entry cut short by a crash.
+    pub(crate) fn apply_part(
         &self,
         state: &mut MvccState,
         log_id: LogId<NodeId>,
@@ -312,7 +315,7 @@ fn put_run_end(commands: &[Command], start: usize) -> usize {
 }
 
 /// What one atomic write of [`MvccCore::apply_part`] carries out.
-enum Effect<'a> {
+pub(crate) enum Effect<'a> {
     /// Only the applied log id (a blank entry).
     Nothing,
     Command(&'a Command),
@@ -321,10 +324,10 @@ enum Effect<'a> {
 
 /// Which command of a batch entry is being applied.
 #[derive(Clone, Copy)]
-struct Part {
-    position: u32,
+pub(crate) struct Part {
+    pub position: u32,
     /// The entry's last command: applying it applies the entry.
-    last: bool,
+    pub last: bool,
 }
 
 /// Executes a command against `state`, staging its writes in `batch` and its cache updates in
@@ -346,7 +349,7 @@ fn execute(
             CommandResult::Txn(txn.txn(req, &path)?)
         }
         Command::Compact { revision } => {
-            compact(state, *revision, batch)?;
+            write_txn::compact(state, *revision, batch)?;
             changes.compact_revision = Some(*revision);
             CommandResult::Compact
         }
@@ -381,633 +384,11 @@ fn execute(
     Ok(result)
 }
 
-/// Which branch each Txn on a path takes, decided before anything is written (etcd's
-/// `compareToPath`): `nested` has one entry per Txn op of the chosen branch, in order.
-struct TxnPath {
-    succeeded: bool,
-    nested: Vec<TxnPath>,
-}
-
-/// The writes of one entry over the state before it; all its writes get revision `base + 1`.
-struct WriteTxn<'a> {
-    tree: &'a sled::Tree,
-    index: &'a KeyIndex,
-    base_revision: i64,
-    compact_revision: i64,
-    /// Each written key's final state in this entry.
-    writes: Writes,
-    /// Each written key once, in the order of its first write, with its record before the entry:
-    /// the revision's events. (A key written twice in one entry, which the server refuses as
-    /// etcd does, makes one event: its final state.)
-    changed: Vec<(Vec<u8>, Option<Prior>)>,
-}
-
-impl<'a> WriteTxn<'a> {
-    fn new(tree: &'a sled::Tree, state: &'a MvccState) -> Self {
-        Self::at(tree, &state.index, state.revision, state.compact_revision)
-    }
-
-    /// Writes over the store at `base_revision` (a put run's earlier puts are not in the cached
-    /// state yet).
-    fn at(
-        tree: &'a sled::Tree,
-        index: &'a KeyIndex,
-        base_revision: i64,
-        compact_revision: i64,
-    ) -> Self {
-        WriteTxn {
-            tree,
-            index,
-            base_revision,
-            compact_revision,
-            writes: Writes::new(),
-            changed: Vec::new(),
-        }
-    }
-
-    /// Sets `key` to `after` (`None`: deleted) in this entry; `before` gives its record before
-    /// the entry, asked for only on the key's first write.
-    fn write(
-        &mut self,
-        key: Vec<u8>,
-        before: impl FnOnce() -> Option<Prior>,
-        after: Option<KeyRecord>,
-    ) {
-        if !self.writes.contains_key(&key) {
-            self.changed.push((key.clone(), before()));
-        }
-        self.writes.insert(key, after);
-    }
-
-    /// The revision this entry's writes create.
-    fn revision(&self) -> i64 {
-        self.base_revision + 1
-    }
-
-    fn latest(&self, key: &[u8]) -> Result<Option<KeyRecord>, StoreError> {
-        range::get_latest(self.tree, self.index, &self.writes, key)
-    }
-
-    /// `key`'s record before this write, if it is live, without reading its value from history.
-    fn prior(&self, key: &[u8]) -> Option<Prior> {
-        match self.writes.get(key) {
-            Some(written) => written
-                .clone()
-                .map(|record| Prior::Record(record.into_kv(key.to_vec()))),
-            None => self.stored_prior(key),
-        }
-    }
-
-    /// `key`'s record in the store, if it is live, without reading its value.
-    fn stored_prior(&self, key: &[u8]) -> Option<Prior> {
-        self.index
-            .live(key)
-            .map(|(version, live)| Prior::Stored { version, live })
-    }
-
-    /// The checks etcd makes before a put (leases first, as its plain Put does; then the key the
-    /// `ignore_*` flags need).
-    fn check_put(&self, req: &PutRequest) -> Result<(), MvccError> {
-        lease::check_lease(self.tree, req.lease)?;
-        if (req.ignore_value || req.ignore_lease) && self.prior(&req.key).is_none() {
-            return Err(ApplyError::KeyNotFound.into());
-        }
-        Ok(())
-    }
-
-    fn put(&mut self, req: &PutRequest) -> Result<PutResponse, MvccError> {
-        self.check_put(req)?;
-        // The previous value is read only if the request needs it.
-        let full = if req.prev_kv || req.ignore_value {
-            self.latest(&req.key)?
-                .map(|record| record.into_kv(req.key.clone()))
-        } else {
-            None
-        };
-        let value = match &full {
-            Some(kv) if req.ignore_value => kv.value.clone(),
-            _ => req.value.clone(),
-        };
-        let prev = match full {
-            Some(kv) => Some(Prior::Record(kv)),
-            None => self.prior(&req.key),
-        };
-        let revision = self.revision();
-        let record = match &prev {
-            Some(p) => KeyRecord {
-                create_revision: p.create_revision(),
-                mod_revision: revision,
-                version: p.version() + 1,
-                lease: if req.ignore_lease {
-                    p.lease()
-                } else {
-                    req.lease
-                },
-                value,
-            },
-            // check_put has refused ignore_* on a missing key.
-            None => KeyRecord {
-                create_revision: revision,
-                mod_revision: revision,
-                version: 1,
-                lease: req.lease,
-                value,
-            },
-        };
-        let prev_kv = match &prev {
-            Some(Prior::Record(kv)) if req.prev_kv => Some(kv.clone()),
-            _ => None,
-        };
-        self.write(req.key.clone(), || prev, Some(record));
-        Ok(PutResponse { prev_kv })
-    }
-
-    fn delete_range(
-        &mut self,
-        req: &DeleteRangeRequest,
-    ) -> Result<DeleteRangeResponse, StoreError> {
-        let mut victims = Vec::new();
-        range::visit_latest(
-            self.index,
-            &self.writes,
-            &KeyRange::new(&req.key, &req.range_end),
-            |key, found| {
-                let prior = match found {
-                    Found::Written(record) => Prior::Record(record.clone().into_kv(key.to_vec())),
-                    Found::Stored(_) => self.stored_prior(key).ok_or_else(|| {
-                        StoreError::corrupt("key index", "a live key without its record (bug)")
-                    })?,
-                };
-                victims.push((key.to_vec(), prior));
-                Ok(())
-            },
-        )?;
-        let deleted = victims.len() as i64;
-        let mut prev_kvs = Vec::new();
-        for (key, prior) in victims {
-            // Values are read only when the caller wants them back.
-            let prior = if req.prev_kv {
-                let kv = prior.into_kv(self.tree, &key)?;
-                prev_kvs.push(kv.clone());
-                Prior::Record(kv)
-            } else {
-                prior
-            };
-            self.write(key, || Some(prior), None);
-        }
-        Ok(DeleteRangeResponse { deleted, prev_kvs })
-    }
-
-    /// Deletes `key` if it is live (a revoke's delete of one attached key).
-    fn delete_key(&mut self, key: Vec<u8>) -> Result<(), StoreError> {
-        if let Some(prior) = self.prior(&key) {
-            self.write(key, || Some(prior), None);
-        }
-        Ok(())
-    }
-
-    fn range(&self, req: &RangeRequest) -> Result<RangeResponse, MvccError> {
-        range::read_range(
-            self.tree,
-            self.index,
-            &self.writes,
-            self.base_revision,
-            self.compact_revision,
-            req,
-        )
-    }
-
-    /// Evaluates the compares of `req` and of every nested Txn on the chosen path, all against
-    /// the state before the Txn (etcd's `compareToPath`).
-    fn compare_path(&self, req: &TxnRequest) -> Result<TxnPath, StoreError> {
-        let mut succeeded = true;
-        for c in &req.compare {
-            if !self.compare_holds(c)? {
-                succeeded = false;
-                break;
-            }
-        }
-        let mut nested = Vec::new();
-        for op in branch(req, succeeded) {
-            if let RequestOp::Txn(t) = op {
-                nested.push(self.compare_path(t)?);
-            }
-        }
-        Ok(TxnPath { succeeded, nested })
-    }
-
-    /// etcd's `applyCompare`: holds iff it holds for every key in the range; with no key, a
-    /// VALUE compare fails and the others compare against zero.
-    fn compare_holds(&self, c: &Compare) -> Result<bool, StoreError> {
-        let mut found = Collector::all();
-        range::scan_latest(
-            self.tree,
-            self.index,
-            &self.writes,
-            &KeyRange::new(&c.key, &c.range_end),
-            &mut found,
-        )?;
-        if found.kvs.is_empty() {
-            return Ok(
-                !matches!(c.target, CompareTarget::Value(_)) && compare_kv(c, &KeyValue::default())
-            );
-        }
-        Ok(found.kvs.iter().all(|kv| compare_kv(c, kv)))
-    }
-
-    /// Checks every op on the chosen path before any executes (etcd's `checkTxn`), so a failing
-    /// Txn changes nothing.
-    fn validate(&self, req: &TxnRequest, path: &TxnPath) -> Result<(), MvccError> {
-        let mut nested = path.nested.iter();
-        for op in branch(req, path.succeeded) {
-            match op {
-                RequestOp::Range(r) => {
-                    range::check_revision(r.revision, self.base_revision, self.compact_revision)?;
-                }
-                RequestOp::Put(p) => self.check_put(p)?,
-                RequestOp::DeleteRange(_) => {}
-                RequestOp::Txn(t) => self.validate(t, next_path(&mut nested)?)?,
-            }
-        }
-        Ok(())
-    }
-
-    /// Executes the chosen branch of a validated Txn, in order.
-    fn txn(&mut self, req: &TxnRequest, path: &TxnPath) -> Result<TxnResponse, MvccError> {
-        let mut nested = path.nested.iter();
-        let mut responses = Vec::new();
-        for op in branch(req, path.succeeded) {
-            responses.push(match op {
-                RequestOp::Range(r) => ResponseOp::Range(self.range(r)?),
-                RequestOp::Put(p) => ResponseOp::Put(self.put(p)?),
-                RequestOp::DeleteRange(d) => ResponseOp::DeleteRange(self.delete_range(d)?),
-                RequestOp::Txn(t) => ResponseOp::Txn(self.txn(t, next_path(&mut nested)?)?),
-            });
-        }
-        Ok(TxnResponse {
-            succeeded: path.succeeded,
-            responses,
-        })
-    }
-
-    /// Stages the writes in `batch` as the versions of one new revision, in the order of the
-    /// keys' first writes, with the lease attachment changes; returns what was written, or `None`
-    /// if nothing was (the revision does not move).
-    fn commit(mut self, batch: &mut WriteBatch) -> Result<Option<Written>, StoreError> {
-        if self.changed.is_empty() {
-            return Ok(None);
-        }
-        let revision = self.revision();
-        let mut changes = Vec::with_capacity(self.changed.len());
-        for (seq, (key, before)) in self.changed.into_iter().enumerate() {
-            let after = self.writes.remove(&key).ok_or_else(|| {
-                StoreError::corrupt("txn writes", "a changed key has no write (bug)")
-            })?;
-            let seq = u32::try_from(seq).map_err(|_| {
-                StoreError::corrupt("txn writes", "more than 2^32 keys in one revision")
-            })?;
-            let version = match &after {
-                Some(record) => codec::history_put(&key, record)?,
-                None => codec::history_tombstone(&key)?,
-            };
-            batch.insert(codec::history_key(revision, seq), version);
-            let old_lease = before.as_ref().map_or(0, Prior::lease);
-            let new_lease = after.as_ref().map_or(0, |r| r.lease);
-            if old_lease != new_lease {
-                if old_lease != 0 {
-                    batch.remove(codec::attachment_key(old_lease, &key));
-                }
-                if new_lease != 0 {
-                    batch.insert(codec::attachment_key(new_lease, &key), []);
-                }
-            }
-            changes.push(ChangedKey { key, before, after });
-        }
-        // The store's revision (in the progress record) is written once per atomic write, by `finish`.
-        Ok(Some(Written { revision, changes }))
-    }
-}
-
-fn branch(req: &TxnRequest, succeeded: bool) -> &[RequestOp] {
-    if succeeded {
-        &req.success
-    } else {
-        &req.failure
-    }
-}
-
-/// The path of the next nested Txn. `compare_path` made one per nested Txn of the same branch,
-/// so running out is a bug, reported rather than panicking inside the state machine.
-fn next_path<'p>(it: &mut std::slice::Iter<'p, TxnPath>) -> Result<&'p TxnPath, StoreError> {
-    it.next().ok_or_else(|| {
-        StoreError::corrupt("txn path", "fewer decided paths than nested txns (bug)")
-    })
-}
-
-/// etcd's `compareKV`.
-fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
-    let ord = match &c.target {
-        CompareTarget::Version(v) => kv.version.cmp(v),
-        CompareTarget::Create(v) => kv.create_revision.cmp(v),
-        CompareTarget::Mod(v) => kv.mod_revision.cmp(v),
-        CompareTarget::Value(v) => kv.value.as_slice().cmp(v.as_slice()),
-        CompareTarget::Lease(v) => kv.lease.cmp(v),
-    };
-    match c.result {
-        CompareResult::Equal => ord.is_eq(),
-        CompareResult::NotEqual => ord.is_ne(),
-        CompareResult::Greater => ord.is_gt(),
-        CompareResult::Less => ord.is_lt(),
-    }
-}
-
-/// etcd's compaction at `revision`: from now on reads below `revision` fail, and the versions
-/// it superseded (per key, those older than the latest one `<= revision`, and that one too if
-/// it is a delete) are removed from history in the background by the [`crate::compactor`].
-fn compact(state: &MvccState, revision: i64, batch: &mut WriteBatch) -> Result<(), MvccError> {
-    if revision <= state.compact_revision {
-        return Err(ApplyError::Compacted.into());
-    }
-    if revision > state.revision {
-        return Err(ApplyError::FutureRevision.into());
-    }
-    batch.insert(META_COMPACT, codec::encode("compact revision", &revision)?);
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
-    use openraft::{CommittedLeaderId, Entry, LogId};
-
     use super::*;
-    use std::collections::BTreeMap;
-
-    use crate::codec::HISTORY;
+    use crate::test_support::{entry, history, log_id, progress, put_cmd, replay};
     use crate::types::{DeleteRangeRequest, PutRequest};
-
-    /// The history versions physically in the tree, as `key@revision` (`-` marks a delete),
-    /// in key order, then revision order.
-    fn history(core: &MvccCore) -> Vec<String> {
-        let mut versions: Vec<(String, i64, bool)> = core
-            .tree
-            .scan_prefix([HISTORY])
-            .map(|item| {
-                let (k, v) = item.unwrap();
-                let (rev, _) = codec::split_history_key(&k).unwrap();
-                let value = codec::history_value(&v).unwrap();
-                let key = String::from_utf8(value.key.to_vec()).unwrap();
-                (key, rev, value.record.is_none())
-            })
-            .collect();
-        versions.sort();
-        versions
-            .into_iter()
-            .map(|(key, rev, dead)| format!("{}{key}@{rev}", if dead { "-" } else { "" }))
-            .collect()
-    }
-
-    /// The events replayed from `start` on, as `revision:key` (`-` marks a delete).
-    fn replay(core: &MvccCore, start: i64) -> Vec<String> {
-        let (revisions, _) = core.events(start, i64::MAX, b"\0", b"\0", 0).unwrap();
-        revisions
-            .iter()
-            .flat_map(|r| {
-                r.events.iter().map(move |e| {
-                    let dead = if e.kind == crate::types::EventKind::Delete {
-                        "-"
-                    } else {
-                        ""
-                    };
-                    format!(
-                        "{}:{dead}{}",
-                        r.revision,
-                        String::from_utf8_lossy(&e.kv.key)
-                    )
-                })
-            })
-            .collect()
-    }
-
-    /// Waits (at most 10 s) until the background compaction of `core` reaches `revision`.
-    fn wait_compacted(core: &Arc<MvccCore>, revision: i64) {
-        let mvcc = crate::Mvcc::new(core.clone());
-        tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap()
-            .block_on(async {
-                tokio::time::timeout(
-                    std::time::Duration::from_secs(10),
-                    mvcc.wait_compacted(revision),
-                )
-                .await
-            })
-            .expect("physical compaction did not finish within 10 s")
-            .unwrap();
-    }
-
-    #[test]
-    fn compaction_physically_removes_superseded_versions_and_tombstones() {
-        let dir = tempfile::TempDir::new().unwrap();
-        let store = crate::Store::open(dir.path()).unwrap();
-        let core = store.core_for_tests();
-        let mut index = 0;
-        let mut apply = |cmd: Command| {
-            index += 1;
-            core.apply_entry(&entry(index, cmd)).unwrap()
-        };
-        let put = |k: &str| {
-            Command::Put(PutRequest {
-                key: k.into(),
-                value: b"v".to_vec(),
-                ..Default::default()
-            })
-        };
-        apply(put("a")); // 2
-        apply(put("b")); // 3
-        apply(put("a")); // 4
-        apply(Command::DeleteRange(DeleteRangeRequest {
-            key: b"b".to_vec(),
-            ..Default::default()
-        })); // 5
-        apply(put("c")); // 6
-        assert_eq!(history(&core), ["a@2", "a@4", "b@3", "-b@5", "c@6"]);
-        assert_eq!(replay(&core, 1), ["2:a", "3:b", "4:a", "5:-b", "6:c"]);
-
-        assert_eq!(
-            apply(Command::Compact { revision: 4 }).result,
-            Ok(CommandResult::Compact)
-        );
-        wait_compacted(&core, 4);
-        assert_eq!(
-            history(&core),
-            ["a@4", "b@3", "-b@5", "c@6"],
-            "a@2 was superseded at 4"
-        );
-        assert_eq!(replay(&core, 4), ["4:a", "5:-b", "6:c"]);
-
-        assert_eq!(
-            apply(Command::Compact { revision: 5 }).result,
-            Ok(CommandResult::Compact)
-        );
-        wait_compacted(&core, 5);
-        assert_eq!(
-            history(&core),
-            ["a@4", "c@6"],
-            "b's delete at 5 takes its whole history"
-        );
-        assert_eq!(
-            replay(&core, 5),
-            ["6:c"],
-            "a delete at exactly the compact revision is not replayed"
-        );
-
-        assert_eq!(
-            apply(Command::Compact { revision: 6 }).result,
-            Ok(CommandResult::Compact)
-        );
-        wait_compacted(&core, 6);
-        assert_eq!(
-            history(&core),
-            ["a@4", "c@6"],
-            "the latest version of a live key always stays"
-        );
-    }
-
-    /// Writes `keys` keys a few times over (every seventh deleted in between), enough history
-    /// for several compaction chunks; returns the store revision and, per revision, the key it
-    /// changed and whether that was a delete.
-    fn write_history(core: &MvccCore, index: &mut u64, keys: usize) -> Vec<(String, i64, bool)> {
-        let mut changes = Vec::new();
-        let mut revision = core.state.read().revision;
-        for round in 0..3 {
-            for i in 0..keys {
-                let key = format!("k{i:05}");
-                *index += 1;
-                let deleting = round == 1 && i % 7 == 0;
-                let cmd = if deleting {
-                    Command::DeleteRange(DeleteRangeRequest {
-                        key: key.clone().into_bytes(),
-                        ..Default::default()
-                    })
-                } else {
-                    put_cmd(&key, &format!("{round}"))
-                };
-                core.apply_entry(&entry(*index, cmd)).unwrap();
-                revision += 1;
-                changes.push((key, revision, deleting));
-            }
-        }
-        changes
-    }
-
-    /// `history()` as it must be after compacting `changes` at `revision`: per key, the versions
-    /// after it, and the latest one at or before it unless that is a delete.
-    fn compacted_history(changes: &[(String, i64, bool)], revision: i64) -> Vec<String> {
-        let mut by_key: BTreeMap<&str, Vec<(i64, bool)>> = BTreeMap::new();
-        for (key, rev, deleted) in changes {
-            by_key.entry(key).or_default().push((*rev, *deleted));
-        }
-        let mut out = Vec::new();
-        for (key, versions) in by_key {
-            let survivor = versions.iter().rfind(|(r, _)| *r <= revision);
-            for &(rev, deleted) in &versions {
-                let kept = rev > revision || (Some(&(rev, deleted)) == survivor && !deleted);
-                if kept {
-                    out.push(format!("{}{key}@{rev}", if deleted { "-" } else { "" }));
-                }
-            }
-        }
-        out
-    }
-
-    #[test]
-    fn writes_made_during_a_background_compaction_stay() {
-        let dir = tempfile::TempDir::new().unwrap();
-        let store = crate::Store::open(dir.path()).unwrap();
-        let core = store.core_for_tests();
-        let mut index = 0;
-        // 3 x 1500 versions: several chunks of the compactor.
-        let mut changes = write_history(&core, &mut index, 1500);
-        let at = changes[2 * 1500 + 100].1;
-        index += 1;
-        let reply = core
-            .apply_entry(&entry(index, Command::Compact { revision: at }))
-            .unwrap();
-        assert_eq!(reply.result, Ok(CommandResult::Compact));
-        // Applied while the compactor works through the history (or after: either way the
-        // result must be the same).
-        changes.extend(write_history(&core, &mut index, 40));
-        wait_compacted(&core, at);
-        assert_eq!(history(&core), compacted_history(&changes, at));
-        assert_eq!(
-            replay(&core, at).len(),
-            changes.iter().filter(|(_, r, _)| *r >= at).count(),
-            "every change from the compact revision on is replayed (no delete at {at})"
-        );
-        let history_keys: std::collections::BTreeSet<Vec<u8>> = core
-            .tree
-            .scan_prefix([HISTORY])
-            .map(|item| codec::history_value(&item.unwrap().1).unwrap().key.to_vec())
-            .collect();
-        assert_eq!(
-            core.state.read().index.len(),
-            history_keys.len(),
-            "the index holds exactly the keys history has"
-        );
-    }
-
-    #[test]
-    fn a_compaction_unfinished_at_close_is_finished_after_reopening() {
-        let dir = tempfile::TempDir::new().unwrap();
-        let mut index = 0;
-        let (changes, at) = {
-            let store = crate::Store::open(dir.path()).unwrap();
-            let core = store.core_for_tests();
-            let changes = write_history(&core, &mut index, 1500);
-            let at = changes.last().unwrap().1 - 10;
-            index += 1;
-            core.apply_entry(&entry(index, Command::Compact { revision: at }))
-                .unwrap();
-            // Closed at once, most likely with the compactor in the middle of its pass.
-            store.flush().unwrap();
-            (changes, at)
-        };
-        let store = crate::Store::open(dir.path()).unwrap();
-        let core = store.core_for_tests();
-        assert_eq!(core.state.read().compact_revision, at);
-        wait_compacted(&core, at);
-        assert_eq!(history(&core), compacted_history(&changes, at));
-    }
-
-    fn put_cmd(k: &str, v: &str) -> Command {
-        Command::Put(PutRequest {
-            key: k.into(),
-            value: v.into(),
-            ..Default::default()
-        })
-    }
-
-    fn log_id(index: u64) -> LogId<NodeId> {
-        LogId::new(CommittedLeaderId::new(1, 1), index)
-    }
-
-    fn entry(index: u64, cmd: Command) -> Entry<TypeConfig> {
-        Entry::<TypeConfig> {
-            log_id: log_id(index),
-            payload: EntryPayload::Normal(cmd),
-        }
-    }
-
-    /// The state's revision, applied index and batch position (entry index, command).
-    fn progress(core: &MvccCore) -> (i64, Option<u64>, Option<(u64, u32)>) {
-        let state = core.state.read();
-        (
-            state.revision,
-            state.applied.map(|id| id.index),
-            state.applied_part.map(|(id, p)| (id.index, p)),
-        )
-    }
 
     fn batch_revisions(response: &CommandResponse) -> Vec<(i64, bool)> {
         match &response.result {
@@ -1141,151 +522,5 @@ mod tests {
         assert_eq!(batch_revisions(&response)[1..], [(4, true), (5, true)]);
         assert_eq!(history(&core), ["a@3", "b@4", "c@5", "x@2"]);
         assert_eq!(core.state.read().applied.map(|id| id.index), Some(2));
-    }
-
-    #[test]
-    fn an_entry_whose_writes_were_cut_short_is_finished_from_its_redo_record() {
-        let dir = tempfile::TempDir::new().unwrap();
-        let marker = b"xwritten by entry 2".to_vec();
-        {
-            let store = crate::Store::open(dir.path()).unwrap();
-            let core = store.core_for_tests();
-            core.apply_entry(&entry(1, put_cmd("a", "1"))).unwrap();
-            // Entry 2's redo record, then a prefix of its writes: none of them, as if the crash
-            // came right after the record.
-            let mut batch = WriteBatch::default();
-            batch.insert(marker.clone(), b"v".as_slice());
-            let progress = Progress {
-                revision: 2,
-                applied: Some(log_id(2)),
-                applied_part: None,
-            };
-            batch.insert(META_PROGRESS, codec::encode("progress", &progress).unwrap());
-            core.redo.write_record(&log_id(2), &batch).unwrap();
-            store.flush().unwrap();
-        }
-        let store = crate::Store::open(dir.path()).unwrap();
-        let core = store.core_for_tests();
-        assert_eq!(core.state.read().applied.map(|id| id.index), Some(2));
-        assert!(core.tree.get(&marker).unwrap().is_some());
-    }
-
-    #[test]
-    fn history_a_crash_left_past_the_recorded_revision_is_dropped_when_opened() {
-        let dir = tempfile::TempDir::new().unwrap();
-        {
-            let store = crate::Store::open(dir.path()).unwrap();
-            let core = store.core_for_tests();
-            // A lease grant needs a redo record; the puts after it need none and remove it.
-            let grant = Command::LeaseGrant { id: 7, ttl: 60 };
-            core.apply_entry(&entry(1, grant)).unwrap();
-            assert!(core.redo.is_held());
-            core.apply_entry(&entry(2, put_cmd("a", "1"))).unwrap(); // revision 2
-            assert!(!core.redo.is_held());
-            let after_a = core.tree.get(META_PROGRESS).unwrap().unwrap();
-            core.apply_entry(&entry(3, put_cmd("b", "1"))).unwrap(); // revision 3
-            assert!(!core.redo.is_held());
-            // As if the crash came just before entry 3's progress record: its version written,
-            // the record not.
-            core.tree.insert(META_PROGRESS, after_a).unwrap();
-            store.flush().unwrap();
-        }
-        let store = crate::Store::open(dir.path()).unwrap();
-        let core = store.core_for_tests();
-        assert_eq!(progress(&core), (2, Some(2), None));
-        assert_eq!(history(&core), ["a@2"]);
-        // openraft applies entry 3 again: the same revision, and only its version.
-        core.apply_entry(&entry(3, put_cmd("b", "1"))).unwrap();
-        assert_eq!(history(&core), ["a@2", "b@3"]);
-        assert_eq!(core.state.read().revision, 3);
-    }
-
-    /// Turns the tree's meta into layout version 3's: three values instead of the progress
-    /// record.
-    fn rewrite_as_v3(tree: &sled::Tree) {
-        let bytes = tree.remove(META_PROGRESS).unwrap().unwrap();
-        let progress: Progress = codec::decode("progress", &bytes).unwrap();
-        tree.insert(
-            codec::V3_REVISION,
-            codec::encode("r", &progress.revision).unwrap(),
-        )
-        .unwrap();
-        tree.insert(
-            codec::V3_APPLIED,
-            codec::encode("a", &progress.applied).unwrap(),
-        )
-        .unwrap();
-        if let Some(part) = progress.applied_part {
-            tree.insert(codec::V3_APPLIED_PART, codec::encode("p", &part).unwrap())
-                .unwrap();
-        }
-        let v3 = codec::encode("f", &codec::FORMAT_VERSION_3).unwrap();
-        tree.insert(codec::META_FORMAT, v3).unwrap();
-    }
-
-    #[test]
-    fn a_layout_version_3_tree_or_snapshot_is_upgraded() {
-        let (dir, other) = (
-            tempfile::TempDir::new().unwrap(),
-            tempfile::TempDir::new().unwrap(),
-        );
-        let v3_pairs: Vec<(Vec<u8>, Vec<u8>)> = {
-            let store = crate::Store::open(dir.path()).unwrap();
-            let core = store.core_for_tests();
-            core.apply_entry(&entry(1, put_cmd("a", "1"))).unwrap(); // revision 2
-                                                                     // A batch entry cut short after its first command: an applied position too.
-            let first = Part {
-                position: 0,
-                last: false,
-            };
-            let put_b = put_cmd("b", "1");
-            let mut state = core.state.write();
-            core.apply_part(&mut state, log_id(2), Effect::Command(&put_b), Some(first))
-                .unwrap(); // revision 3
-            drop(state);
-            rewrite_as_v3(&core.tree);
-            store.flush().unwrap();
-            core.tree
-                .iter()
-                .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).unwrap())
-                .collect()
-        };
-        let check = |core: &MvccCore| {
-            assert_eq!(progress(core), (3, Some(1), Some((2, 0))));
-            assert_eq!(history(core), ["a@2", "b@3"]);
-            let meta: Vec<Vec<u8>> = core
-                .tree
-                .scan_prefix([codec::META])
-                .keys()
-                .map(|k| k.unwrap().to_vec())
-                .collect();
-            assert!(meta.contains(&META_PROGRESS.to_vec()), "{meta:?}");
-            for old in [
-                codec::V3_REVISION,
-                codec::V3_APPLIED,
-                codec::V3_APPLIED_PART,
-            ] {
-                assert!(!meta.contains(&old.to_vec()), "{meta:?}");
-            }
-            let format = core.tree.get(codec::META_FORMAT).unwrap().unwrap();
-            assert_eq!(
-                codec::decode::<u32>("format", &format).unwrap(),
-                codec::FORMAT_VERSION
-            );
-        };
-        // Opened: upgraded in place, and the batch goes on after its first command.
-        {
-            let store = crate::Store::open(dir.path()).unwrap();
-            let core = store.core_for_tests();
-            check(&core);
-            let batch = Command::Batch(vec![put_cmd("b", "1"), put_cmd("c", "1")]);
-            core.apply_entry(&entry(2, batch)).unwrap();
-            assert_eq!(history(&core), ["a@2", "b@3", "c@4"]);
-        }
-        // Installed as a snapshot: upgraded as it goes in.
-        let store = crate::Store::open(other.path()).unwrap();
-        let core = store.core_for_tests();
-        core.replace_all(&v3_pairs, |_| Ok(())).unwrap();
-        check(&core);
     }
 }

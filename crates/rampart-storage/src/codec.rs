@@ -34,7 +34,6 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
-use crate::index::Live;
 use crate::types::{KeyValue, Lease, NodeId};
 
 /// Version of this layout, stored under [`META_FORMAT`]; bump it on any incompatible change.
@@ -121,6 +120,17 @@ impl KeyRecord {
             lease: self.lease,
         }
     }
+}
+
+/// What a put of a live key needs of its current record: the leading fields of its
+/// [`KeyRecord`], decoded without its value ([`HistoryValue::decode_live`]) and kept in the key
+/// index so that they are not read back from history (etcd keeps the same in its key index and
+/// lessor).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Live {
+    pub create_revision: i64,
+    pub version: i64,
+    pub lease: i64,
 }
 
 /// Tag byte of a history value that is a put.

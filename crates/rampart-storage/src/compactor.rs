@@ -202,3 +202,205 @@ fn step(core: &MvccCore, pass: &mut Option<Pass>) -> Result<bool, StoreError> {
     }
     Ok(true)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::codec::HISTORY;
+    use crate::test_support::{entry, history, put_cmd, replay};
+    use crate::types::{Command, CommandResult, DeleteRangeRequest, PutRequest};
+
+    /// Waits (at most 10 s) until the background compaction of `core` reaches `revision`.
+    fn wait_compacted(core: &Arc<MvccCore>, revision: i64) {
+        let mvcc = crate::Mvcc::new(core.clone());
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+            .block_on(async {
+                tokio::time::timeout(
+                    std::time::Duration::from_secs(10),
+                    mvcc.wait_compacted(revision),
+                )
+                .await
+            })
+            .expect("physical compaction did not finish within 10 s")
+            .unwrap();
+    }
+
+    #[test]
+    fn compaction_physically_removes_superseded_versions_and_tombstones() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let store = crate::Store::open(dir.path()).unwrap();
+        let core = store.core_for_tests();
+        let mut index = 0;
+        let mut apply = |cmd: Command| {
+            index += 1;
+            core.apply_entry(&entry(index, cmd)).unwrap()
+        };
+        let put = |k: &str| {
+            Command::Put(PutRequest {
+                key: k.into(),
+                value: b"v".to_vec(),
+                ..Default::default()
+            })
+        };
+        apply(put("a")); // 2
+        apply(put("b")); // 3
+        apply(put("a")); // 4
+        apply(Command::DeleteRange(DeleteRangeRequest {
+            key: b"b".to_vec(),
+            ..Default::default()
+        })); // 5
+        apply(put("c")); // 6
+        assert_eq!(history(&core), ["a@2", "a@4", "b@3", "-b@5", "c@6"]);
+        assert_eq!(replay(&core, 1), ["2:a", "3:b", "4:a", "5:-b", "6:c"]);
+
+        assert_eq!(
+            apply(Command::Compact { revision: 4 }).result,
+            Ok(CommandResult::Compact)
+        );
+        wait_compacted(&core, 4);
+        assert_eq!(
+            history(&core),
+            ["a@4", "b@3", "-b@5", "c@6"],
+            "a@2 was superseded at 4"
+        );
+        assert_eq!(replay(&core, 4), ["4:a", "5:-b", "6:c"]);
+
+        assert_eq!(
+            apply(Command::Compact { revision: 5 }).result,
+            Ok(CommandResult::Compact)
+        );
+        wait_compacted(&core, 5);
+        assert_eq!(
+            history(&core),
+            ["a@4", "c@6"],
+            "b's delete at 5 takes its whole history"
+        );
+        assert_eq!(
+            replay(&core, 5),
+            ["6:c"],
+            "a delete at exactly the compact revision is not replayed"
+        );
+
+        assert_eq!(
+            apply(Command::Compact { revision: 6 }).result,
+            Ok(CommandResult::Compact)
+        );
+        wait_compacted(&core, 6);
+        assert_eq!(
+            history(&core),
+            ["a@4", "c@6"],
+            "the latest version of a live key always stays"
+        );
+    }
+
+    /// Writes `keys` keys a few times over (every seventh deleted in between), enough history
+    /// for several compaction chunks; returns the store revision and, per revision, the key it
+    /// changed and whether that was a delete.
+    fn write_history(core: &MvccCore, index: &mut u64, keys: usize) -> Vec<(String, i64, bool)> {
+        let mut changes = Vec::new();
+        let mut revision = core.state.read().revision;
+        for round in 0..3 {
+            for i in 0..keys {
+                let key = format!("k{i:05}");
+                *index += 1;
+                let deleting = round == 1 && i % 7 == 0;
+                let cmd = if deleting {
+                    Command::DeleteRange(DeleteRangeRequest {
+                        key: key.clone().into_bytes(),
+                        ..Default::default()
+                    })
+                } else {
+                    put_cmd(&key, &format!("{round}"))
+                };
+                core.apply_entry(&entry(*index, cmd)).unwrap();
+                revision += 1;
+                changes.push((key, revision, deleting));
+            }
+        }
+        changes
+    }
+
+    /// `history()` as it must be after compacting `changes` at `revision`: per key, the versions
+    /// after it, and the latest one at or before it unless that is a delete.
+    fn compacted_history(changes: &[(String, i64, bool)], revision: i64) -> Vec<String> {
+        let mut by_key: BTreeMap<&str, Vec<(i64, bool)>> = BTreeMap::new();
+        for (key, rev, deleted) in changes {
+            by_key.entry(key).or_default().push((*rev, *deleted));
+        }
+        let mut out = Vec::new();
+        for (key, versions) in by_key {
+            let survivor = versions.iter().rfind(|(r, _)| *r <= revision);
+            for &(rev, deleted) in &versions {
+                let kept = rev > revision || (Some(&(rev, deleted)) == survivor && !deleted);
+                if kept {
+                    out.push(format!("{}{key}@{rev}", if deleted { "-" } else { "" }));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn writes_made_during_a_background_compaction_stay() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let store = crate::Store::open(dir.path()).unwrap();
+        let core = store.core_for_tests();
+        let mut index = 0;
+        // 3 x 1500 versions: several chunks of the compactor.
+        let mut changes = write_history(&core, &mut index, 1500);
+        let at = changes[2 * 1500 + 100].1;
+        index += 1;
+        let reply = core
+            .apply_entry(&entry(index, Command::Compact { revision: at }))
+            .unwrap();
+        assert_eq!(reply.result, Ok(CommandResult::Compact));
+        // Applied while the compactor works through the history (or after: either way the
+        // result must be the same).
+        changes.extend(write_history(&core, &mut index, 40));
+        wait_compacted(&core, at);
+        assert_eq!(history(&core), compacted_history(&changes, at));
+        assert_eq!(
+            replay(&core, at).len(),
+            changes.iter().filter(|(_, r, _)| *r >= at).count(),
+            "every change from the compact revision on is replayed (no delete at {at})"
+        );
+        let history_keys: std::collections::BTreeSet<Vec<u8>> = core
+            .tree
+            .scan_prefix([HISTORY])
+            .map(|item| codec::history_value(&item.unwrap().1).unwrap().key.to_vec())
+            .collect();
+        assert_eq!(
+            core.state.read().index.len(),
+            history_keys.len(),
+            "the index holds exactly the keys history has"
+        );
+    }
+
+    #[test]
+    fn a_compaction_unfinished_at_close_is_finished_after_reopening() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let mut index = 0;
+        let (changes, at) = {
+            let store = crate::Store::open(dir.path()).unwrap();
+            let core = store.core_for_tests();
+            let changes = write_history(&core, &mut index, 1500);
+            let at = changes.last().unwrap().1 - 10;
+            index += 1;
+            core.apply_entry(&entry(index, Command::Compact { revision: at }))
+                .unwrap();
+            // Closed at once, most likely with the compactor in the middle of its pass.
+            store.flush().unwrap();
+            (changes, at)
+        };
+        let store = crate::Store::open(dir.path()).unwrap();
+        let core = store.core_for_tests();
+        assert_eq!(core.state.read().compact_revision, at);
+        wait_compacted(&core, at);
+        assert_eq!(history(&core), compacted_history(&changes, at));
+    }
+}

@@ -3,8 +3,8 @@
 //! History is keyed by revision (see [`crate::codec`]): each revision's versions, in the order
 //! the command's operations made them, are its events. [`read_events`] replays revisions from
 //! there, with each event's previous version found through the key index; the state machine
-//! sends each new revision's events on the live feed ([`WatchFeed`]), built from the records it
-//! read while applying. Both build an event with [`event`], so they agree.
+//! sends each new revision's events on the live feed ([`crate::WatchFeed`]), built from the
+//! records it read while applying. Both build an event with [`event`], so they agree.
 //!
 //! Compaction at `C` removes the versions below `C` that nothing can read any more. A key deleted
 //! at exactly `C` loses its tombstone too (as in etcd, whose watchers cannot replay that delete
@@ -13,30 +13,14 @@
 //! `prev_kv`, since the versions before `C` are gone.
 
 use std::ops::Bound;
-use std::sync::Arc;
 
-use crate::codec::{self, KeyRecord};
+use crate::codec::{self, KeyRecord, Live};
 use crate::error::{MvccError, StoreError};
-use crate::index::{Live, Version};
+use crate::index::Version;
+use crate::key_range::KeyRange;
 use crate::mvcc::{MvccCore, MvccState};
-use crate::range::{self, KeyRange};
+use crate::range;
 use crate::types::{ApplyError, Event, EventKind, KeyValue, RevisionEvents};
-
-/// How many feed messages (one per revision, or a reset) a subscriber may fall behind before it
-/// gets `RecvError::Lagged` and must catch up from history with [`crate::Mvcc::events`]. A power
-/// of two, since tokio's broadcast channel rounds its capacity up to one.
-pub const WATCH_FEED_CAPACITY: usize = 4096;
-
-/// What the live feed of [`crate::Mvcc::subscribe`] carries.
-#[derive(Clone, Debug)]
-pub enum WatchFeed {
-    /// Every event of one new revision (with `prev_kv`), sent in revision order while the
-    /// revision becomes visible to readers.
-    Events(Arc<RevisionEvents>),
-    /// A snapshot replaced the whole state, which is now at `revision`. Revisions in between were
-    /// never sent; watchers catch up from history (which may be compacted past them).
-    Reset { revision: i64 },
-}
 
 /// One key an entry changed: its record before the entry and after it (`None`: not live).
 pub(crate) struct ChangedKey {

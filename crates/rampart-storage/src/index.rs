@@ -12,9 +12,9 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
-use crate::codec::{self, HistoryKey};
+use crate::codec::{self, HistoryKey, Live};
 use crate::error::StoreError;
-use crate::range::KeyRange;
+use crate::key_range::KeyRange;
 
 /// Where one version of a key is in history.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,15 +30,6 @@ impl Version {
     pub(crate) fn history_key(&self) -> HistoryKey {
         codec::history_key(self.revision, self.seq)
     }
-}
-
-/// What a put of a live key needs of its current record, kept so that it is not read back from
-/// history (etcd keeps the same in its key index and lessor).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Live {
-    pub create_revision: i64,
-    pub version: i64,
-    pub lease: i64,
 }
 
 /// One key's versions, in revision order, and its current record's [`Live`] part if it exists.

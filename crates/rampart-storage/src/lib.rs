@@ -1,23 +1,28 @@
-//! Rampart's durable storage: the Raft log and the MVCC state machine, both in one sled database.
+//! Rampart's durable storage: the Raft log (its entries in append-only segment files, see `wal`;
+//! its vote and its committed and purged log ids in sled) and the MVCC state machine, in sled.
 //!
 //! This crate knows nothing of gRPC or of the network, and must not depend on the other Rampart
 //! crates. It exposes:
 //! - [`Store`], which opens a data directory and hands out the parts below;
-//! - [`LogStore`], openraft's `RaftLogStorage` (log entries in segment files, vote, committed
-//!   log id);
+//! - [`LogStore`], openraft's `RaftLogStorage` (log entries in segment files; the vote and the
+//!   committed and purged log ids in sled);
 //! - [`StateMachine`], openraft's `RaftStateMachine`: applies [`Command`]s to the MVCC store and
 //!   builds and installs snapshots;
 //! - [`Mvcc`], a cheap cloneable read handle on the MVCC store for serving reads: Range, leases,
 //!   watch events replayed from history, and the live [`WatchFeed`] of new revisions.
 //!
-//! Layout of the code: `codec` (how the MVCC tree is laid out on disk), `index` (the in-memory
-//! key index over history), `range` (reads: etcd's Range at the current or a past revision),
-//! `apply` (writes: one log entry, etcd's Put, DeleteRange, Txn, Compact, leases), `lease`
-//! (lease records and the keys attached to them), `events` (watch events: replay from history
-//! and the live feed), `mvcc` (the shared store, its lock and its feed), `state_machine` and
-//! `snapshot` (openraft's state machine and the snapshot file), `log_store` and `wal`
-//! (openraft's log and its segment files), `durability` (fsyncs that survive power loss),
-//! `applied` (waiting for an applied index), `store` (opening a data directory).
+//! Layout of the code: `codec` (how the MVCC tree is laid out on disk), `key_range` (etcd's
+//! `(key, range_end)` sets of keys), `index` (the in-memory key index over history), `range`
+//! (reads: etcd's Range at the current or a past revision), `apply` (one log entry: the
+//! dispatch of its commands, batches and runs of puts, its atomic write), `write_txn` (etcd's
+//! write transaction: Put, DeleteRange, Txn, and the compact command's write), `redo` (an
+//! entry's writes made atomic), `lease` (lease records and the keys attached to them), `events`
+//! (watch events: replayed from history, or built for the live feed), `mvcc` (the shared store,
+//! its lock and its live feed), `compactor` (physical compaction in the background),
+//! `state_machine` and `snapshot` (openraft's state machine and the snapshot file), `log_store`
+//! and `wal` (openraft's log and its segment files), `durability` (fsyncs that survive power
+//! loss), `applied` (waiting for an applied index), `store` (opening a data directory), and,
+//! in tests only, `test_support` (the helpers the unit tests share).
 //!
 //! Invariants:
 //! - each log entry changes the MVCC tree in ONE atomic write set (its redo record, see `redo`)
@@ -37,6 +42,7 @@ mod error;
 mod events;
 mod files;
 mod index;
+mod key_range;
 mod lease;
 mod log_store;
 mod mvcc;
@@ -45,13 +51,15 @@ mod redo;
 mod snapshot;
 mod state_machine;
 mod store;
+#[cfg(test)]
+pub(crate) mod test_support;
 pub mod types;
 mod wal;
+mod write_txn;
 
 pub use error::{MvccError, StoreError};
-pub use events::{WatchFeed, WATCH_FEED_CAPACITY};
 pub use log_store::LogStore;
-pub use mvcc::Mvcc;
+pub use mvcc::{Mvcc, WatchFeed, WATCH_FEED_CAPACITY};
 pub use state_machine::{SnapshotBuilder, StateMachine};
 pub use store::{ClusterIdentity, Store};
 pub use types::*;

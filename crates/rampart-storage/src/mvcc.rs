@@ -28,7 +28,6 @@ use crate::codec::{
 use crate::compactor::Compactor;
 use crate::durability::Disk;
 use crate::error::{MvccError, StoreError};
-use crate::events::{WatchFeed, WATCH_FEED_CAPACITY};
 use crate::index::KeyIndex;
 use crate::lease;
 use crate::range::{self, Writes};
@@ -37,6 +36,22 @@ use crate::types::{
     ApplyError, Lease, MemberAttributes, NodeId, PeerNode, RangeRequest, RangeResponse,
     RevisionEvents,
 };
+
+/// How many feed messages (one per revision, or a reset) a subscriber may fall behind before it
+/// gets `RecvError::Lagged` and must catch up from history with [`Mvcc::events`]. A power
+/// of two, since tokio's broadcast channel rounds its capacity up to one.
+pub const WATCH_FEED_CAPACITY: usize = 4096;
+
+/// What the live feed of [`Mvcc::subscribe`] carries.
+#[derive(Clone, Debug)]
+pub enum WatchFeed {
+    /// Every event of one new revision (with `prev_kv`), sent in revision order while the
+    /// revision becomes visible to readers.
+    Events(Arc<RevisionEvents>),
+    /// A snapshot replaced the whole state, which is now at `revision`. Revisions in between were
+    /// never sent; watchers catch up from history (which may be compacted past them).
+    Reset { revision: i64 },
+}
 
 /// The bookkeeping of the MVCC tree, cached in memory (always equal to the `m` keys on disk), and
 /// the index of its history.
@@ -506,6 +521,10 @@ pub(crate) fn blocking<R>(f: impl FnOnce() -> R) -> R {
 mod tests {
     use std::time::Duration;
 
+    use super::*;
+    use crate::apply::{Effect, Part};
+    use crate::test_support::{entry, history, log_id, progress, put_cmd};
+    use crate::types::Command;
     use crate::Store;
 
     /// A long read holds the state's lock and the applier queues for it (so parking_lot lets no
@@ -551,5 +570,124 @@ mod tests {
             Ok(true),
             "the wait for an applied index waited for the state lock"
         );
+    }
+
+    #[test]
+    fn history_a_crash_left_past_the_recorded_revision_is_dropped_when_opened() {
+        let dir = tempfile::TempDir::new().unwrap();
+        {
+            let store = crate::Store::open(dir.path()).unwrap();
+            let core = store.core_for_tests();
+            // A lease grant needs a redo record; the puts after it need none and remove it.
+            let grant = Command::LeaseGrant { id: 7, ttl: 60 };
+            core.apply_entry(&entry(1, grant)).unwrap();
+            assert!(core.redo.is_held());
+            core.apply_entry(&entry(2, put_cmd("a", "1"))).unwrap(); // revision 2
+            assert!(!core.redo.is_held());
+            let after_a = core.tree.get(META_PROGRESS).unwrap().unwrap();
+            core.apply_entry(&entry(3, put_cmd("b", "1"))).unwrap(); // revision 3
+            assert!(!core.redo.is_held());
+            // As if the crash came just before entry 3's progress record: its version written,
+            // the record not.
+            core.tree.insert(META_PROGRESS, after_a).unwrap();
+            store.flush().unwrap();
+        }
+        let store = crate::Store::open(dir.path()).unwrap();
+        let core = store.core_for_tests();
+        assert_eq!(progress(&core), (2, Some(2), None));
+        assert_eq!(history(&core), ["a@2"]);
+        // openraft applies entry 3 again: the same revision, and only its version.
+        core.apply_entry(&entry(3, put_cmd("b", "1"))).unwrap();
+        assert_eq!(history(&core), ["a@2", "b@3"]);
+        assert_eq!(core.state.read().revision, 3);
+    }
+
+    /// Turns the tree's meta into layout version 3's: three values instead of the progress
+    /// record.
+    fn rewrite_as_v3(tree: &sled::Tree) {
+        let bytes = tree.remove(META_PROGRESS).unwrap().unwrap();
+        let progress: Progress = codec::decode("progress", &bytes).unwrap();
+        tree.insert(
+            codec::V3_REVISION,
+            codec::encode("r", &progress.revision).unwrap(),
+        )
+        .unwrap();
+        tree.insert(
+            codec::V3_APPLIED,
+            codec::encode("a", &progress.applied).unwrap(),
+        )
+        .unwrap();
+        if let Some(part) = progress.applied_part {
+            tree.insert(codec::V3_APPLIED_PART, codec::encode("p", &part).unwrap())
+                .unwrap();
+        }
+        let v3 = codec::encode("f", &codec::FORMAT_VERSION_3).unwrap();
+        tree.insert(codec::META_FORMAT, v3).unwrap();
+    }
+
+    #[test]
+    fn a_layout_version_3_tree_or_snapshot_is_upgraded() {
+        let (dir, other) = (
+            tempfile::TempDir::new().unwrap(),
+            tempfile::TempDir::new().unwrap(),
+        );
+        let v3_pairs: Vec<(Vec<u8>, Vec<u8>)> = {
+            let store = crate::Store::open(dir.path()).unwrap();
+            let core = store.core_for_tests();
+            core.apply_entry(&entry(1, put_cmd("a", "1"))).unwrap(); // revision 2
+                                                                     // A batch entry cut short after its first command: an applied position too.
+            let first = Part {
+                position: 0,
+                last: false,
+            };
+            let put_b = put_cmd("b", "1");
+            let mut state = core.state.write();
+            core.apply_part(&mut state, log_id(2), Effect::Command(&put_b), Some(first))
+                .unwrap(); // revision 3
+            drop(state);
+            rewrite_as_v3(&core.tree);
+            store.flush().unwrap();
+            core.tree
+                .iter()
+                .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).unwrap())
+                .collect()
+        };
+        let check = |core: &MvccCore| {
+            assert_eq!(progress(core), (3, Some(1), Some((2, 0))));
+            assert_eq!(history(core), ["a@2", "b@3"]);
+            let meta: Vec<Vec<u8>> = core
+                .tree
+                .scan_prefix([codec::META])
+                .keys()
+                .map(|k| k.unwrap().to_vec())
+                .collect();
+            assert!(meta.contains(&META_PROGRESS.to_vec()), "{meta:?}");
+            for old in [
+                codec::V3_REVISION,
+                codec::V3_APPLIED,
+                codec::V3_APPLIED_PART,
+            ] {
+                assert!(!meta.contains(&old.to_vec()), "{meta:?}");
+            }
+            let format = core.tree.get(codec::META_FORMAT).unwrap().unwrap();
+            assert_eq!(
+                codec::decode::<u32>("format", &format).unwrap(),
+                codec::FORMAT_VERSION
+            );
+        };
+        // Opened: upgraded in place, and the batch goes on after its first command.
+        {
+            let store = crate::Store::open(dir.path()).unwrap();
+            let core = store.core_for_tests();
+            check(&core);
+            let batch = Command::Batch(vec![put_cmd("b", "1"), put_cmd("c", "1")]);
+            core.apply_entry(&entry(2, batch)).unwrap();
+            assert_eq!(history(&core), ["a@2", "b@3", "c@4"]);
+        }
+        // Installed as a snapshot: upgraded as it goes in.
+        let store = crate::Store::open(other.path()).unwrap();
+        let core = store.core_for_tests();
+        core.replace_all(&v3_pairs, |_| Ok(())).unwrap();
+        check(&core);
     }
 }

@@ -162,3 +162,37 @@ fn perform(tree: &sled::Tree, ops: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<(), 
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{Progress, META_PROGRESS};
+    use crate::test_support::{entry, log_id, put_cmd};
+
+    #[test]
+    fn an_entry_whose_writes_were_cut_short_is_finished_from_its_redo_record() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let marker = b"xwritten by entry 2".to_vec();
+        {
+            let store = crate::Store::open(dir.path()).unwrap();
+            let core = store.core_for_tests();
+            core.apply_entry(&entry(1, put_cmd("a", "1"))).unwrap();
+            // Entry 2's redo record, then a prefix of its writes: none of them, as if the crash
+            // came right after the record.
+            let mut batch = WriteBatch::default();
+            batch.insert(marker.clone(), b"v".as_slice());
+            let progress = Progress {
+                revision: 2,
+                applied: Some(log_id(2)),
+                applied_part: None,
+            };
+            batch.insert(META_PROGRESS, codec::encode("progress", &progress).unwrap());
+            core.redo.write_record(&log_id(2), &batch).unwrap();
+            store.flush().unwrap();
+        }
+        let store = crate::Store::open(dir.path()).unwrap();
+        let core = store.core_for_tests();
+        assert_eq!(core.state.read().applied.map(|id| id.index), Some(2));
+        assert!(core.tree.get(&marker).unwrap().is_some());
+    }
+}

@@ -200,6 +200,29 @@ pub struct MemberAttributes {
 }
 
 /// A state-machine command: the payload of a normal Raft log entry.
+///
+/// # Its encoding is a contract
+///
+/// Commands are kept with bincode 1 (the default options of `bincode::serialize`) in the Raft
+/// log's segment files (`wal.rs`), read back after every restart and upgrade, and sent in the
+/// same bytes to other members (Raft's AppendEntries, forwarded writes), which may run an
+/// older or a newer build during a rolling upgrade. [`MemberAttributes`] is also stored, the
+/// same way, in the MVCC tree and its snapshots. bincode writes no names and no struct
+/// lengths: a variant is its position as a `u32`, then its payload; a struct is its fields, in
+/// order, and nothing else. So, for `Command` and every type a command holds (the requests,
+/// [`RequestOp`], [`Compare`], [`CompareResult`], [`CompareTarget`], [`SortOrder`],
+/// [`SortTarget`], [`MemberAttributes`], [`LeaseCheckpoint`]):
+/// - a new variant goes at the END of its enum; no variant is ever reordered or removed (one no
+///   longer wanted stays, refused when applied), or every later variant decodes as another;
+/// - a struct's fields, and a variant's payload, stay exactly as they are: no field added, not
+///   even at the end or with `#[serde(default)]` (bincode then reads past the end of every old
+///   value, or into the value after it), none removed, reordered or retyped. New data goes in a
+///   NEW variant at the end (e.g. a `PutV2(PutRequestV2)` beside `Put`);
+/// - renaming a variant or a field is free: names are not encoded.
+///
+/// An older build cannot decode a new variant: a leader proposes one only once every member
+/// runs a build that knows it. The test `types::tests::the_log_encoding_of_commands_is_pinned`
+/// holds the bytes of one value of every variant.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     Put(PutRequest),
@@ -318,4 +341,175 @@ pub struct CommandResponse {
     /// The store's revision right after this entry was applied.
     pub revision: i64,
     pub result: Result<CommandResult, ApplyError>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `value` is, its bytes as the Raft log stores it (in hex), and `pinned`, the bytes
+    /// it must have.
+    fn pin<T>(value: T, pinned: &'static str) -> (String, String, &'static str)
+    where
+        T: Serialize + fmt::Debug,
+    {
+        let bytes = crate::codec::encode("pinned value", &value).expect("encodes");
+        let now = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let type_name = std::any::type_name::<T>();
+        let type_name = type_name.rsplit("::").next().unwrap_or(type_name);
+        (format!("{type_name}::{value:?}"), now, pinned)
+    }
+
+    /// Pins the bincode bytes of one value of every variant of [`Command`] and of every enum a
+    /// command holds, as logs already on disk hold them. A change that fails it breaks the rule
+    /// in `Command`'s doc: entries already in a log, or sent by a member running another build,
+    /// would no longer decode, or would decode as another command. A variant added anywhere but
+    /// at the end of its enum fails it too, since every later variant's tag moves, and so does a
+    /// field added to a struct a command holds, since its bytes join the value's. A variant
+    /// added at the end passes, and gets a pinned value here.
+    #[test]
+    fn the_log_encoding_of_commands_is_pinned() {
+        let put = PutRequest {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+            lease: 7,
+            prev_kv: true,
+            ignore_value: false,
+            ignore_lease: true,
+        };
+        let delete = DeleteRangeRequest {
+            key: b"a".to_vec(),
+            range_end: b"b".to_vec(),
+            prev_kv: true,
+        };
+        let range = RangeRequest {
+            key: b"k".to_vec(),
+            range_end: b"l".to_vec(),
+            limit: 1,
+            revision: 2,
+            sort_order: SortOrder::Descend,
+            sort_target: SortTarget::Mod,
+            serializable: true,
+            keys_only: false,
+            count_only: true,
+            min_mod_revision: 3,
+            max_mod_revision: 4,
+            min_create_revision: 5,
+            max_create_revision: 6,
+        };
+        let compare = Compare {
+            result: CompareResult::Greater,
+            target: CompareTarget::Mod(5),
+            key: b"k".to_vec(),
+            range_end: Vec::new(),
+        };
+        let txn = TxnRequest {
+            compare: vec![compare.clone()],
+            success: vec![RequestOp::Put(put.clone())],
+            failure: vec![RequestOp::DeleteRange(delete.clone())],
+        };
+        let cases = [
+            pin(
+                Command::Put(put.clone()),
+                "0000000001000000000000006b0100000000000000760700000000000000010001",
+            ),
+            pin(
+                Command::DeleteRange(delete.clone()),
+                "0100000001000000000000006101000000000000006201",
+            ),
+            pin(
+                Command::Txn(txn),
+                concat!(
+                    "0200000001000000000000000100000002000000050000000000000001000000000000006b00",
+                    "0000000000000001000000000000000100000001000000000000006b01000000000000007607",
+                    "0000000000000001000101000000000000000200000001000000000000006101000000000000",
+                    "006201"
+                ),
+            ),
+            pin(Command::Compact { revision: 9 }, "030000000900000000000000"),
+            pin(
+                Command::Publish(MemberAttributes {
+                    id: 3,
+                    name: "m".into(),
+                    client_urls: vec!["u".into()],
+                }),
+                "04000000030000000000000001000000000000006d0100000000000000010000000000000075",
+            ),
+            pin(
+                Command::LeaseGrant { id: 7, ttl: 60 },
+                "0500000007000000000000003c00000000000000",
+            ),
+            pin(Command::LeaseRevoke { id: 7 }, "060000000700000000000000"),
+            pin(
+                Command::LeaseCheckpoint {
+                    checkpoints: vec![LeaseCheckpoint {
+                        id: 7,
+                        remaining_ttl: 30,
+                    }],
+                },
+                "07000000010000000000000007000000000000001e00000000000000",
+            ),
+            pin(
+                Command::Batch(vec![Command::Compact { revision: 9 }]),
+                "080000000100000000000000030000000900000000000000",
+            ),
+            pin(
+                RequestOp::Range(range),
+                concat!(
+                    "0000000001000000000000006b01000000000000006c01000000000000000200000000000000",
+                    "0200000003000000010001030000000000000004000000000000000500000000000000060000",
+                    "0000000000"
+                ),
+            ),
+            pin(
+                RequestOp::Put(put),
+                "0100000001000000000000006b0100000000000000760700000000000000010001",
+            ),
+            pin(
+                RequestOp::DeleteRange(delete),
+                "0200000001000000000000006101000000000000006201",
+            ),
+            pin(
+                RequestOp::Txn(TxnRequest::default()),
+                "03000000000000000000000000000000000000000000000000000000",
+            ),
+            pin(
+                compare,
+                "0100000002000000050000000000000001000000000000006b0000000000000000",
+            ),
+            pin(CompareResult::Equal, "00000000"),
+            pin(CompareResult::Greater, "01000000"),
+            pin(CompareResult::Less, "02000000"),
+            pin(CompareResult::NotEqual, "03000000"),
+            pin(CompareTarget::Version(1), "000000000100000000000000"),
+            pin(CompareTarget::Create(2), "010000000200000000000000"),
+            pin(CompareTarget::Mod(3), "020000000300000000000000"),
+            pin(
+                CompareTarget::Value(b"v".to_vec()),
+                "03000000010000000000000076",
+            ),
+            pin(CompareTarget::Lease(4), "040000000400000000000000"),
+            pin(SortOrder::None, "00000000"),
+            pin(SortOrder::Ascend, "01000000"),
+            pin(SortOrder::Descend, "02000000"),
+            pin(SortTarget::Key, "00000000"),
+            pin(SortTarget::Version, "01000000"),
+            pin(SortTarget::Create, "02000000"),
+            pin(SortTarget::Mod, "03000000"),
+            pin(SortTarget::Value, "04000000"),
+        ];
+        let changed: Vec<String> = cases
+            .iter()
+            .filter(|(_, now, pinned)| now != pinned)
+            .map(|(what, now, pinned)| format!("{what}\n  pinned: {pinned}\n  now:    {now}"))
+            .collect();
+        assert!(
+            changed.is_empty(),
+            "the Raft log's encoding of commands changed, against the rule in `Command`'s doc \
+             (types.rs): entries already in logs, or sent by members running another build, \
+             would no longer decode or would decode as something else. Keep every variant and \
+             field as it is and add new data as new variants at the end.\n{}",
+            changed.join("\n")
+        );
+    }
 }

@@ -32,9 +32,9 @@
 # workload and cluster, the plots (latency by percentile, completions per second) of the round
 # with the median throughput are copied to benches/results/compare-<time>/ and linked from the
 # table; every run's plots stay in benches/results/tmp/. Only the latest run's plots are kept in
-# git (about 3 MB a run): a run that draws plots deletes the compare-*/ folders of the runs
-# before it and puts a note in their reports where the links were, so commit those changes
-# together with the new report.
+# git (megabytes a run; see benches/README.md): a run that draws plots deletes the compare-*/
+# folders of the runs before it and puts a note in their reports where the links were, so
+# commit those changes together with the new report.
 #
 # etcdctl check perf writes 1 KiB values under /etcdctl-check-perf/ at a fixed rate for 60 s
 # (s: 150/s over 50 clients, m: 1000/s over 200, l: 8000/s over 500, xl: 15000/s over 1000) and

@@ -6,7 +6,8 @@
 //! [`MAX_IN_FLIGHT`] proposals in Raft: while they are on their way, new requests gather in the
 //! queue, and the next proposal carries all of them as one [`Command::Batch`] entry. Under light
 //! load a request goes alone and at once; under heavy load one fsync (and one replication round)
-//! serves hundreds.
+//! serves every request that gathered, up to `MAX_BATCH`. This, not the log store, is what
+//! spreads an fsync over many writes: each append's flush covers that append only.
 //!
 //! A batch entry is committed or not as a whole, so every request in it shares its fate: all get
 //! the same [`ForwardError`] when it fails, and each its own response when it is applied.

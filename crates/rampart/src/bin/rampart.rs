@@ -10,10 +10,11 @@ use anyhow::Context;
 use clap::Parser;
 use rampart_server::{Config, LinkFaults, Listeners, RawConfig, RunningNode};
 
-/// sled and the request path allocate and free a great deal; mimalloc does that with a fraction
-/// of the CPU glibc's allocator takes (measured with `benches/compare.sh`, see README.md). It is
-/// built without transparent huge pages (`no_thp`), which otherwise doubled the resident memory
-/// of a member; `MIMALLOC_PURGE_DELAY=0` in the environment returns freed memory sooner still.
+/// sled and the request path allocate and free a great deal, and mimalloc does that with less
+/// CPU than glibc's allocator. It is built without transparent huge pages (`no_thp`), with which
+/// it held far more resident memory than glibc's; `MIMALLOC_PURGE_DELAY=0` in the environment
+/// returns freed memory sooner still. The measurements, with their dates, are in
+/// benches/README.md ("What each part of the write and read paths gained").
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -144,11 +144,21 @@ impl RunningNode {
             return Err(StartError::JoinUnsupported);
         }
 
+        // openraft 0.9 splits a follower's wait for a lost leader in two: for
+        // `election_timeout_max` after the leader's last message it refuses votes (the leader's
+        // lease), and it starts an election only once its own timeout, drawn once per process
+        // from [min, max), has passed on top of that. With max = 3/5 and min = 2/5 of
+        // `--election-timeout`, a follower stands between 1 and 1.2 election timeouts after the
+        // last heartbeat, as an etcd follower stands between 1 and 2; a first follower's
+        // election is not refused by the second, whose lease ran out 2/5 of an election timeout
+        // before. (openraft's defaults of max = 2 min would make it 3 to 4.) Both stay above 2
+        // heartbeats, as the configuration requires 5 per election timeout.
+        let election_ms = config.election_timeout.as_millis() as u64;
         let raft_config = openraft::Config {
             cluster_name: config.initial_cluster_token.clone(),
             heartbeat_interval: config.heartbeat_interval.as_millis() as u64,
-            election_timeout_min: config.election_timeout.as_millis() as u64,
-            election_timeout_max: 2 * config.election_timeout.as_millis() as u64,
+            election_timeout_min: election_ms * 2 / 5,
+            election_timeout_max: election_ms * 3 / 5,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_count),
             max_in_snapshot_log_to_keep: config.snapshot_catchup_entries,
             // Purge as soon as a snapshot allows, so the log stays bounded.

@@ -5,6 +5,7 @@
 //! - [`cluster`]: leader loss, partitions, healing and catch-up by snapshot, in process.
 //! - [`etcd_client`]: compatibility with the `etcd-client` crate, errors included.
 //! - [`etcdctl`]: compatibility with the real `etcdctl` 3.4, against processes.
+//! - [`failover`]: leader loss as a client sees it, against processes (leases kept alive).
 //! - [`hardening`]: leaders whose appends cannot commit; peer calls no client could send.
 //! - [`interceptor`]: the checks every client call passes first (etcd's require-leader).
 //! - [`lease`]: grant, attach, keep-alive, revoke and expiry, across leader loss and restart.
@@ -23,6 +24,7 @@ mod common;
 mod cluster;
 mod etcd_client;
 mod etcdctl;
+mod failover;
 mod hardening;
 mod interceptor;
 mod lease;

@@ -17,8 +17,12 @@ pub(crate) fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(
     f.sync_all().map_err(|e| StoreError::io("fsync", &tmp, e))?;
     drop(f);
     fs::rename(&tmp, &path).map_err(|e| StoreError::io("rename into", &path, e))?;
+    sync_dir(dir)
+}
+
+/// Makes the entries of `dir` (files created, renamed or removed in it) durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     fs::File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|e| StoreError::io("fsync", dir, e))?;
-    Ok(())
+        .map_err(|e| StoreError::io("fsync", dir, e))
 }

@@ -28,6 +28,7 @@ use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{LogId, OptionalSend, StorageError, StorageIOError, Vote};
 use parking_lot::RwLock;
 use serde::de::DeserializeOwned;
+use tokio::sync::watch;
 
 use crate::codec;
 use crate::durability::Disk;
@@ -55,6 +56,9 @@ pub struct LogStore {
     unflushed: mpsc::Sender<Unflushed>,
     /// Counts this handle as in use for [`crate::Store::released`].
     _in_use: Arc<()>,
+    /// The state machine's durable applied index ([`crate::mvcc`]'s `durable_applied`), which a
+    /// purge waits for; `None` only for a log tested alone (see [`crate::Store::log_store`]).
+    purge_guard: Option<watch::Receiver<u64>>,
 }
 
 impl LogStore {
@@ -75,7 +79,33 @@ impl LogStore {
             wal: Arc::new(RwLock::new(wal)),
             unflushed,
             _in_use: in_use,
+            purge_guard: None,
         })
+    }
+
+    /// Makes every purge wait until the state machine holds the purged entries on disk.
+    pub(crate) fn guard_purges(mut self, durable_applied: watch::Receiver<u64>) -> Self {
+        self.purge_guard = Some(durable_applied);
+        self
+    }
+
+    /// The same log with purges that wait for nothing, for a conformance suite that purges logs
+    /// no state machine has applied.
+    pub(crate) fn unguarded(&self) -> Self {
+        LogStore {
+            purge_guard: None,
+            ..self.clone()
+        }
+    }
+
+    /// The index of the log's last entry (0 if it holds none).
+    pub(crate) fn last_index(&self) -> u64 {
+        self.wal.read().last().map_or(0, |id| id.index)
+    }
+
+    /// The last purged log id on disk.
+    pub(crate) fn purged(&self) -> Result<Option<LogId<NodeId>>, StoreError> {
+        get(&self.tree, PURGED, "last purged log id")
     }
 
     fn read_entries(&self, range: impl RangeBounds<u64>) -> Result<Vec<Entry>, StoreError> {
@@ -266,6 +296,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        // openraft 0.9 purges up to an installed snapshot as soon as it has queued the install,
+        // while the state machine may still be decoding it. Had the purge mark been made durable
+        // then, a crash would leave the log purged past a state machine that has not caught up:
+        // the member could neither start nor apply again. So the mark waits until the state
+        // machine holds the purged entries on disk (after a local snapshot build, which flushes
+        // first, it already does). RaftCore waits here meanwhile, as it waits for the install.
+        if let Some(durable) = &self.purge_guard {
+            let mut durable = durable.clone();
+            durable
+                .wait_for(|&applied| applied >= log_id.index)
+                .await
+                .map_err(|_| {
+                    StorageIOError::write_logs(&StoreError::Stopped("the state machine"))
+                })?;
+        }
         let record = async {
             self.tree
                 .insert(PURGED, codec::encode("last purged log id", &log_id)?)?;

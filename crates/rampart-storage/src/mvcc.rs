@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use openraft::{LogId, StoredMembership};
 use parking_lot::{RwLock, RwLockReadGuard};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use crate::applied::AppliedWaiters;
 use crate::codec::{
@@ -208,6 +208,11 @@ pub(crate) struct MvccCore {
     pub applied_waiters: AppliedWaiters,
     /// Removes compacted versions in the background; started by [`Compactor::start`].
     pub compactor: Compactor,
+    /// A log index the tree is known to hold on disk: the applied index found at open, then
+    /// raised after the flushes that follow building or installing a snapshot. The log's purge
+    /// waits for it (see [`crate::log_store`]), so that the durable purge mark never runs ahead
+    /// of what the state machine can rebuild from.
+    pub durable_applied: watch::Sender<u64>,
 }
 
 impl MvccCore {
@@ -265,7 +270,21 @@ impl MvccCore {
             feed: broadcast::channel(WATCH_FEED_CAPACITY).0,
             applied_waiters: AppliedWaiters::new(applied),
             compactor: Compactor::open(compaction)?,
+            // What was read back from sled at open is on disk.
+            durable_applied: watch::Sender::new(applied),
         })
+    }
+
+    /// Records that the tree holds everything applied up to log index `index` on disk; called
+    /// only after a flush that followed that entry's apply.
+    pub(crate) fn flushed_through(&self, index: u64) {
+        self.durable_applied.send_if_modified(|durable| {
+            let raised = index > *durable;
+            if raised {
+                *durable = index;
+            }
+            raised
+        });
     }
 
     /// The state, locked for reading. The lock is held for writing while an entry is applied,

@@ -26,6 +26,8 @@ const MAGIC: [u8; 8] = *b"RAMPSNAP";
 const SNAPSHOT_FORMAT: u32 = 1;
 const CURRENT: &str = "current.snap";
 const CURRENT_TMP: &str = "current.snap.tmp";
+/// Where a damaged current snapshot is set aside.
+const CURRENT_CORRUPT: &str = "current.snap.corrupt";
 
 pub(crate) type Meta = SnapshotMeta<NodeId, PeerNode>;
 
@@ -129,9 +131,48 @@ impl SnapshotFiles {
                     .unwrap_or(0),
             ),
         };
-        let meta = files.load()?.map(|(meta, _)| meta);
+        let meta = match files.load() {
+            Ok(loaded) => loaded.map(|(meta, _)| meta),
+            // The state machine is in sled, intact or checked on its own; the file is only a
+            // copy of it for followers, and a missing one is built again (openraft does so at
+            // start when the log has been purged). Keep the damaged file for inspection.
+            Err(e @ (StoreError::Corrupt { .. } | StoreError::Decode { .. })) => {
+                let aside = dir.join(CURRENT_CORRUPT);
+                tracing::error!(
+                    error = %e,
+                    kept_as = %aside.display(),
+                    "the current snapshot file is damaged; it is set aside and built again"
+                );
+                fs::rename(dir.join(CURRENT), &aside)
+                    .map_err(|e| StoreError::io("set aside", dir.join(CURRENT), e))?;
+                crate::files::sync_dir(dir)?;
+                None
+            }
+            Err(e) => return Err(e),
+        };
         *files.current.lock() = meta;
         Ok(files)
+    }
+
+    /// The last log id of the current snapshot file, if there is one.
+    pub(crate) fn current_last(&self) -> Option<Option<openraft::LogId<NodeId>>> {
+        self.current.lock().as_ref().map(|meta| meta.last_log_id)
+    }
+
+    /// Removes the current snapshot file: it ends before the log's first entry, so it could
+    /// not bring a follower up to the log (openraft builds a new one at start).
+    pub(crate) fn remove_stale(&self, purged: u64) -> Result<(), StoreError> {
+        let mut current = self.current.lock();
+        let path = self.dir.join(CURRENT);
+        tracing::warn!(
+            snapshot = ?current.as_ref().map(|m| m.to_string()),
+            purged,
+            "the current snapshot file ends before the purged log; it is removed and built again"
+        );
+        fs::remove_file(&path).map_err(|e| StoreError::io("remove", path, e))?;
+        crate::files::sync_dir(&self.dir)?;
+        *current = None;
+        Ok(())
     }
 
     /// A fresh snapshot id: `{term}-{index}-{counter}`.

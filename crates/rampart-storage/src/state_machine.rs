@@ -89,6 +89,7 @@ fn build(
     core.disk
         .flush()
         .map_err(|e| snapshot_error(Some(&meta), ErrorVerb::Write, &e))?;
+    core.flushed_through(meta.last_log_id.map_or(0, |id| id.index));
     let body = SnapshotBody {
         meta,
         pairs: exported.pairs,
@@ -189,12 +190,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .flush_async()
             .await
             .map_err(|e| snapshot_error(Some(meta), ErrorVerb::Write, &e))?;
-        // On disk: the state machine is exactly the snapshot's. Saving the file comes second, so
-        // a crash in between leaves the new state with the old file, which is merely stale (the
-        // state machine, not the file, is what a restart reads).
+        // On disk: the state machine is exactly the snapshot's. The file comes next, and only
+        // then may the log be purged up to it (`flushed_through` lets the purge go on): so the
+        // log is never purged past both the state machine and the snapshot file. (A crash
+        // between the two writes leaves the old file, older than the state machine; opening
+        // the store drops a file that ends before the purged log, see `Store::open`.)
         self.snapshots
             .save(meta, &bytes)
             .map_err(|e| snapshot_error(Some(meta), ErrorVerb::Write, &e))?;
+        self.core
+            .flushed_through(meta.last_log_id.map_or(0, |id| id.index));
         tracing::info!(snapshot = %meta, "installed snapshot");
         Ok(())
     }

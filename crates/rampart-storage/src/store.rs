@@ -65,12 +65,6 @@ impl Store {
         verify_readable(&db)?;
         let disk = Arc::new(Disk::new(db.clone(), &db_dir)?);
         let in_use = Arc::new(());
-        let log = LogStore::open(
-            disk.clone(),
-            db.open_tree(LOG_TREE)?,
-            &dir.join(WAL_DIR),
-            in_use.clone(),
-        )?;
         let core = Arc::new(MvccCore::open(
             disk.clone(),
             db.open_tree(MVCC_TREE)?,
@@ -78,8 +72,16 @@ impl Store {
             db.open_tree(COMPACTION_TREE)?,
         )?);
         Compactor::start(&core)?;
+        let log = LogStore::open(
+            disk.clone(),
+            db.open_tree(LOG_TREE)?,
+            &dir.join(WAL_DIR),
+            in_use.clone(),
+        )?
+        .guard_purges(core.durable_applied.subscribe());
         let node = db.open_tree(NODE_TREE)?;
         let snapshots = Arc::new(SnapshotFiles::open(&dir.join("snap"))?);
+        drop_stale_snapshot(&log, &core, &snapshots)?;
         check_identity_file(dir, &node)?;
         {
             let state = core.state.read();
@@ -103,9 +105,18 @@ impl Store {
         })
     }
 
-    /// The Raft log storage (and, through `get_log_reader`, its readers).
+    /// The Raft log storage (and, through `get_log_reader`, its readers). Its purges wait until
+    /// the state machine holds the purged entries on disk.
     pub fn log_store(&self) -> LogStore {
         self.log.clone()
+    }
+
+    /// The Raft log storage with purges that wait for nothing: only for testing the log alone
+    /// (openraft's conformance suite purges entries no state machine has applied, which
+    /// [`Store::log_store`]'s purge would wait for forever).
+    #[doc(hidden)]
+    pub fn log_store_unguarded(&self) -> LogStore {
+        self.log.unguarded()
     }
 
     /// Whether openraft has dropped every log-store and state-machine handle: after
@@ -273,4 +284,28 @@ fn open_db(path: &Path) -> Result<sled::Db, StoreError> {
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// Removes the current snapshot file if it ends before the log will start once openraft has
+/// opened it: before the purged log id, or before the applied index where the log ends below
+/// it (openraft then purges up to the applied index, "cleaning the hole" a crash left between
+/// a snapshot install and its purge). Such a file could not bring a follower up to the log: a
+/// leader would send it again and again. Without a file, openraft builds one from the state
+/// machine at start.
+fn drop_stale_snapshot(
+    log: &LogStore,
+    core: &MvccCore,
+    snapshots: &SnapshotFiles,
+) -> Result<(), StoreError> {
+    let Some(snapshot_last) = snapshots.current_last() else {
+        return Ok(());
+    };
+    let purged = log.purged()?.map_or(0, |id| id.index);
+    let applied = core.read_state().applied.map_or(0, |id| id.index);
+    let log_last = log.last_index().max(purged);
+    let log_start = if log_last < applied { applied } else { purged };
+    if snapshot_last.map_or(0, |id| id.index) < log_start {
+        snapshots.remove_stale(log_start)?;
+    }
+    Ok(())
 }

@@ -4,6 +4,7 @@
 mod common;
 mod durability;
 mod events;
+mod install;
 mod lease;
 mod mvcc;
 mod range;

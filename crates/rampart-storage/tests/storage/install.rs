@@ -68,7 +68,7 @@ async fn the_purge_mark_waits_for_the_state_machine_to_hold_the_snapshot() {
         .expect("the snapshot has a last log id");
 
     tracing::info!("--- the purge openraft issues beside the install waits for the install");
-    let mut node = follower(&follower_dir).await;
+    let node = follower(&follower_dir).await;
     let mut log = node.store.log_store();
     let purge = tokio::time::timeout(Duration::from_millis(300), log.purge(upto)).await;
     assert!(

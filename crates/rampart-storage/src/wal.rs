@@ -73,6 +73,28 @@ impl Segment {
         self.first + self.offsets.len() as u64
     }
 
+    /// fdatasyncs the file: its records and its length are on disk when this returns.
+    fn sync(&self) -> Result<(), StoreError> {
+        self.file
+            .sync_data()
+            .map_err(|e| StoreError::io("fdatasync", &self.path, e))?;
+        #[cfg(test)]
+        tests::record_sync(&self.path);
+        Ok(())
+    }
+
+    /// Cuts the file after its first `keep` entries, durably.
+    fn cut(&mut self, keep: usize) -> Result<(), StoreError> {
+        let end = self.offsets.get(keep).copied().unwrap_or(self.end);
+        self.file
+            .set_len(end)
+            .map_err(|e| StoreError::io("truncate", &self.path, e))?;
+        self.sync()?;
+        self.offsets.truncate(keep);
+        self.end = end;
+        Ok(())
+    }
+
     /// Byte range of the records of entries `from..=to`, all in this segment.
     fn byte_range(&self, from: u64, to: u64) -> (u64, u64) {
         let start = self.offsets[(from - self.first) as usize];
@@ -270,7 +292,10 @@ impl Wal {
         };
         let first_index = first.log_id.index;
         if self.last.is_some_and(|l| first_index <= l.index) {
-            self.truncate_unsynced(first_index)?;
+            // openraft 0.9 never gets here (it truncates a conflicting tail with `truncate`
+            // before appending, and does not append entries the log already holds); were it
+            // to, the old tail is gone from disk before the new entries are written.
+            self.truncate(first_index)?;
         }
         let mut records = Vec::new();
         let mut starts = Vec::with_capacity(entries.len());
@@ -310,41 +335,23 @@ impl Wal {
         Ok(Some(file))
     }
 
-    /// Removes every entry at or after `index`, durably.
+    /// Removes every entry at or after `index`, durably. The segments starting at or after it
+    /// go newest first, the directory synced after each removal, and only then is the segment
+    /// holding `index` cut short and synced: whatever a crash interrupts, the segments left
+    /// follow one another (a gap between two would make the next open refuse the log), and the
+    /// log is the old one cut somewhere at or after `index`.
     pub(crate) fn truncate(&mut self, index: u64) -> Result<(), StoreError> {
-        let touched = self.truncate_unsynced(index)?;
-        if let Some(segment) = touched.and_then(|first| self.segments.get(&first)) {
-            segment
-                .file
-                .sync_data()
-                .map_err(|e| StoreError::io("fdatasync", &segment.path, e))?;
-        }
-        sync_dir(&self.dir)
-        // On disk: no entry at or after `index`.
-    }
-
-    /// Removes entries at or after `index` from the files (not yet synced); returns the first
-    /// index of the segment cut short, if one was.
-    fn truncate_unsynced(&mut self, index: u64) -> Result<Option<u64>, StoreError> {
         self.recent.truncate(index);
         let doomed: Vec<u64> = self.segments.range(index..).map(|(&k, _)| k).collect();
-        for first in doomed {
+        for first in doomed.into_iter().rev() {
             if let Some(segment) = self.segments.remove(&first) {
                 remove_file(&segment.path)?;
+                sync_dir(&self.dir)?;
             }
         }
-        let mut touched = None;
         if let Some(segment) = self.segments.values_mut().next_back() {
             if segment.last().is_some_and(|l| l >= index) {
-                let keep = (index - segment.first) as usize;
-                let end = segment.offsets[keep];
-                segment
-                    .file
-                    .set_len(end)
-                    .map_err(|e| StoreError::io("truncate", &segment.path, e))?;
-                segment.offsets.truncate(keep);
-                segment.end = end;
-                touched = Some(segment.first);
+                segment.cut((index - segment.first) as usize)?;
             }
         }
         self.last = match index.checked_sub(1) {
@@ -353,7 +360,8 @@ impl Wal {
             }
             _ => None,
         };
-        Ok(touched)
+        // On disk: no entry at or after `index`.
+        Ok(())
     }
 
     /// Forgets every entry at or below `index` and removes the segments wholly below it. The
@@ -608,14 +616,46 @@ fn remove_file(path: &Path) -> Result<(), StoreError> {
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|e| StoreError::io("fsync", dir, e))
+        .map_err(|e| StoreError::io("fsync", dir, e))?;
+    #[cfg(test)]
+    tests::record_sync(dir);
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
+    use std::cell::RefCell;
+
     use openraft::{CommittedLeaderId, EntryPayload};
 
     use super::*;
+
+    thread_local! {
+        /// The files and directories this thread's logs synced, in order.
+        static SYNCED: RefCell<Vec<PathBuf>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// Notes a sync made by a log on this thread (each test runs on a thread of its own).
+    pub(super) fn record_sync(path: &Path) {
+        SYNCED.with(|s| s.borrow_mut().push(path.to_path_buf()));
+    }
+
+    /// The syncs made since the last call, as names relative to `dir` (`.` for `dir` itself).
+    fn take_syncs(dir: &Path) -> Vec<String> {
+        SYNCED
+            .with(|s| std::mem::take(&mut *s.borrow_mut()))
+            .iter()
+            .map(|p| match p.strip_prefix(dir) {
+                Ok(rel) if rel.as_os_str().is_empty() => ".".to_string(),
+                Ok(rel) => rel.display().to_string(),
+                Err(_) => p.display().to_string(),
+            })
+            .collect()
+    }
+
+    fn segment_name(first: u64) -> String {
+        format!("{first:020}{SUFFIX}")
+    }
 
     fn entry(term: u64, index: u64) -> Entry {
         Entry {
@@ -729,6 +769,57 @@ mod tests {
         );
     }
 
+    /// An append that starts at or below the last entry replaces the tail as durably as
+    /// `truncate` does: were the old tail's removal left to chance, a crash could bring back
+    /// old entries right after the new ones (here segment 9's, after the new entry 8).
+    #[test]
+    fn an_append_over_the_tail_removes_it_durably() {
+        let record = {
+            let mut bytes = Vec::new();
+            encode_record(&mut bytes, &entry(1, 1)).unwrap();
+            bytes.len() as u64
+        };
+        // Appended two entries at a time, 3 records fill a segment: 1..=4, 5..=8, 9..=10.
+        for (case, segment_bytes, cut, removed) in [
+            ("one segment", SEGMENT_BYTES, 1, vec![]),
+            ("three segments", 3 * record, 5, vec![9]),
+        ] {
+            tracing::info!("--- {case}");
+            let dir = tempfile::tempdir().unwrap();
+            {
+                let mut wal =
+                    Wal::open_with_limits(dir.path(), None, segment_bytes, RECENT_BYTES).unwrap();
+                for first in (1..=9).step_by(2) {
+                    wal.append(entries(1, first..=first + 1)).unwrap();
+                }
+                for first in &removed {
+                    assert!(segment_files(dir.path()).contains(&segment_name(*first)));
+                }
+                take_syncs(dir.path());
+                wal.append(entries(2, 6..=8)).unwrap();
+                let syncs = take_syncs(dir.path());
+                assert!(
+                    syncs.contains(&segment_name(cut)),
+                    "{case}: segment {cut}, cut short, was not synced: {syncs:?}"
+                );
+                if !removed.is_empty() {
+                    assert!(
+                        syncs.contains(&".".to_string()),
+                        "{case}: the directory was not synced after removing {removed:?}: {syncs:?}"
+                    );
+                }
+            }
+            let wal = Wal::open(dir.path(), None).unwrap();
+            let mut expected: Vec<(u64, u64)> = (1..=5).map(|i| (1, i)).collect();
+            expected.extend((6..=8).map(|i| (2, i)));
+            assert_eq!(indexes(&wal, 0, u64::MAX), expected, "{case}");
+            assert_eq!(wal.last().map(|l| l.index), Some(8), "{case}");
+            for first in &removed {
+                assert!(!segment_files(dir.path()).contains(&segment_name(*first)));
+            }
+        }
+    }
+
     #[test]
     fn purge_hides_entries_and_drops_whole_segments() {
         let dir = tempfile::tempdir().unwrap();
@@ -741,7 +832,7 @@ mod tests {
             assert_eq!(indexes(&wal, 1, 10).first(), Some(&(1, 4)));
         }
         // Entries 1 and 2 had a segment of their own; 3 shares one with 4.
-        assert!(!segment_files(dir.path()).contains(&format!("{:020}{SUFFIX}", 1)));
+        assert!(!segment_files(dir.path()).contains(&segment_name(1)));
         let wal = Wal::open(dir.path(), Some(3)).unwrap();
         assert_eq!(indexes(&wal, 0, 100).first(), Some(&(1, 4)));
         assert_eq!(wal.last().map(|l| l.index), Some(8));

@@ -13,7 +13,9 @@
 //! the caller's job (an `fdatasync` of the segment, see [`crate::log_store`]), so that one sync
 //! can cover many appends. A new segment starts when the last one passes [`SEGMENT_BYTES`], or
 //! when an append does not follow the last entry (after a purge past the end, as when a
-//! snapshot is installed); creating one fsyncs the directory.
+//! snapshot is installed); the last segment is fdatasynced before the new one is created (as
+//! etcd's WAL `cut()` does, so that only the last segment can be torn), and creating it fsyncs
+//! the directory.
 //!
 //! Opening reads every segment and checks every record: a record cut short or failing its CRC at
 //! the end of the last segment is a write the crash interrupted, which was never acknowledged,
@@ -458,8 +460,16 @@ impl Wal {
         Ok(())
     }
 
-    /// Starts a new, empty segment for entries from `first` and fsyncs the directory.
+    /// Starts a new, empty segment for entries from `first`: fdatasyncs the last segment, then
+    /// creates the new one and fsyncs the directory.
     fn new_segment(&mut self, first: u64) -> Result<&mut Segment, StoreError> {
+        // As etcd's WAL `cut()`: from now on the last segment is no longer last, and open
+        // refuses damage anywhere but in the last segment, so its records must be on disk
+        // before a segment after it can be. (With openraft 0.9 the flusher has already synced
+        // them, as each append waits for its sync; this makes it hold whatever the caller does.)
+        if let Some(last) = self.segments.values().next_back() {
+            last.sync()?;
+        }
         let path = self.dir.join(format!("{first:020}{SUFFIX}"));
         let file = OpenOptions::new()
             .read(true)
@@ -668,6 +678,13 @@ mod tests {
         indexes.map(|i| entry(term, i)).collect()
     }
 
+    /// The size of a blank entry's record (with small term and index).
+    fn record_bytes() -> u64 {
+        let mut bytes = Vec::new();
+        encode_record(&mut bytes, &entry(1, 1)).unwrap();
+        bytes.len() as u64
+    }
+
     fn indexes(wal: &Wal, from: u64, to: u64) -> Vec<(u64, u64)> {
         wal.read(from, to)
             .unwrap()
@@ -769,16 +786,37 @@ mod tests {
         );
     }
 
+    /// A segment is synced before the next one is created: open refuses damage anywhere but
+    /// in the last segment, so a segment must never be followed by another while its own
+    /// records may still be lost.
+    #[test]
+    fn a_full_segment_is_synced_before_the_next_one_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut wal =
+            Wal::open_with_limits(dir.path(), None, 3 * record_bytes(), RECENT_BYTES).unwrap();
+        wal.append(entries(1, 1..=2)).unwrap();
+        wal.append(entries(1, 3..=4)).unwrap();
+        assert_eq!(segment_files(dir.path()), vec![segment_name(1)]);
+        take_syncs(dir.path());
+        // Segment 1 is full: this append starts segment 5.
+        wal.append(entries(1, 5..=6)).unwrap();
+        assert_eq!(
+            segment_files(dir.path()),
+            vec![segment_name(1), segment_name(5)]
+        );
+        assert_eq!(
+            take_syncs(dir.path()),
+            vec![segment_name(1), ".".to_string()],
+            "expected segment 1 synced, then the directory holding the new segment"
+        );
+    }
+
     /// An append that starts at or below the last entry replaces the tail as durably as
     /// `truncate` does: were the old tail's removal left to chance, a crash could bring back
     /// old entries right after the new ones (here segment 9's, after the new entry 8).
     #[test]
     fn an_append_over_the_tail_removes_it_durably() {
-        let record = {
-            let mut bytes = Vec::new();
-            encode_record(&mut bytes, &entry(1, 1)).unwrap();
-            bytes.len() as u64
-        };
+        let record = record_bytes();
         // Appended two entries at a time, 3 records fill a segment: 1..=4, 5..=8, 9..=10.
         for (case, segment_bytes, cut, removed) in [
             ("one segment", SEGMENT_BYTES, 1, vec![]),

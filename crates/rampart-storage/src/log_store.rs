@@ -33,7 +33,7 @@ use crate::codec;
 use crate::durability::Disk;
 use crate::error::StoreError;
 use crate::types::{NodeId, TypeConfig};
-use crate::wal::{Entry, Wal};
+use crate::wal::{Entry, Recorded, Wal};
 
 const VOTE: &[u8] = b"m/vote";
 const COMMITTED: &[u8] = b"m/committed";
@@ -66,7 +66,12 @@ impl LogStore {
         in_use: Arc<()>,
     ) -> Result<Self, StoreError> {
         let purged: Option<LogId<NodeId>> = get(&tree, PURGED, "last purged log id")?;
-        let mut wal = Wal::open(wal_dir, purged.map(|id| id.index))?;
+        let committed: Option<LogId<NodeId>> = get(&tree, COMMITTED, "committed log id")?;
+        let recorded = Recorded {
+            purged: purged.map(|id| id.index),
+            committed: committed.map(|id| id.index),
+        };
+        let mut wal = Wal::open(wal_dir, recorded)?;
         move_old_entries(&disk, &tree, &mut wal)?;
         let unflushed = spawn_flusher()?;
         Ok(LogStore {
@@ -209,8 +214,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         write().map_err(|e| StorageIOError::write(&e))?;
         // Not flushed on purpose: the committed id only lets a restart re-apply committed entries
         // early; if a crash loses it, the restarted node learns the commit index from the leader
-        // again. It may reach disk before the entries it covers (they are synced by another
-        // file's fsync), so `read_committed` never reports more than the log holds.
+        // again. It never reaches disk ahead of the entries it covers: openraft 0.9.25 runs its
+        // commands one at a time, and the `Commit` that calls this runs after the append of
+        // those entries has reported its sync (`RaftCore::append_to_log` awaits it). So opening
+        // the log may refuse a torn-tail cut that would go below it (see `crate::wal`).
         Ok(())
     }
 

@@ -17,9 +17,19 @@
 //! etcd's WAL `cut()` does, so that only the last segment can be torn), and creating it fsyncs
 //! the directory.
 //!
-//! Opening reads every segment and checks every record: a record cut short or failing its CRC at
-//! the end of the last segment is a write the crash interrupted, which was never acknowledged,
-//! and is cut off; anywhere else it is corruption and the log refuses to open.
+//! Opening reads every segment and checks every record, in order. The first record that does
+//! not check out (cut short by the end of the file, failing its CRC or its decoding, or holding
+//! another index than the one it must) starts a torn tail if it is in the last segment, as in
+//! etcd's WAL (`isTornEntry`): the bytes of appends a power loss interrupted during their sync.
+//! Those bytes need not reach disk as a prefix (on XFS a range can stay an unwritten extent and
+//! read as zeros while later ranges and the file size made it; a drive may reorder sectors), so
+//! the damage may start anywhere in the segment, with valid-looking records after it. None of
+//! them was acknowledged: openraft counts an append only after its sync, and a segment is
+//! synced before the next one is created. The file is cut where the damage starts, durably
+//! (`set_len`, then `fdatasync`), with a warning naming the segment, the offset and the bytes
+//! cut. The log refuses to open instead (`Corrupt`) when the cut would take an entry that sled
+//! records as committed and not purged (it was synced before it was recorded as committed, so
+//! its damage is the disk's corruption), and for damage in any segment but the last.
 //!
 //! The entries appended last are also kept decoded in memory, up to [`RECENT_BYTES`] of records:
 //! the reads that follow an append closely (replicating it to followers, applying it once
@@ -191,6 +201,17 @@ impl Recent {
     }
 }
 
+/// What the log's bookkeeping in sled (see [`crate::log_store`]) records about its entries,
+/// which opening the files needs.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Recorded {
+    /// Entries at or below this index are purged: not needed, their files removable.
+    pub(crate) purged: Option<u64>,
+    /// Entries at or below this index are known to be committed: a torn tail cut off at open
+    /// must not take one of them (above `purged`) with it.
+    pub(crate) committed: Option<u64>,
+}
+
 /// The segment files of one log directory.
 pub(crate) struct Wal {
     dir: PathBuf,
@@ -207,17 +228,18 @@ pub(crate) struct Wal {
 
 impl Wal {
     /// Opens (creating if needed) the log directory `dir`, dropping segments wholly at or below
-    /// `purged` and cutting off a torn record at the end of the last segment.
-    pub(crate) fn open(dir: &Path, purged: Option<u64>) -> Result<Wal, StoreError> {
-        Wal::open_with_limits(dir, purged, SEGMENT_BYTES, RECENT_BYTES)
+    /// `recorded.purged` and cutting off a torn tail of the last segment (see the module doc).
+    pub(crate) fn open(dir: &Path, recorded: Recorded) -> Result<Wal, StoreError> {
+        Wal::open_with_limits(dir, recorded, SEGMENT_BYTES, RECENT_BYTES)
     }
 
     fn open_with_limits(
         dir: &Path,
-        purged: Option<u64>,
+        recorded: Recorded,
         segment_bytes: u64,
         recent_bytes: usize,
     ) -> Result<Wal, StoreError> {
+        let purged = recorded.purged;
         fs::create_dir_all(dir).map_err(|e| StoreError::io("create log directory", dir, e))?;
         let mut names = Vec::new();
         for item in fs::read_dir(dir).map_err(|e| StoreError::io("list", dir, e))? {
@@ -244,8 +266,17 @@ impl Wal {
         };
         let count = names.len();
         for (n, (first, path)) in names.into_iter().enumerate() {
-            let is_last_file = n + 1 == count;
-            let (segment, last) = load_segment(first, &path, is_last_file)?;
+            let Loaded {
+                mut segment,
+                last,
+                damage,
+            } = load_segment(first, &path)?;
+            if let Some(damage) = damage {
+                if n + 1 != count {
+                    return Err(damage.refusal(&path, "only the last segment may be torn"));
+                }
+                cut_torn_tail(&mut segment, &damage, recorded)?;
+            }
             // Empty (created just before a crash) or wholly purged: nothing in it is needed.
             if segment
                 .last()
@@ -491,74 +522,125 @@ impl Wal {
     }
 }
 
-/// Reads one segment file, checking every record; returns it and its last entry's log id. A
-/// damaged record ends a last segment there (the file is cut to match) and fails any other.
-fn load_segment(
-    first: u64,
-    path: &Path,
-    is_last_file: bool,
-) -> Result<(Segment, Option<LogId<NodeId>>), StoreError> {
+/// The first record of a segment file that does not check out: where it starts, how many
+/// bytes from there to the end of the file, and what is wrong with it.
+struct Damage {
+    offset: u64,
+    bytes: u64,
+    reason: String,
+}
+
+impl Damage {
+    /// The error that refuses to open the log because of this damage in `path`, saying `why`
+    /// it is not cut off as a torn tail.
+    fn refusal(&self, path: &Path, why: impl std::fmt::Display) -> StoreError {
+        StoreError::corrupt(
+            "raft log",
+            format!(
+                "{} at byte {}: {}; {why}",
+                path.display(),
+                self.offset,
+                self.reason
+            ),
+        )
+    }
+}
+
+/// A segment file as opening reads it.
+struct Loaded {
+    /// The segment as far as its records check out.
+    segment: Segment,
+    /// The log id of its last entry there.
+    last: Option<LogId<NodeId>>,
+    /// What stopped the reading before the end of the file, if anything did: a record cut
+    /// short by the end of the file, failing its CRC or its decoding, or holding another index
+    /// than the one it must.
+    damage: Option<Damage>,
+}
+
+/// Reads one segment file, checking every record in order.
+fn load_segment(first: u64, path: &Path) -> Result<Loaded, StoreError> {
     let bytes = fs::read(path).map_err(|e| StoreError::io("read", path, e))?;
     let mut offsets = Vec::new();
     let mut last = None;
     let mut at = 0usize;
-    while at < bytes.len() {
+    let damage = loop {
         let rest = &bytes[at..];
-        let (entry, used) = match decode_record(rest) {
-            Ok(Some(found)) => found,
-            // The file ends inside this record, or a damaged record is the last thing in the
-            // file: the write the crash interrupted. Damage with records after it is not that.
-            Ok(None) | Err(_) if is_last_file && reaches_end(rest) => {
-                tracing::warn!(
-                    segment = %path.display(),
-                    offset = at,
-                    "cutting off an incomplete record at the end of the raft log (a write the \
-                     last crash interrupted)"
-                );
-                break;
-            }
-            Ok(None) => {
-                return Err(StoreError::corrupt(
-                    "raft log",
-                    format!("{} ends in the middle of a record", path.display()),
-                ))
-            }
-            Err(e) => return Err(e),
-        };
-        let expected = first + offsets.len() as u64;
-        if entry.log_id.index != expected {
-            return Err(StoreError::corrupt(
-                "raft log",
-                format!(
-                    "{} holds entry {} where entry {expected} belongs",
-                    path.display(),
-                    entry.log_id.index
-                ),
-            ));
+        if rest.is_empty() {
+            break None;
         }
-        offsets.push(at as u64);
-        last = Some(entry.log_id);
-        at += used;
-    }
+        let reason = match decode_record(rest) {
+            Ok(Some((entry, used))) => {
+                let expected = first + offsets.len() as u64;
+                if entry.log_id.index == expected {
+                    offsets.push(at as u64);
+                    last = Some(entry.log_id);
+                    at += used;
+                    continue;
+                }
+                format!(
+                    "holds entry {} where entry {expected} belongs",
+                    entry.log_id.index
+                )
+            }
+            Ok(None) => "the file ends in the middle of a record".to_string(),
+            Err(e) => e.to_string(),
+        };
+        break Some(Damage {
+            offset: at as u64,
+            bytes: rest.len() as u64,
+            reason,
+        });
+    };
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .open(path)
         .map_err(|e| StoreError::io("open", path, e))?;
-    let end = at as u64;
-    if end < bytes.len() as u64 {
-        file.set_len(end)
-            .and_then(|()| file.sync_data())
-            .map_err(|e| StoreError::io("truncate", path, e))?;
-    }
     let segment = Segment {
         path: path.to_path_buf(),
         file: Arc::new(file),
         first,
         offsets,
-        end,
+        end: at as u64,
     };
-    Ok((segment, last))
+    Ok(Loaded {
+        segment,
+        last,
+        damage,
+    })
+}
+
+/// Cuts the last segment durably where `damage` starts: everything from there on is a torn
+/// tail, the appends a power loss interrupted, none of which was acknowledged (openraft counts
+/// an append only after its sync; the segments before this one were synced before it was
+/// created). Refuses instead if the cut would take an entry `recorded` as committed and not
+/// purged: those were synced, so damage to them is the disk's corruption, not a torn write.
+fn cut_torn_tail(
+    segment: &mut Segment,
+    damage: &Damage,
+    recorded: Recorded,
+) -> Result<(), StoreError> {
+    // The cut takes the entries from the segment's next index on, as many as the damaged
+    // bytes held; the first of them that is needed is this one.
+    let first_needed = segment
+        .next_index()
+        .max(recorded.purged.map_or(0, |p| p + 1));
+    if let Some(committed) = recorded.committed.filter(|&c| first_needed <= c) {
+        return Err(damage.refusal(
+            &segment.path,
+            format!("cutting it off would lose committed entries {first_needed} to {committed}"),
+        ));
+    }
+    tracing::warn!(
+        segment = %segment.path.display(),
+        offset = damage.offset,
+        bytes = damage.bytes,
+        reason = %damage.reason,
+        "cutting off a torn tail of the raft log (appends the last crash interrupted, never \
+         acknowledged)"
+    );
+    segment.cut(segment.offsets.len())
 }
 
 fn encode_record(out: &mut Vec<u8>, entry: &Entry) -> Result<(), StoreError> {
@@ -602,17 +684,6 @@ fn decode_record(bytes: &[u8]) -> Result<Option<(Entry, usize)>, StoreError> {
     }
     let entry: Entry = codec::decode("log entry", payload)?;
     Ok(Some((entry, HEADER_BYTES + len)))
-}
-
-/// Whether the record at the start of `bytes` ends at or past the end of `bytes`.
-fn reaches_end(bytes: &[u8]) -> bool {
-    match bytes.get(..4) {
-        Some(len) => {
-            let len = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
-            HEADER_BYTES.saturating_add(len) >= bytes.len()
-        }
-        None => true,
-    }
 }
 
 fn remove_file(path: &Path) -> Result<(), StoreError> {
@@ -663,6 +734,13 @@ mod tests {
             .collect()
     }
 
+    fn purged_to(index: u64) -> Recorded {
+        Recorded {
+            purged: Some(index),
+            committed: Some(index),
+        }
+    }
+
     fn segment_name(first: u64) -> String {
         format!("{first:020}{SUFFIX}")
     }
@@ -707,7 +785,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             // Small segments: every append of two entries fills one.
-            let mut wal = Wal::open_with_limits(dir.path(), None, 20, RECENT_BYTES).unwrap();
+            let mut wal =
+                Wal::open_with_limits(dir.path(), Recorded::default(), 20, RECENT_BYTES).unwrap();
             for first in (1..=9).step_by(2) {
                 wal.append(entries(1, first..=first + 1)).unwrap();
             }
@@ -718,7 +797,7 @@ mod tests {
             "{:?}",
             segment_files(dir.path())
         );
-        let wal = Wal::open(dir.path(), None).unwrap();
+        let wal = Wal::open(dir.path(), Recorded::default()).unwrap();
         assert_eq!(wal.last().map(|l| l.index), Some(10));
         assert_eq!(indexes(&wal, 0, u64::MAX).len(), 10);
         assert_eq!(indexes(&wal, 4, 7), vec![(1, 4), (1, 5), (1, 6), (1, 7)]);
@@ -728,7 +807,7 @@ mod tests {
     fn a_torn_last_record_is_cut_off_and_the_log_goes_on() {
         let dir = tempfile::tempdir().unwrap();
         let path = {
-            let mut wal = Wal::open(dir.path(), None).unwrap();
+            let mut wal = Wal::open(dir.path(), Recorded::default()).unwrap();
             wal.append(entries(1, 1..=3)).unwrap();
             dir.path().join(&segment_files(dir.path())[0])
         };
@@ -739,37 +818,125 @@ mod tests {
             .unwrap()
             .set_len(len - 3)
             .unwrap();
-        let mut wal = Wal::open(dir.path(), None).unwrap();
+        let mut wal = Wal::open(dir.path(), Recorded::default()).unwrap();
         assert_eq!(indexes(&wal, 1, 10), vec![(1, 1), (1, 2)]);
         wal.append(entries(2, 3..=4)).unwrap();
         drop(wal);
-        let wal = Wal::open(dir.path(), None).unwrap();
+        let wal = Wal::open(dir.path(), Recorded::default()).unwrap();
         assert_eq!(indexes(&wal, 1, 10), vec![(1, 1), (1, 2), (2, 3), (2, 4)]);
     }
 
-    #[test]
-    fn damage_before_the_end_is_refused_not_cut_off() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = {
-            let mut wal = Wal::open(dir.path(), None).unwrap();
-            wal.append(entries(1, 1..=3)).unwrap();
-            dir.path().join(&segment_files(dir.path())[0])
-        };
-        let mut bytes = fs::read(&path).unwrap();
-        bytes[HEADER_BYTES + 2] ^= 0xff;
-        fs::write(&path, &bytes).unwrap();
-        match Wal::open(dir.path(), None) {
-            Err(StoreError::Corrupt { what, .. }) => assert_eq!(what, "raft log"),
+    /// Overwrites the record of entry `index` with zeros, as an unwritten extent reads.
+    fn zero_record(wal: &Wal, index: u64) {
+        let (_, segment) = wal.segments.range(..=index).next_back().unwrap();
+        let (start, end) = segment.byte_range(index, index);
+        let zeros = vec![0; (end - start) as usize];
+        segment.file.write_all_at(&zeros, start).unwrap();
+    }
+
+    /// The detail of the corruption error that refused to open a log.
+    fn refusal(opened: Result<Wal, StoreError>) -> String {
+        match opened {
+            Err(StoreError::Corrupt { what, detail }) => {
+                assert_eq!(what, "raft log");
+                detail
+            }
             Err(e) => panic!("expected a corruption error, got {e}"),
-            Ok(_) => panic!("a damaged record before the end must not open"),
+            Ok(_) => panic!("expected the damaged log to be refused, but it opened"),
         }
+    }
+
+    /// Entries 1..=6 in one segment, the record of entry 4 zeroed; returns the segment's path
+    /// and where that record starts.
+    fn six_entries_the_fourth_zeroed(dir: &Path) -> (PathBuf, u64) {
+        let mut wal = Wal::open(dir, Recorded::default()).unwrap();
+        wal.append(entries(1, 1..=3)).unwrap();
+        wal.append(entries(1, 4..=6)).unwrap();
+        zero_record(&wal, 4);
+        let segment = &wal.segments[&1];
+        (segment.path.clone(), segment.offsets[3])
+    }
+
+    /// A power loss during an append's sync can persist its bytes out of order: here the
+    /// record of entry 4 reads as zeros (as an unwritten extent on XFS does) while entries 5
+    /// and 6 after it made it. None of the three was acknowledged, so the log ends at 3, cut
+    /// there durably; entries up to 3 committed do not stand in the way.
+    #[test]
+    fn zeros_in_the_middle_of_the_last_segment_are_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, cut_at) = six_entries_the_fourth_zeroed(dir.path());
+        take_syncs(dir.path());
+        let committed_3 = Recorded {
+            purged: None,
+            committed: Some(3),
+        };
+        let mut wal = Wal::open(dir.path(), committed_3).unwrap();
+        assert_eq!(indexes(&wal, 0, u64::MAX), vec![(1, 1), (1, 2), (1, 3)]);
+        assert_eq!(fs::metadata(&path).unwrap().len(), cut_at);
+        assert_eq!(take_syncs(dir.path()), vec![segment_name(1)]);
+
+        tracing::info!("--- the log goes on after the cut");
+        wal.append(entries(2, 4..=4)).unwrap();
+        drop(wal);
+        let wal = Wal::open(dir.path(), committed_3).unwrap();
+        assert_eq!(
+            indexes(&wal, 0, u64::MAX),
+            vec![(1, 1), (1, 2), (1, 3), (2, 4)]
+        );
+    }
+
+    /// Committed entries were synced before they were recorded as committed: damage to one is
+    /// the disk's corruption, and cutting it off would lose it. The log is refused, untouched.
+    #[test]
+    fn damage_to_a_committed_entry_is_refused_not_cut_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, _) = six_entries_the_fourth_zeroed(dir.path());
+        let len = fs::metadata(&path).unwrap().len();
+        let committed_4 = Recorded {
+            purged: None,
+            committed: Some(4),
+        };
+        let detail = refusal(Wal::open(dir.path(), committed_4));
+        assert!(
+            detail.contains("would lose committed entries 4 to 4"),
+            "{detail}"
+        );
+        assert_eq!(fs::metadata(&path).unwrap().len(), len, "the file was cut");
+    }
+
+    /// A segment is synced before the next one is created, so only the last can be torn:
+    /// damage in any other is refused, even with nothing recorded as committed.
+    #[test]
+    fn damage_in_a_segment_before_the_last_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut wal = Wal::open_with_limits(
+                dir.path(),
+                Recorded::default(),
+                3 * record_bytes(),
+                RECENT_BYTES,
+            )
+            .unwrap();
+            for first in (1..=9).step_by(2) {
+                wal.append(entries(1, first..=first + 1)).unwrap();
+            }
+            assert_eq!(wal.segments.len(), 3);
+            zero_record(&wal, 6);
+        }
+        let detail = refusal(Wal::open(dir.path(), Recorded::default()));
+        assert!(detail.contains(&segment_name(5)), "{detail}");
+        assert!(
+            detail.contains("only the last segment may be torn"),
+            "{detail}"
+        );
     }
 
     #[test]
     fn truncate_removes_the_tail_durably_and_appends_replace_it() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let mut wal = Wal::open_with_limits(dir.path(), None, 20, RECENT_BYTES).unwrap();
+            let mut wal =
+                Wal::open_with_limits(dir.path(), Recorded::default(), 20, RECENT_BYTES).unwrap();
             wal.append(entries(1, 1..=2)).unwrap();
             wal.append(entries(1, 3..=4)).unwrap();
             wal.append(entries(1, 5..=6)).unwrap();
@@ -779,7 +946,7 @@ mod tests {
             wal.append(entries(2, 4..=5)).unwrap();
             wal.append(entries(3, 5..=5)).unwrap();
         }
-        let wal = Wal::open(dir.path(), None).unwrap();
+        let wal = Wal::open(dir.path(), Recorded::default()).unwrap();
         assert_eq!(
             indexes(&wal, 1, 10),
             vec![(1, 1), (1, 2), (1, 3), (2, 4), (3, 5)]
@@ -792,8 +959,13 @@ mod tests {
     #[test]
     fn a_full_segment_is_synced_before_the_next_one_starts() {
         let dir = tempfile::tempdir().unwrap();
-        let mut wal =
-            Wal::open_with_limits(dir.path(), None, 3 * record_bytes(), RECENT_BYTES).unwrap();
+        let mut wal = Wal::open_with_limits(
+            dir.path(),
+            Recorded::default(),
+            3 * record_bytes(),
+            RECENT_BYTES,
+        )
+        .unwrap();
         wal.append(entries(1, 1..=2)).unwrap();
         wal.append(entries(1, 3..=4)).unwrap();
         assert_eq!(segment_files(dir.path()), vec![segment_name(1)]);
@@ -825,8 +997,13 @@ mod tests {
             tracing::info!("--- {case}");
             let dir = tempfile::tempdir().unwrap();
             {
-                let mut wal =
-                    Wal::open_with_limits(dir.path(), None, segment_bytes, RECENT_BYTES).unwrap();
+                let mut wal = Wal::open_with_limits(
+                    dir.path(),
+                    Recorded::default(),
+                    segment_bytes,
+                    RECENT_BYTES,
+                )
+                .unwrap();
                 for first in (1..=9).step_by(2) {
                     wal.append(entries(1, first..=first + 1)).unwrap();
                 }
@@ -847,7 +1024,7 @@ mod tests {
                     );
                 }
             }
-            let wal = Wal::open(dir.path(), None).unwrap();
+            let wal = Wal::open(dir.path(), Recorded::default()).unwrap();
             let mut expected: Vec<(u64, u64)> = (1..=5).map(|i| (1, i)).collect();
             expected.extend((6..=8).map(|i| (2, i)));
             assert_eq!(indexes(&wal, 0, u64::MAX), expected, "{case}");
@@ -862,7 +1039,8 @@ mod tests {
     fn purge_hides_entries_and_drops_whole_segments() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let mut wal = Wal::open_with_limits(dir.path(), None, 20, RECENT_BYTES).unwrap();
+            let mut wal =
+                Wal::open_with_limits(dir.path(), Recorded::default(), 20, RECENT_BYTES).unwrap();
             for first in (1..=7).step_by(2) {
                 wal.append(entries(1, first..=first + 1)).unwrap();
             }
@@ -871,7 +1049,7 @@ mod tests {
         }
         // Entries 1 and 2 had a segment of their own; 3 shares one with 4.
         assert!(!segment_files(dir.path()).contains(&segment_name(1)));
-        let wal = Wal::open(dir.path(), Some(3)).unwrap();
+        let wal = Wal::open(dir.path(), purged_to(3)).unwrap();
         assert_eq!(indexes(&wal, 0, 100).first(), Some(&(1, 4)));
         assert_eq!(wal.last().map(|l| l.index), Some(8));
     }
@@ -880,7 +1058,7 @@ mod tests {
     fn an_append_past_a_purge_beyond_the_end_starts_afresh() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let mut wal = Wal::open(dir.path(), None).unwrap();
+            let mut wal = Wal::open(dir.path(), Recorded::default()).unwrap();
             wal.append(entries(1, 1..=3)).unwrap();
             // As after installing a snapshot of index 100.
             wal.purge(100).unwrap();
@@ -888,7 +1066,7 @@ mod tests {
             assert!(indexes(&wal, 0, u64::MAX).is_empty());
             wal.append(entries(4, 101..=102)).unwrap();
         }
-        let wal = Wal::open(dir.path(), Some(100)).unwrap();
+        let wal = Wal::open(dir.path(), purged_to(100)).unwrap();
         assert_eq!(indexes(&wal, 0, u64::MAX), vec![(4, 101), (4, 102)]);
     }
 
@@ -900,8 +1078,8 @@ mod tests {
     fn reads_from_memory_match_the_files() {
         let (small, none) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         // A blank entry's record is some 30 bytes: 100 bytes hold the last three.
-        let mut small = Wal::open_with_limits(small.path(), None, 200, 100).unwrap();
-        let mut none = Wal::open_with_limits(none.path(), None, 200, 0).unwrap();
+        let mut small = Wal::open_with_limits(small.path(), Recorded::default(), 200, 100).unwrap();
+        let mut none = Wal::open_with_limits(none.path(), Recorded::default(), 200, 0).unwrap();
         enum Step {
             Append(u64, std::ops::RangeInclusive<u64>),
             Truncate(u64),

@@ -10,12 +10,12 @@
 //! | n     | payload: bincode(`Entry`)                                  |
 //!
 //! Appends go to the last segment, written with one `pwrite` per call; making them durable is
-//! the caller's job (an `fdatasync` of the segment, see [`crate::log_store`]), so that one sync
-//! can cover many appends. A new segment starts when the last one passes [`SEGMENT_BYTES`], or
-//! when an append does not follow the last entry (after a purge past the end, as when a
-//! snapshot is installed); the last segment is fdatasynced before the new one is created (as
-//! etcd's WAL `cut()` does, so that only the last segment can be torn), and creating it fsyncs
-//! the directory.
+//! the caller's job (the log's flusher thread fdatasyncs the segment, see [`crate::log_store`]),
+//! so that the sync runs off openraft's task and outside the lock on this log. A new segment
+//! starts when the last one passes [`SEGMENT_BYTES`], or when an append does not follow the
+//! last entry (after a purge past the end, as when a snapshot is installed); the last segment
+//! is fdatasynced before the new one is created (as etcd's WAL `cut()` does, so that only the
+//! last segment can be torn), and creating it fsyncs the directory.
 //!
 //! Opening reads every segment and checks every record, in order. The first record that does
 //! not check out (cut short by the end of the file, failing its CRC or its decoding, or holding
@@ -510,7 +510,8 @@ impl Wal {
             .open(&path)
             .map_err(|e| StoreError::io("create", &path, e))?;
         sync_dir(&self.dir)?;
-        // On disk: the new segment's name; its contents are synced with each group.
+        // On disk: every record of the segments before this one, and the new segment's name;
+        // its records are synced by the caller after each append.
         let segment = Segment {
             path,
             file: Arc::new(file),

@@ -764,6 +764,19 @@ mod tests {
         bytes.len() as u64
     }
 
+    /// A log whose segments are full at 3 blank records: appended two entries at a time, each
+    /// segment holds four.
+    fn small_segment_log(dir: &Path) -> Wal {
+        Wal::open_with_limits(dir, Recorded::default(), 3 * record_bytes(), RECENT_BYTES).unwrap()
+    }
+
+    /// Appends entries 1..=`last` of term 1, two at a time.
+    fn append_in_pairs(wal: &mut Wal, last: u64) {
+        for first in (1..last).step_by(2) {
+            wal.append(entries(1, first..=first + 1)).unwrap();
+        }
+    }
+
     fn indexes(wal: &Wal, from: u64, to: u64) -> Vec<(u64, u64)> {
         wal.read(from, to)
             .unwrap()
@@ -788,9 +801,7 @@ mod tests {
             // Small segments: every append of two entries fills one.
             let mut wal =
                 Wal::open_with_limits(dir.path(), Recorded::default(), 20, RECENT_BYTES).unwrap();
-            for first in (1..=9).step_by(2) {
-                wal.append(entries(1, first..=first + 1)).unwrap();
-            }
+            append_in_pairs(&mut wal, 10);
             assert_eq!(wal.last().map(|l| l.index), Some(10));
         }
         assert!(
@@ -911,16 +922,8 @@ mod tests {
     fn damage_in_a_segment_before_the_last_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let mut wal = Wal::open_with_limits(
-                dir.path(),
-                Recorded::default(),
-                3 * record_bytes(),
-                RECENT_BYTES,
-            )
-            .unwrap();
-            for first in (1..=9).step_by(2) {
-                wal.append(entries(1, first..=first + 1)).unwrap();
-            }
+            let mut wal = small_segment_log(dir.path());
+            append_in_pairs(&mut wal, 10);
             assert_eq!(wal.segments.len(), 3);
             zero_record(&wal, 6);
         }
@@ -960,15 +963,8 @@ mod tests {
     #[test]
     fn a_full_segment_is_synced_before_the_next_one_starts() {
         let dir = tempfile::tempdir().unwrap();
-        let mut wal = Wal::open_with_limits(
-            dir.path(),
-            Recorded::default(),
-            3 * record_bytes(),
-            RECENT_BYTES,
-        )
-        .unwrap();
-        wal.append(entries(1, 1..=2)).unwrap();
-        wal.append(entries(1, 3..=4)).unwrap();
+        let mut wal = small_segment_log(dir.path());
+        append_in_pairs(&mut wal, 4);
         assert_eq!(segment_files(dir.path()), vec![segment_name(1)]);
         take_syncs(dir.path());
         // Segment 1 is full: this append starts segment 5.
@@ -989,25 +985,17 @@ mod tests {
     /// old entries right after the new ones (here segment 9's, after the new entry 8).
     #[test]
     fn an_append_over_the_tail_removes_it_durably() {
-        let record = record_bytes();
-        // Appended two entries at a time, 3 records fill a segment: 1..=4, 5..=8, 9..=10.
-        for (case, segment_bytes, cut, removed) in [
-            ("one segment", SEGMENT_BYTES, 1, vec![]),
-            ("three segments", 3 * record, 5, vec![9]),
+        let one_segment_log: fn(&Path) -> Wal = |dir| Wal::open(dir, Recorded::default()).unwrap();
+        // The small segments hold 1..=4, 5..=8 and 9..=10.
+        for (case, open, cut, removed) in [
+            ("one segment", one_segment_log, 1, vec![]),
+            ("three segments", small_segment_log, 5, vec![9]),
         ] {
             tracing::info!("--- {case}");
             let dir = tempfile::tempdir().unwrap();
             {
-                let mut wal = Wal::open_with_limits(
-                    dir.path(),
-                    Recorded::default(),
-                    segment_bytes,
-                    RECENT_BYTES,
-                )
-                .unwrap();
-                for first in (1..=9).step_by(2) {
-                    wal.append(entries(1, first..=first + 1)).unwrap();
-                }
+                let mut wal = open(dir.path());
+                append_in_pairs(&mut wal, 10);
                 for first in &removed {
                     assert!(segment_files(dir.path()).contains(&segment_name(*first)));
                 }
@@ -1042,9 +1030,7 @@ mod tests {
         {
             let mut wal =
                 Wal::open_with_limits(dir.path(), Recorded::default(), 20, RECENT_BYTES).unwrap();
-            for first in (1..=7).step_by(2) {
-                wal.append(entries(1, first..=first + 1)).unwrap();
-            }
+            append_in_pairs(&mut wal, 8);
             wal.purge(3).unwrap();
             assert_eq!(indexes(&wal, 1, 10).first(), Some(&(1, 4)));
         }

@@ -12,10 +12,14 @@
 //! Every call that openraft needs durable returns (or reports through its callback) only after
 //! an fsync: of the segment file for entries, of the database ([`Disk::flush`]) for the rest.
 //!
-//! Appends commit as a group: `append` writes its entries into the segment and hands openraft's
-//! callback to the log's flusher thread, which fdatasyncs once for every callback waiting and
-//! then reports them all, in order. openraft goes on (replicating, taking the next proposal)
-//! while the disk works, and one sync makes a whole burst of proposals durable.
+//! `append` writes its entries into the segment and hands openraft's callback to the log's
+//! flusher thread, which fdatasyncs the segment and then reports to the callback: the sync
+//! blocks that thread, not a runtime worker. It does not let openraft go on meanwhile: in
+//! openraft 0.9.25 `RaftCore::append_to_log` awaits each append's callback before RaftCore
+//! runs its next command, so every sync covers exactly one append. One append may hold many
+//! entries (a follower appends all the entries of an AppendEntries request at once); what
+//! spreads one sync over many client writes is the `Proposer` of `rampart-network`, which
+//! batches them into one `Command::Batch` entry.
 
 use std::fmt::Debug;
 use std::fs::File;
@@ -34,7 +38,7 @@ use crate::codec;
 use crate::durability::Disk;
 use crate::error::StoreError;
 use crate::types::{NodeId, TypeConfig};
-use crate::wal::{Entry, Wal};
+use crate::wal::{Entry, Recorded, Wal};
 
 const VOTE: &[u8] = b"m/vote";
 const COMMITTED: &[u8] = b"m/committed";
@@ -70,7 +74,12 @@ impl LogStore {
         in_use: Arc<()>,
     ) -> Result<Self, StoreError> {
         let purged: Option<LogId<NodeId>> = get(&tree, PURGED, "last purged log id")?;
-        let mut wal = Wal::open(wal_dir, purged.map(|id| id.index))?;
+        let committed: Option<LogId<NodeId>> = get(&tree, COMMITTED, "committed log id")?;
+        let recorded = Recorded {
+            purged: purged.map(|id| id.index),
+            committed: committed.map(|id| id.index),
+        };
+        let mut wal = Wal::open(wal_dir, recorded)?;
         move_old_entries(&disk, &tree, &mut wal)?;
         let unflushed = spawn_flusher()?;
         Ok(LogStore {
@@ -239,8 +248,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         write().map_err(|e| StorageIOError::write(&e))?;
         // Not flushed on purpose: the committed id only lets a restart re-apply committed entries
         // early; if a crash loses it, the restarted node learns the commit index from the leader
-        // again. It may reach disk before the entries it covers (they are synced by another
-        // file's fsync), so `read_committed` never reports more than the log holds.
+        // again. It never reaches disk ahead of the entries it covers: openraft 0.9.25 runs its
+        // commands one at a time, and the `Commit` that calls this runs after the append of
+        // those entries has reported its sync (`RaftCore::append_to_log` awaits it). So opening
+        // the log may refuse a torn-tail cut that would go below it (see `crate::wal`).
         Ok(())
     }
 
@@ -330,8 +341,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 /// Starts the log's flusher thread: it waits for an append, takes every other one already
 /// queued behind it, fdatasyncs each segment they wrote to once and reports the outcome to all
 /// of them in the order the appends were made. Every entry of those appends was written before
-/// its callback was queued, so the sync covers it. The thread ends when the last [`LogStore`]
-/// handle is dropped.
+/// its callback was queued, so the sync covers it. With openraft 0.9.25 nothing is ever queued
+/// behind: it waits for each append's callback before making the next append, so each sync
+/// serves one append. The thread ends when the last [`LogStore`] handle is dropped.
 fn spawn_flusher() -> Result<mpsc::Sender<Unflushed>, StoreError> {
     let (sender, queue) = mpsc::channel::<Unflushed>();
     std::thread::Builder::new()

@@ -10,14 +10,26 @@
 //! | n     | payload: bincode(`Entry`)                                  |
 //!
 //! Appends go to the last segment, written with one `pwrite` per call; making them durable is
-//! the caller's job (an `fdatasync` of the segment, see [`crate::log_store`]), so that one sync
-//! can cover many appends. A new segment starts when the last one passes [`SEGMENT_BYTES`], or
-//! when an append does not follow the last entry (after a purge past the end, as when a
-//! snapshot is installed); creating one fsyncs the directory.
+//! the caller's job (the log's flusher thread fdatasyncs the segment, see [`crate::log_store`]),
+//! so that the sync runs off openraft's task and outside the lock on this log. A new segment
+//! starts when the last one passes [`SEGMENT_BYTES`], or when an append does not follow the
+//! last entry (after a purge past the end, as when a snapshot is installed); the last segment
+//! is fdatasynced before the new one is created (as etcd's WAL `cut()` does, so that only the
+//! last segment can be torn), and creating it fsyncs the directory.
 //!
-//! Opening reads every segment and checks every record: a record cut short or failing its CRC at
-//! the end of the last segment is a write the crash interrupted, which was never acknowledged,
-//! and is cut off; anywhere else it is corruption and the log refuses to open.
+//! Opening reads every segment and checks every record, in order. The first record that does
+//! not check out (cut short by the end of the file, failing its CRC or its decoding, or holding
+//! another index than the one it must) starts a torn tail if it is in the last segment, as in
+//! etcd's WAL (`isTornEntry`): the bytes of appends a power loss interrupted during their sync.
+//! Those bytes need not reach disk as a prefix (on XFS a range can stay an unwritten extent and
+//! read as zeros while later ranges and the file size made it; a drive may reorder sectors), so
+//! the damage may start anywhere in the segment, with valid-looking records after it. None of
+//! them was acknowledged: openraft counts an append only after its sync, and a segment is
+//! synced before the next one is created. The file is cut where the damage starts, durably
+//! (`set_len`, then `fdatasync`), with a warning naming the segment, the offset and the bytes
+//! cut. The log refuses to open instead (`Corrupt`) when the cut would take an entry that sled
+//! records as committed and not purged (it was synced before it was recorded as committed, so
+//! its damage is the disk's corruption), and for damage in any segment but the last.
 //!
 //! The entries appended last are also kept decoded in memory, up to [`RECENT_BYTES`] of records:
 //! the reads that follow an append closely (replicating it to followers, applying it once
@@ -71,6 +83,28 @@ impl Segment {
     /// Index the next entry appended here must have.
     fn next_index(&self) -> u64 {
         self.first + self.offsets.len() as u64
+    }
+
+    /// fdatasyncs the file: its records and its length are on disk when this returns.
+    fn sync(&self) -> Result<(), StoreError> {
+        self.file
+            .sync_data()
+            .map_err(|e| StoreError::io("fdatasync", &self.path, e))?;
+        #[cfg(test)]
+        tests::record_sync(&self.path);
+        Ok(())
+    }
+
+    /// Cuts the file after its first `keep` entries, durably.
+    fn cut(&mut self, keep: usize) -> Result<(), StoreError> {
+        let end = self.offsets.get(keep).copied().unwrap_or(self.end);
+        self.file
+            .set_len(end)
+            .map_err(|e| StoreError::io("truncate", &self.path, e))?;
+        self.sync()?;
+        self.offsets.truncate(keep);
+        self.end = end;
+        Ok(())
     }
 
     /// Byte range of the records of entries `from..=to`, all in this segment.
@@ -167,6 +201,17 @@ impl Recent {
     }
 }
 
+/// What the log's bookkeeping in sled (see [`crate::log_store`]) records about its entries,
+/// which opening the files needs.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Recorded {
+    /// Entries at or below this index are purged: not needed, their files removable.
+    pub(crate) purged: Option<u64>,
+    /// Entries at or below this index are known to be committed: a torn tail cut off at open
+    /// must not take one of them (above `purged`) with it.
+    pub(crate) committed: Option<u64>,
+}
+
 /// The segment files of one log directory.
 pub(crate) struct Wal {
     dir: PathBuf,
@@ -183,17 +228,18 @@ pub(crate) struct Wal {
 
 impl Wal {
     /// Opens (creating if needed) the log directory `dir`, dropping segments wholly at or below
-    /// `purged` and cutting off a torn record at the end of the last segment.
-    pub(crate) fn open(dir: &Path, purged: Option<u64>) -> Result<Wal, StoreError> {
-        Wal::open_with_limits(dir, purged, SEGMENT_BYTES, RECENT_BYTES)
+    /// `recorded.purged` and cutting off a torn tail of the last segment (see the module doc).
+    pub(crate) fn open(dir: &Path, recorded: Recorded) -> Result<Wal, StoreError> {
+        Wal::open_with_limits(dir, recorded, SEGMENT_BYTES, RECENT_BYTES)
     }
 
     fn open_with_limits(
         dir: &Path,
-        purged: Option<u64>,
+        recorded: Recorded,
         segment_bytes: u64,
         recent_bytes: usize,
     ) -> Result<Wal, StoreError> {
+        let purged = recorded.purged;
         fs::create_dir_all(dir).map_err(|e| StoreError::io("create log directory", dir, e))?;
         let mut names = Vec::new();
         for item in fs::read_dir(dir).map_err(|e| StoreError::io("list", dir, e))? {
@@ -220,8 +266,17 @@ impl Wal {
         };
         let count = names.len();
         for (n, (first, path)) in names.into_iter().enumerate() {
-            let is_last_file = n + 1 == count;
-            let (segment, last) = load_segment(first, &path, is_last_file)?;
+            let Loaded {
+                mut segment,
+                last,
+                damage,
+            } = load_segment(first, &path)?;
+            if let Some(damage) = damage {
+                if n + 1 != count {
+                    return Err(damage.refusal(&path, "only the last segment may be torn"));
+                }
+                cut_torn_tail(&mut segment, &damage, recorded)?;
+            }
             // Empty (created just before a crash) or wholly purged: nothing in it is needed.
             if segment
                 .last()
@@ -270,7 +325,10 @@ impl Wal {
         };
         let first_index = first.log_id.index;
         if self.last.is_some_and(|l| first_index <= l.index) {
-            self.truncate_unsynced(first_index)?;
+            // openraft 0.9 never gets here (it truncates a conflicting tail with `truncate`
+            // before appending, and does not append entries the log already holds); were it
+            // to, the old tail is gone from disk before the new entries are written.
+            self.truncate(first_index)?;
         }
         let mut records = Vec::new();
         let mut starts = Vec::with_capacity(entries.len());
@@ -310,41 +368,23 @@ impl Wal {
         Ok(Some(file))
     }
 
-    /// Removes every entry at or after `index`, durably.
+    /// Removes every entry at or after `index`, durably. The segments starting at or after it
+    /// go newest first, the directory synced after each removal, and only then is the segment
+    /// holding `index` cut short and synced: whatever a crash interrupts, the segments left
+    /// follow one another (a gap between two would make the next open refuse the log), and the
+    /// log is the old one cut somewhere at or after `index`.
     pub(crate) fn truncate(&mut self, index: u64) -> Result<(), StoreError> {
-        let touched = self.truncate_unsynced(index)?;
-        if let Some(segment) = touched.and_then(|first| self.segments.get(&first)) {
-            segment
-                .file
-                .sync_data()
-                .map_err(|e| StoreError::io("fdatasync", &segment.path, e))?;
-        }
-        sync_dir(&self.dir)
-        // On disk: no entry at or after `index`.
-    }
-
-    /// Removes entries at or after `index` from the files (not yet synced); returns the first
-    /// index of the segment cut short, if one was.
-    fn truncate_unsynced(&mut self, index: u64) -> Result<Option<u64>, StoreError> {
         self.recent.truncate(index);
         let doomed: Vec<u64> = self.segments.range(index..).map(|(&k, _)| k).collect();
-        for first in doomed {
+        for first in doomed.into_iter().rev() {
             if let Some(segment) = self.segments.remove(&first) {
                 remove_file(&segment.path)?;
+                sync_dir(&self.dir)?;
             }
         }
-        let mut touched = None;
         if let Some(segment) = self.segments.values_mut().next_back() {
             if segment.last().is_some_and(|l| l >= index) {
-                let keep = (index - segment.first) as usize;
-                let end = segment.offsets[keep];
-                segment
-                    .file
-                    .set_len(end)
-                    .map_err(|e| StoreError::io("truncate", &segment.path, e))?;
-                segment.offsets.truncate(keep);
-                segment.end = end;
-                touched = Some(segment.first);
+                segment.cut((index - segment.first) as usize)?;
             }
         }
         self.last = match index.checked_sub(1) {
@@ -353,7 +393,8 @@ impl Wal {
             }
             _ => None,
         };
-        Ok(touched)
+        // On disk: no entry at or after `index`.
+        Ok(())
     }
 
     /// Forgets every entry at or below `index` and removes the segments wholly below it. The
@@ -450,8 +491,16 @@ impl Wal {
         Ok(())
     }
 
-    /// Starts a new, empty segment for entries from `first` and fsyncs the directory.
+    /// Starts a new, empty segment for entries from `first`: fdatasyncs the last segment, then
+    /// creates the new one and fsyncs the directory.
     fn new_segment(&mut self, first: u64) -> Result<&mut Segment, StoreError> {
+        // As etcd's WAL `cut()`: from now on the last segment is no longer last, and open
+        // refuses damage anywhere but in the last segment, so its records must be on disk
+        // before a segment after it can be. (With openraft 0.9 the flusher has already synced
+        // them, as each append waits for its sync; this makes it hold whatever the caller does.)
+        if let Some(last) = self.segments.values().next_back() {
+            last.sync()?;
+        }
         let path = self.dir.join(format!("{first:020}{SUFFIX}"));
         let file = OpenOptions::new()
             .read(true)
@@ -461,7 +510,8 @@ impl Wal {
             .open(&path)
             .map_err(|e| StoreError::io("create", &path, e))?;
         sync_dir(&self.dir)?;
-        // On disk: the new segment's name; its contents are synced with each group.
+        // On disk: every record of the segments before this one, and the new segment's name;
+        // its records are synced by the caller after each append.
         let segment = Segment {
             path,
             file: Arc::new(file),
@@ -473,74 +523,125 @@ impl Wal {
     }
 }
 
-/// Reads one segment file, checking every record; returns it and its last entry's log id. A
-/// damaged record ends a last segment there (the file is cut to match) and fails any other.
-fn load_segment(
-    first: u64,
-    path: &Path,
-    is_last_file: bool,
-) -> Result<(Segment, Option<LogId<NodeId>>), StoreError> {
+/// The first record of a segment file that does not check out: where it starts, how many
+/// bytes from there to the end of the file, and what is wrong with it.
+struct Damage {
+    offset: u64,
+    bytes: u64,
+    reason: String,
+}
+
+impl Damage {
+    /// The error that refuses to open the log because of this damage in `path`, saying `why`
+    /// it is not cut off as a torn tail.
+    fn refusal(&self, path: &Path, why: impl std::fmt::Display) -> StoreError {
+        StoreError::corrupt(
+            "raft log",
+            format!(
+                "{} at byte {}: {}; {why}",
+                path.display(),
+                self.offset,
+                self.reason
+            ),
+        )
+    }
+}
+
+/// A segment file as opening reads it.
+struct Loaded {
+    /// The segment as far as its records check out.
+    segment: Segment,
+    /// The log id of its last entry there.
+    last: Option<LogId<NodeId>>,
+    /// What stopped the reading before the end of the file, if anything did: a record cut
+    /// short by the end of the file, failing its CRC or its decoding, or holding another index
+    /// than the one it must.
+    damage: Option<Damage>,
+}
+
+/// Reads one segment file, checking every record in order.
+fn load_segment(first: u64, path: &Path) -> Result<Loaded, StoreError> {
     let bytes = fs::read(path).map_err(|e| StoreError::io("read", path, e))?;
     let mut offsets = Vec::new();
     let mut last = None;
     let mut at = 0usize;
-    while at < bytes.len() {
+    let damage = loop {
         let rest = &bytes[at..];
-        let (entry, used) = match decode_record(rest) {
-            Ok(Some(found)) => found,
-            // The file ends inside this record, or a damaged record is the last thing in the
-            // file: the write the crash interrupted. Damage with records after it is not that.
-            Ok(None) | Err(_) if is_last_file && reaches_end(rest) => {
-                tracing::warn!(
-                    segment = %path.display(),
-                    offset = at,
-                    "cutting off an incomplete record at the end of the raft log (a write the \
-                     last crash interrupted)"
-                );
-                break;
-            }
-            Ok(None) => {
-                return Err(StoreError::corrupt(
-                    "raft log",
-                    format!("{} ends in the middle of a record", path.display()),
-                ))
-            }
-            Err(e) => return Err(e),
-        };
-        let expected = first + offsets.len() as u64;
-        if entry.log_id.index != expected {
-            return Err(StoreError::corrupt(
-                "raft log",
-                format!(
-                    "{} holds entry {} where entry {expected} belongs",
-                    path.display(),
-                    entry.log_id.index
-                ),
-            ));
+        if rest.is_empty() {
+            break None;
         }
-        offsets.push(at as u64);
-        last = Some(entry.log_id);
-        at += used;
-    }
+        let reason = match decode_record(rest) {
+            Ok(Some((entry, used))) => {
+                let expected = first + offsets.len() as u64;
+                if entry.log_id.index == expected {
+                    offsets.push(at as u64);
+                    last = Some(entry.log_id);
+                    at += used;
+                    continue;
+                }
+                format!(
+                    "holds entry {} where entry {expected} belongs",
+                    entry.log_id.index
+                )
+            }
+            Ok(None) => "the file ends in the middle of a record".to_string(),
+            Err(e) => e.to_string(),
+        };
+        break Some(Damage {
+            offset: at as u64,
+            bytes: rest.len() as u64,
+            reason,
+        });
+    };
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .open(path)
         .map_err(|e| StoreError::io("open", path, e))?;
-    let end = at as u64;
-    if end < bytes.len() as u64 {
-        file.set_len(end)
-            .and_then(|()| file.sync_data())
-            .map_err(|e| StoreError::io("truncate", path, e))?;
-    }
     let segment = Segment {
         path: path.to_path_buf(),
         file: Arc::new(file),
         first,
         offsets,
-        end,
+        end: at as u64,
     };
-    Ok((segment, last))
+    Ok(Loaded {
+        segment,
+        last,
+        damage,
+    })
+}
+
+/// Cuts the last segment durably where `damage` starts: everything from there on is a torn
+/// tail, the appends a power loss interrupted, none of which was acknowledged (openraft counts
+/// an append only after its sync; the segments before this one were synced before it was
+/// created). Refuses instead if the cut would take an entry `recorded` as committed and not
+/// purged: those were synced, so damage to them is the disk's corruption, not a torn write.
+fn cut_torn_tail(
+    segment: &mut Segment,
+    damage: &Damage,
+    recorded: Recorded,
+) -> Result<(), StoreError> {
+    // The cut takes the entries from the segment's next index on, as many as the damaged
+    // bytes held; the first of them that is needed is this one.
+    let first_needed = segment
+        .next_index()
+        .max(recorded.purged.map_or(0, |p| p + 1));
+    if let Some(committed) = recorded.committed.filter(|&c| first_needed <= c) {
+        return Err(damage.refusal(
+            &segment.path,
+            format!("cutting it off would lose committed entries {first_needed} to {committed}"),
+        ));
+    }
+    tracing::warn!(
+        segment = %segment.path.display(),
+        offset = damage.offset,
+        bytes = damage.bytes,
+        reason = %damage.reason,
+        "cutting off a torn tail of the raft log (appends the last crash interrupted, never \
+         acknowledged)"
+    );
+    segment.cut(segment.offsets.len())
 }
 
 fn encode_record(out: &mut Vec<u8>, entry: &Entry) -> Result<(), StoreError> {
@@ -586,17 +687,6 @@ fn decode_record(bytes: &[u8]) -> Result<Option<(Entry, usize)>, StoreError> {
     Ok(Some((entry, HEADER_BYTES + len)))
 }
 
-/// Whether the record at the start of `bytes` ends at or past the end of `bytes`.
-fn reaches_end(bytes: &[u8]) -> bool {
-    match bytes.get(..4) {
-        Some(len) => {
-            let len = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
-            HEADER_BYTES.saturating_add(len) >= bytes.len()
-        }
-        None => true,
-    }
-}
-
 fn remove_file(path: &Path) -> Result<(), StoreError> {
     match fs::remove_file(path) {
         Ok(()) => Ok(()),
@@ -608,14 +698,53 @@ fn remove_file(path: &Path) -> Result<(), StoreError> {
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|e| StoreError::io("fsync", dir, e))
+        .map_err(|e| StoreError::io("fsync", dir, e))?;
+    #[cfg(test)]
+    tests::record_sync(dir);
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
+    use std::cell::RefCell;
+
     use openraft::{CommittedLeaderId, EntryPayload};
 
     use super::*;
+
+    thread_local! {
+        /// The files and directories this thread's logs synced, in order.
+        static SYNCED: RefCell<Vec<PathBuf>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// Notes a sync made by a log on this thread (each test runs on a thread of its own).
+    pub(super) fn record_sync(path: &Path) {
+        SYNCED.with(|s| s.borrow_mut().push(path.to_path_buf()));
+    }
+
+    /// The syncs made since the last call, as names relative to `dir` (`.` for `dir` itself).
+    fn take_syncs(dir: &Path) -> Vec<String> {
+        SYNCED
+            .with(|s| std::mem::take(&mut *s.borrow_mut()))
+            .iter()
+            .map(|p| match p.strip_prefix(dir) {
+                Ok(rel) if rel.as_os_str().is_empty() => ".".to_string(),
+                Ok(rel) => rel.display().to_string(),
+                Err(_) => p.display().to_string(),
+            })
+            .collect()
+    }
+
+    fn purged_to(index: u64) -> Recorded {
+        Recorded {
+            purged: Some(index),
+            committed: Some(index),
+        }
+    }
+
+    fn segment_name(first: u64) -> String {
+        format!("{first:020}{SUFFIX}")
+    }
 
     fn entry(term: u64, index: u64) -> Entry {
         Entry {
@@ -626,6 +755,26 @@ mod tests {
 
     fn entries(term: u64, indexes: std::ops::RangeInclusive<u64>) -> Vec<Entry> {
         indexes.map(|i| entry(term, i)).collect()
+    }
+
+    /// The size of a blank entry's record (with small term and index).
+    fn record_bytes() -> u64 {
+        let mut bytes = Vec::new();
+        encode_record(&mut bytes, &entry(1, 1)).unwrap();
+        bytes.len() as u64
+    }
+
+    /// A log whose segments are full at 3 blank records: appended two entries at a time, each
+    /// segment holds four.
+    fn small_segment_log(dir: &Path) -> Wal {
+        Wal::open_with_limits(dir, Recorded::default(), 3 * record_bytes(), RECENT_BYTES).unwrap()
+    }
+
+    /// Appends entries 1..=`last` of term 1, two at a time.
+    fn append_in_pairs(wal: &mut Wal, last: u64) {
+        for first in (1..last).step_by(2) {
+            wal.append(entries(1, first..=first + 1)).unwrap();
+        }
     }
 
     fn indexes(wal: &Wal, from: u64, to: u64) -> Vec<(u64, u64)> {
@@ -650,10 +799,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             // Small segments: every append of two entries fills one.
-            let mut wal = Wal::open_with_limits(dir.path(), None, 20, RECENT_BYTES).unwrap();
-            for first in (1..=9).step_by(2) {
-                wal.append(entries(1, first..=first + 1)).unwrap();
-            }
+            let mut wal =
+                Wal::open_with_limits(dir.path(), Recorded::default(), 20, RECENT_BYTES).unwrap();
+            append_in_pairs(&mut wal, 10);
             assert_eq!(wal.last().map(|l| l.index), Some(10));
         }
         assert!(
@@ -661,7 +809,7 @@ mod tests {
             "{:?}",
             segment_files(dir.path())
         );
-        let wal = Wal::open(dir.path(), None).unwrap();
+        let wal = Wal::open(dir.path(), Recorded::default()).unwrap();
         assert_eq!(wal.last().map(|l| l.index), Some(10));
         assert_eq!(indexes(&wal, 0, u64::MAX).len(), 10);
         assert_eq!(indexes(&wal, 4, 7), vec![(1, 4), (1, 5), (1, 6), (1, 7)]);
@@ -671,7 +819,7 @@ mod tests {
     fn a_torn_last_record_is_cut_off_and_the_log_goes_on() {
         let dir = tempfile::tempdir().unwrap();
         let path = {
-            let mut wal = Wal::open(dir.path(), None).unwrap();
+            let mut wal = Wal::open(dir.path(), Recorded::default()).unwrap();
             wal.append(entries(1, 1..=3)).unwrap();
             dir.path().join(&segment_files(dir.path())[0])
         };
@@ -682,37 +830,117 @@ mod tests {
             .unwrap()
             .set_len(len - 3)
             .unwrap();
-        let mut wal = Wal::open(dir.path(), None).unwrap();
+        let mut wal = Wal::open(dir.path(), Recorded::default()).unwrap();
         assert_eq!(indexes(&wal, 1, 10), vec![(1, 1), (1, 2)]);
         wal.append(entries(2, 3..=4)).unwrap();
         drop(wal);
-        let wal = Wal::open(dir.path(), None).unwrap();
+        let wal = Wal::open(dir.path(), Recorded::default()).unwrap();
         assert_eq!(indexes(&wal, 1, 10), vec![(1, 1), (1, 2), (2, 3), (2, 4)]);
     }
 
-    #[test]
-    fn damage_before_the_end_is_refused_not_cut_off() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = {
-            let mut wal = Wal::open(dir.path(), None).unwrap();
-            wal.append(entries(1, 1..=3)).unwrap();
-            dir.path().join(&segment_files(dir.path())[0])
-        };
-        let mut bytes = fs::read(&path).unwrap();
-        bytes[HEADER_BYTES + 2] ^= 0xff;
-        fs::write(&path, &bytes).unwrap();
-        match Wal::open(dir.path(), None) {
-            Err(StoreError::Corrupt { what, .. }) => assert_eq!(what, "raft log"),
+    /// Overwrites the record of entry `index` with zeros, as an unwritten extent reads.
+    fn zero_record(wal: &Wal, index: u64) {
+        let (_, segment) = wal.segments.range(..=index).next_back().unwrap();
+        let (start, end) = segment.byte_range(index, index);
+        let zeros = vec![0; (end - start) as usize];
+        segment.file.write_all_at(&zeros, start).unwrap();
+    }
+
+    /// The detail of the corruption error that refused to open a log.
+    fn refusal(opened: Result<Wal, StoreError>) -> String {
+        match opened {
+            Err(StoreError::Corrupt { what, detail }) => {
+                assert_eq!(what, "raft log");
+                detail
+            }
             Err(e) => panic!("expected a corruption error, got {e}"),
-            Ok(_) => panic!("a damaged record before the end must not open"),
+            Ok(_) => panic!("expected the damaged log to be refused, but it opened"),
         }
+    }
+
+    /// Entries 1..=6 in one segment, the record of entry 4 zeroed; returns the segment's path
+    /// and where that record starts.
+    fn six_entries_the_fourth_zeroed(dir: &Path) -> (PathBuf, u64) {
+        let mut wal = Wal::open(dir, Recorded::default()).unwrap();
+        wal.append(entries(1, 1..=3)).unwrap();
+        wal.append(entries(1, 4..=6)).unwrap();
+        zero_record(&wal, 4);
+        let segment = &wal.segments[&1];
+        (segment.path.clone(), segment.offsets[3])
+    }
+
+    /// A power loss during an append's sync can persist its bytes out of order: here the
+    /// record of entry 4 reads as zeros (as an unwritten extent on XFS does) while entries 5
+    /// and 6 after it made it. None of the three was acknowledged, so the log ends at 3, cut
+    /// there durably; entries up to 3 committed do not stand in the way.
+    #[test]
+    fn zeros_in_the_middle_of_the_last_segment_are_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, cut_at) = six_entries_the_fourth_zeroed(dir.path());
+        take_syncs(dir.path());
+        let committed_3 = Recorded {
+            purged: None,
+            committed: Some(3),
+        };
+        let mut wal = Wal::open(dir.path(), committed_3).unwrap();
+        assert_eq!(indexes(&wal, 0, u64::MAX), vec![(1, 1), (1, 2), (1, 3)]);
+        assert_eq!(fs::metadata(&path).unwrap().len(), cut_at);
+        assert_eq!(take_syncs(dir.path()), vec![segment_name(1)]);
+
+        tracing::info!("--- the log goes on after the cut");
+        wal.append(entries(2, 4..=4)).unwrap();
+        drop(wal);
+        let wal = Wal::open(dir.path(), committed_3).unwrap();
+        assert_eq!(
+            indexes(&wal, 0, u64::MAX),
+            vec![(1, 1), (1, 2), (1, 3), (2, 4)]
+        );
+    }
+
+    /// Committed entries were synced before they were recorded as committed: damage to one is
+    /// the disk's corruption, and cutting it off would lose it. The log is refused, untouched.
+    #[test]
+    fn damage_to_a_committed_entry_is_refused_not_cut_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, _) = six_entries_the_fourth_zeroed(dir.path());
+        let len = fs::metadata(&path).unwrap().len();
+        let committed_4 = Recorded {
+            purged: None,
+            committed: Some(4),
+        };
+        let detail = refusal(Wal::open(dir.path(), committed_4));
+        assert!(
+            detail.contains("would lose committed entries 4 to 4"),
+            "{detail}"
+        );
+        assert_eq!(fs::metadata(&path).unwrap().len(), len, "the file was cut");
+    }
+
+    /// A segment is synced before the next one is created, so only the last can be torn:
+    /// damage in any other is refused, even with nothing recorded as committed.
+    #[test]
+    fn damage_in_a_segment_before_the_last_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut wal = small_segment_log(dir.path());
+            append_in_pairs(&mut wal, 10);
+            assert_eq!(wal.segments.len(), 3);
+            zero_record(&wal, 6);
+        }
+        let detail = refusal(Wal::open(dir.path(), Recorded::default()));
+        assert!(detail.contains(&segment_name(5)), "{detail}");
+        assert!(
+            detail.contains("only the last segment may be torn"),
+            "{detail}"
+        );
     }
 
     #[test]
     fn truncate_removes_the_tail_durably_and_appends_replace_it() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let mut wal = Wal::open_with_limits(dir.path(), None, 20, RECENT_BYTES).unwrap();
+            let mut wal =
+                Wal::open_with_limits(dir.path(), Recorded::default(), 20, RECENT_BYTES).unwrap();
             wal.append(entries(1, 1..=2)).unwrap();
             wal.append(entries(1, 3..=4)).unwrap();
             wal.append(entries(1, 5..=6)).unwrap();
@@ -722,27 +950,93 @@ mod tests {
             wal.append(entries(2, 4..=5)).unwrap();
             wal.append(entries(3, 5..=5)).unwrap();
         }
-        let wal = Wal::open(dir.path(), None).unwrap();
+        let wal = Wal::open(dir.path(), Recorded::default()).unwrap();
         assert_eq!(
             indexes(&wal, 1, 10),
             vec![(1, 1), (1, 2), (1, 3), (2, 4), (3, 5)]
         );
     }
 
+    /// A segment is synced before the next one is created: open refuses damage anywhere but
+    /// in the last segment, so a segment must never be followed by another while its own
+    /// records may still be lost.
+    #[test]
+    fn a_full_segment_is_synced_before_the_next_one_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut wal = small_segment_log(dir.path());
+        append_in_pairs(&mut wal, 4);
+        assert_eq!(segment_files(dir.path()), vec![segment_name(1)]);
+        take_syncs(dir.path());
+        // Segment 1 is full: this append starts segment 5.
+        wal.append(entries(1, 5..=6)).unwrap();
+        assert_eq!(
+            segment_files(dir.path()),
+            vec![segment_name(1), segment_name(5)]
+        );
+        assert_eq!(
+            take_syncs(dir.path()),
+            vec![segment_name(1), ".".to_string()],
+            "expected segment 1 synced, then the directory holding the new segment"
+        );
+    }
+
+    /// An append that starts at or below the last entry replaces the tail as durably as
+    /// `truncate` does: were the old tail's removal left to chance, a crash could bring back
+    /// old entries right after the new ones (here segment 9's, after the new entry 8).
+    #[test]
+    fn an_append_over_the_tail_removes_it_durably() {
+        let one_segment_log: fn(&Path) -> Wal = |dir| Wal::open(dir, Recorded::default()).unwrap();
+        // The small segments hold 1..=4, 5..=8 and 9..=10.
+        for (case, open, cut, removed) in [
+            ("one segment", one_segment_log, 1, vec![]),
+            ("three segments", small_segment_log, 5, vec![9]),
+        ] {
+            tracing::info!("--- {case}");
+            let dir = tempfile::tempdir().unwrap();
+            {
+                let mut wal = open(dir.path());
+                append_in_pairs(&mut wal, 10);
+                for first in &removed {
+                    assert!(segment_files(dir.path()).contains(&segment_name(*first)));
+                }
+                take_syncs(dir.path());
+                wal.append(entries(2, 6..=8)).unwrap();
+                let syncs = take_syncs(dir.path());
+                assert!(
+                    syncs.contains(&segment_name(cut)),
+                    "{case}: segment {cut}, cut short, was not synced: {syncs:?}"
+                );
+                if !removed.is_empty() {
+                    assert!(
+                        syncs.contains(&".".to_string()),
+                        "{case}: the directory was not synced after removing {removed:?}: {syncs:?}"
+                    );
+                }
+            }
+            let wal = Wal::open(dir.path(), Recorded::default()).unwrap();
+            let mut expected: Vec<(u64, u64)> = (1..=5).map(|i| (1, i)).collect();
+            expected.extend((6..=8).map(|i| (2, i)));
+            assert_eq!(indexes(&wal, 0, u64::MAX), expected, "{case}");
+            assert_eq!(wal.last().map(|l| l.index), Some(8), "{case}");
+            for first in &removed {
+                assert!(!segment_files(dir.path()).contains(&segment_name(*first)));
+            }
+        }
+    }
+
     #[test]
     fn purge_hides_entries_and_drops_whole_segments() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let mut wal = Wal::open_with_limits(dir.path(), None, 20, RECENT_BYTES).unwrap();
-            for first in (1..=7).step_by(2) {
-                wal.append(entries(1, first..=first + 1)).unwrap();
-            }
+            let mut wal =
+                Wal::open_with_limits(dir.path(), Recorded::default(), 20, RECENT_BYTES).unwrap();
+            append_in_pairs(&mut wal, 8);
             wal.purge(3).unwrap();
             assert_eq!(indexes(&wal, 1, 10).first(), Some(&(1, 4)));
         }
         // Entries 1 and 2 had a segment of their own; 3 shares one with 4.
-        assert!(!segment_files(dir.path()).contains(&format!("{:020}{SUFFIX}", 1)));
-        let wal = Wal::open(dir.path(), Some(3)).unwrap();
+        assert!(!segment_files(dir.path()).contains(&segment_name(1)));
+        let wal = Wal::open(dir.path(), purged_to(3)).unwrap();
         assert_eq!(indexes(&wal, 0, 100).first(), Some(&(1, 4)));
         assert_eq!(wal.last().map(|l| l.index), Some(8));
     }
@@ -751,7 +1045,7 @@ mod tests {
     fn an_append_past_a_purge_beyond_the_end_starts_afresh() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let mut wal = Wal::open(dir.path(), None).unwrap();
+            let mut wal = Wal::open(dir.path(), Recorded::default()).unwrap();
             wal.append(entries(1, 1..=3)).unwrap();
             // As after installing a snapshot of index 100.
             wal.purge(100).unwrap();
@@ -759,7 +1053,7 @@ mod tests {
             assert!(indexes(&wal, 0, u64::MAX).is_empty());
             wal.append(entries(4, 101..=102)).unwrap();
         }
-        let wal = Wal::open(dir.path(), Some(100)).unwrap();
+        let wal = Wal::open(dir.path(), purged_to(100)).unwrap();
         assert_eq!(indexes(&wal, 0, u64::MAX), vec![(4, 101), (4, 102)]);
     }
 
@@ -771,8 +1065,8 @@ mod tests {
     fn reads_from_memory_match_the_files() {
         let (small, none) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         // A blank entry's record is some 30 bytes: 100 bytes hold the last three.
-        let mut small = Wal::open_with_limits(small.path(), None, 200, 100).unwrap();
-        let mut none = Wal::open_with_limits(none.path(), None, 200, 0).unwrap();
+        let mut small = Wal::open_with_limits(small.path(), Recorded::default(), 200, 100).unwrap();
+        let mut none = Wal::open_with_limits(none.path(), Recorded::default(), 200, 0).unwrap();
         enum Step {
             Append(u64, std::ops::RangeInclusive<u64>),
             Truncate(u64),

@@ -94,6 +94,19 @@ impl Shared {
         self.attr(ino)
     }
 
+    /// Makes the new name `name` in `parent` with `make` (through to the backing directory at
+    /// once), and counts a lookup of it.
+    fn make(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        make: impl FnOnce(&Path) -> io::Result<()>,
+    ) -> Result<FileAttr, Errno> {
+        let path = self.child(parent, name)?;
+        make(&path)?;
+        self.entry(path)
+    }
+
     fn path(&self, ino: u64) -> Result<PathBuf, Errno> {
         Ok(self.inodes.lock().get(ino).ok_or(Errno::ENOENT)?.0)
     }
@@ -194,7 +207,8 @@ impl Shared {
         Ok(())
     }
 
-    fn remove(&self, path: PathBuf, dir: bool) -> Result<(), Errno> {
+    fn remove(&self, parent: u64, name: &OsStr, dir: bool) -> Result<(), Errno> {
+        let path = self.child(parent, name)?;
         let mut inodes = self.inodes.lock();
         let metadata = fs::symlink_metadata(&path)?;
         if dir {
@@ -260,11 +274,7 @@ impl Filesystem for CrashFilesystem {
             .shared
             .child(parent.0, name)
             .and_then(|p| self.shared.entry(p));
-        reply!(reply, result, |attr| reply.entry(
-            &TTL,
-            &attr,
-            Generation(0)
-        ));
+        reply_entry(reply, result);
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -321,19 +331,12 @@ impl Filesystem for CrashFilesystem {
         if mode & libc::S_IFMT != libc::S_IFREG {
             return reply.error(Errno::EPERM);
         }
-        let result = self.shared.child(parent.0, name).and_then(|path| {
-            fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(mode & 0o7777)
-                .open(&path)?;
-            self.shared.entry(path)
+        let result = self.shared.make(parent.0, name, |path| {
+            let mut options = fs::OpenOptions::new();
+            options.write(true).create_new(true).mode(mode & 0o7777);
+            options.open(path).map(drop)
         });
-        reply!(reply, result, |attr| reply.entry(
-            &TTL,
-            &attr,
-            Generation(0)
-        ));
+        reply_entry(reply, result);
     }
 
     fn mkdir(
@@ -345,30 +348,19 @@ impl Filesystem for CrashFilesystem {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        let result = self.shared.child(parent.0, name).and_then(|path| {
-            fs::DirBuilder::new().mode(mode & 0o7777).create(&path)?;
-            self.shared.entry(path)
+        let result = self.shared.make(parent.0, name, |path| {
+            fs::DirBuilder::new().mode(mode & 0o7777).create(path)
         });
-        reply!(reply, result, |attr| reply.entry(
-            &TTL,
-            &attr,
-            Generation(0)
-        ));
+        reply_entry(reply, result);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let result = self
-            .shared
-            .child(parent.0, name)
-            .and_then(|p| self.shared.remove(p, false));
+        let result = self.shared.remove(parent.0, name, false);
         reply!(reply, result, |()| reply.ok());
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let result = self
-            .shared
-            .child(parent.0, name)
-            .and_then(|p| self.shared.remove(p, true));
+        let result = self.shared.remove(parent.0, name, true);
         reply!(reply, result, |()| reply.ok());
     }
 
@@ -380,15 +372,10 @@ impl Filesystem for CrashFilesystem {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let result = self.shared.child(parent.0, link_name).and_then(|path| {
-            std::os::unix::fs::symlink(target, &path)?;
-            self.shared.entry(path)
+        let result = self.shared.make(parent.0, link_name, |path| {
+            std::os::unix::fs::symlink(target, path)
         });
-        reply!(reply, result, |attr| reply.entry(
-            &TTL,
-            &attr,
-            Generation(0)
-        ));
+        reply_entry(reply, result);
     }
 
     fn rename(
@@ -614,6 +601,15 @@ impl Filesystem for CrashFilesystem {
         };
         reply!(reply, result, |()| reply.ok());
     }
+}
+
+/// Replies with a new or looked-up entry, or the error.
+fn reply_entry(reply: ReplyEntry, result: Result<FileAttr, Errno>) {
+    reply!(reply, result, |attr| reply.entry(
+        &TTL,
+        &attr,
+        Generation(0)
+    ));
 }
 
 /// A file's attributes from its backing metadata, with `size` in place of the backing size.

@@ -27,8 +27,10 @@ impl Mounted {
     }
 }
 
-fn mount(test: &str) -> Option<Mounted> {
+fn mount() -> Option<Mounted> {
     if !rampart_crashfs::fuse_available() {
+        let thread = std::thread::current();
+        let test = thread.name().unwrap_or("this test");
         println!("SKIPPED {test}: /dev/fuse is missing, so no FUSE filesystem can be mounted here");
         return None;
     }
@@ -58,9 +60,7 @@ fn read(path: &Path) -> Vec<u8> {
 
 #[test]
 fn data_written_then_fsynced_survives_a_crash() {
-    let Some(m) = mount("data_written_then_fsynced_survives_a_crash") else {
-        return;
-    };
+    let Some(m) = mount() else { return };
     let path = m.path("synced");
     let mut file = create(&path);
     file.write_all(b"durable bytes").unwrap();
@@ -74,9 +74,7 @@ fn data_written_then_fsynced_survives_a_crash() {
 
 #[test]
 fn data_written_and_not_synced_is_read_back_then_lost() {
-    let Some(m) = mount("data_written_and_not_synced_is_read_back_then_lost") else {
-        return;
-    };
+    let Some(m) = mount() else { return };
     let path = m.path("unsynced");
     let mut file = create(&path);
     file.write_all(b"in the page cache only").unwrap();
@@ -100,9 +98,7 @@ fn data_written_and_not_synced_is_read_back_then_lost() {
 
 #[test]
 fn a_partly_synced_file_keeps_the_synced_part_only() {
-    let Some(m) = mount("a_partly_synced_file_keeps_the_synced_part_only") else {
-        return;
-    };
+    let Some(m) = mount() else { return };
     let path = m.path("log");
     let mut file = create(&path);
     file.write_all(b"AAAA").unwrap();
@@ -123,9 +119,7 @@ fn a_partly_synced_file_keeps_the_synced_part_only() {
 
 #[test]
 fn truncations_are_data_lost_until_synced() {
-    let Some(m) = mount("truncations_are_data_lost_until_synced") else {
-        return;
-    };
+    let Some(m) = mount() else { return };
     let path = m.path("cut");
     let file = create(&path);
     file.write_all_at(b"0123456789", 0).unwrap();
@@ -161,9 +155,7 @@ fn truncations_are_data_lost_until_synced() {
 
 #[test]
 fn a_synced_file_renamed_into_place_survives_a_crash() {
-    let Some(m) = mount("a_synced_file_renamed_into_place_survives_a_crash") else {
-        return;
-    };
+    let Some(m) = mount() else { return };
     fs::write(m.path("current"), b"").unwrap();
     {
         let mut old = OpenOptions::new()
@@ -197,9 +189,7 @@ fn a_synced_file_renamed_into_place_survives_a_crash() {
 
 #[test]
 fn a_file_removed_and_made_again_starts_empty() {
-    let Some(m) = mount("a_file_removed_and_made_again_starts_empty") else {
-        return;
-    };
+    let Some(m) = mount() else { return };
     let path = m.path("again");
     create(&path).write_all(b"first, never synced").unwrap();
     fs::remove_file(&path).unwrap();
@@ -219,9 +209,7 @@ fn a_file_removed_and_made_again_starts_empty() {
 
 #[test]
 fn many_files_written_from_many_threads_keep_what_each_synced() {
-    let Some(m) = mount("many_files_written_from_many_threads_keep_what_each_synced") else {
-        return;
-    };
+    let Some(m) = mount() else { return };
     let threads = 4;
     let files_per_thread = 25;
     std::thread::scope(|scope| {

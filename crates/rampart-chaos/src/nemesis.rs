@@ -56,19 +56,12 @@ pub enum FaultKind {
 }
 
 impl FaultKind {
-    /// The faults a run injects unless told otherwise: all but the power loss, which needs
-    /// FUSE and puts the members' data on crash filesystems.
-    pub const DEFAULT: [FaultKind; 6] = [
-        FaultKind::Kill,
-        FaultKind::Pause,
-        FaultKind::Partition,
-        FaultKind::Delay,
-        FaultKind::RestartAll,
-        FaultKind::LostReplies,
-    ];
+    /// The faults a run injects unless told otherwise: all but the last, the power loss, which
+    /// needs FUSE and puts the members' data on crash filesystems.
+    pub const DEFAULT: &'static [FaultKind] = FaultKind::ALL.split_at(FaultKind::ALL.len() - 1).0;
 
-    /// Every kind of fault (`--faults all`).
-    pub const ALL: [FaultKind; 7] = [
+    /// Every kind of fault (`--faults all`), the default ones first.
+    pub const ALL: &'static [FaultKind] = &[
         FaultKind::Kill,
         FaultKind::Pause,
         FaultKind::Partition,
@@ -127,7 +120,8 @@ impl FromStr for FaultKind {
 
     fn from_str(s: &str) -> Result<FaultKind, String> {
         FaultKind::ALL
-            .into_iter()
+            .iter()
+            .copied()
             .find(|k| k.name() == s)
             .ok_or_else(|| {
                 format!(

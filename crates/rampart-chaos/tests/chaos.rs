@@ -24,7 +24,7 @@ mod common;
 
 use common::run_and_check;
 
-const DEFAULT: &[FaultKind] = &FaultKind::DEFAULT;
+const DEFAULT: &[FaultKind] = FaultKind::DEFAULT;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fixed_seed_1_default_faults() {

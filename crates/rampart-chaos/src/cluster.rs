@@ -1,6 +1,7 @@
 //! A cluster of real `rampart` processes on loopback, and the faults the nemesis inflicts on
-//! them: kill -9 and restart, SIGSTOP and SIGCONT (through `rampart-launcher`, which the tests
-//! crate shares), and peer-link rules set through each member's test-only `Faults` service
+//! them: kill -9 and restart, SIGSTOP and SIGCONT, power losses of members whose data is on
+//! crash filesystems (through `rampart-launcher`, which the tests crate shares), and peer-link
+//! rules set through each member's test-only `Faults` service
 //! (`--experimental-peer-fault-injection`).
 
 use std::collections::BTreeMap;
@@ -205,18 +206,29 @@ pub struct Cluster {
 
 impl Cluster {
     /// Starts `size` members under `dir` (data directories and logs) and waits until each
-    /// answers and a leader is elected.
-    pub async fn start(binary: &Path, size: usize, dir: &Path) -> anyhow::Result<Cluster> {
+    /// answers and a leader is elected. With `crashfs`, each member's data directory is on a
+    /// crash filesystem, so that [`Cluster::power_loss`] can drop what it did not fsync.
+    pub async fn start(
+        binary: &Path,
+        size: usize,
+        dir: &Path,
+        crashfs: bool,
+    ) -> anyhow::Result<Cluster> {
         rampart_launcher::retry_start(|attempt| async move {
             let attempt_dir = dir.join(format!("cluster-{attempt}"));
-            Self::try_start(binary, size, &attempt_dir)
+            Self::try_start(binary, size, &attempt_dir, crashfs)
                 .await
                 .inspect_err(|e| tracing::warn!("cluster start attempt {attempt} failed: {e:#}"))
         })
         .await
     }
 
-    async fn try_start(binary: &Path, size: usize, dir: &Path) -> anyhow::Result<Cluster> {
+    async fn try_start(
+        binary: &Path,
+        size: usize,
+        dir: &Path,
+        crashfs: bool,
+    ) -> anyhow::Result<Cluster> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let plan = Plan {
             size,
@@ -236,6 +248,9 @@ impl Cluster {
         for mut process in plan.members(binary, dir)? {
             let client_channel = channel(&process.client_url, CONTROL_TIMEOUT)?;
             let peer_channel = channel(&process.peer_url, CONTROL_TIMEOUT)?;
+            if crashfs {
+                process.use_crashfs()?;
+            }
             process.spawn()?;
             cluster.members.push(Member {
                 process,
@@ -404,6 +419,12 @@ impl Cluster {
     /// Kills member `index` with SIGKILL: no shutdown, no flush. A paused member dies too.
     pub async fn kill(&mut self, index: usize) -> anyhow::Result<()> {
         self.members[index].process.kill()
+    }
+
+    /// Cuts member `index`'s power: killed with SIGKILL, and every write it had not fsynced
+    /// dropped (its data must be on a crash filesystem, see [`Cluster::start`]).
+    pub async fn power_loss(&mut self, index: usize) -> anyhow::Result<()> {
+        self.members[index].process.power_loss()
     }
 
     /// Starts member `index` again, on its old addresses and data, and waits until it serves.

@@ -52,7 +52,8 @@ struct Cli {
     #[arg(long, default_value_t = 2)]
     lease_clients: usize,
     /// Faults to inject, comma-separated: kill, pause, partition, delay, restart-all,
-    /// lost-replies; or default (all of them), all, none.
+    /// lost-replies, power-loss (members on crash filesystems: needs FUSE); or default (all
+    /// but power-loss), all, none.
     #[arg(long, default_value = "default", value_parser = FaultKind::parse_list)]
     // Spelled out so that clap takes the parsed list as one value rather than collecting
     // repeated flags into a `Vec`.

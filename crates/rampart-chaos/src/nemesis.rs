@@ -2,8 +2,13 @@
 //!
 //! The run alternates quiet spells (1-3 s) with fault rounds. A round injects one fault, or
 //! several at once (two in ~30% of rounds, three in ~10%), holds them 2-7 s, then heals
-//! everything: paused members resume, killed ones restart, every link delivers again. A round
-//! that restarts the whole cluster runs alone. The same seed gives the same schedule of kinds,
+//! everything: paused members resume, killed ones (by kill -9 or a power loss) restart, every
+//! link delivers again. A round that restarts the whole cluster runs alone.
+//!
+//! A power loss kills members and drops every write they had not fsynced: their data
+//! directories are on crash filesystems (`rampart-crashfs`), which the cluster mounts only when
+//! `power-loss` is among the faults. A plain kill -9 loses nothing written: the page cache
+//! keeps it. The same seed gives the same schedule of kinds,
 //! variants and timings; which member is hit when the plan says "the leader" depends on the run.
 //!
 //! Network faults are peer-link rules set on the members (see [`NetworkRules`]); a member's
@@ -45,20 +50,25 @@ pub enum FaultKind {
     /// Lost answers: a member's requests to another are carried out but their replies never
     /// come back (to the leader's forwards and read-index calls, or from followers' appends).
     LostReplies,
+    /// Power cut to one member, a minority, or the whole cluster: killed, and every write not
+    /// fsynced dropped; restarted when the round heals. Needs FUSE (crash filesystems).
+    PowerLoss,
 }
 
 impl FaultKind {
-    /// The faults a run injects unless told otherwise.
-    pub const DEFAULT: [FaultKind; 6] = FaultKind::ALL;
+    /// The faults a run injects unless told otherwise: all but the last, the power loss, which
+    /// needs FUSE and puts the members' data on crash filesystems.
+    pub const DEFAULT: &'static [FaultKind] = FaultKind::ALL.split_at(FaultKind::ALL.len() - 1).0;
 
-    /// Every kind of fault (`--faults all`).
-    pub const ALL: [FaultKind; 6] = [
+    /// Every kind of fault (`--faults all`), the default ones first.
+    pub const ALL: &'static [FaultKind] = &[
         FaultKind::Kill,
         FaultKind::Pause,
         FaultKind::Partition,
         FaultKind::Delay,
         FaultKind::RestartAll,
         FaultKind::LostReplies,
+        FaultKind::PowerLoss,
     ];
 
     /// Whether the fault is made of peer-link rules.
@@ -77,6 +87,7 @@ impl FaultKind {
             FaultKind::Delay => "delay",
             FaultKind::RestartAll => "restart-all",
             FaultKind::LostReplies => "lost-replies",
+            FaultKind::PowerLoss => "power-loss",
         }
     }
 
@@ -109,12 +120,13 @@ impl FromStr for FaultKind {
 
     fn from_str(s: &str) -> Result<FaultKind, String> {
         FaultKind::ALL
-            .into_iter()
+            .iter()
+            .copied()
             .find(|k| k.name() == s)
             .ok_or_else(|| {
                 format!(
                     "unknown fault {s:?}: expected kill, pause, partition, delay, restart-all, \
-                     lost-replies, or default, all, none"
+                     lost-replies, power-loss, or default, all, none"
                 )
             })
     }
@@ -238,6 +250,10 @@ impl Nemesis {
                     let detail = self.stop_some(cluster, leader, kind).await;
                     details.push(detail);
                 }
+                FaultKind::PowerLoss => {
+                    let detail = self.cut_power(cluster, leader).await;
+                    details.push(detail);
+                }
                 FaultKind::RestartAll => {
                     let down = Duration::from_millis(self.rng.gen_range(200..2000));
                     self.event(
@@ -311,6 +327,36 @@ impl Nemesis {
             "SIGSTOP"
         };
         format!("{verb} {}", names.join(", "))
+    }
+
+    /// Cuts the power of one member (the leader half the time), a minority, or the whole
+    /// cluster (a third of the time each): each is killed and loses what it had not fsynced,
+    /// members killed earlier in the round included. They restart when the round heals.
+    async fn cut_power(&mut self, cluster: &mut Cluster, leader: Option<usize>) -> String {
+        let n = cluster.members.len();
+        let mut order: Vec<usize> = (0..n).collect();
+        order.shuffle(&mut self.rng);
+        let (scope, count) = match self.rng.gen_range(0..3) {
+            0 => ("one member", 1),
+            1 => ("a minority", self.rng.gen_range(1..=(n - 1) / 2)),
+            _ => ("the whole cluster", n),
+        };
+        if let Some(leader) = leader.filter(|_| count < n && self.rng.gen_bool(0.5)) {
+            order.retain(|&i| i != leader);
+            order.insert(0, leader);
+        }
+        let mut names = Vec::new();
+        for &i in &order[..count] {
+            let process = &cluster.members[i].process;
+            let lost = process.unsynced_bytes();
+            let role = if Some(i) == leader { " (leader)" } else { "" };
+            let name = format!("{}{role}", process.name);
+            match cluster.power_loss(i).await {
+                Ok(()) => names.push(format!("{name}, ~{lost} bytes not fsynced")),
+                Err(e) => self.event("error", format!("{e:#}")),
+            }
+        }
+        format!("power loss of {scope}: {}", names.join("; "))
     }
 
     /// One network partition, chosen among: majority/minority, the leader isolated, a bridge

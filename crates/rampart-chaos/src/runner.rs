@@ -161,7 +161,10 @@ pub async fn run(options: &Options) -> anyhow::Result<Outcome> {
         "--- starting the cluster ({})",
         binary.display()
     );
-    let mut cluster = Cluster::start(&binary, options.nodes, &options.out).await?;
+    // Crash filesystems only where a power loss needs them: they cost a FUSE round trip on
+    // every file operation.
+    let crashfs = options.faults.contains(&FaultKind::PowerLoss);
+    let mut cluster = Cluster::start(&binary, options.nodes, &options.out, crashfs).await?;
     let start_revision = cluster.revision().await? + 1;
 
     tracing::info!(
@@ -321,8 +324,10 @@ pub async fn run(options: &Options) -> anyhow::Result<Outcome> {
 
     let violation_file = if findings.is_empty() {
         // Keep the logs and the history; the data directories of a passing run are not needed.
-        for member in &cluster.members {
-            let _ = std::fs::remove_dir_all(&member.process.data_dir);
+        for member in &mut cluster.members {
+            if let Err(e) = member.process.remove_data() {
+                tracing::warn!("{e:#}");
+            }
         }
         None
     } else {

@@ -10,12 +10,15 @@
 //!   appended to a log file, waited on until the caller's probe answers
 //!   ([`Member::wait_answering`]), killed with SIGKILL, paused with SIGSTOP and resumed with
 //!   SIGCONT, sent any other signal (SIGTERM, SIGINT), restarted on the same flags and data
-//!   directory, and killed when dropped so that no test leaves a process behind.
+//!   directory, and killed when dropped so that no test leaves a process behind. With
+//!   [`Member::use_crashfs`] its data directory lives on a crash filesystem
+//!   (`rampart-crashfs`), and [`Member::power_loss`] kills it and drops every write it had not
+//!   fsynced, as a power cut would.
 //!
-//! It drives processes and nothing else: it must not depend on any Rampart crate (the chaos
-//! harness talks to Rampart over the network only and may link no server crate), nor speak
-//! gRPC itself; each caller probes a member with its own client. As test tooling, its errors
-//! are `anyhow` errors, except [`NotAnswering`], which callers match on.
+//! It drives processes and their disks and nothing else: it must not depend on any Rampart
+//! server crate (the chaos harness talks to Rampart over the network only and may link none),
+//! nor speak gRPC itself; each caller probes a member with its own client. As test tooling,
+//! its errors are `anyhow` errors, except [`NotAnswering`], which callers match on.
 
 mod binary;
 mod member;

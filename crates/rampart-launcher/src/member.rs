@@ -6,6 +6,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use rampart_crashfs::{CrashFs, MountedCrashFs};
 use tokio::time::Instant;
 
 /// How often [`Member::wait_answering`] probes.
@@ -56,11 +57,66 @@ pub struct Member {
     pub(crate) paused: bool,
     /// The log's length when the current process started: what it wrote comes after.
     pub(crate) log_start: u64,
+    /// Where the data directory lives: the plain filesystem, or a crash filesystem.
+    pub(crate) disk: Disk,
+}
+
+/// A member's data directory: on the machine's filesystem, where a killed process loses
+/// nothing it wrote (the kernel's page cache keeps it), or on a crash filesystem
+/// (`rampart-crashfs`), where [`Member::power_loss`] drops every write not fsynced.
+#[derive(Debug, Default)]
+pub(crate) enum Disk {
+    #[default]
+    Plain,
+    /// Mounted at the data directory over `backing` at the next start, and then kept
+    /// mounted across kills, power losses and restarts until the member is dropped.
+    CrashFs {
+        backing: PathBuf,
+        mount: Option<MountedCrashFs>,
+    },
 }
 
 impl Member {
+    /// Keeps the data directory on a crash filesystem from the next start on, so that
+    /// [`Member::power_loss`] can drop what the member did not fsync. What the filesystem
+    /// holds as synced lives in `{data_dir}.disk`. Needs FUSE (see `rampart-crashfs`).
+    pub fn use_crashfs(&mut self) -> anyhow::Result<()> {
+        if self.child.is_some() {
+            bail!("{} is running: its data directory cannot move", self.name);
+        }
+        let mut backing = self.data_dir.clone().into_os_string();
+        backing.push(".disk");
+        self.disk = Disk::CrashFs {
+            backing: backing.into(),
+            mount: None,
+        };
+        Ok(())
+    }
+
+    /// Whether the data directory is on a crash filesystem.
+    pub fn on_crashfs(&self) -> bool {
+        matches!(self.disk, Disk::CrashFs { .. })
+    }
+
+    /// Mounts the crash filesystem at the data directory if it is not mounted yet.
+    fn mount_disk(&mut self) -> anyhow::Result<()> {
+        if let Disk::CrashFs {
+            backing,
+            mount: mount @ None,
+        } = &mut self.disk
+        {
+            for dir in [&*backing, &self.data_dir] {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+            }
+            *mount = Some(CrashFs::mount(backing, &self.data_dir)?);
+        }
+        Ok(())
+    }
+
     /// Starts the process, its output appended to [`Member::log_path`].
     pub fn spawn(&mut self) -> anyhow::Result<()> {
+        self.mount_disk()?;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -116,6 +172,59 @@ impl Member {
             child.wait()?;
         }
         self.paused = false;
+        Ok(())
+    }
+
+    /// Cuts the power: kills the process with SIGKILL, then drops every write to the data
+    /// directory that was not fsynced (the member must be on a crash filesystem, see
+    /// [`Member::use_crashfs`]). [`Member::restart`] starts it again on what is left.
+    pub fn power_loss(&mut self) -> anyhow::Result<()> {
+        self.kill()?;
+        match &self.disk {
+            Disk::CrashFs {
+                mount: Some(mount), ..
+            } => {
+                mount.crash()?;
+                Ok(())
+            }
+            Disk::CrashFs { mount: None, .. } => Ok(()),
+            Disk::Plain => bail!(
+                "{} keeps its data on the plain filesystem: no power to cut",
+                self.name
+            ),
+        }
+    }
+
+    /// Bytes the member wrote and did not fsync: what a power loss now would drop (0 off a
+    /// crash filesystem).
+    pub fn unsynced_bytes(&self) -> u64 {
+        match &self.disk {
+            Disk::CrashFs {
+                mount: Some(mount), ..
+            } => mount.unsynced_bytes(),
+            _ => 0,
+        }
+    }
+
+    /// Kills the process, unmounts its crash filesystem if it has one, and deletes its data
+    /// directory (and the crash filesystem's backing directory).
+    pub fn remove_data(&mut self) -> anyhow::Result<()> {
+        self.kill()?;
+        let mut dirs = vec![self.data_dir.clone()];
+        if let Disk::CrashFs { backing, mount } = &mut self.disk {
+            if let Some(mount) = mount.take() {
+                mount.unmount();
+            }
+            dirs.push(backing.clone());
+        }
+        for dir in dirs {
+            match std::fs::remove_dir_all(&dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(e).with_context(|| format!("removing {}", dir.display()))
+                }
+                _ => {}
+            }
+        }
         Ok(())
     }
 
@@ -222,6 +331,8 @@ impl Member {
 }
 
 impl Drop for Member {
+    /// Kills the process; then the crash filesystem, if any, is unmounted (a field dropped
+    /// after this runs), with no process left using it.
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -328,5 +439,57 @@ mod tests {
             member.signal("TERM").is_err(),
             "a killed member has no process"
         );
+    }
+
+    #[tokio::test]
+    async fn a_power_loss_keeps_only_what_the_process_fsynced() {
+        if !rampart_crashfs::fuse_available() {
+            println!("SKIPPED: /dev/fuse is missing, so no crash filesystem can be mounted here");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        // A stand-in for rampart that writes two files in its data directory, fsyncs one
+        // (dd conv=fsync), says so, and runs until killed.
+        let script = dir.path().join("writer");
+        std::fs::write(
+            &script,
+            "#!/bin/sh\n\
+             for a in \"$@\"; do case $a in --data-dir=*) d=${a#--data-dir=};; esac; done\n\
+             echo synced | dd of=$d/synced conv=fsync status=none\n\
+             echo lost >> $d/unsynced\n\
+             echo written\n\
+             exec sleep 60\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut member = member(&script, dir.path());
+        member.use_crashfs().unwrap();
+        for run in 1..=2 {
+            member.spawn().unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !member.log_tail(1).contains("written") {
+                assert!(Instant::now() < deadline, "run {run}: {}", member.log());
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert_eq!(
+                std::fs::read_to_string(member.data_dir.join("unsynced")).unwrap(),
+                "lost\n",
+                "run {run}: read back before the power loss"
+            );
+            assert!(member.unsynced_bytes() > 0);
+            member.power_loss().unwrap();
+            assert_eq!(member.state(), ProcessState::Killed);
+            assert_eq!(
+                std::fs::read_to_string(member.data_dir.join("synced")).unwrap(),
+                "synced\n"
+            );
+            assert_eq!(
+                std::fs::read_to_string(member.data_dir.join("unsynced")).unwrap(),
+                "",
+                "run {run}: the unsynced append is gone"
+            );
+        }
+        member.remove_data().unwrap();
+        assert!(!member.data_dir.exists());
     }
 }

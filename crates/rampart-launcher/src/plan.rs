@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::path::Path;
 
-use crate::member::Member;
+use crate::member::{Disk, Member};
 
 /// How many times [`retry_start`] tries.
 pub const START_ATTEMPTS: usize = 3;
@@ -72,6 +72,7 @@ impl Plan {
                     child: None,
                     paused: false,
                     log_start: 0,
+                    disk: Disk::Plain,
                 }
             })
             .collect();

@@ -71,8 +71,8 @@ async fn lost_replies_do_not_duplicate_forwarded_writes() {
 /// Regression test, seed 4878157641327470543: the whole cluster is killed right after a batch
 /// of writes is acknowledged; the leader restarts as leader of the same term with a commit index
 /// saved before that batch, and a linearizable read on a member that had not applied the batch
-/// got a read index from before it (its revision went back). The read index is now the leader's
-/// whole log.
+/// got a read index from before it (its revision went back). A leader's read index is now at
+/// least the last log index it held when it took up its term (restored or elected).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_after_a_leader_restarts_in_its_term_see_every_acknowledged_write() {
     run_and_check(4878157641327470543, 3, Duration::from_secs(20), DEFAULT).await;

@@ -35,5 +35,5 @@ pub use messages::{
 pub use peer_network::{CallError, PeerConnection, PeerNetwork};
 pub use peer_service::{ForwardCheck, LeaseHandler, PeerService};
 pub use proposer::{Proposer, MAX_IN_FLIGHT};
-pub use raft_calls::{propose, read_index};
+pub use raft_calls::propose;
 pub use read_index::ReadIndexer;

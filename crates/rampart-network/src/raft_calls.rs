@@ -31,15 +31,12 @@ pub async fn propose(raft: &Raft<TypeConfig>, command: Command, timeout: Duratio
     }
 }
 
-/// Confirms with a quorum that this node is still the leader and returns the log id a
-/// linearizable read must wait for (Raft thesis §6.4, "read index").
-///
-/// openraft's read log id is the later of the commit index and the first entry of this leader's
-/// term (its blank entry), so it covers every entry committed before the read, of this term or
-/// of an earlier one: a restarted node leads only after a new election, with a new blank entry.
-/// Entries appended but not yet committed are not waited for: a read does not wait for the
-/// writes in flight, and a tail a later leader truncates never holds a read back.
-pub async fn read_index(raft: &Raft<TypeConfig>, timeout: Duration) -> ReadIndexReply {
+/// Confirms with a quorum that this node is still the leader and returns openraft's read log
+/// id (Raft thesis §6.4, "read index"): the later of the commit index and the first entry of
+/// this leader's term. Entries appended but not yet committed are not included. A leader that
+/// openraft restored within its term needs a floor on top of it: [`crate::ReadIndexer`] adds
+/// it, and every read goes through there.
+pub(crate) async fn read_index(raft: &Raft<TypeConfig>, timeout: Duration) -> ReadIndexReply {
     match tokio::time::timeout(timeout, raft.get_read_log_id()).await {
         Err(_) => Err(ForwardError::Timeout),
         Ok(Ok((read_log_id, _applied))) => Ok(read_log_id.map_or(0, |id| id.index)),

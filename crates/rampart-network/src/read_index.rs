@@ -13,9 +13,11 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::Raft;
+use openraft::{Raft, ServerState};
+use parking_lot::Mutex;
 use rampart_storage::{NodeId, PeerNode, TypeConfig};
 use tokio::sync::{mpsc, oneshot};
 
@@ -37,9 +39,13 @@ impl ReadIndexer {
     /// Starts the rounds' tasks; they end when every handle is dropped. `timeout` bounds each
     /// round; callers have their own deadlines too.
     pub fn start(raft: Raft<TypeConfig>, network: PeerNetwork, timeout: Duration) -> ReadIndexer {
+        let start = TermStart::follow(&raft);
         let local = Coalescer::start(move |()| {
-            let raft = raft.clone();
-            async move { read_index(&raft, timeout).await }
+            let (raft, start) = (raft.clone(), start.clone());
+            async move {
+                let index = read_index(&raft, timeout).await?;
+                Ok(index.max(start.floor(&raft)))
+            }
         });
         let remote = Coalescer::start(move |(leader, node): (NodeId, PeerNode)| {
             let network = network.clone();
@@ -82,6 +88,60 @@ impl ReadIndexer {
             Ok(None) => Err(ForwardError::Unavailable(
                 "the read indexer has stopped".into(),
             )),
+        }
+    }
+}
+
+/// The last log index this node held when it took up the leadership of its current term: a
+/// floor for its read indexes.
+///
+/// An elected leader's read log id (its term's blank entry, or a later commit index) is past
+/// every entry of earlier terms. But openraft 0.9 also restores a leader that restarts within
+/// its term, without an election and without a new blank entry (`Engine::startup`): its read
+/// log id is then the first entry of its term, and entries of its term acknowledged before the
+/// restart may lie beyond it, committed though its restored commit index does not say so. A
+/// read waits for every entry the leader held when it (re)took the term; those are all
+/// committed once it leads, so the floor costs a wait only until they are.
+#[derive(Clone)]
+struct TermStart {
+    /// `(term, last log index)` when this node was first seen leading `term`.
+    seen: Arc<Mutex<Option<(u64, u64)>>>,
+}
+
+impl TermStart {
+    /// Follows the node's metrics until Raft stops, noting each term it starts to lead.
+    fn follow(raft: &Raft<TypeConfig>) -> TermStart {
+        let start = TermStart {
+            seen: Arc::default(),
+        };
+        let mut metrics = raft.metrics();
+        let seen = start.seen.clone();
+        tokio::spawn(async move {
+            loop {
+                {
+                    let m = metrics.borrow_and_update();
+                    let leads = m.state == ServerState::Leader && m.current_leader == Some(m.id);
+                    let mut seen = seen.lock();
+                    if leads && seen.is_none_or(|(term, _)| term != m.current_term) {
+                        *seen = Some((m.current_term, m.last_log_index.unwrap_or(0)));
+                    }
+                }
+                if metrics.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        start
+    }
+
+    /// The floor for a read index confirmed just now: the last log index noted when this node
+    /// took up its current term, or, if it has not been noted yet, its last log index now.
+    fn floor(&self, raft: &Raft<TypeConfig>) -> u64 {
+        let metrics = raft.metrics();
+        let m = metrics.borrow();
+        match *self.seen.lock() {
+            Some((term, index)) if term == m.current_term => index,
+            _ => m.last_log_index.unwrap_or(0),
         }
     }
 }

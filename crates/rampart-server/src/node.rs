@@ -307,7 +307,7 @@ impl Node {
 
     /// This member's own read index, confirmed with a quorum; it fails unless this member leads.
     pub(crate) async fn read_index_here(&self) -> Result<u64, ForwardError> {
-        rampart_network::read_index(&self.raft, self.config.request_timeout()).await
+        self.read_indexer.local(self.config.request_timeout()).await
     }
 
     /// Stops Raft: no more entries are appended or applied here.

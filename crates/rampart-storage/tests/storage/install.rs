@@ -20,13 +20,7 @@ async fn leader_snapshot(dir: &TempDir) -> Snapshot<TypeConfig> {
     for i in 0..20 {
         leader.put(&format!("k{i:02}"), "leader").await;
     }
-    leader
-        .sm
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .expect("the leader builds a snapshot")
+    build(&mut leader).await
 }
 
 /// A follower that applied 5 entries of its own and has a snapshot of them.
@@ -35,14 +29,18 @@ async fn follower(dir: &TempDir) -> Node {
     for i in 0..5 {
         follower.put(&format!("old{i}"), "follower").await;
     }
+    build(&mut follower).await;
     follower
-        .sm
+}
+
+/// Builds (and saves) a snapshot of `node` as it is.
+async fn build(node: &mut Node) -> Snapshot<TypeConfig> {
+    node.sm
         .get_snapshot_builder()
         .await
         .build_snapshot()
         .await
-        .expect("the follower builds a snapshot");
-    follower
+        .expect("a snapshot builds")
 }
 
 async fn install(node: &mut Node, snapshot: &Snapshot<TypeConfig>) {

@@ -27,10 +27,11 @@
 //!   it unanswered. Keep-alives and TimeToLive questions
 //!   reaching a follower are sent to the leader's lessor (the peer `Lease` RPC); a follower's
 //!   lessor answers "not the leader".
-//! - **Every [`TICK`]** the leader proposes `LeaseRevoke` for each lease whose expiry has
-//!   passed. An expired lease is never renewed again: its revoke is on its way. It leaves the
-//!   table only when a revoke of it applies, so one whose revoke failed is proposed again at the
-//!   next tick.
+//! - **Every [`TICK`]** the leader revokes the leases whose expiry has passed, earliest first:
+//!   at most [`REVOKES_PER_TICK`] ([`REVOKE_RATE`] a second, as etcd's `leaseRevokeRate`), in
+//!   one `Command::Batch` entry of `LeaseRevoke`s. An expired lease is never renewed again: its
+//!   revoke is on its way, at this tick or a later one. It leaves the table only when a revoke
+//!   of it applies, so one whose revoke failed is proposed again at the next tick.
 //! - **Every `lease_checkpoint_interval`** it proposes the remaining TTL of every live lease,
 //!   [`CHECKPOINT_BATCH`] to a `LeaseCheckpoint` entry, so the next leader resumes them.
 //!
@@ -58,7 +59,8 @@ use std::time::Duration;
 use parking_lot::{Mutex, MutexGuard};
 use rampart_network::{ForwardError, LeaseHandler, LeaseReply, LeaseRequest, LeaseStatus};
 use rampart_storage::{
-    Command, CommandResult, Lease, LeaseChange, LeaseCheckpoint, LeaseFeed, LeaseFeedEnded,
+    ApplyError, Command, CommandResult, Lease, LeaseChange, LeaseCheckpoint, LeaseFeed,
+    LeaseFeedEnded,
 };
 use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -69,6 +71,14 @@ use crate::node::Node;
 
 /// How often the leader looks for expired leases (etcd: 500 ms).
 const TICK: Duration = Duration::from_millis(250);
+
+/// Most leases revoked in a second (etcd's `leaseRevokeRate`).
+const REVOKE_RATE: u128 = 1000;
+
+/// Most leases revoked at one tick: [`REVOKE_RATE`] spread over the ticks. Leases that expire
+/// together are revoked over several ticks, in one entry each, rather than in as many
+/// concurrent proposals as there are leases.
+const REVOKES_PER_TICK: usize = (REVOKE_RATE * TICK.as_millis() / 1000) as usize;
 
 /// Most leases in one checkpoint entry (etcd's `maxLeaseCheckpointBatchSize`).
 const CHECKPOINT_BATCH: usize = 1000;
@@ -169,11 +179,12 @@ impl Table {
         }
     }
 
-    /// The leases whose expiry is `now` or earlier, earliest first.
-    fn expired(&self, now: Instant) -> Vec<i64> {
+    /// At most `limit` leases whose expiry is `now` or earlier, earliest first.
+    fn expired(&self, now: Instant, limit: usize) -> Vec<i64> {
         self.by_expiry
             .iter()
             .take_while(|(expiry, _)| *expiry <= now)
+            .take(limit)
             .map(|&(_, id)| id)
             .collect()
     }
@@ -202,7 +213,7 @@ impl Leading {
         Ok(())
     }
 
-    /// What a tick at `now` proposes: the expired leases, and the checkpoints when due.
+    /// What a tick at `now` proposes: the first expired leases, and the checkpoints when due.
     fn work(&mut self, now: Instant, checkpoint_interval: Duration) -> Work {
         let mut checkpoints = Vec::new();
         if now >= self.next_checkpoint {
@@ -210,7 +221,7 @@ impl Leading {
             checkpoints = self.table.checkpoints(now);
         }
         Work {
-            expired: self.table.expired(now),
+            expired: self.table.expired(now, REVOKES_PER_TICK),
             checkpoints,
         }
     }
@@ -356,7 +367,7 @@ impl Lessor {
         Some(f(leading, now))
     }
 
-    /// One round of the leader's work: revoke what expired, checkpoint when due.
+    /// One round of the leader's work: checkpoint when due, revoke the first expired leases.
     async fn tick(&self, term: u64) {
         let order = self.checkpoint_order.write().await;
         let interval = self.node.config().lease_checkpoint_interval;
@@ -371,20 +382,40 @@ impl Lessor {
         }
         // Applied (or failed for good): renewals may compare with it now.
         drop(order);
-        // The table forgets each lease only when the feed brings its revoke.
-        let revokes = work
-            .expired
+        if !work.expired.is_empty() {
+            self.revoke(work.expired).await;
+        }
+    }
+
+    /// Revokes the expired leases `expired` in one entry. The table forgets each one only when
+    /// the feed brings its revoke: until then it stays expired, and a revoke that failed is
+    /// proposed again at the next tick.
+    async fn revoke(&self, expired: Vec<i64>) {
+        let count = expired.len();
+        let revokes = expired
             .iter()
-            .map(|&id| async move { (id, self.propose(Command::LeaseRevoke { id }).await) });
-        for (id, result) in futures::future::join_all(revokes).await {
-            match result {
-                Ok(_) | Err(ServerError::LeaseNotFound) => {
-                    tracing::debug!("lease {id:x} expired and was revoked");
-                }
-                // Still in the table: the next tick proposes the revoke again.
-                Err(e) => tracing::warn!("revoking expired lease {id:x} failed, will retry: {e}"),
+            .map(|&id| Command::LeaseRevoke { id })
+            .collect();
+        let results = match self.propose(Command::Batch(revokes)).await {
+            Ok(CommandResult::Batch(results)) => results,
+            Ok(other) => {
+                tracing::error!("a batch of revokes was answered {other:?}");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!("revoking {count} expired leases failed, will retry: {e}");
+                return;
+            }
+        };
+        for (id, response) in expired.iter().zip(results) {
+            match response.result {
+                Ok(_) => tracing::debug!("lease {id:x} expired and was revoked"),
+                // Revoked meanwhile, by a client.
+                Err(ApplyError::LeaseNotFound) => {}
+                Err(e) => tracing::warn!("revoking expired lease {id:x} failed: {e}"),
             }
         }
+        tracing::debug!(count, "expired leases revoked");
     }
 
     /// Proposes `command` on this node only. Never forwarded: a revoke or checkpoint is this
@@ -568,7 +599,7 @@ mod tests {
     }
 
     #[test]
-    fn expired_leases_come_earliest_first() {
+    fn expired_leases_come_earliest_first_and_at_most_the_limit() {
         let now = now();
         let mut table = Table::default();
         for id in 0..10 {
@@ -576,14 +607,15 @@ mod tests {
             table.insert(id, 5, now + secs(10) - secs(id as u64 * 2));
         }
         check(&table);
-        assert_eq!(table.expired(now), [9, 8, 7, 6, 5]);
-        assert_eq!(table.expired(now - secs(100)), Vec::<i64>::new());
+        assert_eq!(table.expired(now, 100), [9, 8, 7, 6, 5]);
+        assert_eq!(table.expired(now, 3), [9, 8, 7]);
+        assert_eq!(table.expired(now - secs(100), 100), Vec::<i64>::new());
 
         // A renewal moves a lease later; a revoke takes it out.
         table.insert(9, 5, now + secs(5));
         table.apply(LeaseChange::Revoked { id: 8 }, now);
         check(&table);
-        assert_eq!(table.expired(now), [7, 6, 5]);
+        assert_eq!(table.expired(now, 100), [7, 6, 5]);
         assert_eq!(table.leases.len(), 9);
     }
 
@@ -592,7 +624,7 @@ mod tests {
         let now = now();
         let mut table = Table::default();
         table.insert(7, 5, now - secs(1));
-        assert_eq!(table.expired(now), [7]);
+        assert_eq!(table.expired(now, 10), [7]);
         let later = now + secs(3);
         table.apply(LeaseChange::Revoked { id: 7 }, later);
         table.apply(LeaseChange::Granted { id: 7, ttl: 30 }, later);
@@ -604,7 +636,7 @@ mod tests {
                 expiry: later + secs(30)
             })
         );
-        assert!(table.expired(later).is_empty());
+        assert!(table.expired(later, 10).is_empty());
         // A revoke of a lease the table does not hold changes nothing.
         table.apply(LeaseChange::Revoked { id: 8 }, later);
         check(&table);

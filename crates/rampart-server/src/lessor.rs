@@ -32,8 +32,14 @@
 //!   one `Command::Batch` entry of `LeaseRevoke`s. An expired lease is never renewed again: its
 //!   revoke is on its way, at this tick or a later one. It leaves the table only when a revoke
 //!   of it applies, so one whose revoke failed is proposed again at the next tick.
-//! - **Every `lease_checkpoint_interval`** it proposes the remaining TTL of every live lease,
-//!   [`CHECKPOINT_BATCH`] to a `LeaseCheckpoint` entry, so the next leader resumes them.
+//! - **Every `lease_checkpoint_interval`** it starts a round of checkpoints: the remaining TTL
+//!   of every live lease, in id order, so the next leader resumes them. A tick proposes at most
+//!   one `LeaseCheckpoint` entry of the round, of at most [`CHECKPOINT_BATCH`] leases (4000 a
+//!   second; etcd's `leaseCheckpointRate` is 1000), so that neither the revokes nor the
+//!   renewals (which wait for a checkpoint in flight) wait for a whole round. A round that
+//!   outlasts the interval (more than about 20,000 leases at the default 5 s) is followed at
+//!   once by the next; a new leader may then resume a lease from an older checkpoint, which
+//!   only makes it end later, never earlier.
 //!
 //! Why the table never misses a grant nor brings a revoked lease back: the load and the start of
 //! the feed are read under one read lock of the state machine, and the applier sends each grant
@@ -52,7 +58,8 @@
 //! leader answers (see [`Node::ask_leader_lease`]). And a revoke or checkpoint is proposed only
 //! on this node, never forwarded: a deposed leader's stale decision cannot reach the new one.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -80,7 +87,7 @@ const REVOKE_RATE: u128 = 1000;
 /// concurrent proposals as there are leases.
 const REVOKES_PER_TICK: usize = (REVOKE_RATE * TICK.as_millis() / 1000) as usize;
 
-/// Most leases in one checkpoint entry (etcd's `maxLeaseCheckpointBatchSize`).
+/// Most leases in one checkpoint entry (etcd's `maxLeaseCheckpointBatchSize`), and in one tick.
 const CHECKPOINT_BATCH: usize = 1000;
 
 /// The lease clock of one member; only the leader's is running.
@@ -106,7 +113,15 @@ struct Leading {
     table: Table,
     /// The grants and revokes applied since the table was loaded and not taken in yet.
     feed: LeaseFeed,
-    next_checkpoint: Instant,
+    checkpoints: CheckpointRounds,
+}
+
+/// The periodic checkpoints: a round through the table every interval, a batch a tick.
+struct CheckpointRounds {
+    /// When the next round starts.
+    next: Instant,
+    /// Where the round in progress goes on, in id order; `None` between rounds.
+    from: Option<Bound<i64>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -120,7 +135,7 @@ struct Tracked {
 /// The leases of the state machine with their expiries, by id and by expiry.
 #[derive(Default)]
 struct Table {
-    leases: HashMap<i64, Tracked>,
+    leases: BTreeMap<i64, Tracked>,
     /// The same leases, earliest expiry first (ties by id): the next to expire are at the front,
     /// so a tick finds the expired ones without looking at the others.
     by_expiry: BTreeSet<(Instant, i64)>,
@@ -189,17 +204,29 @@ impl Table {
             .collect()
     }
 
-    /// The remaining TTL of every lease that has not expired.
-    fn checkpoints(&self, now: Instant) -> Vec<LeaseCheckpoint> {
-        self.leases
-            .iter()
-            .filter(|(_, t)| t.expiry > now)
-            .map(|(&id, t)| LeaseCheckpoint {
+    /// The remaining TTL of the first `limit` leases from `from` on, in id order, that have not
+    /// expired; and where the next ones start, `None` if there are no more.
+    fn checkpoints(
+        &self,
+        from: Bound<i64>,
+        now: Instant,
+        limit: usize,
+    ) -> (Vec<LeaseCheckpoint>, Option<Bound<i64>>) {
+        let mut checkpoints = Vec::new();
+        for (&id, t) in self.leases.range((from, Bound::Unbounded)) {
+            if t.expiry <= now {
+                continue;
+            }
+            checkpoints.push(LeaseCheckpoint {
                 id,
                 // Rounded up, as etcd does: a checkpoint never shortens a lease.
                 remaining_ttl: (t.expiry - now).as_secs_f64().ceil().min(t.ttl as f64) as i64,
-            })
-            .collect()
+            });
+            if checkpoints.len() == limit {
+                return (checkpoints, Some(Bound::Excluded(id)));
+            }
+        }
+        (checkpoints, None)
     }
 }
 
@@ -213,17 +240,39 @@ impl Leading {
         Ok(())
     }
 
-    /// What a tick at `now` proposes: the first expired leases, and the checkpoints when due.
+    /// What a tick at `now` proposes: the first expired leases, and the next checkpoints of the
+    /// round in progress or due.
     fn work(&mut self, now: Instant, checkpoint_interval: Duration) -> Work {
-        let mut checkpoints = Vec::new();
-        if now >= self.next_checkpoint {
-            self.next_checkpoint = now + checkpoint_interval;
-            checkpoints = self.table.checkpoints(now);
-        }
         Work {
             expired: self.table.expired(now, REVOKES_PER_TICK),
-            checkpoints,
+            checkpoints: self.checkpoints.next(&self.table, now, checkpoint_interval),
         }
+    }
+}
+
+impl CheckpointRounds {
+    /// No round before one `interval` from `now`.
+    fn new(now: Instant, interval: Duration) -> CheckpointRounds {
+        CheckpointRounds {
+            next: now + interval,
+            from: None,
+        }
+    }
+
+    /// The checkpoints `table` needs at `now`: the next batch of the round in progress, or of
+    /// a new one if one is due (`interval` after the last one started, or at once if that one
+    /// outlasted it); none otherwise.
+    fn next(&mut self, table: &Table, now: Instant, interval: Duration) -> Vec<LeaseCheckpoint> {
+        if self.from.is_none() && now >= self.next {
+            self.next = now + interval;
+            self.from = Some(Bound::Unbounded);
+        }
+        let Some(from) = self.from else {
+            return Vec::new();
+        };
+        let (checkpoints, rest) = table.checkpoints(from, now, CHECKPOINT_BATCH);
+        self.from = rest;
+        checkpoints
     }
 }
 
@@ -346,7 +395,10 @@ impl Lessor {
             term,
             table,
             feed,
-            next_checkpoint: Instant::now() + self.node.config().lease_checkpoint_interval,
+            checkpoints: CheckpointRounds::new(
+                Instant::now(),
+                self.node.config().lease_checkpoint_interval,
+            ),
         });
         self.loaded.send_replace(Some(term));
         Ok(())
@@ -367,15 +419,16 @@ impl Lessor {
         Some(f(leading, now))
     }
 
-    /// One round of the leader's work: checkpoint when due, revoke the first expired leases.
+    /// One round of the leader's work: the next checkpoints when due, then revoke the first
+    /// expired leases.
     async fn tick(&self, term: u64) {
         let order = self.checkpoint_order.write().await;
         let interval = self.node.config().lease_checkpoint_interval;
         let Some(work) = self.with_table(term, |leading, now| leading.work(now, interval)) else {
             return;
         };
-        for batch in work.checkpoints.chunks(CHECKPOINT_BATCH) {
-            let checkpoints = batch.to_vec();
+        if !work.checkpoints.is_empty() {
+            let checkpoints = work.checkpoints;
             if let Err(e) = self.propose(Command::LeaseCheckpoint { checkpoints }).await {
                 tracing::info!("lease checkpoint failed: {e}");
             }
@@ -650,8 +703,8 @@ mod tests {
         table.insert(1, 10, now + Duration::from_millis(4100));
         table.insert(2, 10, now + secs(10) + Duration::from_millis(800));
         table.insert(3, 10, now);
-        let mut checkpoints = table.checkpoints(now);
-        checkpoints.sort_by_key(|c| c.id);
+        let (checkpoints, next) = table.checkpoints(Bound::Unbounded, now, 10);
+        assert_eq!(next, None);
         assert_eq!(
             checkpoints,
             [
@@ -665,5 +718,37 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn a_round_of_checkpoints_goes_a_batch_a_tick_through_every_live_lease() {
+        let start = now();
+        let interval = secs(5);
+        let mut table = Table::default();
+        for id in 0..2500 {
+            table.insert(id, 60, start + secs(30));
+        }
+        let mut rounds = CheckpointRounds::new(start - interval, interval);
+        let ids = |checkpoints: &[LeaseCheckpoint]| -> Vec<i64> {
+            checkpoints.iter().map(|c| c.id).collect()
+        };
+
+        let first = rounds.next(&table, start, interval);
+        assert_eq!(ids(&first), (0..1000).collect::<Vec<_>>());
+        // Meanwhile lease 1500 is revoked and lease 5000 granted: the round sees both.
+        table.remove(1500);
+        table.insert(5000, 60, start + secs(60));
+        let second = rounds.next(&table, start + TICK, interval);
+        let expected: Vec<i64> = (1000..2001).filter(|&id| id != 1500).collect();
+        assert_eq!(ids(&second), expected);
+        let third = rounds.next(&table, start + secs(2), interval);
+        let mut rest: Vec<i64> = (2001..2500).collect();
+        rest.push(5000);
+        assert_eq!(ids(&third), rest);
+        assert_eq!(third[0].remaining_ttl, 28, "counted at its own tick");
+
+        // Over: nothing until the next round is due, one interval after this one started.
+        assert!(rounds.next(&table, start + secs(4), interval).is_empty());
+        assert_eq!(rounds.next(&table, start + interval, interval).len(), 1000);
     }
 }

@@ -38,8 +38,6 @@ mkdir -p "$work"
 . "$repo/benches/lib.sh"
 find_binaries
 
-now_ms() { date +%s%3N; }
-
 # wait_puts ENDPOINTS: waits until a put through every member succeeds (etcdctl only, so the
 # script needs no rampart-bench).
 wait_puts() {
@@ -55,21 +53,6 @@ wait_puts() {
             sleep 0.2
         done
     done
-}
-
-# leader_index BASE: the index (0-2) of the member that reports itself leader.
-leader_index() {
-    local base=$1 i status
-    for i in 0 1 2; do
-        status=$(etcdctl --endpoints="$(member_endpoint "$base" "$i")" --command-timeout=1s \
-            endpoint status -w json 2>/dev/null) || continue
-        if [ "$(jq '.[0].Status.leader == .[0].Status.header.member_id' <<<"$status")" = true ]
-        then
-            echo "$i"
-            return
-        fi
-    done
-    return 1
 }
 
 # trial NAME BINARY BASE: one failover of cluster NAME; sets took to the milliseconds it took.

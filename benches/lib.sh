@@ -2,9 +2,9 @@
 # Variables set here are read by the sourcing scripts, and those it reads are set by them:
 # shellcheck disable=SC2034,SC2154
 #
-# Shared by compare.sh and capacity.sh (sourced, not run): building and finding the binaries,
-# starting, stopping and restarting 3-member etcd and Rampart clusters on loopback, and waiting
-# for them.
+# Shared by compare.sh, capacity.sh, failover.sh and leases.sh (sourced, not run): building and
+# finding the binaries, starting, stopping and restarting 3-member etcd and Rampart clusters on
+# loopback, waiting for them, and finding their leader.
 #
 # The sourcing script sets, before calling anything here:
 #   repo     the repository's root
@@ -166,6 +166,24 @@ wait_writable() {
         done
     done
 }
+
+# leader_index BASE: the index (0-2) of the member that reports itself leader.
+leader_index() {
+    local base=$1 i status
+    for i in 0 1 2; do
+        status=$(etcdctl --endpoints="$(member_endpoint "$base" "$i")" --command-timeout=1s \
+            endpoint status -w json 2>/dev/null) || continue
+        if [ "$(jq '.[0].Status.leader == .[0].Status.header.member_id' <<<"$status")" = true ]
+        then
+            echo "$i"
+            return
+        fi
+    done
+    return 1
+}
+
+# now_ms: the time, in milliseconds since the epoch.
+now_ms() { date +%s%3N; }
 
 # describe_commit: the commit measured, and whether the tree had local changes.
 describe_commit() {

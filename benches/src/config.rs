@@ -30,6 +30,8 @@ pub struct Config {
     pub watchers: usize,
     pub streams: usize,
     pub lease_ttl: i64,
+    /// The lease id of request 0 of lease-hold and lease-renew.
+    pub first_lease_id: i64,
     /// Puts per txn of the load workload.
     pub batch: u64,
     pub prefill: bool,
@@ -111,6 +113,9 @@ impl Options {
         if self.lease_ttl <= 0 {
             return invalid("--lease-ttl must be positive".into());
         }
+        if self.first_lease_id <= 0 {
+            return invalid("--first-lease-id must be positive".into());
+        }
         if self.timeout.is_zero() {
             return invalid("--timeout must be positive".into());
         }
@@ -128,6 +133,7 @@ impl Options {
             watchers: self.watchers,
             streams: self.streams,
             lease_ttl: self.lease_ttl,
+            first_lease_id: self.first_lease_id,
             batch: self.batch,
             prefill: self.prefill,
             timeout: self.timeout,

@@ -29,6 +29,12 @@ pub enum Workload {
     Watch,
     /// Grant a lease, refresh it once over a keep-alive stream, revoke it.
     Lease,
+    /// Grant lease --first-lease-id + n and put key n with it, and leave both: leases that
+    /// pile up (`benches/leases.sh`).
+    LeaseHold,
+    /// Renew lease --first-lease-id + n over the client's keep-alive stream: leases granted by
+    /// lease-hold, renewed all at once so that they expire together.
+    LeaseRenew,
     /// Lock a random name of the key space (v3lockpb), then unlock it.
     Lock,
     /// Write the key space in key order, --batch puts per txn: one pass over it by default
@@ -47,6 +53,8 @@ impl Workload {
             Workload::Mixed => "mixed",
             Workload::Watch => "watch",
             Workload::Lease => "lease",
+            Workload::LeaseHold => "lease-hold",
+            Workload::LeaseRenew => "lease-renew",
             Workload::Lock => "lock",
             Workload::Load => "load",
         }
@@ -131,9 +139,14 @@ pub struct Options {
     #[arg(long, default_value_t = 1)]
     pub streams: usize,
 
-    /// TTL in seconds of the leases granted (lease and lock workloads).
+    /// TTL in seconds of the leases granted (lease, lease-hold and lock workloads).
     #[arg(long, default_value_t = 30)]
     pub lease_ttl: i64,
+
+    /// The lease id of request 0 of the lease-hold and lease-renew workloads; request n's is
+    /// this plus n.
+    #[arg(long, default_value_t = 1)]
+    pub first_lease_id: i64,
 
     /// Puts per txn of the load workload; at most the server's --max-txn-ops (128 by default
     /// on etcd and on Rampart).

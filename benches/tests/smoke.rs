@@ -171,6 +171,17 @@ async fn rampart_put_range_watch() -> anyhow::Result<()> {
     })
     .await?;
     assert_clean_or_unimplemented(&report, 20);
+
+    println!("--- lease-hold: 20 leases, each with its key, left in place; then renewed");
+    for workload in [Workload::LeaseHold, Workload::LeaseRenew] {
+        let report = bench(Options {
+            total: Some(20),
+            first_lease_id: 100,
+            ..options(&url, workload)
+        })
+        .await?;
+        assert_clean(&report, 20);
+    }
     Ok(())
 }
 

@@ -34,7 +34,7 @@ impl LeaseWorker {
 impl Worker for LeaseWorker {
     async fn execute(&mut self, _seq: u64, recorder: &mut Recorder) -> Result<(), Status> {
         let began = Instant::now();
-        let id = grant(&mut self.lease, self.ttl)
+        let id = grant(&mut self.lease, self.ttl, 0)
             .await
             .map_err(in_step("lease grant"))?;
         recorder.record_part("grant", began);
@@ -56,10 +56,10 @@ impl Worker for LeaseWorker {
     }
 }
 
-/// Grants a lease of `ttl` seconds and answers its ID.
-pub async fn grant(lease: &mut LeaseClient<Channel>, ttl: i64) -> Result<i64, Status> {
+/// Grants lease `id` (0: an id the server chooses) of `ttl` seconds and answers its id.
+pub async fn grant(lease: &mut LeaseClient<Channel>, ttl: i64, id: i64) -> Result<i64, Status> {
     let response = lease
-        .lease_grant(LeaseGrantRequest { ttl, id: 0 })
+        .lease_grant(LeaseGrantRequest { ttl, id })
         .await?
         .into_inner();
     // etcd 3.4 may still report a failure in the response's error field.

@@ -53,7 +53,7 @@ impl LockWorker {
 
 impl Worker for LockWorker {
     async fn setup(&mut self) -> Result<(), Status> {
-        let id = super::lease::grant(&mut self.lease, self.ttl)
+        let id = super::lease::grant(&mut self.lease, self.ttl, 0)
             .await
             .map_err(in_step("lease grant"))?;
         self.lease_id = id;

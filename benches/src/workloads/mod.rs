@@ -4,6 +4,7 @@
 mod delete;
 mod keepalive;
 mod lease;
+mod lease_hold;
 mod load;
 mod lock;
 mod mixed;
@@ -33,6 +34,12 @@ pub async fn run(config: &Config, conns: &Connections) -> Result<Run, BenchError
         Workload::Delete => drive_clients(config, conns, origin, delete::DeleteWorker::new).await,
         Workload::Mixed => drive_clients(config, conns, origin, mixed::MixedWorker::new).await,
         Workload::Lease => drive_clients(config, conns, origin, lease::LeaseWorker::new).await,
+        Workload::LeaseHold => {
+            drive_clients(config, conns, origin, lease_hold::LeaseHoldWorker::new).await
+        }
+        Workload::LeaseRenew => {
+            drive_clients(config, conns, origin, lease_hold::LeaseRenewWorker::new).await
+        }
         Workload::Lock => drive_clients(config, conns, origin, lock::LockWorker::new).await,
         Workload::Load => drive_clients(config, conns, origin, load::LoadWorker::new).await,
         Workload::Watch => watch::run(config, conns, origin).await,

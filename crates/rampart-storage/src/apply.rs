@@ -33,8 +33,8 @@ use crate::lease;
 use crate::mvcc::{MvccCore, MvccState, WatchFeed};
 use crate::redo::WriteBatch;
 use crate::types::{
-    ApplyError, Command, CommandResponse, CommandResult, MemberAttributes, NodeId, PeerNode,
-    TypeConfig,
+    ApplyError, Command, CommandResponse, CommandResult, LeaseChange, MemberAttributes, NodeId,
+    PeerNode, TypeConfig,
 };
 use crate::write_txn::{self, WriteTxn};
 
@@ -47,6 +47,8 @@ struct Changes {
     compact_revision: Option<i64>,
     membership: Option<StoredMembership<NodeId, PeerNode>>,
     member: Option<MemberAttributes>,
+    /// A grant or revoke, for the lease feeds.
+    lease: Option<LeaseChange>,
 }
 
 impl MvccCore {
@@ -273,6 +275,10 @@ impl MvccCore {
         if let Some(a) = changes.member {
             state.members.insert(a.id, a);
         }
+        if let Some(change) = changes.lease {
+            // Under the write lock, in apply order, like the watch feed below.
+            self.lease_feeds.send(change);
+        }
         if let Some(written) = changes.written {
             // Sent while the write lock is still held, with the revision now visible. Skipping
             // the send when no one listens is safe: `receiver_count` and `subscribe` synchronize
@@ -363,6 +369,7 @@ fn execute(
         }
         Command::LeaseGrant { id, ttl } => {
             lease::grant(tree, *id, *ttl, batch)?;
+            changes.lease = Some(LeaseChange::Granted { id: *id, ttl: *ttl });
             CommandResult::LeaseGrant { id: *id, ttl: *ttl }
         }
         Command::LeaseRevoke { id } => {
@@ -371,6 +378,7 @@ fn execute(
             for key in lease::remove(tree, *id, batch)? {
                 txn.delete_key(key)?;
             }
+            changes.lease = Some(LeaseChange::Revoked { id: *id });
             CommandResult::LeaseRevoke
         }
         Command::LeaseCheckpoint { checkpoints } => {

@@ -9,20 +9,22 @@
 //! - [`StateMachine`], openraft's `RaftStateMachine`: applies [`Command`]s to the MVCC store and
 //!   builds and installs snapshots;
 //! - [`Mvcc`], a cheap cloneable read handle on the MVCC store for serving reads: Range, leases,
-//!   watch events replayed from history, and the live [`WatchFeed`] of new revisions.
+//!   watch events replayed from history, the live [`WatchFeed`] of new revisions, and the
+//!   [`LeaseFeed`] of grants and revokes.
 //!
 //! Layout of the code: `codec` (how the MVCC tree is laid out on disk), `key_range` (etcd's
 //! `(key, range_end)` sets of keys), `index` (the in-memory key index over history), `range`
 //! (reads: etcd's Range at the current or a past revision), `apply` (one log entry: the
 //! dispatch of its commands, batches and runs of puts, its atomic write), `write_txn` (etcd's
 //! write transaction: Put, DeleteRange, Txn, and the compact command's write), `redo` (an
-//! entry's writes made atomic), `lease` (lease records and the keys attached to them), `events`
-//! (watch events: replayed from history, or built for the live feed), `mvcc` (the shared store,
-//! its lock and its live feed), `compactor` (physical compaction in the background),
-//! `state_machine` and `snapshot` (openraft's state machine and the snapshot file), `log_store`
-//! and `wal` (openraft's log and its segment files), `durability` (fsyncs that survive power
-//! loss), `applied` (waiting for an applied index), `store` (opening a data directory), and,
-//! in tests only, `test_support` (the helpers the unit tests share).
+//! entry's writes made atomic), `lease` (lease records, the keys attached to them, and the feed
+//! of grants and revokes), `events` (watch events: replayed from history, or built for the live
+//! feed), `mvcc` (the shared store, its lock and its live feed), `compactor` (physical
+//! compaction in the background), `state_machine` and `snapshot` (openraft's state machine and
+//! the snapshot file), `log_store` and `wal` (openraft's log and its segment files),
+//! `durability` (fsyncs that survive power loss), `applied` (waiting for an applied index),
+//! `store` (opening a data directory), and, in tests only, `test_support` (the helpers the unit
+//! tests share).
 //!
 //! Invariants:
 //! - each log entry changes the MVCC tree in ONE atomic write set (its redo record, see `redo`)
@@ -31,6 +33,7 @@
 //! - the in-memory key index always describes exactly the history in the tree;
 //! - the live watch feed is sent to under that write lock, once the entry is visible, so it is in
 //!   revision order and a subscriber that reads the revision after subscribing misses nothing;
+//!   so are the lease feeds, which open under the read lock with the list of leases they follow;
 //! - openraft hears "done" for log appends, votes, truncations and purges only after an fsync.
 
 mod applied;
@@ -58,6 +61,7 @@ mod wal;
 mod write_txn;
 
 pub use error::{MvccError, StoreError};
+pub use lease::{LeaseFeed, LeaseFeedEnded};
 pub use log_store::LogStore;
 pub use mvcc::{Mvcc, WatchFeed, WATCH_FEED_CAPACITY};
 pub use state_machine::{SnapshotBuilder, StateMachine};

@@ -29,7 +29,7 @@ use crate::compactor::Compactor;
 use crate::durability::Disk;
 use crate::error::{MvccError, StoreError};
 use crate::index::KeyIndex;
-use crate::lease;
+use crate::lease::{self, LeaseFeed, LeaseFeeds};
 use crate::range::{self, Writes};
 use crate::redo::Redo;
 use crate::types::{
@@ -206,6 +206,9 @@ pub(crate) struct MvccCore {
     pub feed: broadcast::Sender<WatchFeed>,
     /// Requests waiting for an applied index; advanced by the applier after each entry.
     pub applied_waiters: AppliedWaiters,
+    /// The feeds of grants and revokes; sent to only with `state` locked for writing, opened
+    /// only with it locked (see [`Mvcc::follow_leases`]).
+    pub lease_feeds: LeaseFeeds,
     /// Removes compacted versions in the background; started by [`Compactor::start`].
     pub compactor: Compactor,
     /// A log index the tree is known to hold on disk: the applied index found at open, then
@@ -269,6 +272,7 @@ impl MvccCore {
             state: RwLock::new(state),
             feed: broadcast::channel(WATCH_FEED_CAPACITY).0,
             applied_waiters: AppliedWaiters::new(applied),
+            lease_feeds: LeaseFeeds::default(),
             compactor: Compactor::open(compaction)?,
             // What was read back from sled at open is on disk.
             durable_applied: watch::Sender::new(applied),
@@ -352,6 +356,7 @@ impl MvccCore {
         let _ = self.feed.send(WatchFeed::Reset {
             revision: state.revision,
         });
+        self.lease_feeds.end_all();
         Ok(())
     }
 
@@ -483,6 +488,16 @@ impl Mvcc {
     pub fn leases(&self) -> Result<Vec<Lease>, MvccError> {
         let _state = self.core.read_state();
         Ok(lease::all(&self.core.tree)?)
+    }
+
+    /// Every lease, sorted by id, and the feed of every grant and revoke applied after that
+    /// list, in apply order: both read under one read lock, so the feed starts exactly where the
+    /// list ends (no change missed, none seen twice). The feed ends when a snapshot replaces the
+    /// state; the follower then calls this again.
+    pub fn follow_leases(&self) -> Result<(Vec<Lease>, LeaseFeed), MvccError> {
+        let _state = self.core.read_state();
+        let leases = lease::all(&self.core.tree)?;
+        Ok((leases, self.core.lease_feeds.open()))
     }
 
     /// The events of revisions `start..=end` on the keys in `[key, range_end)` (etcd's

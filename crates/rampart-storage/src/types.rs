@@ -271,6 +271,15 @@ pub struct Lease {
     pub remaining_ttl: Option<i64>,
 }
 
+/// A grant or a revoke, as the state machine applied it: what [`crate::LeaseFeed`] carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeaseChange {
+    /// Lease `id` was granted with `ttl` seconds.
+    Granted { id: i64, ttl: i64 },
+    /// Lease `id` was revoked, its keys deleted.
+    Revoked { id: i64 },
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EventKind {
     Put,

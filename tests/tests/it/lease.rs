@@ -33,16 +33,16 @@ const LEADER_WAIT: Duration = Duration::from_secs(20);
 const FAILOVER: Duration = Duration::from_millis(3 * ELECTION_MS);
 
 /// A 3-member in-process cluster with one client per member.
-struct Fixture {
-    cluster: TestCluster,
+pub(crate) struct Fixture {
+    pub(crate) cluster: TestCluster,
     /// `members[i]` talks to member `i` only.
-    members: Vec<Client>,
-    urls: Vec<String>,
-    leader: usize,
+    pub(crate) members: Vec<Client>,
+    pub(crate) urls: Vec<String>,
+    pub(crate) leader: usize,
 }
 
 impl Fixture {
-    async fn start(checkpoint_interval: Option<&str>) -> anyhow::Result<Fixture> {
+    pub(crate) async fn start(checkpoint_interval: Option<&str>) -> anyhow::Result<Fixture> {
         Fixture::start_with(|raw| {
             raw.experimental_lease_checkpoint_interval = checkpoint_interval.map(str::to_string);
         })
@@ -69,11 +69,11 @@ impl Fixture {
         })
     }
 
-    fn followers(&self) -> Vec<usize> {
+    pub(crate) fn followers(&self) -> Vec<usize> {
         (0..3).filter(|&i| i != self.leader).collect()
     }
 
-    fn node(&self, index: usize) -> &rampart_server::Node {
+    pub(crate) fn node(&self, index: usize) -> &rampart_server::Node {
         &self.cluster.members[index]
             .running
             .as_ref()
@@ -83,13 +83,17 @@ impl Fixture {
 }
 
 /// Grants a lease of `ttl` seconds with a server-chosen id; returns the id.
-async fn grant(client: &mut Client, ttl: i64) -> anyhow::Result<i64> {
+pub(crate) async fn grant(client: &mut Client, ttl: i64) -> anyhow::Result<i64> {
     let response = client.lease_grant(ttl, None).await?;
     ensure!(response.ttl() == ttl, "granted {response:?}, asked {ttl}");
     Ok(response.id())
 }
 
-async fn put_with_lease(client: &mut Client, key: &str, lease: i64) -> anyhow::Result<i64> {
+pub(crate) async fn put_with_lease(
+    client: &mut Client,
+    key: &str,
+    lease: i64,
+) -> anyhow::Result<i64> {
     let options = etcd_client::PutOptions::new().with_lease(lease);
     let response = client.put(key, "v", Some(options)).await?;
     Ok(response.header().context("put has no header")?.revision())
@@ -97,7 +101,7 @@ async fn put_with_lease(client: &mut Client, key: &str, lease: i64) -> anyhow::R
 
 /// The keys under `prefix` at `revision` (0: now), read linearizably.
 /// Waits until no key starts with `prefix`, as `client`'s member sees it.
-async fn wait_keys_gone(
+pub(crate) async fn wait_keys_gone(
     what: &str,
     client: &Client,
     prefix: &str,
@@ -115,7 +119,11 @@ async fn wait_keys_gone(
     .await
 }
 
-async fn keys_at(client: &mut Client, prefix: &str, revision: i64) -> anyhow::Result<Vec<String>> {
+pub(crate) async fn keys_at(
+    client: &mut Client,
+    prefix: &str,
+    revision: i64,
+) -> anyhow::Result<Vec<String>> {
     let options = GetOptions::new()
         .with_prefix()
         .with_keys_only()
@@ -160,7 +168,7 @@ async fn deletion_revision(
 
 /// One keep-alive of lease `id` on its own stream through the member at `url`, with the raw
 /// protobuf client (etcd-client turns TTL 0 into an error); returns the TTL answered.
-async fn keep_alive_once(url: &str, id: i64) -> anyhow::Result<i64> {
+pub(crate) async fn keep_alive_once(url: &str, id: i64) -> anyhow::Result<i64> {
     let channel = Channel::from_shared(url.to_string())?
         .connect_timeout(Duration::from_secs(1))
         .connect()
@@ -178,7 +186,7 @@ async fn keep_alive_once(url: &str, id: i64) -> anyhow::Result<i64> {
     Ok(response.ttl)
 }
 
-async fn time_to_live(client: &mut Client, id: i64) -> anyhow::Result<i64> {
+pub(crate) async fn time_to_live(client: &mut Client, id: i64) -> anyhow::Result<i64> {
     Ok(client.lease_time_to_live(id, None).await?.ttl())
 }
 

@@ -9,6 +9,8 @@
 //! - [`hardening`]: leaders whose appends cannot commit; peer calls no client could send.
 //! - [`interceptor`]: the checks every client call passes first (etcd's require-leader).
 //! - [`lease`]: grant, attach, keep-alive, revoke and expiry, across leader loss and restart.
+//! - [`lease_table`]: the leader's table of leases follows every grant and revoke, and revokes
+//!   many expired leases in batches.
 //! - [`process_cluster`]: acknowledged writes survive kill -9; bad settings and foreign data
 //!   directories are refused.
 //! - [`signals`]: SIGTERM and SIGINT stop a member in order.
@@ -28,6 +30,7 @@ mod failover;
 mod hardening;
 mod interceptor;
 mod lease;
+mod lease_table;
 mod process_cluster;
 mod signals;
 mod watch;

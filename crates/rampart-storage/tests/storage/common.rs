@@ -2,8 +2,8 @@
 
 use std::path::Path;
 
-use openraft::storage::RaftStateMachine;
-use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftSnapshotBuilder};
 use rampart_storage::{
     ApplyError, Command, CommandResponse, CommandResult, DeleteRangeRequest, Event, EventKind,
     KeyValue, Mvcc, NodeId, PutRequest, RangeRequest, RangeResponse, RevisionEvents, StateMachine,
@@ -99,6 +99,20 @@ impl Node {
             .iter()
             .map(|k| String::from_utf8_lossy(k).into_owned())
             .collect()
+    }
+
+    /// A snapshot of the state now, as openraft builds one.
+    pub async fn snapshot(&mut self) -> Snapshot<TypeConfig> {
+        let mut builder = self.sm.get_snapshot_builder().await;
+        builder.build_snapshot().await.expect("snapshot builds")
+    }
+
+    /// Installs `snapshot` over the state, as openraft does on a follower.
+    pub async fn install(&mut self, snapshot: Snapshot<TypeConfig>) {
+        self.sm
+            .install_snapshot(&snapshot.meta, snapshot.snapshot)
+            .await
+            .expect("snapshot installs");
     }
 
     /// Every event of every revision on every key, replayed from history in one call.

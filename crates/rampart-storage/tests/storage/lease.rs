@@ -1,10 +1,9 @@
-//! Leases: grant, revoke (deleting the attached keys), checkpoints, attaching keys by put.
+//! Leases: grant, revoke (deleting the attached keys), checkpoints, attaching keys by put, and
+//! the feed of grants and revokes.
 
-use openraft::storage::RaftStateMachine;
-use openraft::RaftSnapshotBuilder;
 use rampart_storage::{
     ApplyError, Command, CommandResult, Compare, CompareResult, CompareTarget, DeleteRangeRequest,
-    Lease, LeaseCheckpoint, PutRequest, RequestOp, TxnRequest, WatchFeed,
+    Lease, LeaseChange, LeaseCheckpoint, LeaseFeed, PutRequest, RequestOp, TxnRequest, WatchFeed,
 };
 use tempfile::TempDir;
 
@@ -325,18 +324,8 @@ async fn leases_survive_restart_and_travel_in_snapshots() {
     let mut follower = Node::open(follower_dir.path());
     follower.grant(9, 1).await;
     follower.put_lease("z", "9", 9).await;
-    let snap = leader
-        .sm
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
-    follower
-        .sm
-        .install_snapshot(&snap.meta, snap.snapshot)
-        .await
-        .unwrap();
+    let snapshot = leader.snapshot().await;
+    follower.install(snapshot).await;
     follower.next_index = leader.next_index; // carry on with the leader's log
     let seen = (
         follower.mvcc.leases().unwrap(),
@@ -356,4 +345,83 @@ async fn leases_survive_restart_and_travel_in_snapshots() {
         events_str(&leader.all_events()),
         events_str(&follower.all_events())
     );
+}
+
+/// Everything a lease feed has to give now.
+fn drain(feed: &mut LeaseFeed) -> Vec<LeaseChange> {
+    std::iter::from_fn(|| feed.try_next().expect("the feed is open")).collect()
+}
+
+#[tokio::test]
+async fn a_lease_feed_carries_every_grant_and_revoke_after_its_list_in_apply_order() {
+    let dir = TempDir::new().unwrap();
+    let mut node = Node::open(dir.path());
+    node.grant(1, 10).await;
+    node.grant(2, 20).await;
+
+    tracing::info!("--- the list holds the leases so far; the feed starts after them");
+    let (leases, mut feed) = node.mvcc.follow_leases().unwrap();
+    assert_eq!(leases, vec![lease(1, 10, None), lease(2, 20, None)]);
+    assert_eq!(drain(&mut feed), []);
+
+    tracing::info!("--- grants and revokes, alone and in a batch; failures and other writes not");
+    node.grant(3, 30).await;
+    let refused = node.apply(Command::LeaseGrant { id: 3, ttl: 5 }).await;
+    assert_eq!(refused.result, Err(ApplyError::LeaseExists));
+    node.put_lease("a", "1", 2).await;
+    node.apply(Command::LeaseRevoke { id: 1 }).await;
+    let unknown = node.apply(Command::LeaseRevoke { id: 99 }).await;
+    assert_eq!(unknown.result, Err(ApplyError::LeaseNotFound));
+    node.apply(Command::LeaseCheckpoint {
+        checkpoints: vec![LeaseCheckpoint {
+            id: 2,
+            remaining_ttl: 7,
+        }],
+    })
+    .await;
+    node.apply(Command::Batch(vec![
+        Command::LeaseGrant { id: 4, ttl: 40 },
+        Command::LeaseRevoke { id: 3 },
+        Command::Put(put("b", "1")),
+        Command::LeaseRevoke { id: 3 },
+        Command::LeaseGrant { id: 3, ttl: 33 },
+    ]))
+    .await;
+    assert_eq!(
+        drain(&mut feed),
+        [
+            LeaseChange::Granted { id: 3, ttl: 30 },
+            LeaseChange::Revoked { id: 1 },
+            LeaseChange::Granted { id: 4, ttl: 40 },
+            LeaseChange::Revoked { id: 3 },
+            LeaseChange::Granted { id: 3, ttl: 33 },
+        ]
+    );
+
+    tracing::info!("--- a second feed starts where its own list ends; a dropped one is forgotten");
+    let (leases, mut second) = node.mvcc.follow_leases().unwrap();
+    let ids: Vec<i64> = leases.iter().map(|l| l.id).collect();
+    assert_eq!(ids, [2, 3, 4]);
+    drop(feed);
+    node.apply(Command::LeaseRevoke { id: 4 }).await;
+    assert_eq!(drain(&mut second), [LeaseChange::Revoked { id: 4 }]);
+
+    tracing::info!("--- a snapshot installed over the state ends the feed, after what it held");
+    let other_dir = TempDir::new().unwrap();
+    let mut other = Node::open(other_dir.path());
+    other.grant(8, 80).await;
+    let snapshot = other.snapshot().await;
+    node.grant(5, 50).await;
+    node.install(snapshot).await;
+    assert_eq!(
+        second.try_next().unwrap(),
+        Some(LeaseChange::Granted { id: 5, ttl: 50 })
+    );
+    assert!(
+        second.try_next().is_err(),
+        "the feed outlived the state it followed"
+    );
+    let (leases, mut third) = node.mvcc.follow_leases().unwrap();
+    assert_eq!(leases, vec![lease(8, 80, None)]);
+    assert_eq!(drain(&mut third), []);
 }

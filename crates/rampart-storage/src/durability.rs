@@ -1,11 +1,12 @@
 //! Making sled's writes durable: every durable point of Rampart goes through [`Disk::flush`].
 //!
-//! sled's own `flush` writes its buffers and waits for them with `sync_file_range`, which
-//! neither flushes the drive's volatile cache nor records a grown file's new size, and it never
-//! fsyncs the files it keeps large values in (`blobs/`). That survives a crash of the process,
-//! not a loss of power. [`Disk::flush`] therefore follows sled's flush with an `fdatasync` of
-//! the database file and an `fsync` of every blob file (and the blob directory) not yet synced,
-//! so "on disk" in this crate means what it says.
+//! sled's own `flush` writes its buffers and waits for them with `sync_file_range`
+//! (`pagecache/iobuf.rs:730-742` in sled 0.34.7), which neither flushes the drive's volatile
+//! cache nor records a grown file's new size, and it never fsyncs the files it keeps large
+//! values in (`blobs/`, written by `pagecache/blob_io.rs:65-99`). That survives a crash of the
+//! process, not a loss of power. [`Disk::flush`] therefore follows sled's flush with an `fsync`
+//! of every blob file (and the blob directory) not yet synced and then an `fdatasync` of the
+//! database file, so "on disk" in this crate means what it says.
 
 use std::collections::HashSet;
 use std::ffi::OsString;
@@ -45,10 +46,16 @@ impl Disk {
     pub(crate) fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;
         let mut synced_blobs = self.synced_blobs.lock();
+        // Blobs before the log that points to them: sled writes a blob file whole before the
+        // log message that refers to it enters its I/O buffer (`pagecache/logger.rs:361-369`,
+        // `iobuf.rs:542-545`), so each message the flush above wrote has its file listed here.
+        // On recovery sled skips a message whose blob file is missing and keeps the messages
+        // after it (`pagecache/iterator.rs:156-163`), so a log synced without its blobs would
+        // not recover a prefix of the writes.
+        self.sync_new_blobs(&mut synced_blobs)?;
         self.data
             .sync_data()
             .map_err(|e| StoreError::io("fdatasync", &self.data_path, e))?;
-        self.sync_new_blobs(&mut synced_blobs)?;
         // On disk: every write to the database made before this call, and the files it lives in.
         Ok(())
     }

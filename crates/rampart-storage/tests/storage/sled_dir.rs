@@ -1,14 +1,15 @@
-//! Opening sled's directory (`<data dir>/db`) as earlier versions or crashes left it: sled
-//! snapshots that must not be trusted.
+//! Opening sled's directory (`<data dir>/db`) as earlier versions or crashes left it: the log
+//! segment size it was made with, and sled snapshots that must not be trusted.
 
 use std::fs;
 use std::path::Path;
 
 use tempfile::TempDir;
 
-use crate::common::Node;
+use crate::common::{sled_segment_size, strs, Node};
 
-/// Makes `data` the data directory of an earlier Rampart: a sled database as it made them.
+/// Makes `data` the data directory of an earlier Rampart: a sled database with sled's default
+/// segment size, as every version before 16 MiB segments made it.
 fn make_legacy_database(data: &Path) {
     let db = sled::Config::new()
         .path(data.join("db"))
@@ -36,6 +37,35 @@ async fn put_keys(node: &mut Node, keys: std::ops::Range<u32>, value_len: usize)
         let value = format!("{k:08}").repeat(value_len / 8);
         node.put(&format!("k{k:05}"), &value).await;
     }
+}
+
+#[tokio::test]
+async fn a_new_database_uses_16_mib_segments() {
+    let dir = TempDir::new().unwrap();
+    drop(Node::open(dir.path()));
+    assert_eq!(sled_segment_size(dir.path()), 16 << 20);
+}
+
+#[tokio::test]
+async fn a_database_made_with_smaller_segments_keeps_them_even_if_its_conf_was_lost() {
+    let dir = TempDir::new().unwrap();
+    make_legacy_database(dir.path());
+    {
+        let mut node = Node::open(dir.path());
+        node.put("a", "1").await;
+        node.store.flush().unwrap();
+    }
+    assert_eq!(sled_segment_size(dir.path()), 512 * 1024);
+    // Earlier versions never synced sled's conf, so a power loss may have emptied it (sled
+    // then takes it for none); the data file is not empty.
+    fs::write(dir.path().join("db").join("conf"), b"").unwrap();
+    let mut node = Node::open(dir.path());
+    assert_eq!(node.get("a").map(|kv| kv.value), Some(b"1".to_vec()));
+    node.put("b", "2").await;
+    drop(node);
+    assert_eq!(sled_segment_size(dir.path()), 512 * 1024);
+    let node = Node::open(dir.path());
+    assert_eq!(node.dump_at(0).unwrap(), strs(&["a=1", "b=2"]));
 }
 
 /// An earlier version, restarted after a kill with writes still in the page cache, let sled

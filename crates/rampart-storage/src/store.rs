@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec;
 use crate::compactor::Compactor;
-use crate::durability::Disk;
+use crate::durability::{Disk, SledFiles};
 use crate::error::StoreError;
 use crate::log_store::LogStore;
 use crate::mvcc::{Mvcc, MvccCore};
@@ -60,10 +60,10 @@ impl Store {
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::io("create data directory", dir, e))?;
-        let db_dir = dir.join("db");
-        let db = open_db(&db_dir)?;
+        let files = SledFiles::new(&dir.join("db"));
+        let db = open_db(&files)?;
         verify_readable(&db)?;
-        let disk = Arc::new(Disk::new(db.clone(), &db_dir)?);
+        let disk = Arc::new(Disk::new(db.clone(), &files)?);
         let in_use = Arc::new(());
         let core = Arc::new(MvccCore::open(
             disk.clone(),
@@ -252,38 +252,163 @@ const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 /// within the noise of the shared 2-core machine (2.3-3.4 s either way).
 const CACHE_CAPACITY: u64 = 64 * 1024 * 1024;
 
+/// sled's log segment size for a new database: 16 MiB, the largest sled accepts
+/// (`config.rs:531-534`). sled writes a log message longer than a quarter of a segment, less
+/// 52 bytes of headers (`pagecache/logger.rs:162-173`, `constants.rs:9-17`), to a blob file of
+/// its own; sled never fsyncs blob files, and when one is missing at recovery it skips the
+/// message and keeps the later ones (`pagecache/iterator.rs:156-163`), so a power loss could
+/// keep an entry's progress record without the history version a blob held: a member silently
+/// diverging. With 16 MiB segments every write an entry makes is inline up to 4 MiB: the value
+/// of the largest request (`--max-request-bytes`, 1.5 MiB by default) as one history version,
+/// all of it as a redo record, or a page of the tree holding the value with others. A leaf page
+/// holds up to 17 pairs (sled splits it past 16, `node.rs:599-611`), so several large values of
+/// consecutive revisions can still make a page over 4 MiB, which sled writes as a blob when it
+/// consolidates the page (`pagecache/mod.rs:1039-1042`); see ARCHITECTURE.md, "Apply is atomic
+/// per entry". The costs, measured against 512 KiB segments (puts of 256-byte values, one per
+/// entry): sled frees space a segment at a time and only segments well behind its log's tip,
+/// so the database file holds a few more segments of garbage: 15 MiB instead of 10-11 after
+/// 10,000 puts, 175 instead of 65 after 100,000, 736 instead of 628 after 1,000,000 and 2,000
+/// instead of 1,894 after writing those keys three times; each reopen fills the rest of the
+/// last segment (`pagecache/snapshot.rs:317-336`), adding up to 16 MiB, and an I/O buffer is a
+/// segment's size (RSS 10-20 MiB higher). Apply times stayed within 4% (`cargo bench -p
+/// rampart-storage -- apply`: 14.9 against 14.4 µs a put, 1.12 against 1.15 ms a txn of 100).
+const SEGMENT_SIZE: usize = 16 << 20;
+/// sled's default segment size (`config.rs:236`), which every database made before
+/// [`SEGMENT_SIZE`] uses. sled refuses to open a database with another size than the one it was
+/// made with (`config.rs:626-633`), so such a database keeps it.
+const LEGACY_SEGMENT_SIZE: usize = 512 << 10;
+
+/// Present in sled's directory once it has been opened by a Rampart that syncs every file sled
+/// reads before each open ([`SledFiles::sync_before_open`]): from then on, each snapshot sled
+/// writes at open describes durable data. Snapshots found without it were written by an earlier
+/// version, possibly of data a power loss then took, and are set aside.
+const SYNCED_OPENS_MARK: &str = "rampart-synced-opens";
+/// Prefix of the snapshot files sled reads at open (`config.rs:824-855`).
+const SLED_SNAPSHOT_PREFIX: &str = "snap.";
+/// Suffix of a snapshot sled was writing and had not yet renamed into place
+/// (`pagecache/snapshot.rs:531-561`): torn if its fsync did not happen, yet sled would read it.
+const SLED_SNAPSHOT_UNFINISHED: &str = ".generating";
+/// Prefix a set-aside snapshot is renamed with, so that sled no longer sees it.
+const SET_ASIDE_PREFIX: &str = "set-aside.";
+
 /// Opens the sled database. Every durable point of Rampart flushes explicitly, so sled's own
 /// periodic flusher is off: no background thread writes or holds the database, and closing it
 /// releases its lock at once. A database still locked by a handle that is closing (sled may
 /// finish a last flush on another thread) is waited for briefly; one locked by another process
 /// is refused with a clear error.
 ///
-/// sled's log segments keep their default size (512 KiB). Smaller ones (256 KiB) left a third
-/// less space unreclaimed, but only because the redo record of a txn of 100 puts (`redo.rs`,
-/// about 70 KiB) then went over a quarter of a segment, which sled stores as a blob file of its
-/// own: sled never syncs blob files, and only [`Disk::flush`] does, so a power loss between two
-/// flushes could keep the log's pointer to a redo record whose file was lost, and the member
-/// would no longer start. With records below a quarter of a segment either size gave the same.
-fn open_db(path: &Path) -> Result<sled::Db, StoreError> {
+/// Before sled reads anything, everything it will read is made durable, so that it recovers, and
+/// writes its snapshot of, durable data only (see `durability`); snapshots that may not be of
+/// durable data are set aside first, and sled then recovers from its log alone.
+fn open_db(files: &SledFiles) -> Result<sled::Db, StoreError> {
+    let segment_size = segment_size(files)?;
+    if segment_size != SEGMENT_SIZE {
+        tracing::warn!(
+            dir = %files.dir.display(),
+            segment_size,
+            "this database keeps the log segment size it was made with: pages of the state \
+             machine over a quarter of a segment are written to blob files, which a power loss \
+             can lose while keeping later writes; give the member a new data directory to use \
+             16 MiB segments"
+        );
+    }
     let config = sled::Config::new()
-        .path(path)
+        .path(&files.dir)
+        .segment_size(segment_size)
         .flush_every_ms(None)
         .cache_capacity(CACHE_CAPACITY);
     let started = std::time::Instant::now();
-    loop {
+    let db = loop {
+        // Each attempt: a handle closing in this process may have written since the last.
+        files.sync_before_open()?;
+        set_aside_untrusted_snapshots(files)?;
         match config.open() {
-            Ok(db) => return Ok(db),
+            Ok(db) => break db,
             Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
                 if started.elapsed() >= LOCK_WAIT {
                     return Err(StoreError::Locked {
-                        path: path.to_path_buf(),
+                        path: files.dir.clone(),
                     });
                 }
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
             Err(e) => return Err(e.into()),
         }
+    };
+    files.sync_after_open()?;
+    let mark = files.dir.join(SYNCED_OPENS_MARK);
+    if !mark.exists() {
+        crate::files::write_atomically(&files.dir, SYNCED_OPENS_MARK, b"")?;
     }
+    Ok(db)
+}
+
+/// The segment size to open the database with: the one sled recorded in its `conf`, else, for
+/// a data file that holds anything, [`LEGACY_SEGMENT_SIZE`] (this version makes `conf` durable
+/// before the data file is first written, `SledFiles::sync_after_open`, and earlier ones never
+/// synced it, so a lost `conf` beside data is theirs), else, for a new database, [`SEGMENT_SIZE`].
+fn segment_size(files: &SledFiles) -> Result<usize, StoreError> {
+    let conf = match std::fs::read(&files.conf) {
+        Ok(conf) => conf,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(StoreError::io("read", &files.conf, e)),
+    };
+    // sled takes a `conf` of 8 bytes or less for none and writes a new one (`config.rs:699-702`).
+    if conf.len() > 8 {
+        return String::from_utf8_lossy(&conf)
+            .lines()
+            .find_map(|line| line.strip_prefix("segment_size: ")?.parse().ok())
+            .ok_or_else(|| StoreError::Corrupt {
+                what: "sled configuration",
+                detail: format!("{} records no segment size", files.conf.display()),
+            });
+    }
+    let data_len = match std::fs::metadata(&files.data) {
+        Ok(meta) => meta.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(StoreError::io("stat", &files.data, e)),
+    };
+    Ok(if data_len > 0 {
+        LEGACY_SEGMENT_SIZE
+    } else {
+        SEGMENT_SIZE
+    })
+}
+
+/// Renames sled's snapshot files it must not read out of its way: every one, in a directory not
+/// yet marked with [`SYNCED_OPENS_MARK`]; an unfinished one (`.generating`), always. Without a
+/// snapshot sled recovers from the log alone, replaying every segment from its header's
+/// sequence number on (`pagecache/snapshot.rs:442-453` with `Snapshot::default()`,
+/// `pagecache/iterator.rs:284-517`), as it does the first time it reopens any database; a
+/// snapshot is only a summary of that replay up to its `stable_lsn` (`snapshot.rs:211-248`).
+fn set_aside_untrusted_snapshots(files: &SledFiles) -> Result<(), StoreError> {
+    let trusted = files.dir.join(SYNCED_OPENS_MARK).exists();
+    let entries = match std::fs::read_dir(&files.dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(StoreError::io("list", &files.dir, e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| StoreError::io("list", &files.dir, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with(SLED_SNAPSHOT_PREFIX)
+            || (trusted && !name.ends_with(SLED_SNAPSHOT_UNFINISHED))
+        {
+            continue;
+        }
+        let to = files.dir.join(format!("{SET_ASIDE_PREFIX}{name}"));
+        std::fs::rename(entry.path(), &to).map_err(|e| StoreError::io("rename", &to, e))?;
+        tracing::warn!(
+            file = %to.display(),
+            reason = if trusted {
+                "unfinished"
+            } else {
+                "written by an earlier version, possibly of data a power loss took"
+            },
+            "set sled's snapshot aside: sled recovers from its log alone"
+        );
+    }
+    Ok(())
 }
 
 /// Removes the current snapshot file if it ends before the log will start once openraft has

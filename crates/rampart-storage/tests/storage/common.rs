@@ -196,6 +196,15 @@ pub fn keys(resp: &RangeResponse) -> Vec<String> {
         .collect()
 }
 
+/// The log segment size sled recorded in the `conf` of the data directory `data`.
+pub fn sled_segment_size(data: &Path) -> u64 {
+    let conf = std::fs::read(data.join("db").join("conf")).expect("sled's conf");
+    String::from_utf8_lossy(&conf)
+        .lines()
+        .find_map(|line| line.strip_prefix("segment_size: ")?.parse().ok())
+        .expect("a segment size in sled's conf")
+}
+
 pub fn strs(items: &[&str]) -> Vec<String> {
     items.iter().map(|s| s.to_string()).collect()
 }

@@ -204,7 +204,7 @@ pub struct MemberAttributes {
 /// # Its encoding is a contract
 ///
 /// Commands are kept with bincode 1 (the default options of `bincode::serialize`) in the Raft
-/// log's segment files (`wal.rs`), read back after every restart and upgrade, and sent in the
+/// log's segment files (`wal/`), read back after every restart and upgrade, and sent in the
 /// same bytes to other members (Raft's AppendEntries, forwarded writes), which may run an
 /// older or a newer build during a rolling upgrade. [`MemberAttributes`] is also stored, the
 /// same way, in the MVCC tree and its snapshots. bincode writes no names and no struct

@@ -203,9 +203,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
-        let last_purged_log_id: Option<LogId<NodeId>> =
-            get(&self.tree, PURGED, "last purged log id")
-                .map_err(|e| StorageIOError::read_logs(&e))?;
+        let last_purged_log_id = self.purged().map_err(|e| StorageIOError::read_logs(&e))?;
         let last = self.wal.read().last();
         Ok(LogState {
             last_purged_log_id,

@@ -60,6 +60,20 @@ pub enum ServerError {
     /// in the status message (see [`chain`]).
     #[error("etcdserver: storage failure")]
     Storage(#[source] Cause),
+    /// Proclaim or Resign names a leadership that no longer holds (etcd's
+    /// `concurrency.ErrElectionNotLeader`), or a Campaign's key went away while it waited.
+    #[error("election: not leader")]
+    ElectionNotLeader,
+    /// Leader found no campaigner (etcd's `concurrency.ErrElectionNoLeader`).
+    #[error("election: no leader")]
+    ElectionNoLeader,
+    /// Proclaim or Resign without a `leader` (etcd's `v3election.ErrMissingLeaderKey`).
+    #[error("\"leader\" field must be provided")]
+    MissingLeaderKey,
+    /// A Lock's key went away (its lease expired or was revoked) while it waited (etcd 3.5's
+    /// `concurrency.ErrSessionExpired`).
+    #[error("mutex: session is expired")]
+    SessionExpired,
     /// A call etcd defines that Rampart does not serve yet.
     #[error("rampart does not support {0} yet")]
     Unimplemented(&'static str),
@@ -114,7 +128,21 @@ impl ServerError {
             NotCapable | LeaseExists => Code::FailedPrecondition,
             Storage(_) | Internal(_) => Code::Internal,
             Unimplemented(_) => Code::Unimplemented,
+            ElectionNotLeader | ElectionNoLeader | MissingLeaderKey | SessionExpired => {
+                Code::Unknown
+            }
         }
+    }
+
+    /// The status the Lock and Election services answer with: etcd's text with code `Unknown`,
+    /// whatever the error. etcd's `v3lock` and `v3election` servers return the errors of their
+    /// own clientv3 client, which turns statuses into `rpctypes.EtcdError`s (or plain Go errors
+    /// for the election's), and gRPC sends an error that is no status as `Unknown` (etcd 3.4
+    /// answers a Lock on a missing lease with `Unknown` "etcdserver: requested lease not
+    /// found"). etcd's Go clients match on the text, not the code.
+    pub fn into_concurrency_status(self) -> Status {
+        let status = Status::from(self);
+        Status::new(Code::Unknown, status.message())
     }
 }
 
@@ -200,6 +228,29 @@ mod tests {
         for (error, code, text) in cases {
             let status = Status::from(error);
             assert_eq!(status.code(), code);
+            assert_eq!(status.message(), text);
+        }
+    }
+
+    #[test]
+    fn lock_and_election_statuses_are_unknown_with_etcds_text() {
+        let cases = [
+            (ServerError::ElectionNotLeader, "election: not leader"),
+            (ServerError::ElectionNoLeader, "election: no leader"),
+            (
+                ServerError::MissingLeaderKey,
+                "\"leader\" field must be provided",
+            ),
+            (ServerError::SessionExpired, "mutex: session is expired"),
+            (
+                ServerError::LeaseNotFound,
+                "etcdserver: requested lease not found",
+            ),
+            (ServerError::NoLeader, "etcdserver: no leader"),
+        ];
+        for (error, text) in cases {
+            let status = error.into_concurrency_status();
+            assert_eq!(status.code(), Code::Unknown);
             assert_eq!(status.message(), text);
         }
     }

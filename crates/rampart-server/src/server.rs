@@ -14,6 +14,8 @@ use rampart_api::etcdserverpb::kv_server::KvServer;
 use rampart_api::etcdserverpb::lease_server::LeaseServer;
 use rampart_api::etcdserverpb::maintenance_server::MaintenanceServer;
 use rampart_api::etcdserverpb::watch_server::WatchServer;
+use rampart_api::v3electionpb::election_server::ElectionServer;
+use rampart_api::v3lockpb::lock_server::LockServer;
 use rampart_network::{LinkFaults, PeerNetwork, PeerService};
 use rampart_storage::{ClusterIdentity, Command, MemberAttributes, NodeId, PeerNode, Store};
 use tokio::net::TcpListener;
@@ -30,7 +32,10 @@ use crate::forward_check::ForwardedCommands;
 use crate::interceptor::RequestInterceptor;
 use crate::lessor::Lessor;
 use crate::node::Node;
-use crate::services::{ClusterService, KvService, LeaseService, MaintenanceService, WatchService};
+use crate::services::{
+    ClusterService, ElectionService, KvService, LeaseService, LockService, MaintenanceService,
+    WatchService,
+};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -278,7 +283,7 @@ impl RunningNode {
 }
 
 /// Serves the etcd client API on `listener` until `shutdown`: KV, Watch, Lease, Maintenance,
-/// Cluster and gRPC health, every call through [`RequestInterceptor`] first. Long-lived streams
+/// Cluster, Lock, Election and gRPC health, every call through [`RequestInterceptor`] first. Long-lived streams
 /// end on `shutdown` too, so that the graceful drain does not wait for clients that never hang
 /// up.
 fn serve_clients(
@@ -309,6 +314,13 @@ fn serve_clients(
         )
         .add_service(
             ClusterServer::new(ClusterService::new(node.clone())).max_decoding_message_size(limit),
+        )
+        .add_service(
+            LockServer::new(LockService::new(client.clone())).max_decoding_message_size(limit),
+        )
+        .add_service(
+            ElectionServer::new(ElectionService::new(client.clone()))
+                .max_decoding_message_size(limit),
         );
     async move {
         health_reporter.set_serving::<KvServer<KvService>>().await;

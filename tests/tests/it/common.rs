@@ -17,6 +17,25 @@ pub async fn connect(urls: &[String]) -> anyhow::Result<Client> {
         .with_context(|| format!("connecting etcd-client to {urls:?}"))
 }
 
+/// An etcd-client `Client` over `urls` whose calls may wait up to two minutes: for Lock and
+/// Campaign calls that wait for others to let go.
+pub async fn connect_patient(urls: &[String]) -> anyhow::Result<Client> {
+    let options = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_timeout(Duration::from_secs(120));
+    Client::connect(urls, Some(options))
+        .await
+        .with_context(|| format!("connecting etcd-client to {urls:?}"))
+}
+
+/// The key-value stored at `key`, read linearizably through `client`, if any.
+pub async fn stored(
+    client: &mut Client,
+    key: &[u8],
+) -> anyhow::Result<Option<etcd_client::KeyValue>> {
+    Ok(client.get(key, None).await?.kvs().first().cloned())
+}
+
 /// Checks that `result` is a gRPC error with etcd's `code` and exact `message`.
 pub fn expect_error<T: std::fmt::Debug>(
     what: &str,

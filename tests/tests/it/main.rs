@@ -3,6 +3,7 @@
 //! processes ([`rampart_tests::ProcessCluster`]).
 //!
 //! - [`cluster`]: leader loss, partitions, healing and catch-up by snapshot, in process.
+//! - [`election`]: the Election service through etcd-client, and etcdctl's `elect`.
 //! - [`etcd_client`]: compatibility with the `etcd-client` crate, errors included.
 //! - [`etcdctl`]: compatibility with the real `etcdctl` 3.4, against processes.
 //! - [`failover`]: leader loss as a client sees it, against processes (leases kept alive).
@@ -11,6 +12,8 @@
 //! - [`lease`]: grant, attach, keep-alive, revoke and expiry, across leader loss and restart.
 //! - [`lease_table`]: the leader's table of leases follows every grant and revoke, and revokes
 //!   many expired leases in batches.
+//! - [`lock`]: the Lock service through etcd-client (order, fencing tokens, leases, leader
+//!   loss, abandoned waiters), and etcdctl's `lock`.
 //! - [`process_cluster`]: acknowledged writes survive kill -9; bad settings and foreign data
 //!   directories are refused.
 //! - [`signals`]: SIGTERM and SIGINT stop a member in order.
@@ -24,6 +27,7 @@
 mod common;
 
 mod cluster;
+mod election;
 mod etcd_client;
 mod etcdctl;
 mod failover;
@@ -31,6 +35,7 @@ mod hardening;
 mod interceptor;
 mod lease;
 mod lease_table;
+mod lock;
 mod process_cluster;
 mod signals;
 mod watch;

@@ -5,7 +5,15 @@ use clap::{Parser, Subcommand};
 use rampart_api::etcdserverpb as pb;
 use rampart_api::etcdserverpb::cluster_client::ClusterClient;
 use rampart_api::etcdserverpb::kv_client::KvClient;
+use rampart_api::etcdserverpb::lease_client::LeaseClient;
 use rampart_api::etcdserverpb::maintenance_client::MaintenanceClient;
+use rampart_api::v3electionpb as epb;
+use rampart_api::v3electionpb::election_client::ElectionClient;
+use rampart_api::v3lockpb as lpb;
+use rampart_api::v3lockpb::lock_client::LockClient;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
 #[derive(Parser, Debug)]
@@ -46,6 +54,234 @@ enum Cmd {
     Status,
     /// Lists the cluster's members.
     Members,
+    /// Takes a named lock (etcdctl's `lock`): runs COMMAND while holding it and releases it
+    /// after, or without a command prints the lock key and holds the lock until interrupted.
+    /// COMMAND sees the key in ETCD_LOCK_KEY and the revision it got the lock at in
+    /// ETCD_LOCK_REV.
+    Lock {
+        name: String,
+        /// The session lease's TTL in seconds; the lease is kept alive while the lock is held.
+        #[arg(long, default_value_t = 10)]
+        ttl: i64,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+    /// Campaigns in a named election with PROPOSAL and, once leader, prints the leader key and
+    /// value and leads until interrupted (etcdctl's `elect`); with --listen, prints every
+    /// leader's key and value as they change.
+    Elect {
+        name: String,
+        proposal: Option<String>,
+        /// Observe instead of campaigning.
+        #[arg(short, long)]
+        listen: bool,
+        /// The session lease's TTL in seconds; the lease is kept alive while campaigning.
+        #[arg(long, default_value_t = 60)]
+        ttl: i64,
+    },
+}
+
+/// A lease kept alive for as long as the command runs (clientv3's `concurrency.Session`).
+struct Session {
+    lease: i64,
+    /// Turns true when a keep-alive finds the lease gone or the stream breaks.
+    lost: watch::Receiver<bool>,
+    keeper: tokio::task::JoinHandle<()>,
+    channel: Channel,
+}
+
+impl Session {
+    async fn start(channel: &Channel, ttl: i64) -> anyhow::Result<Session> {
+        let mut leases = LeaseClient::new(channel.clone());
+        let lease = leases
+            .lease_grant(pb::LeaseGrantRequest { ttl, id: 0 })
+            .await?
+            .into_inner()
+            .id;
+        let (requests, outgoing) = mpsc::channel(1);
+        let mut responses = leases
+            .lease_keep_alive(ReceiverStream::new(outgoing))
+            .await?
+            .into_inner();
+        let (lose, lost) = watch::channel(false);
+        let period = Duration::from_millis((ttl.max(1) as u64) * 1000 / 3);
+        let keeper = tokio::spawn(async move {
+            loop {
+                let request = pb::LeaseKeepAliveRequest { id: lease };
+                if requests.send(request).await.is_err() {
+                    break;
+                }
+                match responses.message().await {
+                    Ok(Some(response)) if response.ttl > 0 => {}
+                    _ => break,
+                }
+                tokio::time::sleep(period).await;
+            }
+            let _ = lose.send(true);
+        });
+        Ok(Session {
+            lease,
+            lost,
+            keeper,
+            channel: channel.clone(),
+        })
+    }
+
+    /// Completes when the lease is lost.
+    async fn lost(&mut self) {
+        let _ = self.lost.wait_for(|lost| *lost).await;
+    }
+
+    /// Stops the keep-alives and revokes the lease, which deletes every key attached to it.
+    async fn close(self) {
+        self.keeper.abort();
+        let _ = LeaseClient::new(self.channel)
+            .lease_revoke(pb::LeaseRevokeRequest { id: self.lease })
+            .await;
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn interrupted() {
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async {
+            match terminate.as_mut() {
+                Some(terminate) => { terminate.recv().await; }
+                None => std::future::pending::<()>().await,
+            }
+        } => {}
+    }
+}
+
+/// `rampartctl lock`: exits with the command's status, or 0 once released.
+async fn lock(
+    channel: Channel,
+    name: String,
+    ttl: i64,
+    command: Vec<String>,
+) -> anyhow::Result<i32> {
+    let mut session = Session::start(&channel, ttl).await?;
+    let mut locks = LockClient::new(channel.clone());
+    let request = lpb::LockRequest {
+        name: name.into_bytes(),
+        lease: session.lease,
+    };
+    let locked = tokio::select! {
+        locked = locks.lock(request) => locked,
+        // Dropping the Lock call makes the server delete the waiter's key.
+        _ = interrupted() => {
+            session.close().await;
+            return Ok(130);
+        }
+        _ = session.lost() => bail!("session expired while waiting for the lock"),
+    };
+    let locked = locked?.into_inner();
+    let key = String::from_utf8_lossy(&locked.key).into_owned();
+    let revision = locked.header.map_or(0, |header| header.revision);
+    let code = if let Some((program, args)) = command.split_first() {
+        let status = tokio::process::Command::new(program)
+            .args(args)
+            .env("ETCD_LOCK_KEY", &key)
+            .env("ETCD_LOCK_REV", revision.to_string())
+            .status()
+            .await
+            .with_context(|| format!("cannot run {program}"))?;
+        status.code().unwrap_or(1)
+    } else {
+        println!("{key}");
+        println!();
+        tokio::select! {
+            _ = interrupted() => 0,
+            _ = session.lost() => {
+                eprintln!("session expired: the lock is lost");
+                1
+            }
+        }
+    };
+    locks
+        .unlock(lpb::UnlockRequest {
+            key: locked.key.clone(),
+        })
+        .await?;
+    session.close().await;
+    Ok(code)
+}
+
+/// `rampartctl elect NAME PROPOSAL`: leads until interrupted, then resigns.
+async fn campaign(
+    channel: Channel,
+    name: String,
+    proposal: String,
+    ttl: i64,
+) -> anyhow::Result<i32> {
+    let mut session = Session::start(&channel, ttl).await?;
+    let mut elections = ElectionClient::new(channel.clone());
+    let request = epb::CampaignRequest {
+        name: name.into_bytes(),
+        lease: session.lease,
+        value: proposal.into_bytes(),
+    };
+    let won = tokio::select! {
+        won = elections.campaign(request) => won,
+        _ = interrupted() => {
+            session.close().await;
+            return Ok(130);
+        }
+        _ = session.lost() => bail!("session expired while campaigning"),
+    };
+    let leader = won?
+        .into_inner()
+        .leader
+        .context("Campaign answered no leader")?;
+    let current = KvClient::new(channel.clone())
+        .range(pb::RangeRequest {
+            key: leader.key.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    for kv in current.kvs {
+        println!("{}", String::from_utf8_lossy(&kv.key));
+        println!("{}", String::from_utf8_lossy(&kv.value));
+    }
+    let code = tokio::select! {
+        _ = interrupted() => 0,
+        _ = session.lost() => {
+            eprintln!("elect: session expired");
+            1
+        }
+    };
+    elections
+        .resign(epb::ResignRequest {
+            leader: Some(leader),
+        })
+        .await?;
+    session.close().await;
+    Ok(code)
+}
+
+/// `rampartctl elect --listen NAME`: prints each leader's key and value until interrupted.
+async fn observe(channel: Channel, name: String) -> anyhow::Result<i32> {
+    let mut leaders = ElectionClient::new(channel)
+        .observe(epb::LeaderRequest {
+            name: name.into_bytes(),
+        })
+        .await?
+        .into_inner();
+    loop {
+        let next = tokio::select! {
+            next = leaders.message() => next?,
+            _ = interrupted() => return Ok(0),
+        };
+        let Some(kv) = next.and_then(|response| response.kv) else {
+            bail!("elect: observer lost");
+        };
+        println!("{}", String::from_utf8_lossy(&kv.key));
+        println!("{}", String::from_utf8_lossy(&kv.value));
+    }
 }
 
 /// The end of the range holding every key that starts with `prefix`.
@@ -62,6 +298,12 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let code = run().await?;
+    std::process::exit(code)
+}
+
+/// Runs the command and answers the process's exit status.
+async fn run() -> anyhow::Result<i32> {
     let cli = Cli::parse();
     let channel = Channel::from_shared(cli.endpoint.clone())?
         .connect()
@@ -153,6 +395,20 @@ async fn main() -> anyhow::Result<()> {
                 );
             }
         }
+        Cmd::Lock { name, ttl, command } => return lock(channel, name, ttl, command).await,
+        Cmd::Elect {
+            name,
+            proposal,
+            listen,
+            ttl,
+        } => {
+            return match (proposal, listen) {
+                (Some(proposal), false) => campaign(channel, name, proposal, ttl).await,
+                (None, true) => observe(channel, name).await,
+                (Some(_), true) => bail!("proposal given but --listen is set"),
+                (None, false) => bail!("no proposal argument but --listen not set"),
+            }
+        }
     }
-    Ok(())
+    Ok(0)
 }

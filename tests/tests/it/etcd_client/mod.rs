@@ -36,21 +36,22 @@ const LEADER_WAIT: Duration = Duration::from_secs(20);
 /// How long members may take to publish their client URLs after start.
 const PUBLISH_WAIT: Duration = Duration::from_secs(20);
 
-/// A started 3-member cluster with one client per member and one over all members.
-struct Fixture {
-    cluster: TestCluster,
+/// A started 3-member cluster with one client per member and one over all members (also used by
+/// the [`crate::lock`] and [`crate::election`] tests).
+pub(crate) struct Fixture {
+    pub(crate) cluster: TestCluster,
     /// Balances over every member's client URL.
-    all: Client,
+    pub(crate) all: Client,
     /// `members[i]` talks to member `i` only.
-    members: Vec<Client>,
+    pub(crate) members: Vec<Client>,
     /// The index of the leader when the fixture was made.
-    leader: usize,
+    pub(crate) leader: usize,
 }
 
 impl Fixture {
     /// Starts the cluster and waits until it has a leader and every member has published its
     /// client URLs (publishing goes through Raft; waiting keeps it out of the tests' way).
-    async fn start() -> anyhow::Result<Fixture> {
+    pub(crate) async fn start() -> anyhow::Result<Fixture> {
         let cluster = TestCluster::start(3).await?;
         let leader = cluster.wait_for_leader(LEADER_WAIT).await?;
         let leader = cluster.index_of(leader);
@@ -75,7 +76,7 @@ impl Fixture {
     }
 
     /// The indexes of the members that were followers when the fixture was made.
-    fn followers(&self) -> Vec<usize> {
+    pub(crate) fn followers(&self) -> Vec<usize> {
         (0..3).filter(|&i| i != self.leader).collect()
     }
 
@@ -110,7 +111,7 @@ impl Fixture {
         Ok(())
     }
 
-    async fn shutdown(self) {
+    pub(crate) async fn shutdown(self) {
         // Clients first, so that no open connection waits on the members' graceful stop.
         drop(self.all);
         drop(self.members);

@@ -27,6 +27,14 @@ use crate::messages::{ForwardReply, LeaseReply, LeaseRequest, ReadIndexReply};
 /// request limit, many at once.
 pub(crate) const MAX_PEER_MESSAGE_BYTES: usize = 512 * 1024 * 1024;
 
+/// HTTP/2 flow-control windows of peer connections, both ways. The default 64 KiB would make
+/// the sender of a 1 MiB AppendEntries wait for the receiver's window updates some sixteen
+/// times, each needing the receiver's runtime to run; these let a whole bounded batch
+/// (`MAX_APPEND_BYTES` of the log store, plus a request's worth) go out at once.
+pub const PEER_STREAM_WINDOW_BYTES: u32 = 4 * 1024 * 1024;
+/// See [`PEER_STREAM_WINDOW_BYTES`]; shared by the calls in flight on one connection.
+pub const PEER_CONNECTION_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
+
 /// How long a connection attempt to a peer may take before the peer counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -107,6 +115,8 @@ impl PeerNetwork {
             .map_err(|e| unreachable(format!("invalid peer URL {url}: {e}")))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
+            .initial_stream_window_size(PEER_STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(PEER_CONNECTION_WINDOW_BYTES)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_while_idle(true)
             .connect_lazy();

@@ -352,6 +352,8 @@ fn serve_peers(
     async move {
         let incoming = rampart_h2_compat::accepted(listener);
         if let Err(e) = tonic::transport::Server::builder()
+            .initial_stream_window_size(rampart_network::PEER_STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(rampart_network::PEER_CONNECTION_WINDOW_BYTES)
             .add_service(service.into_server())
             .add_optional_service(fault_control)
             .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())

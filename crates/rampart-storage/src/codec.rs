@@ -106,6 +106,7 @@ pub(crate) struct KeyRecord {
     pub mod_revision: i64,
     pub version: i64,
     pub lease: i64,
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
 }
 

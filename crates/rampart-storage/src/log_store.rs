@@ -43,6 +43,9 @@ use crate::wal::{Entry, Recorded, Wal};
 const VOTE: &[u8] = b"m/vote";
 const COMMITTED: &[u8] = b"m/committed";
 const PURGED: &[u8] = b"m/purged";
+/// The most bytes of log records one AppendEntries call carries (as etcd's Raft limits a
+/// message to 1 MiB), unless its first entry alone is larger.
+pub(crate) const MAX_APPEND_BYTES: usize = 1024 * 1024;
 /// Entries of the layout before the segment files: `e` + index (8 bytes, big-endian). Moved
 /// into the segment files when such a database is opened.
 const OLD_ENTRY_PREFIX: u8 = b'e';
@@ -195,6 +198,25 @@ impl RaftLogReader<TypeConfig> for LogStore {
     ) -> Result<Vec<Entry>, StorageError<NodeId>> {
         Ok(self
             .read_entries(range)
+            .map_err(|e| StorageIOError::read_logs(&e))?)
+    }
+
+    /// The entries a leader sends a follower in one AppendEntries call: from `start`, at most
+    /// [`MAX_APPEND_BYTES`] of records (at least one entry), below `end`. openraft gives each
+    /// call one heartbeat interval; a call that carries every entry a lagging follower misses
+    /// could never finish in it, and would be sent again whole, for ever.
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, StorageError<NodeId>> {
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        let wal = self.wal.read();
+        let last = wal.end_within(start, end - 1, MAX_APPEND_BYTES);
+        Ok(wal
+            .read(start, last)
             .map_err(|e| StorageIOError::read_logs(&e))?)
     }
 }

@@ -375,3 +375,50 @@ async fn a_corrupt_data_directory_stops_the_member_at_start() -> anyhow::Result<
     assert!(error.contains("data directory"), "{error}");
     Ok(())
 }
+
+/// A follower that missed many large writes catches up by the log. The leader sends a lagging
+/// follower its entries in messages bounded in bytes: one message of every missed entry would
+/// take longer to deliver and store than openraft lets an AppendEntries call run (one heartbeat
+/// interval), fail, and be sent again whole, for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_that_missed_many_large_writes_catches_up_by_the_log() -> anyhow::Result<()> {
+    const VALUES: usize = 40;
+    const VALUE_BYTES: usize = 1 << 20;
+    let cluster = TestCluster::start(3).await?;
+    let leader = cluster.wait_for_leader(LEADER_WAIT).await?;
+    let leader_index = cluster.index_of(leader);
+    let lagging = (leader_index + 1) % 3;
+    let mut client = cluster.client(leader_index).await?;
+    put(&mut client, "first", "1").await?;
+    wait_value(&cluster, lagging, "first", "1").await?;
+
+    info!("--- cut a follower off while the others write {VALUES} values of {VALUE_BYTES} bytes");
+    cluster
+        .faults
+        .isolate(cluster.members[lagging].id, &cluster.ids());
+    for i in 0..VALUES {
+        client
+            .put(pb::PutRequest {
+                key: format!("big-{i:03}").into_bytes(),
+                value: vec![b'v'; VALUE_BYTES],
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("writing big-{i:03}"))?;
+    }
+    put(&mut client, "last", "1").await?;
+
+    info!("--- heal: the follower receives what it missed from the leader's log");
+    cluster.faults.heal();
+    wait_value(&cluster, lagging, "last", "1").await?;
+    let follower = cluster.members[lagging]
+        .running
+        .as_ref()
+        .context("follower stopped")?;
+    assert!(
+        follower.node.metrics().snapshot.is_none(),
+        "the follower caught up by snapshot, not by the log"
+    );
+    cluster.shutdown().await;
+    Ok(())
+}

@@ -14,6 +14,7 @@
 //!   many expired leases in batches.
 //! - [`lock`]: the Lock service through etcd-client (order, fencing tokens, leases, leader
 //!   loss, abandoned waiters), and etcdctl's `lock`.
+//! - [`long_reads`]: whole-keyspace reads of a large store under writes stall no member.
 //! - [`process_cluster`]: acknowledged writes survive kill -9; bad settings and foreign data
 //!   directories are refused.
 //! - [`signals`]: SIGTERM and SIGINT stop a member in order.
@@ -36,6 +37,7 @@ mod interceptor;
 mod lease;
 mod lease_table;
 mod lock;
+mod long_reads;
 mod process_cluster;
 mod signals;
 mod watch;

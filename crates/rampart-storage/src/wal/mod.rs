@@ -450,6 +450,42 @@ impl Wal {
         Ok(entries)
     }
 
+    /// The last index `end` in `from..=to` such that the records of `from..=end` total at most
+    /// `budget` bytes, or `from` itself when its record alone is larger: where a read of
+    /// `from..=to` can stop to stay within `budget` and still return an entry. Entries the log
+    /// does not hold count as empty (the read will not return them either).
+    pub(crate) fn end_within(&self, from: u64, to: u64, budget: usize) -> u64 {
+        let mut total = 0usize;
+        for index in from..=to {
+            total = total.saturating_add(self.record_size(index));
+            if total > budget {
+                return (index - 1).max(from);
+            }
+        }
+        to
+    }
+
+    /// The size of entry `index`'s record (0 if the log does not hold it).
+    fn record_size(&self, index: u64) -> usize {
+        if self.purged.is_some_and(|purged| index <= purged) {
+            return 0;
+        }
+        if let Some(first) = self.recent.first_index().filter(|&first| first <= index) {
+            return self
+                .recent
+                .entries
+                .get((index - first) as usize)
+                .map_or(0, |(_, size)| *size);
+        }
+        match self.segments.range(..=index).next_back() {
+            Some((_, segment)) if segment.last().is_some_and(|last| last >= index) => {
+                let (start, end) = segment.byte_range(index, index);
+                (end - start) as usize
+            }
+            _ => 0,
+        }
+    }
+
     /// Reads the entries `from..=to` (all held by the files) into `entries`.
     fn read_files(&self, from: u64, to: u64, entries: &mut Vec<Entry>) -> Result<(), StoreError> {
         let start_key = self

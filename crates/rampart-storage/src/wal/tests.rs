@@ -401,3 +401,41 @@ fn reads_from_memory_match_the_files() {
     }
     assert!(!small.recent.entries.is_empty(), "the memory held nothing");
 }
+
+#[test]
+fn a_read_bounded_in_bytes_stops_before_the_budget_but_returns_one_entry() {
+    let (small, none) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let record = record_bytes() as usize;
+    // Entries 1..=10 across segments of three records; the last three also in memory.
+    let mut small = Wal::open_with_limits(
+        small.path(),
+        Recorded::default(),
+        3 * record as u64,
+        3 * record,
+    )
+    .unwrap();
+    let mut none =
+        Wal::open_with_limits(none.path(), Recorded::default(), 3 * record as u64, 0).unwrap();
+    for wal in [&mut small, &mut none] {
+        append_in_pairs(wal, 10);
+        wal.purge(1).unwrap();
+    }
+    assert!(!small.recent.entries.is_empty(), "the memory holds nothing");
+    for wal in [&small, &none] {
+        // Within budget: every whole record that fits.
+        assert_eq!(wal.end_within(2, 10, 3 * record), 4);
+        assert_eq!(wal.end_within(2, 10, 3 * record + record / 2), 4);
+        assert_eq!(
+            wal.end_within(7, 10, 2 * record),
+            8,
+            "across memory and files"
+        );
+        assert_eq!(wal.end_within(2, 10, 100 * record), 10, "all of them");
+        // One record larger than the budget still goes alone.
+        assert_eq!(wal.end_within(5, 10, record - 1), 5);
+        assert_eq!(wal.end_within(5, 10, 0), 5);
+        // Entries the log does not hold cost nothing: the purged one and those past the end.
+        assert_eq!(wal.end_within(1, 3, record), 2);
+        assert_eq!(wal.end_within(9, 20, 2 * record), 20);
+    }
+}

@@ -14,16 +14,20 @@
 //! fragmented revision, which etcd's clients rely on.
 //!
 //! Bounded memory: a watcher holds at most one history chunk (about 256 events, whole
-//! revisions) or one feed revision in hand. It follows the store's live feed (a broadcast ring
-//! of `WATCH_FEED_CAPACITY` revisions shared by every subscriber, its events behind `Arc`s, so
-//! not copied per watcher); when its client does not read, the channel fills, the watcher waits
-//! to send, and its feed receiver falls behind instead of buffering: the ring overwrites what it
-//! missed and the watcher later gets `Lagged` and replays from history, from the first revision
-//! it has not delivered. So a slow client costs its stream at most [`OUTGOING_CAPACITY`] queued
-//! items (each one revision of one watch, like etcd's per-stream buffer) plus a chunk per
-//! watcher, and never slows the feed, apply or any other stream. Nothing is dropped silently: a
-//! watcher that history can no longer serve (compacted past what it needs) is canceled with
-//! `compact_revision`, as etcd cancels it.
+//! revisions) or one batch of feed revisions (about 1 MiB of events) in hand. It follows the
+//! store's live feed (`rampart_storage::WatchFeed`: a broadcast ring of `WATCH_FEED_CAPACITY`
+//! revisions shared by every subscriber, its events behind `Arc`s, so not copied per watcher,
+//! and holding at most `WATCH_FEED_BUDGET` bytes of them); when its client does not read, the
+//! channel fills, the watcher waits to send, and its feed receiver falls behind instead of
+//! buffering: the feed drops the events of the oldest revisions once past its byte budget (and
+//! the ring overwrites the oldest messages once full), and the watcher, when it reads such a
+//! revision (or gets `Lagged`), replays from history, from the first revision it has not
+//! delivered, as etcd's unsynced watchers do. So a slow client costs its stream at most
+//! [`OUTGOING_CAPACITY`] queued items (each one watcher's responses for one batch of
+//! revisions, like etcd's per-stream buffer) plus a chunk per watcher, costs the feed at most
+//! its budget, and never slows the feed, apply or any other stream. Nothing is dropped
+//! silently: a watcher that history can no longer serve (compacted past what it needs) is
+//! canceled with `compact_revision`, as etcd cancels it.
 //!
 //! Ending: the stream's tasks share a cancellation token, a child of the node's shutdown token.
 //! It is cancelled when the client goes away (its request stream fails, or the response stream

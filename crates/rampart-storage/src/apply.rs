@@ -21,8 +21,6 @@
 //! Steps 1 and 2, and the staging of step 3, are [`WriteTxn`]'s; the write and what follows it
 //! are this module's.
 
-use std::sync::Arc;
-
 use openraft::{EntryPayload, LogId, Membership, StoredMembership};
 
 use crate::codec::{self, Live, Progress, META_MEMBERSHIP, META_PROGRESS};
@@ -30,7 +28,7 @@ use crate::error::{MvccError, StoreError};
 use crate::events::Written;
 use crate::index::Version;
 use crate::lease;
-use crate::mvcc::{MvccCore, MvccState, WatchFeed};
+use crate::mvcc::{MvccCore, MvccState};
 use crate::redo::WriteBatch;
 use crate::types::{
     ApplyError, Command, CommandResponse, CommandResult, LeaseChange, MemberAttributes, NodeId,
@@ -281,15 +279,18 @@ impl MvccCore {
         }
         if let Some(written) = changes.written {
             // Sent while the write lock is still held, with the revision now visible. Skipping
-            // the send when no one listens is safe: `receiver_count` and `subscribe` synchronize
-            // on the channel's lock, so a subscriber not counted here subscribes after this point
-            // and its next `Mvcc::revision()` waits for this lock, sees this revision, and replays
-            // it from history. It saves building the events (reading and cloning values) for
-            // no one.
-            if self.feed.receiver_count() > 0 {
-                let events = written.into_events(&self.tree)?;
-                // An error only means every receiver has gone since the check.
-                let _ = self.feed.send(WatchFeed::Events(Arc::new(events)));
+            // the send when no one listens is safe: a subscriber not counted here subscribes
+            // after this point, and its next `Mvcc::revision()` waits for this lock, sees this
+            // revision, and replays it from history. It saves building the events (reading and
+            // cloning values) for no one. Likewise previous values are read only for the keys
+            // of the `prev_kv` watchers registered now: one registered later subscribed later
+            // (see `Mvcc::subscribe_with_prev_kv`), so it never receives this revision.
+            if self.feed.has_subscribers() {
+                let wanted = self.feed.prev_kv_ranges();
+                let (events, reads) =
+                    written.into_events(&self.tree, |key| wanted.contains(key))?;
+                self.feed.count_prev_reads(reads);
+                self.feed.send_revision(events);
             }
         }
         Ok(())

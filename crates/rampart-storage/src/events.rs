@@ -4,7 +4,9 @@
 //! the command's operations made them, are its events. [`read_events`] replays revisions from
 //! there, with each event's previous version found through the key index; the state machine
 //! sends each new revision's events on the live feed ([`crate::WatchFeed`]), built from the
-//! records it read while applying. Both build an event with [`event`], so they agree.
+//! records it read while applying, with the previous versions only of the keys some watcher
+//! wants them for (see [`crate::watch_feed`]). Both build an event with [`event`], so they agree
+//! wherever the feed carries a `prev_kv`.
 //!
 //! Compaction at `C` removes the versions below `C` that nothing can read any more. A key deleted
 //! at exactly `C` loses its tombstone too (as in etcd, whose watchers cannot replay that delete
@@ -76,16 +78,28 @@ pub(crate) struct Written {
 }
 
 impl Written {
-    /// The revision's events, as [`read_events`] would replay them; previous records not read
-    /// yet are read from `tree`.
-    pub(crate) fn into_events(self, tree: &sled::Tree) -> Result<RevisionEvents, StoreError> {
+    /// The revision's events, as [`read_events`] would replay them, except that only the keys
+    /// `wants_prev` names carry their `prev_kv`; previous records of those not read yet are read
+    /// from `tree`. Also returns how many were.
+    pub(crate) fn into_events(
+        self,
+        tree: &sled::Tree,
+        wants_prev: impl Fn(&[u8]) -> bool,
+    ) -> Result<(RevisionEvents, u64), StoreError> {
         let revision = self.revision;
         let mut events = Vec::with_capacity(self.changes.len());
+        let mut reads = 0;
         for c in self.changes {
-            let prev_kv = c.before.map(|p| p.into_kv(tree, &c.key)).transpose()?;
+            let prev_kv = match c.before {
+                Some(prior) if wants_prev(&c.key) => {
+                    reads += u64::from(matches!(prior, Prior::Stored { .. }));
+                    Some(prior.into_kv(tree, &c.key)?)
+                }
+                _ => None,
+            };
             events.push(event(revision, c.key, c.after, prev_kv));
         }
-        Ok(RevisionEvents { revision, events })
+        Ok((RevisionEvents { revision, events }, reads))
     }
 }
 

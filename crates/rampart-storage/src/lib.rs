@@ -19,7 +19,8 @@
 //! write transaction: Put, DeleteRange, Txn, and the compact command's write), `redo` (an
 //! entry's writes made atomic), `lease` (lease records, the keys attached to them, and the feed
 //! of grants and revokes), `events` (watch events: replayed from history, or built for the live
-//! feed), `mvcc` (the shared store, its lock and its live feed), `compactor` (physical
+//! feed), `mvcc` (the shared store and its lock), `watch_feed` (the live feed of new revisions,
+//! bounded in bytes, and the watchers' interests in previous values), `compactor` (physical
 //! compaction in the background), `state_machine` and `snapshot` (openraft's state machine and
 //! the snapshot file), `log_store` and `wal` (openraft's log and its segment files),
 //! `durability` (fsyncs that survive power loss), `applied` (waiting for an applied index),
@@ -58,12 +59,16 @@ mod store;
 pub(crate) mod test_support;
 pub mod types;
 mod wal;
+mod watch_feed;
 mod write_txn;
 
 pub use error::{MvccError, StoreError};
 pub use lease::{LeaseFeed, LeaseFeedEnded};
 pub use log_store::LogStore;
-pub use mvcc::{Mvcc, WatchFeed, WATCH_FEED_CAPACITY};
+pub use mvcc::Mvcc;
 pub use state_machine::{SnapshotBuilder, StateMachine};
 pub use store::{ClusterIdentity, Store};
 pub use types::*;
+pub use watch_feed::{
+    FedRevision, PrevKvInterest, WatchFeed, WatchFeedStats, WATCH_FEED_BUDGET, WATCH_FEED_CAPACITY,
+};

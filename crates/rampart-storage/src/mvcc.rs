@@ -6,11 +6,12 @@
 //! (a Range, a snapshot export) holds the read lock, so no reader ever sees half an entry.
 //! [`Mvcc`] is the cheap read handle handed to the server.
 //!
-//! The core also owns the live watch feed. Every message is sent while the write lock is still
-//! held, right after the state it describes became visible: so messages go out in revision order,
-//! and a subscriber that subscribes, then reads [`Mvcc::revision`], then replays history up to
-//! that revision with [`Mvcc::events`] sees every revision exactly once (those up to the revision
-//! it read from history, the later ones from the feed).
+//! The core also owns the live watch feed ([`crate::watch_feed`]). Every message is sent while
+//! the write lock is still held, right after the state it describes became visible: so messages
+//! go out in revision order, and a subscriber that subscribes, then reads [`Mvcc::revision`],
+//! then replays history up to that revision with [`Mvcc::events`] sees every revision exactly
+//! once (those up to the revision it read from history, the later ones from the feed, or from
+//! history again when the feed dropped them).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -29,6 +30,7 @@ use crate::compactor::Compactor;
 use crate::durability::Disk;
 use crate::error::{MvccError, StoreError};
 use crate::index::KeyIndex;
+use crate::key_range::KeyRange;
 use crate::lease::{self, LeaseFeed, LeaseFeeds};
 use crate::range::{self, Writes};
 use crate::redo::Redo;
@@ -36,22 +38,7 @@ use crate::types::{
     ApplyError, Lease, MemberAttributes, NodeId, PeerNode, RangeRequest, RangeResponse,
     RevisionEvents,
 };
-
-/// How many feed messages (one per revision, or a reset) a subscriber may fall behind before it
-/// gets `RecvError::Lagged` and must catch up from history with [`Mvcc::events`]. A power
-/// of two, since tokio's broadcast channel rounds its capacity up to one.
-pub const WATCH_FEED_CAPACITY: usize = 4096;
-
-/// What the live feed of [`Mvcc::subscribe`] carries.
-#[derive(Clone, Debug)]
-pub enum WatchFeed {
-    /// Every event of one new revision (with `prev_kv`), sent in revision order while the
-    /// revision becomes visible to readers.
-    Events(Arc<RevisionEvents>),
-    /// A snapshot replaced the whole state, which is now at `revision`. Revisions in between were
-    /// never sent; watchers catch up from history (which may be compacted past them).
-    Reset { revision: i64 },
-}
+use crate::watch_feed::{Feed, PrevKvInterest, WatchFeed, WatchFeedStats};
 
 /// The bookkeeping of the MVCC tree, cached in memory (always equal to the `m` keys on disk), and
 /// the index of its history.
@@ -202,8 +189,9 @@ pub(crate) struct MvccCore {
     pub redo: Redo,
     /// Guards `tree` as a whole (see the module docs) and caches its bookkeeping.
     pub state: RwLock<MvccState>,
-    /// The live watch feed; sent to only with `state` locked for writing (see the module docs).
-    pub feed: broadcast::Sender<WatchFeed>,
+    /// The live watch feed; sent to only with `state` locked for writing (see the module docs),
+    /// and its interests in previous values registered only with it locked for reading.
+    pub feed: Feed,
     /// Requests waiting for an applied index; advanced by the applier after each entry.
     pub applied_waiters: AppliedWaiters,
     /// The feeds of grants and revokes; sent to only with `state` locked for writing, opened
@@ -270,7 +258,7 @@ impl MvccCore {
             tree,
             redo,
             state: RwLock::new(state),
-            feed: broadcast::channel(WATCH_FEED_CAPACITY).0,
+            feed: Feed::new(),
             applied_waiters: AppliedWaiters::new(applied),
             lease_feeds: LeaseFeeds::default(),
             compactor: Compactor::open(compaction)?,
@@ -352,10 +340,8 @@ impl MvccCore {
         // or not at all, so a crash leaves the old state or the new one, never a mix). Durable at
         // the caller's flush.
         *state = incoming;
-        // Sent under the write lock, like every feed message. No receiver is not an error.
-        let _ = self.feed.send(WatchFeed::Reset {
-            revision: state.revision,
-        });
+        // Sent under the write lock, like every feed message.
+        self.feed.send_reset(state.revision);
         self.lease_feeds.end_all();
         Ok(())
     }
@@ -528,14 +514,45 @@ impl Mvcc {
     }
 
     /// Subscribes to the live feed: every revision applied from now on, in order, and a
-    /// [`WatchFeed::Reset`] when a snapshot replaces the state.
+    /// [`WatchFeed::Reset`] when a snapshot replaces the state. Its events carry a `prev_kv` only
+    /// on keys some [`PrevKvInterest`] covers: see [`Mvcc::subscribe_with_prev_kv`].
     ///
     /// To miss nothing, subscribe first, then read [`Mvcc::revision`], then replay history up to
     /// it with [`Mvcc::events`]; feed messages at or below that revision are duplicates to skip.
-    /// A receiver more than [`WATCH_FEED_CAPACITY`] messages behind gets `RecvError::Lagged` and
-    /// catches up from history the same way.
+    /// A receiver more than [`crate::WATCH_FEED_CAPACITY`] messages behind gets
+    /// `RecvError::Lagged`, and one that reads a revision whose events the feed dropped (see
+    /// [`crate::FedRevision::events`]) is as far behind: both catch up from history the same way.
     pub fn subscribe(&self) -> broadcast::Receiver<WatchFeed> {
         self.core.feed.subscribe()
+    }
+
+    /// [`Mvcc::subscribe`], for a watcher that wants previous values on the keys in etcd's
+    /// `(key, range_end)`: every revision it receives carries the `prev_kv` of each of those
+    /// keys (that existed before), for as long as it holds the returned interest.
+    ///
+    /// Registered and subscribed under the read lock, so between two entries: an entry applied
+    /// after this call sees the interest, and one applied before sent its revision before the
+    /// receiver existed. No revision reaches the receiver without the values it needs.
+    pub fn subscribe_with_prev_kv(
+        &self,
+        key: &[u8],
+        range_end: &[u8],
+    ) -> (broadcast::Receiver<WatchFeed>, PrevKvInterest) {
+        let _between_entries = self.core.read_state();
+        let interest = self.core.feed.want_prev_kv(KeyRange::new(key, range_end));
+        (self.core.feed.subscribe(), interest)
+    }
+
+    /// Sets how many bytes of events the feed may hold for subscribers that have not read them
+    /// ([`crate::WATCH_FEED_BUDGET`] until then); tests lower it to make lagging cheap. Takes
+    /// effect from the next revision.
+    pub fn set_watch_feed_budget(&self, bytes: usize) {
+        self.core.feed.set_budget(bytes);
+    }
+
+    /// The feed's counters: the bytes it holds now, the previous values read for it.
+    pub fn watch_feed_stats(&self) -> WatchFeedStats {
+        self.core.feed.stats()
     }
 }
 

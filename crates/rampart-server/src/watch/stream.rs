@@ -137,7 +137,12 @@ impl WatchStream {
         };
         let mvcc = self.shared.node.mvcc();
         // Subscribe before reading the revision: every revision after it comes from the feed.
-        let feed = mvcc.subscribe();
+        let (feed, prev_kv) = if spec.prev_kv {
+            let (feed, interest) = mvcc.subscribe_with_prev_kv(&spec.key, &spec.range_end);
+            (feed, Some(interest))
+        } else {
+            (mvcc.subscribe(), None)
+        };
         let revision = mvcc.revision();
         let next = match request.start_revision {
             0 => revision + 1,
@@ -162,6 +167,7 @@ impl WatchStream {
             token.clone(),
             progress.clone(),
             next,
+            prev_kv,
         );
         let task = tokio::spawn(watcher.run(feed));
         self.watchers.insert(

@@ -6,10 +6,15 @@
 //!   and replays `[next, R]` from history, in chunks of about [`HISTORY_CHUNK`] events;
 //! - **live**: it follows the store's feed, one message per applied revision, skipping those it
 //!   already replayed. The revisions waiting in the feed when it wakes are handled together (at
-//!   most [`MAX_LIVE_BATCH`] of them): one response each, as etcd's synced watchers send, queued
-//!   for the stream at once. On `Lagged` (it fell behind a full feed ring while its client was
-//!   slow), on a `Reset` (a snapshot replaced the state) or on a gap in the feed's revisions, it
-//!   catches up again from `next`.
+//!   most [`MAX_LIVE_BATCH`] of them, or about [`LIVE_BATCH_BYTES`]): one response each, as
+//!   etcd's synced watchers send, queued for the stream at once. On `Lagged` (it fell behind a
+//!   full feed ring while its client was slow), on a revision whose events the feed dropped (it
+//!   fell behind the feed's byte budget), on a `Reset` (a snapshot replaced the state) or on a
+//!   gap in the feed's revisions, it catches up again from `next`.
+//!
+//! A watcher that asked for `prev_kv` holds the store's interest in its keys' previous values
+//! for its whole life, registered as it subscribed: every revision it receives from the feed
+//! carries them. The feed reads none for other watchers.
 //!
 //! History that was compacted past `next` cancels the watch with `compact_revision`, as etcd
 //! cancels an unsynced watcher below the compact revision.
@@ -19,7 +24,9 @@ use std::sync::Arc;
 
 use prost::Message;
 use rampart_api::etcdserverpb as pb;
-use rampart_storage::{ApplyError, Event, EventKind, MvccError, RevisionEvents, WatchFeed};
+use rampart_storage::{
+    ApplyError, Event, EventKind, FedRevision, MvccError, PrevKvInterest, RevisionEvents, WatchFeed,
+};
 use tokio::sync::broadcast::{
     self,
     error::{RecvError, TryRecvError},
@@ -37,6 +44,10 @@ const HISTORY_CHUNK: usize = 256;
 
 /// At most how many revisions waiting in the feed a live watcher handles at once.
 const MAX_LIVE_BATCH: usize = 64;
+
+/// A live watcher stops adding revisions to a batch once their events take about this many
+/// bytes, so that large values do not pile up in one watcher's hands (or one stream item).
+const LIVE_BATCH_BYTES: usize = 1024 * 1024;
 
 /// etcd's error for a create request whose range is empty (`mvcc.ErrEmptyWatcherRange`).
 pub(super) const EMPTY_RANGE: &str = "mvcc: watcher range is empty";
@@ -167,10 +178,14 @@ pub(super) struct Watcher {
     /// Whether events were sent since the last progress tick (etcd elides the next progress
     /// notification of a watch that just sent events).
     sent_since_tick: bool,
+    /// For a `prev_kv` watch: keeps the feed reading previous values on its keys while the
+    /// watcher lives.
+    _prev_kv: Option<PrevKvInterest>,
 }
 
 impl Watcher {
-    /// A watcher that delivers from revision `next` on.
+    /// A watcher that delivers from revision `next` on; `prev_kv` is the interest its feed was
+    /// subscribed with, if the spec asks for previous values.
     pub(super) fn new(
         id: i64,
         spec: WatchSpec,
@@ -178,6 +193,7 @@ impl Watcher {
         token: CancellationToken,
         progress: Arc<SharedProgress>,
         next: i64,
+        prev_kv: Option<PrevKvInterest>,
     ) -> Self {
         Watcher {
             id,
@@ -188,11 +204,13 @@ impl Watcher {
             next,
             seen: 0,
             sent_since_tick: false,
+            _prev_kv: prev_kv,
         }
     }
 
     /// Runs until the watch is canceled, its stream ends or it can deliver no more. `feed` must
-    /// have been subscribed before the revision the create response named was read.
+    /// have been subscribed before the revision the create response named was read, with the
+    /// watcher's `prev_kv` interest if it has one (see `Mvcc::subscribe_with_prev_kv`).
     pub(super) async fn run(mut self, mut feed: broadcast::Receiver<WatchFeed>) {
         let _ = self.follow(&mut feed).await;
         self.publish(Progress::Done);
@@ -208,7 +226,7 @@ impl Watcher {
                 _ = self.token.cancelled() => return Err(Stop),
                 _ = ticker.tick(), if self.spec.progress_notify => self.tick().await?,
                 received = feed.recv() => match received {
-                    Ok(WatchFeed::Events(revision)) => self.live(revision, feed).await?,
+                    Ok(WatchFeed::Revision(revision)) => self.live(revision, feed).await?,
                     Ok(WatchFeed::Reset { revision }) => {
                         tracing::debug!(watch_id = self.id, revision, "store reset: replaying");
                         self.catch_up().await?
@@ -227,14 +245,18 @@ impl Watcher {
     /// that has wanted events, queued together.
     async fn live(
         &mut self,
-        first: Arc<RevisionEvents>,
+        first: Arc<FedRevision>,
         feed: &mut broadcast::Receiver<WatchFeed>,
     ) -> Result<(), Stop> {
+        let mut bytes = first.size();
         let mut batch = vec![first];
         let mut then_catch_up = false;
-        while batch.len() < MAX_LIVE_BATCH {
+        while batch.len() < MAX_LIVE_BATCH && bytes < LIVE_BATCH_BYTES {
             match feed.try_recv() {
-                Ok(WatchFeed::Events(revision)) => batch.push(revision),
+                Ok(WatchFeed::Revision(revision)) => {
+                    bytes += revision.size();
+                    batch.push(revision);
+                }
                 // What follows a reset or a gap in the ring comes from history, after the batch.
                 Ok(WatchFeed::Reset { .. }) | Err(TryRecvError::Lagged(_)) => {
                     then_catch_up = true;
@@ -246,20 +268,26 @@ impl Watcher {
         }
         let mut responses = Vec::new();
         let mut seen = self.seen;
-        for revision in &batch {
-            if revision.revision <= seen {
+        for revision in batch {
+            let number = revision.revision();
+            if number <= seen {
                 continue; // already replayed from history
             }
-            if revision.revision > seen + 1 {
+            if number > seen + 1 {
                 // The feed skipped revisions; history has them (and this one).
                 then_catch_up = true;
                 break;
             }
-            if revision.revision >= self.next {
-                responses.extend(self.responses(revision, revision.revision));
-                self.next = revision.revision + 1;
+            if number >= self.next {
+                let Some(events) = revision.events() else {
+                    // The feed dropped its events to stay in its budget; history has them.
+                    then_catch_up = true;
+                    break;
+                };
+                responses.extend(self.responses(&events, number));
+                self.next = number + 1;
             }
-            seen = revision.revision;
+            seen = number;
         }
         self.send_events(responses).await?;
         if seen > self.seen {

@@ -56,7 +56,10 @@ fn drain(feed: &mut tokio::sync::broadcast::Receiver<WatchFeed>) -> Vec<Revision
     let mut out = Vec::new();
     loop {
         match feed.try_recv() {
-            Ok(WatchFeed::Events(e)) => out.push((*e).clone()),
+            Ok(WatchFeed::Revision(r)) => {
+                let events = r.events().expect("the feed kept the revision's events");
+                out.push(RevisionEvents::clone(&events));
+            }
             Ok(other) => panic!("expected revisions only, got {other:?}"),
             Err(TryRecvError::Empty) => return out,
             Err(e) => panic!("feed failed: {e:?}"),
@@ -353,7 +356,7 @@ async fn compaction_bounds_the_replay() {
 async fn the_live_feed_sends_what_the_replay_finds() {
     let dir = TempDir::new().unwrap();
     let mut node = Node::open(dir.path());
-    let mut feed = node.mvcc.subscribe();
+    let (mut feed, _every_prev_kv) = node.mvcc.subscribe_with_prev_kv(b"\0", b"\0");
 
     tracing::info!("--- every kind of entry, some making no revision");
     node.grant(1, 10).await;
@@ -422,7 +425,7 @@ async fn the_feed_is_reset_by_a_snapshot_install() {
         .unwrap();
 
     match feed.try_recv() {
-        Ok(WatchFeed::Events(e)) => assert_eq!(e.revision, 2),
+        Ok(WatchFeed::Revision(r)) => assert_eq!(r.revision(), 2),
         other => panic!("expected the follower's own revision first, got {other:?}"),
     }
     match feed.try_recv() {
@@ -452,7 +455,7 @@ async fn a_lagging_subscriber_is_told_and_catches_up_from_history() {
     );
     let first_kept = 2 + extra as i64;
     match feed.try_recv() {
-        Ok(WatchFeed::Events(e)) => assert_eq!(e.revision, first_kept),
+        Ok(WatchFeed::Revision(r)) => assert_eq!(r.revision(), first_kept),
         other => panic!("expected revision {first_kept}, got {other:?}"),
     }
     let (missed, last) = node.mvcc.events(2, first_kept - 1, b"k", b"", 0).unwrap();
@@ -499,8 +502,8 @@ async fn subscribe_then_replay_misses_nothing_under_concurrent_writes() {
                     return (joined_at, seen);
                 }
                 match feed.try_recv() {
-                    Ok(WatchFeed::Events(e)) if e.revision <= joined_at => {} // replayed already
-                    Ok(WatchFeed::Events(e)) => seen.push(e.revision),
+                    Ok(WatchFeed::Revision(r)) if r.revision() <= joined_at => {} // replayed already
+                    Ok(WatchFeed::Revision(r)) => seen.push(r.revision()),
                     Ok(other) => panic!("unexpected {other:?}"),
                     Err(TryRecvError::Empty) => {
                         assert!(
@@ -529,4 +532,220 @@ async fn subscribe_then_replay_misses_nothing_under_concurrent_writes() {
         (2..=last).collect::<Vec<_>>(),
         "joined at {joined_at}"
     );
+}
+
+/// Previous values cost a history read under the write lock: the feed reads them only for the
+/// keys of subscribers that asked, and only while they are subscribed.
+#[tokio::test]
+async fn the_feed_reads_previous_values_only_for_keys_a_subscriber_wants_them_for() {
+    let dir = TempDir::new().unwrap();
+    let mut node = Node::open(dir.path());
+    node.put("a", "1").await; // 2
+    node.put("b", "1").await; // 3
+    node.put("x", "1").await; // 4
+    let mut plain = node.mvcc.subscribe();
+
+    tracing::info!("--- no one wants previous values: overwrites and deletes read none");
+    node.put("a", "2").await; // 5
+    node.apply(txn(vec![put_op("b", "2"), put_op("x", "2")]))
+        .await; // 6
+    node.delete("x", "").await; // 7
+    assert_eq!(
+        events_str(&drain(&mut plain)),
+        strs(&["@5: PUT a=2", "@6: PUT b=2, PUT x=2", "@7: DELETE x"])
+    );
+    assert_eq!(node.mvcc.watch_feed_stats().prev_values_read, 0);
+
+    tracing::info!("--- a subscriber wants them on [a, b): a's are read, b's are not");
+    let (mut with_prev, interest) = node.mvcc.subscribe_with_prev_kv(b"a", b"b");
+    node.put("a", "3").await; // 8
+    node.put("b", "3").await; // 9
+    node.apply(txn(vec![put_op("a", "4"), put_op("b", "4")]))
+        .await; // 10
+    let expected = strs(&[
+        "@8: PUT a=3 (was a=2)",
+        "@9: PUT b=3",
+        "@10: PUT a=4 (was a=3), PUT b=4",
+    ]);
+    assert_eq!(events_str(&drain(&mut with_prev)), expected);
+    assert_eq!(events_str(&drain(&mut plain)), expected, "one feed for all");
+    assert_eq!(node.mvcc.watch_feed_stats().prev_values_read, 2);
+
+    tracing::info!("--- the interest withdrawn: none read again");
+    drop(interest);
+    node.put("a", "5").await; // 11
+    assert_eq!(events_str(&drain(&mut with_prev)), strs(&["@11: PUT a=5"]));
+    assert_eq!(node.mvcc.watch_feed_stats().prev_values_read, 2);
+}
+
+/// A subscriber asking for previous values while entries are applied: every revision it
+/// receives carries them, whichever entry its subscription fell beside. Each txn puts every
+/// `k` key with the txn's number, so each event's `prev_kv` must hold the number before. The
+/// txns also overwrite `o` keys that another subscriber wants previous values of, so building
+/// each revision's events takes a while, and each subscription waits a random part of a txn's
+/// time first: some registrations fall in the middle of building a revision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prev_kv_subscription_racing_writes_gets_every_previous_value() {
+    use rand::{Rng, SeedableRng};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    const KEYS: usize = 100;
+    const SUBSCRIPTIONS: usize = 200;
+    let seed: u64 = rand::random();
+    eprintln!("seed {seed}");
+    let dir = TempDir::new().unwrap();
+    let mut node = Node::open(dir.path());
+    let put_all = |n: usize| {
+        let keys = (0..KEYS).flat_map(|k| [format!("k{k:03}"), format!("o{k:03}")]);
+        txn(keys.map(|key| put_op(&key, &n.to_string())).collect())
+    };
+    let (_other_feed, _other) = node.mvcc.subscribe_with_prev_kv(b"o", b"p");
+    let first = node.apply(put_all(0)).await.revision;
+    let done = Arc::new(AtomicBool::new(false));
+    // How long the last txn took to apply, in microseconds.
+    let txn_micros = Arc::new(AtomicU64::new(1000));
+    let subscriber = {
+        let mvcc = node.mvcc.clone();
+        let (done, txn_micros) = (done.clone(), txn_micros.clone());
+        std::thread::spawn(move || {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let deadline = Instant::now() + Duration::from_secs(120);
+            for _ in 0..SUBSCRIPTIONS {
+                // Not a wait for anything: it spreads the subscriptions over the txns' time.
+                let jitter = rng.gen_range(0..=txn_micros.load(Ordering::Relaxed));
+                std::thread::sleep(Duration::from_micros(jitter));
+                let (mut feed, _interest) = mvcc.subscribe_with_prev_kv(b"k", b"l");
+                let received = loop {
+                    match feed.try_recv() {
+                        Ok(WatchFeed::Revision(r)) => break r,
+                        Err(TryRecvError::Empty) => {
+                            assert!(Instant::now() < deadline, "no revision came");
+                            std::thread::yield_now();
+                        }
+                        other => panic!("unexpected {other:?}"),
+                    }
+                };
+                let events = received.events().expect("small revisions stay in the feed");
+                let number = events.revision - first;
+                assert_eq!(events.events.len(), 2 * KEYS);
+                for event in events.events.iter().filter(|e| e.kv.key.starts_with(b"k")) {
+                    let prev = event.prev_kv.as_ref().unwrap_or_else(|| {
+                        panic!(
+                            "revision {}: no prev_kv on {:?} (seed {seed})",
+                            events.revision,
+                            String::from_utf8_lossy(&event.kv.key)
+                        )
+                    });
+                    assert_eq!(prev.value, (number - 1).to_string().into_bytes());
+                }
+            }
+            done.store(true, Ordering::SeqCst);
+        })
+    };
+    let mut n = 1;
+    while !done.load(Ordering::SeqCst) && !subscriber.is_finished() {
+        let started = Instant::now();
+        node.apply(put_all(n)).await;
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        txn_micros.store(micros, Ordering::Relaxed);
+        n += 1;
+    }
+    subscriber
+        .join()
+        .expect("every revision carried its previous values");
+    eprintln!(
+        "{n} txns of {} puts beside {SUBSCRIPTIONS} subscriptions",
+        2 * KEYS
+    );
+}
+
+/// A subscriber that reads nothing while large values are written costs the feed no more than
+/// its budget: the oldest revisions give up their events. Once it reads, it finds those in
+/// history, and gets every revision, in order, once. A revision larger than the whole budget
+/// goes out as a notice at once. (A budget of 4 MiB rather than the default 64 MiB keeps the
+/// test quick; the rule is the same.)
+#[tokio::test]
+async fn a_subscriber_that_does_not_read_holds_no_more_than_the_feed_budget() {
+    const VALUE: usize = 512 * 1024;
+    const BUDGET: usize = 4 * 1024 * 1024;
+    const REVISIONS: usize = 16; // twice the budget
+    const BIG: usize = 5; // values in one revision larger than the budget
+    let dir = TempDir::new().unwrap();
+    let mut node = Node::open(dir.path());
+    assert_eq!(node.mvcc.watch_feed_stats().held_bytes, 0);
+    node.mvcc.set_watch_feed_budget(BUDGET);
+    let mut feed = node.mvcc.subscribe();
+    // Each value starts with the number of its put, so that a mix-up shows.
+    let value = |n: usize| format!("{n:08}{}", "v".repeat(VALUE - 8));
+
+    tracing::info!("--- {REVISIONS} puts of 512 KiB, unread");
+    let mut most_held = 0;
+    for n in 0..REVISIONS {
+        node.put(&format!("k{}", n % 4), &value(n)).await;
+        let held = node.mvcc.watch_feed_stats().held_bytes;
+        assert!(
+            held <= BUDGET,
+            "after {} puts the feed holds {held} bytes, over its budget",
+            n + 1
+        );
+        most_held = most_held.max(held);
+    }
+    assert!(most_held > BUDGET - 2 * VALUE, "held at most {most_held}");
+
+    tracing::info!("--- a revision of {BIG} such values, over the budget on its own");
+    let puts = (0..BIG).map(|i| put_op(&format!("big{i}"), &value(REVISIONS + i)));
+    node.apply(txn(puts.collect())).await;
+    assert!(node.mvcc.watch_feed_stats().held_bytes <= BUDGET);
+    let last = node.mvcc.revision();
+    assert_eq!(last, 2 + REVISIONS as i64);
+
+    tracing::info!("--- the subscriber reads: what the feed kept, and history for the rest");
+    let (mut kept, mut notices) = (0, 0);
+    let mut received: Vec<RevisionEvents> = Vec::new();
+    loop {
+        let revision = match feed.try_recv() {
+            Ok(WatchFeed::Revision(r)) => r,
+            Err(TryRecvError::Empty) => break,
+            other => panic!("unexpected {other:?}"),
+        };
+        let number = revision.revision();
+        assert_eq!(number, received.last().map_or(2, |r| r.revision + 1));
+        match revision.events() {
+            Some(events) => {
+                kept += 1;
+                received.push(RevisionEvents::clone(&events));
+            }
+            None => {
+                notices += 1;
+                let (replayed, end) = node.mvcc.events(number, number, b"\0", b"\0", 0).unwrap();
+                assert_eq!(end, number);
+                received.extend(replayed);
+            }
+        }
+    }
+    eprintln!("{kept} revisions kept by the feed, {notices} notices");
+    assert!(kept > 0 && notices > 0);
+    assert_eq!(node.mvcc.watch_feed_stats().revisions_dropped, notices);
+    drop(feed);
+    assert_eq!(
+        node.mvcc.watch_feed_stats().held_bytes,
+        0,
+        "read by everyone: no longer held"
+    );
+    assert_eq!(
+        received.iter().map(|r| r.revision).collect::<Vec<_>>(),
+        (2..=last).collect::<Vec<_>>(),
+        "every revision once, in order"
+    );
+    for (n, revision) in received.iter().enumerate() {
+        let number = |e: &Event| String::from_utf8_lossy(&e.kv.value[..8]).into_owned();
+        let numbers: Vec<String> = revision.events.iter().map(number).collect();
+        let expected: Vec<String> = if n < REVISIONS {
+            vec![format!("{n:08}")]
+        } else {
+            (0..BIG).map(|i| format!("{:08}", REVISIONS + i)).collect()
+        };
+        assert_eq!(numbers, expected, "revision {}", revision.revision);
+    }
 }

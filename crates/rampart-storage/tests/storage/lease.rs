@@ -61,7 +61,7 @@ async fn revoke_deletes_the_attached_keys_in_one_revision() {
     node.put("d", "4").await; // 5
     node.put_lease("e", "5", 2).await; // 6
     assert_eq!(node.lease_keys(1), strs(&["a", "b", "c"]));
-    let mut feed = node.mvcc.subscribe();
+    let (mut feed, _prev_kv) = node.mvcc.subscribe_with_prev_kv(b"\0", b"\0");
 
     tracing::info!("--- revoke lease 1");
     let resp = node.apply(Command::LeaseRevoke { id: 1 }).await;
@@ -80,7 +80,7 @@ async fn revoke_deletes_the_attached_keys_in_one_revision() {
         strs(&["@7: DELETE a (was a=1), DELETE b (was b=2), DELETE c (was c=3)"])
     );
     match feed.try_recv() {
-        Ok(WatchFeed::Events(live)) => assert_eq!(*live, replayed[0]),
+        Ok(WatchFeed::Revision(live)) => assert_eq!(live.events().as_deref(), Some(&replayed[0])),
         other => panic!("expected the revoke's events, got {other:?}"),
     }
 

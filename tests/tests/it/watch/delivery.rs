@@ -209,6 +209,96 @@ async fn a_slow_reader_holds_back_nobody_and_later_gets_everything() -> anyhow::
     Ok(())
 }
 
+/// A slow reader of large values costs its member's watch feed no more than the feed's byte
+/// budget: past it the feed drops the oldest revisions' events, and the watcher, once its client
+/// reads, finds them in history: everything, in order, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_of_large_values_costs_the_feed_only_its_budget() -> anyhow::Result<()> {
+    // A budget of 16 values; the writes fill the slow stream's queue (256 revisions), then
+    // pass the budget many times over.
+    const BUDGET: usize = 256 * 1024;
+    const VALUE: usize = 16 * 1024;
+    const WRITES: usize = 600;
+    let (cluster, leader) = cluster().await?;
+    let watching = (leader + 1) % 3;
+    let url = cluster.members[watching].client_url.clone();
+    let mvcc = cluster.members[watching]
+        .running
+        .as_ref()
+        .context("the member runs")?
+        .node
+        .mvcc()
+        .clone();
+    mvcc.set_watch_feed_budget(BUDGET);
+
+    info!("--- a stream with small HTTP/2 windows that it does not read");
+    let small_windows = Endpoint::from_shared(url.clone())?
+        .initial_stream_window_size(Some(16 * 1024))
+        .initial_connection_window_size(Some(16 * 1024))
+        .connect()
+        .await?;
+    let mut slow = RawWatch::open_on(small_windows).await?;
+    let slow_id = slow.watch(prefix_create("s/")).await?;
+
+    info!("--- {WRITES} writes of 16 KiB; the feed never holds more than its budget");
+    // Each value starts with its key's number, so that a mix-up shows.
+    let value = |i: usize| format!("{i:05}{}", "v".repeat(VALUE - 5));
+    let mut kv = rampart_tests::kv_client(&cluster.members[leader].client_url).await?;
+    let mut revisions = Vec::new();
+    let mut most_held = 0;
+    for i in 0..WRITES {
+        revisions.push(put(&mut kv, &format!("s/{i:05}"), &value(i)).await?);
+        let held = mvcc.watch_feed_stats().held_bytes;
+        ensure!(
+            held <= BUDGET,
+            "after {i} writes the feed holds {held} bytes"
+        );
+        most_held = most_held.max(held);
+    }
+    let last = *revisions.last().context("writes")?;
+    wait_until("the member applies every write", RESPONSE_WAIT, || {
+        let applied = mvcc.revision() >= last;
+        async move { Ok(applied.then_some(())) }
+    })
+    .await?;
+    let stats = mvcc.watch_feed_stats();
+    info!("the feed held at most {most_held} bytes; {stats:?}");
+    ensure!(stats.held_bytes <= BUDGET, "{stats:?}");
+    ensure!(
+        stats.revisions_dropped > 0,
+        "the slow watcher never fell behind the budget: {stats:?}"
+    );
+
+    info!("--- the slow stream now reads: everything, in order, once");
+    let mut received = Vec::new();
+    while received.len() < WRITES {
+        let response = slow.next().await?;
+        ensure!(
+            response.watch_id == slow_id && !response.canceled,
+            "{response:?}"
+        );
+        received.extend(response.events);
+    }
+    ensure!(received.len() == WRITES, "{} events", received.len());
+    for (i, event) in received.iter().enumerate() {
+        let kv = event.kv.as_ref().context("an event has a kv")?;
+        ensure!(
+            kv.mod_revision == revisions[i] && key_of(event) == format!("s/{i:05}"),
+            "event {i}: {} at {}, expected s/{i:05} at {}",
+            key_of(event),
+            kv.mod_revision,
+            revisions[i]
+        );
+        ensure!(
+            kv.value == value(i).into_bytes(),
+            "event {i}: another value"
+        );
+    }
+    slow.expect_quiet().await?;
+    cluster.shutdown().await;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_a_member_ends_its_watch_streams() -> anyhow::Result<()> {
     let (mut cluster, leader) = cluster().await?;

@@ -1,6 +1,7 @@
 //! What a watch response carries: `prev_kv` when asked, only the event types the filters let
 //! through, every event of a txn together, and a large revision in fragments when asked.
 
+use anyhow::{ensure, Context};
 use etcd_client::{EventType, Txn, TxnOp, WatchFilterType, WatchOptions};
 use rampart_api::etcdserverpb as pb;
 use tracing::info;
@@ -208,6 +209,78 @@ async fn large_revisions_are_fragmented_when_asked() -> anyhow::Result<()> {
     assert!(!response.fragment);
     assert_eq!(response.events.len(), KEYS);
     assert!(response.events.iter().all(|e| e.prev_kv.is_some()));
+    cluster.shutdown().await;
+    Ok(())
+}
+
+/// `prev_kv` watches created one after another while writes go on: whichever revision a
+/// creation falls beside, every event it delivers carries its key's previous value. Each writer
+/// overwrites its own key with its count, so the previous value is always the count before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prev_kv_watches_created_during_writes_get_every_previous_value() -> anyhow::Result<()> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    const WRITERS: usize = 8;
+    const WATCHES: usize = 40;
+    const EVENTS_PER_WATCH: usize = 10;
+    let (cluster, leader) = cluster().await?;
+    let follower = (leader + 1) % 3;
+
+    info!("--- {WRITERS} writers, each overwriting its key with its count");
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let url = cluster.members[leader].client_url.clone();
+        let stop = stop.clone();
+        writers.push(tokio::spawn(async move {
+            let mut kv = rampart_tests::kv_client(&url).await?;
+            let mut count = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                rampart_tests::put(&mut kv, &format!("p/{w}"), &count.to_string()).await?;
+                count += 1;
+            }
+            anyhow::Ok(count)
+        }));
+    }
+
+    info!("--- {WATCHES} prev_kv watches on a follower, one after another");
+    let mut stream = RawWatch::open(&cluster.members[follower].client_url).await?;
+    for _ in 0..WATCHES {
+        let id = stream
+            .watch(pb::WatchCreateRequest {
+                prev_kv: true,
+                ..prefix_create("p/")
+            })
+            .await?;
+        for event in stream.events(id, EVENTS_PER_WATCH).await? {
+            let kv = event.kv.as_ref().context("an event has a kv")?;
+            let count: u64 = String::from_utf8(kv.value.clone())?.parse()?;
+            let prev = event.prev_kv.as_ref().map(|p| p.value.clone());
+            let expected = count.checked_sub(1).map(|c| c.to_string().into_bytes());
+            ensure!(
+                prev == expected,
+                "{}={count} at revision {}: prev_kv {prev:?}",
+                key_of(&event),
+                kv.mod_revision
+            );
+        }
+        stream.cancel(id).await?;
+        // Events of the watch may still come before its canceled response.
+        loop {
+            let response = stream.next().await?;
+            if response.canceled {
+                ensure!(response.watch_id == id, "{response:?}");
+                break;
+            }
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    let mut writes = 0;
+    for writer in writers {
+        writes += writer.await??;
+    }
+    info!("{writes} writes beside {WATCHES} watches");
     cluster.shutdown().await;
     Ok(())
 }

@@ -32,7 +32,9 @@ pub use forwarder::{Forwarded, Forwarder};
 pub use messages::{
     ForwardError, ForwardReply, LeaseReply, LeaseRequest, LeaseStatus, ReadIndexReply,
 };
-pub use peer_network::{CallError, PeerConnection, PeerNetwork};
+pub use peer_network::{
+    max_peer_message_bytes, CallError, PeerConnection, PeerNetwork, SNAPSHOT_CHUNK_BYTES,
+};
 pub use peer_service::{ForwardCheck, LeaseHandler, PeerService};
 pub use proposer::{Proposer, MAX_IN_FLIGHT};
 pub use raft_calls::propose;

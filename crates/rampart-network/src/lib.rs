@@ -33,7 +33,8 @@ pub use messages::{
     ForwardError, ForwardReply, LeaseReply, LeaseRequest, LeaseStatus, ReadIndexReply,
 };
 pub use peer_network::{
-    CallError, PeerConnection, PeerNetwork, PEER_CONNECTION_WINDOW_BYTES, PEER_STREAM_WINDOW_BYTES,
+    max_peer_message_bytes, CallError, PeerConnection, PeerNetwork, PEER_CONNECTION_WINDOW_BYTES,
+    PEER_STREAM_WINDOW_BYTES, SNAPSHOT_CHUNK_BYTES,
 };
 pub use peer_service::{ForwardCheck, LeaseHandler, PeerService};
 pub use proposer::{Proposer, MAX_IN_FLIGHT};

@@ -20,12 +20,32 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::batching::MAX_BATCH_BYTES;
 use crate::faults::{LinkFaults, Verdict};
 use crate::messages::{ForwardReply, LeaseReply, LeaseRequest, ReadIndexReply};
 
-/// Largest peer message: log batches and snapshot chunks may hold values up to the client
-/// request limit, many at once.
-pub(crate) const MAX_PEER_MESSAGE_BYTES: usize = 512 * 1024 * 1024;
+/// openraft's snapshot chunk (`Config::snapshot_max_chunk_size`): a snapshot travels as
+/// `InstallSnapshot` calls of this many bytes of its file, each read from the file and written
+/// to the follower's as it comes.
+pub const SNAPSHOT_CHUNK_BYTES: u64 = 1024 * 1024;
+
+/// What a peer message holds besides its log entries or snapshot chunk (vote, log ids,
+/// snapshot meta, bincode lengths), with room to spare.
+const ENVELOPE_BYTES: usize = 64 * 1024;
+
+/// The largest reply a member accepts from a peer: replies are not replication, and the
+/// responses to forwarded writes may hold many previous key-values (a delete with `prev_kv`).
+pub(crate) const MAX_PEER_REPLY_BYTES: usize = 512 * 1024 * 1024;
+
+/// The largest peer request, for members accepting client requests of up to
+/// `max_request_bytes`: one snapshot chunk, or one log entry (a batch of commands closed once
+/// past `MAX_BATCH_BYTES` by one more command, as large as a request, twice that for bincode's
+/// fixed-size lengths) with its envelope. Appends of several entries are cut to fit
+/// ([`PeerConnection::append_entries`]); a forwarded batch is gathered within the same bound.
+pub fn max_peer_message_bytes(max_request_bytes: usize) -> usize {
+    let entry = MAX_BATCH_BYTES as usize + 2 * max_request_bytes;
+    entry.max(SNAPSHOT_CHUNK_BYTES as usize) + ENVELOPE_BYTES
+}
 
 /// HTTP/2 flow-control windows of peer connections, both ways. The default 64 KiB would make
 /// the sender of a 1 MiB AppendEntries wait for the receiver's window updates some sixteen
@@ -88,14 +108,18 @@ pub struct PeerNetwork {
     /// One channel per peer, keyed by id and the URL it was built for, so a member whose URL
     /// changes gets a new channel. tonic channels reconnect by themselves after failures.
     channels: Arc<Mutex<HashMap<NodeId, (String, Channel)>>>,
+    /// The largest request sent ([`max_peer_message_bytes`]); peers accept as much.
+    max_message_bytes: usize,
 }
 
 impl PeerNetwork {
-    pub fn new(id: NodeId, faults: LinkFaults) -> Self {
+    /// `max_message_bytes`: see [`max_peer_message_bytes`].
+    pub fn new(id: NodeId, faults: LinkFaults, max_message_bytes: usize) -> Self {
         PeerNetwork {
             id,
             faults,
             channels: Arc::default(),
+            max_message_bytes,
         }
     }
 
@@ -137,8 +161,8 @@ impl PeerNetwork {
         self.pass(self.id, target).await?;
         let channel = self.channel(target, node)?;
         let mut client = PeerClient::new(channel)
-            .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
+            .max_decoding_message_size(MAX_PEER_REPLY_BYTES)
+            .max_encoding_message_size(self.max_message_bytes);
         let request = tonic::Request::new(RaftRequest { data });
         let reply = async {
             match method {
@@ -323,7 +347,37 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
             };
             return Err(RPCError::Unreachable(Unreachable::new(&held)));
         }
-        self.send(Method::AppendEntries, &rpc, &option).await
+        // The log store's reader already ends a batch at 1 MiB of records or one entry; this
+        // keeps appends within the peers' message limit whatever openraft hands over: only the
+        // entries that fit go, and the follower's success is reported for them alone (openraft
+        // sends the rest next).
+        let budget = self.network.max_message_bytes - ENVELOPE_BYTES;
+        let mut rpc = rpc;
+        let mut bytes = 0;
+        let fit = rpc
+            .entries
+            .iter()
+            .position(|entry| {
+                bytes += bincode::serialized_size(entry).unwrap_or(u64::MAX) as usize;
+                bytes > budget
+            })
+            .unwrap_or(rpc.entries.len())
+            .max(1);
+        if fit >= rpc.entries.len() {
+            return self.send(Method::AppendEntries, &rpc, &option).await;
+        }
+        rpc.entries.truncate(fit);
+        let last_sent = rpc.entries.last().map(|entry| entry.log_id);
+        tracing::debug!(
+            target = to,
+            entries = fit,
+            "append cut to fit a peer message"
+        );
+        let response = self.send(Method::AppendEntries, &rpc, &option).await?;
+        Ok(match response {
+            AppendEntriesResponse::Success => AppendEntriesResponse::PartialSuccess(last_sent),
+            other => other,
+        })
     }
 
     async fn install_snapshot(

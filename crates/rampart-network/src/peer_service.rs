@@ -13,7 +13,7 @@ use serde::Serialize;
 use tonic::{Request, Response, Status};
 
 use crate::messages::{ForwardError, ForwardReply, LeaseReply, LeaseRequest};
-use crate::peer_network::MAX_PEER_MESSAGE_BYTES;
+use crate::peer_network::MAX_PEER_REPLY_BYTES;
 use crate::proposer::Proposer;
 use crate::read_index::ReadIndexer;
 
@@ -43,6 +43,8 @@ pub struct PeerService {
     request_timeout: Duration,
     leases: Arc<dyn LeaseHandler>,
     checks: Arc<dyn ForwardCheck>,
+    /// The largest request accepted: see [`crate::max_peer_message_bytes`].
+    max_message_bytes: usize,
 }
 
 impl PeerService {
@@ -53,6 +55,7 @@ impl PeerService {
         request_timeout: Duration,
         leases: Arc<dyn LeaseHandler>,
         checks: Arc<dyn ForwardCheck>,
+        max_message_bytes: usize,
     ) -> Self {
         PeerService {
             raft,
@@ -61,6 +64,7 @@ impl PeerService {
             request_timeout,
             leases,
             checks,
+            max_message_bytes,
         }
     }
 
@@ -72,11 +76,13 @@ impl PeerService {
         self.proposer.propose(command, self.request_timeout).await
     }
 
-    /// The tonic service, with message limits large enough for log batches and snapshot chunks.
+    /// The tonic service: requests bounded as replication messages are, replies as large as
+    /// the answers to forwarded writes may be.
     pub fn into_server(self) -> PeerServer<Self> {
+        let max_request = self.max_message_bytes;
         PeerServer::new(self)
-            .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES)
+            .max_decoding_message_size(max_request)
+            .max_encoding_message_size(MAX_PEER_REPLY_BYTES)
     }
 }
 

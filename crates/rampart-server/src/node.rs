@@ -81,6 +81,7 @@ impl Node {
             self.config.request_timeout(),
             leases,
             checks,
+            rampart_network::max_peer_message_bytes(self.config.max_request_bytes),
         )
     }
 

@@ -168,10 +168,16 @@ impl RunningNode {
             max_in_snapshot_log_to_keep: config.snapshot_catchup_entries,
             // Purge as soon as a snapshot allows, so the log stays bounded.
             purge_batch_size: 1,
+            // Each chunk is one peer message, within the bound the peers accept.
+            snapshot_max_chunk_size: rampart_network::SNAPSHOT_CHUNK_BYTES,
             ..Default::default()
         };
         let raft_config = Arc::new(raft_config.validate().map_err(StartError::RaftConfig)?);
-        let network = PeerNetwork::new(config.member_id, faults.clone());
+        let network = PeerNetwork::new(
+            config.member_id,
+            faults.clone(),
+            rampart_network::max_peer_message_bytes(config.max_request_bytes),
+        );
         let raft = Raft::new(
             config.member_id,
             raft_config,

@@ -26,7 +26,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 use tokio::sync::watch;
 
 use crate::codec;
@@ -58,6 +58,10 @@ pub(crate) struct Compactor {
     generation: AtomicU64,
     /// Wakes the worker; dropped (with the store) to stop it.
     wake: Mutex<Option<mpsc::Sender<()>>>,
+    /// Held for reading while a snapshot export streams history without the state's lock, and
+    /// for writing by whatever removes history rows (a chunk of this worker, a snapshot
+    /// install), always before the state's lock: so the rows an export is reading stay.
+    removals: RwLock<()>,
 }
 
 impl Compactor {
@@ -71,6 +75,7 @@ impl Compactor {
             done: watch::channel(done).0,
             generation: AtomicU64::new(0),
             wake: Mutex::new(None),
+            removals: RwLock::new(()),
         })
     }
 
@@ -101,6 +106,28 @@ impl Compactor {
         self.generation.fetch_add(1, Ordering::SeqCst);
         self.record_done(0)?;
         self.wake();
+        Ok(())
+    }
+
+    /// Holds off every removal of history rows (see `removals`) while the guard lives. Take it
+    /// before the state's lock.
+    pub(crate) fn hold_removals(&self) -> RwLockReadGuard<'_, ()> {
+        self.removals.read()
+    }
+
+    /// Waits until no export holds removals off, and keeps them held off from others while the
+    /// guard lives. Take it before the state's lock.
+    pub(crate) fn exclude_exports(&self) -> parking_lot::RwLockWriteGuard<'_, ()> {
+        self.removals.write()
+    }
+
+    /// Records in `tree`, the compactor's, that nothing is known to be compacted: for a tree
+    /// rewritten from a snapshot before the store is opened (see [`Compactor::tree_replaced`]).
+    pub(crate) fn forget_progress(tree: &sled::Tree) -> Result<(), StoreError> {
+        tree.insert(
+            COMPACTED,
+            codec::encode("physically compacted revision", &0i64)?,
+        )?;
         Ok(())
     }
 
@@ -178,6 +205,8 @@ fn step(core: &MvccCore, pass: &mut Option<Pass>) -> Result<bool, StoreError> {
         tracing::debug!(revision = target, "physical compaction started");
         return Ok(true);
     };
+    // A snapshot export may be reading the rows this chunk would remove: wait for it.
+    let _removals = compactor.removals.write();
     let mut state = core.state.write();
     if compactor.generation.load(Ordering::SeqCst) != current.generation {
         // The tree (and its index) this pass was working on is gone; start over on the new one.

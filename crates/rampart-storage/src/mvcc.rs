@@ -34,6 +34,7 @@ use crate::key_range::KeyRange;
 use crate::lease::{self, LeaseFeed, LeaseFeeds};
 use crate::range::{self, Writes};
 use crate::redo::Redo;
+use crate::snapshot::SnapshotWriter;
 use crate::types::{
     ApplyError, Lease, MemberAttributes, NodeId, PeerNode, RangeRequest, RangeResponse,
     RevisionEvents,
@@ -289,56 +290,83 @@ impl MvccCore {
             .unwrap_or_else(|| blocking(|| self.state.read()))
     }
 
-    /// Copies the whole tree as of one applied entry, with that entry's log id and the
-    /// membership then.
-    pub(crate) fn export(&self) -> Result<Exported, StoreError> {
-        let state = self.state.read();
-        let pairs = self
-            .tree
-            .iter()
-            .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Exported {
-            applied: state.applied,
-            membership: state.membership.clone(),
-            pairs,
-        })
+    /// Streams the tree as of one applied entry into the snapshot that `start` begins for that
+    /// state, without stopping writes for long: under the state's read lock, the state is
+    /// captured and the pairs that change in place (leases, attachments, bookkeeping) are
+    /// written; then, without the lock, the history rows up to the captured revision, which
+    /// are never rewritten and which nothing removes meanwhile (the compactor and installs wait
+    /// for the export; see [`Compactor::hold_removals`]). Later entries only add history rows
+    /// past that revision, which are left out. `each_history_row` runs after each row (a test
+    /// seam).
+    pub(crate) fn export(
+        &self,
+        start: impl FnOnce(&MvccState) -> Result<SnapshotWriter, StoreError>,
+        mut each_history_row: impl FnMut(),
+    ) -> Result<SnapshotWriter, StoreError> {
+        let _removals = self.compactor.hold_removals();
+        let history: &[u8] = &[HISTORY];
+        let after_history: &[u8] = &[HISTORY + 1];
+        let (mut out, revision) = {
+            let state = self.state.read();
+            let mut out = start(&state)?;
+            for pair in self
+                .tree
+                .range(..history)
+                .chain(self.tree.range(after_history..))
+            {
+                let (k, v) = pair?;
+                out.push(&k, &v)?;
+            }
+            (out, state.revision)
+        };
+        let end = codec::history_key_start(revision.saturating_add(1));
+        for pair in self.tree.range(history..end.as_slice()) {
+            let (k, v) = pair?;
+            out.push(&k, &v)?;
+            each_history_row();
+        }
+        Ok(out)
     }
 
-    /// Replaces the whole tree with `pairs` (a snapshot's), in one atomic batch, after checking
-    /// that their bookkeeping decodes and passes `expect`.
-    pub(crate) fn replace_all(
+    /// What the tree will be once it holds `pairs` (a snapshot's, read without any lock): its
+    /// bookkeeping decoded and checked, and its key index. Also returns its layout version.
+    pub(crate) fn incoming_state(
+        pairs: impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>>,
+    ) -> Result<(MvccState, u32), StoreError> {
+        let mut meta = Vec::new();
+        let index = KeyIndex::rebuild(pairs.inspect(|pair| {
+            if let Ok((k, v)) = pair {
+                if k.first() == Some(&META) {
+                    meta.push((k.clone(), v.clone()));
+                }
+            }
+        }))?;
+        let (mut state, format) = MvccState::from_meta(meta.into_iter().map(Ok))?;
+        state.index = index;
+        Ok((state, format))
+    }
+
+    /// Replaces the whole tree with `pairs`, a bounded batch at a time: the pairs of the
+    /// snapshot [`MvccCore::incoming_state`] made `incoming` of. Not atomic on disk: the caller
+    /// made the snapshot durable first, and a restart rewrites the tree from it (see
+    /// [`crate::snapshot`]).
+    pub(crate) fn replace_from(
         &self,
-        pairs: &[(Vec<u8>, Vec<u8>)],
-        expect: impl FnOnce(&MvccState) -> Result<(), StoreError>,
+        (incoming, format): (MvccState, u32),
+        pairs: impl FnMut() -> Result<Option<Pairs>, StoreError>,
     ) -> Result<(), StoreError> {
-        let (mut incoming, format) = MvccState::from_meta(
-            pairs
-                .iter()
-                .filter(|(k, _)| k.first() == Some(&META))
-                .map(|(k, v)| Ok((k, v))),
-        )?;
-        expect(&incoming)?;
-        incoming.index = KeyIndex::rebuild(pairs.iter().map(|(k, v)| Ok((k, v))))?;
+        let _removals = self.compactor.exclude_exports();
         let mut state = self.state.write();
-        let mut batch = sled::Batch::default();
-        for key in self.tree.iter().keys() {
-            batch.remove(key?);
-        }
-        // A later insert of the same key in a batch overrides its removal above.
-        for (k, v) in pairs {
-            batch.insert(k.as_slice(), v.as_slice());
-        }
+        refill_tree(&self.tree, pairs)?;
         // A snapshot of a member still on layout version 3 is upgraded as it goes in.
         if format == FORMAT_VERSION_3 {
+            let mut batch = sled::Batch::default();
             upgrade_v3(&mut batch, &incoming)?;
+            self.tree.apply_batch(batch)?;
         }
-        self.tree.apply_batch(batch)?;
         self.redo.clear()?;
         self.compactor.tree_replaced()?;
-        // In the tree now, atomically: exactly the snapshot's pairs (sled recovers a batch whole
-        // or not at all, so a crash leaves the old state or the new one, never a mix). Durable at
-        // the caller's flush.
+        // In the tree now: exactly the snapshot's pairs. Durable at the caller's flush.
         *state = incoming;
         // Sent under the write lock, like every feed message.
         self.feed.send_reset(state.revision);
@@ -361,12 +389,21 @@ impl MvccCore {
     }
 }
 
-/// A copy of the MVCC tree for a snapshot: [`MvccCore::export`].
-pub(crate) struct Exported {
-    /// The last entry applied to the copy.
-    pub applied: Option<LogId<NodeId>>,
-    pub membership: StoredMembership<NodeId, PeerNode>,
-    pub pairs: Pairs,
+/// Empties `tree` and fills it with the pairs `pairs` yields, one bounded batch (one sled
+/// write) at a time: a snapshot's install, or its redo when the store opens.
+pub(crate) fn refill_tree(
+    tree: &sled::Tree,
+    mut pairs: impl FnMut() -> Result<Option<Pairs>, StoreError>,
+) -> Result<(), StoreError> {
+    tree.clear()?;
+    while let Some(batch_pairs) = pairs()? {
+        let mut batch = sled::Batch::default();
+        for (k, v) in batch_pairs {
+            batch.insert(k, v);
+        }
+        tree.apply_batch(batch)?;
+    }
+    Ok(())
 }
 
 /// A read handle on the applied MVCC state; cheap to clone, usable from any task.
@@ -738,7 +775,9 @@ mod tests {
         // Installed as a snapshot: upgraded as it goes in.
         let store = crate::Store::open(other.path()).unwrap();
         let core = store.core_for_tests();
-        core.replace_all(&v3_pairs, |_| Ok(())).unwrap();
+        let incoming = MvccCore::incoming_state(v3_pairs.clone().into_iter().map(Ok)).unwrap();
+        let mut batches = Some(v3_pairs);
+        core.replace_from(incoming, || Ok(batches.take())).unwrap();
         check(&core);
     }
 }

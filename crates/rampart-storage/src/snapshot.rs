@@ -1,17 +1,44 @@
-//! The snapshot format and the current snapshot file.
+//! The snapshot format and the snapshot files.
 //!
 //! A snapshot is every pair of the MVCC tree (data and bookkeeping, see [`crate::codec`]) plus
-//! openraft's `SnapshotMeta`, in a checksummed envelope. The same bytes are the file on disk and
-//! what a leader streams to a follower, so a follower checks exactly what the leader wrote.
+//! openraft's `SnapshotMeta`. The same bytes are the file on disk and what a leader streams to
+//! a follower, chunk by chunk (openraft's `InstallSnapshot` chunks of
+//! `snapshot_max_chunk_size`), so a follower checks exactly what the leader wrote. Neither side
+//! ever holds more of it in memory than one frame.
 //!
-//! On disk: `snap/current.snap`, replaced by writing `current.snap.tmp`, fsyncing it, renaming it
-//! over, and fsyncing the directory, so after a crash the file is the old snapshot or the new one.
+//! Format 2, written by this build, is a stream of frames after a 12-byte header:
+//!
+//! ```text
+//! "RAMPSNAP" | format: u32 LE = 2
+//! frame*:      length: u32 LE | crc32 of the payload: u32 LE | payload: bincode(Frame)
+//! ```
+//!
+//! The first frame is [`Frame::Meta`], then [`Frame::Pairs`] of about [`FRAME_BYTES`] each, and
+//! the last [`Frame::End`], which counts the pairs: a file cut short, or with a frame lost,
+//! damaged or repeated, is refused. The pairs come in no particular order of families, but the
+//! history rows (`h`) in key order, as the key index needs them.
+//!
+//! Format 1, written before, is one bincode envelope (magic, format, crc32 over the body, body)
+//! whose body is the meta and then every pair in key order. This build still reads it, as a
+//! stream too, so a follower upgraded before its leader installs the leader's snapshots; a
+//! follower of an older build refuses format 2 with "format 2, this build reads 1" (upgrade the
+//! followers first).
+//!
+//! On disk, in `snap/`: `current.snap`, the snapshot openraft sends; it is replaced by building
+//! `current.snap.tmp`, fsyncing it, renaming it over, and fsyncing the directory, so after a
+//! crash the file is the old snapshot or the new one. An install first makes the received
+//! snapshot `installing.snap` (fsynced, renamed, directory fsynced) and only then rewrites the
+//! tree from it, in bounded batches; it renames it to `current.snap` once the tree is flushed.
+//! While `installing.snap` exists the tree may be half rewritten, and `Store::open` finishes the
+//! install from the file before anything reads the tree.
 
 use std::fs;
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use bincode::Options;
 use openraft::SnapshotMeta;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -22,89 +49,468 @@ use crate::types::{NodeId, PeerNode};
 
 /// Identifies a Rampart snapshot before anything else is trusted.
 const MAGIC: [u8; 8] = *b"RAMPSNAP";
-/// Version of the envelope and body layout.
-const SNAPSHOT_FORMAT: u32 = 1;
+/// Version of the layout this build writes: frames (see the module docs).
+const SNAPSHOT_FORMAT: u32 = 2;
+/// The earlier layout, one checksummed envelope, which this build still reads.
+const SNAPSHOT_FORMAT_1: u32 = 1;
+/// Magic and format.
+const HEADER_LEN: u64 = 12;
+/// A frame of pairs is closed once its pairs take this many bytes (a larger pair goes alone):
+/// what building, verifying or installing a snapshot holds in memory at once.
+pub(crate) const FRAME_BYTES: usize = 1024 * 1024;
+/// A frame's length and checksum.
+const FRAME_HEAD: usize = 8;
+
 const CURRENT: &str = "current.snap";
 const CURRENT_TMP: &str = "current.snap.tmp";
+/// A received snapshot, checked and durable, that the tree is being rewritten from.
+const INSTALLING: &str = "installing.snap";
+const INSTALLING_TMP: &str = "installing.snap.tmp";
 /// Where a damaged current snapshot is set aside.
 const CURRENT_CORRUPT: &str = "current.snap.corrupt";
 
 pub(crate) type Meta = SnapshotMeta<NodeId, PeerNode>;
 
-/// The outer layer: what the checksum covers is `body`, a bincode [`SnapshotBody`].
+/// One frame of a format 2 snapshot.
 #[derive(Serialize, Deserialize)]
-struct Envelope {
-    magic: [u8; 8],
-    format: u32,
-    crc32: u32,
-    body: Vec<u8>,
+enum Frame {
+    Meta(Meta),
+    Pairs(Pairs),
+    /// The last frame: how many pairs came before it.
+    End {
+        pairs: u64,
+    },
 }
 
-/// The contents. `meta` comes first so it can be read without decoding the pairs.
-#[derive(Serialize, Deserialize)]
-pub(crate) struct SnapshotBody {
-    pub meta: Meta,
-    /// Every (key, value) of the MVCC tree, in key order.
-    pub pairs: Pairs,
+/// Writes a snapshot, a frame at a time, to a file it then syncs.
+pub(crate) struct SnapshotWriter {
+    out: BufWriter<fs::File>,
+    path: PathBuf,
+    meta: Meta,
+    /// The pairs of the frame being filled, and their size.
+    frame: Pairs,
+    frame_bytes: usize,
+    pairs: u64,
+    /// The largest frame payload written so far, in bytes: what the writer held at most.
+    largest_frame: usize,
 }
 
-/// Serializes a snapshot into its envelope.
-pub(crate) fn encode(body: &SnapshotBody) -> Result<Vec<u8>, StoreError> {
-    let body = codec::encode("snapshot body", body)?;
-    codec::encode(
-        "snapshot",
-        &Envelope {
-            magic: MAGIC,
-            format: SNAPSHOT_FORMAT,
-            crc32: crc32fast::hash(&body),
-            body,
-        },
-    )
+impl SnapshotWriter {
+    /// Creates (truncating) `path` and writes the header and the meta.
+    pub(crate) fn create(path: &Path, meta: Meta) -> Result<Self, StoreError> {
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .map_err(|e| StoreError::io("create", path, e))?;
+        let mut writer = SnapshotWriter {
+            out: BufWriter::with_capacity(256 * 1024, file),
+            path: path.to_path_buf(),
+            meta,
+            frame: Vec::new(),
+            frame_bytes: 0,
+            pairs: 0,
+            largest_frame: 0,
+        };
+        let mut header = MAGIC.to_vec();
+        header.extend_from_slice(&SNAPSHOT_FORMAT.to_le_bytes());
+        writer.write(&header)?;
+        let meta = Frame::Meta(writer.meta.clone());
+        writer.write_frame(&meta)?;
+        Ok(writer)
+    }
+
+    pub(crate) fn meta(&self) -> &Meta {
+        &self.meta
+    }
+
+    /// Adds one pair of the tree.
+    pub(crate) fn push(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.frame_bytes += key.len() + value.len() + 16;
+        self.frame.push((key.to_vec(), value.to_vec()));
+        self.pairs += 1;
+        if self.frame_bytes >= FRAME_BYTES {
+            self.flush_frame()?;
+        }
+        Ok(())
+    }
+
+    fn flush_frame(&mut self) -> Result<(), StoreError> {
+        if self.frame.is_empty() {
+            return Ok(());
+        }
+        let frame = Frame::Pairs(std::mem::take(&mut self.frame));
+        self.frame_bytes = 0;
+        self.write_frame(&frame)
+    }
+
+    fn write_frame(&mut self, frame: &Frame) -> Result<(), StoreError> {
+        let payload = codec::encode("snapshot frame", frame)?;
+        let len = u32::try_from(payload.len())
+            .map_err(|_| StoreError::corrupt("snapshot", "a frame over 4 GiB"))?;
+        self.largest_frame = self.largest_frame.max(payload.len());
+        let mut head = [0; FRAME_HEAD];
+        head[..4].copy_from_slice(&len.to_le_bytes());
+        head[4..].copy_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        self.write(&head)?;
+        self.write(&payload)
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+        self.out
+            .write_all(bytes)
+            .map_err(|e| StoreError::io("write", &self.path, e))
+    }
+
+    /// Writes the last frame and fsyncs the file. Returns it, positioned at its start, and the
+    /// largest frame written.
+    pub(crate) fn finish(mut self) -> Result<(fs::File, usize), StoreError> {
+        self.flush_frame()?;
+        let end = Frame::End { pairs: self.pairs };
+        self.write_frame(&end)?;
+        let path = self.path;
+        let mut file = self
+            .out
+            .into_inner()
+            .map_err(|e| StoreError::io("write", &path, e.into_error()))?;
+        file.sync_all()
+            .map_err(|e| StoreError::io("fsync", &path, e))?;
+        file.seek(SeekFrom::Start(0))
+            .map_err(|e| StoreError::io("seek", &path, e))?;
+        Ok((file, self.largest_frame))
+    }
 }
 
-/// Opens the envelope and checks it: magic, format and checksum. Returns the body's bytes.
-fn open_envelope(bytes: &[u8]) -> Result<Vec<u8>, StoreError> {
-    let env: Envelope = codec::decode("snapshot", bytes)?;
-    if env.magic != MAGIC {
+/// A reader that keeps a running crc32 of what passes through it (format 1's checksum).
+struct Crc<R> {
+    inner: R,
+    hasher: crc32fast::Hasher,
+    read: u64,
+}
+
+impl<R: Read> Read for Crc<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.read += n as u64;
+        Ok(n)
+    }
+}
+
+/// Where a [`SnapshotReader`] is in its input.
+enum Layout<R> {
+    /// Format 2: the frames.
+    Frames { input: R, pairs: u64, ended: bool },
+    /// Format 1: the body, read through its checksum, with the pairs left to read.
+    Envelope {
+        body: Crc<R>,
+        body_len: u64,
+        crc32: u32,
+        left: u64,
+        done: bool,
+    },
+}
+
+/// Reads a snapshot of either format from the start, checking it as it goes, and hands out its
+/// pairs a bounded batch at a time. Nothing it hands out is trustworthy until
+/// [`SnapshotReader::next_batch`] has returned `None`: only then are the counts and checksums
+/// all checked.
+pub(crate) struct SnapshotReader<R> {
+    layout: Layout<R>,
+    /// The input's length: no length read from it may promise more.
+    len: u64,
+    meta: Meta,
+}
+
+fn read_err(e: std::io::Error) -> StoreError {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        StoreError::corrupt("snapshot", "cut short")
+    } else {
+        StoreError::io("read", "snapshot", e)
+    }
+}
+
+/// bincode as [`codec::decode`] uses it, with no length in the input allowed past `limit`.
+fn bounded(limit: u64) -> impl Options {
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .allow_trailing_bytes()
+        .with_limit(limit)
+}
+
+impl<R: Read> SnapshotReader<R> {
+    /// Reads the header and the meta of the snapshot `input`, `len` bytes long.
+    pub(crate) fn open(mut input: R, len: u64) -> Result<Self, StoreError> {
+        let mut header = [0; HEADER_LEN as usize];
+        input.read_exact(&mut header).map_err(read_err)?;
+        if header[..8] != MAGIC {
+            return Err(StoreError::corrupt(
+                "snapshot",
+                "not a Rampart snapshot (bad magic)",
+            ));
+        }
+        let format = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
+        match format {
+            SNAPSHOT_FORMAT => {
+                let mut layout = Layout::Frames {
+                    input,
+                    pairs: 0,
+                    ended: false,
+                };
+                let meta = match read_frame(&mut layout, len)? {
+                    Some(Frame::Meta(meta)) => meta,
+                    _ => return Err(StoreError::corrupt("snapshot", "no meta first")),
+                };
+                Ok(SnapshotReader { layout, len, meta })
+            }
+            SNAPSHOT_FORMAT_1 => {
+                let mut rest = [0; 12];
+                input.read_exact(&mut rest).map_err(read_err)?;
+                let crc32 = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
+                let body_len = u64::from_le_bytes(rest[4..].try_into().unwrap_or_default());
+                let mut body = Crc {
+                    inner: input,
+                    hasher: crc32fast::Hasher::new(),
+                    read: 0,
+                };
+                let limit = body_len.min(len);
+                let meta: Meta = bounded(limit)
+                    .deserialize_from(&mut body)
+                    .map_err(|source| StoreError::Decode {
+                        what: "snapshot meta",
+                        source,
+                    })?;
+                let left: u64 = bounded(limit)
+                    .deserialize_from(&mut body)
+                    .map_err(|source| StoreError::Decode {
+                        what: "snapshot pair count",
+                        source,
+                    })?;
+                Ok(SnapshotReader {
+                    layout: Layout::Envelope {
+                        body,
+                        body_len,
+                        crc32,
+                        left,
+                        done: false,
+                    },
+                    len,
+                    meta,
+                })
+            }
+            other => Err(StoreError::corrupt(
+                "snapshot",
+                format!(
+                    "format {other}, this build reads {SNAPSHOT_FORMAT} and {SNAPSHOT_FORMAT_1}"
+                ),
+            )),
+        }
+    }
+
+    pub(crate) fn meta(&self) -> &Meta {
+        &self.meta
+    }
+
+    /// The next pairs, about [`FRAME_BYTES`] of them; `None` once every pair was handed out and
+    /// the whole snapshot checked out.
+    pub(crate) fn next_batch(&mut self) -> Result<Option<Pairs>, StoreError> {
+        let len = self.len;
+        if let Layout::Frames { .. } = self.layout {
+            return match read_frame(&mut self.layout, len)? {
+                Some(Frame::Pairs(pairs)) => Ok(Some(pairs)),
+                None => Ok(None),
+                Some(_) => Err(StoreError::corrupt("snapshot", "a second meta")),
+            };
+        }
+        match &mut self.layout {
+            Layout::Frames { .. } => unreachable!("handled above"),
+            Layout::Envelope {
+                body,
+                body_len,
+                crc32,
+                left,
+                done,
+            } => {
+                if *done {
+                    return Ok(None);
+                }
+                let mut batch = Vec::new();
+                let mut bytes = 0;
+                while *left > 0 && bytes < FRAME_BYTES {
+                    let limit = body_len.saturating_sub(body.read).min(len);
+                    let pair: (Vec<u8>, Vec<u8>) = bounded(limit)
+                        .deserialize_from(&mut *body)
+                        .map_err(|source| StoreError::Decode {
+                            what: "snapshot pair",
+                            source,
+                        })?;
+                    bytes += pair.0.len() + pair.1.len() + 16;
+                    batch.push(pair);
+                    *left -= 1;
+                }
+                if *left == 0 && batch.is_empty() {
+                    *done = true;
+                    let computed = body.hasher.clone().finalize();
+                    if body.read != *body_len {
+                        return Err(StoreError::corrupt(
+                            "snapshot",
+                            format!("body of {} bytes, {body_len} announced", body.read),
+                        ));
+                    }
+                    if computed != *crc32 {
+                        return Err(StoreError::corrupt(
+                            "snapshot",
+                            format!(
+                                "checksum mismatch: stored {crc32:08x}, computed {computed:08x}"
+                            ),
+                        ));
+                    }
+                    return Ok(None);
+                }
+                Ok(Some(batch))
+            }
+        }
+    }
+
+    /// The pairs one at a time (read a batch at a time); an error ends them.
+    pub(crate) fn pairs(
+        &mut self,
+    ) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>> + '_ {
+        let mut batch = Vec::new().into_iter();
+        let mut failed = false;
+        std::iter::from_fn(move || loop {
+            if let Some(pair) = batch.next() {
+                return Some(Ok(pair));
+            }
+            if failed {
+                return None;
+            }
+            match self.next_batch() {
+                Ok(Some(next)) => batch = next.into_iter(),
+                Ok(None) => return None,
+                Err(e) => {
+                    failed = true;
+                    return Some(Err(e));
+                }
+            }
+        })
+    }
+
+    /// Gives the input back (read as far as the reader went).
+    pub(crate) fn into_input(self) -> R {
+        match self.layout {
+            Layout::Frames { input, .. } => input,
+            Layout::Envelope { body, .. } => body.inner,
+        }
+    }
+
+    /// Reads to the end, checking everything.
+    pub(crate) fn verify(mut self) -> Result<Meta, StoreError> {
+        while self.next_batch()?.is_some() {}
+        Ok(self.meta)
+    }
+}
+
+/// Reads the next frame of a format 2 snapshot; `None` after the [`Frame::End`], once its
+/// count matched and nothing follows it.
+fn read_frame<R: Read>(layout: &mut Layout<R>, len: u64) -> Result<Option<Frame>, StoreError> {
+    let Layout::Frames {
+        input,
+        pairs,
+        ended,
+    } = layout
+    else {
+        unreachable!("frames only in format 2");
+    };
+    if *ended {
+        return Ok(None);
+    }
+    let mut head = [0; FRAME_HEAD];
+    input.read_exact(&mut head).map_err(read_err)?;
+    let frame_len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as u64;
+    let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+    if frame_len > len {
         return Err(StoreError::corrupt(
             "snapshot",
-            "not a Rampart snapshot (bad magic)",
+            format!("a frame of {frame_len} bytes in {len}"),
         ));
     }
-    if env.format != SNAPSHOT_FORMAT {
+    // Grows as the bytes arrive: a damaged length cannot make it allocate more than there is.
+    let mut payload = Vec::with_capacity((frame_len as usize).min(2 * FRAME_BYTES));
+    input
+        .take(frame_len)
+        .read_to_end(&mut payload)
+        .map_err(read_err)?;
+    if payload.len() as u64 != frame_len {
+        return Err(StoreError::corrupt("snapshot", "cut short"));
+    }
+    let computed = crc32fast::hash(&payload);
+    if computed != crc {
         return Err(StoreError::corrupt(
             "snapshot",
-            format!("format {}, this build reads {SNAPSHOT_FORMAT}", env.format),
+            format!("frame checksum mismatch: stored {crc:08x}, computed {computed:08x}"),
         ));
     }
-    let crc = crc32fast::hash(&env.body);
-    if crc != env.crc32 {
-        return Err(StoreError::corrupt(
-            "snapshot",
-            format!(
-                "checksum mismatch: stored {:08x}, computed {crc:08x}",
-                env.crc32
-            ),
-        ));
+    match codec::decode("snapshot frame", &payload)? {
+        Frame::End { pairs: counted } => {
+            if counted != *pairs {
+                return Err(StoreError::corrupt(
+                    "snapshot",
+                    format!("{pairs} pairs, {counted} announced"),
+                ));
+            }
+            if input.read(&mut [0]).map_err(read_err)? != 0 {
+                return Err(StoreError::corrupt("snapshot", "bytes after its end"));
+            }
+            *ended = true;
+            Ok(None)
+        }
+        Frame::Pairs(batch) => {
+            *pairs += batch.len() as u64;
+            Ok(Some(Frame::Pairs(batch)))
+        }
+        meta => Ok(Some(meta)),
     }
-    Ok(env.body)
 }
 
-/// Decodes and verifies a whole snapshot.
-pub(crate) fn decode(bytes: &[u8]) -> Result<SnapshotBody, StoreError> {
-    codec::decode("snapshot body", &open_envelope(bytes)?)
+/// Opens the snapshot file at `path` for reading.
+pub(crate) fn open_file(path: &Path) -> Result<SnapshotReader<BufReader<fs::File>>, StoreError> {
+    let file = fs::File::open(path).map_err(|e| StoreError::io("open", path, e))?;
+    reader_of(file, path)
 }
 
-/// Verifies a snapshot and reads only its meta (bincode reads fields in order and ignores the
-/// rest of the slice, so the pairs are not decoded).
-fn decode_meta(bytes: &[u8]) -> Result<Meta, StoreError> {
-    codec::decode("snapshot meta", &open_envelope(bytes)?)
+/// A reader of the snapshot in `file` (named `path` in errors), from its start.
+pub(crate) fn reader_of(
+    mut file: fs::File,
+    path: &Path,
+) -> Result<SnapshotReader<BufReader<fs::File>>, StoreError> {
+    let len = file
+        .seek(SeekFrom::End(0))
+        .and_then(|len| file.seek(SeekFrom::Start(0)).map(|_| len))
+        .map_err(|e| StoreError::io("seek", path, e))?;
+    SnapshotReader::open(BufReader::with_capacity(256 * 1024, file), len)
 }
 
-/// The current snapshot file of one data directory.
+/// Copies everything read from `inner` into `copy`.
+pub(crate) struct Tee<R> {
+    inner: R,
+    copy: BufWriter<fs::File>,
+}
+
+impl<R: Read> Read for Tee<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.copy.write_all(&buf[..n])?;
+        Ok(n)
+    }
+}
+
+/// The snapshot files of one data directory.
 pub(crate) struct SnapshotFiles {
     dir: PathBuf,
-    /// Meta of the file on disk; the lock also serializes replacing it, so a slow build of an
+    /// Meta of `current.snap`; the lock also serializes replacing it, so a slow build of an
     /// older snapshot cannot overwrite a newer one installed meanwhile.
     current: Mutex<Option<Meta>>,
     /// Makes snapshot ids unique; seeded from the clock so they stay unique across restarts.
@@ -112,14 +518,19 @@ pub(crate) struct SnapshotFiles {
 }
 
 impl SnapshotFiles {
-    /// Opens (creating) `dir`, drops a leftover temporary file and checks the current snapshot.
+    /// Opens (creating) `dir`, drops leftover temporary files and checks the current snapshot.
+    /// An `installing.snap` is kept: see [`SnapshotFiles::interrupted_install`].
     pub(crate) fn open(dir: &Path) -> Result<Self, StoreError> {
         fs::create_dir_all(dir).map_err(|e| StoreError::io("create snapshot directory", dir, e))?;
-        let tmp = dir.join(CURRENT_TMP);
-        match fs::remove_file(&tmp) {
-            Ok(()) => tracing::info!(path = %tmp.display(), "removed an unfinished snapshot file"),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(StoreError::io("remove", tmp, e)),
+        for name in [CURRENT_TMP, INSTALLING_TMP] {
+            let tmp = dir.join(name);
+            match fs::remove_file(&tmp) {
+                Ok(()) => {
+                    tracing::info!(path = %tmp.display(), "removed an unfinished snapshot file")
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StoreError::io("remove", tmp, e)),
+            }
         }
         let files = SnapshotFiles {
             dir: dir.to_path_buf(),
@@ -131,24 +542,27 @@ impl SnapshotFiles {
                     .unwrap_or(0),
             ),
         };
-        let meta = match files.load() {
-            Ok(loaded) => loaded.map(|(meta, _)| meta),
-            // The state machine is in sled, intact or checked on its own; the file is only a
-            // copy of it for followers, and a missing one is built again (openraft does so at
-            // start when the log has been purged). Keep the damaged file for inspection.
-            Err(e @ (StoreError::Corrupt { .. } | StoreError::Decode { .. })) => {
-                let aside = dir.join(CURRENT_CORRUPT);
-                tracing::error!(
-                    error = %e,
-                    kept_as = %aside.display(),
-                    "the current snapshot file is damaged; it is set aside and built again"
-                );
-                fs::rename(dir.join(CURRENT), &aside)
-                    .map_err(|e| StoreError::io("set aside", dir.join(CURRENT), e))?;
-                crate::files::sync_dir(dir)?;
-                None
-            }
-            Err(e) => return Err(e),
+        let path = dir.join(CURRENT);
+        let meta = match path.exists() {
+            false => None,
+            true => match open_file(&path).and_then(SnapshotReader::verify) {
+                Ok(meta) => Some(meta),
+                // The state machine is in sled, intact or checked on its own; the file is only
+                // a copy of it for followers, and a missing one is built again (openraft does
+                // so at start when the log has been purged). Keep the damaged file.
+                Err(e @ (StoreError::Corrupt { .. } | StoreError::Decode { .. })) => {
+                    let aside = dir.join(CURRENT_CORRUPT);
+                    tracing::error!(
+                        error = %e,
+                        kept_as = %aside.display(),
+                        "the current snapshot file is damaged; it is set aside and built again"
+                    );
+                    fs::rename(&path, &aside).map_err(|e| StoreError::io("set aside", &path, e))?;
+                    crate::files::sync_dir(dir)?;
+                    None
+                }
+                Err(e) => return Err(e),
+            },
         };
         *files.current.lock() = meta;
         Ok(files)
@@ -184,35 +598,118 @@ impl SnapshotFiles {
         }
     }
 
-    /// Reads and verifies the current snapshot file, if there is one.
-    pub(crate) fn load(&self) -> Result<Option<(Meta, Vec<u8>)>, StoreError> {
-        let path = self.dir.join(CURRENT);
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(StoreError::io("read", path, e)),
+    /// The current snapshot, opened for reading, if there is one.
+    pub(crate) fn current(&self) -> Result<Option<(Meta, fs::File)>, StoreError> {
+        let current = self.current.lock();
+        let Some(meta) = current.as_ref() else {
+            return Ok(None);
         };
-        let meta = decode_meta(&bytes).map_err(|e| {
-            tracing::error!(path = %path.display(), error = %e, "current snapshot file is corrupt");
-            e
-        })?;
-        Ok(Some((meta, bytes)))
+        let path = self.dir.join(CURRENT);
+        let file = fs::File::open(&path).map_err(|e| StoreError::io("open", path, e))?;
+        Ok(Some((meta.clone(), file)))
     }
 
-    /// Makes `bytes` (an encoded snapshot described by `meta`) the current snapshot, unless the
-    /// current one is newer. Returns whether it was written.
-    pub(crate) fn save(&self, meta: &Meta, bytes: &[u8]) -> Result<bool, StoreError> {
+    /// Starts writing a new snapshot described by `meta` into `current.snap.tmp` (openraft
+    /// builds one snapshot at a time).
+    pub(crate) fn start_build(&self, meta: Meta) -> Result<SnapshotWriter, StoreError> {
+        SnapshotWriter::create(&self.dir.join(CURRENT_TMP), meta)
+    }
+
+    /// Makes the finished build `meta` the current snapshot, unless the current one is newer.
+    /// Returns whether it did.
+    pub(crate) fn save_built(&self, meta: &Meta) -> Result<bool, StoreError> {
         let mut current = self.current.lock();
+        let tmp = self.dir.join(CURRENT_TMP);
         if let Some(cur) = current.as_ref() {
             if cur.last_log_id > meta.last_log_id {
                 tracing::debug!(current = %cur, skipped = %meta, "kept the newer snapshot");
+                fs::remove_file(&tmp).map_err(|e| StoreError::io("remove", &tmp, e))?;
                 return Ok(false);
             }
         }
-        crate::files::write_atomically(&self.dir, CURRENT, bytes)?;
-        // On disk: `current.snap` is this snapshot, complete and checksummed, and the rename is
-        // durable; a crash from here on restarts with it.
+        let path = self.dir.join(CURRENT);
+        fs::rename(&tmp, &path).map_err(|e| StoreError::io("rename into", &path, e))?;
+        crate::files::sync_dir(&self.dir)?;
+        // On disk: `current.snap` is this snapshot, complete, checksummed and fsynced, and the
+        // rename is durable; a crash from here on restarts with it.
         *current = Some(meta.clone());
         Ok(true)
+    }
+
+    /// A new file with no name in the snapshot directory, for a snapshot being received: a
+    /// transfer cut short leaves nothing behind, not even after a crash.
+    pub(crate) fn receiving_file(&self) -> Result<fs::File, StoreError> {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let path = self.dir.join(format!("receiving-{n}.tmp"));
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| StoreError::io("create", &path, e))?;
+        fs::remove_file(&path).map_err(|e| StoreError::io("remove", &path, e))?;
+        Ok(file)
+    }
+
+    /// Wraps `source`, a received snapshot, so that reading it copies it into
+    /// `installing.snap.tmp`; [`SnapshotFiles::stage_install`] makes the copy durable.
+    pub(crate) fn copy_for_install<R: Read>(&self, source: R) -> Result<Tee<R>, StoreError> {
+        let path = self.dir.join(INSTALLING_TMP);
+        let file = fs::File::create(&path).map_err(|e| StoreError::io("create", &path, e))?;
+        Ok(Tee {
+            inner: source,
+            copy: BufWriter::with_capacity(256 * 1024, file),
+        })
+    }
+
+    /// Removes the copy of a refused snapshot (a leftover is also removed at open).
+    pub(crate) fn discard_copy(&self) {
+        let path = self.dir.join(INSTALLING_TMP);
+        if let Err(e) = fs::remove_file(&path) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove a refused snapshot");
+        }
+    }
+
+    /// Makes the copy a [`Tee`] made, read to its end and checked, `installing.snap`: fsynced,
+    /// renamed, the directory fsynced. From here on, a restart finishes the install from it.
+    pub(crate) fn stage_install<R>(&self, copy: Tee<R>) -> Result<PathBuf, StoreError> {
+        let tmp = self.dir.join(INSTALLING_TMP);
+        let file = copy
+            .copy
+            .into_inner()
+            .map_err(|e| StoreError::io("write", &tmp, e.into_error()))?;
+        file.sync_all()
+            .map_err(|e| StoreError::io("fsync", &tmp, e))?;
+        drop(file);
+        let path = self.dir.join(INSTALLING);
+        fs::rename(&tmp, &path).map_err(|e| StoreError::io("rename into", &path, e))?;
+        crate::files::sync_dir(&self.dir)?;
+        Ok(path)
+    }
+
+    /// The snapshot an install was rewriting the tree from when the store last stopped, if
+    /// any: the tree may hold part of it, and must be rewritten from it before it is read.
+    pub(crate) fn interrupted_install(&self) -> Option<PathBuf> {
+        let path = self.dir.join(INSTALLING);
+        path.exists().then_some(path)
+    }
+
+    /// The tree holds `installing.snap` (`meta`) on disk: it becomes the current snapshot,
+    /// unless that is newer.
+    pub(crate) fn finish_install(&self, meta: &Meta) -> Result<(), StoreError> {
+        let mut current = self.current.lock();
+        let installing = self.dir.join(INSTALLING);
+        if current
+            .as_ref()
+            .is_some_and(|cur| cur.last_log_id > meta.last_log_id)
+        {
+            fs::remove_file(&installing).map_err(|e| StoreError::io("remove", &installing, e))?;
+        } else {
+            let path = self.dir.join(CURRENT);
+            fs::rename(&installing, &path).map_err(|e| StoreError::io("rename into", &path, e))?;
+            *current = Some(meta.clone());
+        }
+        crate::files::sync_dir(&self.dir)
+        // On disk: no `installing.snap`, so a restart reads the tree as it is.
     }
 }

@@ -65,11 +65,18 @@ impl Store {
         verify_readable(&db)?;
         let disk = Arc::new(Disk::new(db.clone(), &files)?);
         let in_use = Arc::new(());
-        let core = Arc::new(MvccCore::open(
-            disk.clone(),
+        let snapshots = Arc::new(SnapshotFiles::open(&dir.join("snap"))?);
+        let (mvcc_tree, redo_tree, compaction_tree) = (
             db.open_tree(MVCC_TREE)?,
             db.open_tree(REDO_TREE)?,
             db.open_tree(COMPACTION_TREE)?,
+        );
+        finish_interrupted_install(&snapshots, &disk, &mvcc_tree, &redo_tree, &compaction_tree)?;
+        let core = Arc::new(MvccCore::open(
+            disk.clone(),
+            mvcc_tree,
+            redo_tree,
+            compaction_tree,
         )?);
         Compactor::start(&core)?;
         let log = LogStore::open(
@@ -80,7 +87,6 @@ impl Store {
         )?
         .guard_purges(core.durable_applied.subscribe());
         let node = db.open_tree(NODE_TREE)?;
-        let snapshots = Arc::new(SnapshotFiles::open(&dir.join("snap"))?);
         drop_stale_snapshot(&log, &core, &snapshots)?;
         check_identity_file(dir, &node)?;
         {
@@ -175,11 +181,44 @@ impl Store {
         Ok(())
     }
 
+    /// The snapshot files, for white-box tests of snapshots.
+    #[cfg(test)]
+    pub(crate) fn snapshots_for_tests(&self) -> Arc<SnapshotFiles> {
+        self.snapshots.clone()
+    }
+
     /// The shared MVCC core, for white-box tests of the layout.
     #[cfg(test)]
     pub(crate) fn core_for_tests(&self) -> Arc<MvccCore> {
         self.core.clone()
     }
+}
+
+/// Finishes the snapshot install a stop interrupted, if any: the MVCC tree may hold any part of
+/// it, so it is rewritten from `installing.snap` (checked first) before anything reads it, as
+/// the install itself would have, and the snapshot becomes the current one. A damaged
+/// `installing.snap` stops the store: the tree it was replacing cannot be trusted.
+fn finish_interrupted_install(
+    snapshots: &SnapshotFiles,
+    disk: &Disk,
+    mvcc: &sled::Tree,
+    redo: &sled::Tree,
+    compaction: &sled::Tree,
+) -> Result<(), StoreError> {
+    let Some(path) = snapshots.interrupted_install() else {
+        return Ok(());
+    };
+    let meta = crate::snapshot::open_file(&path)?.verify()?;
+    tracing::warn!(snapshot = %meta, "finishing a snapshot install a stop interrupted");
+    let mut pairs = crate::snapshot::open_file(&path)?;
+    crate::mvcc::refill_tree(mvcc, || pairs.next_batch())?;
+    // As `MvccCore::replace_from`: no redo record of the replaced state, and the incoming
+    // pairs not known to be compacted.
+    redo.clear()?;
+    Compactor::forget_progress(compaction)?;
+    disk.flush()?;
+    // On disk: the tree is the snapshot's; the file may now stop being a redo record.
+    snapshots.finish_install(&meta)
 }
 
 /// Reads every page of every tree once, so that sled checks each one's checksum now: a corrupt

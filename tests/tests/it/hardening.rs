@@ -84,7 +84,11 @@ async fn the_leader_refuses_forwarded_commands_no_client_could_send() -> anyhow:
         peer_urls: vec![cluster.members[leader_index].peer_url.clone()],
         ..Default::default()
     };
-    let peer = PeerNetwork::new(0, LinkFaults::default());
+    let peer = PeerNetwork::new(
+        0,
+        LinkFaults::default(),
+        rampart_network::max_peer_message_bytes(1536 * 1024),
+    );
     let timeout = Duration::from_secs(10);
     let put_op = |key: &str| {
         RequestOp::Put(PutRequest {

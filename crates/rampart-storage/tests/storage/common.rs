@@ -248,3 +248,21 @@ pub fn events_str(revs: &[RevisionEvents]) -> Vec<String> {
         })
         .collect()
 }
+
+/// Every byte of a snapshot's data, read from its start.
+pub async fn snapshot_bytes(data: &mut tokio::fs::File) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    data.seek(std::io::SeekFrom::Start(0)).await.unwrap();
+    let mut bytes = Vec::new();
+    data.read_to_end(&mut bytes).await.unwrap();
+    bytes
+}
+
+/// Snapshot data holding `bytes`, as a follower receives it: a file of its own.
+pub fn snapshot_data(bytes: &[u8]) -> Box<tokio::fs::File> {
+    use std::io::{Seek, Write};
+    let mut file = tempfile::tempfile().unwrap();
+    file.write_all(bytes).unwrap();
+    file.seek(std::io::SeekFrom::Start(0)).unwrap();
+    Box::new(tokio::fs::File::from_std(file))
+}

@@ -1,14 +1,13 @@
 //! What survives a restart, and snapshots moving state between stores.
 
 use std::collections::BTreeSet;
-use std::io::Cursor;
 
 use openraft::storage::{RaftLogReader, RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
 use openraft::{Entry, EntryPayload, Membership, RaftSnapshotBuilder, StoredMembership, Vote};
 use rampart_storage::{ClusterIdentity, Command, MemberAttributes, RangeRequest, TypeConfig};
 use tempfile::TempDir;
 
-use crate::common::{log_id, put, range, strs, Node};
+use crate::common::{log_id, put, range, snapshot_bytes, snapshot_data, strs, Node};
 
 /// Writes history, a compaction, a membership and a member: something of every kind.
 async fn populate(node: &mut Node) {
@@ -188,7 +187,7 @@ async fn snapshot_moves_the_whole_state() {
 
     tracing::info!("--- install on the follower: it now observes exactly what the leader does");
     let mut receiving = follower.sm.begin_receiving_snapshot().await.unwrap();
-    assert!(receiving.get_ref().is_empty());
+    assert!(snapshot_bytes(&mut receiving).await.is_empty());
     *receiving = *current.snapshot;
     follower
         .sm
@@ -240,7 +239,8 @@ async fn corrupt_snapshots_are_refused() {
         .build_snapshot()
         .await
         .unwrap();
-    let bytes = snap.snapshot.into_inner();
+    let mut snap = snap;
+    let bytes = snapshot_bytes(&mut snap.snapshot).await;
 
     let mut follower = Node::open(follower_dir.path());
     follower.put("mine", "1").await;
@@ -264,7 +264,7 @@ async fn corrupt_snapshots_are_refused() {
     for (what, meta, data) in attempts {
         let res = follower
             .sm
-            .install_snapshot(&meta, Box::new(Cursor::new(data)))
+            .install_snapshot(&meta, snapshot_data(&data))
             .await;
         assert!(res.is_err(), "{what} must be refused");
         assert_eq!(
@@ -281,7 +281,7 @@ async fn corrupt_snapshots_are_refused() {
     tracing::info!("--- the intact bytes still install");
     follower
         .sm
-        .install_snapshot(&snap.meta, Box::new(Cursor::new(bytes)))
+        .install_snapshot(&snap.meta, snapshot_data(&bytes))
         .await
         .unwrap();
     assert_eq!(observe(&follower), observe(&leader));

@@ -4,7 +4,6 @@
 //! openraft 0.9 queues the install on the state machine's worker and purges the log up to the
 //! snapshot at once, without waiting for it; these tests play that sequence step by step.
 
-use std::io::Cursor;
 use std::time::Duration;
 
 use openraft::storage::{RaftLogStorage, RaftStateMachine};
@@ -12,7 +11,7 @@ use openraft::{RaftSnapshotBuilder, Snapshot};
 use rampart_storage::TypeConfig;
 use tempfile::TempDir;
 
-use crate::common::Node;
+use crate::common::{snapshot_bytes, snapshot_data, Node};
 
 /// A leader with 20 applied entries and a snapshot of them.
 async fn leader_snapshot(dir: &TempDir) -> Snapshot<TypeConfig> {
@@ -43,10 +42,10 @@ async fn build(node: &mut Node) -> Snapshot<TypeConfig> {
         .expect("a snapshot builds")
 }
 
-async fn install(node: &mut Node, snapshot: &Snapshot<TypeConfig>) {
-    let bytes = snapshot.snapshot.get_ref().clone();
+async fn install(node: &mut Node, snapshot: &mut Snapshot<TypeConfig>) {
+    let bytes = snapshot_bytes(&mut snapshot.snapshot).await;
     node.sm
-        .install_snapshot(&snapshot.meta, Box::new(Cursor::new(bytes)))
+        .install_snapshot(&snapshot.meta, snapshot_data(&bytes))
         .await
         .expect("the snapshot installs");
 }
@@ -59,7 +58,7 @@ fn index_of(id: Option<openraft::LogId<u64>>) -> u64 {
 async fn the_purge_mark_waits_for_the_state_machine_to_hold_the_snapshot() {
     let leader_dir = TempDir::new().unwrap();
     let follower_dir = TempDir::new().unwrap();
-    let snapshot = leader_snapshot(&leader_dir).await;
+    let mut snapshot = leader_snapshot(&leader_dir).await;
     let upto = snapshot
         .meta
         .last_log_id
@@ -90,7 +89,7 @@ async fn the_purge_mark_waits_for_the_state_machine_to_hold_the_snapshot() {
     tracing::info!("--- install and purge side by side, as openraft runs them: both complete");
     let mut node = node;
     let mut log = node.store.log_store();
-    let (_, purged) = tokio::join!(install(&mut node, &snapshot), log.purge(upto));
+    let (_, purged) = tokio::join!(install(&mut node, &mut snapshot), log.purge(upto));
     purged.expect("the purge completes once the install has");
     let state = log.get_log_state().await.unwrap();
     assert_eq!(state.last_purged_log_id, Some(upto));
@@ -104,7 +103,7 @@ async fn the_purge_mark_waits_for_the_state_machine_to_hold_the_snapshot() {
 async fn a_snapshot_file_older_than_the_log_is_dropped_at_open() {
     let leader_dir = TempDir::new().unwrap();
     let follower_dir = TempDir::new().unwrap();
-    let snapshot = leader_snapshot(&leader_dir).await;
+    let mut snapshot = leader_snapshot(&leader_dir).await;
     let upto = snapshot
         .meta
         .last_log_id
@@ -119,7 +118,7 @@ async fn a_snapshot_file_older_than_the_log_is_dropped_at_open() {
         let dir = TempDir::new().unwrap();
         let mut node = follower(&dir).await;
         let old_file = std::fs::read(dir.path().join("snap").join("current.snap")).unwrap();
-        install(&mut node, &snapshot).await;
+        install(&mut node, &mut snapshot).await;
         if purge_too {
             node.store.log_store().purge(upto).await.unwrap();
         }

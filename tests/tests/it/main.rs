@@ -14,6 +14,7 @@
 //!   many expired leases in batches.
 //! - [`lock`]: the Lock service through etcd-client (order, fencing tokens, leases, leader
 //!   loss, abandoned waiters), and etcdctl's `lock`.
+//! - [`lock_failover`]: locks across kill -9 of a holder and of the leader, against processes.
 //! - [`long_reads`]: whole-keyspace reads of a large store under writes stall no member.
 //! - [`process_cluster`]: acknowledged writes survive kill -9; bad settings and foreign data
 //!   directories are refused.
@@ -37,6 +38,7 @@ mod interceptor;
 mod lease;
 mod lease_table;
 mod lock;
+mod lock_failover;
 mod long_reads;
 mod process_cluster;
 mod signals;

@@ -8,13 +8,19 @@
 #   --rounds N          rounds; each runs every workload against both clusters (default 3;
 #                       0 runs none, e.g. for --check-perf alone)
 #   --workloads LIST    comma-separated (default put,range,range-serializable,txn-put,mixed,
-#                       watch,lease,lock,delete)
+#                       watch,lease,lock,lock-contended,election,delete); lock takes its names
+#                       from the key space (rarely two clients on one), lock-contended from
+#                       --lock-names names (the clients queue for them)
 #   --clients N         concurrent clients (default 16)
 #   --conns N           gRPC connections, spread over the 3 members (default 3)
 #   --key-space N       distinct keys (default 10000)
 #   --value-size N      bytes per value (default 256)
 #   --watchers N        watchers of the watch workload (default 64)
 #   --streams N         watch streams of the watch workload (default 8)
+#   --lock-names N      names of lock-contended (default 4)
+#   --elections N       elections of the election workload (default 4)
+#   --observers N       observers of the election workload, each observing every election
+#                       (default 8)
 #   --rate R            open loop at R requests/s (default: closed loop)
 #   --check-perf LOADS  after the rounds, run `etcdctl check perf --load=L` against each
 #                       cluster for each comma-separated load L (s, m, l, xl; 60 s each)
@@ -52,13 +58,16 @@ repo=$(pwd)
 
 duration=30s
 rounds=3
-workloads=put,range,range-serializable,txn-put,mixed,watch,lease,lock,delete
+workloads=put,range,range-serializable,txn-put,mixed,watch,lease,lock,lock-contended,election,delete
 clients=16
 conns=3
 key_space=10000
 value_size=256
 watchers=64
 streams=8
+lock_names=4
+elections=4
+observers=8
 rate=
 check_perf_loads=
 profile=release
@@ -75,6 +84,9 @@ while [ $# -gt 0 ]; do
         --value-size) value_size=$2; shift 2 ;;
         --watchers) watchers=$2; shift 2 ;;
         --streams) streams=$2; shift 2 ;;
+        --lock-names) lock_names=$2; shift 2 ;;
+        --elections) elections=$2; shift 2 ;;
+        --observers) observers=$2; shift 2 ;;
         --rate) rate=$2; shift 2 ;;
         --check-perf) check_perf_loads=$2; shift 2 ;;
         --debug) profile=debug; shift ;;
@@ -83,6 +95,23 @@ while [ $# -gt 0 ]; do
         *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
+
+# workload_args LABEL: the rampart-bench arguments of a workload label.
+workload_args() {
+    local space="--key-space $key_space"
+    case "$1" in
+        range-serializable) echo "-w range --consistency serializable $space" ;;
+        range|txn-put|mixed|delete) echo "-w $1 --consistency linearizable $space" ;;
+        watch) echo "-w watch --watchers $watchers --streams $streams $space" ;;
+        put|lease|lock) echo "-w $1 $space" ;;
+        lock-contended) echo "-w lock --key-space $lock_names" ;;
+        election) echo "-w election --elections $elections --observers $observers" ;;
+        *) echo "unknown workload $1" >&2; exit 2 ;;
+    esac
+}
+
+IFS=, read -r -a labels <<<"$workloads"
+for label in "${labels[@]}"; do workload_args "$label" >/dev/null; done
 
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 work=$repo/benches/results/tmp/$stamp
@@ -106,24 +135,15 @@ wait_writable "$etcd_endpoints"
 wait_writable "$rampart_endpoints"
 
 seed=${SEED:-$RANDOM$RANDOM}
-keys=(--conns "$conns" --clients "$clients" --key-space "$key_space" --key-size 16
-    --value-size "$value_size" --seed "$seed")
+# The key space is given per workload (workload_args): lock-contended's is small.
+keys=(--conns "$conns" --clients "$clients" --key-size 16 --value-size "$value_size"
+    --seed "$seed")
 common=("${keys[@]}" --duration "$duration")
 if [ -n "$rate" ]; then
     common+=(--rate "$rate")
 fi
 echo "seed $seed (replay with SEED=$seed)"
 
-# workload_args LABEL: the rampart-bench arguments of a workload label.
-workload_args() {
-    case "$1" in
-        range-serializable) echo "-w range --consistency serializable" ;;
-        range|txn-put|mixed|delete) echo "-w $1 --consistency linearizable" ;;
-        watch) echo "-w watch --watchers $watchers --streams $streams" ;;
-        put|lease|lock) echo "-w $1" ;;
-        *) echo "unknown workload $1" >&2; exit 2 ;;
-    esac
-}
 
 # display_name TARGET: how the results name a cluster.
 display_name() {
@@ -140,7 +160,10 @@ run_one() {
     local caption
     caption=$(display_name "$target")
     # The plots' captions name the workload (-w), which does not say "serializable".
-    if [ "$label" = range-serializable ]; then caption+=" serializable"; fi
+    case "$label" in
+        range-serializable) caption+=" serializable" ;;
+        lock-contended) caption+=" contended" ;;
+    esac
     # shellcheck disable=SC2046  # workload_args is meant to split into words.
     "$bench_bin" --endpoints "$endpoints" "${common[@]}" $(workload_args "$label") \
         --json-out "$work/runs/$run.json" --plot-dir "$work/plots/$run" --label "$caption" \
@@ -169,7 +192,6 @@ check_perf() {
         | tee -a "$work/check-perf.jsonl" | jq -r '.lines[]' | sed "s/^/  [$target] /"
 }
 
-IFS=, read -r -a labels <<<"$workloads"
 for round in $(seq 1 "$rounds"); do
     if [ $((round % 2)) = 1 ]; then order=(etcd rampart); else order=(rampart etcd); fi
     echo "--- round $round of $rounds: ${order[*]}"
@@ -177,7 +199,7 @@ for round in $(seq 1 "$rounds"); do
         endpoints_var=${target}_endpoints
         # Every key once, so that reads and updates find them (not measured).
         "$bench_bin" -w range --prefill --total 1 --endpoints "${!endpoints_var}" "${keys[@]}" \
-            >/dev/null
+            --key-space "$key_space" >/dev/null
     done
     for index in "${!labels[@]}"; do
         for target in "${order[@]}"; do
@@ -230,7 +252,8 @@ echo "--- write $result"
     echo "- machine: $(nproc) cores, $(uname -sr); both 3-member clusters on 127.0.0.1, same disk"
     echo "- each run: $duration, ${rate:+open loop at $rate/s, }$clients clients over $conns connections," \
         "key space $key_space, values of $value_size bytes, seed $seed; watch: $watchers watchers" \
-        "over $streams streams"
+        "over $streams streams; lock-contended: $lock_names names; election: $elections" \
+        "elections, $observers observers"
     echo "- durability: etcd fsyncs its WAL per write batch (default); Rampart fsyncs every append"
     echo "- medians over $rounds rounds; ratio = Rampart / etcd (above 1 is more throughput," \
         "below 1 is lower latency)"

@@ -29,6 +29,8 @@ pub struct Config {
     pub read_ratio: f64,
     pub watchers: usize,
     pub streams: usize,
+    pub elections: usize,
+    pub observers: usize,
     pub lease_ttl: i64,
     /// The lease id of request 0 of lease-hold and lease-renew.
     pub first_lease_id: i64,
@@ -104,10 +106,15 @@ impl Options {
                 self.streams, self.watchers
             ));
         }
-        if self.workload == Workload::Watch && self.value_size < TIMESTAMP_BYTES {
+        if self.elections == 0 || self.observers == 0 {
+            return invalid("--elections and --observers must be at least 1".into());
+        }
+        let timestamped = matches!(self.workload, Workload::Watch | Workload::Election);
+        if timestamped && self.value_size < TIMESTAMP_BYTES {
             return invalid(format!(
-                "the watch workload needs --value-size of at least {TIMESTAMP_BYTES} to carry \
-                 the send time"
+                "the {} workload needs --value-size of at least {TIMESTAMP_BYTES} to carry the \
+                 send time",
+                self.workload.name()
             ));
         }
         if self.lease_ttl <= 0 {
@@ -132,6 +139,8 @@ impl Options {
             read_ratio: self.read_ratio,
             watchers: self.watchers,
             streams: self.streams,
+            elections: self.elections,
+            observers: self.observers,
             lease_ttl: self.lease_ttl,
             first_lease_id: self.first_lease_id,
             batch: self.batch,
@@ -260,6 +269,28 @@ mod tests {
                 ..options()
             },
             "--value-size",
+        );
+        refused(
+            Options {
+                workload: Workload::Election,
+                value_size: 7,
+                ..options()
+            },
+            "--value-size",
+        );
+        refused(
+            Options {
+                observers: 0,
+                ..options()
+            },
+            "--observers",
+        );
+        refused(
+            Options {
+                elections: 0,
+                ..options()
+            },
+            "--elections",
         );
         refused(
             Options {

@@ -9,7 +9,7 @@
 //! - [`schedule`]: when requests start (closed or open loop) and when a run ends;
 //!   [`driver`]: runs one [`driver::Worker`] per client on that schedule.
 //! - `workloads/`: one file per workload (put, range, txn-put, delete, mixed, watch, lease,
-//!   lock).
+//!   lease-hold and lease-renew, lock, election, load).
 //! - [`keys`] and [`payload`]: the keys and values written.
 //! - [`stats`]: latency histograms and per-second counts; [`report`]: the printed and JSON
 //!   results; [`plot`]: the PNG plots.

@@ -35,8 +35,12 @@ pub enum Workload {
     /// Renew lease --first-lease-id + n over the client's keep-alive stream: leases granted by
     /// lease-hold, renewed all at once so that they expire together.
     LeaseRenew,
-    /// Lock a random name of the key space (v3lockpb), then unlock it.
+    /// Lock a random name of the key space (v3lockpb), then unlock it; contended when
+    /// --clients outnumber --key-space.
     Lock,
+    /// Campaign in one of --elections elections (v3electionpb), proclaim once, resign; while
+    /// --observers observers on every election measure each proclamation's arrival.
+    Election,
     /// Write the key space in key order, --batch puts per txn: one pass over it by default
     /// (a bulk load; `benches/capacity.sh` loads and overwrites with it).
     Load,
@@ -56,6 +60,7 @@ impl Workload {
             Workload::LeaseHold => "lease-hold",
             Workload::LeaseRenew => "lease-renew",
             Workload::Lock => "lock",
+            Workload::Election => "election",
             Workload::Load => "load",
         }
     }
@@ -139,7 +144,15 @@ pub struct Options {
     #[arg(long, default_value_t = 1)]
     pub streams: usize,
 
-    /// TTL in seconds of the leases granted (lease, lease-hold and lock workloads).
+    /// Elections campaigned in, named `<prefix>election/<i>` (election workload).
+    #[arg(long, default_value_t = 4)]
+    pub elections: usize,
+
+    /// Observers, each with an Observe stream on every election (election workload).
+    #[arg(long, default_value_t = 8)]
+    pub observers: usize,
+
+    /// TTL in seconds of the leases granted (lease, lease-hold, lock and election workloads).
     #[arg(long, default_value_t = 30)]
     pub lease_ttl: i64,
 
@@ -243,6 +256,24 @@ mod tests {
         assert_eq!(options.duration, Some(Duration::from_secs(60)));
         assert_eq!(options.rate, Some(500.0));
         assert_eq!(options.consistency, Consistency::Serializable);
+    }
+
+    #[test]
+    fn election_options_parse() {
+        let defaults = Options::default();
+        assert_eq!((defaults.elections, defaults.observers), (4, 8));
+        let options = Options::try_parse_from([
+            "rampart-bench",
+            "-w",
+            "election",
+            "--elections",
+            "2",
+            "--observers",
+            "16",
+        ])
+        .expect("parses");
+        assert_eq!(options.workload, Workload::Election);
+        assert_eq!((options.elections, options.observers), (2, 16));
     }
 
     #[test]

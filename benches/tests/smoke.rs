@@ -77,6 +77,26 @@ fn assert_clean_or_unimplemented(report: &Report, ok: u64) -> bool {
     false
 }
 
+/// Runs 20 campaign cycles of 4 clients in 2 elections with 3 observers, and asserts that each
+/// cycle was measured in its parts and each proclamation reached every observer.
+async fn assert_election(url: &str) -> anyhow::Result<()> {
+    let report = bench(Options {
+        total: Some(20),
+        elections: 2,
+        observers: 3,
+        ..options(url, Workload::Election)
+    })
+    .await?;
+    assert_clean(&report, 20);
+    for part in ["campaign", "proclaim", "resign"] {
+        assert_eq!(report.parts[part].latency.count, 20, "{part}");
+    }
+    assert_eq!(report.counters["proclamations"], 20);
+    assert_eq!(report.counters["observations_expected"], 60);
+    assert_eq!(report.parts["observe"].latency.count, 60);
+    Ok(())
+}
+
 /// Waits until `url` accepts a put (a leader is elected).
 async fn wait_writable(url: &str) -> anyhow::Result<()> {
     wait_until("a put to succeed", Duration::from_secs(30), || async {
@@ -164,13 +184,21 @@ async fn rampart_put_range_watch() -> anyhow::Result<()> {
         assert_eq!(report.parts["event"].latency.count, 200);
     }
 
-    println!("--- lock: a missing service is reported, not fatal");
-    let report = bench(Options {
-        total: Some(20),
-        ..options(&url, Workload::Lock)
-    })
-    .await?;
-    assert_clean_or_unimplemented(&report, 20);
+    println!("--- lock: 20 locks, then 20 on 2 names that the 4 clients contend for");
+    for key_space in [50, 2] {
+        let report = bench(Options {
+            total: Some(20),
+            key_space,
+            ..options(&url, Workload::Lock)
+        })
+        .await?;
+        assert_clean(&report, 20);
+        assert_eq!(report.parts["lock"].latency.count, 20);
+        assert_eq!(report.parts["unlock"].latency.count, 20);
+    }
+
+    println!("--- election: 20 cycles in 2 elections, each proclamation seen by 3 observers");
+    assert_election(&url).await?;
 
     println!("--- lease-hold: 20 leases, each with its key, left in place; then renewed");
     for workload in [Workload::LeaseHold, Workload::LeaseRenew] {
@@ -304,6 +332,9 @@ async fn etcd_every_workload() -> anyhow::Result<()> {
     assert_eq!(report.counters["events_delivered"], 240);
     assert_eq!(report.parts["event"].latency.count, 240);
     assert!(report.parts["event"].rate_per_s > 0.0);
+
+    println!("--- election: 20 cycles in 2 elections, each proclamation seen by 3 observers");
+    assert_election(&url).await?;
 
     println!("--- lease and lock");
     for workload in [Workload::Lease, Workload::Lock] {

@@ -1,7 +1,9 @@
-//! The workloads, one file each. Each builds one [`Worker`](crate::driver::Worker) per client
+//! The workloads, one file each (and `keepalive` and `session`, the leases that lease, lock and
+//! election hold). Each builds one [`Worker`](crate::driver::Worker) per client
 //! and hands them to the [`driver`](crate::driver).
 
 mod delete;
+mod election;
 mod keepalive;
 mod lease;
 mod lease_hold;
@@ -10,6 +12,7 @@ mod lock;
 mod mixed;
 mod put;
 mod range;
+mod session;
 mod txn_put;
 mod watch;
 
@@ -43,6 +46,7 @@ pub async fn run(config: &Config, conns: &Connections) -> Result<Run, BenchError
         Workload::Lock => drive_clients(config, conns, origin, lock::LockWorker::new).await,
         Workload::Load => drive_clients(config, conns, origin, load::LoadWorker::new).await,
         Workload::Watch => watch::run(config, conns, origin).await,
+        Workload::Election => election::run(config, conns, origin).await,
     };
     Ok(run)
 }
@@ -96,6 +100,12 @@ async fn drive_clients<W: Worker>(
         config.workload.name(),
     )
     .await
+}
+
+/// The error of a request made before its worker's setup took a lease. The driver sends no
+/// request for a worker whose setup failed, so this does not happen.
+fn no_session() -> tonic::Status {
+    tonic::Status::failed_precondition("no lease: the worker's setup did not run")
 }
 
 /// The random choices of client `client`.

@@ -166,7 +166,7 @@ fn tokens_grow(name: &str, records: &[&LockRecord]) -> Option<Finding> {
 /// The time of the last heal at or before `at` (0 if none), or `None` if the nemesis's last
 /// act before `at` was not a heal.
 fn healed_at(events: &[NemesisEvent], at: u64) -> Option<u64> {
-    match events.iter().filter(|e| e.at <= at).last() {
+    match events.iter().rfind(|e| e.at <= at) {
         None => Some(0),
         Some(e) if e.action == "heal" => Some(e.at),
         Some(_) => None,

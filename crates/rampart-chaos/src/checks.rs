@@ -11,7 +11,11 @@
 //! - the watchers received every change of their prefix, in order, once, as written
 //!   ([`crate::watch_check`]);
 //! - leases lived as long as promised and were deleted soon after they expired
-//!   ([`crate::lease_check`]).
+//!   ([`crate::lease_check`]);
+//! - locks fenced their holders: acknowledged guarded writes never interleave two holders,
+//!   tokens grow, an abandoned lock passes on ([`crate::lock_check`]);
+//! - elections had one leader at a time, and observers never went back to an older one
+//!   ([`crate::election_check`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
@@ -22,11 +26,14 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::cluster::{channel, Cluster, Crash};
+use crate::election_check::{self, ElectionSummary, LeaderFact};
 use crate::history::{
-    operations, LeaseHistory, LeaseRecord, Record, WatchHistory, WatchSession, WatchedEvent,
+    operations, ElectionHistory, LeaseHistory, LeaseRecord, LockHistory, LockRecord,
+    ObservedLeader, Record, WatchHistory, WatchSession, WatchedEvent,
 };
 use crate::lease_check::{self, LeaseSummary};
 use crate::linearizability::{self, Report, Violation};
+use crate::lock_check::{self, LockSummary};
 use crate::watch_check::{self, ExpectedEvent, WatchSummary};
 
 /// How many checks shrinking one linearizability violation may spend.
@@ -122,6 +129,44 @@ pub enum Finding {
         deleted: Option<u64>,
         records: Vec<LeaseRecord>,
     },
+    /// Two holders' acknowledged guarded writes interleave in the register's revision order:
+    /// `first` and `second` carry one token, `between` another.
+    LockHoldersInterleaved {
+        name: String,
+        first: Box<LockRecord>,
+        between: Box<LockRecord>,
+        second: Box<LockRecord>,
+    },
+    /// `later` carries a smaller (or equal) token than `earlier`: a guarded write after
+    /// another holder's in revision order, or an acquisition whose Lock was sent after
+    /// `earlier` was acquired.
+    LockTokenWentBack {
+        name: String,
+        earlier: Box<LockRecord>,
+        later: Box<LockRecord>,
+    },
+    /// A holder abandoned the lock while `waiter` waited, nothing disturbed the cluster, and
+    /// no Lock of the name returned by `deadline`.
+    LockNotPassedOn {
+        name: String,
+        abandoned: Box<LockRecord>,
+        waiter: Box<LockRecord>,
+        deadline: u64,
+    },
+    /// An Observe stream was sent an older leader (or an older value) after a newer one.
+    ObserveWentBack {
+        observer: u32,
+        name: String,
+        earlier: Box<ObservedLeader>,
+        later: Box<ObservedLeader>,
+    },
+    /// `second` shows an older key leading at a revision at or after one at which `first`'s
+    /// newer key led: two leaders at once.
+    LeadersOverlap {
+        name: String,
+        first: Box<LeaderFact>,
+        second: Box<LeaderFact>,
+    },
 }
 
 /// The verdict of every check of a run's records.
@@ -130,16 +175,29 @@ pub struct Verdict {
     pub report: Report,
     pub watch: WatchSummary,
     pub lease: LeaseSummary,
+    pub lock: LockSummary,
+    pub election: ElectionSummary,
     pub findings: Vec<Finding>,
 }
 
+/// The histories of one run beside the KV records, each present when the run had its clients.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Histories<'a> {
+    pub watches: Option<&'a WatchHistory>,
+    pub leases: Option<&'a LeaseHistory>,
+    pub locks: Option<&'a LockHistory>,
+    pub elections: Option<&'a ElectionHistory>,
+}
+
 /// Checks everything a run recorded: the KV history (see [`check_history`]) and, when the run
-/// had them, the watchers' events and the leases.
-pub fn check_run(
-    records: &[Record],
-    watches: Option<&WatchHistory>,
-    leases: Option<&LeaseHistory>,
-) -> Verdict {
+/// had them, the watchers' events, the leases, the locks and the elections.
+pub fn check_run(records: &[Record], histories: Histories<'_>) -> Verdict {
+    let Histories {
+        watches,
+        leases,
+        locks,
+        elections,
+    } = histories;
     let (report, mut findings) = check_history(records);
     let lease_records = leases.map_or(&[][..], |l| l.records.as_slice());
     let mut watch = WatchSummary::default();
@@ -154,10 +212,24 @@ pub fn check_run(
         lease = summary;
         findings.extend(lease_findings);
     }
+    let mut lock = LockSummary::default();
+    if let Some(locks) = locks {
+        let (summary, lock_findings) = lock_check::check(locks);
+        lock = summary;
+        findings.extend(lock_findings);
+    }
+    let mut election = ElectionSummary::default();
+    if let Some(elections) = elections {
+        let (summary, election_findings) = election_check::check(elections);
+        election = summary;
+        findings.extend(election_findings);
+    }
     Verdict {
         report,
         watch,
         lease,
+        lock,
+        election,
         findings,
     }
 }

@@ -308,3 +308,151 @@ pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> anyhow::Result<T>
     serde_json::from_reader(std::io::BufReader::new(file))
         .with_context(|| format!("reading {}", path.display()))
 }
+
+/// What a lock client asked for, on lock `name` with its session's lease.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LockOp {
+    /// Lock, followed (when it answered a key) by a Range of that key for its create revision.
+    Lock,
+    /// A txn that puts `value` on the name's register only if the lock key's create revision
+    /// is still `token`.
+    GuardedWrite { token: i64, seq: u32, value: String },
+    /// Unlock of the key a Lock answered.
+    Unlock { key: String },
+    /// No request: the client stopped keeping its lease alive while holding the lock (`ret`
+    /// is when; the lease's last keep-alive is in the session's lease records).
+    Abandon,
+}
+
+/// What came of a lock operation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LockOutcome {
+    /// Lock answered `key`, whose create revision (the fencing token) a Range then read;
+    /// `token` is `None` when the key was already gone (the lease expired in between).
+    Acquired { key: String, token: Option<i64> },
+    /// The guarded write was applied at this revision (the register's mod revision).
+    Written { revision: i64 },
+    /// The guard failed: the lock key is gone, the lock is no longer this client's.
+    CompareFailed { revision: i64 },
+    /// Unlock answered, or the abandonment was done.
+    Done,
+    /// Surely not carried out (refused before Raft, or never sent).
+    Failed,
+    /// The client never learned the outcome (or gave up waiting for the lock).
+    Unknown,
+}
+
+/// One lock operation as a lock client saw it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockRecord {
+    pub client: u32,
+    /// The lock's name (its keys are `<name>/<lease hex>`).
+    pub name: String,
+    /// The lease of the client's session for this acquisition.
+    pub lease: i64,
+    pub op: LockOp,
+    /// When the request was sent.
+    pub call: u64,
+    /// When the answer came, or when the client gave up.
+    pub ret: u64,
+    pub outcome: LockOutcome,
+    /// The member (index in the cluster) the request was sent to.
+    pub endpoint: usize,
+    pub error: Option<String>,
+}
+
+/// The contents of `locks.json`: the lock clients' operations, their sessions' leases, and
+/// the nemesis's faults and heals (the liveness check looks only where nothing was broken).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockHistory {
+    pub records: Vec<LockRecord>,
+    /// The grants, keep-alives and revokes of the sessions' leases.
+    pub leases: Vec<LeaseRecord>,
+    pub nemesis: Vec<NemesisEvent>,
+}
+
+/// What an election client asked for, in election `name` with its session's lease.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ElectionOp {
+    Campaign {
+        value: String,
+    },
+    Proclaim {
+        value: String,
+    },
+    Resign,
+    /// No request: the client stopped keeping its lease alive while leading.
+    Abandon,
+}
+
+/// What came of an election operation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ElectionOutcome {
+    /// Campaign answered leadership: the leader key and its create revision.
+    Won {
+        key: String,
+        rev: i64,
+    },
+    /// Proclaim applied the value at this revision, the leader key still there.
+    Proclaimed {
+        revision: i64,
+    },
+    /// Proclaim refused: "election: not leader".
+    NotLeader,
+    /// Resign answered at this revision (whether or not the key was still there).
+    Resigned {
+        revision: i64,
+    },
+    Done,
+    /// Surely not carried out.
+    Failed,
+    /// The client never learned the outcome (or gave up campaigning).
+    Unknown,
+}
+
+/// One election operation as an election client saw it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ElectionRecord {
+    pub client: u32,
+    pub name: String,
+    pub lease: i64,
+    pub op: ElectionOp,
+    pub call: u64,
+    pub ret: u64,
+    pub outcome: ElectionOutcome,
+    pub endpoint: usize,
+    pub error: Option<String>,
+}
+
+/// One Observe response as an observer received it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObservedLeader {
+    pub observer: u32,
+    pub name: String,
+    /// The Observe stream it came on, counted from 0 per observer.
+    pub session: u32,
+    pub received: u64,
+    pub endpoint: usize,
+    pub key: String,
+    pub value: String,
+    pub create_revision: i64,
+    pub mod_revision: i64,
+    /// The revision at which the key was surely the leader: the response's header revision
+    /// for the first response of a key on its stream (the read, or the put, that found it
+    /// leading), its mod revision for a later value of the same key (a leader's key outlives
+    /// no older key, and no older key can appear).
+    pub leader_at: i64,
+}
+
+/// The contents of `elections.json`: the election clients' operations, their sessions'
+/// leases, and what every observer saw.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ElectionHistory {
+    pub records: Vec<ElectionRecord>,
+    pub leases: Vec<LeaseRecord>,
+    pub observed: Vec<ObservedLeader>,
+}

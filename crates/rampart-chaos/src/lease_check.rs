@@ -147,6 +147,15 @@ pub fn latest_deadline(records: &[LeaseRecord], faults_ended: u64) -> u64 {
         .unwrap_or(faults_ended)
 }
 
+/// By when lease `id`'s keys must be gone (see [`EXPIRY_SLACK`]), counting from `quiet_since`
+/// at the earliest; `None` if its grant was never acknowledged.
+pub(crate) fn expiry_deadline(records: &[LeaseRecord], id: i64, quiet_since: u64) -> Option<u64> {
+    leases(records)
+        .iter()
+        .find(|lease| lease.id == id)
+        .map(|lease| lease.deadline(quiet_since))
+}
+
 /// Checks every lease of `history`; `watches` gives the DELETE events watchers received.
 pub fn check(
     history: &LeaseHistory,

@@ -41,10 +41,10 @@ pub const PREFIX: &str = "lease/";
 const TTLS: std::ops::RangeInclusive<i64> = 2..=5;
 
 /// How long a grant, put or revoke may take before its outcome counts as unknown.
-const OP_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const OP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long one keep-alive may take: longer than the shortest TTL is pointless.
-const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Leases one client has in flight at once.
 const CONCURRENT_LEASES: usize = 3;
@@ -156,7 +156,7 @@ struct LeaseSession {
 }
 
 /// A keep-alive stream: requests go in, answers come out in order.
-struct KeepAliveStream {
+pub(crate) struct KeepAliveStream {
     requests: mpsc::Sender<pb::LeaseKeepAliveRequest>,
     responses: Streaming<pb::LeaseKeepAliveResponse>,
 }
@@ -331,42 +331,51 @@ impl LeaseSession {
         true
     }
 
-    /// Sends one keep-alive, opening a stream first if there is none; the TTL answered.
     async fn keep_alive_once(
         &self,
         stream: &mut Option<KeepAliveStream>,
     ) -> Result<i64, tonic::Status> {
-        if stream.is_none() {
-            // Only a malformed URL fails here, and the cluster made these URLs.
-            let channel = stream_channel(&self.urls[self.endpoint], OP_TIMEOUT)
-                .expect("cluster URLs are valid");
-            let (requests, outgoing) = mpsc::channel(4);
-            let responses = LeaseClient::new(channel)
-                .lease_keep_alive(ReceiverStream::new(outgoing))
-                .await?
-                .into_inner();
-            *stream = Some(KeepAliveStream {
-                requests,
-                responses,
-            });
-        }
-        let open = stream.as_mut().expect("opened above");
-        open.requests
-            .send(pb::LeaseKeepAliveRequest { id: self.lease })
-            .await
-            .map_err(|_| tonic::Status::unavailable("the keep-alive stream is closed"))?;
-        match open.responses.next().await {
-            Some(Ok(response)) => Ok(response.ttl),
-            Some(Err(status)) => Err(status),
-            None => Err(tonic::Status::unavailable(
-                "the server ended the keep-alive stream",
-            )),
-        }
+        keep_alive_once(&self.urls[self.endpoint], self.lease, stream).await
+    }
+}
+
+/// Sends one keep-alive of `lease` to the member at `url`, opening a stream first if there is
+/// none; the TTL answered. On an error the caller drops the stream: a stream that failed or
+/// fell silent may still answer later, and answers must never be taken for another request's.
+pub(crate) async fn keep_alive_once(
+    url: &str,
+    lease: i64,
+    stream: &mut Option<KeepAliveStream>,
+) -> Result<i64, tonic::Status> {
+    if stream.is_none() {
+        // Only a malformed URL fails here, and the cluster made these URLs.
+        let channel = stream_channel(url, OP_TIMEOUT).expect("cluster URLs are valid");
+        let (requests, outgoing) = mpsc::channel(4);
+        let responses = LeaseClient::new(channel)
+            .lease_keep_alive(ReceiverStream::new(outgoing))
+            .await?
+            .into_inner();
+        *stream = Some(KeepAliveStream {
+            requests,
+            responses,
+        });
+    }
+    let open = stream.as_mut().expect("opened above");
+    open.requests
+        .send(pb::LeaseKeepAliveRequest { id: lease })
+        .await
+        .map_err(|_| tonic::Status::unavailable("the keep-alive stream is closed"))?;
+    match open.responses.next().await {
+        Some(Ok(response)) => Ok(response.ttl),
+        Some(Err(status)) => Err(status),
+        None => Err(tonic::Status::unavailable(
+            "the server ended the keep-alive stream",
+        )),
     }
 }
 
 /// A call's result with a client-side timeout folded into the status.
-fn flatten<T>(
+pub(crate) fn flatten<T>(
     result: Result<Result<tonic::Response<T>, tonic::Status>, tokio::time::error::Elapsed>,
 ) -> Result<tonic::Response<T>, tonic::Status> {
     result.unwrap_or_else(|_| {
@@ -376,7 +385,7 @@ fn flatten<T>(
     })
 }
 
-fn failed_or_unknown(status: &tonic::Status) -> LeaseOutcome {
+pub(crate) fn failed_or_unknown(status: &tonic::Status) -> LeaseOutcome {
     if surely_not_executed(status) {
         LeaseOutcome::Failed
     } else {

@@ -13,11 +13,19 @@
 //!   each broken watch from one past the last revision they received.
 //! - [`leases`]: lease clients that grant short leases, attach keys, and keep alive, abandon
 //!   or revoke them.
+//! - [`session`]: the leases that lock and election clients hold their keys with, kept alive
+//!   until revoked or abandoned.
+//! - [`locks`]: lock clients that take etcd locks, write a register under the lock's fencing
+//!   token, and release, abandon or outlive their locks.
+//! - [`elections`]: election clients that campaign, proclaim, and resign or abandon, and an
+//!   observer of each election.
 //! - [`history`]: the records of a run and the files they are written to.
 //! - [`checks`]: linearizability, revision order, convergence, crashes, and the verdict of
 //!   every check; [`watch_check`]: events ordered, none twice, none missing, each explained by
 //!   a write; [`lease_check`]: no lease's keys deleted before it could expire, and all of them
-//!   soon after.
+//!   soon after; [`lock_check`]: guarded writes never interleave two holders, tokens grow,
+//!   abandoned locks pass on; [`election_check`]: one leader at a time, observers never go
+//!   back.
 //! - [`runner`]: one run, start to verdict; `src/main.rs` is the `rampart-chaos` command.
 //!
 //! It talks to Rampart only over the network, through `rampart-api` (the etcd client API and
@@ -27,12 +35,17 @@
 
 pub mod checks;
 pub mod cluster;
+pub mod election_check;
+pub mod elections;
 pub mod history;
 pub mod lease_check;
 pub mod leases;
 pub mod linearizability;
+pub mod lock_check;
+pub mod locks;
 pub mod nemesis;
 pub mod runner;
+pub mod session;
 pub mod watch_check;
 pub mod watchers;
 pub mod workload;

@@ -12,10 +12,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use rampart_chaos::checks;
-use rampart_chaos::history::{self, LeaseHistory, Record, WatchHistory};
+use rampart_chaos::checks::{self, Histories};
+use rampart_chaos::history::{
+    self, ElectionHistory, LeaseHistory, LockHistory, Record, WatchHistory,
+};
 use rampart_chaos::nemesis::FaultKind;
-use rampart_chaos::runner::{LEASES_FILE, WATCHES_FILE};
+use rampart_chaos::runner::{ELECTIONS_FILE, LEASES_FILE, LOCKS_FILE, WATCHES_FILE};
 use rampart_chaos::Options;
 
 #[derive(Parser, Debug)]
@@ -51,6 +53,14 @@ struct Cli {
     /// lease checks).
     #[arg(long, default_value_t = 2)]
     lease_clients: usize,
+    /// Lock clients, whose guarded writes must never interleave two holders (0: no lock
+    /// checks).
+    #[arg(long, default_value_t = 2)]
+    lock_clients: usize,
+    /// Election clients, of which at most one may lead at a time, with an observer per
+    /// election (0: no election checks).
+    #[arg(long, default_value_t = 2)]
+    election_clients: usize,
     /// Faults to inject, comma-separated: kill, pause, partition, delay, restart-all,
     /// lost-replies, power-loss (members on crash filesystems: needs FUSE); or default (all
     /// but power-loss), all, none.
@@ -66,8 +76,8 @@ struct Cli {
     /// first when run through cargo).
     #[arg(long)]
     rampart: Option<PathBuf>,
-    /// Check a recorded history.jsonl (and the watches.json and leases.json beside it, if
-    /// there) instead of running a cluster.
+    /// Check a recorded history.jsonl (and the watches.json, leases.json, locks.json and
+    /// elections.json beside it, if there) instead of running a cluster.
     #[arg(long, value_name = "HISTORY")]
     check: Option<PathBuf>,
 }
@@ -113,6 +123,8 @@ fn run(cli: &Cli, seed: u64) -> anyhow::Result<bool> {
         key_period: cli.key_period,
         watchers: cli.watchers,
         lease_clients: cli.lease_clients,
+        lock_clients: cli.lock_clients,
+        election_clients: cli.election_clients,
         faults: cli.faults.clone(),
         out,
         rampart: cli.rampart.clone(),
@@ -133,9 +145,18 @@ fn recheck(path: &Path, seed: u64) -> anyhow::Result<bool> {
     let records: Vec<Record> = history::read_jsonl(path)?;
     let watches: Option<WatchHistory> = read_if_there(&dir.join(WATCHES_FILE))?;
     let leases: Option<LeaseHistory> = read_if_there(&dir.join(LEASES_FILE))?;
-    let verdict = checks::check_run(&records, watches.as_ref(), leases.as_ref());
+    let locks: Option<LockHistory> = read_if_there(&dir.join(LOCKS_FILE))?;
+    let elections: Option<ElectionHistory> = read_if_there(&dir.join(ELECTIONS_FILE))?;
+    let histories = Histories {
+        watches: watches.as_ref(),
+        leases: leases.as_ref(),
+        locks: locks.as_ref(),
+        elections: elections.as_ref(),
+    };
+    let verdict = checks::check_run(&records, histories);
     println!(
         "{} operations, {} checked on {} keys; {} watch events of {} watchers; {} leases; \
+         {} lock acquisitions, {} guarded writes; {} elections won, {} observed leaders; \
          {} violation(s)",
         records.len(),
         verdict.report.operations,
@@ -143,6 +164,10 @@ fn recheck(path: &Path, seed: u64) -> anyhow::Result<bool> {
         verdict.watch.events,
         verdict.watch.watchers,
         verdict.lease.leases,
+        verdict.lock.acquisitions,
+        verdict.lock.writes_ok,
+        verdict.election.won,
+        verdict.election.observed,
         verdict.findings.len()
     );
     let findings = verdict.findings;

@@ -11,11 +11,15 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::checks::{self, Finding};
+use crate::checks::{self, Finding, Histories};
 use crate::cluster::{rampart_binary, Cluster};
-use crate::history::{self, Clock, LeaseHistory, Record, WatchHistory, WatcherLog};
+use crate::election_check::ElectionSummary;
+use crate::elections::{self, ElectionOptions};
+use crate::history::{self, Clock, LeaseHistory, LockHistory, Record, WatchHistory, WatcherLog};
 use crate::lease_check::{self, LeaseSummary};
 use crate::leases::{self, LeaseOptions};
+use crate::lock_check::LockSummary;
+use crate::locks::{self, LockOptions};
 use crate::nemesis::{self, FaultKind};
 use crate::watch_check::WatchSummary;
 use crate::watchers::{self, EndRevision, WatcherOptions, REFERENCE_ID};
@@ -33,6 +37,13 @@ pub const WATCHES_FILE: &str = "watches.json";
 /// The lease clients' operations and the final polls, beside `history.jsonl`
 /// ([`LeaseHistory`]).
 pub const LEASES_FILE: &str = "leases.json";
+
+/// The lock clients' operations and leases, beside `history.jsonl` ([`LockHistory`]).
+pub const LOCKS_FILE: &str = "locks.json";
+
+/// The election clients' operations and leases and the observers' leaders, beside
+/// `history.jsonl` ([`ElectionHistory`]).
+pub const ELECTIONS_FILE: &str = "elections.json";
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -52,6 +63,10 @@ pub struct Options {
     pub watchers: usize,
     /// Lease clients (0: no lease checks). Their keys have a watcher of their own.
     pub lease_clients: usize,
+    /// Lock clients (0: no lock checks).
+    pub lock_clients: usize,
+    /// Election clients (0: no election checks); each election has an observer.
+    pub election_clients: usize,
     /// The faults the nemesis may inject; empty for none.
     pub faults: Vec<FaultKind>,
     /// Where the history, the members' logs and data, and any violation report go.
@@ -72,6 +87,8 @@ impl Options {
             key_period: Duration::from_secs(10),
             watchers: 3,
             lease_clients: 2,
+            lock_clients: 2,
+            election_clients: 2,
             faults: FaultKind::DEFAULT.to_vec(),
             out,
             rampart: None,
@@ -97,6 +114,8 @@ pub struct Outcome {
     pub fault_rounds: usize,
     pub watch: WatchSummary,
     pub lease: LeaseSummary,
+    pub lock: LockSummary,
+    pub election: ElectionSummary,
     pub findings: Vec<Finding>,
     /// `violation-<seed>.json`, written when there are findings.
     pub violation_file: Option<PathBuf>,
@@ -112,7 +131,9 @@ impl Outcome {
         format!(
             "seed {}: {} operations ({} checked, {} unknown, {} failed), {} watch events checked \
              ({} watchers, {} resumes, {} in the reference watches), {} leases checked ({} keys, \
-             {} renewals, {} revoked, {} unknown outcomes), {} fault rounds, {}",
+             {} renewals, {} revoked, {} unknown outcomes), {} lock acquisitions (guarded writes \
+             {} ok, {} failed compare, {} unknown; {} abandoned, {} hand-overs timed), {} \
+             elections won ({} proclaims), {} observed leaders, {} fault rounds, {}",
             self.seed,
             self.operations,
             self.checked,
@@ -127,6 +148,15 @@ impl Outcome {
             self.lease.renewals,
             self.lease.revoked,
             self.lease.unknown,
+            self.lock.acquisitions,
+            self.lock.writes_ok,
+            self.lock.writes_failed,
+            self.lock.writes_unknown,
+            self.lock.abandoned,
+            self.lock.handovers_checked,
+            self.election.won,
+            self.election.proclaims,
+            self.election.observed,
             self.fault_rounds,
             if self.passed() {
                 "no violation".to_string()
@@ -228,10 +258,35 @@ pub async fn run(options: &Options) -> anyhow::Result<Outcome> {
         clock,
         deadline,
     ));
+    let lock_clients = tokio::spawn(locks::run(
+        cluster.client_urls(),
+        LockOptions {
+            clients: options.lock_clients,
+            seed: options.seed,
+        },
+        clock,
+        deadline,
+    ));
+    let election_clients = (options.election_clients > 0).then(|| {
+        tokio::spawn(elections::run(
+            cluster.client_urls(),
+            ElectionOptions {
+                clients: options.election_clients,
+                seed: options.seed,
+            },
+            clock,
+            deadline,
+        ))
+    });
     let events = nemesis::run(&mut cluster, &options.faults, options.seed, clock, deadline).await;
     let faults_ended = clock.now();
     let mut records: Vec<Record> = clients.await.context("the clients panicked")?;
     let lease_records = lease_clients.await.context("the lease clients panicked")?;
+    let lock_records = lock_clients.await.context("the lock clients panicked")?;
+    let elections = match election_clients {
+        Some(task) => Some(task.await.context("the election clients panicked")?),
+        None => None,
+    };
 
     tracing::info!("--- final reads of every key");
     let keys = workload::keys_of(&records);
@@ -314,8 +369,25 @@ pub async fn run(options: &Options) -> anyhow::Result<Outcome> {
     if let Some(leases) = &leases {
         history::write_json(&options.out.join(LEASES_FILE), leases)?;
     }
+    let locks = (options.lock_clients > 0).then(|| LockHistory {
+        records: lock_records.records,
+        leases: lock_records.leases,
+        nemesis: events.clone(),
+    });
+    if let Some(locks) = &locks {
+        history::write_json(&options.out.join(LOCKS_FILE), locks)?;
+    }
+    if let Some(elections) = &elections {
+        history::write_json(&options.out.join(ELECTIONS_FILE), elections)?;
+    }
     let (records, verdict) = tokio::task::spawn_blocking(move || {
-        let verdict = checks::check_run(&records, watches.as_ref(), leases.as_ref());
+        let histories = Histories {
+            watches: watches.as_ref(),
+            leases: leases.as_ref(),
+            locks: locks.as_ref(),
+            elections: elections.as_ref(),
+        };
+        let verdict = checks::check_run(&records, histories);
         (records, verdict)
     })
     .await
@@ -347,6 +419,8 @@ pub async fn run(options: &Options) -> anyhow::Result<Outcome> {
         fault_rounds: events.iter().filter(|e| e.action == "fault").count(),
         watch: verdict.watch,
         lease: verdict.lease,
+        lock: verdict.lock,
+        election: verdict.election,
         findings,
         violation_file,
     })

@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use rampart_chaos::checks::{self, Finding};
 use rampart_chaos::history::{
-    self, EventKind, LeaseHistory, LeaseOutcome, Record, ViolationReport, WatchHistory,
+    self, ElectionHistory, EventKind, LeaseHistory, LeaseOutcome, LockHistory, LockOp, LockOutcome,
+    LockRecord, ObservedLeader, Record, ViolationReport, WatchHistory,
 };
 use rampart_chaos::linearizability::{Input, Output};
 use rampart_chaos::nemesis::FaultKind;
@@ -127,7 +128,14 @@ async fn a_falsified_history_fails_the_checks_end_to_end() {
 fn falsified_watches_and_leases_fail_the_checks(seed: u64, run: &Path, records: &[Record]) {
     let mut watches: WatchHistory = read_json(&run.join(WATCHES_FILE));
     let leases: LeaseHistory = read_json(&run.join(LEASES_FILE));
-    let verdict = checks::check_run(records, Some(&watches), Some(&leases));
+    let verdict = checks::check_run(
+        records,
+        checks::Histories {
+            watches: Some(&watches),
+            leases: Some(&leases),
+            ..Default::default()
+        },
+    );
     assert!(verdict.findings.is_empty(), "{:?}", verdict.findings);
 
     let watcher = watches
@@ -156,7 +164,14 @@ fn falsified_watches_and_leases_fail_the_checks(seed: u64, run: &Path, records: 
         .expect("the lease's grant");
     deletion.received = grant.call + 1;
 
-    let verdict = checks::check_run(records, Some(&watches), Some(&leases));
+    let verdict = checks::check_run(
+        records,
+        checks::Histories {
+            watches: Some(&watches),
+            leases: Some(&leases),
+            ..Default::default()
+        },
+    );
     assert!(
         verdict.findings.iter().any(|f| matches!(f,
             Finding::WatchMissed { missed, reference: false, .. }
@@ -185,6 +200,187 @@ fn falsified_watches_and_leases_fail_the_checks(seed: u64, run: &Path, records: 
         .findings
         .iter()
         .any(|f| matches!(f, Finding::LeaseExpiredEarly { .. })));
+}
+
+/// A lock record of client `client` on lock `l` with the session lease `lease`.
+fn lock_record(
+    client: u32,
+    lease: i64,
+    op: LockOp,
+    call: u64,
+    ret: u64,
+    outcome: LockOutcome,
+) -> LockRecord {
+    LockRecord {
+        client,
+        name: "l".into(),
+        lease,
+        op,
+        call,
+        ret,
+        outcome,
+        endpoint: 0,
+        error: None,
+    }
+}
+
+fn write(client: u32, lease: i64, token: i64, seq: u32, at: u64, revision: i64) -> LockRecord {
+    let op = LockOp::GuardedWrite {
+        token,
+        seq,
+        value: format!("{client}/{token}/{seq}"),
+    };
+    lock_record(
+        client,
+        lease,
+        op,
+        at,
+        at + 1,
+        LockOutcome::Written { revision },
+    )
+}
+
+fn acquired(client: u32, lease: i64, token: i64, call: u64, ret: u64) -> LockRecord {
+    let key = format!("l/{lease:x}");
+    lock_record(
+        client,
+        lease,
+        LockOp::Lock,
+        call,
+        ret,
+        LockOutcome::Acquired {
+            key,
+            token: Some(token),
+        },
+    )
+}
+
+fn observed(
+    session: u32,
+    create_revision: i64,
+    mod_revision: i64,
+    received: u64,
+) -> ObservedLeader {
+    ObservedLeader {
+        observer: 0,
+        name: "e".into(),
+        session,
+        received,
+        endpoint: 0,
+        key: format!("e/{create_revision:x}"),
+        value: format!("{create_revision}"),
+        create_revision,
+        mod_revision,
+        leader_at: mod_revision,
+    }
+}
+
+/// Falsified lock and election histories fail the checks; the honest ones they were made from
+/// pass. Two holders whose guarded writes interleave, a holder whose token is lower than an
+/// earlier holder's, an acquisition with a token lower than one acquired before its Lock was
+/// sent, and an observer sent an older leader after a newer one.
+#[test]
+fn falsified_lock_and_election_histories_fail_the_checks() {
+    let verdict = |locks: &LockHistory, elections: &ElectionHistory| {
+        checks::check_run(
+            &[],
+            checks::Histories {
+                locks: Some(locks),
+                elections: Some(elections),
+                ..Default::default()
+            },
+        )
+    };
+    // Client 0 holds with token 10 (lease 1), then client 1 with token 15 (lease 2).
+    let honest = LockHistory {
+        records: vec![
+            acquired(0, 1, 10, 0, 10),
+            write(0, 1, 10, 0, 20, 11),
+            write(0, 1, 10, 1, 30, 12),
+            acquired(1, 2, 15, 5, 40),
+            write(1, 2, 15, 0, 50, 16),
+            write(1, 2, 15, 1, 60, 17),
+        ],
+        ..Default::default()
+    };
+    let elections = ElectionHistory {
+        observed: vec![
+            observed(0, 20, 20, 1),
+            observed(0, 20, 25, 2),
+            observed(0, 30, 30, 3),
+        ],
+        ..Default::default()
+    };
+    let honest_verdict = verdict(&honest, &elections);
+    assert!(
+        honest_verdict.findings.is_empty(),
+        "{:?}",
+        honest_verdict.findings
+    );
+    assert_eq!(
+        (
+            honest_verdict.lock.acquisitions,
+            honest_verdict.lock.writes_ok
+        ),
+        (2, 4)
+    );
+
+    // Client 0 writes again, after client 1's first write: two holders at once.
+    let mut interleaved = honest.clone();
+    interleaved.records.push(write(0, 1, 10, 2, 55, 16));
+    interleaved.records[4] = write(1, 2, 15, 0, 50, 14);
+    let findings = verdict(&interleaved, &elections).findings;
+    assert!(
+        findings.iter().any(|f| matches!(f,
+            Finding::LockHoldersInterleaved { first, between, second, .. }
+                if first.client == 0 && between.client == 1 && second.client == 0)),
+        "interleaved holders went unnoticed: {findings:?}"
+    );
+
+    // Client 1's writes come first in revision order, with the higher token: a token that
+    // went back from one holder to the next.
+    let mut backwards = honest.clone();
+    backwards.records[4] = write(1, 2, 15, 0, 50, 8);
+    backwards.records[5] = write(1, 2, 15, 1, 60, 9);
+    let findings = verdict(&backwards, &elections).findings;
+    assert!(
+        findings.iter().any(
+            |f| matches!(f, Finding::LockTokenWentBack { earlier, later, .. }
+            if earlier.client == 1 && later.client == 0)
+        ),
+        "a token going back went unnoticed: {findings:?}"
+    );
+
+    // An acquisition whose Lock was sent after client 1 acquired token 15, with token 12.
+    let mut late_low = honest.clone();
+    late_low.records.push(acquired(2, 3, 12, 45, 70));
+    let findings = verdict(&late_low, &elections).findings;
+    assert!(
+        findings
+            .iter()
+            .any(|f| matches!(f, Finding::LockTokenWentBack { later, .. }
+            if later.client == 2)),
+        "an acquisition with a smaller token went unnoticed: {findings:?}"
+    );
+
+    // The observer is sent the leader created at 20 again (a value put at 35) after the one
+    // created at 30.
+    let mut out_of_order = elections.clone();
+    out_of_order.observed.push(observed(0, 20, 35, 4));
+    let findings = verdict(&honest, &out_of_order).findings;
+    assert!(
+        findings.iter().any(
+            |f| matches!(f, Finding::ObserveWentBack { earlier, later, .. }
+            if earlier.create_revision == 30 && later.create_revision == 20)
+        ),
+        "an observer going back went unnoticed: {findings:?}"
+    );
+    assert!(
+        findings
+            .iter()
+            .any(|f| matches!(f, Finding::LeadersOverlap { .. })),
+        "two leaders at once went unnoticed: {findings:?}"
+    );
 }
 
 /// Two members' differing states are reported key by key.

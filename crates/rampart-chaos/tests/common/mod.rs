@@ -70,5 +70,17 @@ pub async fn run_and_check(
         "seed {seed}: lease checks saw too little: {:?}",
         outcome.lease
     );
+    // The lock and election clients took locks and won elections, and the observers saw
+    // leaders.
+    assert!(
+        outcome.lock.acquisitions >= 1 && outcome.lock.writes_ok >= 1,
+        "seed {seed}: lock checks saw too little: {:?}",
+        outcome.lock
+    );
+    assert!(
+        outcome.election.won >= 1 && outcome.election.observed >= 1,
+        "seed {seed}: election checks saw too little: {:?}",
+        outcome.election
+    );
     (outcome, dir)
 }

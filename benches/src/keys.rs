@@ -4,6 +4,7 @@
 //! that all keys of a run have the same length, sort in index order and fall in the range
 //! `[prefix, prefix_range_end(prefix))` that a watcher on the prefix sees.
 
+use rampart_api::prefix_range_end;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -79,21 +80,6 @@ fn decimal_digits(mut n: u64) -> usize {
     digits
 }
 
-/// The `range_end` that makes a range or watch cover every key starting with `prefix`, as etcd's
-/// clients compute it (`clientv3.GetPrefixRangeEnd`): the prefix with its last byte below 0xff
-/// incremented and the 0xff bytes after it dropped. A prefix of only 0xff bytes (or an empty one)
-/// has no such end; etcd then uses `[0]`, which means "every key from `key` on".
-pub fn prefix_range_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
-}
-
 /// The random number generator of worker `worker` in a run seeded with `seed`. Each worker has
 /// its own stream, so a run's choices depend on the seed and not on how the scheduler
 /// interleaves the workers.
@@ -163,16 +149,6 @@ mod tests {
             distinct.len() > 25,
             "200 draws from 50 keys hit most of them"
         );
-    }
-
-    #[test]
-    fn prefix_range_end_matches_etcd() {
-        assert_eq!(prefix_range_end(b"bench/"), b"bench0");
-        assert_eq!(prefix_range_end(b"a"), b"b");
-        assert_eq!(prefix_range_end(b"a\xff"), b"b");
-        assert_eq!(prefix_range_end(b"a\xfe\xff\xff"), b"a\xff");
-        assert_eq!(prefix_range_end(b"\xff\xff"), [0]);
-        assert_eq!(prefix_range_end(b""), [0]);
     }
 
     #[test]

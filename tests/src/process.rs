@@ -4,9 +4,12 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{bail, Context};
+use rampart_api::etcdserverpb as pb;
+use rampart_api::etcdserverpb::maintenance_client::MaintenanceClient;
 use rampart_launcher::{NotAnswering, Plan};
 use tempfile::TempDir;
+use tonic::transport::Channel;
 
 use crate::{wait_until, ELECTION_MS, HEARTBEAT_MS};
 
@@ -15,6 +18,8 @@ pub use rampart_launcher::Member as ProcessMember;
 
 /// How long a started member may take to answer a serializable read.
 const SERVE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long members may take to agree on a leader.
+const LEADER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The `rampart` binary ([`rampart_launcher::rampart_binary`]: `$RAMPART_BIN`, or the one cargo
 /// builds beside the test binaries, built if it is missing or stale), found once per test
@@ -78,6 +83,43 @@ impl ProcessCluster {
             }
         })
         .await
+    }
+
+    /// Waits until every member in `among` names the same leader, and returns its index in
+    /// `members`. Each member's Status header carries its own id, which maps ids to indexes.
+    pub async fn leader_index(&self, among: &[usize]) -> anyhow::Result<usize> {
+        let urls: Vec<String> = among
+            .iter()
+            .map(|&i| self.members[i].client_url.clone())
+            .collect();
+        let (leader, ids) = wait_until("one leader among the members", LEADER_TIMEOUT, || {
+            let urls = urls.clone();
+            async move {
+                let mut leaders = Vec::new();
+                let mut ids = Vec::new();
+                for url in &urls {
+                    let channel = Channel::from_shared(url.clone())?
+                        .connect_timeout(Duration::from_secs(2))
+                        .timeout(Duration::from_secs(5))
+                        .connect()
+                        .await?;
+                    let status = MaintenanceClient::new(channel)
+                        .status(pb::StatusRequest {})
+                        .await?
+                        .into_inner();
+                    leaders.push(status.leader);
+                    ids.push(status.header.context("no header")?.member_id);
+                }
+                let agreed = leaders[0] != 0 && leaders.iter().all(|&l| l == leaders[0]);
+                Ok(agreed.then(|| (leaders[0], ids)))
+            }
+        })
+        .await?;
+        let position = ids
+            .iter()
+            .position(|&id| id == leader)
+            .with_context(|| format!("the leader {leader:x} is none of the members {ids:x?}"))?;
+        Ok(among[position])
     }
 
     /// Waits until member `index` answers a serializable read.

@@ -60,10 +60,27 @@ pub mod faults {
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     tonic::include_file_descriptor_set!("rampart_api_descriptor");
 
+/// The `range_end` that makes a range or watch cover every key starting with `prefix`, as etcd's
+/// clients compute it (`clientv3.GetPrefixRangeEnd`): the prefix with its last byte below 0xff
+/// incremented and the 0xff bytes after it dropped. A prefix of only 0xff bytes (or an empty one)
+/// has no such end; etcd then uses `[0]`, which means "every key from `key` on".
+pub fn prefix_range_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
 #[cfg(test)]
 mod tests {
     use super::etcdserverpb::{compare, Compare, LeaseGrantRequest, PutRequest};
     use prost::Message;
+
+    use super::prefix_range_end;
 
     #[test]
     fn put_request_encodes_as_etcd_does() {
@@ -96,5 +113,16 @@ mod tests {
     #[test]
     fn descriptor_set_is_embedded() {
         assert!(!super::FILE_DESCRIPTOR_SET.is_empty());
+    }
+
+    #[test]
+    fn prefix_range_end_matches_etcd() {
+        assert_eq!(prefix_range_end(b"bench/"), b"bench0");
+        assert_eq!(prefix_range_end(b"a"), b"b");
+        assert_eq!(prefix_range_end(b"a\x7f"), b"a\x80");
+        assert_eq!(prefix_range_end(b"a\xff"), b"b");
+        assert_eq!(prefix_range_end(b"a\xfe\xff\xff"), b"a\xff");
+        assert_eq!(prefix_range_end(b"\xff\xff"), [0]);
+        assert_eq!(prefix_range_end(b""), [0]);
     }
 }

@@ -30,7 +30,6 @@ use tonic::Streaming;
 
 use crate::cluster::{channel, stream_channel};
 use crate::history::{Clock, LeaseOp, LeaseOutcome, LeasePoll, LeaseRecord};
-use crate::watchers::prefix_end;
 use crate::workload::{describe, surely_not_executed};
 
 /// The prefix of every key attached to a lease; the lease watcher watches it.
@@ -405,7 +404,7 @@ pub async fn await_expiry(urls: &[String], clock: Clock, until: Instant) -> Vec<
         let call = clock.now();
         let request = pb::RangeRequest {
             key: PREFIX.as_bytes().to_vec(),
-            range_end: prefix_end(PREFIX),
+            range_end: rampart_api::prefix_range_end(PREFIX.as_bytes()),
             keys_only: true,
             ..Default::default()
         };

@@ -18,6 +18,7 @@ use std::time::Duration;
 use rampart_api::etcdserverpb as pb;
 use rampart_api::etcdserverpb::watch_client::WatchClient;
 use rampart_api::mvccpb;
+use rampart_api::prefix_range_end;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::{mpsc, watch};
@@ -64,20 +65,6 @@ pub struct WatcherOptions {
     pub reference: bool,
     /// Seeds the watcher's choices of member and of when to move.
     pub seed: u64,
-}
-
-/// The end of a key range covering every key that starts with `prefix` (etcd's
-/// `clientv3.GetPrefixRangeEnd`).
-pub fn prefix_end(prefix: &str) -> Vec<u8> {
-    let mut end = prefix.as_bytes().to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    // Every byte was 0xff: the range runs to the end of the keyspace.
-    vec![0]
 }
 
 /// Follows `options.prefix` on the members at `urls` until a progress notification confirms
@@ -229,7 +216,7 @@ impl Watcher {
             request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
                 pb::WatchCreateRequest {
                     key: self.options.prefix.as_bytes().to_vec(),
-                    range_end: prefix_end(&self.options.prefix),
+                    range_end: prefix_range_end(self.options.prefix.as_bytes()),
                     start_revision: self.next,
                     ..Default::default()
                 },
@@ -359,17 +346,5 @@ async fn sleep_until_some(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_prefix_range_ends_after_its_last_key() {
-        assert_eq!(prefix_end("chaos/"), b"chaos0".to_vec());
-        assert_eq!(prefix_end("lease/"), b"lease0".to_vec());
-        assert_eq!(prefix_end("a\u{7f}"), b"a\x80".to_vec());
     }
 }

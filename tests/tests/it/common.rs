@@ -77,3 +77,17 @@ pub fn etcdctl_path() -> anyhow::Result<PathBuf> {
              install the Debian package etcd-client (`apt-get install etcd-client`), as CI does",
         )
 }
+
+/// Starts the real etcdctl (v3 API) against `endpoints` with `args`, its output piped and the
+/// process killed when the handle is dropped.
+pub fn spawn_etcdctl(endpoints: &[String], args: &[&str]) -> anyhow::Result<tokio::process::Child> {
+    Ok(tokio::process::Command::new(etcdctl_path()?)
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={}", endpoints.join(",")))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?)
+}

@@ -7,7 +7,6 @@
 //! resigns, its lease is revoked or its caller goes away; Observe streams each leader's values
 //! in order; etcdctl's campaigns and the service's exclude each other.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{ensure, Context};
@@ -18,7 +17,7 @@ use tokio::sync::mpsc;
 use tonic::Code;
 use tracing::info;
 
-use crate::common::{connect_patient, etcdctl_path, expect_error, stored};
+use crate::common::{connect_patient, expect_error, spawn_etcdctl, stored};
 use crate::etcd_client::Fixture;
 
 /// How long a Campaign may take to succeed once its turn has come.
@@ -370,18 +369,7 @@ async fn etcdctl_elect_and_the_election_service_agree() -> anyhow::Result<()> {
         .iter()
         .map(|m| m.client_url.clone())
         .collect();
-    let etcdctl = |args: &[&str]| {
-        let mut command = tokio::process::Command::new(etcdctl_path()?);
-        command
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={}", endpoints.join(",")))
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        anyhow::Ok(command.spawn()?)
-    };
+    let etcdctl = |args: &[&str]| spawn_etcdctl(&endpoints, args);
     /// The lines a child prints, as they come.
     fn lines(child: &mut tokio::process::Child) -> anyhow::Result<mpsc::UnboundedReceiver<String>> {
         let stdout = child.stdout.take().context("no stdout")?;

@@ -14,29 +14,6 @@ use tracing::info;
 
 use crate::common::{connect, etcdctl_path};
 
-/// The index of the member that reports itself leader.
-async fn leader_index(cluster: &ProcessCluster) -> anyhow::Result<usize> {
-    wait_until(
-        "a member to report itself leader",
-        Duration::from_secs(20),
-        || async {
-            for (i, member) in cluster.members.iter().enumerate() {
-                let Ok(mut client) = connect(std::slice::from_ref(&member.client_url)).await else {
-                    continue;
-                };
-                if let Ok(status) = client.status().await {
-                    let header = status.header().context("a status header")?;
-                    if status.leader() == header.member_id() {
-                        return Ok(Some(i));
-                    }
-                }
-            }
-            Ok(None)
-        },
-    )
-    .await
-}
-
 /// `etcdctl lease keep-alive`, with every line it prints kept, stamped with the time since
 /// it started.
 struct KeepAlive {
@@ -112,7 +89,7 @@ impl Drop for KeepAlive {
 async fn a_lease_kept_alive_through_a_follower_outlives_the_leaders_kill() -> anyhow::Result<()> {
     rampart_tests::init_tracing();
     let mut cluster = ProcessCluster::start(3).await?;
-    let leader = leader_index(&cluster).await?;
+    let leader = cluster.leader_index(&[0, 1, 2]).await?;
     let follower = (leader + 1) % 3;
     let endpoint = cluster.members[follower].client_url.clone();
     let mut client = connect(std::slice::from_ref(&endpoint)).await?;

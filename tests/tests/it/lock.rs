@@ -9,7 +9,6 @@
 //! a waiter on a follower keeps its place when the leader stops; a Lock whose caller goes away
 //! deletes its key; etcdctl's locks and the Lock service's exclude each other.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{ensure, Context};
@@ -19,7 +18,7 @@ use tokio::sync::mpsc;
 use tonic::Code;
 use tracing::info;
 
-use crate::common::{connect, connect_patient, etcdctl_path, expect_error, stored};
+use crate::common::{connect, connect_patient, expect_error, spawn_etcdctl, stored};
 use crate::etcd_client::Fixture;
 
 /// How long a Lock may take to succeed once its turn has come.
@@ -432,18 +431,7 @@ async fn etcdctl_lock_runs_its_command_under_the_lock() -> anyhow::Result<()> {
         .iter()
         .map(|m| m.client_url.clone())
         .collect();
-    let etcdctl = |args: &[&str]| {
-        let mut command = tokio::process::Command::new(etcdctl_path()?);
-        command
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={}", endpoints.join(",")))
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        anyhow::Ok(command.spawn()?)
-    };
+    let etcdctl = |args: &[&str]| spawn_etcdctl(&endpoints, args);
 
     info!("--- uncontended: the command sees the lock key and revision");
     let child = etcdctl(&[

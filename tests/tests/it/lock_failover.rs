@@ -2,48 +2,18 @@
 //! passes the lock on once its lease ends, and a waiter on a follower keeps its place when the
 //! leader dies.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{ensure, Context};
 use etcd_client::{Client, LockOptions, LockResponse};
-use rampart_api::etcdserverpb as pb;
-use rampart_api::etcdserverpb::maintenance_client::MaintenanceClient;
 use rampart_tests::{wait_until, ProcessCluster};
 use tokio::task::JoinHandle;
-use tonic::transport::Channel;
 use tracing::info;
 
-use crate::common::{connect_patient, etcdctl_path, stored};
+use crate::common::{connect_patient, spawn_etcdctl, stored};
 
 /// How long a lock may take to pass on once its holder is gone, or members to elect a leader.
 const PATIENCE: Duration = Duration::from_secs(60);
-
-/// The index of the member every member in `among` names as leader.
-async fn leader_index(cluster: &ProcessCluster, among: &[usize]) -> anyhow::Result<usize> {
-    wait_until("one leader among the members", PATIENCE, || async {
-        let mut views = Vec::new();
-        for &i in among {
-            let channel = Channel::from_shared(cluster.members[i].client_url.clone())?
-                .connect_timeout(Duration::from_secs(2))
-                .timeout(Duration::from_secs(5))
-                .connect()
-                .await?;
-            let status = MaintenanceClient::new(channel)
-                .status(pb::StatusRequest {})
-                .await?
-                .into_inner();
-            let me = status.header.context("no header")?.member_id;
-            views.push((i, me, status.leader));
-        }
-        let leader = views[0].2;
-        if leader == 0 || views.iter().any(|&(_, _, l)| l != leader) {
-            return Ok(None);
-        }
-        Ok(views.iter().find(|&&(_, me, _)| me == leader).map(|v| v.0))
-    })
-    .await
-}
 
 /// A Lock of `name` with `lease` through `client`, in a task of its own.
 fn spawn_lock(
@@ -79,15 +49,7 @@ async fn a_holder_killed_passes_the_lock_on_when_its_lease_ends() -> anyhow::Res
     let mut client = connect_patient(&urls).await?;
 
     info!("--- etcdctl takes the lock with a 3 s session and holds it");
-    let mut holder = tokio::process::Command::new(etcdctl_path()?)
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={}", urls.join(",")))
-        .args(["lock", "--ttl=3", "door", "--", "sleep", "600"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
+    let mut holder = spawn_etcdctl(&urls, &["lock", "--ttl=3", "door", "--", "sleep", "600"])?;
     let held = wait_until("etcdctl to hold the lock", PATIENCE, || {
         let mut client = client.clone();
         async move {
@@ -134,7 +96,7 @@ async fn a_holder_killed_passes_the_lock_on_when_its_lease_ends() -> anyhow::Res
 async fn a_waiter_on_a_follower_gets_the_lock_after_the_leader_is_killed() -> anyhow::Result<()> {
     rampart_tests::init_tracing();
     let mut cluster = ProcessCluster::start(3).await?;
-    let leader = leader_index(&cluster, &[0, 1, 2]).await?;
+    let leader = cluster.leader_index(&[0, 1, 2]).await?;
     let followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
     let url = |i: usize| cluster.members[i].client_url.clone();
 
@@ -158,7 +120,7 @@ async fn a_waiter_on_a_follower_gets_the_lock_after_the_leader_is_killed() -> an
 
     info!("--- the leader is killed with SIGKILL; the followers elect another");
     cluster.kill(leader)?;
-    leader_index(&cluster, &followers).await?;
+    cluster.leader_index(&followers).await?;
     ensure!(!waiter.is_finished(), "the waiter got a held lock");
 
     info!("--- the holder unlocks: the waiter on the other follower gets the lock");

@@ -14,7 +14,6 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context};
 use rampart_api::etcdserverpb as pb;
 use rampart_api::etcdserverpb::kv_client::KvClient;
-use rampart_api::etcdserverpb::maintenance_client::MaintenanceClient;
 use rampart_launcher::free_url;
 use rampart_tests::{kv_client, put, rampart_binary, wait_until, ProcessCluster};
 use tokio::time::Instant;
@@ -172,43 +171,6 @@ async fn wait_converged(
     .await
 }
 
-/// Waits until every member in `among` names the same leader, and returns its index in
-/// `cluster.members`. Each member's Status header carries its own id, which maps ids to indexes.
-async fn leader_index(cluster: &ProcessCluster, among: &[usize]) -> anyhow::Result<usize> {
-    let urls: Vec<String> = among
-        .iter()
-        .map(|&i| cluster.members[i].client_url.clone())
-        .collect();
-    let (leader, ids) = wait_until("one leader among the members", CONVERGE, || {
-        let urls = urls.clone();
-        async move {
-            let mut leaders = Vec::new();
-            let mut ids = Vec::new();
-            for url in &urls {
-                let channel = Channel::from_shared(url.clone())?
-                    .connect_timeout(Duration::from_secs(2))
-                    .timeout(Duration::from_secs(5))
-                    .connect()
-                    .await?;
-                let status = MaintenanceClient::new(channel)
-                    .status(pb::StatusRequest {})
-                    .await?
-                    .into_inner();
-                leaders.push(status.leader);
-                ids.push(status.header.context("no header")?.member_id);
-            }
-            let agreed = leaders[0] != 0 && leaders.iter().all(|&l| l == leaders[0]);
-            Ok(agreed.then(|| (leaders[0], ids)))
-        }
-    })
-    .await?;
-    let position = ids
-        .iter()
-        .position(|&id| id == leader)
-        .with_context(|| format!("the leader {leader:x} is none of the members {ids:x?}"))?;
-    Ok(among[position])
-}
-
 /// One client per member.
 async fn connect_all(cluster: &ProcessCluster) -> anyhow::Result<Vec<KvClient<Channel>>> {
     let mut clients = Vec::new();
@@ -244,7 +206,7 @@ async fn acknowledged_writes_survive_killing_the_leader() -> anyhow::Result<()> 
     );
 
     info!("--- find the leader and kill it with SIGKILL");
-    let leader = leader_index(&cluster, &[0, 1, 2]).await?;
+    let leader = cluster.leader_index(&[0, 1, 2]).await?;
     info!("leader is {}", cluster.members[leader].name);
     cluster.kill(leader)?;
     let survivors: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
@@ -262,7 +224,7 @@ async fn acknowledged_writes_survive_killing_the_leader() -> anyhow::Result<()> 
             .write(&mut clients[member], key, format!("second-{i}"))
             .await;
     }
-    let new_leader = leader_index(&cluster, &survivors).await?;
+    let new_leader = cluster.leader_index(&survivors).await?;
     assert_ne!(new_leader, leader, "a killed member cannot lead");
 
     info!("--- restart the killed member on its data directory");
@@ -303,7 +265,7 @@ async fn acknowledged_writes_survive_killing_every_member() -> anyhow::Result<()
     for i in 0..3 {
         cluster.restart(i).await?;
     }
-    leader_index(&cluster, &[0, 1, 2]).await?;
+    cluster.leader_index(&[0, 1, 2]).await?;
 
     info!("--- every member serves every acknowledged write");
     wait_converged(&cluster, &ledger, "all/").await?;
@@ -510,7 +472,7 @@ async fn a_member_killed_during_a_background_compaction_serves_the_same_history(
     rampart_tests::init_tracing();
     info!("--- start 3 processes; write 1,500 keys three times over, deleting some in between");
     let mut cluster = ProcessCluster::start(3).await?;
-    let leader = leader_index(&cluster, &[0, 1, 2]).await?;
+    let leader = cluster.leader_index(&[0, 1, 2]).await?;
     let victim = (leader + 1) % 3;
     let mut clients = connect_all(&cluster).await?;
     let keys: Vec<String> = (0..1500).map(|i| format!("c/{i:05}")).collect();

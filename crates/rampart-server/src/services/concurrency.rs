@@ -23,6 +23,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use rampart_api::etcdserverpb as pb;
 use rampart_api::mvccpb;
+use rampart_api::prefix_range_end;
 use tokio::time::Instant;
 
 use crate::client::Client;
@@ -89,19 +90,6 @@ pub(super) fn session_key(prefix: &[u8], lease: i64) -> Vec<u8> {
     key
 }
 
-/// The end of the range of every key that starts with `prefix` (clientv3's `GetPrefixRangeEnd`).
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    // Every byte is 0xff: the range runs to the end of the key space.
-    vec![0]
-}
-
 /// A read of `key` alone.
 pub(super) fn get(key: &[u8]) -> pb::RangeRequest {
     pb::RangeRequest {
@@ -115,7 +103,7 @@ pub(super) fn get(key: &[u8]) -> pb::RangeRequest {
 pub(super) fn first_created(prefix: &[u8]) -> pb::RangeRequest {
     pb::RangeRequest {
         key: prefix.to_vec(),
-        range_end: prefix_end(prefix),
+        range_end: prefix_range_end(prefix),
         limit: 1,
         sort_order: pb::range_request::SortOrder::Ascend as i32,
         sort_target: pb::range_request::SortTarget::Create as i32,
@@ -128,7 +116,7 @@ pub(super) fn first_created(prefix: &[u8]) -> pb::RangeRequest {
 fn last_created_up_to(prefix: &[u8], max_create_revision: i64) -> pb::RangeRequest {
     pb::RangeRequest {
         key: prefix.to_vec(),
-        range_end: prefix_end(prefix),
+        range_end: prefix_range_end(prefix),
         limit: 1,
         sort_order: pb::range_request::SortOrder::Descend as i32,
         sort_target: pb::range_request::SortTarget::Create as i32,
@@ -418,12 +406,5 @@ mod tests {
         assert_eq!(session_key(&prefix, -1), b"jobs/-1");
         assert_eq!(session_key(&prefix, i64::MIN), b"jobs/-8000000000000000");
         assert_eq!(session_key(&prefix_of(b""), 10), b"/a");
-    }
-
-    #[test]
-    fn prefix_ranges_end_past_every_key_with_the_prefix() {
-        assert_eq!(prefix_end(b"jobs/"), b"jobs0");
-        assert_eq!(prefix_end(b"a\xff"), b"b");
-        assert_eq!(prefix_end(b"\xff\xff"), b"\0");
     }
 }

@@ -284,18 +284,6 @@ async fn observe(channel: Channel, name: String) -> anyhow::Result<i32> {
     }
 }
 
-/// The end of the range holding every key that starts with `prefix`.
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let code = run().await?;
@@ -311,7 +299,7 @@ async fn run() -> anyhow::Result<i32> {
         .with_context(|| format!("cannot connect to {}", cli.endpoint))?;
     let range_end = |key: &str, prefix: bool| {
         if prefix {
-            prefix_end(key.as_bytes())
+            rampart_api::prefix_range_end(key.as_bytes())
         } else {
             Vec::new()
         }

@@ -85,14 +85,15 @@ impl ProcessCluster {
         .await
     }
 
-    /// Waits until every member in `among` names the same leader, and returns its index in
-    /// `members`. Each member's Status header carries its own id, which maps ids to indexes.
+    /// Waits until every member in `among` names the same leader, one of them, and returns its
+    /// index in `members`. Each member's Status header carries its own id, which maps ids to
+    /// indexes.
     pub async fn leader_index(&self, among: &[usize]) -> anyhow::Result<usize> {
         let urls: Vec<String> = among
             .iter()
             .map(|&i| self.members[i].client_url.clone())
             .collect();
-        let (leader, ids) = wait_until("one leader among the members", LEADER_TIMEOUT, || {
+        let position = wait_until("one leader among the members", LEADER_TIMEOUT, || {
             let urls = urls.clone();
             async move {
                 let mut leaders = Vec::new();
@@ -110,15 +111,15 @@ impl ProcessCluster {
                     leaders.push(status.leader);
                     ids.push(status.header.context("no header")?.member_id);
                 }
+                // Members that still name a leader outside `among` (one just killed) have not
+                // noticed its loss yet: wait for them.
                 let agreed = leaders[0] != 0 && leaders.iter().all(|&l| l == leaders[0]);
-                Ok(agreed.then(|| (leaders[0], ids)))
+                Ok(agreed
+                    .then(|| ids.iter().position(|&id| id == leaders[0]))
+                    .flatten())
             }
         })
         .await?;
-        let position = ids
-            .iter()
-            .position(|&id| id == leader)
-            .with_context(|| format!("the leader {leader:x} is none of the members {ids:x?}"))?;
         Ok(among[position])
     }
 

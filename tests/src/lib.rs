@@ -239,6 +239,11 @@ impl TestCluster {
         self.wait_for_leader_among(&self.ids(), timeout).await
     }
 
+    /// Every member's client URL, in member order.
+    pub fn client_urls(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.client_url.clone()).collect()
+    }
+
     pub async fn client(&self, index: usize) -> anyhow::Result<KvClient<Channel>> {
         kv_client(&self.members[index].client_url).await
     }

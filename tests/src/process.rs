@@ -85,6 +85,11 @@ impl ProcessCluster {
         .await
     }
 
+    /// Every member's client URL, in member order.
+    pub fn client_urls(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.client_url.clone()).collect()
+    }
+
     /// Waits until every member in `among` names the same leader, one of them, and returns its
     /// index in `members`. Each member's Status header carries its own id, which maps ids to
     /// indexes.

@@ -100,12 +100,7 @@ async fn wait_key(client: &Client, key: &str) -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn campaign_proclaim_leader_and_resign_answer_as_etcd() -> anyhow::Result<()> {
     let mut f = Fixture::start().await?;
-    let urls: Vec<String> = f
-        .cluster
-        .members
-        .iter()
-        .map(|m| m.client_url.clone())
-        .collect();
+    let urls = f.cluster.client_urls();
     let (done, mut won) = mpsc::unbounded_channel();
 
     info!("--- no campaigner: no leader");
@@ -262,12 +257,7 @@ async fn campaign_proclaim_leader_and_resign_answer_as_etcd() -> anyhow::Result<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn observe_follows_each_leader_in_order() -> anyhow::Result<()> {
     let mut f = Fixture::start().await?;
-    let urls: Vec<String> = f
-        .cluster
-        .members
-        .iter()
-        .map(|m| m.client_url.clone())
-        .collect();
+    let urls = f.cluster.client_urls();
     let follower = f.followers()[0];
     let (done, mut won) = mpsc::unbounded_channel();
 
@@ -363,12 +353,7 @@ async fn observe_follows_each_leader_in_order() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcdctl_elect_and_the_election_service_agree() -> anyhow::Result<()> {
     let mut f = Fixture::start().await?;
-    let endpoints: Vec<String> = f
-        .cluster
-        .members
-        .iter()
-        .map(|m| m.client_url.clone())
-        .collect();
+    let endpoints = f.cluster.client_urls();
     let etcdctl = |args: &[&str]| spawn_etcdctl(&endpoints, args);
     /// The lines a child prints, as they come.
     fn lines(child: &mut tokio::process::Child) -> anyhow::Result<mpsc::UnboundedReceiver<String>> {

@@ -158,11 +158,7 @@ fn header_revision(response: &Value) -> anyhow::Result<i64> {
 
 /// The cluster's client URLs.
 fn urls(cluster: &ProcessCluster) -> Vec<String> {
-    cluster
-        .members
-        .iter()
-        .map(|m| m.client_url.clone())
-        .collect()
+    cluster.client_urls()
 }
 
 /// `url` without its `http://`: etcdctl accepts endpoints in both forms.

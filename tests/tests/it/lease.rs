@@ -52,11 +52,7 @@ impl Fixture {
     async fn start_with(adjust: impl Fn(&mut RawConfig)) -> anyhow::Result<Fixture> {
         let cluster = TestCluster::start_with(3, adjust).await?;
         let leader = cluster.index_of(cluster.wait_for_leader(LEADER_WAIT).await?);
-        let urls: Vec<String> = cluster
-            .members
-            .iter()
-            .map(|m| m.client_url.clone())
-            .collect();
+        let urls = cluster.client_urls();
         let mut members = Vec::new();
         for url in &urls {
             members.push(connect(std::slice::from_ref(url)).await?);
@@ -638,11 +634,7 @@ async fn whole_cluster_restart_keeps_leases_and_expires_abandoned_ones() -> anyh
     rampart_tests::init_tracing();
     info!("--- start 3 processes; grant a long lease and a short one, with keys");
     let mut cluster = ProcessCluster::start(3).await?;
-    let urls: Vec<String> = cluster
-        .members
-        .iter()
-        .map(|m| m.client_url.clone())
-        .collect();
+    let urls = cluster.client_urls();
     let mut client = connect(&urls).await?;
     let long = grant(&mut client, 60).await?;
     let short = grant(&mut client, 4).await?;

@@ -204,12 +204,7 @@ async fn lock_and_unlock_answer_as_etcd() -> anyhow::Result<()> {
 async fn a_contended_lock_passes_in_order_with_growing_fencing_tokens() -> anyhow::Result<()> {
     const LOCKERS: usize = 4;
     let mut f = Fixture::start().await?;
-    let urls: Vec<String> = f
-        .cluster
-        .members
-        .iter()
-        .map(|m| m.client_url.clone())
-        .collect();
+    let urls = f.cluster.client_urls();
     let (done, mut acquired) = mpsc::unbounded_channel();
 
     info!("--- {LOCKERS} lockers queue, each joining once the previous one's key exists");
@@ -264,12 +259,7 @@ async fn a_contended_lock_passes_in_order_with_growing_fencing_tokens() -> anyho
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_holder_whose_lease_ends_passes_the_lock_on() -> anyhow::Result<()> {
     let mut f = Fixture::start().await?;
-    let urls: Vec<String> = f
-        .cluster
-        .members
-        .iter()
-        .map(|m| m.client_url.clone())
-        .collect();
+    let urls = f.cluster.client_urls();
     let (done, mut acquired) = mpsc::unbounded_channel();
 
     info!("--- the holder's lease is revoked: the waiter gets the lock");
@@ -329,12 +319,7 @@ async fn waiters_on_followers_keep_their_places_when_the_leader_stops() -> anyho
     let mut f = Fixture::start().await?;
     let leader = f.leader;
     let followers = f.followers();
-    let urls: Vec<String> = f
-        .cluster
-        .members
-        .iter()
-        .map(|m| m.client_url.clone())
-        .collect();
+    let urls = f.cluster.client_urls();
     let url = |i: usize| urls[i].clone();
     let (done, mut acquired) = mpsc::unbounded_channel();
 
@@ -425,12 +410,7 @@ async fn a_lock_whose_caller_goes_away_deletes_its_key() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcdctl_lock_runs_its_command_under_the_lock() -> anyhow::Result<()> {
     let mut f = Fixture::start().await?;
-    let endpoints: Vec<String> = f
-        .cluster
-        .members
-        .iter()
-        .map(|m| m.client_url.clone())
-        .collect();
+    let endpoints = f.cluster.client_urls();
     let etcdctl = |args: &[&str]| spawn_etcdctl(&endpoints, args);
 
     info!("--- uncontended: the command sees the lock key and revision");

@@ -41,11 +41,7 @@ async fn token(client: &mut Client, key: &[u8]) -> anyhow::Result<i64> {
 async fn a_holder_killed_passes_the_lock_on_when_its_lease_ends() -> anyhow::Result<()> {
     rampart_tests::init_tracing();
     let cluster = ProcessCluster::start(3).await?;
-    let urls: Vec<String> = cluster
-        .members
-        .iter()
-        .map(|m| m.client_url.clone())
-        .collect();
+    let urls = cluster.client_urls();
     let mut client = connect_patient(&urls).await?;
 
     info!("--- etcdctl takes the lock with a 3 s session and holds it");

@@ -148,11 +148,7 @@ async fn wait_converged(
         )
         .await?;
     }
-    let urls: Vec<String> = cluster
-        .members
-        .iter()
-        .map(|m| m.client_url.clone())
-        .collect();
+    let urls = cluster.client_urls();
     wait_until("every member to report the same revision", CONVERGE, || {
         let urls = urls.clone();
         async move {

@@ -55,11 +55,7 @@ impl Fixture {
         let cluster = TestCluster::start(3).await?;
         let leader = cluster.wait_for_leader(LEADER_WAIT).await?;
         let leader = cluster.index_of(leader);
-        let urls: Vec<String> = cluster
-            .members
-            .iter()
-            .map(|m| m.client_url.clone())
-            .collect();
+        let urls = cluster.client_urls();
         let all = connect(&urls).await?;
         let mut members = Vec::new();
         for url in &urls {

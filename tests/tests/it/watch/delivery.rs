@@ -24,11 +24,7 @@ async fn a_follower_watch_sees_every_write_once_across_the_loss_of_the_leader() 
     let (mut cluster, leader) = cluster().await?;
     let follower = (leader + 1) % 3;
     let other = (leader + 2) % 3;
-    let urls: Vec<String> = cluster
-        .members
-        .iter()
-        .map(|m| m.client_url.clone())
-        .collect();
+    let urls = cluster.client_urls();
     let start = current_revision(&mut cluster.client(leader).await?).await? + 1;
 
     info!("--- watch the prefix on a follower from revision {start}");

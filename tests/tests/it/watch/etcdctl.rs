@@ -17,11 +17,7 @@ async fn etcdctl_watch_prints_each_event() -> anyhow::Result<()> {
     rampart_tests::init_tracing();
     let etcdctl = etcdctl_path()?;
     let cluster = ProcessCluster::start(3).await?;
-    let urls: Vec<String> = cluster
-        .members
-        .iter()
-        .map(|m| m.client_url.clone())
-        .collect();
+    let urls = cluster.client_urls();
 
     info!("--- etcdctl watch --prefix foo over all three endpoints");
     let mut child = tokio::process::Command::new(&etcdctl)

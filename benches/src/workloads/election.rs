@@ -187,9 +187,7 @@ async fn confirm(
     ttl: i64,
     sightings: &Sightings,
 ) -> Result<(), Status> {
-    let session = Session::grant(channel.clone(), ttl)
-        .await
-        .map_err(in_step("lease grant"))?;
+    let session = Session::grant(channel.clone(), ttl).await?;
     let mut client = ElectionClient::new(channel);
     let mut outcome = Ok(());
     for (election, name) in names.iter().enumerate() {
@@ -360,9 +358,7 @@ impl ElectionWorker {
 
 impl Worker for ElectionWorker {
     async fn setup(&mut self) -> Result<(), Status> {
-        let session = Session::grant(self.channel.clone(), self.ttl)
-            .await
-            .map_err(in_step("lease grant"))?;
+        let session = Session::grant(self.channel.clone(), self.ttl).await?;
         self.session = Some(session);
         Ok(())
     }

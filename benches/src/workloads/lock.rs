@@ -43,9 +43,7 @@ impl LockWorker {
 
 impl Worker for LockWorker {
     async fn setup(&mut self) -> Result<(), Status> {
-        let session = Session::grant(self.channel.clone(), self.ttl)
-            .await
-            .map_err(in_step("lease grant"))?;
+        let session = Session::grant(self.channel.clone(), self.ttl).await?;
         self.session = Some(session);
         Ok(())
     }

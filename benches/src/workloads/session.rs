@@ -11,6 +11,7 @@ use tonic::transport::Channel;
 use tonic::Status;
 
 use super::keepalive::KeepAliveStream;
+use crate::error::in_step;
 
 /// A lease granted in a worker's setup, refreshed every third of its TTL until the session is
 /// dropped, and revoked at the end. It also remembers a key that a failed request may have
@@ -28,10 +29,13 @@ pub struct Session {
 }
 
 impl Session {
-    /// Grants a lease of `ttl` seconds and starts keeping it alive.
+    /// Grants a lease of `ttl` seconds and starts keeping it alive; a failed grant is the step
+    /// "lease grant".
     pub async fn grant(channel: Channel, ttl: i64) -> Result<Session, Status> {
         let mut lease = LeaseClient::new(channel.clone());
-        let id = super::lease::grant(&mut lease, ttl, 0).await?;
+        let id = super::lease::grant(&mut lease, ttl, 0)
+            .await
+            .map_err(in_step("lease grant"))?;
         let mut stream = KeepAliveStream::new(channel.clone());
         let period =
             Duration::from_secs(u64::try_from(ttl).unwrap_or(1)).max(Duration::from_secs(1)) / 3;

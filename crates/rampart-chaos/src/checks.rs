@@ -146,7 +146,8 @@ pub enum Finding {
         later: Box<LockRecord>,
     },
     /// A holder abandoned the lock while `waiter` waited, nothing disturbed the cluster, and
-    /// no Lock of the name returned by `deadline`.
+    /// no Lock of another lease acquired the name by `deadline` (the abandoned lease's expiry
+    /// deadline plus [`lock_check::HANDOFF_SLACK`]).
     LockNotPassedOn {
         name: String,
         abandoned: Box<LockRecord>,

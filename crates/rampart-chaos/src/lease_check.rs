@@ -147,13 +147,29 @@ pub fn latest_deadline(records: &[LeaseRecord], faults_ended: u64) -> u64 {
         .unwrap_or(faults_ended)
 }
 
-/// By when lease `id`'s keys must be gone (see [`EXPIRY_SLACK`]), counting from `quiet_since`
-/// at the earliest; `None` if its grant was never acknowledged.
-pub(crate) fn expiry_deadline(records: &[LeaseRecord], id: i64, quiet_since: u64) -> Option<u64> {
-    leases(records)
-        .iter()
-        .find(|lease| lease.id == id)
-        .map(|lease| lease.deadline(quiet_since))
+/// The granted leases of some records, indexed once for a checker that asks by when many of
+/// them must be gone.
+pub(crate) struct Expiries<'a> {
+    leases: BTreeMap<i64, Lease<'a>>,
+}
+
+impl<'a> Expiries<'a> {
+    pub(crate) fn new(records: &'a [LeaseRecord]) -> Expiries<'a> {
+        Expiries {
+            leases: leases(records)
+                .into_iter()
+                .map(|lease| (lease.id, lease))
+                .collect(),
+        }
+    }
+
+    /// By when lease `id`'s keys must be gone (see [`EXPIRY_SLACK`]), counting from
+    /// `quiet_since` at the earliest; `None` if its grant was never acknowledged.
+    pub(crate) fn deadline(&self, id: i64, quiet_since: u64) -> Option<u64> {
+        self.leases
+            .get(&id)
+            .map(|lease| lease.deadline(quiet_since))
+    }
 }
 
 /// Checks every lease of `history`; `watches` gives the DELETE events watchers received.

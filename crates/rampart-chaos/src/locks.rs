@@ -10,6 +10,14 @@
 //! Every request is recorded as a [`LockRecord`] and every lease operation as a
 //! [`LeaseRecord`]; the checker ([`crate::lock_check`]) judges only what the guards and the
 //! tokens guarantee, never what a client believed.
+//!
+//! A run has [`DEFAULT_CLIENTS`] of them on the two names, so that an abandoned lock usually
+//! has a waiter, which the hand-over check needs: at an abandonment each other client is on
+//! the same name half the time, and is then most likely queued behind the holder (a holder
+//! keeps a lock for about a second, an abandoned lease holds it up for its TTL and more). With
+//! two clients the other one is on the other name half the time; with many more, waiting
+//! behind a few abandoned leases in a row more often outlasts [`LOCK_PATIENCE`], and a Lock
+//! given up on keeps its window from being judged.
 
 use std::time::Duration;
 
@@ -30,6 +38,9 @@ use crate::workload::{describe, surely_not_executed};
 
 /// The locks the clients contend for: few, so that they wait for each other.
 pub const NAMES: &[&str] = &["locks/a", "locks/b"];
+
+/// Lock clients in a run unless told otherwise (`--lock-clients`): two per name on average.
+pub const DEFAULT_CLIENTS: usize = 4;
 
 /// TTLs of the sessions' leases, in seconds.
 pub const TTLS: std::ops::RangeInclusive<i64> = 3..=5;

@@ -53,9 +53,9 @@ struct Cli {
     /// lease checks).
     #[arg(long, default_value_t = 2)]
     lease_clients: usize,
-    /// Lock clients, whose guarded writes must never interleave two holders (0: no lock
-    /// checks).
-    #[arg(long, default_value_t = 2)]
+    /// Lock clients, whose guarded writes must never interleave two holders and whose
+    /// abandoned locks must pass on (0: no lock checks).
+    #[arg(long, default_value_t = rampart_chaos::locks::DEFAULT_CLIENTS)]
     lock_clients: usize,
     /// Election clients, of which at most one may lead at a time, with an observer per
     /// election (0: no election checks).

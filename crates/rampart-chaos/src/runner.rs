@@ -87,7 +87,7 @@ impl Options {
             key_period: Duration::from_secs(10),
             watchers: 3,
             lease_clients: 2,
-            lock_clients: 2,
+            lock_clients: locks::DEFAULT_CLIENTS,
             election_clients: 2,
             faults: FaultKind::DEFAULT.to_vec(),
             out,

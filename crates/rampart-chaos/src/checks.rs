@@ -14,8 +14,8 @@
 //!   ([`crate::lease_check`]);
 //! - locks fenced their holders: acknowledged guarded writes never interleave two holders,
 //!   tokens grow, an abandoned lock passes on ([`crate::lock_check`]);
-//! - elections had one leader at a time, and observers never went back to an older one
-//!   ([`crate::election_check`]).
+//! - elections had one leader at a time, won in real-time order, and observers never went
+//!   back to an older one nor were sent a value nobody sent ([`crate::election_check`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
@@ -28,8 +28,8 @@ use tokio::time::Instant;
 use crate::cluster::{channel, Cluster, Crash};
 use crate::election_check::{self, ElectionSummary, LeaderFact};
 use crate::history::{
-    operations, ElectionHistory, LeaseHistory, LeaseRecord, LockHistory, LockRecord,
-    ObservedLeader, Record, WatchHistory, WatchSession, WatchedEvent,
+    operations, ElectionHistory, ElectionRecord, LeaseHistory, LeaseRecord, LockHistory,
+    LockRecord, ObservedLeader, Record, WatchHistory, WatchSession, WatchedEvent,
 };
 use crate::lease_check::{self, LeaseSummary};
 use crate::linearizability::{self, Report, Violation};
@@ -167,6 +167,22 @@ pub enum Finding {
         name: String,
         first: Box<LeaderFact>,
         second: Box<LeaderFact>,
+    },
+    /// `later`'s Campaign was sent after `earlier`'s was answered Won, yet its leader key is
+    /// no newer (its create revision is not larger).
+    WinsOutOfOrder {
+        name: String,
+        earlier: Box<ElectionRecord>,
+        later: Box<ElectionRecord>,
+    },
+    /// An observer was sent a value for a leader key that neither the key's Campaign nor a
+    /// Proclaim of its lease answered Proclaimed (or never answered) sent; `leader` holds that
+    /// campaigner's records in the election (none if no Campaign is known to have put the
+    /// key).
+    ObservedValueNotSent {
+        name: String,
+        observed: Box<ObservedLeader>,
+        leader: Vec<ElectionRecord>,
     },
 }
 

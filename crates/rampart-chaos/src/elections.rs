@@ -1,7 +1,9 @@
 //! The election clients and observers. Each client, in a loop, opens a session (a lease of
 //! 3-5 s kept alive, see [`crate::session`]), campaigns in one of [`NAMES`] with the value
-//! `<client>/<lease hex>/0`, proclaims a few more values while leading, then resigns (and
-//! revokes) or abandons its lease. One observer per election follows it through an Observe
+//! `<client>/<lease hex>/0`, proclaims a few more values (`<client>/<lease hex>/<seq>`, seq
+//! from 1) while leading, then resigns (and revokes) or abandons its lease. A lease serves one
+//! term only, so every value is unique in the run: the checker tells from an observed value
+//! which request sent it. One observer per election follows it through an Observe
 //! stream, reopened on another member when it breaks or every few seconds by plan, recording
 //! every leader value it is sent ([`ObservedLeader`]).
 

@@ -156,8 +156,8 @@ fn recheck(path: &Path, seed: u64) -> anyhow::Result<bool> {
     let verdict = checks::check_run(&records, histories);
     println!(
         "{} operations, {} checked on {} keys; {} watch events of {} watchers; {} leases; \
-         {} lock acquisitions, {} guarded writes; {} elections won, {} observed leaders; \
-         {} violation(s)",
+         {} lock acquisitions, {} guarded writes, {} hand-overs timed; {} elections won, {} \
+         win orders checked, {} observed leaders, {} values matched; {} violation(s)",
         records.len(),
         verdict.report.operations,
         verdict.report.keys,
@@ -166,8 +166,11 @@ fn recheck(path: &Path, seed: u64) -> anyhow::Result<bool> {
         verdict.lease.leases,
         verdict.lock.acquisitions,
         verdict.lock.writes_ok,
+        verdict.lock.handovers_checked,
         verdict.election.won,
+        verdict.election.win_orders,
         verdict.election.observed,
+        verdict.election.values_matched,
         verdict.findings.len()
     );
     let findings = verdict.findings;

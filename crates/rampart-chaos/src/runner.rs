@@ -133,7 +133,8 @@ impl Outcome {
              ({} watchers, {} resumes, {} in the reference watches), {} leases checked ({} keys, \
              {} renewals, {} revoked, {} unknown outcomes), {} lock acquisitions (guarded writes \
              {} ok, {} failed compare, {} unknown; {} abandoned, {} hand-overs timed), {} \
-             elections won ({} proclaims), {} observed leaders, {} fault rounds, {}",
+             elections won ({} proclaims, {} win orders checked), {} observed leaders ({} \
+             values matched), {} fault rounds, {}",
             self.seed,
             self.operations,
             self.checked,
@@ -156,7 +157,9 @@ impl Outcome {
             self.lock.handovers_checked,
             self.election.won,
             self.election.proclaims,
+            self.election.win_orders,
             self.election.observed,
+            self.election.values_matched,
             self.fault_rounds,
             if self.passed() {
                 "no violation".to_string()

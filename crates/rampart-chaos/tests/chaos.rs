@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use rampart_chaos::checks::{self, Finding};
 use rampart_chaos::history::{
-    self, ElectionHistory, EventKind, LeaseHistory, LeaseOutcome, LockHistory, LockOp, LockOutcome,
-    LockRecord, ObservedLeader, Record, ViolationReport, WatchHistory,
+    self, ElectionHistory, ElectionOp, ElectionOutcome, ElectionRecord, EventKind, LeaseHistory,
+    LeaseOutcome, LockHistory, LockOp, LockOutcome, LockRecord, ObservedLeader, Record,
+    ViolationReport, WatchHistory,
 };
 use rampart_chaos::linearizability::{Input, Output};
 use rampart_chaos::nemesis::FaultKind;
@@ -255,6 +256,8 @@ fn acquired(client: u32, lease: i64, token: i64, call: u64, ret: u64) -> LockRec
     )
 }
 
+/// An observer's response: the leader key of lease `create_revision` (the tests give each
+/// campaign the lease of its key's revision), holding the value put at `mod_revision`.
 fn observed(
     session: u32,
     create_revision: i64,
@@ -268,17 +271,65 @@ fn observed(
         received,
         endpoint: 0,
         key: format!("e/{create_revision:x}"),
-        value: format!("{create_revision}"),
+        value: format!("{create_revision}/{mod_revision}"),
         create_revision,
         mod_revision,
         leader_at: mod_revision,
     }
 }
 
+/// A request of the campaigner with lease `lease` in election `e`.
+fn election_record(
+    lease: i64,
+    op: ElectionOp,
+    call: u64,
+    ret: u64,
+    outcome: ElectionOutcome,
+) -> ElectionRecord {
+    ElectionRecord {
+        client: lease as u32,
+        name: "e".into(),
+        lease,
+        op,
+        call,
+        ret,
+        outcome,
+        endpoint: 0,
+        error: None,
+    }
+}
+
+/// A Campaign with lease `rev`, answered Won with the key created at `rev`, and the value
+/// [`observed`] shows for it.
+fn won(rev: i64, call: u64, ret: u64) -> ElectionRecord {
+    let op = ElectionOp::Campaign {
+        value: format!("{rev}/{rev}"),
+    };
+    let outcome = ElectionOutcome::Won {
+        key: format!("e/{rev:x}"),
+        rev,
+    };
+    election_record(rev, op, call, ret, outcome)
+}
+
+/// A Proclaim by the leader created at `create_revision` of the value put at `revision`.
+fn proclaim(
+    create_revision: i64,
+    revision: i64,
+    at: u64,
+    outcome: ElectionOutcome,
+) -> ElectionRecord {
+    let op = ElectionOp::Proclaim {
+        value: format!("{create_revision}/{revision}"),
+    };
+    election_record(create_revision, op, at, at + 1, outcome)
+}
+
 /// Falsified lock and election histories fail the checks; the honest ones they were made from
 /// pass. Two holders whose guarded writes interleave, a holder whose token is lower than an
 /// earlier holder's, an acquisition with a token lower than one acquired before its Lock was
-/// sent, and an observer sent an older leader after a newer one.
+/// sent, an observer sent an older leader after a newer one, a win with an older key than a
+/// win answered before its Campaign was sent, and an observer sent a refused Proclaim's value.
 #[test]
 fn falsified_lock_and_election_histories_fail_the_checks() {
     let verdict = |locks: &LockHistory, elections: &ElectionHistory| {
@@ -303,7 +354,13 @@ fn falsified_lock_and_election_histories_fail_the_checks() {
         ],
         ..Default::default()
     };
+    // The leader created at 20 proclaims a value at 25; the one created at 30 follows.
     let elections = ElectionHistory {
+        records: vec![
+            won(20, 0, 1),
+            proclaim(20, 25, 1, ElectionOutcome::Proclaimed { revision: 25 }),
+            won(30, 0, 3),
+        ],
         observed: vec![
             observed(0, 20, 20, 1),
             observed(0, 20, 25, 2),
@@ -323,6 +380,13 @@ fn falsified_lock_and_election_histories_fail_the_checks() {
             honest_verdict.lock.writes_ok
         ),
         (2, 4)
+    );
+    assert_eq!(
+        (
+            honest_verdict.election.won,
+            honest_verdict.election.values_matched
+        ),
+        (2, 3)
     );
 
     // Client 0 writes again, after client 1's first write: two holders at once.
@@ -380,6 +444,33 @@ fn falsified_lock_and_election_histories_fail_the_checks() {
             .iter()
             .any(|f| matches!(f, Finding::LeadersOverlap { .. })),
         "two leaders at once went unnoticed: {findings:?}"
+    );
+
+    // A Campaign sent after the leader created at 30 was answered, won with an older key.
+    let mut late_win = elections.clone();
+    late_win.records.push(won(28, 4, 5));
+    let findings = verdict(&honest, &late_win).findings;
+    assert!(
+        findings.iter().any(
+            |f| matches!(f, Finding::WinsOutOfOrder { earlier, later, .. }
+            if earlier.lease == 30 && later.lease == 28)
+        ),
+        "a win with an older key went unnoticed: {findings:?}"
+    );
+
+    // The leader created at 30 had a Proclaim refused, whose value the observer is sent.
+    let mut refused = elections.clone();
+    refused
+        .records
+        .push(proclaim(30, 31, 4, ElectionOutcome::NotLeader));
+    refused.observed.push(observed(0, 30, 31, 5));
+    let findings = verdict(&honest, &refused).findings;
+    assert!(
+        findings.iter().any(
+            |f| matches!(f, Finding::ObservedValueNotSent { observed, .. }
+            if observed.value == "30/31")
+        ),
+        "a refused Proclaim's value went unnoticed: {findings:?}"
     );
 }
 

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use rampart_api::etcdserverpb as pb;
+use rampart_api::etcdserverpb::cluster_client::ClusterClient;
 use rampart_api::etcdserverpb::kv_client::KvClient;
 use rampart_server::{Config, LinkFaults, Listeners, RawConfig, RunningNode};
 use rampart_storage::NodeId;
@@ -281,6 +282,78 @@ impl TestCluster {
     /// The data directory of member `index`.
     pub fn data_dir(&self, index: usize) -> PathBuf {
         self.dir.path().join(&self.members[index].name)
+    }
+
+    /// A Cluster-service client of member `index`.
+    pub async fn cluster_client(&self, index: usize) -> anyhow::Result<ClusterClient<Channel>> {
+        let channel = Channel::from_shared(self.members[index].client_url.clone())?
+            .connect()
+            .await?;
+        Ok(ClusterClient::new(channel))
+    }
+
+    /// Adds a member through `MemberAdd` on member `via` (a learner if `is_learner`), then starts
+    /// it with `--initial-cluster-state existing`, as etcdctl's `member add` says to; returns
+    /// its index. The new member's settings are member 0's, on new addresses.
+    pub async fn add_member(&mut self, via: usize, is_learner: bool) -> anyhow::Result<usize> {
+        let (client, client_url) = bind_local().await?;
+        let (peer, peer_url) = bind_local().await?;
+        // A voter is added only once every voter has been reachable for etcd's health
+        // interval (5 s): a cluster that just started answers "unhealthy cluster" until then.
+        let request = pb::MemberAddRequest {
+            peer_ur_ls: vec![peer_url.clone()],
+            is_learner,
+        };
+        let this = &*self;
+        let added = wait_until("MemberAdd to be accepted", Duration::from_secs(30), || {
+            let request = request.clone();
+            async move {
+                match this.cluster_client(via).await?.member_add(request).await {
+                    Ok(response) => Ok(Some(response.into_inner())),
+                    Err(status) if status.message() == "etcdserver: unhealthy cluster" => Ok(None),
+                    Err(status) => Err(status.into()),
+                }
+            }
+        })
+        .await?;
+        let id = added.member.context("MemberAdd answered no member")?.id;
+        let name = format!("m{}", self.members.len());
+        let initial_cluster = self
+            .members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url))
+            .chain([format!("{name}={peer_url}")])
+            .collect::<Vec<_>>()
+            .join(",");
+        let raw = RawConfig {
+            name: Some(name.clone()),
+            data_dir: Some(self.dir.path().join(&name)),
+            listen_client_urls: Some(client_url.clone()),
+            listen_peer_urls: Some(peer_url.clone()),
+            initial_cluster: Some(initial_cluster),
+            initial_cluster_state: Some("existing".into()),
+            ..self.members[0].raw.clone()
+        };
+        let config = Config::from_raw(raw.clone())?;
+        let listeners = Listeners {
+            client: vec![client],
+            peer: vec![peer],
+        };
+        let running = RunningNode::start(config, listeners, self.faults.clone()).await?;
+        anyhow::ensure!(
+            running.node.id() == id,
+            "the new member took id {:x}, MemberAdd gave {id:x}",
+            running.node.id()
+        );
+        self.members.push(Member {
+            name,
+            id,
+            client_url,
+            peer_url,
+            running: Some(running),
+            raw,
+        });
+        Ok(self.members.len() - 1)
     }
 
     /// Stops every member.

@@ -37,6 +37,8 @@ pub fn rampart_binary() -> anyhow::Result<PathBuf> {
 pub struct ProcessCluster {
     pub members: Vec<ProcessMember>,
     pub dir: TempDir,
+    /// How the members were started, for members added later.
+    plan: Plan,
 }
 
 impl ProcessCluster {
@@ -58,7 +60,7 @@ impl ProcessCluster {
             rust_log: "info,openraft=warn".into(),
         };
         let members = plan.members(&rampart_binary()?, dir.path())?;
-        let mut cluster = ProcessCluster { members, dir };
+        let mut cluster = ProcessCluster { members, dir, plan };
         for member in &mut cluster.members {
             member.spawn()?;
         }
@@ -136,6 +138,29 @@ impl ProcessCluster {
             .wait_answering(SERVE_TIMEOUT, || serves(url.clone()))
             .await;
         serving(member, answered)
+    }
+
+    /// Starts a member that `member add` added on `urls.1` (its peer URL; `urls.0` is its client
+    /// URL), with `initial_cluster` as `member add` printed it, and waits until it serves a
+    /// serializable read; returns its index.
+    pub async fn start_joining(
+        &mut self,
+        name: &str,
+        urls: (String, String),
+        initial_cluster: &str,
+    ) -> anyhow::Result<usize> {
+        let member = self.plan.joining_member(
+            &rampart_binary()?,
+            self.dir.path(),
+            name,
+            urls,
+            initial_cluster,
+        );
+        self.members.push(member);
+        let index = self.members.len() - 1;
+        self.members[index].spawn()?;
+        self.wait_serving(index).await?;
+        Ok(index)
     }
 
     /// Kills member `index` with SIGKILL: no shutdown, no flush.

@@ -47,36 +47,73 @@ impl Plan {
             .into_iter()
             .enumerate()
             .map(|(i, (client_url, peer_url))| {
-                let name = name(i);
-                let data_dir = dir.join(format!("{name}{}", self.data_dir_suffix));
-                let mut args = vec![
-                    format!("--name={name}"),
-                    format!("--data-dir={}", data_dir.display()),
-                    format!("--listen-client-urls={client_url}"),
-                    format!("--listen-peer-urls={peer_url}"),
-                    format!("--initial-cluster={initial_cluster}"),
-                    format!("--initial-cluster-token={}", self.token),
-                    format!("--heartbeat-interval={}", self.heartbeat_ms),
-                    format!("--election-timeout={}", self.election_ms),
-                ];
-                args.extend(self.extra_args.iter().cloned());
-                Member {
-                    log_path: dir.join(format!("{name}.log")),
-                    name,
-                    client_url,
-                    peer_url,
-                    data_dir,
-                    binary: binary.to_owned(),
-                    args,
-                    rust_log: self.rust_log.clone(),
-                    child: None,
-                    paused: false,
-                    log_start: 0,
-                    disk: Disk::Plain,
-                }
+                self.member(binary, dir, name(i), client_url, peer_url, &initial_cluster)
             })
             .collect();
         Ok(members)
+    }
+
+    /// A member, not started yet, to add to a running cluster of this plan: named `name`, on
+    /// `client_url` and `peer_url` (see [`crate::free_url`]), started with
+    /// `--initial-cluster-state existing` and `initial_cluster`, the running members' and its
+    /// own, as `member add` prints it once told `peer_url`.
+    pub fn joining_member(
+        &self,
+        binary: &Path,
+        dir: &Path,
+        name: &str,
+        (client_url, peer_url): (String, String),
+        initial_cluster: &str,
+    ) -> Member {
+        let mut member = self.member(
+            binary,
+            dir,
+            name.to_string(),
+            client_url,
+            peer_url,
+            initial_cluster,
+        );
+        member
+            .args
+            .push("--initial-cluster-state=existing".to_string());
+        member
+    }
+
+    fn member(
+        &self,
+        binary: &Path,
+        dir: &Path,
+        name: String,
+        client_url: String,
+        peer_url: String,
+        initial_cluster: &str,
+    ) -> Member {
+        let data_dir = dir.join(format!("{name}{}", self.data_dir_suffix));
+        let mut args = vec![
+            format!("--name={name}"),
+            format!("--data-dir={}", data_dir.display()),
+            format!("--listen-client-urls={client_url}"),
+            format!("--listen-peer-urls={peer_url}"),
+            format!("--initial-cluster={initial_cluster}"),
+            format!("--initial-cluster-token={}", self.token),
+            format!("--heartbeat-interval={}", self.heartbeat_ms),
+            format!("--election-timeout={}", self.election_ms),
+        ];
+        args.extend(self.extra_args.iter().cloned());
+        Member {
+            log_path: dir.join(format!("{name}.log")),
+            name,
+            client_url,
+            peer_url,
+            data_dir,
+            binary: binary.to_owned(),
+            args,
+            rust_log: self.rust_log.clone(),
+            child: None,
+            paused: false,
+            log_start: 0,
+            disk: Disk::Plain,
+        }
     }
 }
 

@@ -30,13 +30,14 @@ mod read_index;
 pub use faults::LinkFaults;
 pub use forwarder::{Forwarded, Forwarder};
 pub use messages::{
-    ForwardError, ForwardReply, LeaseReply, LeaseRequest, LeaseStatus, ReadIndexReply,
+    AdminAnswer, AdminError, AdminReply, AdminRequest, ChangeRefused, ClusterInfo, ForwardError,
+    ForwardReply, LeaseReply, LeaseRequest, LeaseStatus, MemberChange, MemberInfo, ReadIndexReply,
 };
 pub use peer_network::{
     max_peer_message_bytes, CallError, PeerConnection, PeerNetwork, PEER_CONNECTION_WINDOW_BYTES,
     PEER_STREAM_WINDOW_BYTES, SNAPSHOT_CHUNK_BYTES,
 };
-pub use peer_service::{ForwardCheck, LeaseHandler, PeerService};
+pub use peer_service::{AdminHandler, ForwardCheck, LeaseHandler, PeerHandlers, PeerService};
 pub use proposer::{Proposer, MAX_IN_FLIGHT};
 pub use raft_calls::propose;
 pub use read_index::ReadIndexer;

@@ -1,6 +1,6 @@
-//! The bincode payloads of the `Forward` and `ReadIndex` RPCs.
+//! The bincode payloads of the peer RPCs other than openraft's own.
 
-use rampart_storage::{CommandResponse, NodeId};
+use rampart_storage::{CommandResponse, NodeId, PeerNode};
 use serde::{Deserialize, Serialize};
 
 /// Why a forwarded request was not carried out by the node it was sent to.
@@ -52,3 +52,113 @@ pub struct LeaseStatus {
 
 /// Reply to `Lease`.
 pub type LeaseReply = Result<LeaseStatus, ForwardError>;
+
+/// A question or order about the cluster itself, sent to one member.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AdminRequest {
+    /// The receiver's view of the cluster: what a member joining it asks first.
+    ClusterInfo,
+    /// A change of the membership, which only the leader makes.
+    ChangeMembers(MemberChange),
+    /// Is this member still in the cluster? Asked of the leader by a member that hears from no
+    /// leader, to learn whether it was removed.
+    IsMember { id: NodeId },
+    /// The leader hands its leadership over: the receiver stands for election at once.
+    TimeoutNow,
+}
+
+/// One change of the membership, as etcd's Cluster service asks for them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MemberChange {
+    Add {
+        peer_urls: Vec<String>,
+        is_learner: bool,
+    },
+    Remove {
+        id: NodeId,
+    },
+    Update {
+        id: NodeId,
+        peer_urls: Vec<String>,
+    },
+    Promote {
+        id: NodeId,
+    },
+}
+
+/// One member as the membership holds it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    pub id: NodeId,
+    pub node: PeerNode,
+    pub is_learner: bool,
+}
+
+/// A member's view of its cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    pub cluster_id: u64,
+    /// The member that answers.
+    pub id: NodeId,
+    /// The leader it knows of.
+    pub leader: Option<NodeId>,
+    /// The newest membership it has (appended, perhaps not yet committed).
+    pub members: Vec<MemberInfo>,
+}
+
+/// Why the leader refused a membership change: each is one of etcd's errors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ChangeRefused {
+    #[error("member not found")]
+    MemberNotFound,
+    #[error("peer URLs already exist")]
+    PeerUrlExists,
+    #[error("given member URLs are invalid")]
+    BadUrls,
+    #[error("not enough started members")]
+    NotEnoughStarted,
+    #[error("unhealthy cluster")]
+    Unhealthy,
+    #[error("not a learner")]
+    NotLearner,
+    #[error("learner not in sync with the leader")]
+    LearnerNotReady,
+    #[error("too many learners")]
+    TooManyLearners,
+}
+
+/// What the receiver of an [`AdminRequest`] answers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AdminAnswer {
+    ClusterInfo(ClusterInfo),
+    /// The change is committed: the new member (for an add) and the membership after it.
+    Changed {
+        member: Option<MemberInfo>,
+        members: Vec<MemberInfo>,
+    },
+    /// Whether the asked-about member is in the leader's newest membership.
+    IsMember(bool),
+    /// The receiver stood for election.
+    Standing,
+}
+
+/// Why an [`AdminRequest`] was not carried out.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum AdminError {
+    /// Only the leader answers this, and the receiver does not lead.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader { leader: Option<NodeId> },
+    #[error("membership change refused: {0}")]
+    Refused(ChangeRefused),
+    /// The change may or may not have been made (a leader change or a timeout meanwhile).
+    #[error("membership change outcome unknown: {0}")]
+    Unknown(String),
+    /// The change was not committed in time; it may still be.
+    #[error("membership change not committed in time")]
+    Timeout,
+    #[error("peer unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Reply to `Admin`.
+pub type AdminReply = Result<AdminAnswer, AdminError>;

@@ -1,8 +1,9 @@
 //! The sending side: openraft's network factory and the follower-to-leader calls.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
@@ -22,7 +23,9 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::batching::MAX_BATCH_BYTES;
 use crate::faults::{LinkFaults, Verdict};
-use crate::messages::{ForwardReply, LeaseReply, LeaseRequest, ReadIndexReply};
+use crate::messages::{
+    AdminError, AdminReply, AdminRequest, ForwardReply, LeaseReply, LeaseRequest, ReadIndexReply,
+};
 
 /// openraft's snapshot chunk (`Config::snapshot_max_chunk_size`): a snapshot travels as
 /// `InstallSnapshot` calls of this many bytes of its file, each read from the file and written
@@ -58,6 +61,9 @@ pub const PEER_CONNECTION_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
 /// How long a connection attempt to a peer may take before the peer counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// How recently a peer must have answered to count as connected.
+const ACTIVE_WITHIN: Duration = Duration::from_secs(2);
+
 /// The RPCs of the `Peer` service.
 #[derive(Clone, Copy, Debug)]
 enum Method {
@@ -68,6 +74,7 @@ enum Method {
     ForwardBatch,
     ReadIndex,
     Lease,
+    Admin,
 }
 
 /// Why a call to a peer produced no reply.
@@ -110,6 +117,19 @@ pub struct PeerNetwork {
     channels: Arc<Mutex<HashMap<NodeId, (String, Channel)>>>,
     /// The largest request sent ([`max_peer_message_bytes`]); peers accept as much.
     max_message_bytes: usize,
+    /// When each peer last answered, and since when it has answered without a break.
+    health: Arc<Mutex<HashMap<NodeId, PeerHealth>>>,
+    /// Set while this leader hands its leadership over: it sends no log entries and no
+    /// heartbeats, so that the followers' leader lease runs out and they vote for the new one.
+    replication_paused: Arc<AtomicBool>,
+}
+
+/// A peer's connection history, as seen by the calls sent to it.
+#[derive(Clone, Copy, Debug)]
+struct PeerHealth {
+    /// The first answer after the last failure; `None` right after a failure.
+    active_since: Option<Instant>,
+    last_answer: Instant,
 }
 
 impl PeerNetwork {
@@ -120,6 +140,41 @@ impl PeerNetwork {
             faults,
             channels: Arc::default(),
             max_message_bytes,
+            health: Arc::default(),
+            replication_paused: Arc::default(),
+        }
+    }
+
+    /// Since when `target` has answered every call without a break, if it answers now (etcd's
+    /// `ActiveSince`): what the leader's membership checks ask of the voters.
+    pub fn active_since(&self, target: NodeId) -> Option<Instant> {
+        let health = self.health.lock();
+        let peer = health.get(&target)?;
+        if peer.last_answer.elapsed() > ACTIVE_WITHIN {
+            return None;
+        }
+        peer.active_since
+    }
+
+    /// Stops (or resumes) sending log entries and heartbeats: see `replication_paused`.
+    pub fn pause_replication(&self, paused: bool) {
+        self.replication_paused.store(paused, Ordering::SeqCst);
+    }
+
+    fn record_health(&self, target: NodeId, answered: bool) {
+        let now = Instant::now();
+        let mut health = self.health.lock();
+        let peer = health.entry(target).or_insert(PeerHealth {
+            active_since: None,
+            last_answer: now,
+        });
+        if answered {
+            if peer.active_since.is_none() || peer.last_answer.elapsed() > ACTIVE_WITHIN {
+                peer.active_since = Some(now);
+            }
+            peer.last_answer = now;
+        } else {
+            peer.active_since = None;
         }
     }
 
@@ -173,6 +228,7 @@ impl PeerNetwork {
                 Method::ForwardBatch => client.forward_batch(request).await,
                 Method::ReadIndex => client.read_index(request).await,
                 Method::Lease => client.lease(request).await,
+                Method::Admin => client.admin(request).await,
             }
         };
         let reply = match tokio::time::timeout(timeout, reply).await {
@@ -279,6 +335,40 @@ impl PeerNetwork {
         self.call_typed(target, node, Method::Lease, &request, timeout)
             .await
     }
+
+    /// Asks `target` a question, or gives it an order, about the cluster itself.
+    pub async fn admin(
+        &self,
+        target: NodeId,
+        node: &PeerNode,
+        request: &AdminRequest,
+        timeout: Duration,
+    ) -> Result<AdminReply, CallError> {
+        let reply: Result<AdminReply, CallError> = self
+            .call_typed(target, node, Method::Admin, request, timeout)
+            .await;
+        let answered = matches!(reply, Ok(Ok(_)) | Ok(Err(AdminError::NotLeader { .. })));
+        self.record_health(target, answered);
+        reply
+    }
+}
+
+impl PeerNetwork {
+    /// The error of a replication call while replication is paused (a leader transfer), if it
+    /// is.
+    fn replication_paused<E: std::error::Error>(
+        &self,
+        target: NodeId,
+    ) -> Option<RPCError<NodeId, PeerNode, E>> {
+        if !self.replication_paused.load(Ordering::SeqCst) {
+            return None;
+        }
+        let paused = CallError::NotSent {
+            target,
+            reason: "replication paused: leadership is being handed over".to_string(),
+        };
+        Some(RPCError::Unreachable(Unreachable::new(&paused)))
+    }
 }
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
@@ -313,16 +403,20 @@ impl PeerConnection {
         Reply: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let reply: Result<Reply, RaftError<NodeId, E>> = self
+        let reply: Result<Result<Reply, RaftError<NodeId, E>>, CallError> = self
             .network
             .call_typed(self.target, &self.node, method, request, option.hard_ttl())
-            .await
-            .map_err(|e| match e {
-                CallError::NotSent { .. } | CallError::Unreachable { .. } => {
-                    RPCError::Unreachable(Unreachable::new(&e))
-                }
-                _ => RPCError::Network(NetworkError::new(&e)),
-            })?;
+            .await;
+        // The leader's health view of its peers comes from its Raft calls, which it makes to
+        // each at least every heartbeat: a peer whose Raft has stopped is not running.
+        let answered = matches!(reply, Ok(Ok(_)) | Ok(Err(RaftError::APIError(_))));
+        self.network.record_health(self.target, answered);
+        let reply = reply.map_err(|e| match e {
+            CallError::NotSent { .. } | CallError::Unreachable { .. } => {
+                RPCError::Unreachable(Unreachable::new(&e))
+            }
+            _ => RPCError::Network(NetworkError::new(&e)),
+        })?;
         reply.map_err(|e| {
             RPCError::RemoteError(RemoteError::new_with_node(
                 self.target,
@@ -340,6 +434,9 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, PeerNode, RaftError<NodeId>>> {
         let (from, to) = (self.network.id, self.target);
+        if let Some(paused) = self.network.replication_paused(to) {
+            return Err(paused);
+        }
         if !rpc.entries.is_empty() && self.network.faults.holds_entries(from, to) {
             let held = CallError::NotSent {
                 target: to,
@@ -388,6 +485,9 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, PeerNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
+        if let Some(paused) = self.network.replication_paused(self.target) {
+            return Err(paused);
+        }
         self.send(Method::InstallSnapshot, &rpc, &option).await
     }
 

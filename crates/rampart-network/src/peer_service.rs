@@ -1,5 +1,5 @@
 //! The receiving side of the peer protocol: Raft's RPCs, and the writes, read-index rounds and
-//! lease questions other members send this one when it leads.
+//! lease questions other members send this one when it leads, and questions about the cluster.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +12,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::{Request, Response, Status};
 
-use crate::messages::{ForwardError, ForwardReply, LeaseReply, LeaseRequest};
+use crate::messages::{
+    AdminReply, AdminRequest, ForwardError, ForwardReply, LeaseReply, LeaseRequest,
+};
 use crate::peer_network::MAX_PEER_REPLY_BYTES;
 use crate::proposer::Proposer;
 use crate::read_index::ReadIndexer;
@@ -24,11 +26,26 @@ pub trait LeaseHandler: Send + Sync + 'static {
     async fn handle(&self, request: LeaseRequest) -> LeaseReply;
 }
 
+/// Answers questions and orders about the cluster itself: the server's membership manager.
+#[tonic::async_trait]
+pub trait AdminHandler: Send + Sync + 'static {
+    async fn handle(&self, request: AdminRequest) -> AdminReply;
+}
+
 /// Checks a command another member forwards before this leader proposes it: the checks the
 /// member that took the client request made, made again where the command enters the log.
 pub trait ForwardCheck: Send + Sync + 'static {
     /// `Err` with the reason if `command` must not be proposed.
     fn check(&self, command: &Command) -> Result<(), String>;
+}
+
+/// What the server answers for the peer service: lease questions, questions about the cluster,
+/// and the checks of forwarded commands.
+#[derive(Clone)]
+pub struct PeerHandlers {
+    pub leases: Arc<dyn LeaseHandler>,
+    pub admin: Arc<dyn AdminHandler>,
+    pub checks: Arc<dyn ForwardCheck>,
 }
 
 /// Serves the `Peer` service for one node.
@@ -41,8 +58,7 @@ pub struct PeerService {
     read_indexer: ReadIndexer,
     /// Upper bound for a forwarded write or read-index request; the caller has its own deadline.
     request_timeout: Duration,
-    leases: Arc<dyn LeaseHandler>,
-    checks: Arc<dyn ForwardCheck>,
+    handlers: PeerHandlers,
     /// The largest request accepted: see [`crate::max_peer_message_bytes`].
     max_message_bytes: usize,
 }
@@ -53,8 +69,7 @@ impl PeerService {
         proposer: Proposer,
         read_indexer: ReadIndexer,
         request_timeout: Duration,
-        leases: Arc<dyn LeaseHandler>,
-        checks: Arc<dyn ForwardCheck>,
+        handlers: PeerHandlers,
         max_message_bytes: usize,
     ) -> Self {
         PeerService {
@@ -62,15 +77,15 @@ impl PeerService {
             proposer,
             read_indexer,
             request_timeout,
-            leases,
-            checks,
+            handlers,
             max_message_bytes,
         }
     }
 
     /// Proposes a forwarded command if it passes the checks.
     async fn propose_checked(&self, command: Command) -> ForwardReply {
-        self.checks
+        self.handlers
+            .checks
             .check(&command)
             .map_err(ForwardError::Rejected)?;
         self.proposer.propose(command, self.request_timeout).await
@@ -132,8 +147,10 @@ impl Peer for PeerService {
         let commands: Vec<Command> = decode(request)?;
         // Each command is checked alone: one refused fails no other, as it would not have if
         // they had been forwarded one by one.
-        let checked: Vec<Result<(), String>> =
-            commands.iter().map(|c| self.checks.check(c)).collect();
+        let checked: Vec<Result<(), String>> = commands
+            .iter()
+            .map(|c| self.handlers.checks.check(c))
+            .collect();
         let passed = commands
             .into_iter()
             .zip(&checked)
@@ -168,6 +185,11 @@ impl Peer for PeerService {
 
     async fn lease(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
         let request: LeaseRequest = decode(request)?;
-        encode(&self.leases.handle(request).await)
+        encode(&self.handlers.leases.handle(request).await)
+    }
+
+    async fn admin(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        let request: AdminRequest = decode(request)?;
+        encode(&self.handlers.admin.handle(request).await)
     }
 }

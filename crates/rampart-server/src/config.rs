@@ -71,6 +71,15 @@ pub struct RawConfig {
     /// resumes them instead of restarting them, e.g. "5s".
     #[arg(long, env = "RAMPART_EXPERIMENTAL_LEASE_CHECKPOINT_INTERVAL")]
     pub experimental_lease_checkpoint_interval: Option<String>,
+    /// Refuse membership changes that could cost the cluster its quorum (default true, etcd's):
+    /// adding a voter while too few members run, removing one that leaves too few.
+    #[arg(
+        long,
+        env = "RAMPART_STRICT_RECONFIG_CHECK",
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub strict_reconfig_check: Option<bool>,
     /// TEST ONLY: serve the `rampart.faults.v1.Faults` service on the peer URLs, through which
     /// anyone who reaches them can cut and delay this member's links to its peers. For
     /// fault-injection harnesses (rampart-chaos); never enable it in production.
@@ -121,6 +130,7 @@ impl RawConfig {
             snapshot_catchup_entries,
             experimental_watch_progress_notify_interval,
             experimental_lease_checkpoint_interval,
+            strict_reconfig_check,
             experimental_peer_fault_injection,
         )
     }
@@ -160,6 +170,9 @@ pub struct Config {
     pub snapshot_catchup_entries: u64,
     pub watch_progress_notify_interval: Duration,
     pub lease_checkpoint_interval: Duration,
+    /// Whether membership changes that could cost the quorum are refused
+    /// (`--strict-reconfig-check`).
+    pub strict_reconfig_check: bool,
     /// Whether the peer listeners serve the test-only fault control
     /// (`--experimental-peer-fault-injection`).
     pub peer_fault_injection: bool,
@@ -324,6 +337,7 @@ impl Config {
             snapshot_catchup_entries: raw.snapshot_catchup_entries.unwrap_or(5_000),
             watch_progress_notify_interval,
             lease_checkpoint_interval,
+            strict_reconfig_check: raw.strict_reconfig_check.unwrap_or(true),
             peer_fault_injection: raw.experimental_peer_fault_injection.unwrap_or(false),
             member_id,
             cluster_id,
@@ -448,6 +462,19 @@ pub fn member_id(peer_urls: &[String], token: &str) -> NodeId {
         hasher.update(url.as_bytes());
     }
     hasher.update(token.as_bytes());
+    first_u64(&hasher.finalize()).max(1)
+}
+
+/// The id of a member added to a running cluster (etcd's `NewMember` with a time): a hash of
+/// its sorted peer URLs, the cluster token and the time of the add, so that a member added again
+/// on the URLs of a removed one gets a new id. Never 0.
+pub fn added_member_id(peer_urls: &[String], token: &str, unix_nanos: u128) -> NodeId {
+    let mut hasher = Sha256::new();
+    for url in sorted(peer_urls) {
+        hasher.update(url.as_bytes());
+    }
+    hasher.update(token.as_bytes());
+    hasher.update(unix_nanos.to_be_bytes());
     first_u64(&hasher.finalize()).max(1)
 }
 

@@ -53,6 +53,29 @@ pub enum ServerError {
     NotCapable,
     #[error("etcdserver: member not found")]
     MemberNotFound,
+    #[error("etcdserver: Peer URLs already exists")]
+    PeerUrlExists,
+    #[error("etcdserver: given member URLs are invalid")]
+    MemberBadUrls,
+    #[error("etcdserver: re-configuration failed due to not enough started members")]
+    MemberNotEnoughStarted,
+    #[error("etcdserver: can only promote a learner member")]
+    MemberNotLearner,
+    #[error("etcdserver: can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
+    #[error("etcdserver: too many learner members in cluster")]
+    TooManyLearners,
+    #[error("etcdserver: unhealthy cluster")]
+    Unhealthy,
+    #[error("etcdserver: not leader")]
+    NotLeader,
+    #[error("etcdserver: rpc not supported for learner")]
+    NotSupportedForLearner,
+    #[error("etcdserver: bad leader transferee")]
+    BadLeaderTransferee,
+    /// etcd answers this one with code `Unknown`: its gRPC layer has no status for it.
+    #[error("etcdserver: request timed out, leader transfer took too long")]
+    LeaderTransferTimeout,
     /// The node is shutting down; the request was not carried out.
     #[error("etcdserver: server stopped")]
     Stopped,
@@ -122,10 +145,24 @@ impl ServerError {
             | RequestTooLarge | InvalidSortOption | InvalidArgument(_) => Code::InvalidArgument,
             Compacted | FutureRevision | LeaseTtlTooLarge => Code::OutOfRange,
             LeaseNotFound | MemberNotFound => Code::NotFound,
-            NoLeader | LeaderChanged | Timeout | TimeoutWaitAppliedIndex | Stopped => {
-                Code::Unavailable
-            }
-            NotCapable | LeaseExists => Code::FailedPrecondition,
+            NoLeader
+            | LeaderChanged
+            | Timeout
+            | TimeoutWaitAppliedIndex
+            | Stopped
+            | Unhealthy
+            | NotSupportedForLearner => Code::Unavailable,
+            NotCapable
+            | LeaseExists
+            | PeerUrlExists
+            | MemberNotEnoughStarted
+            | MemberNotLearner
+            | LearnerNotReady
+            | TooManyLearners
+            | NotLeader
+            | BadLeaderTransferee => Code::FailedPrecondition,
+            MemberBadUrls => Code::InvalidArgument,
+            LeaderTransferTimeout => Code::Unknown,
             Storage(_) | Internal(_) => Code::Internal,
             Unimplemented(_) => Code::Unimplemented,
             ElectionNotLeader | ElectionNoLeader | MissingLeaderKey | SessionExpired => {
@@ -218,6 +255,21 @@ mod tests {
                 ServerError::LeaseNotFound,
                 Code::NotFound,
                 "etcdserver: requested lease not found",
+            ),
+            (
+                ServerError::NotSupportedForLearner,
+                Code::Unavailable,
+                "etcdserver: rpc not supported for learner",
+            ),
+            (
+                ServerError::LearnerNotReady,
+                Code::FailedPrecondition,
+                "etcdserver: can only promote a learner member which is in sync with leader",
+            ),
+            (
+                ServerError::MemberBadUrls,
+                Code::InvalidArgument,
+                "etcdserver: given member URLs are invalid",
             ),
             (
                 ServerError::Unimplemented("Hash"),

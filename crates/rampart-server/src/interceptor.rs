@@ -1,13 +1,15 @@
 //! The interceptor chain every client call passes before its service sees it, as etcd's
-//! `v3rpc/interceptor.go`: what applies to every call alike (checks on the call's metadata
-//! today; authentication tokens and request metrics belong here too) is done once, here, and
-//! registered once, in `crate::server`.
+//! `v3rpc/interceptor.go`: what applies to every call alike (require-leader, a learner's
+//! refusals; authentication tokens and request metrics belong here too) is done once, here,
+//! and registered once, in `crate::server`.
 //!
 //! A tonic interceptor sees a call's metadata when the call begins (for a stream, when it is
-//! opened), not its messages; checks of a message's content stay with the service.
+//! opened), not its messages; checks of a message's content stay with the service. The call's
+//! method reaches it as a [`CallPath`] extension, set by [`with_call_path`] just before.
 
 use std::sync::Arc;
 
+use tonic::codegen::http;
 use tonic::{Request, Status};
 
 use crate::error::ServerError;
@@ -19,6 +21,22 @@ pub const REQUIRE_LEADER_KEY: &str = "hasleader";
 
 /// The value of [`REQUIRE_LEADER_KEY`] that asks for it (etcd's `MetadataHasLeader`).
 pub const REQUIRE_LEADER_VALUE: &str = "true";
+
+/// The gRPC method of a call (`/etcdserverpb.KV/Range`), for the interceptor.
+#[derive(Clone, Debug)]
+pub struct CallPath(pub String);
+
+/// Puts each call's method in its extensions as a [`CallPath`]; registered in front of the
+/// [`RequestInterceptor`].
+pub fn with_call_path<B>(mut request: http::Request<B>) -> http::Request<B> {
+    let path = CallPath(request.uri().path().to_string());
+    request.extensions_mut().insert(path);
+    request
+}
+
+/// The calls a learner serves (etcd's `isRPCSupportedForLearner`): Status, and Range, which
+/// `Node::read_barrier` refuses unless serializable.
+const LEARNER_CALLS: &[&str] = &["/etcdserverpb.Maintenance/Status", "/etcdserverpb.KV/Range"];
 
 /// The checks of every client call, in order.
 #[derive(Clone)]
@@ -46,8 +64,25 @@ impl RequestInterceptor {
     }
 }
 
+impl RequestInterceptor {
+    /// A learner serves only [`LEARNER_CALLS`] ("rpc not supported for learner").
+    fn learner(&self, request: &Request<()>) -> Result<(), ServerError> {
+        if !self.node.is_learner() {
+            return Ok(());
+        }
+        let path = request.extensions().get::<CallPath>();
+        match path {
+            Some(CallPath(path)) if LEARNER_CALLS.contains(&path.as_str()) => Ok(()),
+            // gRPC health is not etcd's API: a load balancer may probe a learner.
+            Some(CallPath(path)) if path.starts_with("/grpc.health.") => Ok(()),
+            _ => Err(ServerError::NotSupportedForLearner),
+        }
+    }
+}
+
 impl tonic::service::Interceptor for RequestInterceptor {
     fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        self.learner(&request)?;
         self.require_leader(&request)?;
         Ok(request)
     }

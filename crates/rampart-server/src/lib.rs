@@ -10,7 +10,8 @@
 //!   `interceptor`: the checks every client call passes first.
 //! - `client`: the in-process client (etcd's KV, Lease and Watch calls on protobuf messages),
 //!   on which services, and those built on KV, Lease and Watch, are written.
-//! - `watch`: watch streams; `lessor`: the leader's lease clock.
+//! - `watch`: watch streams; `lessor`: the leader's lease clock; `membership`: membership
+//!   changes, leader transfer and the peer side of them.
 //! - `node`: [`Node`], the paths requests take into Raft and back (write, read barrier, lease
 //!   questions to the leader).
 //! - `convert`: protobuf ⇄ domain types with etcd's request checks; `error`: [`ServerError`] and
@@ -26,6 +27,7 @@ mod fault_control;
 mod forward_check;
 mod interceptor;
 mod lessor;
+mod membership;
 pub mod node;
 mod server;
 mod services;

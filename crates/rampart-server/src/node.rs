@@ -6,13 +6,12 @@
 //! Raft, storage and the network, and reached by services through `crate::client`.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::{Raft, RaftMetrics};
 use rampart_api::etcdserverpb::ResponseHeader;
 use rampart_network::{
-    CallError, ForwardCheck, ForwardError, Forwarder, LeaseHandler, LeaseRequest, LeaseStatus,
+    CallError, ForwardError, Forwarder, LeaseHandler, LeaseRequest, LeaseStatus, PeerHandlers,
     PeerNetwork, PeerService, Proposer, ReadIndexer,
 };
 use rampart_storage::{Command, CommandResponse, Mvcc, NodeId, PeerNode, Store, TypeConfig};
@@ -69,24 +68,44 @@ impl Node {
 
     /// The receiving side of the peer protocol: Raft's RPCs, and the writes, read-index rounds
     /// and lease questions the other members send this one when it leads.
-    pub(crate) fn peer_service(
-        &self,
-        leases: Arc<dyn LeaseHandler>,
-        checks: Arc<dyn ForwardCheck>,
-    ) -> PeerService {
+    pub(crate) fn peer_service(&self, handlers: PeerHandlers) -> PeerService {
         PeerService::new(
             self.raft.clone(),
             self.proposer.clone(),
             self.read_indexer.clone(),
             self.config.request_timeout(),
-            leases,
-            checks,
+            handlers,
             rampart_network::max_peer_message_bytes(self.config.max_request_bytes),
         )
     }
 
     pub fn id(&self) -> NodeId {
         self.config.member_id
+    }
+
+    /// This member's Raft, for the membership changes and leader transfers of
+    /// `crate::membership`; requests go through [`Node::write`] and [`Node::read_barrier`].
+    pub(crate) fn raft(&self) -> &Raft<TypeConfig> {
+        &self.raft
+    }
+
+    /// Whether member `id` answers this member's calls now.
+    pub fn peer_reachable(&self, id: NodeId) -> bool {
+        self.network.active_since(id).is_some()
+    }
+
+    /// Calls to the other members.
+    pub(crate) fn network(&self) -> &PeerNetwork {
+        &self.network
+    }
+
+    /// Whether this member is a learner of its newest membership (etcd's `IsLearner`): it
+    /// receives the log but neither votes nor counts for a quorum.
+    pub fn is_learner(&self) -> bool {
+        let metrics = self.metrics.borrow();
+        let membership = metrics.membership_config.membership();
+        let id = self.id();
+        membership.nodes().any(|(&node, _)| node == id) && !membership.voter_ids().any(|v| v == id)
     }
 
     /// This member's validated configuration.
@@ -174,7 +193,10 @@ impl Node {
     }
 
     /// Waits, at most until `deadline`, for a leader this node can reach; `NoLeader` if none.
-    async fn wait_for_leader(&self, deadline: Instant) -> Result<(NodeId, PeerNode), ServerError> {
+    pub(crate) async fn wait_for_leader(
+        &self,
+        deadline: Instant,
+    ) -> Result<(NodeId, PeerNode), ServerError> {
         let mut metrics = self.metrics.clone();
         loop {
             if let Some(leader) = self.leader() {
@@ -190,7 +212,7 @@ impl Node {
 
     /// How long a request waits for a leader to appear before it fails with "no leader": long
     /// enough for one election, short enough that a node cut off from the quorum fails fast.
-    fn leader_wait(&self) -> Duration {
+    pub(crate) fn leader_wait(&self) -> Duration {
         2 * self.config.election_timeout
     }
 
@@ -284,6 +306,10 @@ impl Node {
     /// leads and names its commit index (the read index), and this node waits until it has
     /// applied that far. Anything acknowledged before the read began is then visible here.
     pub async fn read_barrier(&self) -> Result<(), ServerError> {
+        // etcd's learners serve serializable reads only.
+        if self.is_learner() {
+            return Err(ServerError::NotSupportedForLearner);
+        }
         let deadline = Instant::now() + self.config.request_timeout();
         let index = self
             .ask_leader(

@@ -16,21 +16,25 @@ use rampart_api::etcdserverpb::maintenance_server::MaintenanceServer;
 use rampart_api::etcdserverpb::watch_server::WatchServer;
 use rampart_api::v3electionpb::election_server::ElectionServer;
 use rampart_api::v3lockpb::lock_server::LockServer;
-use rampart_network::{LinkFaults, PeerNetwork, PeerService};
+use rampart_network::{
+    AdminAnswer, AdminRequest, LinkFaults, PeerHandlers, PeerNetwork, PeerService,
+};
 use rampart_storage::{ClusterIdentity, Command, MemberAttributes, NodeId, PeerNode, Store};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::service::InterceptorLayer;
+use tower::util::MapRequestLayer;
 
 use crate::client::Client;
 use crate::config::{ClusterState, Config};
 use crate::convert::Limits;
 use crate::fault_control::FaultControl;
 use crate::forward_check::ForwardedCommands;
-use crate::interceptor::RequestInterceptor;
+use crate::interceptor::{with_call_path, RequestInterceptor};
 use crate::lessor::Lessor;
+use crate::membership::Membership;
 use crate::node::Node;
 use crate::services::{
     ClusterService, ElectionService, KvService, LeaseService, LockService, MaintenanceService,
@@ -58,8 +62,16 @@ pub enum StartError {
         want_cluster: u64,
         want_member: u64,
     },
-    #[error("--initial-cluster-state existing needs a data directory that already holds this member (joining a running cluster is not supported yet)")]
-    JoinUnsupported,
+    #[error(
+        "cannot join the cluster: no member of --initial-cluster answered ({reason}); start \
+         the members first, and add this one with `member add`"
+    )]
+    JoinUnreachable { reason: String },
+    #[error(
+        "cannot join the cluster: no member has the peer URLs {peer_urls:?}; add this member \
+         with `member add` first, with the URLs of --initial-advertise-peer-urls"
+    )]
+    JoinNotAdded { peer_urls: Vec<String> },
     #[error("invalid Raft configuration")]
     RaftConfig(#[source] openraft::ConfigError),
     #[error("cannot start Raft")]
@@ -127,12 +139,20 @@ impl RunningNode {
             dir: dir.clone(),
             source,
         };
+        let mut config = config;
         let store = Store::open(&config.data_dir).map_err(storage_error)?;
-        let want = ClusterIdentity {
+        let mut want = ClusterIdentity {
             cluster_id: config.cluster_id,
             member_id: config.member_id,
         };
+        let joining = config.initial_cluster_state == ClusterState::Existing;
         let fresh = match store.identity().map_err(storage_error)? {
+            // A member that joined a running cluster got its id from the leader, and the
+            // cluster's from its peers: its data directory, not its flags, says who it is.
+            Some(found) if joining => {
+                want = found;
+                false
+            }
             Some(found) if found != want => {
                 return Err(StartError::WrongCluster {
                     dir,
@@ -145,9 +165,11 @@ impl RunningNode {
             Some(_) => false,
             None => true,
         };
-        if fresh && config.initial_cluster_state == ClusterState::Existing {
-            return Err(StartError::JoinUnsupported);
+        if fresh && joining {
+            want = join(&config, &faults).await?;
         }
+        config.member_id = want.member_id;
+        config.cluster_id = want.cluster_id;
 
         // openraft 0.9 splits a follower's wait for a lost leader in two: for
         // `election_timeout_max` after the leader's last message it refuses votes (the leader's
@@ -188,7 +210,7 @@ impl RunningNode {
         .await
         .map_err(StartError::Raft)?;
 
-        if fresh {
+        if fresh && !joining {
             let members: BTreeMap<NodeId, PeerNode> = config
                 .initial_cluster
                 .iter()
@@ -207,8 +229,10 @@ impl RunningNode {
             if let Err(e) = raft.initialize(members).await {
                 tracing::info!("cluster already initialized: {e}");
             }
+        }
+        if fresh {
             // Record the identity last: a crash before this point leaves a directory that the
-            // next start treats as fresh again, which initializes identically.
+            // next start treats as fresh again, which initializes (or joins) identically.
             store.set_identity(&want).map_err(storage_error)?;
         }
 
@@ -224,7 +248,12 @@ impl RunningNode {
             },
             max_command_bytes: node.config().max_grpc_message_bytes(),
         };
-        let peer_service = node.peer_service(lessor.clone(), Arc::new(checks));
+        let membership = Membership::new(node.clone());
+        let peer_service = node.peer_service(PeerHandlers {
+            leases: lessor.clone(),
+            admin: membership.clone(),
+            checks: Arc::new(checks),
+        });
         for listener in listeners.peer {
             tasks.spawn(serve_peers(
                 &node,
@@ -235,8 +264,16 @@ impl RunningNode {
             ));
         }
         for listener in listeners.client {
-            tasks.spawn(serve_clients(&node, &client, listener, cancel.clone()));
+            tasks.spawn(serve_clients(
+                &node,
+                &client,
+                &membership,
+                listener,
+                cancel.clone(),
+            ));
         }
+        tasks.spawn(membership.clone().watch_removal(cancel.clone()));
+        tasks.spawn(membership.clone().probe_peers(cancel.clone()));
         tasks.spawn(publish(node.clone(), cancel.clone()));
         tasks.spawn(lessor.run());
 
@@ -288,6 +325,86 @@ impl RunningNode {
     }
 }
 
+/// How long a member joining a running cluster keeps asking its peers who the cluster is.
+const JOIN_PATIENCE: Duration = Duration::from_secs(30);
+
+/// The identity of a member joining a running cluster (`--initial-cluster-state existing`
+/// with an empty data directory): it asks the other members of `--initial-cluster` for the
+/// cluster's id and members, and is the member whose peer URLs are its own, which `member add`
+/// put there.
+async fn join(config: &Config, faults: &LinkFaults) -> Result<ClusterIdentity, StartError> {
+    let mut mine = config.initial_advertise_peer_urls.clone();
+    mine.sort();
+    let network = PeerNetwork::new(
+        config.member_id,
+        faults.clone(),
+        rampart_network::max_peer_message_bytes(config.max_request_bytes),
+    );
+    let peers: Vec<_> = config
+        .initial_cluster
+        .iter()
+        .filter(|m| m.id != config.member_id)
+        .collect();
+    let deadline = Instant::now() + JOIN_PATIENCE;
+    let mut last_error = "no other member in --initial-cluster".to_string();
+    let mut not_added = false;
+    loop {
+        for peer in &peers {
+            let node = PeerNode {
+                name: peer.name.clone(),
+                peer_urls: peer.peer_urls.clone(),
+            };
+            let reply = network
+                .admin(
+                    peer.id,
+                    &node,
+                    &AdminRequest::ClusterInfo,
+                    config.election_timeout,
+                )
+                .await;
+            let info = match reply {
+                Ok(Ok(AdminAnswer::ClusterInfo(info))) => info,
+                Ok(other) => {
+                    last_error = format!("{} answered {other:?}", peer.name);
+                    continue;
+                }
+                Err(e) => {
+                    last_error = e.to_string();
+                    continue;
+                }
+            };
+            let me = info.members.iter().find(|m| {
+                let mut urls = m.node.peer_urls.clone();
+                urls.sort();
+                urls == mine
+            });
+            // A member that lags may not know of the add yet: ask the others too.
+            let Some(me) = me else {
+                not_added = true;
+                continue;
+            };
+            tracing::info!(
+                member_id = format_args!("{:016x}", me.id),
+                cluster_id = format_args!("{:016x}", info.cluster_id),
+                asked = %peer.name,
+                "joining a running cluster"
+            );
+            return Ok(ClusterIdentity {
+                cluster_id: info.cluster_id,
+                member_id: me.id,
+            });
+        }
+        if Instant::now() >= deadline {
+            return Err(if not_added {
+                StartError::JoinNotAdded { peer_urls: mine }
+            } else {
+                StartError::JoinUnreachable { reason: last_error }
+            });
+        }
+        tokio::time::sleep(config.election_timeout).await;
+    }
+}
+
 /// Serves the etcd client API on `listener` until `shutdown`: KV, Watch, Lease, Maintenance,
 /// Cluster, Lock, Election and gRPC health, every call through [`RequestInterceptor`] first. Long-lived streams
 /// end on `shutdown` too, so that the graceful drain does not wait for clients that never hang
@@ -295,12 +412,14 @@ impl RunningNode {
 fn serve_clients(
     node: &Arc<Node>,
     client: &Client,
+    membership: &Arc<Membership>,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
     let limit = node.config().max_grpc_message_bytes();
     let (health_reporter, health) = tonic_health::server::health_reporter();
     let router = tonic::transport::Server::builder()
+        .layer(MapRequestLayer::new(with_call_path))
         .layer(InterceptorLayer::new(RequestInterceptor::new(node.clone())))
         .add_service(health)
         .add_service(
@@ -315,11 +434,12 @@ fn serve_clients(
             LeaseServer::new(LeaseService::new(client.clone())).max_decoding_message_size(limit),
         )
         .add_service(
-            MaintenanceServer::new(MaintenanceService::new(node.clone()))
+            MaintenanceServer::new(MaintenanceService::new(node.clone(), membership.clone()))
                 .max_decoding_message_size(limit),
         )
         .add_service(
-            ClusterServer::new(ClusterService::new(node.clone())).max_decoding_message_size(limit),
+            ClusterServer::new(ClusterService::new(node.clone(), membership.clone()))
+                .max_decoding_message_size(limit),
         )
         .add_service(
             LockServer::new(LockService::new(client.clone())).max_decoding_message_size(limit),

@@ -703,3 +703,153 @@ async fn lease_commands() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The value of `NAME="value"` in what `etcdctl member add` printed.
+fn printed_env(stdout: &str, name: &str) -> anyhow::Result<String> {
+    let prefix = format!("{name}=\"");
+    stdout
+        .lines()
+        .find_map(|line| line.strip_prefix(&prefix)?.strip_suffix('"'))
+        .map(str::to_string)
+        .with_context(|| format!("no {name} in {stdout:?}"))
+}
+
+/// A member's id in etcdctl's hex, from `member list -w json`, by name.
+async fn member_hex(etcdctl: &Etcdctl, name: &str) -> anyhow::Result<Option<String>> {
+    let list = etcdctl.json(&["member", "list"]).await?;
+    Ok(list["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| m["name"].as_str() == Some(name))
+        .and_then(|m| m["ID"].as_u64())
+        .map(|id| format!("{id:x}")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_add_learner_promote_move_leader_update_and_remove() -> anyhow::Result<()> {
+    rampart_tests::init_tracing();
+    etcdctl_path()?;
+    let mut cluster = ProcessCluster::start(3).await?;
+    let urls = urls(&cluster);
+    let all = Etcdctl::new(&[&urls[0], &urls[1], &urls[2]])?;
+    all.ok(&["put", "before", "v"]).await?;
+
+    info!("--- member add --learner prints how to start the new member");
+    let new_urls = (rampart_launcher::free_url()?, rampart_launcher::free_url()?);
+    let peer_flag = format!("--peer-urls={}", new_urls.1);
+    let added = all
+        .ok(&["member", "add", "p3", &peer_flag, "--learner"])
+        .await?;
+    ensure!(added.contains("added to cluster"), "{added}");
+    ensure!(printed_env(&added, "ETCD_NAME")? == "p3", "{added}");
+    ensure!(
+        printed_env(&added, "ETCD_INITIAL_CLUSTER_STATE")? == "existing",
+        "{added}"
+    );
+    let initial_cluster = printed_env(&added, "ETCD_INITIAL_CLUSTER")?;
+    ensure!(
+        initial_cluster.contains(&format!("p3={}", new_urls.1)) && initial_cluster.contains("p0="),
+        "{initial_cluster}"
+    );
+    let new_client_url = new_urls.0.clone();
+    let new = cluster
+        .start_joining("p3", new_urls, &initial_cluster)
+        .await?;
+
+    info!("--- member list -w table shows the learner, named once it started");
+    let table = wait_until("the learner to be listed by name", AGREE_WAIT, || async {
+        let table = all.ok(&["member", "list", "-w", "table"]).await?;
+        Ok(table
+            .lines()
+            .any(|line| line.contains(" p3 |") && line.contains(" true |"))
+            .then_some(table))
+    })
+    .await?;
+    ensure!(table.contains("IS LEARNER"), "{table}");
+    let learner = member_hex(&all, "p3").await?.context("p3 not listed")?;
+    let learner_alone = Etcdctl::new(&[&new_client_url])?;
+    let refused = learner_alone.run(&["put", "x", "y"], None).await?;
+    ensure!(
+        !refused.success && refused.stderr.contains("rpc not supported for learner"),
+        "a learner took a put: {} {}",
+        refused.stdout,
+        refused.stderr
+    );
+    let read = learner_alone
+        .ok(&["get", "before", "--consistency=s", "--print-value-only"])
+        .await?;
+    ensure!(read.trim() == "v", "{read}");
+
+    info!("--- member promote, once it is in sync");
+    let promoted = wait_until("the promotion", AGREE_WAIT, || async {
+        let run = all.run(&["member", "promote", &learner], None).await?;
+        if run.success {
+            return Ok(Some(run.stdout));
+        }
+        ensure!(run.stderr.contains("in sync with leader"), "{}", run.stderr);
+        Ok(None)
+    })
+    .await?;
+    ensure!(promoted.contains("promoted in cluster"), "{promoted}");
+
+    info!("--- move-leader to the new voter");
+    let four = Etcdctl::new(&[&urls[0], &urls[1], &urls[2], &new_client_url])?;
+    let moved = four.ok(&["move-leader", &learner]).await?;
+    ensure!(
+        moved.contains("Leadership transferred") && moved.contains(&learner),
+        "{moved}"
+    );
+    let status = four.json(&["endpoint", "status"]).await?;
+    let leaders: Vec<u64> = status
+        .as_array()
+        .context("endpoint status is no array")?
+        .iter()
+        .filter_map(|s| s["Status"]["leader"].as_u64())
+        .collect();
+    ensure!(
+        leaders.iter().all(|l| format!("{l:x}") == learner),
+        "{status}"
+    );
+
+    info!("--- member update keeps a member's URL list as given");
+    let p1 = member_hex(&all, "p1").await?.context("p1 not listed")?;
+    let p1_peer = format!("--peer-urls={}", cluster.members[1].peer_url);
+    let updated = all.ok(&["member", "update", &p1, &p1_peer]).await?;
+    ensure!(updated.contains("updated in cluster"), "{updated}");
+
+    info!("--- member remove of the leader: it stops, the others carry on");
+    // The new leader started moments ago: it removes a voter only once it has reached every
+    // other for etcd's health interval.
+    let removed = wait_until("the removal", AGREE_WAIT, || async {
+        let run = all.run(&["member", "remove", &learner], None).await?;
+        if run.success {
+            return Ok(Some(run.stdout));
+        }
+        ensure!(run.stderr.contains("unhealthy cluster"), "{}", run.stderr);
+        Ok(None)
+    })
+    .await?;
+    ensure!(removed.contains("removed from cluster"), "{removed}");
+    let deadline = tokio::time::Instant::now() + AGREE_WAIT;
+    while cluster.members[new].exited().is_none() {
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the removed member still runs after {AGREE_WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ensure!(
+        cluster.members[new]
+            .log()
+            .contains("removed from the cluster"),
+        "the removed member's log does not say why it stopped"
+    );
+    all.ok(&["put", "after", "v"]).await?;
+    let list = all.json(&["member", "list"]).await?;
+    ensure!(
+        list["members"].as_array().map(Vec::len) == Some(3),
+        "{list}"
+    );
+    Ok(())
+}

@@ -15,6 +15,8 @@
 //! - [`lock`]: the Lock service through etcd-client (order, fencing tokens, leases, leader
 //!   loss, abandoned waiters), and etcdctl's `lock`.
 //! - [`lock_failover`]: locks across kill -9 of a holder and of the leader, against processes.
+//! - [`membership`]: adding, promoting, removing and updating members, MoveLeader, learners'
+//!   limits and the strict reconfiguration checks, in process.
 //! - [`long_reads`]: whole-keyspace reads of a large store under writes stall no member.
 //! - [`process_cluster`]: acknowledged writes survive kill -9; bad settings and foreign data
 //!   directories are refused.
@@ -40,6 +42,7 @@ mod lease_table;
 mod lock;
 mod lock_failover;
 mod long_reads;
+mod membership;
 mod process_cluster;
 mod signals;
 mod watch;

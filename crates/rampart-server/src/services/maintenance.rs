@@ -9,6 +9,7 @@ use rampart_api::etcdserverpb::maintenance_server::Maintenance;
 use tonic::{Request, Response, Status};
 
 use crate::error::ServerError;
+use crate::membership::Membership;
 use crate::node::Node;
 
 /// The etcd API version Rampart speaks, reported by Status.
@@ -16,11 +17,12 @@ pub const API_VERSION: &str = "3.5.0";
 
 pub struct MaintenanceService {
     node: Arc<Node>,
+    membership: Arc<Membership>,
 }
 
 impl MaintenanceService {
-    pub fn new(node: Arc<Node>) -> Self {
-        MaintenanceService { node }
+    pub fn new(node: Arc<Node>, membership: Arc<Membership>) -> Self {
+        MaintenanceService { node, membership }
     }
 }
 
@@ -49,11 +51,7 @@ impl Maintenance for MaintenanceService {
     ) -> Result<Response<pb::StatusResponse>, Status> {
         let metrics = self.node.metrics();
         let db_size = self.node.db_size() as i64;
-        let is_learner = !metrics
-            .membership_config
-            .membership()
-            .voter_ids()
-            .any(|id| id == self.node.id());
+        let is_learner = self.node.is_learner();
         Ok(Response::new(pb::StatusResponse {
             header: Some(self.node.current_header()),
             version: API_VERSION.to_string(),
@@ -109,11 +107,17 @@ impl Maintenance for MaintenanceService {
         Err(ServerError::Unimplemented("Snapshot").into())
     }
 
+    /// Hands the leadership to another voter; only the leader answers (see
+    /// `Membership::move_leader`).
     async fn move_leader(
         &self,
-        _request: Request<pb::MoveLeaderRequest>,
+        request: Request<pb::MoveLeaderRequest>,
     ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
-        Err(ServerError::Unimplemented("MoveLeader").into())
+        let target = request.into_inner().target_id;
+        self.membership.move_leader(target).await?;
+        Ok(Response::new(pb::MoveLeaderResponse {
+            header: Some(self.node.current_header()),
+        }))
     }
 
     async fn downgrade(

@@ -52,7 +52,11 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("cannot start")?;
 
-    wait_for_signal().await?;
+    // A member stops on a signal, or by itself once removed from the cluster.
+    tokio::select! {
+        signal = wait_for_signal() => signal?,
+        _ = node.stopped() => {}
+    }
     tracing::info!("shutting down");
     node.shutdown().await;
     Ok(())

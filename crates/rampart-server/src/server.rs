@@ -53,7 +53,9 @@ pub enum StartError {
     #[error(
         "data directory {dir} belongs to cluster {found_cluster:016x} as member \
          {found_member:016x}, but this configuration makes cluster {want_cluster:016x} member \
-         {want_member:016x}; check --data-dir, --initial-cluster and --initial-cluster-token"
+         {want_member:016x}; check --data-dir, --initial-cluster and --initial-cluster-token \
+         (a member that joined with `member add`, or whose peer URLs `member update` changed, \
+         restarts with --initial-cluster-state existing)"
     )]
     WrongCluster {
         dir: String,

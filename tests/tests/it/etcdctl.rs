@@ -853,3 +853,86 @@ async fn member_add_learner_promote_move_leader_update_and_remove() -> anyhow::R
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replacing_a_member_whose_data_directory_is_lost() -> anyhow::Result<()> {
+    rampart_tests::init_tracing();
+    etcdctl_path()?;
+    let mut cluster = ProcessCluster::start(3).await?;
+    let urls = urls(&cluster);
+    let all = Etcdctl::new(&[&urls[0], &urls[1], &urls[2]])?;
+    for i in 0..50 {
+        all.ok(&["put", &format!("k{i:02}"), "v"]).await?;
+    }
+
+    info!("--- p2's disk dies: killed, its data directory gone");
+    let lost = member_hex(&all, "p2").await?.context("p2 not listed")?;
+    cluster.kill(2)?;
+    std::fs::remove_dir_all(&cluster.members[2].data_dir)?;
+    let survivors = Etcdctl::new(&[&urls[0], &urls[1]])?;
+
+    info!("--- remove it, add the replacement as a learner, start it empty, promote it");
+    // Until the leader has seen the member go down it counts as running, and a running member
+    // is removed only from a cluster healthy for 5 s: this one started moments ago.
+    let removed = wait_until("the lost member's removal", AGREE_WAIT, || async {
+        let run = survivors.run(&["member", "remove", &lost], None).await?;
+        if run.success {
+            return Ok(Some(run.stdout));
+        }
+        ensure!(run.stderr.contains("unhealthy cluster"), "{}", run.stderr);
+        Ok(None)
+    })
+    .await?;
+    ensure!(removed.contains("removed from cluster"), "{removed}");
+    survivors.ok(&["put", "during-replacement", "v"]).await?;
+    let new_urls = (rampart_launcher::free_url()?, rampart_launcher::free_url()?);
+    let peer_flag = format!("--peer-urls={}", new_urls.1);
+    let added = survivors
+        .ok(&["member", "add", "p2b", &peer_flag, "--learner"])
+        .await?;
+    let initial_cluster = printed_env(&added, "ETCD_INITIAL_CLUSTER")?;
+    let new_client_url = new_urls.0.clone();
+    cluster
+        .start_joining("p2b", new_urls, &initial_cluster)
+        .await?;
+    let replacement = added
+        .split_whitespace()
+        .nth(1)
+        .with_context(|| format!("no member id in {added:?}"))?
+        .to_string();
+    ensure!(
+        replacement != lost,
+        "the replacement reused the lost member's id"
+    );
+    wait_until("the replacement's promotion", AGREE_WAIT, || async {
+        let run = survivors
+            .run(&["member", "promote", &replacement], None)
+            .await?;
+        if run.success {
+            return Ok(Some(()));
+        }
+        ensure!(run.stderr.contains("in sync with leader"), "{}", run.stderr);
+        Ok(None)
+    })
+    .await?;
+
+    info!("--- three voters again, the replacement holding every key");
+    let replaced = Etcdctl::new(&[&urls[0], &urls[1], &new_client_url])?;
+    let list = replaced.json(&["member", "list"]).await?;
+    let members = list["members"].as_array().context("no members")?;
+    ensure!(members.len() == 3, "{list}");
+    ensure!(
+        members.iter().all(|m| m.get("isLearner").is_none()),
+        "{list}"
+    );
+    let alone = Etcdctl::new(&[&new_client_url])?;
+    let keys = alone
+        .ok(&["get", "k", "--prefix", "--keys-only", "--consistency=s"])
+        .await?;
+    ensure!(
+        keys.lines().filter(|l| !l.is_empty()).count() == 50,
+        "{keys}"
+    );
+    replaced.ok(&["put", "after-replacement", "v"]).await?;
+    Ok(())
+}

@@ -543,3 +543,89 @@ async fn member_update_changes_a_members_peer_urls() -> anyhow::Result<()> {
     cluster.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn growing_to_five_and_shrinking_to_three_under_writes_loses_no_acknowledged_write(
+) -> anyhow::Result<()> {
+    let mut cluster = TestCluster::start(3).await?;
+    cluster.wait_for_leader(WAIT).await?;
+    let writer_client = cluster.client(0).await?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = tokio::spawn({
+        let stop = stop.clone();
+        let mut client = writer_client;
+        async move {
+            let (mut acknowledged, mut failed) = (Vec::new(), 0usize);
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let key = format!("w{i:06}");
+                match put(&mut client, &key, "v").await {
+                    Ok(_) => acknowledged.push(key),
+                    Err(_) => failed += 1,
+                }
+                i += 1;
+            }
+            (acknowledged, failed)
+        }
+    });
+
+    info!("--- grow to five: two voters added one after the other");
+    let fourth = cluster.add_member(1, false).await?;
+    let fifth = cluster.add_member(2, false).await?;
+    let five: Vec<_> = cluster.ids();
+    assert_eq!(member_list(&cluster, 0).await?.len(), 5);
+    cluster.wait_for_leader_among(&five, WAIT).await?;
+
+    info!("--- shrink to three: remove two of the original members, the leader if it is one");
+    for index in [1, 2] {
+        let id = cluster.members[index].id;
+        let via = if index == 1 { fourth } else { fifth };
+        remove_when_healthy(&cluster, via, id).await?;
+        let stopped = cluster.members[index].running.as_ref().unwrap();
+        tokio::time::timeout(WAIT, stopped.stopped())
+            .await
+            .map_err(|_| anyhow::anyhow!("removed member {index} did not stop"))?;
+        cluster.stop(index).await;
+    }
+    let three = [
+        cluster.members[0].id,
+        cluster.members[fourth].id,
+        cluster.members[fifth].id,
+    ];
+    let leader = cluster.wait_for_leader_among(&three, WAIT).await?;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (acknowledged, failed) = writer.await?;
+    info!(
+        acknowledged = acknowledged.len(),
+        failed, "writes during the changes"
+    );
+    assert!(acknowledged.len() > 10, "too few writes went through");
+
+    let mut reader = cluster.client(cluster.index_of(leader)).await?;
+    let stored = reader
+        .range(pb::RangeRequest {
+            key: b"w".to_vec(),
+            range_end: b"x".to_vec(),
+            keys_only: true,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let stored: std::collections::BTreeSet<_> = stored
+        .kvs
+        .iter()
+        .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+        .collect();
+    let lost: Vec<_> = acknowledged
+        .iter()
+        .filter(|k| !stored.contains(*k))
+        .collect();
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+    let members = member_list(&cluster, cluster.index_of(leader)).await?;
+    assert_eq!(members.len(), 3);
+    assert!(members
+        .iter()
+        .all(|m| three.contains(&m.id) && !m.is_learner));
+    cluster.shutdown().await;
+    Ok(())
+}

@@ -272,9 +272,9 @@ mod tests {
                 "etcdserver: given member URLs are invalid",
             ),
             (
-                ServerError::Unimplemented("Hash"),
+                ServerError::Unimplemented("Snapshot"),
                 Code::Unimplemented,
-                "rampart does not support Hash yet",
+                "rampart does not support Snapshot yet",
             ),
         ];
         for (error, code, text) in cases {

@@ -45,6 +45,7 @@ mod durability;
 mod error;
 mod events;
 mod files;
+mod hash;
 mod index;
 mod key_range;
 mod lease;
@@ -63,6 +64,7 @@ mod watch_feed;
 mod write_txn;
 
 pub use error::{MvccError, StoreError};
+pub use hash::KvHash;
 pub use lease::{LeaseFeed, LeaseFeedEnded};
 pub use log_store::LogStore;
 pub use mvcc::Mvcc;

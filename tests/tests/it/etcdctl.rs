@@ -936,3 +936,64 @@ async fn replacing_a_member_whose_data_directory_is_lost() -> anyhow::Result<()>
     replaced.ok(&["put", "after-replacement", "v"]).await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_hashkv_is_equal_on_every_member() -> anyhow::Result<()> {
+    let three = ThreeMembers::start().await?;
+    for i in 0..14 {
+        three
+            .all
+            .ok(&["put", &format!("h{}", i % 5), &format!("v{i}")])
+            .await?;
+    }
+    three.all.ok(&["del", "h3"]).await?;
+    let status = three.all.json(&["endpoint", "status"]).await?;
+    let revision = status[0]["Status"]["header"]["revision"]
+        .as_i64()
+        .context("no revision")?;
+    three
+        .all
+        .ok(&["compaction", &(revision - 6).to_string()])
+        .await?;
+    three.all.ok(&["put", "after-compaction", "v"]).await?;
+
+    info!("--- every member hashes the same keys alike once it has applied them");
+    let hashes = wait_until("the members' hashes to agree", AGREE_WAIT, || async {
+        let out = three.all.json(&["endpoint", "hashkv", "--cluster"]).await?;
+        let hashes: Vec<(u64, i64)> = out
+            .as_array()
+            .context("hashkv printed no array")?
+            .iter()
+            .map(|e| {
+                (
+                    e["HashKV"]["hash"].as_u64().unwrap_or(0),
+                    e["HashKV"]["compact_revision"].as_i64().unwrap_or(-1),
+                )
+            })
+            .collect();
+        let agreed =
+            hashes.len() == 3 && hashes.iter().all(|h| *h == hashes[0]) && hashes[0].0 != 0;
+        Ok(agreed.then_some(hashes))
+    })
+    .await?;
+    ensure!(hashes[0].1 == revision - 6, "{hashes:?}");
+
+    info!("--- a hash at a compacted revision is refused as etcd refuses it");
+    let refused = three
+        .all
+        .run(
+            &["endpoint", "hashkv", "--rev", &(revision - 8).to_string()],
+            None,
+        )
+        .await?;
+    ensure!(
+        !refused.success
+            && refused
+                .stderr
+                .contains("required revision has been compacted"),
+        "{} {}",
+        refused.stdout,
+        refused.stderr
+    );
+    Ok(())
+}

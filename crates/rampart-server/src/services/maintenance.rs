@@ -21,6 +21,15 @@ pub struct MaintenanceService {
 }
 
 impl MaintenanceService {
+    /// `Mvcc::hash_kv` off the async threads: it reads the whole store.
+    async fn hash_kv_at(&self, revision: i64) -> Result<rampart_storage::KvHash, ServerError> {
+        let mvcc = self.node.mvcc().clone();
+        tokio::task::spawn_blocking(move || mvcc.hash_kv(revision))
+            .await
+            .map_err(|e| ServerError::Internal(format!("hashing failed: {e}")))?
+            .map_err(ServerError::from)
+    }
+
     pub fn new(node: Arc<Node>, membership: Arc<Membership>) -> Self {
         MaintenanceService { node, membership }
     }
@@ -84,18 +93,33 @@ impl Maintenance for MaintenanceService {
         }))
     }
 
+    /// The hash of this member's whole key-value state at its current revision (etcd hashes its
+    /// whole backend file; Rampart's is the `HashKV` of the current revision, so two members
+    /// that applied the same log answer the same).
     async fn hash(
         &self,
         _request: Request<pb::HashRequest>,
     ) -> Result<Response<pb::HashResponse>, Status> {
-        Err(ServerError::Unimplemented("Hash").into())
+        let hashed = self.hash_kv_at(0).await?;
+        Ok(Response::new(pb::HashResponse {
+            header: Some(self.node.current_header()),
+            hash: hashed.hash,
+        }))
     }
 
+    /// etcd's `HashKV`: equal on every member at the same revision (see `Mvcc::hash_kv`), for
+    /// `etcdctl endpoint hashkv`.
     async fn hash_kv(
         &self,
-        _request: Request<pb::HashKvRequest>,
+        request: Request<pb::HashKvRequest>,
     ) -> Result<Response<pb::HashKvResponse>, Status> {
-        Err(ServerError::Unimplemented("HashKV").into())
+        let hashed = self.hash_kv_at(request.into_inner().revision).await?;
+        Ok(Response::new(pb::HashKvResponse {
+            header: Some(self.node.current_header()),
+            hash: hashed.hash,
+            compact_revision: hashed.compact_revision,
+            hash_revision: hashed.revision,
+        }))
     }
 
     type SnapshotStream = SnapshotStream;

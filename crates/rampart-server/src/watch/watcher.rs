@@ -3,7 +3,9 @@
 //!
 //! The watcher alternates between two states, like etcd's unsynced and synced watcher groups:
 //! - **catching up**: it reads the current revision `R` (its feed receiver already in place)
-//!   and replays `[next, R]` from history, in chunks of about [`HISTORY_CHUNK`] events;
+//!   and replays `[next, R]` from history, read in chunks of about [`HISTORY_CHUNK`] events and
+//!   sent as etcd's unsynced watchers send, many revisions to a response (up to
+//!   [`REPLAY_BATCH_REVISIONS`] or about [`REPLAY_BATCH_BYTES`]);
 //! - **live**: it follows the store's feed, one message per applied revision, skipping those it
 //!   already replayed. The revisions waiting in the feed when it wakes are handled together (at
 //!   most [`MAX_LIVE_BATCH`] of them, or about [`LIVE_BATCH_BYTES`]): one response each, as
@@ -24,6 +26,7 @@ use std::sync::Arc;
 
 use prost::Message;
 use rampart_api::etcdserverpb as pb;
+use rampart_api::mvccpb;
 use rampart_storage::{
     ApplyError, Event, EventKind, FedRevision, MvccError, PrevKvInterest, RevisionEvents, WatchFeed,
 };
@@ -41,6 +44,22 @@ use crate::error::ServerError;
 /// About how many events one history read returns (whole revisions only), bounding what a
 /// catching-up watcher holds at once.
 const HISTORY_CHUNK: usize = 256;
+
+/// A history replay sends the events of up to this many revisions in one response (etcd's
+/// `watchBatchMaxRevs`), ...
+const REPLAY_BATCH_REVISIONS: usize = 1000;
+
+/// ... and of fewer once they take about this many bytes (a revision's events are never split
+/// between responses, except by fragmenting when the client asks for it).
+const REPLAY_BATCH_BYTES: usize = 1024 * 1024;
+
+/// Replayed events waiting to go out in one response.
+#[derive(Default)]
+struct ReplayBatch {
+    events: Vec<mvccpb::Event>,
+    bytes: usize,
+    revisions: usize,
+}
 
 /// At most how many revisions waiting in the feed a live watcher handles at once.
 const MAX_LIVE_BATCH: usize = 64;
@@ -309,6 +328,7 @@ impl Watcher {
         if self.next <= target {
             self.publish(Progress::CatchingUp);
         }
+        let mut batch = ReplayBatch::default();
         while self.next <= target {
             let replayed = mvcc.events(
                 self.next,
@@ -329,29 +349,56 @@ impl Watcher {
                 ));
                 return Err(self.fail(stuck).await);
             }
-            // As etcd's unsynced watchers, the header names the revision the replay reads to.
+            // As etcd's unsynced watchers, the header names the revision the replay reads to,
+            // and one response carries many revisions' events.
             for revision in &revisions {
-                let responses = self.responses(revision, target);
-                self.send_events(responses).await?;
+                let events = self.wanted(revision);
+                if events.is_empty() {
+                    continue;
+                }
+                let bytes: usize = events.iter().map(Message::encoded_len).sum();
+                if !batch.events.is_empty()
+                    && (batch.bytes + bytes > REPLAY_BATCH_BYTES
+                        || batch.revisions >= REPLAY_BATCH_REVISIONS)
+                {
+                    self.flush_replay(&mut batch, target).await?;
+                }
+                batch.events.extend(events);
+                batch.bytes += bytes;
+                batch.revisions += 1;
             }
             self.next = last + 1;
             // A long replay shares the thread with other tasks.
             tokio::task::yield_now().await;
         }
+        self.flush_replay(&mut batch, target).await?;
         self.seen = self.seen.max(target);
         self.publish(Progress::Live(self.seen));
         Ok(())
     }
 
-    /// The response carrying the wanted events of `revision` (or its fragments); none if the
-    /// watch filters them all out, as etcd sends nothing then.
-    fn responses(&self, revision: &RevisionEvents, header_revision: i64) -> Vec<pb::WatchResponse> {
-        let events: Vec<_> = revision
+    /// The events of `revision` this watch wants, as the client sees them.
+    fn wanted(&self, revision: &RevisionEvents) -> Vec<mvccpb::Event> {
+        revision
             .events
             .iter()
             .filter(|e| self.spec.wants(e))
             .map(|e| convert::event(e, self.spec.prev_kv))
-            .collect();
+            .collect()
+    }
+
+    /// The response carrying the wanted events of `revision` (or its fragments); none if the
+    /// watch filters them all out, as etcd sends nothing then.
+    fn responses(&self, revision: &RevisionEvents, header_revision: i64) -> Vec<pb::WatchResponse> {
+        self.response_of(self.wanted(revision), header_revision)
+    }
+
+    /// One response with `events` (or its fragments); none without events.
+    fn response_of(
+        &self,
+        events: Vec<mvccpb::Event>,
+        header_revision: i64,
+    ) -> Vec<pb::WatchResponse> {
         if events.is_empty() {
             return Vec::new();
         }
@@ -362,6 +409,14 @@ impl Watcher {
         } else {
             vec![response]
         }
+    }
+
+    /// Sends the replayed events gathered in `batch`, if any, and empties it.
+    async fn flush_replay(&mut self, batch: &mut ReplayBatch, target: i64) -> Result<(), Stop> {
+        let events = std::mem::take(&mut batch.events);
+        *batch = ReplayBatch::default();
+        let responses = self.response_of(events, target);
+        self.send_events(responses).await
     }
 
     /// Queues event `responses`, if any, for the client.

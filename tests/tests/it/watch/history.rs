@@ -150,3 +150,42 @@ async fn a_watch_on_a_compacted_revision_is_canceled_with_the_compact_revision(
     cluster.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_replay_comes_many_revisions_to_a_response() -> anyhow::Result<()> {
+    let (cluster, leader) = cluster().await?;
+    let mut kv = cluster.client(leader).await?;
+    let url = cluster.members[leader].client_url.clone();
+    let writes = 1500;
+    let mut first = 0;
+    for i in 0..writes {
+        let revision = put(&mut kv, &format!("batch/{}", i % 10), "v").await?;
+        if i == 0 {
+            first = revision;
+        }
+    }
+    let mut raw = RawWatch::open(&url).await?;
+    let id = raw
+        .watch(pb::WatchCreateRequest {
+            start_revision: first,
+            range_end: b"batch0".to_vec(),
+            ..create("batch/")
+        })
+        .await?;
+    let (mut responses, mut revisions) = (0, Vec::new());
+    while revisions.len() < writes {
+        let response = raw.next().await?;
+        assert_eq!(response.watch_id, id, "{response:?}");
+        responses += 1;
+        revisions.extend(response.events.iter().map(revision_of));
+    }
+    let expected: Vec<i64> = (first..first + writes as i64).collect();
+    assert_eq!(revisions, expected, "every revision once, in order");
+    // etcd sends up to 1,000 revisions a response; so does a replay here.
+    assert!(
+        responses <= 2,
+        "{writes} revisions came in {responses} responses"
+    );
+    cluster.shutdown().await;
+    Ok(())
+}

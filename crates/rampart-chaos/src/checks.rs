@@ -8,6 +8,8 @@
 //! - every member ends with the same data: once healed and quiet, all members reach the same
 //!   applied revision and hold the same key-values at it;
 //! - no member crashed;
+//! - the members agree on the membership: every one lists the same voters, one per member
+//!   slot, and no learner; and every member removed from the cluster stopped by itself;
 //! - the watchers received every change of their prefix, in order, once, as written
 //!   ([`crate::watch_check`]);
 //! - leases lived as long as promised and were deleted soon after they expired
@@ -25,7 +27,7 @@ use rampart_api::etcdserverpb::kv_client::KvClient;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::cluster::{channel, Cluster, Crash};
+use crate::cluster::{channel, Cluster, Crash, Listed, NotStopped};
 use crate::election_check::{self, ElectionSummary, LeaderFact};
 use crate::history::{
     operations, ElectionHistory, ElectionRecord, LeaseHistory, LeaseRecord, LockHistory,
@@ -34,6 +36,7 @@ use crate::history::{
 use crate::lease_check::{self, LeaseSummary};
 use crate::linearizability::{self, Report, Violation};
 use crate::lock_check::{self, LockSummary};
+use crate::membership;
 use crate::watch_check::{self, ExpectedEvent, WatchSummary};
 
 /// How many checks shrinking one linearizability violation may spend.
@@ -65,6 +68,14 @@ pub enum Finding {
     NotConverged { reason: String },
     /// A member exited without being killed.
     Crashed(Crash),
+    /// Once healed, the members did not all list the same voters, one per member slot, with
+    /// no learner: what was wrong, and what each member listed (serializable: its own view).
+    MembershipNotConverged {
+        problems: Vec<String>,
+        lists: BTreeMap<String, Vec<Listed>>,
+    },
+    /// A member removed from the cluster had not stopped by itself when the harness killed it.
+    RemovedMemberKeptRunning(NotStopped),
     /// A watcher received a change of a lower revision after one of a higher revision.
     WatchOutOfOrder {
         watcher: u32,
@@ -445,6 +456,43 @@ pub async fn convergence(cluster: &Cluster, timeout: Duration) -> (Option<i64>, 
         .map(Finding::Diverged)
         .collect();
     (Some(revision), findings)
+}
+
+/// Waits until every member lists the same voters, one per member slot, and no learner (see
+/// [`membership::problems`]); a finding if they do not within `timeout`. Each member is asked
+/// for its own view (serializable), so that a member that lags, or still thinks itself a
+/// learner, shows.
+pub async fn membership_converged(cluster: &Cluster, timeout: Duration) -> Vec<Finding> {
+    let deadline = Instant::now() + timeout;
+    let peer_urls: Vec<String> = cluster
+        .members
+        .iter()
+        .map(|m| m.process.peer_url.clone())
+        .collect();
+    loop {
+        let mut lists = BTreeMap::new();
+        let mut problems = Vec::new();
+        for member in &cluster.members {
+            let name = member.process.name.clone();
+            match member.member_list(false).await {
+                Ok(list) => {
+                    lists.insert(name, list);
+                }
+                Err(status) => problems.push(format!(
+                    "{name} gave no member list: {}",
+                    crate::workload::describe(&status)
+                )),
+            }
+        }
+        problems.extend(membership::problems(&lists, &peer_urls));
+        if problems.is_empty() {
+            return Vec::new();
+        }
+        if Instant::now() >= deadline {
+            return vec![Finding::MembershipNotConverged { problems, lists }];
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Every key-value of the member at `url`, at `revision`, from its own state.

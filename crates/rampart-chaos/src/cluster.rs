@@ -1,8 +1,10 @@
 //! A cluster of real `rampart` processes on loopback, and the faults the nemesis inflicts on
 //! them: kill -9 and restart, SIGSTOP and SIGCONT, power losses of members whose data is on
-//! crash filesystems (through `rampart-launcher`, which the tests crate shares), and peer-link
+//! crash filesystems (through `rampart-launcher`, which the tests crate shares), peer-link
 //! rules set through each member's test-only `Faults` service
-//! (`--experimental-peer-fault-injection`).
+//! (`--experimental-peer-fault-injection`), and what the membership fault
+//! ([`crate::membership`]) does to a member's process: wait for a removed member to stop,
+//! wipe its data and make it a new member that joins the running cluster on the same URLs.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,6 +18,7 @@ use rampart_api::etcdserverpb::maintenance_client::MaintenanceClient;
 use rampart_api::faults::faults_client::FaultsClient;
 use rampart_api::faults::{Delay, FaultRules, HealRequest};
 use rampart_launcher::{NotAnswering, Plan};
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 
@@ -28,6 +31,10 @@ pub const ELECTION_MS: u64 = 1000;
 
 /// How long a control call (Status, Faults, MemberList) may take: a paused member never answers.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long a membership call (MemberAdd, MemberRemove, MemberPromote, a linearizable
+/// MemberList) may take: a change answers once joint consensus committed it.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a started member may take to answer on its client URL.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -64,16 +71,56 @@ pub struct MemberStatus {
     pub term: u64,
 }
 
+/// One member as MemberList lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Listed {
+    pub id: u64,
+    /// Empty until the member has started and published itself.
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    pub is_learner: bool,
+}
+
+impl From<pb::Member> for Listed {
+    fn from(member: pb::Member) -> Listed {
+        Listed {
+            id: member.id,
+            name: member.name,
+            peer_urls: member.peer_ur_ls,
+            is_learner: member.is_learner,
+        }
+    }
+}
+
+/// Where a member slot stands in the cluster's membership, as the harness last changed it.
+/// Only the membership fault moves a slot away from [`Standing::Voter`]; it, or the next heal,
+/// brings it back (see [`crate::membership`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Standing {
+    /// A voting member with its data: restarted on it whenever it is down.
+    Voter,
+    /// Out of the cluster, or on the way out: its process is down and its data wiped, and its
+    /// old id may still be listed (a lost member not yet removed). It comes back only by being
+    /// added anew, so it must not be restarted before that.
+    Out,
+    /// Added as a learner under [`Member::id`], to be started with
+    /// `--initial-cluster-state existing` and promoted.
+    Learner,
+}
+
 /// One member of a chaos cluster: its process and the harness's control channels to it.
 pub struct Member {
     /// The process, its addresses, data directory and log.
     pub process: rampart_launcher::Member,
-    /// The Raft member id, from MemberList.
+    /// The Raft member id, from MemberList; a new one each time the slot is added again.
     pub id: u64,
+    pub standing: Standing,
     /// Control channels to the client URL (Status, MemberList) and to the peer URL (the
     /// `Faults` service): one each for the whole run, reconnecting across restarts.
     client_channel: Channel,
     peer_channel: Channel,
+    /// The client URL again, with the longer deadline of membership calls.
+    admin_channel: Channel,
 }
 
 impl Member {
@@ -83,6 +130,26 @@ impl Member {
 
     pub async fn status(&self) -> anyhow::Result<MemberStatus> {
         status(&self.client_channel, &self.process.name).await
+    }
+
+    /// The Cluster service on this member, for membership calls.
+    pub fn cluster_client(&self) -> ClusterClient<Channel> {
+        ClusterClient::new(self.admin_channel.clone())
+    }
+
+    /// The members this member lists: with `linearizable`, as the leader confirms them (a
+    /// learner refuses); else its own newest view.
+    pub async fn member_list(&self, linearizable: bool) -> Result<Vec<Listed>, tonic::Status> {
+        let channel = if linearizable {
+            &self.admin_channel
+        } else {
+            &self.client_channel
+        };
+        let list = ClusterClient::new(channel.clone())
+            .member_list(pb::MemberListRequest { linearizable })
+            .await?
+            .into_inner();
+        Ok(list.members.into_iter().map(Listed::from).collect())
     }
 }
 
@@ -188,10 +255,22 @@ impl NetworkRules {
 }
 
 /// A member that exited without being killed: a panic, or a refusal to start.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Crash {
     pub member: String,
     pub status: String,
+    /// The end of its log.
+    pub log_tail: String,
+}
+
+/// A member removed from the cluster that had not stopped by itself when the harness gave up
+/// waiting and killed it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotStopped {
+    pub member: String,
+    /// The id it was removed under.
+    pub id: u64,
+    pub waited_ms: u64,
     /// The end of its log.
     pub log_tail: String,
 }
@@ -202,6 +281,11 @@ pub struct Cluster {
     pub dir: PathBuf,
     /// Every crash seen so far; each is a finding of the run.
     pub crashes: Vec<Crash>,
+    /// Every removed member that did not stop by itself; each is a finding of the run.
+    pub not_stopped: Vec<NotStopped>,
+    /// What the members were made from: a member that joins again is made from it too.
+    plan: Plan,
+    binary: PathBuf,
 }
 
 impl Cluster {
@@ -240,14 +324,19 @@ impl Cluster {
             extra_args: vec!["--experimental-peer-fault-injection".into()],
             rust_log: "info,openraft=warn,sled=warn".into(),
         };
+        let processes = plan.members(binary, dir)?;
         let mut cluster = Cluster {
             members: Vec::new(),
             dir: dir.to_owned(),
             crashes: Vec::new(),
+            not_stopped: Vec::new(),
+            plan,
+            binary: binary.to_owned(),
         };
-        for mut process in plan.members(binary, dir)? {
+        for mut process in processes {
             let client_channel = channel(&process.client_url, CONTROL_TIMEOUT)?;
             let peer_channel = channel(&process.peer_url, CONTROL_TIMEOUT)?;
+            let admin_channel = channel(&process.client_url, ADMIN_TIMEOUT)?;
             if crashfs {
                 process.use_crashfs()?;
             }
@@ -255,8 +344,10 @@ impl Cluster {
             cluster.members.push(Member {
                 process,
                 id: 0,
+                standing: Standing::Voter,
                 client_channel,
                 peer_channel,
+                admin_channel,
             });
         }
         for i in 0..size {
@@ -269,19 +360,14 @@ impl Cluster {
 
     /// Takes each member's id from the MemberList, matching members by peer URL.
     async fn learn_ids(&mut self) -> anyhow::Result<()> {
-        let mut client = ClusterClient::new(self.members[0].client_channel.clone());
-        let list = client
-            .member_list(pb::MemberListRequest {
-                linearizable: false,
-            })
+        let list = self.members[0]
+            .member_list(false)
             .await
-            .context("MemberList")?
-            .into_inner();
+            .context("MemberList")?;
         for member in &mut self.members {
             member.id = list
-                .members
                 .iter()
-                .find(|m| m.peer_ur_ls.contains(&member.process.peer_url))
+                .find(|m| m.peer_urls.contains(&member.process.peer_url))
                 .with_context(|| format!("{} is not in the member list", member.process.name))?
                 .id;
         }
@@ -335,6 +421,87 @@ impl Cluster {
                 Err(error.context(format!("{name} did not serve within {START_TIMEOUT:?}")))
             }
         }
+    }
+
+    /// The members that vote and run, but `except`: the ones to send membership calls to.
+    pub fn running_voters_except(&self, except: usize) -> Vec<usize> {
+        (0..self.members.len())
+            .filter(|&i| i != except)
+            .filter(|&i| {
+                let member = &self.members[i];
+                member.standing == Standing::Voter && member.state() == ProcessState::Running
+            })
+            .collect()
+    }
+
+    /// Waits up to `timeout` for member `index`, just removed from the cluster, to stop by
+    /// itself, as a removed member does. Its exit is not a crash if it exits with success; if it
+    /// does not stop in time it is killed, and recorded in [`Cluster::not_stopped`] under
+    /// `removed_id`. Returns whether it stopped by itself.
+    pub async fn await_removed_exit(
+        &mut self,
+        index: usize,
+        removed_id: u64,
+        timeout: Duration,
+    ) -> anyhow::Result<bool> {
+        let started = Instant::now();
+        let deadline = started + timeout;
+        loop {
+            if self.members[index].state() == ProcessState::Killed {
+                // Killed before (a lost member): nothing to stop.
+                return Ok(true);
+            }
+            if let Some(status) = self.members[index].process.exited() {
+                if !status.success() {
+                    self.record_exit(index, status);
+                }
+                return Ok(true);
+            }
+            if Instant::now() >= deadline {
+                let process = &self.members[index].process;
+                let not_stopped = NotStopped {
+                    member: process.name.clone(),
+                    id: removed_id,
+                    waited_ms: started.elapsed().as_millis() as u64,
+                    log_tail: process.log_tail(40),
+                };
+                tracing::error!(member = %not_stopped.member, "a removed member kept running");
+                self.not_stopped.push(not_stopped);
+                self.kill(index).await?;
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Makes member `index` a new member to be: kills its process if it still runs, deletes its
+    /// data, and gives it the flags of a member joining the running cluster on the same
+    /// addresses (`--initial-cluster-state existing`, every member's peer URL in
+    /// `--initial-cluster`), on a crash filesystem if it was on one. It is [`Standing::Out`]
+    /// until added again; its id stays the old one until then.
+    pub fn make_new(&mut self, index: usize) -> anyhow::Result<()> {
+        let initial_cluster = self
+            .members
+            .iter()
+            .map(|m| format!("{}={}", m.process.name, m.process.peer_url))
+            .collect::<Vec<_>>()
+            .join(",");
+        let member = &mut self.members[index];
+        member.process.remove_data()?;
+        let old = &member.process;
+        let mut process = self.plan.joining_member(
+            &self.binary,
+            &self.dir,
+            &old.name,
+            (old.client_url.clone(), old.peer_url.clone()),
+            &initial_cluster,
+        );
+        if old.on_crashfs() {
+            process.use_crashfs()?;
+        }
+        member.process = process;
+        member.standing = Standing::Out;
+        Ok(())
     }
 
     /// Whether member `index` exited by itself; if so the crash is recorded (see
@@ -471,6 +638,8 @@ impl Cluster {
     }
 
     /// Undoes every fault: resumes paused members, restarts killed ones, heals every link.
+    /// Members out of the cluster are left to [`crate::membership::repair`]: they must be added
+    /// before they start.
     pub async fn heal_everything(&mut self) -> anyhow::Result<()> {
         let mut errors = Vec::new();
         for i in 0..self.members.len() {
@@ -479,7 +648,8 @@ impl Cluster {
             }
         }
         for i in 0..self.members.len() {
-            if self.members[i].state() == ProcessState::Killed {
+            let member = &self.members[i];
+            if member.state() == ProcessState::Killed && member.standing != Standing::Out {
                 if let Err(e) = self.restart(i).await {
                     errors.push(format!("{e:#}"));
                 }
@@ -487,6 +657,11 @@ impl Cluster {
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         for i in 0..self.members.len() {
+            let member = &self.members[i];
+            if member.standing != Standing::Voter && member.state() == ProcessState::Killed {
+                // Not started yet: it starts without rules.
+                continue;
+            }
             if let Err(e) = self.heal_member(i, deadline).await {
                 errors.push(format!("{e:#}"));
             }

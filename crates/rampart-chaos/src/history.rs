@@ -76,9 +76,38 @@ impl Record {
 pub struct NemesisEvent {
     /// Nanoseconds since the run started, as in [`Record`].
     pub at: u64,
-    /// `fault`, `heal`, `crash` or `error`.
+    /// `fault`, `heal`, `crash` or `error`, or a step of a membership change (`member-...`,
+    /// see [`crate::membership`]).
     pub action: String,
     pub detail: String,
+}
+
+/// The nemesis's events as they happen, each stamped with the run's clock and logged.
+pub struct NemesisLog {
+    clock: Clock,
+    pub events: Vec<NemesisEvent>,
+}
+
+impl NemesisLog {
+    pub fn new(clock: Clock) -> NemesisLog {
+        NemesisLog {
+            clock,
+            events: Vec::new(),
+        }
+    }
+
+    pub fn record(&mut self, action: &str, detail: String) {
+        if action == "error" || action == "crash" {
+            tracing::warn!(action, "nemesis: {detail}");
+        } else {
+            tracing::info!(action, "nemesis: {detail}");
+        }
+        self.events.push(NemesisEvent {
+            at: self.clock.now(),
+            action: action.to_string(),
+            detail,
+        });
+    }
 }
 
 /// The operations the checkers judge: every record except definite failures.

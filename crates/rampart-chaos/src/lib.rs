@@ -7,7 +7,8 @@
 //! - [`cluster`]: `rampart` processes on loopback, started, killed (-9), restarted, paused
 //!   and resumed through `rampart-launcher`; peer-link rules through each member's test-only
 //!   `Faults` service.
-//! - [`nemesis`]: the seeded schedule of faults.
+//! - [`nemesis`]: the seeded schedule of faults; [`membership`]: the membership fault, a
+//!   member removed (or lost) and added back as a new member through the Cluster service.
 //! - [`workload`]: the clients (reads, writes, compare-and-swaps, deletes on a few keys).
 //! - [`watchers`]: watch clients that follow the clients' keys through the faults, resuming
 //!   each broken watch from one past the last revision they received.
@@ -20,12 +21,12 @@
 //! - [`elections`]: election clients that campaign, proclaim, and resign or abandon, and an
 //!   observer of each election.
 //! - [`history`]: the records of a run and the files they are written to.
-//! - [`checks`]: linearizability, revision order, convergence, crashes, and the verdict of
-//!   every check; [`watch_check`]: events ordered, none twice, none missing, each explained by
-//!   a write; [`lease_check`]: no lease's keys deleted before it could expire, and all of them
-//!   soon after; [`lock_check`]: guarded writes never interleave two holders, tokens grow,
-//!   abandoned locks pass on; [`election_check`]: one leader at a time, observers never go
-//!   back.
+//! - [`checks`]: linearizability, revision order, convergence (of the data and of the
+//!   membership), crashes, and the verdict of every check; [`watch_check`]: events ordered,
+//!   none twice, none missing, each explained by a write; [`lease_check`]: no lease's keys
+//!   deleted before it could expire, and all of them soon after; [`lock_check`]: guarded
+//!   writes never interleave two holders, tokens grow, abandoned locks pass on;
+//!   [`election_check`]: one leader at a time, observers never go back.
 //! - [`runner`]: one run, start to verdict; `src/main.rs` is the `rampart-chaos` command.
 //!
 //! It talks to Rampart only over the network, through `rampart-api` (the etcd client API and
@@ -43,6 +44,7 @@ pub mod leases;
 pub mod linearizability;
 pub mod lock_check;
 pub mod locks;
+pub mod membership;
 pub mod nemesis;
 pub mod runner;
 pub mod session;

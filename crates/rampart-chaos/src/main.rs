@@ -62,8 +62,9 @@ struct Cli {
     #[arg(long, default_value_t = 2)]
     election_clients: usize,
     /// Faults to inject, comma-separated: kill, pause, partition, delay, restart-all,
-    /// lost-replies, power-loss (members on crash filesystems: needs FUSE); or default (all
-    /// but power-loss), all, none.
+    /// lost-replies, power-loss (members on crash filesystems: needs FUSE), membership (a
+    /// member removed or lost, added back and promoted); or default (all but power-loss and
+    /// membership), all, none.
     #[arg(long, default_value = "default", value_parser = FaultKind::parse_list)]
     // Spelled out so that clap takes the parsed list as one value rather than collecting
     // repeated flags into a `Vec`.
@@ -212,6 +213,8 @@ mod tests {
         assert_eq!(cli.nodes, 5);
         assert_eq!(cli.duration, Duration::from_secs(1800));
         assert_eq!(cli.faults, [FaultKind::Kill, FaultKind::Partition]);
+        let cli = Cli::try_parse_from(["rampart-chaos", "--faults=membership,kill"]).unwrap();
+        assert_eq!(cli.faults, [FaultKind::Kill, FaultKind::Membership]);
         assert!(Cli::try_parse_from(["rampart-chaos", "--nodes=2"]).is_err());
     }
 }

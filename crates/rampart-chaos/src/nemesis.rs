@@ -3,7 +3,10 @@
 //! The run alternates quiet spells (1-3 s) with fault rounds. A round injects one fault, or
 //! several at once (two in ~30% of rounds, three in ~10%), holds them 2-7 s, then heals
 //! everything: paused members resume, killed ones (by kill -9 or a power loss) restart, every
-//! link delivers again. A round that restarts the whole cluster runs alone.
+//! link delivers again, a member the membership fault left out of the cluster is added back. A
+//! round that restarts the whole cluster runs alone, and so does a membership round
+//! ([`crate::membership`]): a member removed (or lost and replaced) and added back as a new
+//! member, all while the other members run and every link delivers.
 //!
 //! A power loss kills members and drops every write they had not fsynced: their data
 //! directories are on crash filesystems (`rampart-crashfs`), which the cluster mounts only when
@@ -32,7 +35,12 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::cluster::{Cluster, NetworkRules, ProcessState};
-use crate::history::{Clock, NemesisEvent};
+use crate::history::{Clock, NemesisEvent, NemesisLog};
+use crate::membership::{self, Change};
+
+/// The share of rounds that are membership rounds when there are other kinds to choose from:
+/// one takes 5-15 s, several ordinary rounds' time.
+const MEMBERSHIP_SHARE: f64 = 0.3;
 
 /// The kinds of fault, as named by `--faults`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -53,12 +61,18 @@ pub enum FaultKind {
     /// Power cut to one member, a minority, or the whole cluster: killed, and every write not
     /// fsynced dropped; restarted when the round heals. Needs FUSE (crash filesystems).
     PowerLoss,
+    /// A member (the leader half the time) removed, or killed with its data lost and removed,
+    /// then added back on the same URLs as a learner with an empty data directory and promoted
+    /// (see [`crate::membership`]).
+    Membership,
 }
 
 impl FaultKind {
-    /// The faults a run injects unless told otherwise: all but the last, the power loss, which
-    /// needs FUSE and puts the members' data on crash filesystems.
-    pub const DEFAULT: &'static [FaultKind] = FaultKind::ALL.split_at(FaultKind::ALL.len() - 1).0;
+    /// The faults a run injects unless told otherwise: all but the last two, the power loss,
+    /// which needs FUSE and puts the members' data on crash filesystems, and the membership
+    /// changes, asked for by name so that default runs, and the schedules of their seeds, stay
+    /// what they were.
+    pub const DEFAULT: &'static [FaultKind] = FaultKind::ALL.split_at(FaultKind::ALL.len() - 2).0;
 
     /// Every kind of fault (`--faults all`), the default ones first.
     pub const ALL: &'static [FaultKind] = &[
@@ -69,6 +83,7 @@ impl FaultKind {
         FaultKind::RestartAll,
         FaultKind::LostReplies,
         FaultKind::PowerLoss,
+        FaultKind::Membership,
     ];
 
     /// Whether the fault is made of peer-link rules.
@@ -88,6 +103,7 @@ impl FaultKind {
             FaultKind::RestartAll => "restart-all",
             FaultKind::LostReplies => "lost-replies",
             FaultKind::PowerLoss => "power-loss",
+            FaultKind::Membership => "membership",
         }
     }
 
@@ -126,7 +142,7 @@ impl FromStr for FaultKind {
             .ok_or_else(|| {
                 format!(
                     "unknown fault {s:?}: expected kill, pause, partition, delay, restart-all, \
-                     lost-replies, power-loss, or default, all, none"
+                     lost-replies, power-loss, membership, or default, all, none"
                 )
             })
     }
@@ -145,35 +161,24 @@ pub async fn run(
     let mut nemesis = Nemesis {
         rng: StdRng::seed_from_u64(seed),
         kinds: kinds.to_vec(),
-        clock,
-        events: Vec::new(),
+        log: NemesisLog::new(clock),
     };
     if !kinds.is_empty() {
         nemesis.schedule(cluster, deadline).await;
     }
     nemesis.heal(cluster, "final heal").await;
-    nemesis.events
+    nemesis.log.events
 }
 
 struct Nemesis {
     rng: StdRng,
     kinds: Vec<FaultKind>,
-    clock: Clock,
-    events: Vec<NemesisEvent>,
+    log: NemesisLog,
 }
 
 impl Nemesis {
     fn event(&mut self, action: &str, detail: String) {
-        if action == "fault" || action == "heal" {
-            tracing::info!(action, "nemesis: {detail}");
-        } else {
-            tracing::warn!(action, "nemesis: {detail}");
-        }
-        self.events.push(NemesisEvent {
-            at: self.clock.now(),
-            action: action.to_string(),
-            detail,
-        });
+        self.log.record(action, detail);
     }
 
     async fn schedule(&mut self, cluster: &mut Cluster, deadline: Instant) {
@@ -192,17 +197,25 @@ impl Nemesis {
         }
     }
 
-    /// The kinds of this round: the whole-cluster restart alone, else one to three others.
+    /// The kinds of this round: the whole-cluster restart alone, or a membership round alone,
+    /// else one to three others.
     fn choose_round(&mut self) -> Vec<FaultKind> {
+        let alone = [FaultKind::RestartAll, FaultKind::Membership];
         let others: Vec<FaultKind> = self
             .kinds
             .iter()
             .copied()
-            .filter(|&k| k != FaultKind::RestartAll)
+            .filter(|k| !alone.contains(k))
             .collect();
         let restart_all = self.kinds.contains(&FaultKind::RestartAll);
-        if restart_all && (others.is_empty() || self.rng.gen_bool(0.12)) {
+        let membership = self.kinds.contains(&FaultKind::Membership);
+        // Without membership rounds, the draws are those of the runs before there were any, so
+        // that their seeds replay the same schedules.
+        if restart_all && ((others.is_empty() && !membership) || self.rng.gen_bool(0.12)) {
             return vec![FaultKind::RestartAll];
+        }
+        if membership && (others.is_empty() || self.rng.gen_bool(MEMBERSHIP_SHARE)) {
+            return vec![FaultKind::Membership];
         }
         let roll: f64 = self.rng.gen();
         let count = if roll < 0.1 {
@@ -269,6 +282,21 @@ impl Nemesis {
                         .await;
                     // Restarted right away rather than when the round ends.
                     self.heal(cluster, "restarted").await;
+                    continue;
+                }
+                FaultKind::Membership => {
+                    let n = cluster.members.len();
+                    let target = match leader {
+                        Some(leader) if self.rng.gen_bool(0.5) => leader,
+                        _ => self.rng.gen_range(0..n),
+                    };
+                    let change = if self.rng.gen_bool(0.5) {
+                        Change::RemoveAndReAdd
+                    } else {
+                        Change::ReplaceLost
+                    };
+                    let is_leader = leader == Some(target);
+                    membership::cycle(cluster, &mut self.log, target, change, is_leader).await;
                     continue;
                 }
                 _ => {}
@@ -501,7 +529,14 @@ impl Nemesis {
     }
 
     async fn heal(&mut self, cluster: &mut Cluster, what: &str) {
-        let result = cluster.heal_everything().await;
+        let healed = cluster.heal_everything().await;
+        // Whatever the heal could not undo, members left out come back as voters.
+        let repaired = membership::repair(cluster, &mut self.log).await;
+        let result = match (healed, repaired) {
+            (Ok(()), Ok(())) => Ok(()),
+            (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e),
+            (Err(healing), Err(repairing)) => Err(healing.context(format!("{repairing:#}"))),
+        };
         let crashes = cluster.crashes.len();
         cluster.reap_crashed();
         for crash in cluster.crashes[crashes..].iter().cloned() {
@@ -540,6 +575,43 @@ mod tests {
             FaultKind::parse_list("all").unwrap(),
             FaultKind::ALL.to_vec()
         );
+        assert!(!FaultKind::DEFAULT.contains(&FaultKind::Membership));
+        assert!(!FaultKind::DEFAULT.contains(&FaultKind::PowerLoss));
+        assert_eq!(
+            FaultKind::parse_list("default,membership").unwrap().len(),
+            FaultKind::DEFAULT.len() + 1
+        );
+    }
+
+    #[test]
+    fn membership_rounds_run_alone_and_only_when_asked_for() {
+        let rounds = |kinds: &[FaultKind], seed| {
+            let mut nemesis = Nemesis {
+                rng: StdRng::seed_from_u64(seed),
+                kinds: kinds.to_vec(),
+                log: NemesisLog::new(Clock::start()),
+            };
+            (0..50).map(|_| nemesis.choose_round()).collect::<Vec<_>>()
+        };
+        let only = rounds(&[FaultKind::Membership], 1);
+        assert!(only.iter().all(|r| r == &[FaultKind::Membership]));
+        let mixed = rounds(
+            &[FaultKind::Kill, FaultKind::Partition, FaultKind::Membership],
+            1,
+        );
+        let with_membership: Vec<_> = mixed
+            .iter()
+            .filter(|r| r.contains(&FaultKind::Membership))
+            .collect();
+        assert!(!with_membership.is_empty() && with_membership.len() < mixed.len());
+        assert!(with_membership.iter().all(|r| r.len() == 1), "{mixed:?}");
+        let both_alone = rounds(&[FaultKind::RestartAll, FaultKind::Membership], 1);
+        assert!(both_alone.iter().all(|r| r.len() == 1));
+        assert!(both_alone.contains(&vec![FaultKind::RestartAll]));
+        assert!(both_alone.contains(&vec![FaultKind::Membership]));
+        assert!(rounds(FaultKind::DEFAULT, 1)
+            .iter()
+            .all(|r| !r.contains(&FaultKind::Membership)));
     }
 
     #[test]
@@ -548,8 +620,7 @@ mod tests {
             let mut nemesis = Nemesis {
                 rng: StdRng::seed_from_u64(seed),
                 kinds: FaultKind::ALL.to_vec(),
-                clock: Clock::start(),
-                events: Vec::new(),
+                log: NemesisLog::new(Clock::start()),
             };
             (0..20).map(|_| nemesis.choose_round()).collect::<Vec<_>>()
         };

@@ -1,7 +1,7 @@
 //! One run: start a cluster, drive it with the clients, the lease clients and the watchers
 //! while the nemesis injects faults, heal, read every key once more, wait for the leases to
 //! expire, let the watchers confirm the last revision and read the reference watches, and
-//! judge the histories and the members' final states.
+//! judge the histories and the members' final states (data and membership).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -20,6 +20,7 @@ use crate::lease_check::{self, LeaseSummary};
 use crate::leases::{self, LeaseOptions};
 use crate::lock_check::LockSummary;
 use crate::locks::{self, LockOptions};
+use crate::membership::MembershipCounts;
 use crate::nemesis::{self, FaultKind};
 use crate::watch_check::WatchSummary;
 use crate::watchers::{self, EndRevision, WatcherOptions, REFERENCE_ID};
@@ -27,6 +28,9 @@ use crate::workload::{self, WorkloadOptions};
 
 /// How long the members may take to agree on a revision once healed.
 const CONVERGENCE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long the members may take to list the same voters once converged.
+const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long the final reads may take in all.
 const FINAL_READS_TIMEOUT: Duration = Duration::from_secs(60);
@@ -112,6 +116,8 @@ pub struct Outcome {
     pub failed: usize,
     /// Fault rounds the nemesis ran.
     pub fault_rounds: usize,
+    /// The membership changes the nemesis made.
+    pub membership: MembershipCounts,
     pub watch: WatchSummary,
     pub lease: LeaseSummary,
     pub lock: LockSummary,
@@ -134,7 +140,8 @@ impl Outcome {
              {} renewals, {} revoked, {} unknown outcomes), {} lock acquisitions (guarded writes \
              {} ok, {} failed compare, {} unknown; {} abandoned, {} hand-overs timed), {} \
              elections won ({} proclaims, {} win orders checked), {} observed leaders ({} \
-             values matched), {} fault rounds, {}",
+             values matched), {} fault rounds ({} membership changes: {} removes, {} of \
+             them replacements, {} adds, {} promotes), {}",
             self.seed,
             self.operations,
             self.checked,
@@ -161,6 +168,11 @@ impl Outcome {
             self.election.observed,
             self.election.values_matched,
             self.fault_rounds,
+            self.membership.changes(),
+            self.membership.removes,
+            self.membership.replacements,
+            self.membership.adds,
+            self.membership.promotes,
             if self.passed() {
                 "no violation".to_string()
             } else {
@@ -321,6 +333,7 @@ pub async fn run(options: &Options) -> anyhow::Result<Outcome> {
 
     tracing::info!("--- checking convergence");
     let (converged, mut findings) = checks::convergence(&cluster, CONVERGENCE_TIMEOUT).await;
+    findings.extend(checks::membership_converged(&cluster, MEMBERSHIP_TIMEOUT).await);
 
     let mut watches = None;
     if !prefixes.is_empty() {
@@ -356,6 +369,13 @@ pub async fn run(options: &Options) -> anyhow::Result<Outcome> {
     }
     cluster.reap_crashed();
     findings.extend(cluster.crashes.iter().cloned().map(Finding::Crashed));
+    findings.extend(
+        cluster
+            .not_stopped
+            .iter()
+            .cloned()
+            .map(Finding::RemovedMemberKeptRunning),
+    );
     cluster.stop().await;
 
     tracing::info!(operations = records.len(), "--- checking the histories");
@@ -420,6 +440,7 @@ pub async fn run(options: &Options) -> anyhow::Result<Outcome> {
         unknown: records.iter().filter(|r| r.is_unknown()).count(),
         failed: records.iter().filter(|r| r.failed).count(),
         fault_rounds: events.iter().filter(|e| e.action == "fault").count(),
+        membership: MembershipCounts::of(&events),
         watch: verdict.watch,
         lease: verdict.lease,
         lock: verdict.lock,

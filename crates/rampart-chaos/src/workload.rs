@@ -328,6 +328,10 @@ impl Client {
     }
 }
 
+/// A learner's answer to any call but Status and serializable reads (etcd's
+/// `ErrGRPCNotSupportedForLearner`), given before the call reaches its service.
+const LEARNER_REFUSAL: &str = "etcdserver: rpc not supported for learner";
+
 fn connect(url: &str, timeout: Duration) -> KvClient<Channel> {
     // Only a malformed URL fails here, and the cluster made these URLs.
     KvClient::new(channel(url, timeout).expect("cluster URLs are valid"))
@@ -343,11 +347,12 @@ fn parse_value(bytes: &[u8]) -> Value {
 }
 
 /// Whether a failed request was surely not carried out: refused by the server's checks before
-/// it reached Raft (InvalidArgument), or never sent because no connection could be made.
-/// Anything else (Unavailable, timeouts, a connection lost mid-call, "no leader") may have
-/// been committed: its outcome is unknown.
+/// it reached Raft (InvalidArgument, or a learner's refusal of every call but Status and
+/// serializable reads, which comes before the call's service), or never sent because no
+/// connection could be made. Anything else (Unavailable, timeouts, a connection lost
+/// mid-call, "no leader") may have been committed: its outcome is unknown.
 pub(crate) fn surely_not_executed(status: &tonic::Status) -> bool {
-    if status.code() == tonic::Code::InvalidArgument {
+    if status.code() == tonic::Code::InvalidArgument || status.message() == LEARNER_REFUSAL {
         return true;
     }
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);

@@ -1,7 +1,8 @@
 //! The harness against real `rampart` clusters, bounded for CI (a few minutes in all, one
 //! test at a time; see `.config/nextest.toml`): fixed seeds with the default faults, one fresh
-//! seed per run (printed), five members under partitions, each run with its watchers and lease
-//! clients checked too; proof that the checks do fail, end to end, on a history that is not
+//! seed per run (printed), five members under partitions, membership changes (fixed seeds,
+//! alone and among kills and partitions, and a fresh seed), each run with its watchers and
+//! lease clients checked too; proof that the checks do fail, end to end, on a history that is not
 //! linearizable, a watch that missed an event and a lease deleted early; and the regression
 //! test of a bug the harness found.
 //!
@@ -59,6 +60,53 @@ async fn five_members_under_partitions() {
     let (outcome, _dir) =
         run_and_check(5, 5, Duration::from_secs(15), &[FaultKind::Partition]).await;
     assert!(outcome.fault_rounds >= 1, "the nemesis never struck");
+}
+
+/// Fails unless the run made every kind of membership change: a removal, an add and a
+/// promotion. (That every member came back, the run's membership check says.)
+fn assert_membership_changed(outcome: &rampart_chaos::Outcome) {
+    let changes = outcome.membership;
+    assert!(
+        changes.removes >= 1 && changes.adds >= 1 && changes.promotes >= 1,
+        "seed {}: no membership round completed: {changes:?}",
+        outcome.seed
+    );
+}
+
+/// Membership rounds only: seed 1's first round removes the leader while it runs and adds it
+/// back (a later one, when there is time, replaces a lost leader); every check holds
+/// throughout, and the members end listing the same three voters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixed_seed_membership_changes() {
+    let faults = [FaultKind::Membership];
+    let (outcome, _dir) = run_and_check(1, 3, Duration::from_secs(20), &faults).await;
+    assert_membership_changed(&outcome);
+}
+
+/// Membership rounds among kills and partitions: seed 1's first round isolates a member and
+/// kills another, and membership rounds follow once the cluster is healed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixed_seed_membership_with_kills_and_partitions() {
+    let faults = [FaultKind::Kill, FaultKind::Partition, FaultKind::Membership];
+    let (outcome, _dir) = run_and_check(1, 3, Duration::from_secs(20), &faults).await;
+    assert_membership_changed(&outcome);
+    assert!(
+        outcome.fault_rounds >= 2,
+        "only the membership round struck"
+    );
+}
+
+/// A new seed on every run with membership rounds only, printed for replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_random_seed_membership_changes() {
+    let seed: u64 = rand::random();
+    eprintln!(
+        "fresh seed {seed}: replay with `cargo run --release -p rampart-chaos -- --seed {seed} \
+         --duration 20s --faults membership`"
+    );
+    let faults = [FaultKind::Membership];
+    let (outcome, _dir) = run_and_check(seed, 3, Duration::from_secs(20), &faults).await;
+    assert_membership_changed(&outcome);
 }
 
 /// Regression test, seed 3: a member forwards a client's write to the leader, the leader

@@ -65,6 +65,9 @@ pub enum AdminRequest {
     IsMember { id: NodeId },
     /// The leader hands its leadership over: the receiver stands for election at once.
     TimeoutNow,
+    /// The leader has just removed the receiver: it should ask the leader (`IsMember`) now
+    /// rather than when it notices that no leader speaks to it.
+    AskMembership,
 }
 
 /// One change of the membership, as etcd's Cluster service asks for them.
@@ -140,6 +143,8 @@ pub enum AdminAnswer {
     IsMember(bool),
     /// The receiver stood for election.
     Standing,
+    /// The receiver will ask.
+    Noted,
 }
 
 /// Why an [`AdminRequest`] was not carried out.

@@ -45,6 +45,8 @@ pub struct Membership {
     node: Arc<Node>,
     /// Held by the leader while it makes a change: one at a time.
     changing: tokio::sync::Mutex<()>,
+    /// Wakes `watch_removal` to ask the leader at once (the leader says it removed this member).
+    ask_now: tokio::sync::Notify,
 }
 
 /// The members of `membership`, voters and learners, in id order.
@@ -123,6 +125,7 @@ impl Membership {
         Arc::new(Membership {
             node,
             changing: tokio::sync::Mutex::new(()),
+            ask_now: tokio::sync::Notify::new(),
         })
     }
 
@@ -342,6 +345,13 @@ impl Membership {
                 (None, ChangeMembers::AddVoterIds(BTreeSet::from([id])))
             }
         };
+        // The member a removal takes out, to be told so once it is committed.
+        let removed = match &changes {
+            ChangeMembers::RemoveNodes(ids) | ChangeMembers::RemoveVoters(ids) => ids
+                .iter()
+                .find_map(|id| members.iter().find(|m| m.id == *id).cloned()),
+            _ => None,
+        };
         // A learner is added beside the voters (openraft's `add_learner`); every other change
         // leaves no removed voter behind as a learner.
         let retain = matches!(changes, ChangeMembers::AddNodes(_));
@@ -353,6 +363,9 @@ impl Membership {
         };
         match result {
             Ok(response) => {
+                if let Some(removed) = removed {
+                    self.tell_removed(removed);
+                }
                 let members = response
                     .membership
                     .as_ref()
@@ -529,6 +542,27 @@ impl Membership {
         }
     }
 
+    /// Tells `member`, just removed, to ask the leader whether it is still a member: it stops
+    /// at once instead of after three election timeouts without a leader. Best effort: the
+    /// member asks by itself anyway.
+    fn tell_removed(&self, member: MemberInfo) {
+        if member.id == self.node.id() {
+            return;
+        }
+        let network = self.node.network().clone();
+        let timeout = self.node.config().election_timeout;
+        tokio::spawn(async move {
+            let _ = network
+                .admin(
+                    member.id,
+                    &member.node,
+                    &AdminRequest::AskMembership,
+                    timeout,
+                )
+                .await;
+        });
+    }
+
     /// Stops this member once the leader says it was removed from the cluster (etcd's members
     /// stop when their peers tell them so). It asks when its own membership leaves it out, or
     /// when it has heard from no leader for a while: a removed member hears from none.
@@ -536,10 +570,11 @@ impl Membership {
         let period = self.node.config().election_timeout;
         let mut leaderless_since: Option<Instant> = None;
         while !stop.is_cancelled() {
-            tokio::select! {
+            let told = tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(period) => {}
-            }
+                _ = tokio::time::sleep(period) => false,
+                _ = self.ask_now.notified() => true,
+            };
             let metrics = self.node.metrics();
             let membership = metrics.membership_config.membership();
             if membership.nodes().next().is_none() {
@@ -558,7 +593,7 @@ impl Membership {
                 }
                 (false, Some(since)) => since.elapsed() >= 3 * period,
             };
-            if !(left_out || leaderless) {
+            if !(told || left_out || leaderless) {
                 continue;
             }
             if self.removed().await {
@@ -650,6 +685,10 @@ impl AdminHandler for Membership {
                     .nodes()
                     .any(|(&node, _)| node == id);
                 Ok(AdminAnswer::IsMember(member))
+            }
+            AdminRequest::AskMembership => {
+                self.ask_now.notify_one();
+                Ok(AdminAnswer::Noted)
             }
             AdminRequest::TimeoutNow => {
                 tracing::info!("the leader hands its leadership to this member: standing");

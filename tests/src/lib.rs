@@ -111,6 +111,19 @@ pub async fn get(
         .map(|kv| String::from_utf8_lossy(&kv.value).into_owned()))
 }
 
+/// The answer to a membership change, or `None` while the strict reconfiguration check
+/// refuses it because the cluster has not been healthy for etcd's health interval (5 s) yet:
+/// for [`wait_until`] to try again. Any other error ends the wait.
+pub fn unless_unhealthy<T>(
+    result: Result<tonic::Response<T>, tonic::Status>,
+) -> anyhow::Result<Option<T>> {
+    match result {
+        Ok(response) => Ok(Some(response.into_inner())),
+        Err(status) if status.message() == "etcdserver: unhealthy cluster" => Ok(None),
+        Err(status) => Err(status.into()),
+    }
+}
+
 /// One in-process member and what it needs to restart.
 pub struct Member {
     pub name: String,
@@ -305,17 +318,14 @@ impl TestCluster {
             is_learner,
         };
         let this = &*self;
-        let added = wait_until("MemberAdd to be accepted", Duration::from_secs(30), || {
-            let request = request.clone();
-            async move {
-                match this.cluster_client(via).await?.member_add(request).await {
-                    Ok(response) => Ok(Some(response.into_inner())),
-                    Err(status) if status.message() == "etcdserver: unhealthy cluster" => Ok(None),
-                    Err(status) => Err(status.into()),
+        let added =
+            wait_until("MemberAdd to be accepted", Duration::from_secs(30), || {
+                let request = request.clone();
+                async move {
+                    unless_unhealthy(this.cluster_client(via).await?.member_add(request).await)
                 }
-            }
-        })
-        .await?;
+            })
+            .await?;
         let id = added.member.context("MemberAdd answered no member")?.id;
         let name = format!("m{}", self.members.len());
         let initial_cluster = self

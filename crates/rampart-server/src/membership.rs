@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
-use openraft::{ChangeMembers, Membership as RaftMembership};
+use openraft::{ChangeMembers, Membership as RaftMembership, RaftMetrics};
 use rampart_network::{
     AdminAnswer, AdminError, AdminHandler, AdminReply, AdminRequest, CallError, ChangeRefused,
     ClusterInfo, MemberChange, MemberInfo,
@@ -113,6 +113,16 @@ impl Voters {
         }
         Ok(())
     }
+}
+
+/// The last log index the leader knows member `id` holds, from the leader's `metrics`.
+fn matched_index(metrics: &RaftMetrics<NodeId, PeerNode>, id: NodeId) -> Option<u64> {
+    let replication = metrics.replication.as_ref()?;
+    replication
+        .get(&id)
+        .copied()
+        .flatten()
+        .map(|log_id| log_id.index)
 }
 
 /// Votes needed out of `voters`.
@@ -330,11 +340,7 @@ impl Membership {
                     return Err(AdminError::Refused(ChangeRefused::NotLearner));
                 }
                 let last = metrics.last_log_index.unwrap_or(0);
-                let matched = metrics
-                    .replication
-                    .as_ref()
-                    .and_then(|r| r.get(&id).copied().flatten())
-                    .map_or(0, |log_id| log_id.index);
+                let matched = matched_index(&metrics, id).unwrap_or(0);
                 if matched * 100 < last * LEARNER_READY_PERCENT {
                     return Err(AdminError::Refused(ChangeRefused::LearnerNotReady));
                 }
@@ -460,11 +466,7 @@ impl Membership {
         loop {
             let (caught_up, still_leading) = {
                 let m = watch.borrow();
-                let matched = m
-                    .replication
-                    .as_ref()
-                    .and_then(|r| r.get(&target).copied().flatten())
-                    .map(|log_id| log_id.index);
+                let matched = matched_index(&m, target);
                 (
                     matched.is_some() && matched == m.last_log_index,
                     m.current_leader == Some(self.node.id()),

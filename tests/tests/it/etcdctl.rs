@@ -101,6 +101,22 @@ impl Etcdctl {
         Ok(run.stdout)
     }
 
+    /// Runs etcdctl until it succeeds, for up to [`AGREE_WAIT`], while it fails with `refusal`
+    /// in its standard error (a refusal that passes, such as "unhealthy cluster" in a cluster
+    /// that just started); returns its standard output. Any other failure ends the wait.
+    async fn ok_once_past(&self, args: &[&str], refusal: &str) -> anyhow::Result<String> {
+        let what = format!("etcdctl {args:?} to get past {refusal:?}");
+        wait_until(&what, AGREE_WAIT, || async {
+            let run = self.run(args, None).await?;
+            if run.success {
+                return Ok(Some(run.stdout));
+            }
+            ensure!(run.stderr.contains(refusal), "{}", run.stderr);
+            Ok(None)
+        })
+        .await
+    }
+
     /// Runs etcdctl with `-w json` and parses what it prints.
     async fn json(&self, args: &[&str]) -> anyhow::Result<Value> {
         self.json_with_input(args, None).await
@@ -782,15 +798,9 @@ async fn member_add_learner_promote_move_leader_update_and_remove() -> anyhow::R
     ensure!(read.trim() == "v", "{read}");
 
     info!("--- member promote, once it is in sync");
-    let promoted = wait_until("the promotion", AGREE_WAIT, || async {
-        let run = all.run(&["member", "promote", &learner], None).await?;
-        if run.success {
-            return Ok(Some(run.stdout));
-        }
-        ensure!(run.stderr.contains("in sync with leader"), "{}", run.stderr);
-        Ok(None)
-    })
-    .await?;
+    let promoted = all
+        .ok_once_past(&["member", "promote", &learner], "in sync with leader")
+        .await?;
     ensure!(promoted.contains("promoted in cluster"), "{promoted}");
 
     info!("--- move-leader to the new voter");
@@ -821,15 +831,9 @@ async fn member_add_learner_promote_move_leader_update_and_remove() -> anyhow::R
     info!("--- member remove of the leader: it stops, the others carry on");
     // The new leader started moments ago: it removes a voter only once it has reached every
     // other for etcd's health interval.
-    let removed = wait_until("the removal", AGREE_WAIT, || async {
-        let run = all.run(&["member", "remove", &learner], None).await?;
-        if run.success {
-            return Ok(Some(run.stdout));
-        }
-        ensure!(run.stderr.contains("unhealthy cluster"), "{}", run.stderr);
-        Ok(None)
-    })
-    .await?;
+    let removed = all
+        .ok_once_past(&["member", "remove", &learner], "unhealthy cluster")
+        .await?;
     ensure!(removed.contains("removed from cluster"), "{removed}");
     let deadline = tokio::time::Instant::now() + AGREE_WAIT;
     while cluster.members[new].exited().is_none() {
@@ -874,15 +878,9 @@ async fn replacing_a_member_whose_data_directory_is_lost() -> anyhow::Result<()>
     info!("--- remove it, add the replacement as a learner, start it empty, promote it");
     // Until the leader has seen the member go down it counts as running, and a running member
     // is removed only from a cluster healthy for 5 s: this one started moments ago.
-    let removed = wait_until("the lost member's removal", AGREE_WAIT, || async {
-        let run = survivors.run(&["member", "remove", &lost], None).await?;
-        if run.success {
-            return Ok(Some(run.stdout));
-        }
-        ensure!(run.stderr.contains("unhealthy cluster"), "{}", run.stderr);
-        Ok(None)
-    })
-    .await?;
+    let removed = survivors
+        .ok_once_past(&["member", "remove", &lost], "unhealthy cluster")
+        .await?;
     ensure!(removed.contains("removed from cluster"), "{removed}");
     survivors.ok(&["put", "during-replacement", "v"]).await?;
     let new_urls = (rampart_launcher::free_url()?, rampart_launcher::free_url()?);
@@ -904,17 +902,9 @@ async fn replacing_a_member_whose_data_directory_is_lost() -> anyhow::Result<()>
         replacement != lost,
         "the replacement reused the lost member's id"
     );
-    wait_until("the replacement's promotion", AGREE_WAIT, || async {
-        let run = survivors
-            .run(&["member", "promote", &replacement], None)
-            .await?;
-        if run.success {
-            return Ok(Some(()));
-        }
-        ensure!(run.stderr.contains("in sync with leader"), "{}", run.stderr);
-        Ok(None)
-    })
-    .await?;
+    survivors
+        .ok_once_past(&["member", "promote", &replacement], "in sync with leader")
+        .await?;
 
     info!("--- three voters again, the replacement holding every key");
     let replaced = Etcdctl::new(&[&urls[0], &urls[1], &new_client_url])?;

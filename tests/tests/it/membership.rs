@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use rampart_api::etcdserverpb as pb;
 use rampart_api::etcdserverpb::maintenance_client::MaintenanceClient;
-use rampart_tests::{get, put, wait_until, TestCluster};
+use rampart_tests::{get, put, unless_unhealthy, wait_until, TestCluster};
 use tonic::transport::Channel;
 use tonic::Code;
 use tracing::info;
@@ -61,11 +61,7 @@ async fn remove_when_healthy(
             .await?
             .member_remove(pb::MemberRemoveRequest { id })
             .await;
-        match removed {
-            Ok(response) => Ok(Some(response.into_inner())),
-            Err(status) if status.message() == "etcdserver: unhealthy cluster" => Ok(None),
-            Err(status) => Err(status.into()),
-        }
+        unless_unhealthy(removed)
     })
     .await
 }
@@ -277,11 +273,7 @@ async fn strict_reconfig_check_refuses_changes_that_could_lose_the_quorum() -> a
                     is_learner: false,
                 })
                 .await;
-            match added {
-                Ok(response) => Ok(response.into_inner().member.map(|m| m.id)),
-                Err(status) if status.message() == "etcdserver: unhealthy cluster" => Ok(None),
-                Err(status) => Err(status.into()),
-            }
+            Ok(unless_unhealthy(added)?.and_then(|response| response.member.map(|m| m.id)))
         }
     })
     .await?;

@@ -192,6 +192,7 @@ impl TestCluster {
             let listeners = Listeners {
                 client: vec![client],
                 peer: vec![peer],
+                metrics: Vec::new(),
             };
             let running = RunningNode::start(config.clone(), listeners, faults.clone()).await?;
             members.push(Member {
@@ -348,6 +349,7 @@ impl TestCluster {
         let listeners = Listeners {
             client: vec![client],
             peer: vec![peer],
+            metrics: Vec::new(),
         };
         let running = RunningNode::start(config, listeners, self.faults.clone()).await?;
         anyhow::ensure!(

@@ -26,6 +26,7 @@ mod peer_service;
 mod proposer;
 mod raft_calls;
 mod read_index;
+mod stats;
 
 pub use faults::LinkFaults;
 pub use forwarder::{Forwarded, Forwarder};
@@ -41,3 +42,4 @@ pub use peer_service::{AdminHandler, ForwardCheck, LeaseHandler, PeerHandlers, P
 pub use proposer::{Proposer, MAX_IN_FLIGHT};
 pub use raft_calls::propose;
 pub use read_index::ReadIndexer;
+pub use stats::{peer_label, NetworkStats, PeerLabel};

@@ -26,6 +26,7 @@ use crate::faults::{LinkFaults, Verdict};
 use crate::messages::{
     AdminError, AdminReply, AdminRequest, ForwardReply, LeaseReply, LeaseRequest, ReadIndexReply,
 };
+use crate::stats::{peer_label, NetworkStats};
 
 /// openraft's snapshot chunk (`Config::snapshot_max_chunk_size`): a snapshot travels as
 /// `InstallSnapshot` calls of this many bytes of its file, each read from the file and written
@@ -122,6 +123,8 @@ pub struct PeerNetwork {
     /// Set while this leader hands its leadership over: it sends no log entries and no
     /// heartbeats, so that the followers' leader lease runs out and they vote for the new one.
     replication_paused: Arc<AtomicBool>,
+    /// Round trips and failures per peer, and the batching figures of this member.
+    stats: Arc<NetworkStats>,
 }
 
 /// A peer's connection history, as seen by the calls sent to it.
@@ -142,7 +145,13 @@ impl PeerNetwork {
             max_message_bytes,
             health: Arc::default(),
             replication_paused: Arc::default(),
+            stats: Arc::default(),
         }
+    }
+
+    /// This member's network and batching measurements.
+    pub fn stats(&self) -> &Arc<NetworkStats> {
+        &self.stats
     }
 
     /// Since when `target` has answered every call without a break, if it answers now (etcd's
@@ -175,6 +184,10 @@ impl PeerNetwork {
             peer.last_answer = now;
         } else {
             peer.active_since = None;
+            self.stats
+                .peer_sent_failures
+                .get_or_create(&peer_label(target))
+                .inc();
         }
     }
 
@@ -344,11 +357,19 @@ impl PeerNetwork {
         request: &AdminRequest,
         timeout: Duration,
     ) -> Result<AdminReply, CallError> {
+        let began = Instant::now();
         let reply: Result<AdminReply, CallError> = self
             .call_typed(target, node, Method::Admin, request, timeout)
             .await;
         let answered = matches!(reply, Ok(Ok(_)) | Ok(Err(AdminError::NotLeader { .. })));
         self.record_health(target, answered);
+        // The probes' question is answered from memory: its time is the link's round trip.
+        if answered && matches!(request, AdminRequest::ClusterInfo) {
+            self.stats
+                .peer_round_trip
+                .get_or_create(&peer_label(target))
+                .observe(began.elapsed().as_secs_f64());
+        }
         reply
     }
 }

@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use crate::batching::{gather, Batched};
 use crate::messages::{ForwardError, ForwardReply};
 use crate::raft_calls::propose;
+use crate::stats::NetworkStats;
 
 /// Proposals in Raft at once; more requests wait in the queue and go in the next batch.
 pub const MAX_IN_FLIGHT: usize = 2;
@@ -52,9 +53,9 @@ pub struct Proposer {
 impl Proposer {
     /// Starts the batching task; it ends when every handle is dropped. `timeout` bounds each
     /// proposal (callers have their own deadlines too).
-    pub fn start(raft: Raft<TypeConfig>, timeout: Duration) -> Proposer {
+    pub fn start(raft: Raft<TypeConfig>, timeout: Duration, stats: Arc<NetworkStats>) -> Proposer {
         let (queue, requests) = mpsc::channel(QUEUE);
-        tokio::spawn(run(raft, requests, timeout));
+        tokio::spawn(run(raft, requests, timeout, stats));
         Proposer { queue }
     }
 
@@ -110,7 +111,12 @@ impl Proposer {
     }
 }
 
-async fn run(raft: Raft<TypeConfig>, mut requests: mpsc::Receiver<Pending>, timeout: Duration) {
+async fn run(
+    raft: Raft<TypeConfig>,
+    mut requests: mpsc::Receiver<Pending>,
+    timeout: Duration,
+    stats: Arc<NetworkStats>,
+) {
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     while let Some(first) = requests.recv().await {
         // Wait for room first: the requests arriving meanwhile join this batch.
@@ -118,6 +124,7 @@ async fn run(raft: Raft<TypeConfig>, mut requests: mpsc::Receiver<Pending>, time
             return;
         };
         let (batch, _) = gather(first, || requests.try_recv().ok(), |_, _| true, MAX_BATCH);
+        stats.proposal_batch.observe(batch.len() as f64);
         let raft = raft.clone();
         tokio::spawn(async move {
             propose_batch(&raft, batch, timeout).await;

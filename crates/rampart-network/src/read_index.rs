@@ -40,8 +40,10 @@ impl ReadIndexer {
     /// round; callers have their own deadlines too.
     pub fn start(raft: Raft<TypeConfig>, network: PeerNetwork, timeout: Duration) -> ReadIndexer {
         let start = TermStart::follow(&raft);
+        let (local_rounds, remote_rounds) = (network.stats().clone(), network.stats().clone());
         let local = Coalescer::start(move |()| {
             let (raft, start) = (raft.clone(), start.clone());
+            local_rounds.read_index_rounds.inc();
             async move {
                 let index = read_index(&raft, timeout).await?;
                 Ok(index.max(start.floor(&raft)))
@@ -49,6 +51,7 @@ impl ReadIndexer {
         });
         let remote = Coalescer::start(move |(leader, node): (NodeId, PeerNode)| {
             let network = network.clone();
+            remote_rounds.read_index_rounds.inc();
             async move {
                 match network.read_index(leader, &node, timeout).await {
                     Ok(reply) => reply,

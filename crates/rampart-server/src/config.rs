@@ -28,6 +28,13 @@ pub struct RawConfig {
     /// Comma-separated URLs to listen on for client traffic.
     #[arg(long, env = "RAMPART_LISTEN_CLIENT_URLS")]
     pub listen_client_urls: Option<String>,
+    /// Comma-separated URLs to serve /metrics and the health endpoints on, as plain HTTP, beside
+    /// the client URLs (which serve them too).
+    #[arg(long, env = "RAMPART_LISTEN_METRICS_URLS")]
+    pub listen_metrics_urls: Option<String>,
+    /// "basic" or "extensive" (etcd's): Rampart serves the same metrics for both.
+    #[arg(long, env = "RAMPART_METRICS")]
+    pub metrics: Option<String>,
     /// Comma-separated client URLs to advertise to the rest of the cluster.
     #[arg(long, env = "RAMPART_ADVERTISE_CLIENT_URLS")]
     pub advertise_client_urls: Option<String>,
@@ -116,6 +123,8 @@ impl RawConfig {
             name,
             data_dir,
             listen_client_urls,
+            listen_metrics_urls,
+            metrics,
             advertise_client_urls,
             listen_peer_urls,
             initial_advertise_peer_urls,
@@ -156,6 +165,8 @@ pub struct Config {
     pub name: String,
     pub data_dir: PathBuf,
     pub listen_client_urls: Vec<String>,
+    /// `--listen-metrics-urls`: none unless given.
+    pub listen_metrics_urls: Vec<String>,
     pub advertise_client_urls: Vec<String>,
     pub listen_peer_urls: Vec<String>,
     pub initial_advertise_peer_urls: Vec<String>,
@@ -224,6 +235,20 @@ impl Config {
             raw.listen_client_urls,
             "http://127.0.0.1:2379",
         )?;
+        let listen_metrics_urls = match raw.listen_metrics_urls {
+            Some(value) if !value.is_empty() => parse_urls("listen-metrics-urls", &value)?,
+            _ => Vec::new(),
+        };
+        match raw.metrics.as_deref() {
+            None | Some("basic") | Some("extensive") => {}
+            Some(other) => {
+                return Err(invalid(
+                    "metrics",
+                    other,
+                    "must be \"basic\" or \"extensive\"",
+                ))
+            }
+        }
         let advertise_client_urls = match raw.advertise_client_urls {
             Some(value) => parse_urls("advertise-client-urls", &value)?,
             None => listen_client_urls.clone(),
@@ -323,6 +348,7 @@ impl Config {
             name,
             data_dir,
             listen_client_urls,
+            listen_metrics_urls,
             advertise_client_urls,
             listen_peer_urls,
             initial_advertise_peer_urls,

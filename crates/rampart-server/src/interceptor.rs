@@ -38,6 +38,9 @@ pub fn with_call_path<B>(mut request: http::Request<B>) -> http::Request<B> {
 /// `Node::read_barrier` refuses unless serializable.
 const LEARNER_CALLS: &[&str] = &["/etcdserverpb.Maintenance/Status", "/etcdserverpb.KV/Range"];
 
+/// The plain HTTP endpoints served beside the gRPC services, which the checks let through.
+const HTTP_PATHS: &[&str] = &["/metrics", "/health", "/livez", "/readyz"];
+
 /// The checks of every client call, in order.
 #[derive(Clone)]
 pub struct RequestInterceptor {
@@ -82,6 +85,14 @@ impl RequestInterceptor {
 
 impl tonic::service::Interceptor for RequestInterceptor {
     fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        // The HTTP endpoints on the same port (`crate::http`) are no calls of etcd's API.
+        if request
+            .extensions()
+            .get::<CallPath>()
+            .is_some_and(|CallPath(path)| HTTP_PATHS.contains(&path.as_str()))
+        {
+            return Ok(request);
+        }
         self.learner(&request)?;
         self.require_leader(&request)?;
         Ok(request)

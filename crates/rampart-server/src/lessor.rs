@@ -292,6 +292,15 @@ impl Lessor {
         self.stop.cancelled().await
     }
 
+    /// How many leases this member's clock holds: every live lease while it leads, `None`
+    /// otherwise (only the leader keeps the clock).
+    pub fn lease_count(&self) -> Option<usize> {
+        self.leading
+            .lock()
+            .as_ref()
+            .map(|leading| leading.table.leases.len())
+    }
+
     /// Renews lease `id` on the leader, wherever it is; its TTL, or 0 if it is unknown or has
     /// expired.
     pub async fn keep_alive(&self, id: i64) -> Result<i64, ServerError> {

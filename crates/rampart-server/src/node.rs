@@ -6,9 +6,12 @@
 //! Raft, storage and the network, and reached by services through `crate::client`.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::{Raft, RaftMetrics};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use rampart_api::etcdserverpb::ResponseHeader;
 use rampart_network::{
     CallError, ForwardError, Forwarder, LeaseHandler, LeaseRequest, LeaseStatus, PeerHandlers,
@@ -39,6 +42,20 @@ pub struct Node {
     /// forwarded ones).
     read_indexer: ReadIndexer,
     metrics: watch::Receiver<RaftMetrics<NodeId, PeerNode>>,
+    /// What the request paths count, for `crate::metrics`.
+    stats: NodeStats,
+}
+
+/// What this member's request paths count, for its metrics (etcd's names in `crate::metrics`).
+#[derive(Debug, Default)]
+pub struct NodeStats {
+    /// Writes proposed through this member and not answered yet.
+    pub proposals_pending: Gauge,
+    /// Writes through this member that failed before they were applied (no leader, timeouts,
+    /// leader changes): not those the state machine refused.
+    pub proposals_failed: Counter,
+    /// Watchers open on this member's watch streams.
+    pub watchers: Gauge,
 }
 
 impl Node {
@@ -49,7 +66,11 @@ impl Node {
         store: Store,
         network: PeerNetwork,
     ) -> Node {
-        let proposer = Proposer::start(raft.clone(), config.request_timeout());
+        let proposer = Proposer::start(
+            raft.clone(),
+            config.request_timeout(),
+            network.stats().clone(),
+        );
         let read_indexer =
             ReadIndexer::start(raft.clone(), network.clone(), config.request_timeout());
         let forwarder = Forwarder::start(network.clone(), config.request_timeout());
@@ -58,6 +79,7 @@ impl Node {
             forwarder,
             read_indexer,
             metrics: raft.metrics(),
+            stats: NodeStats::default(),
             mvcc: store.mvcc(),
             config,
             raft,
@@ -125,6 +147,21 @@ impl Node {
     /// Follows this member's Raft metrics (role, leader, term, applied index).
     pub(crate) fn subscribe_metrics(&self) -> watch::Receiver<RaftMetrics<NodeId, PeerNode>> {
         self.metrics.clone()
+    }
+
+    /// What the request paths count.
+    pub fn stats(&self) -> &NodeStats {
+        &self.stats
+    }
+
+    /// What the store measures of itself (fsync and flush durations, slow applies).
+    pub fn storage_stats(&self) -> Arc<rampart_storage::StorageStats> {
+        self.store.stats()
+    }
+
+    /// What the network and the batching measure.
+    pub fn network_stats(&self) -> &Arc<rampart_network::NetworkStats> {
+        self.network.stats()
     }
 
     /// The data directory's size on disk, in bytes.
@@ -220,6 +257,17 @@ impl Node {
     /// node has applied it, so a later serializable read here sees it. The entry is on the disks
     /// of a quorum when the leader answers.
     pub async fn write(&self, command: Command) -> Result<CommandResponse, ServerError> {
+        // Counted until the write ends, however it ends (its caller going away included).
+        let _pending = Held::new(&self.stats.proposals_pending);
+        let result = self.write_through_leader(command).await;
+        if result.is_err() {
+            self.stats.proposals_failed.inc();
+        }
+        result
+    }
+
+    /// [`Node::write`]'s work.
+    async fn write_through_leader(&self, command: Command) -> Result<CommandResponse, ServerError> {
         let deadline = Instant::now() + self.config.request_timeout();
         let mut leader_deadline = Instant::now() + self.leader_wait();
         loop {
@@ -415,5 +463,23 @@ impl Node {
                 }
             }
         }
+    }
+}
+
+/// One of what a gauge counts (a pending write, an open watcher): raises the gauge when made,
+/// lowers it when dropped.
+#[derive(Debug)]
+pub(crate) struct Held(Gauge);
+
+impl Held {
+    pub(crate) fn new(gauge: &Gauge) -> Held {
+        gauge.inc();
+        Held(gauge.clone())
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }

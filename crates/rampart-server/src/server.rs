@@ -32,9 +32,11 @@ use crate::config::{ClusterState, Config};
 use crate::convert::Limits;
 use crate::fault_control::FaultControl;
 use crate::forward_check::ForwardedCommands;
+use crate::grpc_stats::{GrpcStats, GrpcStatsLayer};
 use crate::interceptor::{with_call_path, RequestInterceptor};
 use crate::lessor::Lessor;
 use crate::membership::Membership;
+use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::services::{
     ClusterService, ElectionService, KvService, LeaseService, LockService, MaintenanceService,
@@ -92,6 +94,8 @@ pub enum StartError {
 pub struct Listeners {
     pub client: Vec<TcpListener>,
     pub peer: Vec<TcpListener>,
+    /// `--listen-metrics-urls`: plain HTTP, the `crate::http` endpoints only.
+    pub metrics: Vec<TcpListener>,
 }
 
 impl Listeners {
@@ -115,6 +119,7 @@ impl Listeners {
         Ok(Listeners {
             client: bind_all(&config.listen_client_urls).await?,
             peer: bind_all(&config.listen_peer_urls).await?,
+            metrics: bind_all(&config.listen_metrics_urls).await?,
         })
     }
 }
@@ -265,15 +270,24 @@ impl RunningNode {
                 cancel.clone(),
             ));
         }
+        let grpc_stats = Arc::new(GrpcStats::default());
+        let metrics = Arc::new(Metrics::new(node.clone(), lessor.clone(), grpc_stats));
+        let endpoints = crate::http::router(node.clone(), metrics.clone());
         for listener in listeners.client {
             tasks.spawn(serve_clients(
                 &node,
                 &client,
                 &membership,
                 listener,
+                endpoints.clone(),
+                metrics.grpc().clone(),
                 cancel.clone(),
             ));
         }
+        for listener in listeners.metrics {
+            tasks.spawn(serve_http(listener, endpoints.clone(), cancel.clone()));
+        }
+        tasks.spawn(metrics.follow_leaders(cancel.clone()));
         tasks.spawn(membership.clone().watch_removal(cancel.clone()));
         tasks.spawn(membership.clone().probe_peers(cancel.clone()));
         tasks.spawn(publish(node.clone(), cancel.clone()));
@@ -416,13 +430,14 @@ fn serve_clients(
     client: &Client,
     membership: &Arc<Membership>,
     listener: TcpListener,
+    endpoints: axum::Router,
+    grpc_stats: Arc<GrpcStats>,
     shutdown: CancellationToken,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
     let limit = node.config().max_grpc_message_bytes();
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    let router = tonic::transport::Server::builder()
-        .layer(MapRequestLayer::new(with_call_path))
-        .layer(InterceptorLayer::new(RequestInterceptor::new(node.clone())))
+    let mut services = tonic::service::Routes::builder();
+    services
         .add_service(health)
         .add_service(
             KvServer::new(KvService::new(client.clone()))
@@ -450,6 +465,16 @@ fn serve_clients(
             ElectionServer::new(ElectionService::new(client.clone()))
                 .max_decoding_message_size(limit),
         );
+    // The HTTP endpoints share the port, as etcd's do: HTTP/1.1 requests and HTTP/2 ones that
+    // are not gRPC calls reach them, past the interceptor (which lets them through).
+    let routes =
+        tonic::service::Routes::from(services.routes().into_axum_router().merge(endpoints));
+    let router = tonic::transport::Server::builder()
+        .accept_http1(true)
+        .layer(GrpcStatsLayer::new(grpc_stats))
+        .layer(MapRequestLayer::new(with_call_path))
+        .layer(InterceptorLayer::new(RequestInterceptor::new(node.clone())))
+        .add_routes(routes);
     async move {
         health_reporter.set_serving::<KvServer<KvService>>().await;
         // etcdctl 3.4 sends a URL as :authority, which h2 rejects; see rampart_h2_compat.
@@ -461,6 +486,17 @@ fn serve_clients(
         {
             tracing::error!("client server failed: {e}");
         }
+    }
+}
+
+/// Serves the HTTP endpoints (`crate::http`) alone on `listener` (`--listen-metrics-urls`)
+/// until `shutdown`.
+async fn serve_http(listener: TcpListener, endpoints: axum::Router, shutdown: CancellationToken) {
+    if let Err(e) = axum::serve(listener, endpoints)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+    {
+        tracing::error!("metrics server failed: {e}");
     }
 }
 

@@ -24,11 +24,14 @@ use std::collections::HashSet;
 use std::ffi::OsString;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
 
 use parking_lot::Mutex;
 
 use crate::error::StoreError;
 use crate::files::sync_dir;
+use crate::stats::{observe_since, StorageStats};
 
 /// The files sled 0.34 keeps in the directory of one database (`config.rs:258-268`, `:824`).
 pub(crate) struct SledFiles {
@@ -85,11 +88,17 @@ pub(crate) struct Disk {
     blobs: PathBuf,
     /// Blob files already fsynced; held during a sync, so syncs do not interleave.
     synced_blobs: Mutex<HashSet<OsString>>,
+    /// Where each flush's duration is recorded.
+    stats: Arc<StorageStats>,
 }
 
 impl Disk {
     /// `files` are those of the directory sled was opened at.
-    pub(crate) fn new(db: sled::Db, files: &SledFiles) -> Result<Disk, StoreError> {
+    pub(crate) fn new(
+        db: sled::Db,
+        files: &SledFiles,
+        stats: Arc<StorageStats>,
+    ) -> Result<Disk, StoreError> {
         let data = File::open(&files.data).map_err(|e| StoreError::io("open", &files.data, e))?;
         Ok(Disk {
             db,
@@ -97,11 +106,13 @@ impl Disk {
             data_path: files.data.clone(),
             blobs: files.blobs.clone(),
             synced_blobs: Mutex::new(HashSet::new()),
+            stats,
         })
     }
 
     /// Writes everything written to the database so far to stable storage; blocks until done.
     pub(crate) fn flush(&self) -> Result<(), StoreError> {
+        let began = Instant::now();
         self.db.flush()?;
         let mut synced_blobs = self.synced_blobs.lock();
         // Blobs before the log that points to them: sled writes a blob file whole before the
@@ -115,11 +126,12 @@ impl Disk {
             .sync_data()
             .map_err(|e| StoreError::io("fdatasync", &self.data_path, e))?;
         // On disk: every write to the database made before this call, and the files it lives in.
+        observe_since(&self.stats.backend_commit, began);
         Ok(())
     }
 
     /// Like [`Disk::flush`], without blocking the async runtime's worker.
-    pub(crate) async fn flush_async(self: &std::sync::Arc<Self>) -> Result<(), StoreError> {
+    pub(crate) async fn flush_async(self: &Arc<Self>) -> Result<(), StoreError> {
         let disk = self.clone();
         tokio::task::spawn_blocking(move || disk.flush())
             .await

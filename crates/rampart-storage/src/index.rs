@@ -181,7 +181,6 @@ impl KeyIndex {
     }
 
     /// How many keys have a version in history.
-    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.keys.len()
     }

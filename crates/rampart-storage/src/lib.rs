@@ -55,6 +55,7 @@ mod range;
 mod redo;
 mod snapshot;
 mod state_machine;
+mod stats;
 mod store;
 #[cfg(test)]
 pub(crate) mod test_support;
@@ -69,6 +70,7 @@ pub use lease::{LeaseFeed, LeaseFeedEnded};
 pub use log_store::LogStore;
 pub use mvcc::Mvcc;
 pub use state_machine::{SnapshotBuilder, StateMachine};
+pub use stats::StorageStats;
 pub use store::{ClusterIdentity, Store};
 pub use types::*;
 pub use watch_feed::{

@@ -27,6 +27,7 @@ use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::{mpsc, Arc};
+use std::time::Instant;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{LogId, OptionalSend, StorageError, StorageIOError, Vote};
@@ -37,6 +38,7 @@ use tokio::sync::watch;
 use crate::codec;
 use crate::durability::Disk;
 use crate::error::StoreError;
+use crate::stats::{observe_since, StorageStats};
 use crate::types::{NodeId, TypeConfig};
 use crate::wal::{Entry, Recorded, Wal};
 
@@ -75,6 +77,7 @@ impl LogStore {
         tree: sled::Tree,
         wal_dir: &Path,
         in_use: Arc<()>,
+        stats: Arc<StorageStats>,
     ) -> Result<Self, StoreError> {
         let purged: Option<LogId<NodeId>> = get(&tree, PURGED, "last purged log id")?;
         let committed: Option<LogId<NodeId>> = get(&tree, COMMITTED, "committed log id")?;
@@ -84,7 +87,7 @@ impl LogStore {
         };
         let mut wal = Wal::open(wal_dir, recorded)?;
         move_old_entries(&disk, &tree, &mut wal)?;
-        let unflushed = spawn_flusher()?;
+        let unflushed = spawn_flusher(stats)?;
         Ok(LogStore {
             disk,
             tree,
@@ -364,7 +367,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 /// its callback was queued, so the sync covers it. With openraft 0.9.25 nothing is ever queued
 /// behind: it waits for each append's callback before making the next append, so each sync
 /// serves one append. The thread ends when the last [`LogStore`] handle is dropped.
-fn spawn_flusher() -> Result<mpsc::Sender<Unflushed>, StoreError> {
+fn spawn_flusher(stats: Arc<StorageStats>) -> Result<mpsc::Sender<Unflushed>, StoreError> {
     let (sender, queue) = mpsc::channel::<Unflushed>();
     std::thread::Builder::new()
         .name("rampart-log-flush".into())
@@ -378,10 +381,12 @@ fn spawn_flusher() -> Result<mpsc::Sender<Unflushed>, StoreError> {
                     if synced.iter().any(|s| Arc::ptr_eq(s, segment)) {
                         continue;
                     }
+                    let began = Instant::now();
                     if let Err(e) = segment.sync_data() {
                         outcome = Err(e);
                         break;
                     }
+                    observe_since(&stats.wal_fsync, began);
                     synced.push(segment);
                 }
                 // On disk, when `outcome` is Ok: every entry of every append in `group`.

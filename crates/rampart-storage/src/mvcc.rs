@@ -448,6 +448,12 @@ impl Mvcc {
     }
 
     /// The current store revision (1 on an empty store).
+    /// How many keys the key index holds: the live ones, and the deleted ones whose history a
+    /// compaction has not removed yet (etcd's `etcd_debugging_mvcc_keys_total`).
+    pub fn key_count(&self) -> usize {
+        self.core.read_state().index.len()
+    }
+
     pub fn revision(&self) -> i64 {
         self.core.read_state().revision
     }

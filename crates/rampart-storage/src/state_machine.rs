@@ -2,6 +2,7 @@
 
 use std::io::{BufReader, Seek, SeekFrom};
 use std::sync::Arc;
+use std::time::Instant;
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
@@ -12,6 +13,7 @@ use openraft::{
 use crate::error::StoreError;
 use crate::mvcc::{blocking, MvccCore};
 use crate::snapshot::{self, Meta, SnapshotFiles, SnapshotReader};
+use crate::stats::{StorageStats, SLOW_APPLY};
 use crate::types::{CommandResponse, NodeId, PeerNode, TypeConfig};
 
 /// The MVCC state machine, as openraft drives it. Writes go through [`StateMachine::apply`]
@@ -21,14 +23,22 @@ pub struct StateMachine {
     snapshots: Arc<SnapshotFiles>,
     /// Counts this handle as in use for [`crate::Store::released`].
     _in_use: Arc<()>,
+    /// Where slow applies are counted.
+    stats: Arc<StorageStats>,
 }
 
 impl StateMachine {
-    pub(crate) fn new(core: Arc<MvccCore>, snapshots: Arc<SnapshotFiles>, in_use: Arc<()>) -> Self {
+    pub(crate) fn new(
+        core: Arc<MvccCore>,
+        snapshots: Arc<SnapshotFiles>,
+        in_use: Arc<()>,
+        stats: Arc<StorageStats>,
+    ) -> Self {
         StateMachine {
             core,
             snapshots,
             _in_use: in_use,
+            stats,
         }
     }
 }
@@ -185,10 +195,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             for entry in entries {
                 // Each entry is applied (and visible to readers) whole, one at a time, in log
                 // order.
+                let began = Instant::now();
                 let resp = self
                     .core
                     .apply_entry(&entry)
                     .map_err(|e| (entry.log_id, e))?;
+                if began.elapsed() > SLOW_APPLY {
+                    self.stats.slow_applies.inc();
+                }
                 self.core.applied_waiters.advance(entry.log_id.index);
                 responses.push(resp);
             }

@@ -13,6 +13,7 @@ use crate::log_store::LogStore;
 use crate::mvcc::{Mvcc, MvccCore};
 use crate::snapshot::SnapshotFiles;
 use crate::state_machine::StateMachine;
+use crate::stats::StorageStats;
 
 /// sled tree of the Raft log (see [`crate::log_store`]).
 const LOG_TREE: &str = "raft_log";
@@ -49,6 +50,8 @@ pub struct Store {
     dir: PathBuf,
     /// Cloned into every handle given to openraft; see [`Store::released`].
     in_use: Arc<()>,
+    /// The store's measurements, for the server's metrics.
+    stats: Arc<StorageStats>,
 }
 
 impl Store {
@@ -63,7 +66,8 @@ impl Store {
         let files = SledFiles::new(&dir.join("db"));
         let db = open_db(&files)?;
         verify_readable(&db)?;
-        let disk = Arc::new(Disk::new(db.clone(), &files)?);
+        let stats = Arc::new(StorageStats::default());
+        let disk = Arc::new(Disk::new(db.clone(), &files, stats.clone())?);
         let in_use = Arc::new(());
         let snapshots = Arc::new(SnapshotFiles::open(&dir.join("snap"))?);
         let (mvcc_tree, redo_tree, compaction_tree) = (
@@ -84,6 +88,7 @@ impl Store {
             db.open_tree(LOG_TREE)?,
             &dir.join(WAL_DIR),
             in_use.clone(),
+            stats.clone(),
         )?
         .guard_purges(core.durable_applied.subscribe());
         let node = db.open_tree(NODE_TREE)?;
@@ -108,6 +113,7 @@ impl Store {
             snapshots,
             dir: dir.to_path_buf(),
             in_use,
+            stats,
         })
     }
 
@@ -139,7 +145,13 @@ impl Store {
             self.core.clone(),
             self.snapshots.clone(),
             self.in_use.clone(),
+            self.stats.clone(),
         )
+    }
+
+    /// What the store measures of itself (fsync and flush durations, slow applies).
+    pub fn stats(&self) -> Arc<StorageStats> {
+        self.stats.clone()
     }
 
     /// A read handle on the applied MVCC state.

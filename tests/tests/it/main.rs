@@ -17,6 +17,8 @@
 //! - [`lock_failover`]: locks across kill -9 of a holder and of the leader, against processes.
 //! - [`membership`]: adding, promoting, removing and updating members, MoveLeader, learners'
 //!   limits and the strict reconfiguration checks, in process.
+//! - [`observe`]: `/metrics` under etcd's names, and the `/health`, `/livez` and `/readyz`
+//!   probes, on the client port and on `--listen-metrics-urls`.
 //! - [`long_reads`]: whole-keyspace reads of a large store under writes stall no member.
 //! - [`process_cluster`]: acknowledged writes survive kill -9; bad settings and foreign data
 //!   directories are refused.
@@ -43,6 +45,7 @@ mod lock;
 mod lock_failover;
 mod long_reads;
 mod membership;
+mod observe;
 mod process_cluster;
 mod signals;
 mod watch;

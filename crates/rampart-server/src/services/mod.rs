@@ -18,5 +18,5 @@ pub use election::ElectionService;
 pub use kv::KvService;
 pub use lease::LeaseService;
 pub use lock::LockService;
-pub use maintenance::MaintenanceService;
+pub use maintenance::{MaintenanceService, API_VERSION};
 pub use watch::WatchService;

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::shared::StreamShared;
 use super::watcher::{Progress, SharedProgress, WatchSpec, Watcher};
 use crate::error::ServerError;
+use crate::node::Held;
 
 /// A create request's `watch_id` that asks the server to choose (etcd's `AutoWatchID`).
 const AUTO_WATCH_ID: i64 = 0;
@@ -37,6 +38,8 @@ struct WatcherHandle {
     token: CancellationToken,
     task: JoinHandle<()>,
     progress: Arc<SharedProgress>,
+    /// Counts the watcher in the member's `etcd_mvcc_watcher_total` while the stream holds it.
+    _counted: Held,
 }
 
 /// How far a whole stream has delivered.
@@ -176,6 +179,7 @@ impl WatchStream {
                 token,
                 task,
                 progress,
+                _counted: Held::new(&self.shared.node.stats().watchers),
             },
         );
         true

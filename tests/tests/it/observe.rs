@@ -240,3 +240,86 @@ fn a_metrics_mode_other_than_etcds_is_refused() {
     let error = Config::from_raw(raw).expect_err("refused").to_string();
     assert!(error.contains("--metrics"), "{error}");
 }
+
+/// The identifiers of a PromQL expression that start like Rampart's metric families: its metric
+/// names, and label names such as `grpc_code` (which the caller tells apart).
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut current = String::new();
+    for c in expr.chars().chain(std::iter::once(' ')) {
+        if c.is_ascii_alphanumeric() || c == '_' || c == ':' {
+            current.push(c);
+            continue;
+        }
+        let word = std::mem::take(&mut current);
+        if ["etcd_", "grpc_", "process_", "rampart_"]
+            .iter()
+            .any(|prefix| word.starts_with(prefix))
+        {
+            names.push(word);
+        }
+    }
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grafana_dashboard_names_only_served_metrics() -> anyhow::Result<()> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/grafana/rampart-dashboard.json");
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .ok_or_else(|| anyhow::anyhow!("no panels in {}", path.display()))?
+        .iter()
+        .flat_map(|panel| panel["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|target| target["expr"].as_str().map(str::to_string))
+        .collect();
+    assert!(exprs.len() >= 10, "{} queries", exprs.len());
+
+    // Members with peers, one of them stopped, so that the per-peer families have samples
+    // (a family with none is not written at all).
+    let mut cluster = TestCluster::start(3).await?;
+    cluster.wait_for_leader(WAIT).await?;
+    let url = cluster.client_urls()[0].clone();
+    put(&mut cluster.client(0).await?, "k", "v").await?;
+    cluster.stop(2).await;
+    let text = wait_until(
+        "a round trip and a failed call in the metrics",
+        WAIT,
+        || async {
+            let text = metrics(&url).await?;
+            let both = text.contains("etcd_network_peer_round_trip_time_seconds_count")
+                && text.contains("etcd_network_peer_sent_failures_total{");
+            Ok(both.then_some(text))
+        },
+    )
+    .await?;
+    // Every family the member declares, with a histogram's series, and every sample's name.
+    let mut served: Vec<String> = Vec::new();
+    for line in text.lines() {
+        if let Some(declared) = line.strip_prefix("# TYPE ") {
+            let mut words = declared.split(' ');
+            let (name, kind) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+            served.push(name.to_string());
+            if kind == "histogram" {
+                for series in ["_bucket", "_sum", "_count"] {
+                    served.push(format!("{name}{series}"));
+                }
+            }
+        } else if let Some(name) = line.split(['{', ' ']).next() {
+            served.push(name.to_string());
+        }
+    }
+    for expr in &exprs {
+        // Label names (`grpc_method`) start like families too; the served text names them so.
+        let labels = |name: &str| text.contains(&format!("{name}=\""));
+        for name in metric_names(expr).into_iter().filter(|name| !labels(name)) {
+            assert!(
+                served.contains(&name),
+                "the dashboard's {expr:?} names {name}, which a member does not serve"
+            );
+        }
+    }
+    cluster.shutdown().await;
+    Ok(())
+}

@@ -175,7 +175,7 @@ impl Maintenance for MaintenanceService {
                         blob.truncate(n);
                         sent += n as u64;
                         Ok(pb::SnapshotResponse {
-                            header: Some(header.clone()),
+                            header: Some(header),
                             remaining_bytes: total - sent,
                             blob,
                             version: String::new(),

@@ -10,6 +10,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::{ensure, Context};
+use base64::Engine;
 use etcd_client::{LeaseTimeToLiveOptions, PutOptions};
 use rampart_tests::{init_tracing, wait_until, ProcessCluster, ProcessMember};
 use serde_json::Value;
@@ -335,7 +336,37 @@ async fn etcdctl_saves_while_writes_go_on_and_restored_members_serve_the_same_da
         put["header"]["revision"].as_i64() == Some(revision + 1),
         "the first write after the restore: {put}"
     );
+
+    info!("--- a restored member killed and restarted keeps its data, and does not initialize");
+    let mut restored = restored;
+    restored.kill(2)?;
+    restored.restart(2).await?;
+    let member = Etcdctl::new(&[&restored_urls[2]])?;
+    let after_restart = wait_until("the restarted member to catch up", WRITES_WAIT, || async {
+        let (kvs, revision) = everything(&member, &["--consistency=s"]).await?;
+        Ok((revision > restored_revision).then_some(kvs))
+    })
+    .await?;
+    let mut with_new_key = expected.as_array().context("kvs is a list")?.clone();
+    with_new_key.push(put_kv(&etcdctl, "after/restore").await?);
+    // In key order, as a range answers: by the keys' bytes, not their base64.
+    with_new_key.sort_by_key(|kv| {
+        let key = kv["key"].as_str().unwrap_or_default();
+        base64::engine::general_purpose::STANDARD
+            .decode(key)
+            .unwrap_or_default()
+    });
+    ensure!(
+        after_restart == Value::Array(with_new_key),
+        "the restarted member serves {after_restart}"
+    );
     Ok(())
+}
+
+/// The full record of `key`, as `etcdctl get -w json` prints it.
+async fn put_kv(etcdctl: &Etcdctl, key: &str) -> anyhow::Result<Value> {
+    let response = etcdctl.json(&["get", key]).await?;
+    Ok(response["kvs"][0].clone())
 }
 
 /// Saved with `rampartctl snapshot save` this time.

@@ -16,9 +16,10 @@
 //!
 //! The padding is for etcdctl: `etcdctl snapshot save` (3.4 and 3.5) refuses a file whose
 //! length is not a multiple of 512 plus 32 ("sha256 checksum not found"), the shape of etcd's
-//! own (bbolt pages, then a SHA-256). The header's length tells a truncated file (or one with bytes appended) from a damaged one
-//! before anything else is read; the SHA-256 covers every byte; the snapshot's own crc32s and
-//! pair count are checked too. A reader refuses any other format by its number.
+//! own (bbolt pages, then a SHA-256). The header's length tells a truncated file (or one with
+//! bytes appended) from a damaged one before anything else is read; the SHA-256 covers every
+//! byte; the snapshot's own crc32s and pair count are checked too. A reader refuses any other
+//! format by its number.
 //!
 //! The snapshot is the state after one applied log entry, though writes go on while it is
 //! taken (see `MvccCore::export`): every key with its create and mod revisions and version, the
@@ -489,6 +490,10 @@ pub fn restore(
     let mut building = data_dir.as_os_str().to_owned();
     building.push(format!(".restoring-{}", std::process::id()));
     let building = PathBuf::from(building);
+    // Only a restore of this name, interrupted, leaves this directory: none of it is kept.
+    if building.exists() {
+        fs::remove_dir_all(&building).map_err(io_err("remove", &building))?;
+    }
     let written = write_restored(path, &checked, &building, target);
     if let Err(e) = written {
         let _ = fs::remove_dir_all(&building);

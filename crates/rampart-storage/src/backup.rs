@@ -193,6 +193,16 @@ impl Backup {
     /// `MvccCore::export`) into a file with no name in `scratch_dir`. Blocks for as long as the
     /// export takes: call it off the async runtime's workers.
     pub fn export(mvcc: &Mvcc, scratch_dir: &Path) -> Result<Backup, StoreError> {
+        Self::export_with(mvcc, scratch_dir, || {})
+    }
+
+    /// [`Backup::export`], with `MvccCore::export`'s test seam: `each_history_row` runs after
+    /// each history row.
+    fn export_with(
+        mvcc: &Mvcc,
+        scratch_dir: &Path,
+        each_history_row: impl FnMut(),
+    ) -> Result<Backup, StoreError> {
         let path = scratch_dir.join(format!(
             "backup-{}-{}.tmp",
             std::process::id(),
@@ -221,7 +231,7 @@ impl Backup {
                     },
                 )
             },
-            || {},
+            each_history_row,
         )?;
         let (mut file, _) = writer.finish()?;
         let snapshot_len = file
@@ -707,6 +717,77 @@ mod tests {
             matches!(again, BackupError::DataDirExists { .. }),
             "{again}"
         );
+    }
+
+    /// The commands of entries 1.., the same for every store of a test.
+    fn command(index: u64) -> Command {
+        match index % 5 {
+            0 => Command::DeleteRange(DeleteRangeRequest {
+                key: format!("k{}", index % 20).into(),
+                ..Default::default()
+            }),
+            _ => put_cmd(&format!("k{}", index % 20), &format!("v{index}")),
+        }
+    }
+
+    /// A backup taken while entries apply (a compaction among them) holds exactly the state
+    /// of the entry it began at: what `etcdctl snapshot save` gets while clients write.
+    #[test]
+    fn a_backup_taken_while_writes_go_on_is_the_state_of_one_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("source")).unwrap();
+        let core = store.core_for_tests();
+        for index in 1..=100 {
+            core.apply_entry(&entry(index, command(index))).unwrap();
+        }
+
+        tracing::info!("--- a backup paused in the middle of history");
+        let (paused, is_paused) = std::sync::mpsc::channel();
+        let (go, resume) = std::sync::mpsc::channel::<()>();
+        let exporter = std::thread::spawn({
+            let (mvcc, scratch) = (store.mvcc(), dir.path().to_path_buf());
+            move || {
+                let mut rows = 0;
+                let backup = Backup::export_with(&mvcc, &scratch, || {
+                    rows += 1;
+                    if rows == 10 {
+                        paused.send(()).unwrap();
+                        resume.recv().unwrap();
+                    }
+                });
+                backup.map_err(|e| e.to_string())
+            }
+        });
+        let deadline = std::time::Duration::from_secs(10);
+        is_paused
+            .recv_timeout(deadline)
+            .expect("the export reached history");
+
+        tracing::info!("--- entries apply meanwhile, a compaction among them");
+        for index in 101..=150 {
+            core.apply_entry(&entry(index, command(index))).unwrap();
+        }
+        core.apply_entry(&entry(151, Command::Compact { revision: 90 }))
+            .unwrap();
+        go.send(()).unwrap();
+        let mut backup = exporter.join().unwrap().expect("the export succeeds");
+        let file = dir.path().join("backup.db");
+        std::io::copy(&mut backup, &mut fs::File::create(&file).unwrap()).unwrap();
+
+        tracing::info!("--- restored, it is the state after entry 100 exactly");
+        let restored_dir = dir.path().join("restored");
+        restore(&file, &restored_dir, &target(1)).unwrap();
+        let restored = Store::open(&restored_dir).unwrap();
+        let reference = Store::open(&dir.path().join("reference")).unwrap();
+        for index in 1..=100 {
+            reference
+                .core_for_tests()
+                .apply_entry(&entry(index, command(index)))
+                .unwrap();
+        }
+        assert_eq!(restored.mvcc().revision(), reference.mvcc().revision());
+        assert_eq!(restored.mvcc().compact_revision(), 0);
+        assert_eq!(data(&restored), data(&reference));
     }
 
     #[test]

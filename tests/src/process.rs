@@ -44,10 +44,23 @@ pub struct ProcessCluster {
 impl ProcessCluster {
     /// Starts `size` processes and waits until each answers a serializable read.
     pub async fn start(size: usize) -> anyhow::Result<ProcessCluster> {
-        rampart_launcher::retry_start(|_attempt| Self::try_start(size)).await
+        Self::start_prepared(size, |_, _| Ok(())).await
     }
 
-    async fn try_start(size: usize) -> anyhow::Result<ProcessCluster> {
+    /// Starts `size` processes as [`ProcessCluster::start`] does, once `prepare` has been given
+    /// the members, not yet started, and the cluster token: e.g. to restore a backup into their
+    /// data directories.
+    pub async fn start_prepared<F>(size: usize, prepare: F) -> anyhow::Result<ProcessCluster>
+    where
+        F: Fn(&[ProcessMember], &str) -> anyhow::Result<()>,
+    {
+        rampart_launcher::retry_start(|_attempt| Self::try_start(size, &prepare)).await
+    }
+
+    async fn try_start<F>(size: usize, prepare: &F) -> anyhow::Result<ProcessCluster>
+    where
+        F: Fn(&[ProcessMember], &str) -> anyhow::Result<()>,
+    {
         let dir = tempfile::tempdir()?;
         let plan = Plan {
             size,
@@ -60,6 +73,7 @@ impl ProcessCluster {
             rust_log: "info,openraft=warn".into(),
         };
         let members = plan.members(&rampart_binary()?, dir.path())?;
+        prepare(&members, &plan.token)?;
         let mut cluster = ProcessCluster { members, dir, plan };
         for member in &mut cluster.members {
             member.spawn()?;

@@ -8,6 +8,8 @@
 //!   committed and purged log ids in sled);
 //! - [`StateMachine`], openraft's `RaftStateMachine`: applies [`Command`]s to the MVCC store and
 //!   builds and installs snapshots;
+//! - [`Backup`], a member's state machine streamed out for `etcdctl snapshot save`, and
+//!   [`restore`], its check and its restore into a new member's data directory;
 //! - [`Mvcc`], a cheap cloneable read handle on the MVCC store for serving reads: Range, leases,
 //!   watch events replayed from history, the live [`WatchFeed`] of new revisions, and the
 //!   [`LeaseFeed`] of grants and revokes.
@@ -23,7 +25,7 @@
 //! bounded in bytes, and the watchers' interests in previous values), `compactor` (physical
 //! compaction in the background), `state_machine` and `snapshot` (openraft's state machine and
 //! the snapshot file), `log_store` and `wal` (openraft's log and its segment files),
-//! `durability` (fsyncs that survive power loss), `applied` (waiting for an applied index),
+//! `backup` (the backup file: export, check, restore), `durability` (fsyncs that survive power loss), `applied` (waiting for an applied index),
 //! `store` (opening a data directory), and, in tests only, `test_support` (the helpers the unit
 //! tests share).
 //!
@@ -39,6 +41,7 @@
 
 mod applied;
 mod apply;
+mod backup;
 mod codec;
 mod compactor;
 mod durability;
@@ -64,6 +67,7 @@ mod wal;
 mod watch_feed;
 mod write_txn;
 
+pub use backup::{Backup, BackupError, BackupStatus, RestoreTarget, BACKUP_FORMAT};
 pub use error::{MvccError, StoreError};
 pub use hash::KvHash;
 pub use lease::{LeaseFeed, LeaseFeedEnded};
@@ -72,6 +76,10 @@ pub use mvcc::Mvcc;
 pub use state_machine::{SnapshotBuilder, StateMachine};
 pub use stats::StorageStats;
 pub use store::{ClusterIdentity, Store};
+/// Checking and restoring backups (`rampartctl snapshot status` and `restore`).
+pub mod restore {
+    pub use crate::backup::{restore, status};
+}
 pub use types::*;
 pub use watch_feed::{
     FedRevision, PrevKvInterest, WatchFeed, WatchFeedStats, WATCH_FEED_BUDGET, WATCH_FEED_CAPACITY,

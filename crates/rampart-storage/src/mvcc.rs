@@ -420,6 +420,11 @@ impl Mvcc {
         Mvcc { core }
     }
 
+    /// The shared core, for a backup's export (`crate::backup`).
+    pub(crate) fn core(&self) -> &MvccCore {
+        &self.core
+    }
+
     /// Answers a Range from the applied state; returns the response and the store revision it
     /// was read at (the revision for the response header, as etcd's: the current one, even for a
     /// read at an older `req.revision`).

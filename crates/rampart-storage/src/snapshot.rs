@@ -105,6 +105,12 @@ impl SnapshotWriter {
             .truncate(true)
             .open(path)
             .map_err(|e| StoreError::io("create", path, e))?;
+        Self::over(file, path, meta)
+    }
+
+    /// Writes the header and the meta into `file`, which is empty (named `path` in errors): a
+    /// file with no name, for a backup (`crate::backup`).
+    pub(crate) fn over(file: fs::File, path: &Path, meta: Meta) -> Result<Self, StoreError> {
         let mut writer = SnapshotWriter {
             out: BufWriter::with_capacity(256 * 1024, file),
             path: path.to_path_buf(),

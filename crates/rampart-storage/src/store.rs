@@ -154,6 +154,11 @@ impl Store {
         self.stats.clone()
     }
 
+    /// The MVCC core, for a restore that fills a new store (`crate::backup`).
+    pub(crate) fn core(&self) -> &MvccCore {
+        &self.core
+    }
+
     /// A read handle on the applied MVCC state.
     pub fn mvcc(&self) -> Mvcc {
         Mvcc::new(self.core.clone())

@@ -26,20 +26,20 @@ const COMMAND_DEADLINE: Duration = Duration::from_secs(60);
 const AGREE_WAIT: Duration = Duration::from_secs(30);
 
 /// What one etcdctl run printed.
-struct Run {
-    success: bool,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Run {
+    pub(crate) success: bool,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 /// etcdctl pointed at a fixed list of endpoints.
-struct Etcdctl {
+pub(crate) struct Etcdctl {
     binary: PathBuf,
     endpoints: String,
 }
 
 impl Etcdctl {
-    fn new(endpoints: &[&str]) -> anyhow::Result<Etcdctl> {
+    pub(crate) fn new(endpoints: &[&str]) -> anyhow::Result<Etcdctl> {
         Ok(Etcdctl {
             binary: etcdctl_path()?,
             endpoints: endpoints.join(","),
@@ -47,7 +47,7 @@ impl Etcdctl {
     }
 
     /// Runs `etcdctl <args>` with `stdin` fed to it, and returns what it printed.
-    async fn run(&self, args: &[&str], stdin: Option<&str>) -> anyhow::Result<Run> {
+    pub(crate) async fn run(&self, args: &[&str], stdin: Option<&str>) -> anyhow::Result<Run> {
         let mut command = tokio::process::Command::new(&self.binary);
         command
             .env("ETCDCTL_API", "3")
@@ -85,7 +85,7 @@ impl Etcdctl {
     }
 
     /// Runs etcdctl, requires success and returns its standard output.
-    async fn ok(&self, args: &[&str]) -> anyhow::Result<String> {
+    pub(crate) async fn ok(&self, args: &[&str]) -> anyhow::Result<String> {
         self.ok_with_input(args, None).await
     }
 
@@ -118,7 +118,7 @@ impl Etcdctl {
     }
 
     /// Runs etcdctl with `-w json` and parses what it prints.
-    async fn json(&self, args: &[&str]) -> anyhow::Result<Value> {
+    pub(crate) async fn json(&self, args: &[&str]) -> anyhow::Result<Value> {
         self.json_with_input(args, None).await
     }
 

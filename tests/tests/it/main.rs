@@ -2,6 +2,8 @@
 //! v3 API against in-process members ([`rampart_tests::TestCluster`]) or real `rampart`
 //! processes ([`rampart_tests::ProcessCluster`]).
 //!
+//! - [`backup`]: `etcdctl snapshot save` while writes go on, `rampartctl snapshot restore` into a
+//!   new cluster of processes serving the same data, damaged and truncated files refused.
 //! - [`cluster`]: leader loss, partitions, healing and catch-up by snapshot, in process.
 //! - [`election`]: the Election service through etcd-client, and etcdctl's `elect`.
 //! - [`etcd_client`]: compatibility with the `etcd-client` crate, errors included.
@@ -32,6 +34,7 @@
 
 mod common;
 
+mod backup;
 mod cluster;
 mod election;
 mod etcd_client;

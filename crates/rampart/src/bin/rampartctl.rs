@@ -16,6 +16,9 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
+#[path = "rampartctl/snapshot.rs"]
+mod snapshot;
+
 #[derive(Parser, Debug)]
 #[command(name = "rampartctl", version, about = "Talk to a Rampart cluster")]
 struct Cli {
@@ -79,6 +82,9 @@ enum Cmd {
         #[arg(long, default_value_t = 60)]
         ttl: i64,
     },
+    /// Saves, checks and restores snapshots (etcdctl's `snapshot save|status|restore`).
+    #[command(subcommand)]
+    Snapshot(snapshot::SnapshotCmd),
 }
 
 /// A lease kept alive for as long as the command runs (clientv3's `concurrency.Session`).
@@ -293,10 +299,21 @@ async fn main() -> anyhow::Result<()> {
 /// Runs the command and answers the process's exit status.
 async fn run() -> anyhow::Result<i32> {
     let cli = Cli::parse();
-    let channel = Channel::from_shared(cli.endpoint.clone())?
-        .connect()
-        .await
-        .with_context(|| format!("cannot connect to {}", cli.endpoint))?;
+    let connect = || async {
+        Channel::from_shared(cli.endpoint.clone())?
+            .connect()
+            .await
+            .with_context(|| format!("cannot connect to {}", cli.endpoint))
+    };
+    let command = match cli.command {
+        // Restore and status read files only; save connects when it needs to.
+        Cmd::Snapshot(command) => {
+            snapshot::run(command, connect).await?;
+            return Ok(0);
+        }
+        command => command,
+    };
+    let channel = connect().await?;
     let range_end = |key: &str, prefix: bool| {
         if prefix {
             rampart_api::prefix_range_end(key.as_bytes())
@@ -304,7 +321,7 @@ async fn run() -> anyhow::Result<i32> {
             Vec::new()
         }
     };
-    match cli.command {
+    match command {
         Cmd::Put { key, value } => {
             KvClient::new(channel)
                 .put(pb::PutRequest {
@@ -397,6 +414,7 @@ async fn run() -> anyhow::Result<i32> {
                 (None, false) => bail!("no proposal argument but --listen not set"),
             }
         }
+        Cmd::Snapshot(_) => unreachable!("handled before connecting"),
     }
     Ok(0)
 }

@@ -272,9 +272,9 @@ mod tests {
                 "etcdserver: given member URLs are invalid",
             ),
             (
-                ServerError::Unimplemented("Snapshot"),
+                ServerError::Unimplemented("Downgrade"),
                 Code::Unimplemented,
-                "rampart does not support Snapshot yet",
+                "rampart does not support Downgrade yet",
             ),
         ];
         for (error, code, text) in cases {

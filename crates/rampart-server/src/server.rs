@@ -265,6 +265,11 @@ impl RunningNode {
                 cancel.clone(),
             ));
         }
+        // etcd's initial corruption check, before any client is served. A fresh member has
+        // nothing to compare yet.
+        if node.config().initial_corrupt_check && !fresh {
+            crate::corruption::initial_check(&node, &cancel).await;
+        }
         for listener in listeners.client {
             tasks.spawn(serve_clients(
                 &node,
@@ -278,6 +283,14 @@ impl RunningNode {
         tasks.spawn(membership.clone().probe_peers(cancel.clone()));
         tasks.spawn(publish(node.clone(), cancel.clone()));
         tasks.spawn(lessor.run());
+        let corrupt_check_time = node.config().corrupt_check_time;
+        if !corrupt_check_time.is_zero() {
+            tasks.spawn(crate::corruption::run_periodic(
+                node.clone(),
+                corrupt_check_time,
+                cancel.clone(),
+            ));
+        }
 
         tracing::info!(
             name = %node.config().name,

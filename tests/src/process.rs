@@ -44,10 +44,19 @@ pub struct ProcessCluster {
 impl ProcessCluster {
     /// Starts `size` processes and waits until each answers a serializable read.
     pub async fn start(size: usize) -> anyhow::Result<ProcessCluster> {
-        rampart_launcher::retry_start(|_attempt| Self::try_start(size)).await
+        Self::start_with_args(size, &[]).await
     }
 
-    async fn try_start(size: usize) -> anyhow::Result<ProcessCluster> {
+    /// Starts `size` processes with `extra_args` (`--flag=value`) besides the usual flags.
+    pub async fn start_with_args(
+        size: usize,
+        extra_args: &[&str],
+    ) -> anyhow::Result<ProcessCluster> {
+        let extra: Vec<String> = extra_args.iter().map(|a| a.to_string()).collect();
+        rampart_launcher::retry_start(|_attempt| Self::try_start(size, extra.clone())).await
+    }
+
+    async fn try_start(size: usize, extra_args: Vec<String>) -> anyhow::Result<ProcessCluster> {
         let dir = tempfile::tempdir()?;
         let plan = Plan {
             size,
@@ -56,7 +65,7 @@ impl ProcessCluster {
             heartbeat_ms: HEARTBEAT_MS,
             election_ms: ELECTION_MS,
             data_dir_suffix: String::new(),
-            extra_args: vec![],
+            extra_args,
             rust_log: "info,openraft=warn".into(),
         };
         let members = plan.members(&rampart_binary()?, dir.path())?;

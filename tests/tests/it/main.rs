@@ -2,7 +2,11 @@
 //! v3 API against in-process members ([`rampart_tests::TestCluster`]) or real `rampart`
 //! processes ([`rampart_tests::ProcessCluster`]).
 //!
+//! - [`alarms`]: the Alarm call, NOSPACE and CORRUPT alarms, and the space quota (etcdctl's
+//!   `alarm` and `endpoint status` included).
 //! - [`cluster`]: leader loss, partitions, healing and catch-up by snapshot, in process.
+//! - [`corruption`]: a member whose data was changed behind Raft's back is found by the
+//!   start-up and the periodic checks and refuses clients.
 //! - [`election`]: the Election service through etcd-client, and etcdctl's `elect`.
 //! - [`etcd_client`]: compatibility with the `etcd-client` crate, errors included.
 //! - [`etcdctl`]: compatibility with the real `etcdctl` 3.4, against processes.
@@ -30,7 +34,9 @@
 
 mod common;
 
+mod alarms;
 mod cluster;
+mod corruption;
 mod election;
 mod etcd_client;
 mod etcdctl;

@@ -4,8 +4,8 @@
 //!
 //! - At start-up (`--experimental-initial-corrupt-check`), before it serves clients, a member
 //!   that already holds data asks its peers for their hash at its own revision.
-//! - Periodically (`--experimental-corrupt-check-time`), the leader asks every other member for
-//!   its hash at the leader's revision.
+//! - Periodically (`--experimental-corrupt-check-time`), the leader asks every other member
+//!   (learners included) for its hash at the leader's revision.
 //!
 //! Only hashes of the same revision from the same compact revision are compared (etcd's rule:
 //! two members that compacted at different revisions hash different contents). Unlike etcd's,
@@ -17,7 +17,7 @@
 //! is decided. A member whose start-up check finds it corrupt refuses clients at once, before
 //! its alarm is even applied, so it never serves data that differs from the cluster's.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,18 +46,18 @@ pub enum Verdict {
 }
 
 /// Judges `answers` (one per member, the asking member's included) against `own`, the asking
-/// member's: only the answers at `own`'s revision and compact revision count; a member is
-/// corrupt when a quorum of the `voters` share a hash that it does not have.
-pub fn judge(own: &KvHashAnswer, answers: &[KvHashAnswer], voters: usize) -> Verdict {
+/// member's: only the answers at `own`'s revision and compact revision count; a member (voter
+/// or learner) is corrupt when a quorum of the `voters` share a hash that it does not have.
+pub fn judge(own: &KvHashAnswer, answers: &[KvHashAnswer], voters: &BTreeSet<NodeId>) -> Verdict {
     let comparable: Vec<&KvHashAnswer> = answers
         .iter()
         .filter(|a| a.revision == own.revision && a.compact_revision == own.compact_revision)
         .collect();
     let mut counts: BTreeMap<u32, usize> = BTreeMap::new();
-    for answer in &comparable {
+    for answer in comparable.iter().filter(|a| voters.contains(&a.id)) {
         *counts.entry(answer.hash).or_default() += 1;
     }
-    let quorum = voters / 2 + 1;
+    let quorum = voters.len() / 2 + 1;
     let Some((&agreed, _)) = counts.iter().find(|(_, &n)| n >= quorum) else {
         return Verdict::Undecided;
     };
@@ -108,14 +108,14 @@ pub(crate) async fn answer(node: &Node, revision: i64) -> AdminReply {
     }
 }
 
-/// The other voters' hashes at `revision`, from those that answer in time.
-async fn peer_hashes(node: &Node, revision: i64) -> (Vec<KvHashAnswer>, usize) {
+/// The other members' hashes at `revision`, from those that answer in time, and the voters.
+async fn peer_hashes(node: &Node, revision: i64) -> (Vec<KvHashAnswer>, BTreeSet<NodeId>) {
     let metrics = node.metrics();
     let membership = metrics.membership_config.membership();
-    let voters: Vec<NodeId> = membership.voter_ids().collect();
+    let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
     let asks = membership
         .nodes()
-        .filter(|(&id, _)| id != node.id() && voters.contains(&id))
+        .filter(|(&id, _)| id != node.id())
         .map(|(&id, peer)| {
             let peer = peer.clone();
             async move {
@@ -138,7 +138,7 @@ async fn peer_hashes(node: &Node, revision: i64) -> (Vec<KvHashAnswer>, usize) {
             }
         });
     let answers = futures::future::join_all(asks).await;
-    (answers.into_iter().flatten().collect(), voters.len())
+    (answers.into_iter().flatten().collect(), voters)
 }
 
 /// Compares this member's hash at its current revision with its peers'.
@@ -146,7 +146,7 @@ async fn compare(node: &Node) -> Result<(KvHashAnswer, Verdict), ServerError> {
     let own = own_hash(node, 0).await?;
     let (mut answers, voters) = peer_hashes(node, own.revision).await;
     answers.push(own);
-    let verdict = judge(&own, &answers, voters);
+    let verdict = judge(&own, &answers, &voters);
     Ok((own, verdict))
 }
 
@@ -257,16 +257,37 @@ mod tests {
         }
     }
 
+    fn voters(ids: &[NodeId]) -> BTreeSet<NodeId> {
+        ids.iter().copied().collect()
+    }
+
     #[test]
     fn the_majority_decides_who_is_corrupt() {
+        let three = voters(&[1, 2, 3]);
         let (a, b, c) = (hashed(1, 7), hashed(2, 7), hashed(3, 8));
-        assert_eq!(judge(&a, &[a, b, c], 3), Verdict::Corrupt(vec![3]));
+        assert_eq!(judge(&a, &[a, b, c], &three), Verdict::Corrupt(vec![3]));
         // The asking member may be the odd one out.
-        assert_eq!(judge(&c, &[c, a, b], 3), Verdict::Corrupt(vec![3]));
-        assert_eq!(judge(&a, &[a, b], 3), Verdict::Agreed);
+        assert_eq!(judge(&c, &[c, a, b], &three), Verdict::Corrupt(vec![3]));
+        assert_eq!(judge(&a, &[a, b], &three), Verdict::Agreed);
         // Two members that disagree, the third silent: nobody can tell which is right.
-        assert_eq!(judge(&a, &[a, c], 3), Verdict::Undecided);
-        assert_eq!(judge(&a, &[a], 1), Verdict::Agreed);
+        assert_eq!(judge(&a, &[a, c], &three), Verdict::Undecided);
+        assert_eq!(judge(&a, &[a], &voters(&[1])), Verdict::Agreed);
+    }
+
+    #[test]
+    fn learners_are_judged_but_do_not_make_the_quorum() {
+        let (a, b, learner) = (hashed(1, 7), hashed(2, 8), hashed(4, 8));
+        // Voters 1 and 2 disagree; the learner siding with 2 decides nothing.
+        assert_eq!(
+            judge(&a, &[a, b, learner], &voters(&[1, 2])),
+            Verdict::Undecided
+        );
+        let c = hashed(3, 7);
+        let corrupt_learner = hashed(4, 9);
+        assert_eq!(
+            judge(&a, &[a, c, corrupt_learner], &voters(&[1, 2, 3])),
+            Verdict::Corrupt(vec![4])
+        );
     }
 
     #[test]
@@ -280,9 +301,13 @@ mod tests {
             compact_revision: 5,
             ..hashed(3, 9)
         };
-        assert_eq!(judge(&a, &[a, later, compacted], 3), Verdict::Undecided);
+        let three = voters(&[1, 2, 3]);
         assert_eq!(
-            judge(&a, &[a, hashed(2, 7), later, compacted], 3),
+            judge(&a, &[a, later, compacted], &three),
+            Verdict::Undecided
+        );
+        assert_eq!(
+            judge(&a, &[a, hashed(2, 7), later, compacted], &three),
             Verdict::Agreed
         );
     }

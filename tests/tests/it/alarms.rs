@@ -293,7 +293,7 @@ async fn alarms_are_raised_listed_and_cleared_and_nospace_caps_writes_everywhere
 }
 
 /// One etcdctl run against `endpoints`: its standard output, or an error with what it printed.
-async fn etcdctl(endpoints: &[String], args: &[&str]) -> anyhow::Result<String> {
+pub(crate) async fn etcdctl(endpoints: &[String], args: &[&str]) -> anyhow::Result<String> {
     let output = tokio::process::Command::new(etcdctl_path()?)
         .env("ETCDCTL_API", "3")
         .arg(format!("--endpoints={}", endpoints.join(",")))

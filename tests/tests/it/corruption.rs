@@ -143,6 +143,23 @@ async fn the_start_up_check_keeps_a_corrupt_member_from_serving() -> anyhow::Res
         "Status of the corrupt member: {:?}",
         status.errors
     );
+    let urls = cluster.client_urls();
+    let list = crate::alarms::etcdctl(&urls[leader..=leader], &["alarm", "list"]).await?;
+    let id = cluster.members[victim].id;
+    ensure!(
+        list.trim() == format!("memberID:{id} alarm:CORRUPT"),
+        "etcdctl alarm list: {list:?}"
+    );
+    let table = crate::alarms::etcdctl(&urls, &["endpoint", "status", "-w", "table"]).await?;
+    ensure!(
+        table.contains("alarm:CORRUPT"),
+        "etcdctl endpoint status: {table}"
+    );
+    let get = crate::alarms::etcdctl(&urls[victim..=victim], &["get", "k"]).await;
+    ensure!(
+        get.as_ref().is_err_and(|e| e.to_string().contains(CORRUPT)),
+        "etcdctl get on the corrupt member: {get:?}"
+    );
     cluster.shutdown().await;
     Ok(())
 }

@@ -65,12 +65,10 @@ impl Maintenance for MaintenanceService {
         };
         let alarms = match action {
             None => {
-                let wanted = match pb::AlarmType::try_from(request.alarm) {
-                    Ok(pb::AlarmType::None) => None,
-                    Ok(_) => Some(alarm::alarm_type_from_pb(request.alarm)?),
-                    Err(_) => {
-                        return Err(alarm::alarm_type_from_pb(request.alarm).unwrap_err().into())
-                    }
+                // NONE asks for every alarm.
+                let wanted = match request.alarm {
+                    0 => None,
+                    other => Some(alarm::alarm_type_from_pb(other)?),
                 };
                 self.node.read_barrier().await?;
                 self.node

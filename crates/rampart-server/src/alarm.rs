@@ -114,14 +114,14 @@ impl Quota {
         let Some(limit) = self.limit else {
             return true;
         };
-        let size = {
-            let mut measured = self.measured.lock();
+        // One request measures at a time; the others meanwhile take the last size measured.
+        if let Some(mut measured) = self.measured.try_lock() {
             if measured.is_none_or(|at| at.elapsed() >= SIZE_FRESH_FOR) {
                 self.size.store(measure(), Ordering::Relaxed);
                 *measured = Some(Instant::now());
             }
-            self.size.load(Ordering::Relaxed)
-        };
+        }
+        let size = self.size.load(Ordering::Relaxed);
         size.saturating_add(cost) < limit
     }
 }

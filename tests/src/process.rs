@@ -44,7 +44,15 @@ pub struct ProcessCluster {
 impl ProcessCluster {
     /// Starts `size` processes and waits until each answers a serializable read.
     pub async fn start(size: usize) -> anyhow::Result<ProcessCluster> {
-        Self::start_prepared(size, |_, _| Ok(())).await
+        Self::start_with(size, &[], |_, _| Ok(())).await
+    }
+
+    /// Starts `size` processes with `extra_args` (`--flag=value`) besides the usual flags.
+    pub async fn start_with_args(
+        size: usize,
+        extra_args: &[&str],
+    ) -> anyhow::Result<ProcessCluster> {
+        Self::start_with(size, extra_args, |_, _| Ok(())).await
     }
 
     /// Starts `size` processes as [`ProcessCluster::start`] does, once `prepare` has been given
@@ -54,10 +62,29 @@ impl ProcessCluster {
     where
         F: Fn(&[ProcessMember], &str) -> anyhow::Result<()>,
     {
-        rampart_launcher::retry_start(|_attempt| Self::try_start(size, &prepare)).await
+        Self::start_with(size, &[], prepare).await
     }
 
-    async fn try_start<F>(size: usize, prepare: &F) -> anyhow::Result<ProcessCluster>
+    /// Starts `size` processes with `extra_args` besides the usual flags, once `prepare` has
+    /// been given the members and the cluster token.
+    async fn start_with<F>(
+        size: usize,
+        extra_args: &[&str],
+        prepare: F,
+    ) -> anyhow::Result<ProcessCluster>
+    where
+        F: Fn(&[ProcessMember], &str) -> anyhow::Result<()>,
+    {
+        let extra: Vec<String> = extra_args.iter().map(|a| a.to_string()).collect();
+        rampart_launcher::retry_start(|_attempt| Self::try_start(size, extra.clone(), &prepare))
+            .await
+    }
+
+    async fn try_start<F>(
+        size: usize,
+        extra_args: Vec<String>,
+        prepare: &F,
+    ) -> anyhow::Result<ProcessCluster>
     where
         F: Fn(&[ProcessMember], &str) -> anyhow::Result<()>,
     {
@@ -69,7 +96,7 @@ impl ProcessCluster {
             heartbeat_ms: HEARTBEAT_MS,
             election_ms: ELECTION_MS,
             data_dir_suffix: String::new(),
-            extra_args: vec![],
+            extra_args,
             rust_log: "info,openraft=warn".into(),
         };
         let members = plan.members(&rampart_binary()?, dir.path())?;

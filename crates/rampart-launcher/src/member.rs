@@ -114,6 +114,14 @@ impl Member {
         Ok(())
     }
 
+    /// Starts the process with `--flag=value` from its next start on, in place of any value
+    /// the flag had (a flag given twice is refused).
+    pub fn set_flag(&mut self, flag: &str, value: &str) {
+        let prefix = format!("--{flag}=");
+        self.args.retain(|arg| !arg.starts_with(&prefix));
+        self.args.push(format!("{prefix}{value}"));
+    }
+
     /// Starts the process, its output appended to [`Member::log_path`].
     pub fn spawn(&mut self) -> anyhow::Result<()> {
         self.mount_disk()?;

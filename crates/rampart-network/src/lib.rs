@@ -32,7 +32,8 @@ pub use faults::LinkFaults;
 pub use forwarder::{Forwarded, Forwarder};
 pub use messages::{
     AdminAnswer, AdminError, AdminReply, AdminRequest, ChangeRefused, ClusterInfo, ForwardError,
-    ForwardReply, LeaseReply, LeaseRequest, LeaseStatus, MemberChange, MemberInfo, ReadIndexReply,
+    ForwardReply, KvHashAnswer, LeaseReply, LeaseRequest, LeaseStatus, MemberChange, MemberInfo,
+    ReadIndexReply,
 };
 pub use peer_network::{
     max_peer_message_bytes, CallError, PeerConnection, PeerNetwork, PEER_CONNECTION_WINDOW_BYTES,

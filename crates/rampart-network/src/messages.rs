@@ -68,6 +68,9 @@ pub enum AdminRequest {
     /// The leader has just removed the receiver: it should ask the leader (`IsMember`) now
     /// rather than when it notices that no leader speaks to it.
     AskMembership,
+    /// The receiver's `HashKV` at `revision` (the corruption checks): answered once it has
+    /// applied that revision, or refused.
+    HashKv { revision: i64 },
 }
 
 /// One change of the membership, as etcd's Cluster service asks for them.
@@ -145,6 +148,18 @@ pub enum AdminAnswer {
     Standing,
     /// The receiver will ask.
     Noted,
+    /// The receiver's `HashKV`.
+    HashKv(KvHashAnswer),
+}
+
+/// A member's `HashKV` at a revision, as etcd's `HashKVResponse`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvHashAnswer {
+    /// The member that answers.
+    pub id: NodeId,
+    pub hash: u32,
+    pub compact_revision: i64,
+    pub revision: i64,
 }
 
 /// Why an [`AdminRequest`] was not carried out.

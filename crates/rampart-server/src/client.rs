@@ -17,6 +17,7 @@ use rampart_api::etcdserverpb as pb;
 use rampart_storage::{ApplyError, Command, CommandResult};
 use tokio_util::sync::CancellationToken;
 
+use crate::alarm;
 use crate::convert::{self, Limits, MAX_LEASE_TTL};
 use crate::error::ServerError;
 use crate::lessor::Lessor;
@@ -73,6 +74,9 @@ impl Client {
 
     pub async fn range(&self, request: pb::RangeRequest) -> Result<pb::RangeResponse, ServerError> {
         let request = convert::range_request(request)?;
+        // Also checked by the interceptor when the call began; a Range of an in-process
+        // client (Lock, Election) passes only here.
+        self.node.check_not_corrupt()?;
         if !request.serializable {
             self.node.read_barrier().await?;
         }
@@ -85,7 +89,9 @@ impl Client {
 
     pub async fn put(&self, request: pb::PutRequest) -> Result<pb::PutResponse, ServerError> {
         self.check_size(&request)?;
+        let cost = alarm::put_cost(&request);
         let put = convert::put_request(request)?;
+        self.node.check_quota(cost).await?;
         match self.write(Command::Put(put)).await? {
             (CommandResult::Put(r), header) => Ok(convert::put_response(r, header)),
             (other, _) => Err(mismatch(other)),
@@ -109,7 +115,11 @@ impl Client {
         let limits = Limits {
             max_txn_ops: self.node.config().max_txn_ops,
         };
+        let cost = alarm::txn_cost(&request);
         let txn = convert::txn_request(request, limits)?;
+        if cost > 0 {
+            self.node.check_quota(cost).await?;
+        }
         match self.write(Command::Txn(txn)).await? {
             (CommandResult::Txn(r), header) => Ok(convert::txn_response(r, &header)),
             (other, _) => Err(mismatch(other)),
@@ -160,6 +170,7 @@ impl Client {
         }
         // As etcd, a shorter TTL is raised to the minimum, so a lease outlives an election.
         let ttl = request.ttl.max(self.node.config().min_lease_ttl());
+        self.node.check_quota(alarm::LEASE_OVERHEAD).await?;
         loop {
             let id = match request.id {
                 0 => self.unused_lease_id()?,

@@ -87,6 +87,25 @@ pub struct RawConfig {
         default_missing_value = "true"
     )]
     pub strict_reconfig_check: Option<bool>,
+    /// Size of the database past which writes that add data are refused and the NOSPACE alarm
+    /// is raised, in bytes: 0 is etcd's default (2 GiB), a negative value disables the quota.
+    #[arg(
+        long,
+        env = "RAMPART_QUOTA_BACKEND_BYTES",
+        allow_negative_numbers = true
+    )]
+    pub quota_backend_bytes: Option<i64>,
+    /// Compare this member's data with its peers' before serving clients (default false).
+    #[arg(
+        long,
+        env = "RAMPART_EXPERIMENTAL_INITIAL_CORRUPT_CHECK",
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub experimental_initial_corrupt_check: Option<bool>,
+    /// How often the leader compares the members' data, e.g. "1m"; "0s" (the default) never.
+    #[arg(long, env = "RAMPART_EXPERIMENTAL_CORRUPT_CHECK_TIME")]
+    pub experimental_corrupt_check_time: Option<String>,
     /// TEST ONLY: serve the `rampart.faults.v1.Faults` service on the peer URLs, through which
     /// anyone who reaches them can cut and delay this member's links to its peers. For
     /// fault-injection harnesses (rampart-chaos); never enable it in production.
@@ -140,6 +159,9 @@ impl RawConfig {
             experimental_watch_progress_notify_interval,
             experimental_lease_checkpoint_interval,
             strict_reconfig_check,
+            quota_backend_bytes,
+            experimental_initial_corrupt_check,
+            experimental_corrupt_check_time,
             experimental_peer_fault_injection,
         )
     }
@@ -184,6 +206,15 @@ pub struct Config {
     /// Whether membership changes that could cost the quorum are refused
     /// (`--strict-reconfig-check`).
     pub strict_reconfig_check: bool,
+    /// The database size past which writes that add data are refused (`--quota-backend-bytes`);
+    /// `None` when disabled.
+    pub quota_backend_bytes: Option<u64>,
+    /// Whether a starting member compares its data with its peers' before serving clients
+    /// (`--experimental-initial-corrupt-check`).
+    pub initial_corrupt_check: bool,
+    /// How often the leader compares the members' data (`--experimental-corrupt-check-time`);
+    /// zero: never.
+    pub corrupt_check_time: Duration,
     /// Whether the peer listeners serve the test-only fault control
     /// (`--experimental-peer-fault-injection`).
     pub peer_fault_injection: bool,
@@ -215,6 +246,8 @@ fn invalid(flag: &'static str, value: impl Into<String>, reason: impl Into<Strin
 
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1536 * 1024;
 pub const DEFAULT_MAX_TXN_OPS: usize = 128;
+/// etcd's default `--quota-backend-bytes`, 2 GiB.
+pub const DEFAULT_QUOTA_BACKEND_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 
 impl Config {
     /// Applies the defaults to `raw` and validates it.
@@ -343,6 +376,16 @@ impl Config {
             raw.experimental_lease_checkpoint_interval,
             Duration::from_secs(5),
         )?;
+        let corrupt_check_time = match raw.experimental_corrupt_check_time {
+            None => Duration::ZERO,
+            Some(text) => humantime::parse_duration(&text)
+                .map_err(|e| invalid("experimental-corrupt-check-time", text, e.to_string()))?,
+        };
+        let quota_backend_bytes = match raw.quota_backend_bytes.unwrap_or(0) {
+            0 => Some(DEFAULT_QUOTA_BACKEND_BYTES),
+            n if n < 0 => None,
+            n => Some(n as u64),
+        };
         let cluster_id = cluster_id(&initial_cluster, &initial_cluster_token);
         Ok(Config {
             name,
@@ -364,6 +407,9 @@ impl Config {
             watch_progress_notify_interval,
             lease_checkpoint_interval,
             strict_reconfig_check: raw.strict_reconfig_check.unwrap_or(true),
+            quota_backend_bytes,
+            initial_corrupt_check: raw.experimental_initial_corrupt_check.unwrap_or(false),
+            corrupt_check_time,
             peer_fault_injection: raw.experimental_peer_fault_injection.unwrap_or(false),
             member_id,
             cluster_id,
@@ -586,11 +632,43 @@ mod tests {
                 election_timeout: Some(100),
                 ..Default::default()
             },
+            RawConfig {
+                experimental_corrupt_check_time: Some("often".into()),
+                ..Default::default()
+            },
         ];
         for raw in cases {
             let err = Config::from_raw(raw).unwrap_err().to_string();
             assert!(err.starts_with("invalid --"), "{err}");
         }
+    }
+
+    #[test]
+    fn the_quota_and_corruption_checks_default_as_etcds() {
+        let config = |raw: RawConfig| Config::from_raw(raw).unwrap();
+        let default = config(RawConfig::default());
+        assert_eq!(default.quota_backend_bytes, Some(2 * 1024 * 1024 * 1024));
+        assert!(!default.initial_corrupt_check);
+        assert_eq!(default.corrupt_check_time, Duration::ZERO);
+        let zero = config(RawConfig {
+            quota_backend_bytes: Some(0),
+            ..Default::default()
+        });
+        assert_eq!(zero.quota_backend_bytes, Some(2 * 1024 * 1024 * 1024));
+        let off = config(RawConfig {
+            quota_backend_bytes: Some(-1),
+            ..Default::default()
+        });
+        assert_eq!(off.quota_backend_bytes, None);
+        let set = config(RawConfig {
+            quota_backend_bytes: Some(1 << 20),
+            experimental_initial_corrupt_check: Some(true),
+            experimental_corrupt_check_time: Some("2s".into()),
+            ..Default::default()
+        });
+        assert_eq!(set.quota_backend_bytes, Some(1 << 20));
+        assert!(set.initial_corrupt_check);
+        assert_eq!(set.corrupt_check_time, Duration::from_secs(2));
     }
 
     #[test]

@@ -76,6 +76,14 @@ pub enum ServerError {
     /// etcd answers this one with code `Unknown`: its gRPC layer has no status for it.
     #[error("etcdserver: request timed out, leader transfer took too long")]
     LeaderTransferTimeout,
+    /// The database outgrew `--quota-backend-bytes`, or a NOSPACE alarm is raised: the write
+    /// would add data (etcd's `ErrGRPCNoSpace`).
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
+    /// This member's data was found to differ from the cluster's: it serves no client until
+    /// its CORRUPT alarm is cleared (etcd's `ErrGRPCCorrupt`).
+    #[error("etcdserver: corrupt cluster")]
+    Corrupt,
     /// The node is shutting down; the request was not carried out.
     #[error("etcdserver: server stopped")]
     Stopped,
@@ -162,6 +170,8 @@ impl ServerError {
             | NotLeader
             | BadLeaderTransferee => Code::FailedPrecondition,
             MemberBadUrls => Code::InvalidArgument,
+            NoSpace => Code::ResourceExhausted,
+            Corrupt => Code::DataLoss,
             LeaderTransferTimeout => Code::Unknown,
             Storage(_) | Internal(_) => Code::Internal,
             Unimplemented(_) => Code::Unimplemented,
@@ -225,6 +235,7 @@ impl From<ApplyError> for ServerError {
             ApplyError::LeaseExists => ServerError::LeaseExists,
             // Only a server bug proposes one.
             ApplyError::NestedBatch => ServerError::Internal(error.to_string()),
+            ApplyError::NoSpace => ServerError::NoSpace,
         }
     }
 }
@@ -270,6 +281,16 @@ mod tests {
                 ServerError::MemberBadUrls,
                 Code::InvalidArgument,
                 "etcdserver: given member URLs are invalid",
+            ),
+            (
+                ServerError::NoSpace,
+                Code::ResourceExhausted,
+                "etcdserver: mvcc: database space exceeded",
+            ),
+            (
+                ServerError::Corrupt,
+                Code::DataLoss,
+                "etcdserver: corrupt cluster",
             ),
             (
                 ServerError::Unimplemented("Downgrade"),

@@ -52,6 +52,7 @@ impl ForwardedCommands {
                 }
             }
             Command::Compact { .. } | Command::Publish(_) | Command::LeaseRevoke { .. } => {}
+            Command::Alarm { alarm, .. } => crate::alarm::alarm_type(alarm.alarm)?,
             Command::LeaseCheckpoint { .. } | Command::Batch(_) => {
                 return Err(ServerError::InvalidArgument(
                     "lease checkpoints and batches are proposed by the leader only".into(),

@@ -83,6 +83,33 @@ impl RequestInterceptor {
     }
 }
 
+impl RequestInterceptor {
+    /// A member found corrupt serves only what lets an operator see and clear the alarm
+    /// ("etcdserver: corrupt cluster" for everything else): its data differs from the
+    /// cluster's, so it must not serve it. See `crate::corruption`.
+    fn corrupt(&self, request: &Request<()>) -> Result<(), ServerError> {
+        let Err(refused) = self.node.check_not_corrupt() else {
+            return Ok(());
+        };
+        let path = request.extensions().get::<CallPath>();
+        match path {
+            Some(CallPath(path)) if CORRUPT_MEMBER_CALLS.contains(&path.as_str()) => Ok(()),
+            Some(CallPath(path)) if path.starts_with("/etcdserverpb.Cluster/") => Ok(()),
+            _ => Err(refused),
+        }
+    }
+}
+
+/// The calls a member found corrupt still serves: none of them reads the key-value data.
+const CORRUPT_MEMBER_CALLS: &[&str] = &[
+    "/etcdserverpb.Maintenance/Status",
+    "/etcdserverpb.Maintenance/Alarm",
+    "/etcdserverpb.Maintenance/Hash",
+    "/etcdserverpb.Maintenance/HashKV",
+    "/etcdserverpb.Maintenance/MoveLeader",
+    "/etcdserverpb.Maintenance/Defragment",
+];
+
 impl tonic::service::Interceptor for RequestInterceptor {
     fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
         // The HTTP endpoints on the same port (`crate::http`) are no calls of etcd's API.
@@ -93,6 +120,7 @@ impl tonic::service::Interceptor for RequestInterceptor {
         {
             return Ok(request);
         }
+        self.corrupt(&request)?;
         self.learner(&request)?;
         self.require_leader(&request)?;
         Ok(request)

@@ -17,11 +17,15 @@
 //! - `convert`: protobuf ⇄ domain types with etcd's request checks; `error`: [`ServerError`] and
 //!   its one mapping to gRPC statuses; `config`: flags, environment and file into [`Config`];
 //!   `forward_check`: the leader's checks of commands other members forward;
+//!   `alarm`: alarms in the API's terms and the space quota; `corruption`: the comparison of
+//!   the members' data (start-up and periodic);
 //!   `fault_control`: TEST ONLY remote control of the peer-link faults.
 
+mod alarm;
 mod client;
 pub mod config;
 mod convert;
+mod corruption;
 pub mod error;
 mod fault_control;
 mod forward_check;

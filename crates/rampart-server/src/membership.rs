@@ -692,6 +692,9 @@ impl AdminHandler for Membership {
                 self.ask_now.notify_one();
                 Ok(AdminAnswer::Noted)
             }
+            AdminRequest::HashKv { revision } => {
+                crate::corruption::answer(&self.node, revision).await
+            }
             AdminRequest::TimeoutNow => {
                 tracing::info!("the leader hands its leadership to this member: standing");
                 match self.node.raft().trigger().elect().await {

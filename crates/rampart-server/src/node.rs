@@ -6,6 +6,7 @@
 //! Raft, storage and the network, and reached by services through `crate::client`.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,10 +18,14 @@ use rampart_network::{
     CallError, ForwardError, Forwarder, LeaseHandler, LeaseRequest, LeaseStatus, PeerHandlers,
     PeerNetwork, PeerService, Proposer, ReadIndexer,
 };
-use rampart_storage::{Command, CommandResponse, Mvcc, NodeId, PeerNode, Store, TypeConfig};
+use rampart_storage::{
+    AlarmAction, AlarmMember, AlarmType, Command, CommandResponse, CommandResult, Mvcc, NodeId,
+    PeerNode, Store, TypeConfig,
+};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::alarm::Quota;
 use crate::config::Config;
 use crate::error::ServerError;
 
@@ -44,6 +49,11 @@ pub struct Node {
     metrics: watch::Receiver<RaftMetrics<NodeId, PeerNode>>,
     /// What the request paths count, for `crate::metrics`.
     stats: NodeStats,
+    /// `--quota-backend-bytes` against this member's database size.
+    quota: Quota,
+    /// Set when this member's start-up check found its data unlike its peers' (before its
+    /// CORRUPT alarm is applied): it serves no client.
+    found_corrupt: AtomicBool,
 }
 
 /// What this member's request paths count, for its metrics (etcd's names in `crate::metrics`).
@@ -75,6 +85,8 @@ impl Node {
             ReadIndexer::start(raft.clone(), network.clone(), config.request_timeout());
         let forwarder = Forwarder::start(network.clone(), config.request_timeout());
         Node {
+            quota: Quota::new(config.quota_backend_bytes),
+            found_corrupt: AtomicBool::new(false),
             proposer,
             forwarder,
             read_indexer,
@@ -167,6 +179,78 @@ impl Node {
     /// The data directory's size on disk, in bytes.
     pub(crate) fn db_size(&self) -> u64 {
         self.store.size_on_disk()
+    }
+
+    /// etcd's quota check where a write enters: when this member's database plus `cost` bytes
+    /// would reach `--quota-backend-bytes`, raises this member's NOSPACE alarm through Raft
+    /// (unless raised already) and refuses the write with "database space exceeded".
+    pub(crate) async fn check_quota(&self, cost: u64) -> Result<(), ServerError> {
+        if self.quota.available(cost, || self.db_size()) {
+            return Ok(());
+        }
+        let mine = AlarmMember {
+            member_id: self.id(),
+            alarm: AlarmType::NoSpace,
+        };
+        if !self.mvcc.alarms().contains(&mine) {
+            tracing::warn!(
+                quota = ?self.config.quota_backend_bytes,
+                size = self.db_size(),
+                "the database outgrew its quota: raising the NOSPACE alarm"
+            );
+            // Refused either way; the alarm is raised again by the next write if this fails.
+            if let Err(e) = self.alarm(AlarmAction::Activate, mine).await {
+                tracing::warn!(error = %e, "cannot raise the NOSPACE alarm");
+            }
+        }
+        Err(ServerError::NoSpace)
+    }
+
+    /// Raises or clears `alarm` through Raft; returns the alarm changed (none if it already was).
+    pub(crate) async fn alarm(
+        &self,
+        action: AlarmAction,
+        alarm: AlarmMember,
+    ) -> Result<Vec<AlarmMember>, ServerError> {
+        match self.write(Command::Alarm { action, alarm }).await?.result {
+            Ok(CommandResult::Alarm(changed)) => Ok(changed),
+            Err(e) => Err(e.into()),
+            Ok(other) => Err(ServerError::Internal(format!(
+                "unexpected result from the state machine: {other:?}"
+            ))),
+        }
+    }
+
+    /// The raised alarms, as this member has applied them.
+    pub fn alarms(&self) -> Vec<AlarmMember> {
+        self.mvcc.alarms()
+    }
+
+    /// Marks this member's data as unlike the cluster's (the start-up corruption check): it
+    /// serves no client from now on.
+    pub(crate) fn mark_corrupt(&self) {
+        self.found_corrupt.store(true, Ordering::SeqCst);
+    }
+
+    /// Hands the refusal of clients over to this member's CORRUPT alarm, once applied.
+    pub(crate) fn clear_found_corrupt(&self) {
+        self.found_corrupt.store(false, Ordering::SeqCst);
+    }
+
+    /// `Corrupt` if this member must not serve clients: its start-up check found its data
+    /// unlike its peers', or a CORRUPT alarm names it. The other members go on serving.
+    pub(crate) fn check_not_corrupt(&self) -> Result<(), ServerError> {
+        let id = self.id();
+        let named = || {
+            self.mvcc
+                .alarms()
+                .iter()
+                .any(|a| a.member_id == id && a.alarm == AlarmType::Corrupt)
+        };
+        if self.found_corrupt.load(Ordering::SeqCst) || named() {
+            return Err(ServerError::Corrupt);
+        }
+        Ok(())
     }
 
     /// Makes everything this member has applied durable (see `rampart_storage::Disk`).

@@ -270,6 +270,11 @@ impl RunningNode {
                 cancel.clone(),
             ));
         }
+        // etcd's initial corruption check, before any client is served. A fresh member has
+        // nothing to compare yet.
+        if node.config().initial_corrupt_check && !fresh {
+            crate::corruption::initial_check(&node, &cancel).await;
+        }
         let grpc_stats = Arc::new(GrpcStats::default());
         let metrics = Arc::new(Metrics::new(node.clone(), lessor.clone(), grpc_stats));
         let endpoints = crate::http::router(node.clone(), metrics.clone());
@@ -292,6 +297,14 @@ impl RunningNode {
         tasks.spawn(membership.clone().probe_peers(cancel.clone()));
         tasks.spawn(publish(node.clone(), cancel.clone()));
         tasks.spawn(lessor.run());
+        let corrupt_check_time = node.config().corrupt_check_time;
+        if !corrupt_check_time.is_zero() {
+            tasks.spawn(crate::corruption::run_periodic(
+                node.clone(),
+                corrupt_check_time,
+                cancel.clone(),
+            ));
+        }
 
         tracing::info!(
             name = %node.config().name,

@@ -23,6 +23,7 @@
 
 use openraft::{EntryPayload, LogId, Membership, StoredMembership};
 
+use crate::alarms;
 use crate::codec::{self, Live, Progress, META_MEMBERSHIP, META_PROGRESS};
 use crate::error::{MvccError, StoreError};
 use crate::events::Written;
@@ -31,8 +32,8 @@ use crate::lease;
 use crate::mvcc::{MvccCore, MvccState};
 use crate::redo::WriteBatch;
 use crate::types::{
-    ApplyError, Command, CommandResponse, CommandResult, LeaseChange, MemberAttributes, NodeId,
-    PeerNode, TypeConfig,
+    AlarmAction, AlarmMember, ApplyError, Command, CommandResponse, CommandResult, LeaseChange,
+    MemberAttributes, NodeId, PeerNode, TypeConfig,
 };
 use crate::write_txn::{self, WriteTxn};
 
@@ -47,6 +48,8 @@ struct Changes {
     member: Option<MemberAttributes>,
     /// A grant or revoke, for the lease feeds.
     lease: Option<LeaseChange>,
+    /// An alarm raised or cleared.
+    alarm: Option<(AlarmAction, AlarmMember)>,
 }
 
 impl MvccCore {
@@ -178,7 +181,8 @@ impl MvccCore {
                 ));
             };
             let mut txn = WriteTxn::at(&self.tree, &state.index, revision, state.compact_revision);
-            let result = match txn.put(req) {
+            let refused = alarms::refusal(&state.alarms, command);
+            let result = match refused.map_or_else(|| txn.put(req), |e| Err(e.into())) {
                 Ok(response) => {
                     let written = txn.commit(&mut batch)?;
                     if let Some(w) = &written {
@@ -273,6 +277,12 @@ impl MvccCore {
         if let Some(a) = changes.member {
             state.members.insert(a.id, a);
         }
+        if let Some((action, alarm)) = changes.alarm {
+            match action {
+                AlarmAction::Activate => state.alarms.insert(alarm),
+                AlarmAction::Deactivate => state.alarms.remove(&alarm),
+            };
+        }
         if let Some(change) = changes.lease {
             // Under the write lock, in apply order, like the watch feed below.
             self.lease_feeds.send(change);
@@ -346,6 +356,9 @@ fn execute(
     batch: &mut WriteBatch,
     changes: &mut Changes,
 ) -> Result<CommandResult, MvccError> {
+    if let Some(refused) = alarms::refusal(&state.alarms, cmd) {
+        return Err(refused.into());
+    }
     let mut txn = WriteTxn::new(tree, state);
     let result = match cmd {
         Command::Put(req) => CommandResult::Put(txn.put(req)?),
@@ -388,6 +401,11 @@ fn execute(
         }
         // `apply_entry` takes batches apart; one inside a batch is refused before this.
         Command::Batch(_) => return Err(ApplyError::NestedBatch.into()),
+        Command::Alarm { action, alarm } => {
+            let changed = alarms::apply(&state.alarms, *action, *alarm, batch);
+            changes.alarm = changed.map(|a| (*action, a));
+            CommandResult::Alarm(changed.into_iter().collect())
+        }
     };
     changes.written = txn.commit(batch)?;
     Ok(result)

@@ -10,6 +10,7 @@
 //! | `L` lid               | bincode([`Lease`])                                         |
 //! | `A` lid enc(key)      | empty: the key is attached to the lease                    |
 //! | `m` name              | bincode of one meta value (see `META_*`)                   |
+//! | `malarm/` id type     | empty: member `id` raised alarm `type` (`crate::alarms`)    |
 //!
 //! History is keyed by revision, as etcd's (`rev` and `seq` are 8 and 4 bytes big-endian):
 //! version `seq` (0-based, in the order the command's operations made them) of revision `rev` is
@@ -65,6 +66,9 @@ pub(crate) const META_COMPACT: &[u8] = b"mcompact";
 pub(crate) const META_MEMBERSHIP: &[u8] = b"mmembership";
 /// Prefix of `MemberAttributes`, one per member id (big-endian).
 pub(crate) const META_MEMBER_PREFIX: &[u8] = b"mmember/";
+/// Prefix of the raised alarms: member id (8 bytes big-endian), alarm type (1 byte); empty
+/// values (see `crate::alarms`). Among the meta pairs, so snapshots carry them.
+pub(crate) const META_ALARM_PREFIX: &[u8] = b"malarm/";
 /// Layout version 3's `i64` store revision, now [`Progress::revision`].
 pub(crate) const V3_REVISION: &[u8] = b"mrevision";
 /// Layout version 3's `Option<LogId>` last applied log id, now [`Progress::applied`].

@@ -14,7 +14,7 @@
 //!   watch events replayed from history, the live [`WatchFeed`] of new revisions, and the
 //!   [`LeaseFeed`] of grants and revokes.
 //!
-//! Layout of the code: `codec` (how the MVCC tree is laid out on disk), `key_range` (etcd's
+//! Layout of the code: `alarms` (the raised alarms and the writes NOSPACE refuses), `codec` (how the MVCC tree is laid out on disk), `key_range` (etcd's
 //! `(key, range_end)` sets of keys), `index` (the in-memory key index over history), `range`
 //! (reads: etcd's Range at the current or a past revision), `apply` (one log entry: the
 //! dispatch of its commands, batches and runs of puts, its atomic write), `write_txn` (etcd's
@@ -39,6 +39,7 @@
 //!   so are the lease feeds, which open under the read lock with the list of leases they follow;
 //! - openraft hears "done" for log appends, votes, truncations and purges only after an fsync.
 
+mod alarms;
 mod applied;
 mod apply;
 mod backup;

@@ -13,7 +13,7 @@
 //! once (those up to the revision it read from history, the later ones from the feed, or from
 //! history again when the feed dropped them).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use openraft::{LogId, StoredMembership};
@@ -22,9 +22,9 @@ use tokio::sync::{broadcast, watch};
 
 use crate::applied::AppliedWaiters;
 use crate::codec::{
-    self, Pairs, Progress, FORMAT_VERSION, FORMAT_VERSION_3, HISTORY, META, META_COMPACT,
-    META_FORMAT, META_MEMBERSHIP, META_MEMBER_PREFIX, META_PROGRESS, V3_APPLIED, V3_APPLIED_PART,
-    V3_REVISION,
+    self, Pairs, Progress, FORMAT_VERSION, FORMAT_VERSION_3, HISTORY, META, META_ALARM_PREFIX,
+    META_COMPACT, META_FORMAT, META_MEMBERSHIP, META_MEMBER_PREFIX, META_PROGRESS, V3_APPLIED,
+    V3_APPLIED_PART, V3_REVISION,
 };
 use crate::compactor::Compactor;
 use crate::durability::Disk;
@@ -36,8 +36,8 @@ use crate::range::{self, Writes};
 use crate::redo::Redo;
 use crate::snapshot::SnapshotWriter;
 use crate::types::{
-    ApplyError, Lease, MemberAttributes, NodeId, PeerNode, RangeRequest, RangeResponse,
-    RevisionEvents,
+    AlarmMember, ApplyError, Lease, MemberAttributes, NodeId, PeerNode, RangeRequest,
+    RangeResponse, RevisionEvents,
 };
 use crate::watch_feed::{Feed, PrevKvInterest, WatchFeed, WatchFeedStats};
 
@@ -57,6 +57,8 @@ pub(crate) struct MvccState {
     pub membership: StoredMembership<NodeId, PeerNode>,
     /// Latest published attributes per member.
     pub members: BTreeMap<NodeId, MemberAttributes>,
+    /// The raised alarms (see `crate::alarms`).
+    pub alarms: BTreeSet<AlarmMember>,
     /// Which version of each key is visible at each revision.
     pub index: KeyIndex,
 }
@@ -80,6 +82,7 @@ impl MvccState {
             applied_part: None,
             membership: StoredMembership::default(),
             members: BTreeMap::new(),
+            alarms: BTreeSet::new(),
             index: KeyIndex::default(),
         };
         let mut format = None;
@@ -97,6 +100,9 @@ impl MvccState {
                 k if k.starts_with(META_MEMBER_PREFIX) => {
                     let attrs: MemberAttributes = codec::decode("member attributes", v)?;
                     state.members.insert(attrs.id, attrs);
+                }
+                k if k.starts_with(META_ALARM_PREFIX) => {
+                    state.alarms.insert(crate::alarms::decode_alarm_key(k)?);
                 }
                 V3_REVISION => (v3.revision, v3_seen) = (codec::decode("store revision", v)?, true),
                 V3_APPLIED => (v3.applied, v3_seen) = (codec::decode("applied log id", v)?, true),
@@ -499,6 +505,11 @@ impl Mvcc {
     /// The last membership applied to the store.
     pub fn membership(&self) -> StoredMembership<NodeId, PeerNode> {
         self.core.read_state().membership.clone()
+    }
+
+    /// The raised alarms, by member and then kind.
+    pub fn alarms(&self) -> Vec<AlarmMember> {
+        self.core.read_state().alarms.iter().copied().collect()
     }
 
     /// The members' published attributes (from `Command::Publish`, the latest per id), by id.

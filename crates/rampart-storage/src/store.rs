@@ -198,6 +198,30 @@ impl Store {
         Ok(())
     }
 
+    /// TEST TOOL ONLY: overwrites the value of the newest stored version of `key` with `value`,
+    /// behind Raft's back, and flushes: the damage a disk or a bug could do, for the tests of
+    /// the corruption checks. The store must not be serving (stop its member first). Returns
+    /// whether a live version of `key` was found.
+    #[doc(hidden)]
+    pub fn corrupt_value_for_tests(&self, key: &[u8], value: &[u8]) -> Result<bool, StoreError> {
+        let tree = &self.core.tree;
+        for pair in tree.scan_prefix([codec::HISTORY]).rev() {
+            let (k, v) = pair?;
+            let stored = codec::history_value(&v)?;
+            if stored.key != key {
+                continue;
+            }
+            let Some(mut record) = stored.decode_record()? else {
+                return Ok(false);
+            };
+            record.value = value.to_vec();
+            tree.insert(k, codec::history_put(key, &record)?)?;
+            self.disk.flush()?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
     /// The snapshot files, for white-box tests of snapshots.
     #[cfg(test)]
     pub(crate) fn snapshots_for_tests(&self) -> Arc<SnapshotFiles> {

@@ -220,7 +220,8 @@ pub struct MemberAttributes {
 /// lengths: a variant is its position as a `u32`, then its payload; a struct is its fields, in
 /// order, and nothing else. So, for `Command` and every type a command holds (the requests,
 /// [`RequestOp`], [`Compare`], [`CompareResult`], [`CompareTarget`], [`SortOrder`],
-/// [`SortTarget`], [`MemberAttributes`], [`LeaseCheckpoint`]):
+/// [`SortTarget`], [`MemberAttributes`], [`LeaseCheckpoint`], [`AlarmAction`], [`AlarmMember`],
+/// [`AlarmType`]):
 /// - a new variant goes at the END of its enum; no variant is ever reordered or removed (one no
 ///   longer wanted stays, refused when applied), or every later variant decodes as another;
 /// - a struct's fields, and a variant's payload, stay exactly as they are: no field added, not
@@ -260,6 +261,49 @@ pub enum Command {
     /// as if it were an entry of its own, in order, with a revision of its own; the entry's
     /// response is [`CommandResult::Batch`]. Never nested.
     Batch(Vec<Command>),
+    /// Raises or clears an alarm of one member (etcd's `AlarmRequest` through Raft); the
+    /// response is [`CommandResult::Alarm`]. See `crate::alarms`.
+    Alarm {
+        action: AlarmAction,
+        alarm: AlarmMember,
+    },
+}
+
+/// An alarm's kind, as etcd's `etcdserverpb.AlarmType` (its numbers are etcd's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum AlarmType {
+    /// No alarm; in a question, every alarm.
+    None,
+    /// The member's database outgrew `--quota-backend-bytes`: writes that add data are refused
+    /// on every member until it is cleared.
+    NoSpace,
+    /// The member's data differs from the cluster's: it stops serving clients.
+    Corrupt,
+}
+
+impl AlarmType {
+    /// etcd's name of the alarm (`NOSPACE`), as `etcdctl alarm list` prints it.
+    pub fn name(self) -> &'static str {
+        match self {
+            AlarmType::None => "NONE",
+            AlarmType::NoSpace => "NOSPACE",
+            AlarmType::Corrupt => "CORRUPT",
+        }
+    }
+}
+
+/// One raised alarm: which member raised it, and what kind (etcd's `AlarmMember`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct AlarmMember {
+    pub member_id: NodeId,
+    pub alarm: AlarmType,
+}
+
+/// Whether a [`Command::Alarm`] raises or clears its alarm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AlarmAction {
+    Activate,
+    Deactivate,
 }
 
 /// A lease's remaining TTL as the leader saw it when it proposed the checkpoint.
@@ -331,6 +375,10 @@ pub enum ApplyError {
     /// A [`Command::Batch`] inside a batch (the server never proposes one).
     #[error("a batch of commands cannot contain another batch")]
     NestedBatch,
+    /// A write that adds data (a put, a txn with a put, a lease grant) while a NOSPACE alarm is
+    /// raised (etcd's `applierV3Capped`).
+    #[error("database space exceeded")]
+    NoSpace,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -351,6 +399,8 @@ pub enum CommandResult {
     Empty,
     /// The responses of a [`Command::Batch`], one per command, in order.
     Batch(Vec<CommandResponse>),
+    /// The alarm a [`Command::Alarm`] raised or cleared; none if it was already so.
+    Alarm(Vec<AlarmMember>),
 }
 
 /// What applying one log entry produced.
@@ -471,6 +521,19 @@ mod tests {
                 Command::Batch(vec![Command::Compact { revision: 9 }]),
                 "080000000100000000000000030000000900000000000000",
             ),
+            pin(
+                Command::Alarm {
+                    action: AlarmAction::Activate,
+                    alarm: AlarmMember {
+                        member_id: 3,
+                        alarm: AlarmType::NoSpace,
+                    },
+                },
+                "0900000000000000030000000000000001000000",
+            ),
+            pin(AlarmAction::Deactivate, "01000000"),
+            pin(AlarmType::None, "00000000"),
+            pin(AlarmType::Corrupt, "02000000"),
             pin(
                 RequestOp::Range(range),
                 concat!(

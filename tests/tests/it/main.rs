@@ -2,9 +2,13 @@
 //! v3 API against in-process members ([`rampart_tests::TestCluster`]) or real `rampart`
 //! processes ([`rampart_tests::ProcessCluster`]).
 //!
+//! - [`alarms`]: the Alarm call, NOSPACE and CORRUPT alarms, and the space quota (etcdctl's
+//!   `alarm` and `endpoint status` included).
 //! - [`backup`]: `etcdctl snapshot save` while writes go on, `rampartctl snapshot restore` into a
 //!   new cluster of processes serving the same data, damaged and truncated files refused.
 //! - [`cluster`]: leader loss, partitions, healing and catch-up by snapshot, in process.
+//! - [`corruption`]: a member whose data was changed behind Raft's back is found by the
+//!   start-up and the periodic checks and refuses clients.
 //! - [`election`]: the Election service through etcd-client, and etcdctl's `elect`.
 //! - [`etcd_client`]: compatibility with the `etcd-client` crate, errors included.
 //! - [`etcdctl`]: compatibility with the real `etcdctl` 3.4, against processes.
@@ -34,8 +38,10 @@
 
 mod common;
 
+mod alarms;
 mod backup;
 mod cluster;
+mod corruption;
 mod election;
 mod etcd_client;
 mod etcdctl;

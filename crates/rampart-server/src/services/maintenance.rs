@@ -8,6 +8,7 @@ use rampart_api::etcdserverpb as pb;
 use rampart_api::etcdserverpb::maintenance_server::Maintenance;
 use tonic::{Request, Response, Status};
 
+use crate::alarm;
 use crate::error::ServerError;
 use crate::membership::Membership;
 use crate::node::Node;
@@ -56,18 +57,54 @@ type SnapshotStream = Pin<Box<dyn Stream<Item = Result<pb::SnapshotResponse, Sta
 
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
-    /// No alarm is ever raised yet, so the list is always empty and activating one is refused.
+    /// etcd's Alarm: GET lists the raised alarms (all of them for NONE, else those of the type
+    /// asked; linearizable, as etcd's goes through Raft), ACTIVATE and DEACTIVATE raise and
+    /// clear one member's alarm through Raft and answer the alarm changed (none if it already
+    /// was so). Clearing NOSPACE lets writes through again on every member; clearing CORRUPT
+    /// lets its member serve clients again.
     async fn alarm(
         &self,
         request: Request<pb::AlarmRequest>,
     ) -> Result<Response<pb::AlarmResponse>, Status> {
+        use pb::alarm_request::AlarmAction as Action;
         let request = request.into_inner();
-        if request.action != pb::alarm_request::AlarmAction::Get as i32 {
-            return Err(ServerError::Unimplemented("raising or clearing alarms").into());
-        }
+        let action = match Action::try_from(request.action) {
+            Ok(Action::Get) => None,
+            Ok(Action::Activate) => Some(rampart_storage::AlarmAction::Activate),
+            Ok(Action::Deactivate) => Some(rampart_storage::AlarmAction::Deactivate),
+            Err(_) => {
+                return Err(ServerError::InvalidArgument(format!(
+                    "unknown alarm action {}",
+                    request.action
+                ))
+                .into())
+            }
+        };
+        let alarms = match action {
+            None => {
+                // NONE asks for every alarm.
+                let wanted = match request.alarm {
+                    0 => None,
+                    other => Some(alarm::alarm_type_from_pb(other)?),
+                };
+                self.node.read_barrier().await?;
+                self.node
+                    .alarms()
+                    .into_iter()
+                    .filter(|a| wanted.is_none_or(|w| a.alarm == w))
+                    .collect()
+            }
+            Some(action) => {
+                let target = rampart_storage::AlarmMember {
+                    member_id: request.member_id,
+                    alarm: alarm::alarm_type_from_pb(request.alarm)?,
+                };
+                self.node.alarm(action, target).await?
+            }
+        };
         Ok(Response::new(pb::AlarmResponse {
             header: Some(self.node.current_header()),
-            alarms: vec![],
+            alarms: alarms.iter().map(alarm::alarm_member).collect(),
         }))
     }
 
@@ -86,7 +123,8 @@ impl Maintenance for MaintenanceService {
             raft_index: metrics.last_log_index.unwrap_or(0),
             raft_term: metrics.current_term,
             raft_applied_index: metrics.last_applied.map_or(0, |id| id.index),
-            errors: vec![],
+            // One entry per raised alarm, as etcd's.
+            errors: self.node.alarms().iter().map(alarm::status_error).collect(),
             db_size_in_use: db_size,
             is_learner,
             ..Default::default()

@@ -3,12 +3,13 @@
 //!
 //! - `/metrics`: [`crate::metrics`] in Prometheus's text format.
 //! - `/health`: etcd's health check, `{"health":"true"}` (HTTP 200), or `"false"` with a reason
-//!   (HTTP 503) when this member knows of no leader or a linearizable read through it fails
-//!   within a second, as etcd's `/health` decides (etcd 3.5 adds the `reason` field; 3.4's
-//!   clients read only `health`).
+//!   (HTTP 503) when an alarm is raised, this member knows of no leader, or a linearizable read
+//!   through it fails within a second, as etcd's `/health` decides (etcd 3.5 adds the `reason`
+//!   field; 3.4's clients read only `health`).
 //! - `/livez` and `/readyz`: etcd 3.5's probes for orchestrators. Live: the process serves
-//!   and its Raft runs. Ready: live, a leader is known, and a linearizable read succeeds. Each
-//!   answers `ok` (HTTP 200) or the failed checks (HTTP 503); `?verbose` lists every check.
+//!   and its Raft runs. Ready: live, this member not found corrupt, a leader known, and a
+//!   linearizable read succeeds. Each answers `ok` (HTTP 200) or the failed checks (HTTP 503);
+//!   `?verbose` lists every check.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +19,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use rampart_storage::AlarmType;
 use serde::Deserialize;
 
 use crate::metrics::{Metrics, CONTENT_TYPE};
@@ -47,8 +49,21 @@ async fn metrics_text(State(endpoints): State<Endpoints>) -> Response {
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response()
 }
 
-/// Why this member would not serve a linearizable request now, if it would not.
+/// Why this member is unhealthy in etcd's sense, if it is: an alarm is raised anywhere in the
+/// cluster, or it would not serve a linearizable request now.
 async fn unhealthy_because(node: &Node) -> Option<&'static str> {
+    if let Some(alarm) = node.alarms().first() {
+        return Some(match alarm.alarm {
+            AlarmType::Corrupt => "ALARM CORRUPT",
+            AlarmType::NoSpace => "ALARM NOSPACE",
+            AlarmType::None => "ALARM NONE",
+        });
+    }
+    serves_linearizable_reads(node).await
+}
+
+/// Why this member would not serve a linearizable request now, if it would not.
+async fn serves_linearizable_reads(node: &Node) -> Option<&'static str> {
     if !node.has_leader() {
         return Some("RAFT NO LEADER");
     }
@@ -125,9 +140,10 @@ async fn livez(State(endpoints): State<Endpoints>, Query(probe): Query<Probe>) -
 async fn readyz(State(endpoints): State<Endpoints>, Query(probe): Query<Probe>) -> Response {
     let node = &endpoints.node;
     let has_leader = node.has_leader();
-    let read = has_leader && unhealthy_because(node).await.is_none();
+    let read = has_leader && serves_linearizable_reads(node).await.is_none();
     let checks = [
         ("raft_running", raft_runs(node)),
+        ("data_corruption", node.check_not_corrupt().is_ok()),
         ("leader", has_leader),
         ("linearizable_read", read),
     ];

@@ -159,6 +159,39 @@ async fn health_says_false_with_a_reason_once_the_member_has_no_leader() -> anyh
     );
     assert_eq!(http_get(&url, "/livez").await?, (200, "ok\n".to_string()));
 
+    info!("--- a raised alarm makes the cluster unhealthy; CORRUPT makes its member unready");
+    let channel = tonic::transport::Channel::from_shared(url.clone())?
+        .connect()
+        .await?;
+    let mut maintenance = pb::maintenance_client::MaintenanceClient::new(channel);
+    let member_id = cluster.members[0].id;
+    let alarm = |action: pb::alarm_request::AlarmAction, alarm: pb::AlarmType| pb::AlarmRequest {
+        action: action as i32,
+        member_id,
+        alarm: alarm as i32,
+    };
+    use pb::alarm_request::AlarmAction::{Activate, Deactivate};
+    maintenance
+        .alarm(alarm(Activate, pb::AlarmType::Nospace))
+        .await?;
+    let (status, body) = http_get(&url, "/health").await?;
+    assert_eq!(
+        (status, body.as_str()),
+        (503, r#"{"health":"false","reason":"ALARM NOSPACE"}"#)
+    );
+    assert_eq!(http_get(&url, "/readyz").await?.0, 200);
+    maintenance
+        .alarm(alarm(Activate, pb::AlarmType::Corrupt))
+        .await?;
+    let (status, body) = http_get(&url, "/readyz").await?;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("[-]data_corruption failed"), "{body}");
+    for kind in [pb::AlarmType::Nospace, pb::AlarmType::Corrupt] {
+        maintenance.alarm(alarm(Deactivate, kind)).await?;
+    }
+    assert_eq!(http_get(&url, "/health").await?.0, 200);
+    assert_eq!(http_get(&url, "/readyz").await?.0, 200);
+
     info!("--- without the other two members, health and readiness fail, liveness holds");
     cluster.stop(1).await;
     cluster.stop(2).await;

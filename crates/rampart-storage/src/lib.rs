@@ -24,7 +24,9 @@
 //! compaction in the background), `state_machine` and `snapshot` (openraft's state machine and
 //! the snapshot file), `log_store` and `wal` (openraft's log and its segment files),
 //! `durability` (fsyncs that survive power loss), `applied` (waiting for an applied index),
-//! `store` (opening a data directory), and, in tests only, `test_support` (the helpers the unit
+//! `database` (the current sled database's handles, which a defragment replaces), `defrag`
+//! (rewriting the database into a fresh one while the member runs), `store` (opening a data
+//! directory), and, in tests only, `test_support` (the helpers the unit
 //! tests share).
 //!
 //! Invariants:
@@ -41,6 +43,8 @@ mod applied;
 mod apply;
 mod codec;
 mod compactor;
+mod database;
+mod defrag;
 mod durability;
 mod error;
 mod events;
@@ -63,6 +67,7 @@ mod wal;
 mod watch_feed;
 mod write_txn;
 
+pub use defrag::{DefragReport, DefragStep};
 pub use error::{MvccError, StoreError};
 pub use hash::KvHash;
 pub use lease::{LeaseFeed, LeaseFeedEnded};

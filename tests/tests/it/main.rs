@@ -3,6 +3,8 @@
 //! processes ([`rampart_tests::ProcessCluster`]).
 //!
 //! - [`cluster`]: leader loss, partitions, healing and catch-up by snapshot, in process.
+//! - [`defrag`]: etcdctl's `defrag` against processes under writes: nothing lost, every
+//!   database smaller, Status's sizes.
 //! - [`election`]: the Election service through etcd-client, and etcdctl's `elect`.
 //! - [`etcd_client`]: compatibility with the `etcd-client` crate, errors included.
 //! - [`etcdctl`]: compatibility with the real `etcdctl` 3.4, against processes.
@@ -31,6 +33,7 @@
 mod common;
 
 mod cluster;
+mod defrag;
 mod election;
 mod etcd_client;
 mod etcdctl;

@@ -224,7 +224,7 @@ fn step(core: &MvccCore, pass: &mut Option<Pass>) -> Result<bool, StoreError> {
     let mut freed = 0;
     for version in &removed {
         let key = version.history_key();
-        if let Some(old) = tree.remove(&key)? {
+        if let Some(old) = tree.remove(key)? {
             freed += key.len() + old.len();
         }
     }

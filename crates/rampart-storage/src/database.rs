@@ -48,8 +48,14 @@ pub(crate) struct Handles {
 impl Handles {
     /// Opens (creating if needed) the sled database at `dir` and its trees.
     pub(crate) fn open(dir: &Path) -> Result<Handles, StoreError> {
+        Handles::open_with(dir, false)
+    }
+
+    /// [`Handles::open`], with sled's flusher collecting garbage in the background when
+    /// `collect`: only for a database that a defragment fills and nothing else uses yet.
+    pub(crate) fn open_with(dir: &Path, collect: bool) -> Result<Handles, StoreError> {
         let files = SledFiles::new(dir);
-        let db = crate::store::open_db(&files)?;
+        let db = crate::store::open_db(&files, collect)?;
         let disk = Arc::new(Disk::new(db.clone(), &files)?);
         Ok(Handles {
             mvcc: db.open_tree(MVCC_TREE)?,

@@ -6,7 +6,9 @@
 //! copies every tree into a new database beside the current one (`dir/db` or `dir/db.<n>`
 //! becomes `dir/db.<n+1>`) and makes it current through the pointer file `dir/current-db`:
 //!
-//! 1. **Copy, without stopping anyone.** With the compactor's removals held off
+//! 1. **Copy, without stopping anyone.** Into a database with sled's garbage collection on
+//!    (see `store::open_db`; it is reopened without it, as every database of a running store
+//!    is, before it takes any other write). With the compactor's removals held off
 //!    ([`crate::compactor::Compactor::hold_removals`], as a snapshot export does) the state
 //!    machine's history rows up to the revision R read under a brief read lock are copied: a
 //!    history row is written once and removed only by the compactor or an install, both held
@@ -160,7 +162,9 @@ impl Defragmenter {
         if new_dir.exists() {
             remove_database(&new_dir)?;
         }
-        let new = Handles::open(&new_dir)?;
+        // Filled with sled's garbage collection on (see `open_db`), then reopened without it,
+        // as every database of a running store is, before it takes any write but the copy's.
+        let new = Handles::open_with(&new_dir, true)?;
         let stop = |step| {
             if stop_at == Some(step) {
                 Err(StoreError::Stopped(
@@ -176,6 +180,9 @@ impl Defragmenter {
         let swapped = (|| {
             stop(DefragStep::Created)?;
             let copied_to = self.copy(&old, &new, &stop)?;
+            drop(new);
+            let new = Handles::open(&new_dir)?;
+            let copied_to = self.catch_up(&old, &new, copied_to)?;
             self.swap(&old, new, copied_to, &name, &stop)
         })();
         drop(removals);
@@ -219,10 +226,23 @@ impl Defragmenter {
         new: &Handles,
         stop: &dyn Fn(DefragStep) -> Result<(), StoreError>,
     ) -> Result<i64, StoreError> {
-        let mut copied_to = self.core.state.read().revision;
+        let copied_to = self.core.state.read().revision;
         copy_history(&old.mvcc, &new.mvcc, 0, copied_to)?;
         stop(DefragStep::Copying)?;
         sync_outside_history(&old.mvcc, &new.mvcc)?;
+        new.disk.flush()?;
+        Ok(copied_to)
+    }
+
+    /// The history that arrived during the copy, a few rounds of it, each shorter than the one
+    /// before, so that little is left for the pause; then a flush. Returns the revision through
+    /// which history is copied.
+    fn catch_up(
+        &self,
+        old: &Handles,
+        new: &Handles,
+        mut copied_to: i64,
+    ) -> Result<i64, StoreError> {
         for _ in 0..CATCH_UP_ROUNDS {
             let revision = self.core.state.read().revision;
             let rows = copy_history(&old.mvcc, &new.mvcc, copied_to, revision)?;

@@ -234,6 +234,7 @@ impl MvccCore {
             .redo
             .commit(&self.tree(), &log_id, &batch, needs_record)?;
         self.live_bytes_grew(grown);
+        self.note_changed_in_place(&batch);
         // In the tree now, atomically: the entry's data, the revision and the applied log id. It
         // is durable at the database's next flush (a vote, a purge, a snapshot, shutdown) or
         // when sled writes its buffers out. Until then a crash only rolls the state machine back

@@ -14,13 +14,15 @@
 //!    history row is written once and removed only by the compactor or an install, both held
 //!    off, so those rows are stable while they are read without any lock. The rows outside
 //!    history (leases, attachments, bookkeeping), which change in place, are copied as they are
-//!    found; they are made exact in step 2. Then a few rounds copy the history that arrived
+//!    found, after the applier has begun to note every key outside history it writes
+//!    (`MvccCore::changed_in_place`); those noted keys are copied again in step 2. Then a few rounds copy the history that arrived
 //!    meanwhile, and the new database is flushed, so that what is left for the pause is small.
 //! 2. **The pause.** Under the MVCC state's write lock (no entry is applied, no chunk compacted,
 //!    nothing read) and [`Database::for_swap`] (no Raft mark or identity written): the history
-//!    past the last copied revision is copied; the rows outside history and the small trees
-//!    (redo record, compaction progress, Raft marks, identity) are compared with the old
-//!    database's and made equal; the new database is flushed ([`crate::durability::Disk`]) and
+//!    past the last copied revision is copied; the noted keys outside history are copied again
+//!    (so the pause grows with what changed in place meanwhile, not with the number of leases
+//!    or attachments); the small trees (redo record, compaction progress, Raft marks, identity)
+//!    are compared with the old database's and made equal; the new database is flushed ([`crate::durability::Disk`]) and
 //!    its directory entry synced; the pointer is replaced atomically
 //!    ([`crate::files::write_atomically`]); the handles are swapped. Every later write goes to
 //!    the new database. The pause is measured and returned ([`DefragReport::pause`]).
@@ -33,6 +35,7 @@
 //! whose removal the crash interrupted. A defragment asked for while one runs joins it: it waits
 //! for it and returns its outcome.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -186,6 +189,8 @@ impl Defragmenter {
             self.swap(&old, new, copied_to, &name, &stop)
         })();
         drop(removals);
+        // Stopped or failed before the pause took them: no one needs the noted keys.
+        self.core.changed_in_place.lock().take();
         let pause = match swapped {
             Ok(pause) => pause,
             Err(e) => {
@@ -229,6 +234,9 @@ impl Defragmenter {
         let copied_to = self.core.state.read().revision;
         copy_history(&old.mvcc, &new.mvcc, 0, copied_to)?;
         stop(DefragStep::Copying)?;
+        // Every key written from now on is noted, and copied again in the pause; the others
+        // keep the value this copy finds.
+        *self.core.changed_in_place.lock() = Some(BTreeSet::new());
         sync_outside_history(&old.mvcc, &new.mvcc)?;
         new.disk.flush()?;
         Ok(copied_to)
@@ -251,8 +259,10 @@ impl Defragmenter {
                 break;
             }
         }
-        // Most of the copy reaches the disk now, not in the pause.
+        // Most of the copy reaches the disk now, not in the pause, and so does the new
+        // database's name in the data directory.
         new.disk.flush()?;
+        sync_dir(&self.dir)?;
         Ok(copied_to)
     }
 
@@ -270,13 +280,23 @@ impl Defragmenter {
         let state = self.core.state.write();
         let mut current = self.database.for_swap();
         copy_history(&old.mvcc, &new.mvcc, copied_to, state.revision)?;
-        sync_outside_history(&old.mvcc, &new.mvcc)?;
+        match self.core.changed_in_place.lock().take() {
+            Some(changed) => {
+                for key in changed {
+                    match old.mvcc.get(&key)? {
+                        Some(value) => new.mvcc.insert(key, value)?,
+                        None => new.mvcc.remove(key)?,
+                    };
+                }
+            }
+            // Not noted (never the case): compare them all instead.
+            None => sync_outside_history(&old.mvcc, &new.mvcc)?,
+        }
         for ((_, from), (_, to)) in old.trees().into_iter().zip(new.trees()).skip(1) {
             sync_rows(from, to, ..)?;
         }
         new.disk.flush()?;
-        sync_dir(&self.dir)?;
-        // On disk: the new database, equal to the old one, and its directory's name.
+        // On disk: the new database, equal to the old one (its name was synced before).
         stop(DefragStep::Flushed)?;
         if let Err(e) = write_atomically(&self.dir, POINTER, name.as_bytes()) {
             // Failed before its rename, the old database stays current. Failed after (the
@@ -555,11 +575,15 @@ mod tests {
             .collect();
         let vote = runtime().block_on(store.log_store().read_vote()).unwrap();
         format!(
-            "revision {revision} progress {:?} live {live:?} history {:?} lease {:?} keys {:?} \
+            "revision {revision} progress {:?} live {live:?} history {:?} leases {:?} keys {:?} \
              vote {vote:?} identity {:?}",
             progress(&core),
             history(&core),
-            mvcc.lease(7).unwrap().map(|l| l.id),
+            mvcc.leases()
+                .unwrap()
+                .iter()
+                .map(|l| (l.id, l.ttl))
+                .collect::<Vec<_>>(),
             mvcc.lease_keys(7).unwrap(),
             store.identity().unwrap(),
         )
@@ -657,6 +681,15 @@ mod tests {
         assert_eq!(store.defragment().unwrap().database, "db.2");
         let before = contents(&store);
         assert!(before.contains("during00199="), "{before}");
+        // Each lease granted during the copy (entries 7, 57, 107, ... of the writer) is in the
+        // new database.
+        let granted = (applied.load(Ordering::SeqCst) + 42) / 50;
+        let leases = store.mvcc().leases().unwrap();
+        assert_eq!(
+            leases.len() as u64,
+            1 + granted,
+            "leases in the new database"
+        );
         assert!(before.contains("after="), "{before}");
         store.flush().unwrap();
         drop((store, core));

@@ -13,12 +13,12 @@
 //! once (those up to the revision it read from history, the later ones from the feed, or from
 //! history again when the feed dropped them).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use openraft::{LogId, StoredMembership};
-use parking_lot::{RwLock, RwLockReadGuard};
+use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 use tokio::sync::{broadcast, watch};
 
 use crate::applied::AppliedWaiters;
@@ -35,7 +35,7 @@ use crate::index::KeyIndex;
 use crate::key_range::KeyRange;
 use crate::lease::{self, LeaseFeed, LeaseFeeds};
 use crate::range::{self, Writes};
-use crate::redo::Redo;
+use crate::redo::{Redo, WriteBatch};
 use crate::snapshot::SnapshotWriter;
 use crate::types::{
     ApplyError, Lease, MemberAttributes, NodeId, PeerNode, RangeRequest, RangeResponse,
@@ -208,6 +208,9 @@ pub(crate) struct MvccCore {
     /// Bytes of keys and values in the state machine's tree: counted at open, then kept up to
     /// date by the applier, the compactor and installs. What Status reports as `dbSizeInUse`.
     live_bytes: AtomicU64,
+    /// While a defragment copies the tree, the keys outside history that entries wrote since
+    /// it began (see [`crate::defrag`]); `None` otherwise.
+    pub changed_in_place: Mutex<Option<BTreeSet<Vec<u8>>>>,
 }
 
 impl MvccCore {
@@ -269,7 +272,16 @@ impl MvccCore {
             // What was read back from sled at open is on disk.
             durable_applied: watch::Sender::new(applied),
             live_bytes: AtomicU64::new(live_bytes),
+            changed_in_place: Mutex::new(None),
         })
+    }
+
+    /// Notes the keys outside history that `batch` wrote, if a defragment is copying; called
+    /// by the applier with the state locked for writing, after the writes.
+    pub(crate) fn note_changed_in_place(&self, batch: &WriteBatch) {
+        if let Some(keys) = self.changed_in_place.lock().as_mut() {
+            keys.extend(batch.keys_outside_history().map(<[u8]>::to_vec));
+        }
     }
 
     /// The state machine's tree in the current database. Take it, and write through it, only

@@ -50,6 +50,14 @@ impl WriteBatch {
         self.ops.push((key.into(), None));
     }
 
+    /// The keys written outside history (the families that change in place), in order.
+    pub(crate) fn keys_outside_history(&self) -> impl Iterator<Item = &[u8]> {
+        self.ops
+            .iter()
+            .map(|(key, _)| key.as_slice())
+            .filter(|key| key.first() != Some(&HISTORY))
+    }
+
     /// Whether every write adds a history version past `revision`: such a write set, followed
     /// by its progress record, needs no redo record.
     pub(crate) fn only_adds_history_past(&self, revision: i64) -> bool {

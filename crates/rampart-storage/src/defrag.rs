@@ -786,6 +786,72 @@ mod tests {
         }
     }
 
+    /// A snapshot build that took the old tree before the swap reads its history to the end
+    /// from it: the swap goes on meanwhile, and the old database is removed only once the build
+    /// is done. The snapshot holds exactly the pairs the tree held when the build began.
+    #[test]
+    fn a_snapshot_build_reading_the_old_database_finishes_before_it_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut index = fill(&store, 100, 3, 100);
+        let core = store.core_for_tests();
+        let pairs = |tree: &sled::Tree| -> Vec<(Vec<u8>, Vec<u8>)> {
+            tree.iter()
+                .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).unwrap())
+                .collect()
+        };
+        let at_build = pairs(&core.tree());
+
+        let (paused, is_paused) = std::sync::mpsc::channel();
+        let (go, resume) = std::sync::mpsc::channel::<()>();
+        let builder = std::thread::spawn({
+            let (core, snapshots) = (core.clone(), store.snapshots_for_tests());
+            move || {
+                let mut rows = 0;
+                crate::state_machine::build(&core, &snapshots, || {
+                    rows += 1;
+                    if rows == 20 {
+                        paused.send(()).unwrap();
+                        resume.recv().unwrap();
+                    }
+                })
+                .map_err(|e| e.to_string())
+            }
+        });
+        is_paused
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the build reached history");
+        let defragment = std::thread::spawn(store.defragmenter());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while store.database_dir() != Path::new("db.1") {
+            assert!(Instant::now() < deadline, "the swap waited for the build");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Writes go to the new database while the build still reads the old one.
+        core.apply_entry(&entry(index, put_cmd("after-swap", "1")))
+            .unwrap();
+        index += 1;
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            !defragment.is_finished(),
+            "the old database went during the build"
+        );
+        assert_eq!(databases(dir.path()), ["db", "db.1"]);
+
+        go.send(()).unwrap();
+        let (meta, file) = builder.join().unwrap().expect("the build succeeds");
+        defragment.join().unwrap().unwrap();
+        assert_eq!(databases(dir.path()), ["db.1"]);
+        assert_eq!(meta.last_log_id.map(|id| id.index), Some(index - 2));
+        let mut reader = crate::snapshot::reader_of(file, Path::new("built")).unwrap();
+        let mut built = Vec::new();
+        while let Some(batch) = reader.next_batch().unwrap() {
+            built.extend(batch);
+        }
+        built.sort();
+        assert_eq!(built, at_build);
+    }
+
     /// A pointer naming no database is refused at open, not taken for an empty store.
     #[test]
     fn a_pointer_to_a_missing_database_is_refused() {

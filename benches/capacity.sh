@@ -39,7 +39,7 @@
 # defragment is a chain of overlapping runs (--defrag-clients clients each, closed loop, 2 s
 # each, a new one every 1.5 s from 1 s before `etcdctl defrag` until it returns): at every
 # moment at least one run has puts in flight, and a put that a pause holds back shows in its
-# run's max. The table gives the puts acknowledged, the errors, the worst run's p99 and the
+# run's max (a run ends only once its puts in flight are answered; each may wait 10 minutes). The table gives the puts acknowledged, the errors, the worst run's p99 and the
 # longest put of all runs. etcd holds every write for as long as it defragments a member.
 #
 # A record is, per member: VmRSS and RssAnon from /proc/<pid>/status, the data directory's
@@ -203,7 +203,7 @@ defrag_under_load() {
         n=$((n + 1))
         "$bench_bin" --workload put --endpoints "$endpoints" --clients "$defrag_clients" \
             --conns 3 --key-space 10000 --value-size "$value_size" --prefix defrag/ \
-            --duration 2s --label "$system during defrag $n" \
+            --duration 2s --timeout 10m --label "$system during defrag $n" \
             --json-out "$work/$system-during-defrag-$n.json" \
             >>"$work/$system-during-defrag.log" 2>&1 &
         runs+=($!)

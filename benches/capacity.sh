@@ -11,6 +11,7 @@
 #   --systems LIST      comma-separated, in order (default etcd,rampart)
 #   --signal SIG        how the restarted member is stopped: TERM (default) or KILL (a crash)
 #   --compaction-load S seconds of the put load that runs across the compaction (default 15)
+#   --defrag-clients N  clients of each put run across the defragment (default 16)
 #   --debug             use debug builds (for trying the script; never for numbers)
 #   --no-build          use the binaries already built
 #
@@ -22,15 +23,24 @@
 #                  (a pass in which txns failed, e.g. timed out, is noted and run again
 #                  whole, up to 3 times in all);
 #   4. compacted   etcdctl compact --physical to the current revision, then etcdctl defrag on
-#                  each member, record; a put load on other keys (--clients clients, closed
-#                  loop) runs from 2 s before the compaction for --compaction-load seconds
-#                  (default 15), and its latencies say whether writes went on meanwhile;
+#                  each member, record (so this phase's disk is after compaction + defragment);
+#                  a put load on other keys (--clients clients, closed loop) runs from 2 s
+#                  before the compaction for --compaction-load seconds (default 15), and its
+#                  latencies say whether writes went on meanwhile; another put load runs
+#                  through the whole defragment (see "Puts during the defragment" below);
 #   5. restarted   stop one follower (SIGTERM, or --signal KILL), start it again on its data,
 #                  time until it answers a serializable read of the last key at that key's latest
 #                  mod_revision, then until `etcdctl endpoint health` passes on all 3; record
 #                  (skipped, with a note, if the cluster answers no read within 120 s of the
 #                  compaction);
 # then stop the cluster.
+#
+# Puts during the defragment: rampart-bench runs for a fixed time, so the load across the
+# defragment is a chain of overlapping runs (--defrag-clients clients each, closed loop, 2 s
+# each, a new one every 1.5 s from 1 s before `etcdctl defrag` until it returns): at every
+# moment at least one run has puts in flight, and a put that a pause holds back shows in its
+# run's max (a run ends only once its puts in flight are answered; each may wait 10 minutes). The table gives the puts acknowledged, the errors, the worst run's p99 and the
+# longest put of all runs. etcd holds every write for as long as it defragments a member.
 #
 # A record is, per member: VmRSS and RssAnon from /proc/<pid>/status, the data directory's
 # allocated size (du), and the dbSize that Maintenance.Status reports. Bytes per live key are the
@@ -61,6 +71,7 @@ conns=6
 systems=etcd,rampart
 signal=TERM
 compaction_load=15
+defrag_clients=16
 profile=release
 build=yes
 
@@ -74,6 +85,7 @@ while [ $# -gt 0 ]; do
         --systems) systems=$2; shift 2 ;;
         --signal) signal=$2; shift 2 ;;
         --compaction-load) compaction_load=$2; shift 2 ;;
+        --defrag-clients) defrag_clients=$2; shift 2 ;;
         --debug) profile=debug; shift ;;
         --no-build) build=no; shift ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -182,6 +194,44 @@ timed() {
         "$(echo "$out" | tr '\n' ' ')" >>"$notes"
 }
 
+# defrag_under_load SYSTEM ENDPOINTS: etcdctl defrag on every member while overlapping runs of
+# puts go on (see "Puts during the defragment" above); each run's report is
+# $work/SYSTEM-during-defrag-<n>.json, and the defragment's time goes to the notes.
+defrag_under_load() {
+    local system=$1 endpoints=$2 n=0 runs=() defrag_pid
+    start_defrag_run() {
+        n=$((n + 1))
+        "$bench_bin" --workload put --endpoints "$endpoints" --clients "$defrag_clients" \
+            --conns 3 --key-space 10000 --value-size "$value_size" --prefix defrag/ \
+            --duration 2s --timeout 10m --label "$system during defrag $n" \
+            --json-out "$work/$system-during-defrag-$n.json" \
+            >>"$work/$system-during-defrag.log" 2>&1 &
+        runs+=($!)
+    }
+    start_defrag_run
+    sleep 1
+    local started
+    started=$(now_ns)
+    etcdctl defrag --endpoints="$endpoints" --command-timeout=10m \
+        >"$work/$system-defrag.out" 2>&1 &
+    defrag_pid=$!
+    while kill -0 "$defrag_pid" 2>/dev/null; do
+        start_defrag_run
+        sleep 1.5
+    done
+    local status=0
+    wait "$defrag_pid" || status=$?
+    local took
+    took=$(seconds_since "$started")
+    local run
+    for run in "${runs[@]}"; do
+        wait "$run" || echo "$system: a put run during the defragment failed" >>"$notes"
+    done
+    sed "s/^/  [$system] /" "$work/$system-defrag.out"
+    printf '%s: defrag took %s s, exit status %s, %s put runs across it: %s\n' "$system" \
+        "$took" "$status" "$n" "$(tr '\n' ' ' <"$work/$system-defrag.out")" >>"$notes"
+}
+
 # a_follower SYSTEM: the index of a member that is not the leader (the highest such).
 a_follower() {
     local base=${port_bases[$1]} i
@@ -288,7 +338,7 @@ for system in "${system_list[@]}"; do
     timed "compact --physical" "$system" \
         etcdctl compact "$revision" --physical --endpoints="$endpoints" --command-timeout=10m
     wait "$load_pid" || echo "$system: the put load across the compaction failed" >>"$notes"
-    timed defrag "$system" etcdctl defrag --endpoints="$endpoints" --command-timeout=10m
+    defrag_under_load "$system" "$endpoints"
     record "$system" compacted
 
     if restart "$system" "$endpoints"; then
@@ -308,7 +358,8 @@ echo "--- write $result"
         "3-member clusters on 127.0.0.1, one system at a time"
     echo "- $keys keys of 16 bytes with values of $value_size bytes, written in txns of $batch" \
         "puts by $clients clients over $conns connections; then overwritten twice; then" \
-        "compacted to the last revision and defragmented; then one follower restarted" \
+        "compacted to the last revision and defragmented (phase compacted: the disk after" \
+        "both); then one follower restarted" \
         "(SIG$signal)"
     echo "- memory: VmRSS of each member; data: allocated size of its data directory (du);" \
         "means over the 3 members; bytes per live key: what the phase holds above the empty" \
@@ -383,6 +434,27 @@ echo "--- write $result"
                 + "| \(.ops.p99_us | ms) | \(.ops.max_us | ms) | \(.errors_total) |"' "$report"
         else
             echo "| $system | – | – | – | – | no report |"
+        fi
+    done
+    echo
+    echo "Puts during the defragment (etcdctl defrag of the 3 members one after the other;"
+    echo "overlapping 2 s runs of $defrag_clients clients each, closed loop, from 1 s before it"
+    echo "until it returned; a write held back by the defragment shows in the longest put):"
+    echo
+    echo "| system | runs | puts | errors | worst run's p99 ms | longest put ms |"
+    echo "|---|---:|---:|---:|---:|---:|"
+    for system in "${system_list[@]}"; do
+        shopt -s nullglob
+        reports=("$work/$system"-during-defrag-*.json)
+        shopt -u nullglob
+        if [ ${#reports[@]} -gt 0 ]; then
+            jq -rs --arg system "$system" '
+                def ms: . / 1000 | . * 10 | round / 10;
+                "| \($system) | \(length) | \(map(.ok) | add) | \(map(.errors_total) | add) "
+                + "| \(map(.ops.p99_us) | max | ms) | \(map(.ops.max_us) | max | ms) |"' \
+                "${reports[@]}"
+        else
+            echo "| $system | 0 | – | – | – | – |"
         fi
     done
     echo

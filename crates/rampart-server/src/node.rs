@@ -176,7 +176,7 @@ impl Node {
         self.network.stats()
     }
 
-    /// The data directory's size on disk, in bytes.
+    /// The database's size on disk, in bytes (etcd's `dbSize`).
     pub(crate) fn db_size(&self) -> u64 {
         self.store.size_on_disk()
     }
@@ -251,6 +251,22 @@ impl Node {
             return Err(ServerError::Corrupt);
         }
         Ok(())
+    }
+
+    /// The bytes of the database in use (etcd's `dbSizeInUse`; see `Store::size_in_use`).
+    pub(crate) fn db_size_in_use(&self) -> u64 {
+        self.store.size_in_use()
+    }
+
+    /// Rewrites this member's database into a fresh one and swaps it in, on a blocking thread;
+    /// reads and writes go on but for a short pause (see `rampart_storage::DefragReport`). A
+    /// call while one runs joins it.
+    pub(crate) async fn defragment(&self) -> Result<rampart_storage::DefragReport, ServerError> {
+        let defragment = self.store.defragmenter();
+        tokio::task::spawn_blocking(defragment)
+            .await
+            .map_err(|e| ServerError::Internal(format!("defragment failed: {e}")))?
+            .map_err(ServerError::from)
     }
 
     /// Makes everything this member has applied durable (see `rampart_storage::Disk`).

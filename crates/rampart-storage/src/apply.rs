@@ -132,7 +132,7 @@ impl MvccCore {
             Effect::Nothing => Ok(CommandResult::Empty),
             // A batch inside a batch is refused by `execute`.
             Effect::Command(cmd) => {
-                match execute(&self.tree, state, cmd, &mut batch, &mut changes) {
+                match execute(&self.tree(), state, cmd, &mut batch, &mut changes) {
                     Ok(r) => Ok(r),
                     Err(MvccError::Apply(e)) => {
                         // A failed command changes nothing: drop whatever it may have staged.
@@ -180,7 +180,8 @@ impl MvccCore {
                     "a command other than a put (bug)",
                 ));
             };
-            let mut txn = WriteTxn::at(&self.tree, &state.index, revision, state.compact_revision);
+            let tree = self.tree();
+            let mut txn = WriteTxn::at(&tree, &state.index, revision, state.compact_revision);
             let refused = alarms::refusal(&state.alarms, command);
             let result = match refused.map_or_else(|| txn.put(req), |e| Err(e.into())) {
                 Ok(response) => {
@@ -233,8 +234,11 @@ impl MvccCore {
         // that follows them: should a crash cut them short, opening the tree drops them.
         let needs_record = !batch.only_adds_history_past(state.revision);
         batch.insert(META_PROGRESS, codec::encode("progress", &progress)?);
-        self.redo
-            .commit(&self.tree, &log_id, &batch, needs_record)?;
+        let grown = self
+            .redo
+            .commit(&self.tree(), &log_id, &batch, needs_record)?;
+        self.live_bytes_grew(grown);
+        self.note_changed_in_place(&batch);
         // In the tree now, atomically: the entry's data, the revision and the applied log id. It
         // is durable at the database's next flush (a vote, a purge, a snapshot, shutdown) or
         // when sled writes its buffers out. Until then a crash only rolls the state machine back
@@ -298,7 +302,7 @@ impl MvccCore {
             if self.feed.has_subscribers() {
                 let wanted = self.feed.prev_kv_ranges();
                 let (events, reads) =
-                    written.into_events(&self.tree, |key| wanted.contains(key))?;
+                    written.into_events(&self.tree(), |key| wanted.contains(key))?;
                 self.feed.count_prev_reads(reads);
                 self.feed.send_revision(events);
             }

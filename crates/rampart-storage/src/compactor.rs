@@ -30,6 +30,7 @@ use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 use tokio::sync::watch;
 
 use crate::codec;
+use crate::database::Database;
 use crate::error::StoreError;
 #[cfg(doc)]
 use crate::index::KeyIndex;
@@ -49,8 +50,9 @@ const COMPACTED: &[u8] = b"compacted";
 
 /// The background compaction of one store (see the module docs).
 pub(crate) struct Compactor {
-    /// Holds [`COMPACTED`].
-    tree: sled::Tree,
+    /// Its tree, which holds [`COMPACTED`], is the current database's `compaction`, written
+    /// only under the state's write lock.
+    database: Arc<Database>,
     /// The revision up to which history is physically compacted; 0 for "not known to be".
     done: watch::Sender<i64>,
     /// Bumped whenever the MVCC tree is replaced wholesale, so that a pass scanning the old
@@ -65,13 +67,13 @@ pub(crate) struct Compactor {
 }
 
 impl Compactor {
-    pub(crate) fn open(tree: sled::Tree) -> Result<Self, StoreError> {
-        let done = match tree.get(COMPACTED)? {
+    pub(crate) fn open(database: Arc<Database>) -> Result<Self, StoreError> {
+        let done = match database.get().compaction.get(COMPACTED)? {
             Some(bytes) => codec::decode("physically compacted revision", &bytes)?,
             None => 0,
         };
         Ok(Compactor {
-            tree,
+            database,
             done: watch::channel(done).0,
             generation: AtomicU64::new(0),
             wake: Mutex::new(None),
@@ -137,7 +139,7 @@ impl Compactor {
     }
 
     fn record_done(&self, revision: i64) -> Result<(), StoreError> {
-        self.tree.insert(
+        self.database.get().compaction.insert(
             COMPACTED,
             codec::encode("physically compacted revision", &revision)?,
         )?;
@@ -218,9 +220,15 @@ fn step(core: &MvccCore, pass: &mut Option<Pass>) -> Result<bool, StoreError> {
         .compact_chunk(&current.cursor, current.target, CHUNK);
     // If a removal fails, the index has already forgotten versions history still holds; the
     // member stops at the same error on its next write, and the index is rebuilt at restart.
+    let tree = core.tree();
+    let mut freed = 0;
     for version in &removed {
-        core.tree.remove(version.history_key())?;
+        let key = version.history_key();
+        if let Some(old) = tree.remove(key)? {
+            freed += key.len() + old.len();
+        }
     }
+    core.live_bytes_shrank(freed);
     match next {
         Some(key) => current.cursor = key,
         None => {
@@ -399,7 +407,7 @@ mod tests {
             "every change from the compact revision on is replayed (no delete at {at})"
         );
         let history_keys: std::collections::BTreeSet<Vec<u8>> = core
-            .tree
+            .tree()
             .scan_prefix([HISTORY])
             .map(|item| codec::history_value(&item.unwrap().1).unwrap().key.to_vec())
             .collect();

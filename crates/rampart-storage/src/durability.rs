@@ -110,6 +110,11 @@ impl Disk {
         })
     }
 
+    /// Where this database's flushes are measured.
+    pub(crate) fn stats(&self) -> Arc<StorageStats> {
+        self.stats.clone()
+    }
+
     /// Writes everything written to the database so far to stable storage; blocks until done.
     pub(crate) fn flush(&self) -> Result<(), StoreError> {
         let began = Instant::now();

@@ -60,6 +60,11 @@ pub enum StoreError {
     /// A part of the store that a write needs has stopped (the store is being closed).
     #[error("{0} has stopped")]
     Stopped(&'static str),
+
+    /// The defragment this call joined (one was running when it was asked for) failed; the text
+    /// is that of its error.
+    #[error("defragment failed: {0}")]
+    Defragment(String),
 }
 
 impl StoreError {

@@ -141,7 +141,7 @@ impl MvccCore {
     ) -> Result<(Vec<RevisionEvents>, i64), MvccError> {
         let state = self.read_state();
         read_events(
-            &self.tree,
+            &self.tree(),
             &state,
             start,
             end,

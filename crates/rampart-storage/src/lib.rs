@@ -25,8 +25,11 @@
 //! bounded in bytes, and the watchers' interests in previous values), `compactor` (physical
 //! compaction in the background), `state_machine` and `snapshot` (openraft's state machine and
 //! the snapshot file), `log_store` and `wal` (openraft's log and its segment files),
-//! `backup` (the backup file: export, check, restore), `durability` (fsyncs that survive power loss), `applied` (waiting for an applied index),
-//! `store` (opening a data directory), and, in tests only, `test_support` (the helpers the unit
+//! `backup` (the backup file: export, check, restore), `durability` (fsyncs that survive power
+//! loss), `applied` (waiting for an applied index), `database` (the current sled database's
+//! handles, which a defragment replaces), `defrag` (rewriting the database into a fresh one while
+//! the member runs), `store` (opening a data directory), and, in tests only, `test_support` (the
+//! helpers the unit
 //! tests share).
 //!
 //! Invariants:
@@ -45,6 +48,8 @@ mod apply;
 mod backup;
 mod codec;
 mod compactor;
+mod database;
+mod defrag;
 mod durability;
 mod error;
 mod events;
@@ -69,6 +74,7 @@ mod watch_feed;
 mod write_txn;
 
 pub use backup::{Backup, BackupError, BackupStatus, RestoreTarget, BACKUP_FORMAT};
+pub use defrag::{DefragReport, DefragStep};
 pub use error::{MvccError, StoreError};
 pub use hash::KvHash;
 pub use lease::{LeaseFeed, LeaseFeedEnded};

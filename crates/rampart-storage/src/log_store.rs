@@ -36,6 +36,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
 use crate::codec;
+use crate::database::Database;
 use crate::durability::Disk;
 use crate::error::StoreError;
 use crate::stats::{observe_since, StorageStats};
@@ -58,8 +59,9 @@ type Unflushed = (Arc<File>, LogFlushed<TypeConfig>);
 /// The Raft log. Cloning gives another handle on the same log (that is the log reader).
 #[derive(Clone)]
 pub struct LogStore {
-    disk: Arc<Disk>,
-    tree: sled::Tree,
+    /// The current database, whose `raft_log` tree holds the marks; written only while holding
+    /// [`Database::for_write`], so that a defragment copies every mark written before its swap.
+    database: Arc<Database>,
     wal: Arc<RwLock<Wal>>,
     /// Appends whose entries are written but not yet synced, for the flusher.
     unflushed: mpsc::Sender<Unflushed>,
@@ -71,26 +73,27 @@ pub struct LogStore {
 }
 
 impl LogStore {
-    /// Opens the log: the segment files in `wal_dir`, the rest in `tree`.
+    /// Opens the log: the segment files in `wal_dir`, the rest in the database's `raft_log`.
     pub(crate) fn open(
-        disk: Arc<Disk>,
-        tree: sled::Tree,
+        database: Arc<Database>,
         wal_dir: &Path,
         in_use: Arc<()>,
         stats: Arc<StorageStats>,
     ) -> Result<Self, StoreError> {
-        let purged: Option<LogId<NodeId>> = get(&tree, PURGED, "last purged log id")?;
-        let committed: Option<LogId<NodeId>> = get(&tree, COMMITTED, "committed log id")?;
+        let handles = database.get();
+        let (disk, tree) = (&handles.disk, &handles.log);
+        let purged: Option<LogId<NodeId>> = get(tree, PURGED, "last purged log id")?;
+        let committed: Option<LogId<NodeId>> = get(tree, COMMITTED, "committed log id")?;
         let recorded = Recorded {
             purged: purged.map(|id| id.index),
             committed: committed.map(|id| id.index),
         };
         let mut wal = Wal::open(wal_dir, recorded)?;
-        move_old_entries(&disk, &tree, &mut wal)?;
+        move_old_entries(disk, tree, &mut wal)?;
         let unflushed = spawn_flusher(stats)?;
+        drop(handles);
         Ok(LogStore {
-            disk,
-            tree,
+            database,
             wal: Arc::new(RwLock::new(wal)),
             unflushed,
             _in_use: in_use,
@@ -120,7 +123,7 @@ impl LogStore {
 
     /// The last purged log id on disk.
     pub(crate) fn purged(&self) -> Result<Option<LogId<NodeId>>, StoreError> {
-        get(&self.tree, PURGED, "last purged log id")
+        get(&self.database.get().log, PURGED, "last purged log id")
     }
 
     fn read_entries(&self, range: impl RangeBounds<u64>) -> Result<Vec<Entry>, StoreError> {
@@ -145,7 +148,19 @@ impl LogStore {
 
     /// Flushes the database to disk (see [`Disk::flush`]).
     async fn flush(&self) -> Result<(), StoreError> {
-        self.disk.flush_async().await
+        let disk = self.database.get().disk.clone();
+        disk.flush_async().await
+    }
+
+    /// Writes `value` (or removes the key, for `None`) in the marks' tree, holding the database
+    /// for writing (see `database`).
+    fn write_mark(&self, key: &[u8], value: Option<Vec<u8>>) -> Result<(), StoreError> {
+        let handles = self.database.for_write();
+        match value {
+            Some(value) => handles.log.insert(key, value)?,
+            None => handles.log.remove(key)?,
+        };
+        Ok(())
     }
 }
 
@@ -242,7 +257,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
         let write = async {
-            self.tree.insert(VOTE, codec::encode("vote", vote)?)?;
+            self.write_mark(VOTE, Some(codec::encode("vote", vote)?))?;
             self.flush().await
         };
         write.await.map_err(|e| StorageIOError::write_vote(&e))?;
@@ -252,7 +267,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
-        Ok(get(&self.tree, VOTE, "vote").map_err(|e| StorageIOError::read_vote(&e))?)
+        Ok(get(&self.database.get().log, VOTE, "vote")
+            .map_err(|e| StorageIOError::read_vote(&e))?)
     }
 
     async fn save_committed(
@@ -260,13 +276,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         committed: Option<LogId<NodeId>>,
     ) -> Result<(), StorageError<NodeId>> {
         let write = || -> Result<(), StoreError> {
-            match committed {
-                Some(id) => self
-                    .tree
-                    .insert(COMMITTED, codec::encode("committed log id", &id)?)?,
-                None => self.tree.remove(COMMITTED)?,
+            let value = match committed {
+                Some(id) => Some(codec::encode("committed log id", &id)?),
+                None => None,
             };
-            Ok(())
+            self.write_mark(COMMITTED, value)
         };
         write().map_err(|e| StorageIOError::write(&e))?;
         // Not flushed on purpose: the committed id only lets a restart re-apply committed entries
@@ -280,7 +294,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
         let committed: Option<LogId<NodeId>> =
-            get(&self.tree, COMMITTED, "committed log id").map_err(|e| StorageIOError::read(&e))?;
+            get(&self.database.get().log, COMMITTED, "committed log id")
+                .map_err(|e| StorageIOError::read(&e))?;
         let last = self.wal.read().last();
         // Entries up to the committed index matched the leader's log when it was recorded, so
         // the log's last entry, if it is below that index, is committed too.
@@ -346,8 +361,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 })?;
         }
         let record = async {
-            self.tree
-                .insert(PURGED, codec::encode("last purged log id", &log_id)?)?;
+            self.write_mark(PURGED, Some(codec::encode("last purged log id", &log_id)?))?;
             self.flush().await
         };
         record.await.map_err(|e| StorageIOError::write_logs(&e))?;

@@ -14,10 +14,11 @@
 //! history again when the feed dropped them).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use openraft::{LogId, StoredMembership};
-use parking_lot::{RwLock, RwLockReadGuard};
+use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 use tokio::sync::{broadcast, watch};
 
 use crate::applied::AppliedWaiters;
@@ -27,13 +28,14 @@ use crate::codec::{
     V3_APPLIED_PART, V3_REVISION,
 };
 use crate::compactor::Compactor;
+use crate::database::Database;
 use crate::durability::Disk;
 use crate::error::{MvccError, StoreError};
 use crate::index::KeyIndex;
 use crate::key_range::KeyRange;
 use crate::lease::{self, LeaseFeed, LeaseFeeds};
 use crate::range::{self, Writes};
-use crate::redo::Redo;
+use crate::redo::{Redo, WriteBatch};
 use crate::snapshot::SnapshotWriter;
 use crate::types::{
     AlarmMember, ApplyError, Lease, MemberAttributes, NodeId, PeerNode, RangeRequest,
@@ -188,10 +190,8 @@ fn drop_unrecorded_history(tree: &sled::Tree, revision: i64) -> Result<usize, St
 /// The MVCC tree and its cached state. Shared by [`Mvcc`], the state machine and the snapshot
 /// builder.
 pub(crate) struct MvccCore {
-    /// The database's files, for flushing.
-    pub disk: Arc<Disk>,
-    /// The state machine's one tree (layout in [`codec`]).
-    pub tree: sled::Tree,
+    /// The current database, which holds the state machine's trees (see [`MvccCore::tree`]).
+    pub database: Arc<Database>,
     /// The redo record of the last write set that needed one (see [`crate::redo`]).
     pub redo: Redo,
     /// Guards `tree` as a whole (see the module docs) and caches its bookkeeping.
@@ -211,16 +211,18 @@ pub(crate) struct MvccCore {
     /// waits for it (see [`crate::log_store`]), so that the durable purge mark never runs ahead
     /// of what the state machine can rebuild from.
     pub durable_applied: watch::Sender<u64>,
+    /// Bytes of keys and values in the state machine's tree: counted at open, then kept up to
+    /// date by the applier, the compactor and installs. What Status reports as `dbSizeInUse`.
+    live_bytes: AtomicU64,
+    /// While a defragment copies the tree, the keys outside history that entries wrote since
+    /// it began (see [`crate::defrag`]); `None` otherwise.
+    pub changed_in_place: Mutex<Option<BTreeSet<Vec<u8>>>>,
 }
 
 impl MvccCore {
     /// Opens the state machine tree, stamping the layout version into a new one.
-    pub(crate) fn open(
-        disk: Arc<Disk>,
-        tree: sled::Tree,
-        redo: sled::Tree,
-        compaction: sled::Tree,
-    ) -> Result<Self, StoreError> {
+    pub(crate) fn open(database: Arc<Database>) -> Result<Self, StoreError> {
+        let tree = database.get().mvcc.clone();
         if tree.is_empty() {
             // A brand-new tree: only the version stamp, so later opens (and snapshots) can check it.
             tree.insert(
@@ -234,7 +236,7 @@ impl MvccCore {
                     .map(|r| r.map_err(StoreError::from)),
             )
         };
-        let redo = Redo::open(redo);
+        let redo = Redo::open(database.clone());
         let (mut state, mut format) = read_state()?;
         if let Some(finished) = redo.recover(&tree, state.applied)? {
             tracing::info!(log_id = %finished, "finished applying the entry a crash interrupted");
@@ -258,20 +260,74 @@ impl MvccCore {
             );
         }
         // Reads the whole tree, so that sled checks every page of it now (see `verify_readable`).
-        state.index = KeyIndex::rebuild(tree.iter().map(|r| r.map_err(StoreError::from)))?;
+        let mut live_bytes = 0u64;
+        state.index = KeyIndex::rebuild(tree.iter().map(|r| {
+            let (k, v) = r?;
+            live_bytes += (k.len() + v.len()) as u64;
+            Ok((k, v))
+        }))?;
         let applied = state.applied.map_or(0, |id| id.index);
         Ok(MvccCore {
-            disk,
-            tree,
+            compactor: Compactor::open(database.clone())?,
+            database,
             redo,
             state: RwLock::new(state),
             feed: Feed::new(),
             applied_waiters: AppliedWaiters::new(applied),
             lease_feeds: LeaseFeeds::default(),
-            compactor: Compactor::open(compaction)?,
             // What was read back from sled at open is on disk.
             durable_applied: watch::Sender::new(applied),
+            live_bytes: AtomicU64::new(live_bytes),
+            changed_in_place: Mutex::new(None),
         })
+    }
+
+    /// Notes the keys outside history that `batch` wrote, if a defragment is copying; called
+    /// by the applier with the state locked for writing, after the writes.
+    pub(crate) fn note_changed_in_place(&self, batch: &WriteBatch) {
+        if let Some(keys) = self.changed_in_place.lock().as_mut() {
+            keys.extend(batch.keys_outside_history().map(<[u8]>::to_vec));
+        }
+    }
+
+    /// The state machine's tree in the current database. Take it, and write through it, only
+    /// with the state locked (for writing, to write): a defragment swaps the database under the
+    /// state's write lock (see [`crate::database`]).
+    pub(crate) fn tree(&self) -> sled::Tree {
+        self.database.get().mvcc.clone()
+    }
+
+    /// The current database's files, for a flush.
+    pub(crate) fn disk(&self) -> Arc<Disk> {
+        self.database.get().disk.clone()
+    }
+
+    /// Bytes of keys and values the state machine's tree holds (see `live_bytes`).
+    pub(crate) fn live_bytes(&self) -> u64 {
+        self.live_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Adds `grown` (bytes, possibly negative) to the live bytes; called by the tree's writers.
+    pub(crate) fn live_bytes_grew(&self, grown: i64) {
+        if grown >= 0 {
+            self.live_bytes.fetch_add(grown as u64, Ordering::Relaxed);
+        } else {
+            self.live_bytes_shrank(grown.unsigned_abs() as usize);
+        }
+    }
+
+    /// Takes `freed` bytes off the live bytes (never below 0: the count is an estimate).
+    pub(crate) fn live_bytes_shrank(&self, freed: usize) {
+        let _ = self
+            .live_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |live| {
+                Some(live.saturating_sub(freed as u64))
+            });
+    }
+
+    /// Sets the live bytes, counted anew over a whole tree.
+    pub(crate) fn set_live_bytes(&self, bytes: u64) {
+        self.live_bytes.store(bytes, Ordering::Relaxed);
     }
 
     /// Records that the tree holds everything applied up to log index `index` on disk; called
@@ -312,21 +368,21 @@ impl MvccCore {
         let _removals = self.compactor.hold_removals();
         let history: &[u8] = &[HISTORY];
         let after_history: &[u8] = &[HISTORY + 1];
-        let (mut out, revision) = {
+        let (mut out, revision, tree) = {
             let state = self.state.read();
+            // The tree of this state: history is read from it after the lock is released, even
+            // if a defragment swaps in another meanwhile (its rows up to the revision are the
+            // same, and the defragment removes the old database only after the export is done).
+            let tree = self.tree();
             let mut out = start(&state)?;
-            for pair in self
-                .tree
-                .range(..history)
-                .chain(self.tree.range(after_history..))
-            {
+            for pair in tree.range(..history).chain(tree.range(after_history..)) {
                 let (k, v) = pair?;
                 out.push(&k, &v)?;
             }
-            (out, state.revision)
+            (out, state.revision, tree)
         };
         let end = codec::history_key_start(revision.saturating_add(1));
-        for pair in self.tree.range(history..end.as_slice()) {
+        for pair in tree.range(history..end.as_slice()) {
             let (k, v) = pair?;
             out.push(&k, &v)?;
             each_history_row();
@@ -363,13 +419,15 @@ impl MvccCore {
     ) -> Result<(), StoreError> {
         let _removals = self.compactor.exclude_exports();
         let mut state = self.state.write();
-        refill_tree(&self.tree, pairs)?;
+        let tree = self.tree();
+        let live_bytes = refill_tree(&tree, pairs)?;
         // A snapshot of a member still on layout version 3 is upgraded as it goes in.
         if format == FORMAT_VERSION_3 {
             let mut batch = sled::Batch::default();
             upgrade_v3(&mut batch, &incoming)?;
-            self.tree.apply_batch(batch)?;
+            tree.apply_batch(batch)?;
         }
+        self.set_live_bytes(live_bytes);
         self.redo.clear()?;
         self.compactor.tree_replaced()?;
         // In the tree now: exactly the snapshot's pairs. Durable at the caller's flush.
@@ -384,7 +442,7 @@ impl MvccCore {
     fn range(&self, req: &RangeRequest) -> Result<(RangeResponse, i64), MvccError> {
         let state = self.read_state();
         let resp = range::read_range(
-            &self.tree,
+            &self.tree(),
             &state.index,
             &Writes::new(),
             state.revision,
@@ -396,20 +454,23 @@ impl MvccCore {
 }
 
 /// Empties `tree` and fills it with the pairs `pairs` yields, one bounded batch (one sled
-/// write) at a time: a snapshot's install, or its redo when the store opens.
+/// write) at a time: a snapshot's install, or its redo when the store opens. Returns the bytes
+/// of keys and values written.
 pub(crate) fn refill_tree(
     tree: &sled::Tree,
     mut pairs: impl FnMut() -> Result<Option<Pairs>, StoreError>,
-) -> Result<(), StoreError> {
+) -> Result<u64, StoreError> {
     tree.clear()?;
+    let mut bytes = 0u64;
     while let Some(batch_pairs) = pairs()? {
         let mut batch = sled::Batch::default();
         for (k, v) in batch_pairs {
+            bytes += (k.len() + v.len()) as u64;
             batch.insert(k, v);
         }
         tree.apply_batch(batch)?;
     }
-    Ok(())
+    Ok(bytes)
 }
 
 /// A read handle on the applied MVCC state; cheap to clone, usable from any task.
@@ -520,19 +581,19 @@ impl Mvcc {
     /// The lease `id` as the state machine records it, if it exists (granted and not revoked).
     pub fn lease(&self, id: i64) -> Result<Option<Lease>, MvccError> {
         let _state = self.core.read_state();
-        Ok(lease::get(&self.core.tree, id)?)
+        Ok(lease::get(&self.core.tree(), id)?)
     }
 
     /// The keys attached to lease `id`, in key order; empty for an unknown lease.
     pub fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>, MvccError> {
         let _state = self.core.read_state();
-        Ok(lease::keys(&self.core.tree, id)?)
+        Ok(lease::keys(&self.core.tree(), id)?)
     }
 
     /// Every lease, sorted by id.
     pub fn leases(&self) -> Result<Vec<Lease>, MvccError> {
         let _state = self.core.read_state();
-        Ok(lease::all(&self.core.tree)?)
+        Ok(lease::all(&self.core.tree())?)
     }
 
     /// Every lease, sorted by id, and the feed of every grant and revoke applied after that
@@ -541,7 +602,7 @@ impl Mvcc {
     /// state; the follower then calls this again.
     pub fn follow_leases(&self) -> Result<(Vec<Lease>, LeaseFeed), MvccError> {
         let _state = self.core.read_state();
-        let leases = lease::all(&self.core.tree)?;
+        let leases = lease::all(&self.core.tree())?;
         Ok((leases, self.core.lease_feeds.open()))
     }
 
@@ -694,12 +755,12 @@ mod tests {
             assert!(core.redo.is_held());
             core.apply_entry(&entry(2, put_cmd("a", "1"))).unwrap(); // revision 2
             assert!(!core.redo.is_held());
-            let after_a = core.tree.get(META_PROGRESS).unwrap().unwrap();
+            let after_a = core.tree().get(META_PROGRESS).unwrap().unwrap();
             core.apply_entry(&entry(3, put_cmd("b", "1"))).unwrap(); // revision 3
             assert!(!core.redo.is_held());
             // As if the crash came just before entry 3's progress record: its version written,
             // the record not.
-            core.tree.insert(META_PROGRESS, after_a).unwrap();
+            core.tree().insert(META_PROGRESS, after_a).unwrap();
             store.flush().unwrap();
         }
         let store = crate::Store::open(dir.path()).unwrap();
@@ -755,9 +816,9 @@ mod tests {
             core.apply_part(&mut state, log_id(2), Effect::Command(&put_b), Some(first))
                 .unwrap(); // revision 3
             drop(state);
-            rewrite_as_v3(&core.tree);
+            rewrite_as_v3(&core.tree());
             store.flush().unwrap();
-            core.tree
+            core.tree()
                 .iter()
                 .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).unwrap())
                 .collect()
@@ -766,7 +827,7 @@ mod tests {
             assert_eq!(progress(core), (3, Some(1), Some((2, 0))));
             assert_eq!(history(core), ["a@2", "b@3"]);
             let meta: Vec<Vec<u8>> = core
-                .tree
+                .tree()
                 .scan_prefix([codec::META])
                 .keys()
                 .map(|k| k.unwrap().to_vec())
@@ -779,7 +840,7 @@ mod tests {
             ] {
                 assert!(!meta.contains(&old.to_vec()), "{meta:?}");
             }
-            let format = core.tree.get(codec::META_FORMAT).unwrap().unwrap();
+            let format = core.tree().get(codec::META_FORMAT).unwrap().unwrap();
             assert_eq!(
                 codec::decode::<u32>("format", &format).unwrap(),
                 codec::FORMAT_VERSION

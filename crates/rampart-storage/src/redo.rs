@@ -20,10 +20,12 @@
 //! without one removes an earlier record first, so that it is never repeated over later writes.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, HISTORY};
+use crate::database::Database;
 use crate::error::StoreError;
 use crate::types::NodeId;
 
@@ -46,6 +48,14 @@ impl WriteBatch {
 
     pub(crate) fn remove(&mut self, key: impl Into<Vec<u8>>) {
         self.ops.push((key.into(), None));
+    }
+
+    /// The keys written outside history (the families that change in place), in order.
+    pub(crate) fn keys_outside_history(&self) -> impl Iterator<Item = &[u8]> {
+        self.ops
+            .iter()
+            .map(|(key, _)| key.as_slice())
+            .filter(|key| key.first() != Some(&HISTORY))
     }
 
     /// Whether every write adds a history version past `revision`: such a write set, followed
@@ -71,29 +81,35 @@ struct Record {
     ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
-/// The redo record's tree, and whether it holds a record.
+/// The redo record's tree (in the current database, used under the state's lock), and whether
+/// it holds a record.
 pub(crate) struct Redo {
-    tree: sled::Tree,
+    database: Arc<Database>,
     held: AtomicBool,
 }
 
 impl Redo {
-    pub(crate) fn open(tree: sled::Tree) -> Self {
-        let held = AtomicBool::new(!tree.is_empty());
-        Redo { tree, held }
+    pub(crate) fn open(database: Arc<Database>) -> Self {
+        let held = AtomicBool::new(!database.get().redo.is_empty());
+        Redo { database, held }
+    }
+
+    fn tree(&self) -> sled::Tree {
+        self.database.get().redo.clone()
     }
 
     /// Writes `batch`, the whole effect of (a part of) entry `log_id`, to `data`: when
     /// `needs_record`, the redo record first, then each write; otherwise each write, after
     /// removing any earlier record. The caller holds the state lock, so no reader sees the
-    /// writes half done, and put the progress record last.
+    /// writes half done, and put the progress record last. Returns by how many bytes of keys
+    /// and values `data` grew (negative if it shrank).
     pub(crate) fn commit(
         &self,
         data: &sled::Tree,
         log_id: &LogId,
         batch: &WriteBatch,
         needs_record: bool,
-    ) -> Result<(), StoreError> {
+    ) -> Result<i64, StoreError> {
         if needs_record {
             self.write_record(log_id, batch)?;
         } else if self.held.load(Ordering::Relaxed) {
@@ -115,7 +131,7 @@ impl Redo {
                 ops: &batch.ops,
             },
         )?;
-        self.tree.insert(REDO, record)?;
+        self.tree().insert(REDO, record)?;
         self.held.store(true, Ordering::Relaxed);
         Ok(())
     }
@@ -127,7 +143,7 @@ impl Redo {
         data: &sled::Tree,
         applied: Option<LogId>,
     ) -> Result<Option<LogId>, StoreError> {
-        let Some(bytes) = self.tree.get(REDO)? else {
+        let Some(bytes) = self.tree().get(REDO)? else {
             return Ok(None);
         };
         let record: Record = codec::decode("redo record", &bytes)?;
@@ -141,7 +157,7 @@ impl Redo {
     /// Forgets the redo record (when the writes that follow do not need it, or after the tree
     /// was replaced by a snapshot's, which covers it).
     pub(crate) fn clear(&self) -> Result<(), StoreError> {
-        self.tree.remove(REDO)?;
+        self.tree().remove(REDO)?;
         self.held.store(false, Ordering::Relaxed);
         Ok(())
     }
@@ -153,14 +169,22 @@ impl Redo {
     }
 }
 
-fn perform(tree: &sled::Tree, ops: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<(), StoreError> {
+/// Performs `ops` on `tree`; returns by how many bytes of keys and values it grew.
+fn perform(tree: &sled::Tree, ops: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<i64, StoreError> {
+    let mut grown = 0i64;
     for (key, value) in ops {
-        match value {
-            Some(value) => tree.insert(key.as_slice(), value.as_slice())?,
+        let old = match value {
+            Some(value) => {
+                grown += (key.len() + value.len()) as i64;
+                tree.insert(key.as_slice(), value.as_slice())?
+            }
             None => tree.remove(key.as_slice())?,
         };
+        if let Some(old) = old {
+            grown -= (key.len() + old.len()) as i64;
+        }
     }
-    Ok(())
+    Ok(grown)
 }
 
 #[cfg(test)]
@@ -193,6 +217,6 @@ mod tests {
         let store = crate::Store::open(dir.path()).unwrap();
         let core = store.core_for_tests();
         assert_eq!(core.state.read().applied.map(|id| id.index), Some(2));
-        assert!(core.tree.get(&marker).unwrap().is_some());
+        assert!(core.tree().get(&marker).unwrap().is_some());
     }
 }

@@ -109,7 +109,7 @@ pub(crate) fn build(
     // machine is read back from sled, not from the snapshot file: so the tree must be durable
     // up to `last_log_id` before the snapshot is handed over. Flushing after the export covers
     // that (and possibly more).
-    core.disk.flush().map_err(write_err)?;
+    core.disk().flush().map_err(write_err)?;
     core.flushed_through(meta.last_log_id.map_or(0, |id| id.index));
     snapshots.save_built(&meta).map_err(write_err)?;
     tracing::info!(
@@ -241,7 +241,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             self.core.applied_waiters.advance(applied.index);
         }
         self.core
-            .disk
+            .disk()
             .flush_async()
             .await
             .map_err(|e| snapshot_error(Some(meta), ErrorVerb::Write, &e))?;
@@ -289,7 +289,7 @@ mod tests {
 
     /// Every pair of the MVCC tree.
     fn tree(core: &MvccCore) -> Pairs {
-        core.tree
+        core.tree()
             .iter()
             .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).unwrap())
             .collect()
@@ -472,11 +472,11 @@ mod tests {
             )
             .unwrap();
             follower_core
-                .tree
+                .tree()
                 .remove(crate::codec::META_FORMAT)
                 .unwrap();
             for (k, v) in tree(&core).into_iter().take(10) {
-                follower_core.tree.insert(k, v).unwrap();
+                follower_core.tree().insert(k, v).unwrap();
             }
             follower.flush().unwrap();
         }

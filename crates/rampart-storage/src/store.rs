@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec;
 use crate::compactor::Compactor;
-use crate::durability::{Disk, SledFiles};
+use crate::database::{Database, Handles, MVCC_TREE};
+use crate::defrag::{DefragReport, DefragStep, Defragmenter};
+use crate::durability::SledFiles;
 use crate::error::StoreError;
 use crate::log_store::LogStore;
 use crate::mvcc::{Mvcc, MvccCore};
@@ -15,18 +17,8 @@ use crate::snapshot::SnapshotFiles;
 use crate::state_machine::StateMachine;
 use crate::stats::StorageStats;
 
-/// sled tree of the Raft log (see [`crate::log_store`]).
-const LOG_TREE: &str = "raft_log";
 /// Directory of the Raft log's segment files (see [`crate::wal`]).
 const WAL_DIR: &str = "wal";
-/// sled tree of the MVCC state machine (see [`crate::codec`]).
-const MVCC_TREE: &str = "mvcc";
-/// sled tree of the state machine's redo record (see [`crate::redo`]).
-const REDO_TREE: &str = "mvcc_redo";
-/// Progress of the background compaction (see `compactor`).
-const COMPACTION_TREE: &str = "mvcc_compaction";
-/// sled tree of this node's own facts, which no snapshot carries.
-const NODE_TREE: &str = "node";
 const IDENTITY: &[u8] = b"identity";
 
 /// Which cluster this data directory belongs to and who this member is in it; written once at
@@ -37,13 +29,12 @@ pub struct ClusterIdentity {
     pub member_id: u64,
 }
 
-/// One node's data directory: the sled database in `dir/db` (Raft log, MVCC state machine, node
-/// identity) and the current snapshot in `dir/snap`. Cloning gives another handle on the same
-/// open database.
+/// One node's data directory: the sled database in `dir/db` (Raft log marks, MVCC state
+/// machine, node identity; `dir/db.<n>` once defragmented, see [`crate::defrag`]), the Raft
+/// log's segments in `dir/wal` and the current snapshot in `dir/snap`.
 pub struct Store {
-    db: sled::Db,
-    disk: Arc<Disk>,
-    node: sled::Tree,
+    database: Arc<Database>,
+    defragmenter: Arc<Defragmenter>,
     log: LogStore,
     core: Arc<MvccCore>,
     snapshots: Arc<SnapshotFiles>,
@@ -55,7 +46,9 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating if needed) the data directory: sled db in `dir/db`, snapshot file(s) in
+    /// Opens (creating if needed) the data directory: the sled database the pointer file names
+    /// (`dir/db` if there is none; any other database directory, left by a defragment a stop
+    /// interrupted or finished, is removed), the log segments in `dir/wal`, snapshot file(s) in
     /// `dir/snap`.
     ///
     /// Fails if the directory is already open (sled locks it), or if anything in it does not
@@ -63,37 +56,25 @@ impl Store {
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::io("create data directory", dir, e))?;
-        let files = SledFiles::new(&dir.join("db"));
-        let db = open_db(&files)?;
-        verify_readable(&db)?;
+        let current = crate::defrag::current_database(dir)?;
         let stats = Arc::new(StorageStats::default());
-        let disk = Arc::new(Disk::new(db.clone(), &files, stats.clone())?);
+        let handles = Handles::open(&dir.join(current), stats.clone())?;
+        verify_readable(&handles.db)?;
         let in_use = Arc::new(());
         let snapshots = Arc::new(SnapshotFiles::open(&dir.join("snap"))?);
-        let (mvcc_tree, redo_tree, compaction_tree) = (
-            db.open_tree(MVCC_TREE)?,
-            db.open_tree(REDO_TREE)?,
-            db.open_tree(COMPACTION_TREE)?,
-        );
-        finish_interrupted_install(&snapshots, &disk, &mvcc_tree, &redo_tree, &compaction_tree)?;
-        let core = Arc::new(MvccCore::open(
-            disk.clone(),
-            mvcc_tree,
-            redo_tree,
-            compaction_tree,
-        )?);
+        finish_interrupted_install(&snapshots, &handles)?;
+        let database = Arc::new(Database::new(handles));
+        let core = Arc::new(MvccCore::open(database.clone())?);
         Compactor::start(&core)?;
         let log = LogStore::open(
-            disk.clone(),
-            db.open_tree(LOG_TREE)?,
+            database.clone(),
             &dir.join(WAL_DIR),
             in_use.clone(),
             stats.clone(),
         )?
         .guard_purges(core.durable_applied.subscribe());
-        let node = db.open_tree(NODE_TREE)?;
         drop_stale_snapshot(&log, &core, &snapshots)?;
-        check_identity_file(dir, &node)?;
+        check_identity_file(dir, &database.get().node)?;
         {
             let state = core.state.read();
             tracing::info!(
@@ -105,9 +86,8 @@ impl Store {
             );
         }
         Ok(Store {
-            db,
-            disk,
-            node,
+            defragmenter: Arc::new(Defragmenter::new(dir, database.clone(), core.clone())),
+            database,
             log,
             core,
             snapshots,
@@ -166,7 +146,7 @@ impl Store {
 
     /// The identity recorded by [`Store::set_identity`], if any.
     pub fn identity(&self) -> Result<Option<ClusterIdentity>, StoreError> {
-        match self.node.get(IDENTITY)? {
+        match self.database.get().node.get(IDENTITY)? {
             Some(v) => Ok(Some(codec::decode("cluster identity", &v)?)),
             None => Ok(None),
         }
@@ -174,26 +154,65 @@ impl Store {
 
     /// Records this node's identity; durable (flushed) before returning.
     pub fn set_identity(&self, id: &ClusterIdentity) -> Result<(), StoreError> {
-        self.node
-            .insert(IDENTITY, codec::encode("cluster identity", id)?)?;
-        self.disk.flush()?;
+        let encoded = codec::encode("cluster identity", id)?;
+        // Written holding the database, so a defragment copies it (see `database`).
+        self.database.for_write().node.insert(IDENTITY, encoded)?;
+        self.database.get().disk.flush()?;
         // On disk: the identity, fsynced; a crash from here on restarts as this member.
         crate::files::write_atomically(&self.dir, IDENTITY_FILE, identity_text(id).as_bytes())?;
         // On disk as well: the same identity outside sled, for `check_identity_file`.
         Ok(())
     }
 
-    /// Bytes the database takes on disk (etcd's `dbSize`); 0 if sled cannot tell.
+    /// Bytes the database takes on disk (etcd's `dbSize`): the size of sled's file, which only
+    /// a defragment shrinks; 0 if sled cannot tell.
     pub fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or_else(|e| {
+        self.database.get().db.size_on_disk().unwrap_or_else(|e| {
             tracing::warn!(dir = %self.dir.display(), error = %e, "cannot read database size");
             0
         })
     }
 
+    /// Bytes of the database in use (etcd's `dbSizeInUse`), estimated as the bytes of the keys
+    /// and values of the state machine's tree (counted at open, kept up to date by every write
+    /// and removal; the Raft marks and the identity are a few hundred bytes more), at most
+    /// [`Store::size_on_disk`]. sled's per-page overhead is not counted: a freshly
+    /// defragmented file is somewhat larger than this.
+    pub fn size_in_use(&self) -> u64 {
+        self.core.live_bytes().min(self.size_on_disk())
+    }
+
+    /// Rewrites the database into a fresh one and swaps it in, while reads and writes go on
+    /// but for a short pause (see [`crate::defrag`]); a call while one runs joins it. Blocks
+    /// for the whole copy: call it off the async runtime. Cheap to clone and send: see
+    /// [`Store::defragmenter`].
+    pub fn defragment(&self) -> Result<DefragReport, StoreError> {
+        self.defragmenter.run(None)
+    }
+
+    /// A handle that runs [`Store::defragment`] from another thread.
+    pub fn defragmenter(&self) -> impl Fn() -> Result<DefragReport, StoreError> + Send + 'static {
+        let defragmenter = self.defragmenter.clone();
+        move || defragmenter.run(None)
+    }
+
+    /// [`Store::defragment`], stopped at `step` as a crash there would stop it: for tests of
+    /// what a restart then finds.
+    #[doc(hidden)]
+    pub fn defragment_stopped_at(&self, step: DefragStep) -> Result<DefragReport, StoreError> {
+        self.defragmenter.run(Some(step))
+    }
+
+    /// The directory of the current database, relative to the data directory.
+    pub fn database_dir(&self) -> PathBuf {
+        let dir = self.database.get().dir.clone();
+        dir.strip_prefix(&self.dir)
+            .map_or(dir.clone(), Path::to_path_buf)
+    }
+
     /// Flushes everything written so far to disk; the last step of an ordered shutdown.
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.disk.flush()?;
+        self.database.get().disk.flush()?;
         // On disk: every write made before this call, including applied entries not yet flushed.
         Ok(())
     }
@@ -228,6 +247,12 @@ impl Store {
         self.snapshots.clone()
     }
 
+    /// The defragment, for white-box tests of it.
+    #[cfg(test)]
+    pub(crate) fn defragmenter_for_tests(&self) -> Arc<Defragmenter> {
+        self.defragmenter.clone()
+    }
+
     /// The shared MVCC core, for white-box tests of the layout.
     #[cfg(test)]
     pub(crate) fn core_for_tests(&self) -> Arc<MvccCore> {
@@ -241,11 +266,14 @@ impl Store {
 /// `installing.snap` stops the store: the tree it was replacing cannot be trusted.
 fn finish_interrupted_install(
     snapshots: &SnapshotFiles,
-    disk: &Disk,
-    mvcc: &sled::Tree,
-    redo: &sled::Tree,
-    compaction: &sled::Tree,
+    handles: &Handles,
 ) -> Result<(), StoreError> {
+    let (disk, mvcc, redo, compaction) = (
+        &handles.disk,
+        &handles.mvcc,
+        &handles.redo,
+        &handles.compaction,
+    );
     let Some(path) = snapshots.interrupted_install() else {
         return Ok(());
     };
@@ -320,6 +348,15 @@ fn check_identity_file(dir: &Path, node: &sled::Tree) -> Result<(), StoreError> 
     Ok(())
 }
 
+/// The period of sled's flusher in a database a defragment fills: after each write-out of its
+/// buffer, the flusher also moves the live pages out of log segments that are mostly garbage
+/// (`attempt_gc`, sled's only segment cleaning, `flusher.rs:104-129`), so that freed segments
+/// are reused and the file grows less. Filling a store of 100,000 keys (33 MB of keys and
+/// values) made a file of 140 MB without it, 91 MB with it (every 10 ms or every 100 ms alike;
+/// 101 MB once reopened, which fills the rest of the last segment). The flusher also fsyncs
+/// the file at each period: the longer period keeps those fsyncs from crowding the log's.
+const COLLECT_EVERY_MS: u64 = 100;
+
 /// How long [`Store::open`] waits for a database that is still locked by a handle being closed.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
@@ -373,14 +410,15 @@ const SET_ASIDE_PREFIX: &str = "set-aside.";
 
 /// Opens the sled database. Every durable point of Rampart flushes explicitly, so sled's own
 /// periodic flusher is off: no background thread writes or holds the database, and closing it
-/// releases its lock at once. A database still locked by a handle that is closing (sled may
+/// releases its lock at once. (`collect`: on, every `COLLECT_EVERY_MS`, for a database a
+/// defragment is filling and no one else uses; see [`crate::defrag`].) A database still locked by a handle that is closing (sled may
 /// finish a last flush on another thread) is waited for briefly; one locked by another process
 /// is refused with a clear error.
 ///
 /// Before sled reads anything, everything it will read is made durable, so that it recovers, and
 /// writes its snapshot of, durable data only (see `durability`); snapshots that may not be of
 /// durable data are set aside first, and sled then recovers from its log alone.
-fn open_db(files: &SledFiles) -> Result<sled::Db, StoreError> {
+pub(crate) fn open_db(files: &SledFiles, collect: bool) -> Result<sled::Db, StoreError> {
     let segment_size = segment_size(files)?;
     if segment_size != SEGMENT_SIZE {
         tracing::warn!(
@@ -395,7 +433,7 @@ fn open_db(files: &SledFiles) -> Result<sled::Db, StoreError> {
     let config = sled::Config::new()
         .path(&files.dir)
         .segment_size(segment_size)
-        .flush_every_ms(None)
+        .flush_every_ms(collect.then_some(COLLECT_EVERY_MS))
         .cache_capacity(CACHE_CAPACITY);
     let started = std::time::Instant::now();
     let db = loop {

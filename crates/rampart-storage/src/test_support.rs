@@ -11,7 +11,7 @@ use crate::types::{Command, NodeId, PutRequest, TypeConfig};
 /// in key order, then revision order.
 pub(crate) fn history(core: &MvccCore) -> Vec<String> {
     let mut versions: Vec<(String, i64, bool)> = core
-        .tree
+        .tree()
         .scan_prefix([HISTORY])
         .map(|item| {
             let (k, v) = item.unwrap();

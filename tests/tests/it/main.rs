@@ -9,6 +9,8 @@
 //! - [`cluster`]: leader loss, partitions, healing and catch-up by snapshot, in process.
 //! - [`corruption`]: a member whose data was changed behind Raft's back is found by the
 //!   start-up and the periodic checks and refuses clients.
+//! - [`defrag`]: etcdctl's `defrag` against processes under writes: nothing lost, every
+//!   database smaller, Status's sizes.
 //! - [`election`]: the Election service through etcd-client, and etcdctl's `elect`.
 //! - [`etcd_client`]: compatibility with the `etcd-client` crate, errors included.
 //! - [`etcdctl`]: compatibility with the real `etcdctl` 3.4, against processes.
@@ -42,6 +44,7 @@ mod alarms;
 mod backup;
 mod cluster;
 mod corruption;
+mod defrag;
 mod election;
 mod etcd_client;
 mod etcdctl;

@@ -114,6 +114,7 @@ impl Maintenance for MaintenanceService {
     ) -> Result<Response<pb::StatusResponse>, Status> {
         let metrics = self.node.metrics();
         let db_size = self.node.db_size() as i64;
+        let db_size_in_use = self.node.db_size_in_use() as i64;
         let is_learner = self.node.is_learner();
         Ok(Response::new(pb::StatusResponse {
             header: Some(self.node.current_header()),
@@ -125,27 +126,23 @@ impl Maintenance for MaintenanceService {
             raft_applied_index: metrics.last_applied.map_or(0, |id| id.index),
             // One entry per raised alarm, as etcd's.
             errors: self.node.alarms().iter().map(alarm::status_error).collect(),
-            db_size_in_use: db_size,
+            db_size_in_use,
             is_learner,
             ..Default::default()
         }))
     }
 
-    /// Only flushes the database: unlike etcd's, this returns no space to the file system.
-    /// sled cannot rewrite its file in place; it reuses a log segment of its own accord once at
-    /// most half of it is live, which leaves a database that was overwritten several times at
-    /// several times the size of its live data even after a compaction. Building a snapshot so
-    /// as to purge the Raft log was weighed and not done: the snapshot file is a full copy of the
-    /// state machine, often larger than the log it would purge, and building one costs memory.
-    /// The measurements are in benches/README.md (`benches/capacity.sh`).
+    /// Rewrites this member's database into a fresh one holding only the live data and swaps
+    /// it in, giving the rest back to the file system (`rampart_storage`'s `defrag`). Unlike
+    /// etcd's, reads and writes go on while it copies; they wait only for the swap's pause,
+    /// which is logged with the sizes before and after. A request while one runs joins it. The
+    /// response carries no header, as etcd 3.4's does not.
     async fn defragment(
         &self,
         _request: Request<pb::DefragmentRequest>,
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
-        self.node.flush()?;
-        Ok(Response::new(pb::DefragmentResponse {
-            header: Some(self.node.current_header()),
-        }))
+        self.node.defragment().await?;
+        Ok(Response::new(pb::DefragmentResponse { header: None }))
     }
 
     /// The hash of this member's whole key-value state at its current revision (etcd hashes its

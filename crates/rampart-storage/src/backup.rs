@@ -556,7 +556,7 @@ fn write_restored(
     {
         // Nothing else uses the new store; the lock keeps its compactor off the tree anyway.
         let _state = core.state.write();
-        refill_tree(&core.tree, || match reader.next_batch()? {
+        refill_tree(&core.tree(), || match reader.next_batch()? {
             Some(batch) => Ok(Some(
                 batch.into_iter().filter(|(k, _)| !rewritten(k)).collect(),
             )),
@@ -645,7 +645,7 @@ mod tests {
     fn data(store: &Store) -> Pairs {
         store
             .core_for_tests()
-            .tree
+            .tree()
             .iter()
             .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).unwrap())
             .filter(|(k, _)| k.first() != Some(&META))

@@ -17,9 +17,9 @@ use std::sync::Arc;
 
 use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use crate::stats::StorageStats;
 use crate::durability::{Disk, SledFiles};
 use crate::error::StoreError;
+use crate::stats::StorageStats;
 
 /// sled tree of the Raft log (see [`crate::log_store`]).
 pub(crate) const LOG_TREE: &str = "raft_log";

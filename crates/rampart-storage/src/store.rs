@@ -223,7 +223,7 @@ impl Store {
     /// whether a live version of `key` was found.
     #[doc(hidden)]
     pub fn corrupt_value_for_tests(&self, key: &[u8], value: &[u8]) -> Result<bool, StoreError> {
-        let tree = &self.core.tree;
+        let tree = self.core.tree();
         for pair in tree.scan_prefix([codec::HISTORY]).rev() {
             let (k, v) = pair?;
             let stored = codec::history_value(&v)?;
@@ -235,7 +235,7 @@ impl Store {
             };
             record.value = value.to_vec();
             tree.insert(k, codec::history_put(key, &record)?)?;
-            self.disk.flush()?;
+            self.flush()?;
             return Ok(true);
         }
         Ok(false)

@@ -3,6 +3,8 @@
 
 Parses deploy/kubernetes/*.yaml and deploy/compose/*.yml (PyYAML) and
 deploy/systemd/rampart.env.example, and fails, naming each problem, if:
+  - a Kubernetes object does not validate, strictly (no unknown field), against the API schema
+    of Kubernetes KUBERNETES_VERSION (kubernetes-validate, which ships the schemas);
   - a RAMPART_* variable they set is not one that `rampart --help` lists;
   - Kubernetes: the Services, StatefulSet and PodDisruptionBudget do not select the same pods;
     the StatefulSet's serviceName is not the headless Service; ports 2379 (client) and 2380
@@ -15,7 +17,8 @@ deploy/systemd/rampart.env.example, and fails, naming each problem, if:
     rampartctl health check.
 
 Usage: deploy/check-manifests.py [RAMPART_BINARY]   (default target/release/rampart, else
-target/debug/rampart)
+target/debug/rampart). Needs PyYAML and kubernetes-validate from PyPI
+(`python3 -m pip install pyyaml kubernetes-validate`).
 """
 
 import glob
@@ -24,7 +27,11 @@ import re
 import subprocess
 import sys
 
+import kubernetes_validate
 import yaml
+
+# The oldest Kubernetes these manifests are meant for (policy/v1 PodDisruptionBudgets are 1.21+).
+KUBERNETES_VERSION = "1.30.0"
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 problems = []
@@ -73,6 +80,10 @@ def check_kubernetes(known, uid, volume, data_dir):
     by_kind = {}
     for d in docs:
         by_kind.setdefault(d["kind"], []).append(d)
+        try:
+            kubernetes_validate.validate(d, KUBERNETES_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            problems.append(f"{d['kind']} {d['metadata']['name']}: {e.message} at {list(e.path)}")
     (sts,) = by_kind["StatefulSet"]
     (pdb,) = by_kind["PodDisruptionBudget"]
     services = {s["metadata"]["name"]: s for s in by_kind["Service"]}

@@ -31,6 +31,8 @@ started=$(date +%s)
 step() { echo "--- test-compose [$(($(date +%s) - started)) s]: $*"; }
 fail() { echo "test-compose: FAILED: $*" >&2; exit 1; }
 
+# The Compose file reads it; the test bootstraps a new cluster.
+unset RAMPART_INITIAL_CLUSTER_STATE
 project="rampart-test-$$"
 compose_file=deploy/compose/docker-compose.yml
 work=$(mktemp -d)

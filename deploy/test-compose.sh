@@ -268,7 +268,7 @@ network=$(docker inspect --format '{{range $name, $_ := .NetworkSettings.Network
 echo "    $cut leaves $network"
 docker network disconnect "$network" "$(container "$cut")"
 # Its published port goes with its network, so it is asked from inside its container. A put
-# waits up to two election timeouts for a leader it can reach before "no leader" (2.9 to 3.8 s
+# waits up to two election timeouts for a leader it can reach before "no leader" (2.6 to 3.8 s
 # measured here, `docker exec` taking 0.1 s of it), so "quickly" is under 5 s, against the 7 s
 # of a request timeout.
 no_leader() {

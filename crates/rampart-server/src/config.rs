@@ -116,6 +116,14 @@ pub struct RawConfig {
         default_missing_value = "true"
     )]
     pub experimental_peer_fault_injection: Option<bool>,
+    /// Lowest level of log messages written: debug, info, warn, error, panic or fatal (etcd's
+    /// levels; Rampart logs nothing above error, so panic and fatal write its errors only).
+    /// RUST_LOG, when set, overrides it.
+    #[arg(long, env = "RAMPART_LOG_LEVEL")]
+    pub log_level: Option<String>,
+    /// Format of log lines: "text" (default) or "json", one object per line.
+    #[arg(long, env = "RAMPART_LOG_FORMAT")]
+    pub log_format: Option<String>,
 }
 
 impl RawConfig {
@@ -163,6 +171,8 @@ impl RawConfig {
             experimental_initial_corrupt_check,
             experimental_corrupt_check_time,
             experimental_peer_fault_injection,
+            log_level,
+            log_format,
         )
     }
 }
@@ -171,6 +181,37 @@ impl RawConfig {
 pub enum ClusterState {
     New,
     Existing,
+}
+
+/// The lowest level of log messages written (`--log-level`); etcd's names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    /// Also etcd's `panic` and `fatal`: Rampart logs nothing more severe than an error.
+    Error,
+}
+
+impl LogLevel {
+    /// The `tracing` level name, as a log filter directive takes it.
+    pub fn as_directive(self) -> &'static str {
+        match self {
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        }
+    }
+}
+
+/// How log lines are written (`--log-format`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
 }
 
 /// One member of `--initial-cluster`.
@@ -218,6 +259,8 @@ pub struct Config {
     /// Whether the peer listeners serve the test-only fault control
     /// (`--experimental-peer-fault-injection`).
     pub peer_fault_injection: bool,
+    pub log_level: LogLevel,
+    pub log_format: LogFormat,
     /// This member's id, derived from its peer URLs and the cluster token.
     pub member_id: NodeId,
     /// The cluster's id, derived from the initial members and the cluster token.
@@ -261,7 +304,7 @@ impl Config {
             .unwrap_or_else(|| PathBuf::from(format!("{name}.rampart")));
         let urls = |flag, value: Option<String>, default: &str| {
             let value = value.unwrap_or_else(|| default.to_string());
-            parse_urls(flag, &value)
+            parse_urls(flag, &value, resolves)
         };
         let listen_client_urls = urls(
             "listen-client-urls",
@@ -283,7 +326,7 @@ impl Config {
             }
         }
         let advertise_client_urls = match raw.advertise_client_urls {
-            Some(value) => parse_urls("advertise-client-urls", &value)?,
+            Some(value) => parse_urls("advertise-client-urls", &value, check_url)?,
             None => listen_client_urls.clone(),
         };
         let listen_peer_urls = urls(
@@ -292,7 +335,7 @@ impl Config {
             "http://127.0.0.1:2380",
         )?;
         let initial_advertise_peer_urls = match raw.initial_advertise_peer_urls {
-            Some(value) => parse_urls("initial-advertise-peer-urls", &value)?,
+            Some(value) => parse_urls("initial-advertise-peer-urls", &value, check_url)?,
             None => listen_peer_urls.clone(),
         };
         let initial_cluster_token = raw
@@ -386,6 +429,24 @@ impl Config {
             n if n < 0 => None,
             n => Some(n as u64),
         };
+        let log_level = match raw.log_level.as_deref() {
+            None | Some("info") => LogLevel::Info,
+            Some("debug") => LogLevel::Debug,
+            Some("warn") => LogLevel::Warn,
+            Some("error" | "panic" | "fatal") => LogLevel::Error,
+            Some(other) => {
+                return Err(invalid(
+                    "log-level",
+                    other,
+                    "must be debug, info, warn, error, panic or fatal",
+                ))
+            }
+        };
+        let log_format = match raw.log_format.as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => return Err(invalid("log-format", other, "must be text or json")),
+        };
         let cluster_id = cluster_id(&initial_cluster, &initial_cluster_token);
         Ok(Config {
             name,
@@ -411,6 +472,8 @@ impl Config {
             initial_corrupt_check: raw.experimental_initial_corrupt_check.unwrap_or(false),
             corrupt_check_time,
             peer_fault_injection: raw.experimental_peer_fault_injection.unwrap_or(false),
+            log_level,
+            log_format,
             member_id,
             cluster_id,
         })
@@ -446,7 +509,15 @@ fn sorted(urls: &[String]) -> Vec<String> {
     urls
 }
 
-fn parse_urls(flag: &'static str, value: &str) -> Result<Vec<String>, ConfigError> {
+/// Splits a comma-separated list of URLs, each passing `check`: listen URLs must resolve now,
+/// since they are bound at start; URLs of this or other members need only be well formed, since
+/// in a container or a Kubernetes pod another member's name may resolve only once it runs (its
+/// peer channel resolves it at each connection).
+fn parse_urls(
+    flag: &'static str,
+    value: &str,
+    check: fn(&str) -> Result<(), String>,
+) -> Result<Vec<String>, ConfigError> {
     let urls: Vec<String> = value
         .split(',')
         .map(str::trim)
@@ -457,9 +528,29 @@ fn parse_urls(flag: &'static str, value: &str) -> Result<Vec<String>, ConfigErro
         return Err(invalid(flag, value, "needs at least one URL"));
     }
     for url in &urls {
-        socket_addr(url).map_err(|reason| invalid(flag, value, reason))?;
+        check(url).map_err(|reason| invalid(flag, value, reason))?;
     }
     Ok(urls)
+}
+
+/// Whether a listen URL names an address this host can bind.
+fn resolves(url: &str) -> Result<(), String> {
+    socket_addr(url).map(drop)
+}
+
+/// Whether `url` is `http://host:port` with a numeric port, without resolving `host`.
+pub fn check_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{url:?} is not an http:// URL"))?;
+    let host_port = rest.trim_end_matches('/');
+    if host_port.contains('/') {
+        return Err(format!("{url:?} must not have a path"));
+    }
+    match host_port.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
+        _ => Err(format!("{url:?} does not name host:port")),
+    }
 }
 
 /// The address an `http://host:port` URL names. Only plain HTTP is supported so far.
@@ -488,7 +579,7 @@ fn parse_initial_cluster(text: &str, token: &str) -> Result<Vec<InitialMember>, 
                 format!("{entry:?} is not name=url"),
             )
         })?;
-        socket_addr(url).map_err(|reason| invalid("initial-cluster", text, reason))?;
+        check_url(url).map_err(|reason| invalid("initial-cluster", text, reason))?;
         by_name
             .entry(name.to_string())
             .or_default()
@@ -698,5 +789,66 @@ mod tests {
         ]));
         let file: RawConfig = toml::from_str("experimental-peer-fault-injection = true").unwrap();
         assert!(Config::from_raw(file).unwrap().peer_fault_injection);
+    }
+
+    #[test]
+    fn log_flags_take_etcds_levels_and_two_formats() {
+        let config = |level: Option<&str>, format: Option<&str>| {
+            Config::from_raw(RawConfig {
+                log_level: level.map(Into::into),
+                log_format: format.map(Into::into),
+                ..Default::default()
+            })
+        };
+        let defaults = config(None, None).unwrap();
+        assert_eq!(
+            (defaults.log_level, defaults.log_format),
+            (LogLevel::Info, LogFormat::Text)
+        );
+        for (name, level) in [
+            ("debug", LogLevel::Debug),
+            ("warn", LogLevel::Warn),
+            ("panic", LogLevel::Error),
+            ("fatal", LogLevel::Error),
+        ] {
+            assert_eq!(config(Some(name), None).unwrap().log_level, level);
+        }
+        assert_eq!(
+            config(None, Some("json")).unwrap().log_format,
+            LogFormat::Json
+        );
+        let err = config(Some("trace"), None).unwrap_err().to_string();
+        assert!(err.starts_with("invalid --log-level \"trace\""), "{err}");
+        let err = config(None, Some("xml")).unwrap_err().to_string();
+        assert!(err.starts_with("invalid --log-format \"xml\""), "{err}");
+    }
+
+    /// In Compose or a StatefulSet the other members' names resolve only once their
+    /// containers run; the configuration must not need them to.
+    #[test]
+    fn member_urls_need_not_resolve_yet() {
+        let config = Config::from_raw(RawConfig {
+            name: Some("a".into()),
+            listen_peer_urls: Some("http://127.0.0.1:2380".into()),
+            initial_advertise_peer_urls: Some("http://a.not-yet.invalid:2380".into()),
+            advertise_client_urls: Some("http://a.not-yet.invalid:2379".into()),
+            initial_cluster: Some(
+                "a=http://a.not-yet.invalid:2380,b=http://b.not-yet.invalid:2380".into(),
+            ),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(config.initial_cluster.len(), 2);
+        for bad in ["http://a.invalid", "http://a.invalid:port", "http://:2380"] {
+            let err = Config::from_raw(RawConfig {
+                name: Some("a".into()),
+                initial_advertise_peer_urls: Some(bad.into()),
+                initial_cluster: Some(format!("a={bad}")),
+                ..Default::default()
+            })
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains("host:port"), "{err}");
+        }
     }
 }

@@ -312,7 +312,9 @@ impl Config {
             "http://127.0.0.1:2379",
         )?;
         let listen_metrics_urls = match raw.listen_metrics_urls {
-            Some(value) if !value.is_empty() => parse_urls("listen-metrics-urls", &value)?,
+            Some(value) if !value.is_empty() => {
+                parse_urls("listen-metrics-urls", &value, resolves)?
+            }
             _ => Vec::new(),
         };
         match raw.metrics.as_deref() {

@@ -45,9 +45,9 @@
 # A record is, per member: VmRSS and RssAnon from /proc/<pid>/status, the data directory's
 # allocated size (du), and the dbSize that Maintenance.Status reports. Bytes per live key are the
 # memory and the data above the empty cluster's, over N (the cluster also holds one probe key
-# that the start-up check wrote). etcd runs with --quota-backend-bytes of
+# that the start-up check wrote). Both run with --quota-backend-bytes of
 # 8 GiB, its largest recommended, so that three versions of a million keys stay below its space
-# alarm (the default is 2 GiB); everything else is both servers' defaults (etcd: snapshot every
+# alarms (the default is 2 GiB); everything else is both servers' defaults (etcd: snapshot every
 # 100,000 entries; Rampart: every 100,000 entries too, sled's cache of 64 MiB). The restart times are
 # polled with etcdctl every 50 ms or so: a resolution of about a tenth of a second.
 #
@@ -117,7 +117,7 @@ find_binaries
 
 declare -A binaries=([etcd]=$etcd_bin [rampart]=$rampart_bin)
 declare -A port_bases=([etcd]=$etcd_port_base [rampart]=$rampart_port_base)
-declare -A extra_flags=([etcd]=--quota-backend-bytes=8589934592 [rampart]='')
+declare -A extra_flags=([etcd]=--quota-backend-bytes=8589934592 [rampart]=--quota-backend-bytes=8589934592)
 phases=(empty loaded overwritten compacted restarted)
 
 # The last key the load writes (rampart-bench's keys: the prefix, then the zero-padded index).
@@ -365,7 +365,7 @@ echo "--- write $result"
         "means over the 3 members; bytes per live key: what the phase holds above the empty" \
         "cluster (etcd's empty data directory is mostly its preallocated 64 MiB WAL files)," \
         "over $keys"
-    echo "- etcd with --quota-backend-bytes=8589934592; otherwise both with their defaults"
+    echo "- both with --quota-backend-bytes=8589934592 (8 GiB, etcd's largest recommended); otherwise both with their defaults"
     echo
     echo "| phase | etcd RSS MiB | Rampart RSS MiB | etcd data MiB | Rampart data MiB | etcd RSS B/key | Rampart RSS B/key | etcd data B/key | Rampart data B/key |"
     echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"

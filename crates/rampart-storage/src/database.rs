@@ -50,18 +50,8 @@ impl Handles {
     /// Opens (creating if needed) the sled database at `dir` and its trees.
     /// `stats` records its flushes' durations.
     pub(crate) fn open(dir: &Path, stats: Arc<StorageStats>) -> Result<Handles, StoreError> {
-        Handles::open_with(dir, false, stats)
-    }
-
-    /// [`Handles::open`], with sled's flusher collecting garbage in the background when
-    /// `collect`: only for a database that a defragment fills and nothing else uses yet.
-    pub(crate) fn open_with(
-        dir: &Path,
-        collect: bool,
-        stats: Arc<StorageStats>,
-    ) -> Result<Handles, StoreError> {
         let files = SledFiles::new(dir);
-        let db = crate::store::open_db(&files, collect)?;
+        let db = crate::store::open_db(&files)?;
         let disk = Arc::new(Disk::new(db.clone(), &files, stats)?);
         Ok(Handles {
             mvcc: db.open_tree(MVCC_TREE)?,

@@ -348,15 +348,6 @@ fn check_identity_file(dir: &Path, node: &sled::Tree) -> Result<(), StoreError> 
     Ok(())
 }
 
-/// The period of sled's flusher in a database a defragment fills: after each write-out of its
-/// buffer, the flusher also moves the live pages out of log segments that are mostly garbage
-/// (`attempt_gc`, sled's only segment cleaning, `flusher.rs:104-129`), so that freed segments
-/// are reused and the file grows less. Filling a store of 100,000 keys (33 MB of keys and
-/// values) made a file of 140 MB without it, 91 MB with it (every 10 ms or every 100 ms alike;
-/// 101 MB once reopened, which fills the rest of the last segment). The flusher also fsyncs
-/// the file at each period: the longer period keeps those fsyncs from crowding the log's.
-const COLLECT_EVERY_MS: u64 = 100;
-
 /// How long [`Store::open`] waits for a database that is still locked by a handle being closed.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
@@ -410,15 +401,14 @@ const SET_ASIDE_PREFIX: &str = "set-aside.";
 
 /// Opens the sled database. Every durable point of Rampart flushes explicitly, so sled's own
 /// periodic flusher is off: no background thread writes or holds the database, and closing it
-/// releases its lock at once. (`collect`: on, every `COLLECT_EVERY_MS`, for a database a
-/// defragment is filling and no one else uses; see [`crate::defrag`].) A database still locked by a handle that is closing (sled may
+/// releases its lock at once. A database still locked by a handle that is closing (sled may
 /// finish a last flush on another thread) is waited for briefly; one locked by another process
 /// is refused with a clear error.
 ///
 /// Before sled reads anything, everything it will read is made durable, so that it recovers, and
 /// writes its snapshot of, durable data only (see `durability`); snapshots that may not be of
 /// durable data are set aside first, and sled then recovers from its log alone.
-pub(crate) fn open_db(files: &SledFiles, collect: bool) -> Result<sled::Db, StoreError> {
+pub(crate) fn open_db(files: &SledFiles) -> Result<sled::Db, StoreError> {
     let segment_size = segment_size(files)?;
     if segment_size != SEGMENT_SIZE {
         tracing::warn!(
@@ -433,7 +423,7 @@ pub(crate) fn open_db(files: &SledFiles, collect: bool) -> Result<sled::Db, Stor
     let config = sled::Config::new()
         .path(&files.dir)
         .segment_size(segment_size)
-        .flush_every_ms(collect.then_some(COLLECT_EVERY_MS))
+        .flush_every_ms(None)
         .cache_capacity(CACHE_CAPACITY);
     let started = std::time::Instant::now();
     let db = loop {

@@ -144,6 +144,11 @@ def check_kubernetes(known, uid, volume, data_dir):
             check(ports.get(port, port) == 2379, f"{probe} is not on the client port")
         if p and "exec" in p:
             check(p["exec"]["command"][0] == "/usr/local/bin/rampartctl", f"{probe} runs no rampartctl")
+        if p and "httpGet" in p:
+            port = p["httpGet"]["port"]
+            check(ports.get(port, port) == 2379, f"{probe} is not on the client port")
+            want = {"readinessProbe": "/readyz", "livenessProbe": "/livez"}[probe]
+            check(p["httpGet"]["path"] == want, f"{probe} does not ask {want}")
     requests = container.get("resources", {}).get("requests", {})
     check("cpu" in requests and "memory" in requests, "no cpu and memory requests")
     check(container.get("imagePullPolicy") == "Never", "the image comes from no registry: Never pull")

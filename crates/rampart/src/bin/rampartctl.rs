@@ -55,6 +55,14 @@ enum Cmd {
     },
     /// Shows the member's status.
     Status,
+    /// Checks the member as `etcdctl endpoint health` does: a linearizable read through it
+    /// must succeed within TIMEOUT (so the member must reach a leader). Exits 1 if not: for
+    /// container health checks.
+    Health {
+        /// How long the read may take, e.g. "3s".
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// Lists the cluster's members.
     Members,
     /// Takes a named lock (etcdctl's `lock`): runs COMMAND while holding it and releases it
@@ -378,6 +386,32 @@ async fn run() -> anyhow::Result<i32> {
                 header.revision,
                 s.db_size
             );
+        }
+        Cmd::Health { timeout } => {
+            let began = std::time::Instant::now();
+            let mut kv = KvClient::new(channel);
+            let read = kv.range(pb::RangeRequest {
+                key: b"health".to_vec(),
+                ..Default::default()
+            });
+            match tokio::time::timeout(timeout, read).await {
+                Ok(Ok(_)) => println!(
+                    "{} is healthy: successfully committed proposal: took = {:?}",
+                    cli.endpoint,
+                    began.elapsed()
+                ),
+                Ok(Err(status)) => {
+                    println!("{} is unhealthy: {}", cli.endpoint, status.message());
+                    return Ok(1);
+                }
+                Err(_) => {
+                    println!(
+                        "{} is unhealthy: no answer within {timeout:?}",
+                        cli.endpoint
+                    );
+                    return Ok(1);
+                }
+            }
         }
         Cmd::Members => {
             let list = ClusterClient::new(channel)

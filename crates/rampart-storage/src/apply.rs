@@ -286,6 +286,7 @@ impl MvccCore {
                 AlarmAction::Activate => state.alarms.insert(alarm),
                 AlarmAction::Deactivate => state.alarms.remove(&alarm),
             };
+            self.publish_alarms(state);
         }
         if let Some(change) = changes.lease {
             // Under the write lock, in apply order, like the watch feed below.

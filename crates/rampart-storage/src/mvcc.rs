@@ -217,6 +217,10 @@ pub(crate) struct MvccCore {
     /// While a defragment copies the tree, the keys outside history that entries wrote since
     /// it began (see [`crate::defrag`]); `None` otherwise.
     pub changed_in_place: Mutex<Option<BTreeSet<Vec<u8>>>>,
+    /// A copy of `state`'s raised alarms, replaced whenever they change (with `state` locked
+    /// for writing): the checks every client call makes read it without waiting for an entry
+    /// being applied.
+    raised_alarms: Mutex<Arc<BTreeSet<AlarmMember>>>,
 }
 
 impl MvccCore {
@@ -267,6 +271,7 @@ impl MvccCore {
             Ok((k, v))
         }))?;
         let applied = state.applied.map_or(0, |id| id.index);
+        let raised_alarms = Mutex::new(Arc::new(state.alarms.clone()));
         Ok(MvccCore {
             compactor: Compactor::open(database.clone())?,
             database,
@@ -279,7 +284,14 @@ impl MvccCore {
             durable_applied: watch::Sender::new(applied),
             live_bytes: AtomicU64::new(live_bytes),
             changed_in_place: Mutex::new(None),
+            raised_alarms,
         })
+    }
+
+    /// Publishes `state`'s raised alarms to [`Mvcc::alarms`]; called with `state` locked for
+    /// writing, after they changed.
+    pub(crate) fn publish_alarms(&self, state: &MvccState) {
+        *self.raised_alarms.lock() = Arc::new(state.alarms.clone());
     }
 
     /// Notes the keys outside history that `batch` wrote, if a defragment is copying; called
@@ -432,6 +444,7 @@ impl MvccCore {
         self.compactor.tree_replaced()?;
         // In the tree now: exactly the snapshot's pairs. Durable at the caller's flush.
         *state = incoming;
+        self.publish_alarms(&state);
         // Sent under the write lock, like every feed message.
         self.feed.send_reset(state.revision);
         self.lease_feeds.end_all();
@@ -568,9 +581,10 @@ impl Mvcc {
         self.core.read_state().membership.clone()
     }
 
-    /// The raised alarms, by member and then kind.
+    /// The raised alarms, by member and then kind, as of the last entry applied. Read without
+    /// the state's lock: every client call checks them.
     pub fn alarms(&self) -> Vec<AlarmMember> {
-        self.core.read_state().alarms.iter().copied().collect()
+        self.core.raised_alarms.lock().iter().copied().collect()
     }
 
     /// The members' published attributes (from `Command::Publish`, the latest per id), by id.

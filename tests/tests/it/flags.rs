@@ -261,10 +261,17 @@ async fn a_production_etcd_command_line_and_etcd_variables_start_a_member() -> a
     Ok(())
 }
 
+/// Flags, environment variables, and the texts the refusal must print.
+type RefusalCase = (
+    &'static [&'static str],
+    &'static [(&'static str, &'static str)],
+    &'static [&'static str],
+);
+
 #[tokio::test(flavor = "multi_thread")]
 async fn unknown_and_unsupported_flags_and_shadowed_variables_are_refused() -> anyhow::Result<()> {
     rampart_tests::init_tracing();
-    let cases: [(&[&str], &[(&str, &str)], &[&str]); 5] = [
+    let cases: [RefusalCase; 5] = [
         (&["--no-such-flag=1"], &[], &["--no-such-flag"]),
         (
             &["--enable-v2=true"],

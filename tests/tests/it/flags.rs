@@ -3,7 +3,8 @@
 //! variables shadowed by a flag are refused, naming them; an unknown `ETCD_*` variable is
 //! logged, as etcd 3.4 does; ids equal those of a real etcd started with the same flags;
 //! auto-compaction in both modes compacts what etcd would and keeps what etcd would; and
-//! `--max-concurrent-streams` bounds a connection's calls.
+//! `--max-concurrent-streams` bounds a connection's calls and `--grpc-keepalive-*` closes a
+//! connection that answers no ping.
 //!
 //! Each flag's parsing, and each accepted and refused value, is tested beside the table in
 //! `rampart-server`'s `config.rs`; here are the effects.
@@ -581,5 +582,55 @@ async fn max_concurrent_streams_bounds_the_calls_of_one_connection() -> anyhow::
         .context("a call on another connection")?;
     drop(watch);
     cluster.shutdown().await;
+    Ok(())
+}
+
+/// Opens an HTTP/2 connection to `url` that never answers the server's pings, and waits at
+/// most `within` for the server to close it; whether it did.
+async fn closed_without_ping_answers(url: &str, within: Duration) -> anyhow::Result<bool> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = url.trim_start_matches("http://");
+    let mut socket = tokio::net::TcpStream::connect(addr).await?;
+    socket
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await?;
+    // An empty SETTINGS frame: length 0, type 4, no flags, stream 0.
+    socket.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await?;
+    let until_closed = async {
+        let mut buf = [0u8; 1024];
+        loop {
+            match socket.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    Ok(tokio::time::timeout(within, until_closed).await.is_ok())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_keepalive_closes_connections_that_do_not_answer_pings() -> anyhow::Result<()> {
+    let pinging = TestCluster::start_with(1, |raw| {
+        raw.grpc_keepalive_interval = Some("300ms".into());
+        raw.grpc_keepalive_timeout = Some("300ms".into());
+    })
+    .await?;
+    pinging.wait_for_leader(Duration::from_secs(30)).await?;
+    let url = pinging.members[0].client_url.clone();
+    ensure!(
+        closed_without_ping_answers(&url, Duration::from_secs(10)).await?,
+        "a connection that answers no ping was still open 10 s after a 300ms keepalive"
+    );
+    pinging.shutdown().await;
+
+    // With etcd's defaults (a ping after 2 hours idle) the same connection stays.
+    let quiet = TestCluster::start(1).await?;
+    quiet.wait_for_leader(Duration::from_secs(30)).await?;
+    let url = quiet.members[0].client_url.clone();
+    ensure!(
+        !closed_without_ping_answers(&url, Duration::from_secs(2)).await?,
+        "the connection was closed within 2 s with etcd's default keepalive"
+    );
+    quiet.shutdown().await;
     Ok(())
 }

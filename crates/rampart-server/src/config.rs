@@ -1,9 +1,14 @@
-//! The node's configuration, layered once: defaults < config file (TOML) < `RAMPART_*`
-//! environment variables < command-line flags, then validated into [`Config`].
+//! The node's configuration, layered once: defaults < config file (TOML) < etcd's `ETCD_*`
+//! environment variables < `RAMPART_*` ones < command-line flags, then validated into
+//! [`Config`].
 //!
 //! Flag and file key names follow etcd's where the meaning is the same (`--data-dir`,
 //! `--initial-cluster`, ...). [`RawConfig`] is the unvalidated form: every field optional, shared
 //! by clap (flags and environment) and serde (the file), so the list of settings exists once.
+//! Every other flag of etcd 3.4 is a row of [`ETCD_ONLY_FLAGS`] or [`TLS_AND_AUTH_FLAGS`]:
+//! accepted without effect, or refused with a value that asks for what Rampart lacks.
+//! [`etcd_variables`] reads `ETCD_*` variables as etcd's `pkg/flags` does. Member and cluster
+//! ids are derived as etcd 3.4 derives them.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -11,8 +16,9 @@ use std::net::ToSocketAddrs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rampart_storage::NodeId;
+use rampart_storage::{ClusterIdentity, NodeId};
 use serde::Deserialize;
+use sha1::Sha1;
 use sha2::{Digest, Sha256};
 
 /// Settings as given, before defaults and validation.
@@ -124,6 +130,54 @@ pub struct RawConfig {
     /// Format of log lines: "text" (default) or "json", one object per line.
     #[arg(long, env = "RAMPART_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// Where log lines go, comma-separated: "stderr" (also etcd's "default"), "stdout", or a
+    /// file path (appended to).
+    #[arg(long, env = "RAMPART_LOG_OUTPUTS")]
+    pub log_outputs: Option<String>,
+    /// etcd's deprecated switch for debug logging: true sets --log-level to debug.
+    #[arg(
+        long,
+        env = "RAMPART_DEBUG",
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub debug: Option<bool>,
+    /// How --auto-compaction-retention reads: "periodic" (a duration, in hours without a unit)
+    /// or "revision" (a number of revisions).
+    #[arg(long, env = "RAMPART_AUTO_COMPACTION_MODE")]
+    pub auto_compaction_mode: Option<String>,
+    /// History the leader keeps when it compacts by itself, as etcd's; "0" (the default) never
+    /// compacts.
+    #[arg(long, env = "RAMPART_AUTO_COMPACTION_RETENTION")]
+    pub auto_compaction_retention: Option<String>,
+    /// TEST ONLY: how often the revision auto-compactor looks, in place of etcd's 5 minutes.
+    #[arg(
+        long,
+        env = "RAMPART_TEST_ONLY_REVISION_COMPACTION_INTERVAL",
+        hide = true
+    )]
+    pub test_only_revision_compaction_interval: Option<String>,
+    /// Shortest interval between a client's keepalive pings that etcd tolerates (default 5s);
+    /// accepted, without effect: Rampart answers every ping.
+    #[arg(long, env = "RAMPART_GRPC_KEEPALIVE_MIN_TIME")]
+    pub grpc_keepalive_min_time: Option<String>,
+    /// How long a client connection may be idle before the member pings it (default 2h; 0
+    /// never pings).
+    #[arg(long, env = "RAMPART_GRPC_KEEPALIVE_INTERVAL")]
+    pub grpc_keepalive_interval: Option<String>,
+    /// How long the member waits for the answer to its ping before it closes the connection
+    /// (default 20s; 0 never pings).
+    #[arg(long, env = "RAMPART_GRPC_KEEPALIVE_TIMEOUT")]
+    pub grpc_keepalive_timeout: Option<String>,
+    /// Most concurrent calls (HTTP/2 streams) one client connection may have open (default
+    /// 4294967295, etcd's).
+    #[arg(long, env = "RAMPART_MAX_CONCURRENT_STREAMS")]
+    pub max_concurrent_streams: Option<u32>,
+    /// The etcd 3.4 flags that Rampart accepts without effect or refuses (see
+    /// [`ETCD_ONLY_FLAGS`] and [`TLS_AND_AUTH_FLAGS`]): command line and environment only.
+    #[command(flatten)]
+    #[serde(skip)]
+    pub etcd_only: EtcdOnly,
 }
 
 impl RawConfig {
@@ -133,9 +187,21 @@ impl RawConfig {
             path: path.to_owned(),
             reason: source.to_string(),
         })?;
-        toml::from_str(&text).map_err(|e| ConfigError::File {
-            path: path.to_owned(),
-            reason: e.to_string(),
+        toml::from_str(&text).map_err(|e| {
+            // etcd's --config-file is YAML: say so rather than leave a TOML parse error alone.
+            let yaml = path
+                .extension()
+                .is_some_and(|ext| ext == "yml" || ext == "yaml");
+            let hint = if yaml {
+                "; Rampart's configuration file is TOML with its flag names as keys (etcd's \
+                 YAML file is not read: pass its settings as flags or ETCD_* variables)"
+            } else {
+                ""
+            };
+            ConfigError::File {
+                path: path.to_owned(),
+                reason: format!("{e}{hint}"),
+            }
         })
     }
 
@@ -143,7 +209,10 @@ impl RawConfig {
     pub fn over(self, lower: RawConfig) -> RawConfig {
         macro_rules! pick {
             ($($field:ident),* $(,)?) => {
-                RawConfig { $($field: self.$field.or(lower.$field)),* }
+                RawConfig {
+                    etcd_only: self.etcd_only.over(lower.etcd_only),
+                    $($field: self.$field.or(lower.$field)),*
+                }
             };
         }
         pick!(
@@ -173,6 +242,15 @@ impl RawConfig {
             experimental_peer_fault_injection,
             log_level,
             log_format,
+            log_outputs,
+            debug,
+            auto_compaction_mode,
+            auto_compaction_retention,
+            test_only_revision_compaction_interval,
+            grpc_keepalive_min_time,
+            grpc_keepalive_interval,
+            grpc_keepalive_timeout,
+            max_concurrent_streams,
         )
     }
 }
@@ -213,6 +291,32 @@ pub enum LogFormat {
     /// One JSON object per line, for log collectors.
     Json,
 }
+
+/// Where log lines go (`--log-outputs`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogOutput {
+    Stdout,
+    /// Also etcd's `default` (etcd writes to journald under systemd; Rampart writes to stderr,
+    /// which systemd sends to the journal).
+    Stderr,
+    /// A file, appended to.
+    File(PathBuf),
+}
+
+/// When the leader compacts history by itself (`--auto-compaction-mode`,
+/// `--auto-compaction-retention`), as etcd 3.4's `v3compactor` does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AutoCompaction {
+    /// Never (a retention of 0, the default).
+    Off,
+    /// Keep at least this much time of history.
+    Periodic(Duration),
+    /// Keep this many revisions.
+    Revision(i64),
+}
+
+/// etcd's revision compactor looks every 5 minutes (`revInterval`).
+pub const REVISION_COMPACTION_INTERVAL: Duration = Duration::from_secs(5 * 60);
 
 /// One member of `--initial-cluster`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -261,10 +365,29 @@ pub struct Config {
     pub peer_fault_injection: bool,
     pub log_level: LogLevel,
     pub log_format: LogFormat,
-    /// This member's id, derived from its peer URLs and the cluster token.
+    /// Where log lines go, each once (`--log-outputs`; stderr by default, as etcd's).
+    pub log_outputs: Vec<LogOutput>,
+    /// `--auto-compaction-mode` and `--auto-compaction-retention`.
+    pub auto_compaction: AutoCompaction,
+    /// How often the revision auto-compactor looks: etcd's 5 minutes, shorter only through
+    /// the hidden, test-only `--test-only-revision-compaction-interval`.
+    pub revision_compaction_interval: Duration,
+    /// How long a client connection may be idle before the member pings it; `None`: never
+    /// (`--grpc-keepalive-interval` or `--grpc-keepalive-timeout` 0).
+    pub grpc_keepalive_interval: Option<Duration>,
+    /// How long the member waits for a ping's answer before it closes the connection.
+    pub grpc_keepalive_timeout: Duration,
+    /// Most concurrent HTTP/2 streams per client connection (`--max-concurrent-streams`).
+    pub max_concurrent_streams: u32,
+    /// One line each for the flags given that are accepted without effect, logged at start.
+    pub accepted_flags: Vec<String>,
+    /// This member's id, derived from its peer URLs and the cluster token, as etcd derives it.
     pub member_id: NodeId,
-    /// The cluster's id, derived from the initial members and the cluster token.
+    /// The cluster's id, derived from the initial member ids, as etcd derives it.
     pub cluster_id: u64,
+    /// The ids that builds before etcd's derivation gave the same settings (SHA-256): a data
+    /// directory one of them created keeps them.
+    pub legacy_identity: ClusterIdentity,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -277,6 +400,21 @@ pub enum ConfigError {
         value: String,
         reason: String,
     },
+    /// An etcd flag with a value asking for what Rampart does not have.
+    #[error("--{flag}={value} is refused: {reason}")]
+    Refused {
+        flag: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+    /// etcd's refusal of an `ETCD_*` variable for a flag also given on the command line.
+    #[error(
+        "conflicting environment variable {var:?} is shadowed by corresponding command-line \
+         flag (either unset environment variable or disable flag)"
+    )]
+    ShadowedVariable { var: String },
+    #[error("invalid environment variable {var}: {reason}")]
+    InvalidVariable { var: String, reason: String },
 }
 
 fn invalid(flag: &'static str, value: impl Into<String>, reason: impl Into<String>) -> ConfigError {
@@ -368,6 +506,7 @@ impl Config {
             ));
         }
         let member_id = me.id;
+        let me_peer_urls = me.peer_urls.clone();
         let initial_cluster_state = match raw.initial_cluster_state.as_deref() {
             None | Some("new") => ClusterState::New,
             Some("existing") => ClusterState::Existing,
@@ -405,7 +544,7 @@ impl Config {
         }
         let duration = |flag: &'static str, value: Option<String>, default: Duration| match value {
             None => Ok(default),
-            Some(text) => match humantime::parse_duration(&text) {
+            Some(text) => match parse_duration(&text) {
                 Ok(d) if !d.is_zero() => Ok(d),
                 Ok(_) => Err(invalid(flag, text, "must be positive")),
                 Err(e) => Err(invalid(flag, text, e.to_string())),
@@ -423,8 +562,8 @@ impl Config {
         )?;
         let corrupt_check_time = match raw.experimental_corrupt_check_time {
             None => Duration::ZERO,
-            Some(text) => humantime::parse_duration(&text)
-                .map_err(|e| invalid("experimental-corrupt-check-time", text, e.to_string()))?,
+            Some(text) => parse_duration(&text)
+                .map_err(|e| invalid("experimental-corrupt-check-time", text, e))?,
         };
         let quota_backend_bytes = match raw.quota_backend_bytes.unwrap_or(0) {
             0 => Some(DEFAULT_QUOTA_BACKEND_BYTES),
@@ -432,6 +571,8 @@ impl Config {
             n => Some(n as u64),
         };
         let log_level = match raw.log_level.as_deref() {
+            // etcd's deprecated --debug wins over --log-level, as in etcd.
+            _ if raw.debug == Some(true) => LogLevel::Debug,
             None | Some("info") => LogLevel::Info,
             Some("debug") => LogLevel::Debug,
             Some("warn") => LogLevel::Warn,
@@ -449,7 +590,61 @@ impl Config {
             Some("json") => LogFormat::Json,
             Some(other) => return Err(invalid("log-format", other, "must be text or json")),
         };
-        let cluster_id = cluster_id(&initial_cluster, &initial_cluster_token);
+        let log_outputs = parse_log_outputs(raw.log_outputs.as_deref().unwrap_or("default"))?;
+        let auto_compaction = parse_auto_compaction(
+            raw.auto_compaction_mode.as_deref(),
+            raw.auto_compaction_retention.as_deref(),
+        )?;
+        let revision_compaction_interval = duration(
+            "test-only-revision-compaction-interval",
+            raw.test_only_revision_compaction_interval,
+            REVISION_COMPACTION_INTERVAL,
+        )?;
+        let go_duration = |flag: &'static str, value: Option<String>, default: Duration| {
+            value.map_or(Ok(default), |text| {
+                parse_go_duration(&text).map_err(|reason| invalid(flag, text, reason))
+            })
+        };
+        let mut accepted_flags = Vec::new();
+        if let Some(text) = raw.grpc_keepalive_min_time {
+            go_duration(
+                "grpc-keepalive-min-time",
+                Some(text.clone()),
+                Duration::ZERO,
+            )?;
+            accepted_flags.push(format!(
+                "--grpc-keepalive-min-time={text} is accepted without effect: Rampart's HTTP/2 \
+                 server answers every client ping and closes no connection for pinging often"
+            ));
+        }
+        let keepalive_interval = go_duration(
+            "grpc-keepalive-interval",
+            raw.grpc_keepalive_interval,
+            Duration::from_secs(2 * 3600),
+        )?;
+        let grpc_keepalive_timeout = go_duration(
+            "grpc-keepalive-timeout",
+            raw.grpc_keepalive_timeout,
+            Duration::from_secs(20),
+        )?;
+        // etcd pings only when both are positive.
+        let grpc_keepalive_interval = (!keepalive_interval.is_zero()
+            && !grpc_keepalive_timeout.is_zero())
+        .then_some(keepalive_interval);
+        let max_concurrent_streams = raw.max_concurrent_streams.unwrap_or(u32::MAX);
+        if max_concurrent_streams == 0 {
+            return Err(invalid(
+                "max-concurrent-streams",
+                "0",
+                "must be positive (no client could make a call)",
+            ));
+        }
+        accepted_flags.extend(raw.etcd_only.check()?);
+        let cluster_id = cluster_id(&initial_cluster);
+        let legacy_identity = ClusterIdentity {
+            cluster_id: legacy_cluster_id(&initial_cluster, &initial_cluster_token),
+            member_id: legacy_member_id(&me_peer_urls, &initial_cluster_token),
+        };
         Ok(Config {
             name,
             data_dir,
@@ -476,8 +671,16 @@ impl Config {
             peer_fault_injection: raw.experimental_peer_fault_injection.unwrap_or(false),
             log_level,
             log_format,
+            log_outputs,
+            auto_compaction,
+            revision_compaction_interval,
+            grpc_keepalive_interval,
+            grpc_keepalive_timeout,
+            max_concurrent_streams,
+            accepted_flags,
             member_id,
             cluster_id,
+            legacy_identity,
         })
     }
 
@@ -540,11 +743,18 @@ fn resolves(url: &str) -> Result<(), String> {
     socket_addr(url).map(drop)
 }
 
+/// Why a URL that is not `http://` is refused.
+fn not_http(url: &str) -> String {
+    if url.starts_with("https://") || url.starts_with("unixs://") {
+        format!("{url:?} needs TLS, and TLS is not there yet: use an http:// URL")
+    } else {
+        format!("{url:?} is not an http:// URL")
+    }
+}
+
 /// Whether `url` is `http://host:port` with a numeric port, without resolving `host`.
 pub fn check_url(url: &str) -> Result<(), String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("{url:?} is not an http:// URL"))?;
+    let rest = url.strip_prefix("http://").ok_or_else(|| not_http(url))?;
     let host_port = rest.trim_end_matches('/');
     if host_port.contains('/') {
         return Err(format!("{url:?} must not have a path"));
@@ -557,17 +767,22 @@ pub fn check_url(url: &str) -> Result<(), String> {
 
 /// The address an `http://host:port` URL names. Only plain HTTP is supported so far.
 pub fn socket_addr(url: &str) -> Result<SocketAddr, String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("{url:?} is not an http:// URL"))?;
+    let rest = url.strip_prefix("http://").ok_or_else(|| not_http(url))?;
     let host_port = rest.trim_end_matches('/');
     if host_port.contains('/') {
         return Err(format!("{url:?} must not have a path"));
     }
-    host_port
+    let addrs: Vec<SocketAddr> = host_port
         .to_socket_addrs()
         .map_err(|e| format!("{url:?} does not name host:port: {e}"))?
-        .next()
+        .collect();
+    // As Go's listener, which etcd uses: `localhost` binds 127.0.0.1, where clients look
+    // first, even where the resolver lists ::1 before it.
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
         .ok_or_else(|| format!("{url:?} resolves to no address"))
 }
 
@@ -618,11 +833,11 @@ fn first_u64(digest: &[u8]) -> u64 {
     u64::from_be_bytes(bytes)
 }
 
-/// A member's id: a hash of its sorted peer URLs and the cluster token, as etcd derives it, so
-/// every node computes the same ids from the same `--initial-cluster`. Never 0 (openraft and
-/// etcd use 0 for "none").
+/// A member's id, as etcd 3.4 derives it (`membership.NewMember`): the first 8 bytes, big
+/// endian, of the SHA-1 of its sorted peer URLs and the cluster token, so the same flags give
+/// etcd's ids. Never 0 (openraft and etcd use 0 for "none").
 pub fn member_id(peer_urls: &[String], token: &str) -> NodeId {
-    let mut hasher = Sha256::new();
+    let mut hasher = Sha1::new();
     for url in sorted(peer_urls) {
         hasher.update(url.as_bytes());
     }
@@ -630,22 +845,47 @@ pub fn member_id(peer_urls: &[String], token: &str) -> NodeId {
     first_u64(&hasher.finalize()).max(1)
 }
 
-/// The id of a member added to a running cluster (etcd's `NewMember` with a time): a hash of
-/// its sorted peer URLs, the cluster token and the time of the add, so that a member added again
-/// on the URLs of a removed one gets a new id. Never 0.
-pub fn added_member_id(peer_urls: &[String], token: &str, unix_nanos: u128) -> NodeId {
-    let mut hasher = Sha256::new();
+/// The id of a member added to a running cluster, as etcd 3.4's `MemberAdd` derives it: its
+/// sorted peer URLs and the time of the add in whole seconds (in decimal), with no cluster
+/// token, so that a member added again on the URLs of a removed one gets a new id. Never 0.
+pub fn added_member_id(peer_urls: &[String], unix_secs: u64) -> NodeId {
+    let mut hasher = Sha1::new();
     for url in sorted(peer_urls) {
         hasher.update(url.as_bytes());
     }
-    hasher.update(token.as_bytes());
-    hasher.update(unix_nanos.to_be_bytes());
+    hasher.update(unix_secs.to_string().as_bytes());
     first_u64(&hasher.finalize()).max(1)
 }
 
-/// The cluster's id: a hash of its initial member ids and the token.
-pub fn cluster_id(members: &[InitialMember], token: &str) -> u64 {
+/// The cluster's id, as etcd 3.4 derives it (`RaftCluster.genID`): the first 8 bytes, big
+/// endian, of the SHA-1 of the sorted initial member ids, each 8 bytes big endian.
+pub fn cluster_id(members: &[InitialMember]) -> u64 {
     let mut ids: Vec<NodeId> = members.iter().map(|m| m.id).collect();
+    ids.sort_unstable();
+    let mut hasher = Sha1::new();
+    for id in ids {
+        hasher.update(id.to_be_bytes());
+    }
+    first_u64(&hasher.finalize()).max(1)
+}
+
+/// The member id earlier builds derived (SHA-256 of the sorted peer URLs and the token), which
+/// data directories they created keep.
+fn legacy_member_id(peer_urls: &[String], token: &str) -> NodeId {
+    let mut hasher = Sha256::new();
+    for url in sorted(peer_urls) {
+        hasher.update(url.as_bytes());
+    }
+    hasher.update(token.as_bytes());
+    first_u64(&hasher.finalize()).max(1)
+}
+
+/// The cluster id earlier builds derived (SHA-256 of their sorted member ids and the token).
+fn legacy_cluster_id(members: &[InitialMember], token: &str) -> u64 {
+    let mut ids: Vec<NodeId> = members
+        .iter()
+        .map(|m| legacy_member_id(&m.peer_urls, token))
+        .collect();
     ids.sort_unstable();
     let mut hasher = Sha256::new();
     for id in ids {
@@ -653,6 +893,571 @@ pub fn cluster_id(members: &[InitialMember], token: &str) -> u64 {
     }
     hasher.update(token.as_bytes());
     first_u64(&hasher.finalize()).max(1)
+}
+
+/// A duration as etcd's flags take it (Go's `time.ParseDuration`: `500ms`, `1h30m`, `1.5h`),
+/// or in `humantime`'s longer forms (`10 minutes`), which earlier builds took.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    parse_go_duration(text).or_else(|go| humantime::parse_duration(text).map_err(|_| go))
+}
+
+/// A non-negative duration in Go's `time.ParseDuration` syntax: `0`, or numbers (with an
+/// optional fraction), each followed by a unit of `ns`, `us` (`µs`), `ms`, `s`, `m` or `h`.
+pub fn parse_go_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("{text:?} is not a duration (such as \"300ms\", \"5s\" or \"1h30m\")");
+    let body = text.strip_prefix('+').unwrap_or(text);
+    if body.starts_with('-') {
+        return Err(format!("{text:?} is negative"));
+    }
+    if body == "0" {
+        return Ok(Duration::ZERO);
+    }
+    if body.is_empty() {
+        return Err(bad());
+    }
+    let mut rest = body;
+    let mut nanos: u128 = 0;
+    while !rest.is_empty() {
+        let digits = |s: &str| s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (whole, after) = rest.split_at(digits(rest));
+        let (fraction, after) = match after.strip_prefix('.') {
+            Some(after) => after.split_at(digits(after)),
+            None => ("", after),
+        };
+        if whole.is_empty() && fraction.is_empty() {
+            return Err(bad());
+        }
+        let unit_len = after
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(after.len());
+        let (unit, after) = after.split_at(unit_len);
+        let unit_nanos: u128 = match unit {
+            "ns" => 1,
+            "us" | "µs" | "μs" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
+            "" => return Err(format!("{text:?} has a number without a unit")),
+            _ => return Err(bad()),
+        };
+        let whole: u128 = if whole.is_empty() {
+            0
+        } else {
+            whole.parse().map_err(|_| bad())?
+        };
+        nanos = whole
+            .checked_mul(unit_nanos)
+            .and_then(|n| n.checked_add(nanos))
+            .ok_or_else(bad)?;
+        if !fraction.is_empty() {
+            let fraction = &fraction[..fraction.len().min(18)];
+            let scale = 10u128.pow(fraction.len() as u32);
+            let part: u128 = fraction.parse().map_err(|_| bad())?;
+            nanos += part * unit_nanos / scale;
+        }
+        rest = after;
+    }
+    u64::try_from(nanos)
+        .map(Duration::from_nanos)
+        .map_err(|_| bad())
+}
+
+/// A boolean as Go's `strconv.ParseBool` reads it (etcd's boolean flags).
+fn parse_go_bool(text: &str) -> Option<bool> {
+    match text {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+/// `--log-outputs`: comma-separated `default`, `stderr`, `stdout` or file paths.
+fn parse_log_outputs(text: &str) -> Result<Vec<LogOutput>, ConfigError> {
+    let mut outputs = Vec::new();
+    for part in text.split(',').map(str::trim) {
+        let output = match part {
+            "" => return Err(invalid("log-outputs", text, "names an empty output")),
+            "default" | "stderr" => LogOutput::Stderr,
+            "stdout" => LogOutput::Stdout,
+            path => LogOutput::File(PathBuf::from(path)),
+        };
+        if !outputs.contains(&output) {
+            outputs.push(output);
+        }
+    }
+    Ok(outputs)
+}
+
+/// etcd 3.4's reading of `--auto-compaction-mode` and `--auto-compaction-retention`
+/// (`embed.parseCompactionRetention`): a whole number is hours in periodic mode and revisions
+/// in revision mode; anything else is a Go duration (in revision mode, its nanoseconds count
+/// revisions, as in etcd).
+fn parse_auto_compaction(
+    mode: Option<&str>,
+    retention: Option<&str>,
+) -> Result<AutoCompaction, ConfigError> {
+    let revision = match mode {
+        None | Some("") | Some("periodic") => false,
+        Some("revision") => true,
+        Some(other) => {
+            return Err(invalid(
+                "auto-compaction-mode",
+                other,
+                "must be periodic or revision",
+            ))
+        }
+    };
+    let text = retention.unwrap_or("0");
+    let bad = |reason: String| invalid("auto-compaction-retention", text, reason);
+    let policy = match text.parse::<i64>() {
+        Ok(0) => AutoCompaction::Off,
+        Ok(n) if n > 0 && revision => AutoCompaction::Revision(n),
+        Ok(n) if n > 0 => {
+            let secs = (n as u64)
+                .checked_mul(3600)
+                .ok_or_else(|| bad("is too long".into()))?;
+            AutoCompaction::Periodic(Duration::from_secs(secs))
+        }
+        _ => {
+            let period = parse_go_duration(text).map_err(bad)?;
+            if period.is_zero() {
+                AutoCompaction::Off
+            } else if revision {
+                AutoCompaction::Revision(i64::try_from(period.as_nanos()).unwrap_or(i64::MAX))
+            } else {
+                AutoCompaction::Periodic(period)
+            }
+        }
+    };
+    Ok(policy)
+}
+
+/// How an etcd-only flag's value is checked, as etcd's flag package would parse it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlagValue {
+    /// Go's booleans; the flag alone means true.
+    Bool,
+    /// A whole number.
+    Number,
+    /// A Go duration, or empty.
+    Duration,
+    /// Any text.
+    Text,
+}
+
+impl FlagValue {
+    /// The value in a form that compares as etcd would (booleans as `true`/`false`), or why
+    /// etcd's flag package would refuse it.
+    fn normalize(self, value: &str) -> Result<String, String> {
+        match self {
+            FlagValue::Bool => parse_go_bool(value)
+                .map(|b| b.to_string())
+                .ok_or_else(|| format!("{value:?} is not a boolean")),
+            FlagValue::Number => value
+                .parse::<i64>()
+                .map(|n| n.to_string())
+                .map_err(|_| format!("{value:?} is not a whole number")),
+            FlagValue::Duration if value.is_empty() => Ok(String::new()),
+            FlagValue::Duration => parse_go_duration(value).map(|_| value.to_string()),
+            FlagValue::Text => Ok(value.to_string()),
+        }
+    }
+}
+
+/// An etcd 3.4 flag Rampart has no setting for: accepted without effect, or refused.
+#[derive(Clone, Copy, Debug)]
+pub struct EtcdFlag {
+    pub name: &'static str,
+    pub value: FlagValue,
+    /// The values that ask for nothing Rampart lacks (normalized as [`FlagValue`] does);
+    /// `None`: every value.
+    pub inert: Option<&'static [&'static str]>,
+    /// Why the flag has no effect in Rampart, or why another value than `inert` is refused.
+    pub why: &'static str,
+}
+
+const fn accepted(name: &'static str, value: FlagValue, why: &'static str) -> EtcdFlag {
+    EtcdFlag {
+        name,
+        value,
+        inert: None,
+        why,
+    }
+}
+
+const fn refused_unless(
+    name: &'static str,
+    value: FlagValue,
+    inert: &'static [&'static str],
+    why: &'static str,
+) -> EtcdFlag {
+    EtcdFlag {
+        name,
+        value,
+        inert: Some(inert),
+        why,
+    }
+}
+
+use FlagValue::{Bool, Duration as GoDuration, Number, Text};
+
+const V2: &str = "Rampart serves the v3 API only";
+const DISCOVERY: &str =
+    "discovery is not supported: list the members in --initial-cluster (DNS names work)";
+const ONLY_DISCOVERY: &str = "it matters only with --discovery, which Rampart does not support";
+const ONLY_PROXY: &str = "it matters only with --proxy, which Rampart does not support";
+const BATCHING: &str =
+    "Rampart writes each applied Raft entry to its database at once; there is no batch to bound";
+
+/// The etcd 3.4 flags (`etcd --help`) that Rampart takes without effect, or refuses with a
+/// value that asks for something Rampart does not have. TLS and authentication flags are in
+/// [`TLS_AND_AUTH_FLAGS`]; every other flag of etcd 3.4 is a field of [`RawConfig`].
+pub const ETCD_ONLY_FLAGS: &[EtcdFlag] = &[
+    refused_unless(
+        "wal-dir",
+        Text,
+        &[""],
+        "Rampart keeps its log in the data directory (wal/); a directory of its own is not supported",
+    ),
+    accepted(
+        "max-snapshots",
+        Number,
+        "Rampart keeps one snapshot file, replaced by the next",
+    ),
+    accepted(
+        "max-wals",
+        Number,
+        "Rampart removes its log segments once a snapshot covers them",
+    ),
+    accepted("backend-batch-interval", GoDuration, BATCHING),
+    accepted("backend-batch-limit", Number, BATCHING),
+    accepted(
+        "initial-election-tick-advance",
+        Bool,
+        "openraft times a member's first election itself",
+    ),
+    refused_unless("discovery", Text, &[""], DISCOVERY),
+    accepted("discovery-fallback", Text, ONLY_DISCOVERY),
+    accepted("discovery-proxy", Text, ONLY_DISCOVERY),
+    refused_unless("discovery-srv", Text, &[""], DISCOVERY),
+    accepted("discovery-srv-name", Text, ONLY_DISCOVERY),
+    accepted(
+        "pre-vote",
+        Bool,
+        "openraft's followers refuse votes while their leader's lease lasts, which keeps a \
+         rejoining member from disrupting the leader as pre-vote does",
+    ),
+    refused_unless("enable-v2", Bool, &["false"], V2),
+    accepted(
+        "cors",
+        Text,
+        "Rampart has no HTTP JSON API (v2 or gateway) for browsers to call",
+    ),
+    accepted(
+        "host-whitelist",
+        Text,
+        "Rampart has no HTTP JSON API (v2 or gateway) to guard",
+    ),
+    refused_unless(
+        "enable-pprof",
+        Bool,
+        &["false"],
+        "Rampart has no Go runtime profiles to serve",
+    ),
+    refused_unless(
+        "logger",
+        Text,
+        &["zap", "capnslog"],
+        "etcd's loggers are zap and capnslog; Rampart has one logger, set by --log-level, \
+         --log-format and --log-outputs",
+    ),
+    accepted(
+        "log-package-levels",
+        Text,
+        "capnslog's per-package levels: use --log-level (or RUST_LOG)",
+    ),
+    refused_unless(
+        "proxy",
+        Text,
+        &["off"],
+        "Rampart has no v2 proxy mode",
+    ),
+    accepted("proxy-failure-wait", Number, ONLY_PROXY),
+    accepted("proxy-refresh-interval", Number, ONLY_PROXY),
+    accepted("proxy-dial-timeout", Number, ONLY_PROXY),
+    accepted("proxy-write-timeout", Number, ONLY_PROXY),
+    accepted("proxy-read-timeout", Number, ONLY_PROXY),
+    refused_unless("experimental-enable-v2v3", Text, &[""], V2),
+    accepted(
+        "experimental-backend-bbolt-freelist-type",
+        Text,
+        "a bbolt setting; Rampart's database is sled",
+    ),
+    accepted(
+        "experimental-enable-lease-checkpoint",
+        Bool,
+        "Rampart always checkpoints leases' remaining TTLs \
+         (--experimental-lease-checkpoint-interval)",
+    ),
+    accepted(
+        "experimental-compaction-batch-limit",
+        Number,
+        "Rampart's compaction removes history in chunks of its own, each under a short lock",
+    ),
+    accepted(
+        "experimental-warning-apply-duration",
+        GoDuration,
+        "Rampart does not log slow applies",
+    ),
+    refused_unless(
+        "force-new-cluster",
+        Bool,
+        &["false"],
+        "forcing a one-member cluster out of a member's data is not supported; restore a \
+         backup with `rampartctl snapshot restore` instead",
+    ),
+];
+
+const NOT_YET: &str = "TLS and authentication are not there yet";
+
+const fn not_yet(
+    name: &'static str,
+    value: FlagValue,
+    default: &'static [&'static str],
+) -> EtcdFlag {
+    refused_unless(name, value, default, NOT_YET)
+}
+
+/// etcd 3.4's TLS and authentication flags: refused with any value but etcd's default until
+/// Rampart has TLS and authentication. A flag that becomes a setting of its own moves from
+/// here to a field of [`RawConfig`].
+pub const TLS_AND_AUTH_FLAGS: &[EtcdFlag] = &[
+    not_yet("cert-file", Text, &[""]),
+    not_yet("key-file", Text, &[""]),
+    not_yet("client-cert-auth", Bool, &["false"]),
+    not_yet("client-crl-file", Text, &[""]),
+    not_yet("client-cert-allowed-hostname", Text, &[""]),
+    not_yet("trusted-ca-file", Text, &[""]),
+    not_yet("auto-tls", Bool, &["false"]),
+    not_yet("peer-cert-file", Text, &[""]),
+    not_yet("peer-key-file", Text, &[""]),
+    not_yet("peer-client-cert-auth", Bool, &["false"]),
+    not_yet("peer-trusted-ca-file", Text, &[""]),
+    not_yet("peer-cert-allowed-cn", Text, &[""]),
+    not_yet("peer-cert-allowed-hostname", Text, &[""]),
+    not_yet("peer-auto-tls", Bool, &["false"]),
+    not_yet("peer-crl-file", Text, &[""]),
+    not_yet("cipher-suites", Text, &[""]),
+    not_yet(
+        "experimental-peer-skip-client-san-verification",
+        Bool,
+        &["false"],
+    ),
+    not_yet("auth-token", Text, &["simple"]),
+    not_yet("bcrypt-cost", Number, &["10"]),
+    not_yet("auth-token-ttl", Number, &["300"]),
+];
+
+/// Every etcd-only flag, accepted or refused.
+pub fn etcd_only_flags() -> impl Iterator<Item = &'static EtcdFlag> {
+    ETCD_ONLY_FLAGS.iter().chain(TLS_AND_AUTH_FLAGS)
+}
+
+/// The etcd-only flags given, by name, with their values as given.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EtcdOnly(pub BTreeMap<&'static str, String>);
+
+impl EtcdOnly {
+    /// The flags of `self`, with each one not set there taken from `lower`.
+    fn over(mut self, lower: EtcdOnly) -> EtcdOnly {
+        for (name, value) in lower.0 {
+            self.0.entry(name).or_insert(value);
+        }
+        self
+    }
+
+    /// One line for each flag accepted without effect; the first flag whose value etcd would
+    /// not parse, or which asks for something Rampart does not have, is refused.
+    fn check(&self) -> Result<Vec<String>, ConfigError> {
+        let mut accepted = Vec::new();
+        for flag in etcd_only_flags() {
+            let Some(value) = self.0.get(flag.name) else {
+                continue;
+            };
+            let normal = flag
+                .value
+                .normalize(value)
+                .map_err(|reason| invalid(flag.name, value.as_str(), reason))?;
+            match flag.inert {
+                Some(inert) if !inert.contains(&normal.as_str()) => {
+                    return Err(ConfigError::Refused {
+                        flag: flag.name,
+                        value: value.clone(),
+                        reason: flag.why,
+                    })
+                }
+                _ => accepted.push(format!(
+                    "--{}={value} is accepted without effect: {}",
+                    flag.name, flag.why
+                )),
+            }
+        }
+        Ok(accepted)
+    }
+}
+
+impl clap::FromArgMatches for EtcdOnly {
+    fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        let mut only = EtcdOnly::default();
+        only.update_from_arg_matches(matches)?;
+        Ok(only)
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &clap::ArgMatches) -> Result<(), clap::Error> {
+        for flag in etcd_only_flags() {
+            if let Ok(Some(value)) = matches.try_get_one::<String>(flag.name) {
+                self.0.insert(flag.name, value.clone());
+            }
+        }
+        Ok(())
+    }
+}
+
+impl clap::Args for EtcdOnly {
+    fn augment_args(command: clap::Command) -> clap::Command {
+        command.args(etcd_only_flags().map(|flag| {
+            // clap keeps the names for the life of the process; the command is built once.
+            let env: &'static str =
+                Box::leak(flag_variable("RAMPART_", flag.name).into_boxed_str());
+            let fate = match flag.inert {
+                None => "accepted without effect".to_string(),
+                Some(inert) => {
+                    let values: Vec<&str> = inert
+                        .iter()
+                        .map(|v| if v.is_empty() { "empty" } else { v })
+                        .collect();
+                    format!("refused unless {}", values.join(" or "))
+                }
+            };
+            let arg = clap::Arg::new(flag.name)
+                .long(flag.name)
+                .value_name("VALUE")
+                .env(env)
+                .value_parser(clap::value_parser!(String))
+                .help_heading("etcd flags without a setting in Rampart")
+                .help(format!("etcd's flag, {fate}: {}", flag.why));
+            match flag.value {
+                FlagValue::Bool => arg.num_args(0..=1).default_missing_value("true"),
+                _ => arg,
+            }
+        }))
+    }
+
+    fn augment_args_for_update(command: clap::Command) -> clap::Command {
+        Self::augment_args(command)
+    }
+}
+
+/// `args` with etcd's single-dash spelling of long flags (`-name infra0`, `-data-dir=/x`),
+/// which Go's flag package takes as it takes `--name`, given the second dash clap needs. Only
+/// names of `command`'s long flags are respelled, so a negative value (`-1`) stays one.
+pub fn double_dash_long_flags(
+    command: &clap::Command,
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+) -> Vec<std::ffi::OsString> {
+    let longs: Vec<&str> = command
+        .get_arguments()
+        .filter_map(|a| a.get_long())
+        .collect();
+    let mut out = Vec::new();
+    let mut ended = false;
+    for arg in args {
+        let respelled = match arg.to_str() {
+            // After "--" every argument is a value, as in Go.
+            Some("--") => {
+                ended = true;
+                None
+            }
+            Some(text) if !ended && !text.starts_with("--") => text
+                .strip_prefix('-')
+                .filter(|rest| longs.contains(&rest.split('=').next().unwrap_or(rest)))
+                .map(|rest| std::ffi::OsString::from(format!("--{rest}"))),
+            _ => None,
+        };
+        out.push(respelled.unwrap_or(arg));
+    }
+    out
+}
+
+/// A flag's environment variable, as etcd's `pkg/flags.FlagToEnv` names it:
+/// `ETCD_` + `DATA_DIR` for `--data-dir`.
+pub fn flag_variable(prefix: &str, flag: &str) -> String {
+    format!("{prefix}{}", flag.to_uppercase().replace('-', "_"))
+}
+
+/// What etcd's environment variables add to a command line (etcd's `pkg/flags`).
+#[derive(Debug, Default)]
+pub struct EtcdVariables {
+    /// `--flag=value` for each `ETCD_*` variable taken, to parse before the command line.
+    pub args: Vec<String>,
+    /// One line for each `ETCD_*` variable that names no flag, which etcd 3.4 logs and
+    /// ignores (Kubernetes, for one, sets `ETCD_SERVICE_HOST` for a Service named etcd).
+    pub unrecognized: Vec<String>,
+}
+
+/// Reads etcd's `ETCD_*` variables among `vars` for the flags of `command`, as etcd 3.4
+/// does: `ETCD_` and the flag's name in capitals, `_` for `-`; empty ones are ignored; one
+/// for a flag also given on the command line (`given`) is refused, as etcd refuses it. The
+/// flag's own `RAMPART_*` variable wins over it.
+pub fn etcd_variables(
+    command: &clap::Command,
+    given: &clap::ArgMatches,
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<EtcdVariables, ConfigError> {
+    let flags: BTreeMap<String, &clap::Arg> = command
+        .get_arguments()
+        .filter_map(|arg| Some((flag_variable("ETCD_", arg.get_long()?), arg)))
+        .collect();
+    let mut found = EtcdVariables::default();
+    for (var, value) in vars {
+        if !var.starts_with("ETCD_") {
+            continue;
+        }
+        let Some(arg) = flags.get(&var) else {
+            found
+                .unrecognized
+                .push(format!("unrecognized environment variable {var}={value}"));
+            continue;
+        };
+        let id = arg.get_id().as_str();
+        let long = arg.get_long().unwrap_or(id);
+        if value.is_empty() || matches!(long, "help" | "version") {
+            continue;
+        }
+        match given.value_source(id) {
+            Some(clap::parser::ValueSource::CommandLine) => {
+                return Err(ConfigError::ShadowedVariable { var })
+            }
+            // The flag's own RAMPART_* variable is set: it wins.
+            Some(clap::parser::ValueSource::EnvVariable) => continue,
+            _ => {}
+        }
+        let flag = format!("--{long}={value}");
+        // Checked alone, so that a bad value is blamed on its variable.
+        if let Err(e) = command
+            .clone()
+            .try_get_matches_from(["rampart", flag.as_str()])
+        {
+            let reason = e.kind().as_str().unwrap_or("invalid value").to_string();
+            return Err(ConfigError::InvalidVariable {
+                var,
+                reason: format!("{reason} for --{long}: {value:?}"),
+            });
+        }
+        found.args.push(flag);
+    }
+    Ok(found)
 }
 
 #[cfg(test)]
@@ -852,5 +1657,518 @@ mod tests {
             .to_string();
             assert!(err.contains("host:port"), "{err}");
         }
+    }
+
+    /// Every flag `etcd --help` of etcd 3.4.23 lists.
+    const ETCD_34_FLAGS: &[&str] = &[
+        "advertise-client-urls",
+        "auth-token",
+        "auth-token-ttl",
+        "auto-compaction-mode",
+        "auto-compaction-retention",
+        "auto-tls",
+        "backend-batch-interval",
+        "backend-batch-limit",
+        "bcrypt-cost",
+        "cert-file",
+        "cipher-suites",
+        "client-cert-allowed-hostname",
+        "client-cert-auth",
+        "client-crl-file",
+        "cors",
+        "data-dir",
+        "debug",
+        "discovery",
+        "discovery-fallback",
+        "discovery-proxy",
+        "discovery-srv",
+        "discovery-srv-name",
+        "election-timeout",
+        "enable-pprof",
+        "enable-v2",
+        "experimental-backend-bbolt-freelist-type",
+        "experimental-compaction-batch-limit",
+        "experimental-corrupt-check-time",
+        "experimental-enable-lease-checkpoint",
+        "experimental-enable-v2v3",
+        "experimental-initial-corrupt-check",
+        "experimental-peer-skip-client-san-verification",
+        "experimental-warning-apply-duration",
+        "experimental-watch-progress-notify-interval",
+        "force-new-cluster",
+        "grpc-keepalive-interval",
+        "grpc-keepalive-min-time",
+        "grpc-keepalive-timeout",
+        "heartbeat-interval",
+        "host-whitelist",
+        "initial-advertise-peer-urls",
+        "initial-cluster",
+        "initial-cluster-state",
+        "initial-cluster-token",
+        "initial-election-tick-advance",
+        "key-file",
+        "listen-client-urls",
+        "listen-metrics-urls",
+        "listen-peer-urls",
+        "log-level",
+        "log-outputs",
+        "log-package-levels",
+        "logger",
+        "max-concurrent-streams",
+        "max-request-bytes",
+        "max-snapshots",
+        "max-txn-ops",
+        "max-wals",
+        "metrics",
+        "name",
+        "peer-auto-tls",
+        "peer-cert-allowed-cn",
+        "peer-cert-allowed-hostname",
+        "peer-cert-file",
+        "peer-client-cert-auth",
+        "peer-crl-file",
+        "peer-key-file",
+        "peer-trusted-ca-file",
+        "pre-vote",
+        "proxy",
+        "proxy-dial-timeout",
+        "proxy-failure-wait",
+        "proxy-read-timeout",
+        "proxy-refresh-interval",
+        "proxy-write-timeout",
+        "quota-backend-bytes",
+        "snapshot-count",
+        "strict-reconfig-check",
+        "trusted-ca-file",
+        "wal-dir",
+    ];
+
+    #[derive(clap::Parser)]
+    struct CommandLine {
+        #[command(flatten)]
+        raw: RawConfig,
+    }
+
+    /// The configuration a command line makes, or the error it gets (clap's or the
+    /// validation's) as text.
+    fn from_args(args: &[&str]) -> Result<Config, String> {
+        let mut argv = vec!["rampart"];
+        argv.extend_from_slice(args);
+        let line =
+            <CommandLine as clap::Parser>::try_parse_from(argv).map_err(|e| e.to_string())?;
+        Config::from_raw(line.raw).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn every_etcd_34_flag_has_one_fate_and_a_row_in_the_readme() {
+        use clap::CommandFactory;
+        let command = CommandLine::command();
+        let settings: Vec<&str> = command
+            .get_arguments()
+            .filter_map(|a| a.get_long())
+            .filter(|long| !etcd_only_flags().any(|f| f.name == *long))
+            .collect();
+        let readme =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md"))
+                .unwrap();
+        let table = &readme[readme
+            .find("## etcd flags")
+            .expect("README has \"## etcd flags\"")..];
+        for flag in ETCD_34_FLAGS {
+            let as_setting = settings.contains(flag);
+            let as_etcd_only = etcd_only_flags().filter(|f| f.name == *flag).count();
+            assert_eq!(
+                usize::from(as_setting) + as_etcd_only,
+                1,
+                "--{flag} must be exactly one of a setting or an etcd-only flag"
+            );
+            assert!(
+                table.contains(&format!("| `--{flag}` |")),
+                "README's etcd flags table has no row for --{flag}"
+            );
+        }
+        for flag in etcd_only_flags() {
+            assert!(
+                ETCD_34_FLAGS.contains(&flag.name),
+                "--{} is not etcd 3.4's",
+                flag.name
+            );
+        }
+    }
+
+    /// A value for `flag` that asks for something, as the flag's kind reads it.
+    fn asking_value(flag: &EtcdFlag) -> &'static str {
+        match flag.value {
+            FlagValue::Bool => "true",
+            FlagValue::Number => "12345",
+            FlagValue::Duration => "250ms",
+            FlagValue::Text => "something",
+        }
+    }
+
+    #[test]
+    fn flags_without_effect_are_accepted_with_a_line_each() {
+        let mut seen = 0;
+        for flag in ETCD_ONLY_FLAGS.iter().filter(|f| f.inert.is_none()) {
+            let arg = format!("--{}={}", flag.name, asking_value(flag));
+            let config = from_args(&[&arg]).unwrap_or_else(|e| panic!("{arg}: {e}"));
+            assert_eq!(config.accepted_flags.len(), 1, "{arg}");
+            assert!(config.accepted_flags[0].starts_with(&arg), "{arg}");
+            assert!(config.accepted_flags[0].contains(flag.why), "{arg}");
+            seen += 1;
+        }
+        assert!(seen >= 20, "only {seen} accepted flags");
+        // Several at once, as a production unit passes them; a boolean alone means true.
+        let config = from_args(&[
+            "--logger=zap",
+            "--enable-v2=false",
+            "--max-snapshots=5",
+            "--max-wals=5",
+            "--enable-pprof=false",
+            "--pre-vote",
+            "--grpc-keepalive-min-time=5s",
+        ])
+        .unwrap();
+        assert_eq!(
+            config.accepted_flags.len(),
+            7,
+            "{:?}",
+            config.accepted_flags
+        );
+        assert!(from_args(&[]).unwrap().accepted_flags.is_empty());
+    }
+
+    #[test]
+    fn flags_asking_for_what_rampart_lacks_are_refused_naming_them() {
+        for flag in etcd_only_flags() {
+            let Some(inert) = flag.inert else { continue };
+            for value in inert {
+                let arg = format!("--{}={value}", flag.name);
+                from_args(&[&arg]).unwrap_or_else(|e| panic!("{arg}: {e}"));
+            }
+            let asking = match flag.name {
+                "logger" => "glog",
+                "proxy" => "on",
+                "auth-token" => "jwt",
+                _ => asking_value(flag),
+            };
+            let arg = format!("--{}={asking}", flag.name);
+            let err = from_args(&[&arg]).unwrap_err();
+            assert!(
+                err.starts_with(&format!("{arg} is refused: ")),
+                "{arg}: {err}"
+            );
+            assert!(err.ends_with(flag.why), "{arg}: {err}");
+        }
+        let err = from_args(&["--enable-v2"]).unwrap_err();
+        assert_eq!(
+            err,
+            "--enable-v2=true is refused: Rampart serves the v3 API only"
+        );
+        let err = from_args(&["--cert-file=/etc/etcd/server.pem"]).unwrap_err();
+        assert!(
+            err.ends_with("TLS and authentication are not there yet"),
+            "{err}"
+        );
+        for bad in [
+            "--max-wals=many",
+            "--pre-vote=maybe",
+            "--backend-batch-interval=soon",
+        ] {
+            let err = from_args(&[bad]).unwrap_err();
+            let flag = bad.split('=').next().unwrap();
+            assert!(err.starts_with(&format!("invalid {flag} ")), "{bad}: {err}");
+        }
+        let err = from_args(&["--no-such-flag=1"]).unwrap_err();
+        assert!(err.contains("--no-such-flag"), "{err}");
+    }
+
+    #[test]
+    fn ids_are_etcds() {
+        // `etcd` 3.4.23 with no flags: member 8e9e05c52164694d in cluster cdf818194e3a8c32.
+        let config = from_args(&[
+            "--initial-advertise-peer-urls=http://localhost:2380",
+            "--initial-cluster=default=http://localhost:2380",
+        ])
+        .unwrap();
+        assert_eq!(config.member_id, 0x8e9e05c52164694d);
+        assert_eq!(config.cluster_id, 0xcdf818194e3a8c32);
+        // etcd 3.4.23 with these flags logged "starting member 2cf0c33738843148 in cluster
+        // 1dfa3ac8c4dd380e" and added 229fa6c55f9481a (a) and d68a1022f6b156ef (c).
+        let config = from_args(&[
+            "--name=b",
+            "--initial-advertise-peer-urls=http://b.example.internal:2380",
+            "--initial-cluster=a=http://a.example.internal:2380,b=http://b.example.internal:2380,\
+             c=http://c.example.internal:2380,c=http://10.0.0.3:2380",
+            "--initial-cluster-token=prod-1",
+        ])
+        .unwrap();
+        assert_eq!(config.member_id, 0x2cf0c33738843148);
+        assert_eq!(config.cluster_id, 0x1dfa3ac8c4dd380e);
+        let ids: Vec<u64> = config.initial_cluster.iter().map(|m| m.id).collect();
+        assert_eq!(
+            ids,
+            [0x229fa6c55f9481a, 0x2cf0c33738843148, 0xd68a1022f6b156ef]
+        );
+        // etcd's MemberAdd at Unix time 1700000000: sha1("http://127.0.0.1:2380" "1700000000").
+        let added = added_member_id(&["http://127.0.0.1:2380".to_string()], 1_700_000_000);
+        assert_eq!(added, 0x71b3e183c260adbe);
+    }
+
+    #[test]
+    fn directories_of_earlier_builds_keep_their_ids() {
+        let config = from_args(&[]).unwrap();
+        assert_eq!(
+            (config.member_id, config.cluster_id),
+            (0xb71f75320dc06a6c, 0x1c45a069f3a1d796)
+        );
+        // What builds before etcd's derivation gave the same settings (SHA-256).
+        assert_eq!(
+            config.legacy_identity,
+            ClusterIdentity {
+                member_id: 0x512fbcd0b3376eba,
+                cluster_id: 0x467cea4514eff70d,
+            }
+        );
+    }
+
+    #[test]
+    fn auto_compaction_reads_as_etcds() {
+        let policy = |args: &[&str]| from_args(args).map(|c| c.auto_compaction);
+        let hours = |h: u64| AutoCompaction::Periodic(Duration::from_secs(h * 3600));
+        assert_eq!(policy(&[]), Ok(AutoCompaction::Off));
+        assert_eq!(
+            policy(&["--auto-compaction-retention=0"]),
+            Ok(AutoCompaction::Off)
+        );
+        assert_eq!(policy(&["--auto-compaction-retention=1"]), Ok(hours(1)));
+        assert_eq!(
+            policy(&[
+                "--auto-compaction-mode=periodic",
+                "--auto-compaction-retention=72"
+            ]),
+            Ok(hours(72))
+        );
+        assert_eq!(
+            policy(&["--auto-compaction-retention=30m"]),
+            Ok(AutoCompaction::Periodic(Duration::from_secs(1800)))
+        );
+        assert_eq!(
+            policy(&["--auto-compaction-retention=1.5h"]),
+            Ok(AutoCompaction::Periodic(Duration::from_secs(5400)))
+        );
+        assert_eq!(
+            policy(&[
+                "--auto-compaction-mode=revision",
+                "--auto-compaction-retention=1000"
+            ]),
+            Ok(AutoCompaction::Revision(1000))
+        );
+        // etcd reads a duration in revision mode as its nanoseconds.
+        assert_eq!(
+            policy(&[
+                "--auto-compaction-mode=revision",
+                "--auto-compaction-retention=1us"
+            ]),
+            Ok(AutoCompaction::Revision(1000))
+        );
+        for bad in [
+            &["--auto-compaction-mode=daily"][..],
+            &["--auto-compaction-retention=-1"],
+            &["--auto-compaction-retention=often"],
+        ] {
+            let err = policy(bad).unwrap_err();
+            assert!(
+                err.starts_with("invalid --auto-compaction-"),
+                "{bad:?}: {err}"
+            );
+        }
+        let config = from_args(&[]).unwrap();
+        assert_eq!(
+            config.revision_compaction_interval,
+            Duration::from_secs(300)
+        );
+        let config = from_args(&["--test-only-revision-compaction-interval=50ms"]).unwrap();
+        assert_eq!(
+            config.revision_compaction_interval,
+            Duration::from_millis(50)
+        );
+    }
+
+    #[test]
+    fn grpc_settings_default_as_etcds() {
+        let config = from_args(&[]).unwrap();
+        assert_eq!(
+            config.grpc_keepalive_interval,
+            Some(Duration::from_secs(7200))
+        );
+        assert_eq!(config.grpc_keepalive_timeout, Duration::from_secs(20));
+        assert_eq!(config.max_concurrent_streams, u32::MAX);
+        let config = from_args(&[
+            "--grpc-keepalive-interval=30s",
+            "--grpc-keepalive-timeout=5s",
+            "--max-concurrent-streams=100",
+        ])
+        .unwrap();
+        assert_eq!(
+            config.grpc_keepalive_interval,
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(config.grpc_keepalive_timeout, Duration::from_secs(5));
+        assert_eq!(config.max_concurrent_streams, 100);
+        for off in ["--grpc-keepalive-interval=0", "--grpc-keepalive-timeout=0s"] {
+            assert_eq!(
+                from_args(&[off]).unwrap().grpc_keepalive_interval,
+                None,
+                "{off}"
+            );
+        }
+        for bad in [
+            "--grpc-keepalive-interval=2",
+            "--grpc-keepalive-timeout=-1s",
+            "--grpc-keepalive-min-time=soon",
+            "--max-concurrent-streams=0",
+        ] {
+            let err = from_args(&[bad]).unwrap_err();
+            let flag = bad.split('=').next().unwrap();
+            assert!(err.starts_with(&format!("invalid {flag} ")), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn log_outputs_and_debug_are_etcds() {
+        assert_eq!(from_args(&[]).unwrap().log_outputs, [LogOutput::Stderr]);
+        let config = from_args(&["--log-outputs=stdout,/var/log/m.log,stderr,default"]).unwrap();
+        assert_eq!(
+            config.log_outputs,
+            [
+                LogOutput::Stdout,
+                LogOutput::File("/var/log/m.log".into()),
+                LogOutput::Stderr
+            ]
+        );
+        let err = from_args(&["--log-outputs=stderr,"]).unwrap_err();
+        assert!(err.starts_with("invalid --log-outputs"), "{err}");
+        assert_eq!(from_args(&["--debug"]).unwrap().log_level, LogLevel::Debug);
+        assert_eq!(
+            from_args(&["--debug=false", "--log-level=warn"])
+                .unwrap()
+                .log_level,
+            LogLevel::Warn
+        );
+    }
+
+    #[test]
+    fn durations_read_as_gos() {
+        let ok = |text: &str| parse_go_duration(text).unwrap();
+        assert_eq!(ok("0"), Duration::ZERO);
+        assert_eq!(ok("300ms"), Duration::from_millis(300));
+        assert_eq!(ok("1h30m"), Duration::from_secs(5400));
+        assert_eq!(ok("1.5h"), Duration::from_secs(5400));
+        assert_eq!(ok("2m0.5s"), Duration::from_millis(120_500));
+        assert_eq!(ok("10us"), Duration::from_micros(10));
+        assert_eq!(ok("+5s"), Duration::from_secs(5));
+        for bad in ["", "5", "-1s", "1x", "s", "1h-5m"] {
+            assert!(parse_go_duration(bad).is_err(), "{bad:?}");
+        }
+        // Earlier builds' longer forms still read.
+        assert_eq!(
+            parse_duration("10 minutes").unwrap(),
+            Duration::from_secs(600)
+        );
+    }
+
+    #[test]
+    fn etcd_variables_are_read_as_etcds() {
+        use clap::CommandFactory;
+        let command = CommandLine::command();
+        let vars = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let given = command
+            .clone()
+            .try_get_matches_from(["rampart", "--name=m1"])
+            .unwrap();
+        let found = etcd_variables(
+            &command,
+            &given,
+            vars(&[
+                ("ETCD_MAX_TXN_OPS", "9"),
+                ("ETCD_ENABLE_V2", "false"),
+                ("ETCD_SERVICE_HOST", "10.0.0.1"),
+                ("ETCD_WAL_DIR", ""),
+                ("PATH", "/bin"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(found.args, ["--max-txn-ops=9", "--enable-v2=false"]);
+        assert_eq!(
+            found.unrecognized,
+            ["unrecognized environment variable ETCD_SERVICE_HOST=10.0.0.1"]
+        );
+        let err = etcd_variables(&command, &given, vars(&[("ETCD_NAME", "m2")])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "conflicting environment variable \"ETCD_NAME\" is shadowed by corresponding \
+             command-line flag (either unset environment variable or disable flag)"
+        );
+        let err = etcd_variables(&command, &given, vars(&[("ETCD_MAX_TXN_OPS", "lots")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("invalid environment variable ETCD_MAX_TXN_OPS: "),
+            "{err}"
+        );
+        assert!(err.contains("lots"), "{err}");
+    }
+
+    #[test]
+    fn single_dash_long_flags_read_as_in_go() {
+        use clap::CommandFactory;
+        let args = [
+            "rampart",
+            "-name",
+            "infra0",
+            "-data-dir=/var/lib/etcd",
+            "--quota-backend-bytes",
+            "-1",
+            "-h",
+            "-not-a-flag",
+        ];
+        let respelled =
+            double_dash_long_flags(&CommandLine::command(), args.map(std::ffi::OsString::from));
+        assert_eq!(
+            respelled,
+            [
+                "rampart",
+                "--name",
+                "infra0",
+                "--data-dir=/var/lib/etcd",
+                "--quota-backend-bytes",
+                "-1",
+                "-h",
+                "-not-a-flag",
+            ]
+        );
+    }
+
+    #[test]
+    fn localhost_listens_on_ipv4_loopback_as_etcd() {
+        assert_eq!(
+            socket_addr("http://localhost:2379").unwrap(),
+            "127.0.0.1:2379".parse().unwrap()
+        );
+        let config = from_args(&[
+            "--listen-client-urls=http://localhost:2379",
+            "--advertise-client-urls=http://localhost:2379",
+            "--listen-peer-urls=http://localhost:2380",
+            "--initial-advertise-peer-urls=http://localhost:2380",
+            "--initial-cluster=default=http://localhost:2380",
+        ])
+        .unwrap();
+        assert_eq!(config.member_id, 0x8e9e05c52164694d);
     }
 }

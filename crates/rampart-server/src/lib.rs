@@ -18,11 +18,12 @@
 //!   its one mapping to gRPC statuses; `config`: flags, environment and file into [`Config`];
 //!   `forward_check`: the leader's checks of commands other members forward;
 //!   `alarm`: alarms in the API's terms and the space quota; `corruption`: the comparison of
-//!   the members' data (start-up and periodic);
+//!   the members' data (start-up and periodic); `compactor`: the leader's auto-compaction;
 //!   `fault_control`: TEST ONLY remote control of the peer-link faults.
 
 mod alarm;
 mod client;
+mod compactor;
 pub mod config;
 mod convert;
 mod corruption;

@@ -420,16 +420,15 @@ impl Membership {
 
     /// An id for a member added on `peer_urls`, unlike any of `members`'.
     fn new_member_id(&self, peer_urls: &[String], members: &[MemberInfo]) -> NodeId {
-        let token = &self.node.config().initial_cluster_token;
-        let mut nanos = SystemTime::now()
+        let mut secs = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
+            .map_or(0, |d| d.as_secs());
         loop {
-            let id = crate::config::added_member_id(peer_urls, token, nanos);
+            let id = crate::config::added_member_id(peer_urls, secs);
             if !members.iter().any(|m| m.id == id) {
                 return id;
             }
-            nanos += 1;
+            secs += 1;
         }
     }
 

@@ -155,8 +155,9 @@ impl RunningNode {
         let joining = config.initial_cluster_state == ClusterState::Existing;
         let fresh = match store.identity().map_err(storage_error)? {
             // A member that joined a running cluster got its id from the leader, and the
-            // cluster's from its peers: its data directory, not its flags, says who it is.
-            Some(found) if joining => {
+            // cluster's from its peers; one whose directory an earlier build created has the
+            // ids that build derived: its data directory, not its flags, says who it is.
+            Some(found) if joining || found == config.legacy_identity => {
                 want = found;
                 false
             }
@@ -297,6 +298,7 @@ impl RunningNode {
         tasks.spawn(membership.clone().probe_peers(cancel.clone()));
         tasks.spawn(publish(node.clone(), cancel.clone()));
         tasks.spawn(lessor.run());
+        tasks.spawn(crate::compactor::run(node.clone(), cancel.clone()));
         let corrupt_check_time = node.config().corrupt_check_time;
         if !corrupt_check_time.is_zero() {
             tasks.spawn(crate::corruption::run_periodic(
@@ -482,7 +484,12 @@ fn serve_clients(
     // are not gRPC calls reach them, past the interceptor (which lets them through).
     let routes =
         tonic::service::Routes::from(services.routes().into_axum_router().merge(endpoints));
+    let config = node.config();
+    // etcd's server options: keepalive pings only when both durations are positive.
     let router = tonic::transport::Server::builder()
+        .http2_keepalive_interval(config.grpc_keepalive_interval)
+        .http2_keepalive_timeout(Some(config.grpc_keepalive_timeout))
+        .max_concurrent_streams(config.max_concurrent_streams)
         .accept_http1(true)
         .layer(GrpcStatsLayer::new(grpc_stats))
         .layer(MapRequestLayer::new(with_call_path))

@@ -14,6 +14,8 @@
 //! - [`election`]: the Election service through etcd-client, and etcdctl's `elect`.
 //! - [`etcd_client`]: compatibility with the `etcd-client` crate, errors included.
 //! - [`etcdctl`]: compatibility with the real `etcdctl` 3.4, against processes.
+//! - [`flags`]: etcd's command line: flags and `ETCD_*` variables, refusals, etcd's ids,
+//!   auto-compaction in both modes, `--max-concurrent-streams`.
 //! - [`failover`]: leader loss as a client sees it, against processes (leases kept alive).
 //! - [`hardening`]: leaders whose appends cannot commit; peer calls no client could send.
 //! - [`interceptor`]: the checks every client call passes first (etcd's require-leader).
@@ -49,6 +51,7 @@ mod election;
 mod etcd_client;
 mod etcdctl;
 mod failover;
+mod flags;
 mod hardening;
 mod interceptor;
 mod lease;

@@ -15,6 +15,8 @@
 //! - [`etcd_client`]: compatibility with the `etcd-client` crate, errors included.
 //! - [`etcdctl`]: compatibility with the real `etcdctl` 3.4, against processes.
 //! - [`failover`]: leader loss as a client sees it, against processes (leases kept alive).
+//! - [`gateway`]: the JSON gateway through plain HTTP (JSON, errors, streams), and the Python
+//!   etcd3gw client with its own suite (`tests/gateway/run`).
 //! - [`hardening`]: leaders whose appends cannot commit; peer calls no client could send.
 //! - [`interceptor`]: the checks every client call passes first (etcd's require-leader).
 //! - [`lease`]: grant, attach, keep-alive, revoke and expiry, across leader loss and restart.
@@ -49,6 +51,7 @@ mod election;
 mod etcd_client;
 mod etcdctl;
 mod failover;
+mod gateway;
 mod hardening;
 mod interceptor;
 mod lease;

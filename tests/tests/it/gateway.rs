@@ -105,7 +105,8 @@ async fn send(url: &str, method: &str, path: &str, body: &[u8]) -> anyhow::Resul
     };
     tokio::time::timeout(WAIT, exchange)
         .await
-        .with_context(|| format!("{method} {path} did not answer in time"))?
+        .with_context(|| format!("{method} {url}{path} did not answer in time"))?
+        .with_context(|| format!("{method} {url}{path}"))
 }
 
 async fn post(url: &str, path: &str, body: Value) -> anyhow::Result<Answer> {

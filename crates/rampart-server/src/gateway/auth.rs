@@ -35,6 +35,7 @@ async fn status(State(g): State<Shared>, request: Request) -> Response {
     .await
 }
 
-async fn unimplemented() -> Response {
+async fn unimplemented(request: Request) -> Response {
+    json::discard(request.into_body()).await;
     json::error(&Status::from(ServerError::Unimplemented("Auth")))
 }

@@ -17,6 +17,7 @@
 
 use std::convert::Infallible;
 use std::marker::PhantomData;
+use std::time::Duration;
 
 use axum::body::{Body, BodyDataStream, Bytes};
 use axum::http::{header, StatusCode};
@@ -165,6 +166,11 @@ where
         .into_response()
 }
 
+/// How much of a body over the limit is read and dropped before the refusal is answered, and for
+/// how long at most.
+const DRAIN_BYTES: usize = 64 << 20;
+const DRAIN_TIME: Duration = Duration::from_secs(2);
+
 /// The body of a request, refused past `limit` bytes (etcd's "request is too large").
 pub(super) async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>, Status> {
     let mut data = body.into_data_stream();
@@ -172,11 +178,33 @@ pub(super) async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>, Statu
     while let Some(chunk) = data.next().await {
         let chunk = chunk.map_err(unreadable)?;
         if read.len() + chunk.len() > limit {
+            drain(data).await;
             return Err(ServerError::RequestTooLarge.into());
         }
         read.extend_from_slice(&chunk);
     }
     Ok(read)
+}
+
+/// Reads and drops the body of a request answered without it (a path or method refused).
+pub(super) async fn discard(body: Body) {
+    drain(body.into_data_stream()).await
+}
+
+/// Reads and drops what is left of a refused body (within bounds), so that the refusal reaches
+/// the client: a connection closed with unread data is reset, and a reset can discard the
+/// answer before the client reads it.
+async fn drain(mut data: BodyDataStream) {
+    let mut dropped = 0;
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        while let Some(Ok(chunk)) = data.next().await {
+            dropped += chunk.len();
+            if dropped > DRAIN_BYTES {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 fn unreadable(e: axum::Error) -> Status {
@@ -224,6 +252,11 @@ impl<T: DeserializeOwned> Requests<T> {
             limit,
             message: PhantomData,
         }
+    }
+
+    /// Reads and drops the rest of the body, after a request that is refused.
+    pub(super) async fn discard(self) {
+        drain(self.body).await
     }
 
     /// The next request, or `None` at the end of the body.

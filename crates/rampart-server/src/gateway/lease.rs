@@ -71,7 +71,10 @@ async fn keep_alive(State(g): State<Shared>, request: Request) -> Response {
     // A first request that cannot be read fails the call; later ones end the requests.
     let first = match requests.next().await {
         Some(Ok(first)) => Some(first),
-        Some(Err(status)) => return json::error(&status),
+        Some(Err(status)) => {
+            requests.discard().await;
+            return json::error(&status);
+        }
         None => None,
     };
     let client = g.client.clone();

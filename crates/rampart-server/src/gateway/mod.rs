@@ -115,7 +115,8 @@ where
 }
 
 /// grpc-gateway's answer to a bound path asked with another method than `POST`.
-async fn method_not_allowed() -> Response {
+async fn method_not_allowed(request: Request) -> Response {
+    json::discard(request.into_body()).await;
     plain(StatusCode::METHOD_NOT_ALLOWED)
 }
 
@@ -131,7 +132,8 @@ fn plain(status: StatusCode) -> Response {
 }
 
 /// grpc-gateway's answer to a path it has no binding for.
-async fn not_found() -> Response {
+async fn not_found(request: Request) -> Response {
+    json::discard(request.into_body()).await;
     plain(StatusCode::NOT_FOUND)
 }
 

@@ -31,7 +31,10 @@ async fn watch(State(g): State<Shared>, request: Request) -> Response {
     let mut requests = Requests::<pb::WatchRequest>::new(request.into_body(), g.body_limit);
     let first = match requests.next().await {
         Some(Ok(first)) => Some(first),
-        Some(Err(status)) => return json::error(&status),
+        Some(Err(status)) => {
+            requests.discard().await;
+            return json::error(&status);
+        }
         None => None,
     };
     // A request that cannot be read ends the requests, and its error the answer.

@@ -29,14 +29,28 @@ impl Answer {
     }
 }
 
-/// The head of an HTTP request to `address` (`host:port`).
-fn request_head(method: &str, path: &str, address: &str, body: &[u8], close: bool) -> String {
-    format!(
+/// The head of an HTTP request to `address` (`host:port`), with `headers` besides the usual.
+fn request_head(
+    method: &str,
+    path: &str,
+    address: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    close: bool,
+) -> String {
+    let mut head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n{}\r\n",
-        body.len(),
-        if close { "Connection: close\r\n" } else { "" }
-    )
+         Content-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if close {
+        head.push_str("Connection: close\r\n");
+    }
+    head.push_str("\r\n");
+    head
 }
 
 /// Reads a response's status line and headers: the status, the content type, and whether the
@@ -80,12 +94,22 @@ async fn read_chunk(reader: &mut BufReader<TcpStream>) -> anyhow::Result<Option<
 
 /// Sends `body` to `path` of the member at `url` with `method` and reads the whole answer.
 async fn send(url: &str, method: &str, path: &str, body: &[u8]) -> anyhow::Result<Answer> {
+    send_with(url, method, path, &[], body).await
+}
+
+/// [`send`] with `headers` besides the usual.
+async fn send_with(
+    url: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> anyhow::Result<Answer> {
     let address = url.trim_start_matches("http://");
     let exchange = async {
         let mut stream = TcpStream::connect(address).await?;
-        stream
-            .write_all(request_head(method, path, address, body, true).as_bytes())
-            .await?;
+        let head = request_head(method, path, address, headers, body, true);
+        stream.write_all(head.as_bytes()).await?;
         stream.write_all(body).await?;
         let mut reader = BufReader::new(stream);
         let (status, content_type, chunked) = read_head(&mut reader).await?;
@@ -132,7 +156,7 @@ impl Lines {
     async fn open(url: &str, path: &str, body: &str) -> anyhow::Result<(u16, Lines)> {
         let address = url.trim_start_matches("http://");
         let mut stream = TcpStream::connect(address).await?;
-        let head = request_head("POST", path, address, body.as_bytes(), false);
+        let head = request_head("POST", path, address, &[], body.as_bytes(), false);
         stream.write_all(head.as_bytes()).await?;
         stream.write_all(body.as_bytes()).await?;
         let mut reader = BufReader::new(stream);
@@ -636,6 +660,59 @@ async fn leases_locks_and_elections() -> anyhow::Result<()> {
     ensure!(hash["hash"].is_number(), "a uint32 is a number: {hash}");
     let alarms = call(url, "/v3/maintenance/alarm", json!({"action": "GET"})).await?;
     ensure!(without_header(alarms)? == json!({}));
+    cluster.shutdown().await;
+    Ok(())
+}
+
+/// A JSON request passes the checks of the gRPC call it becomes: `hasleader` metadata, sent as
+/// grpc-gateway forwards metadata (`Grpc-Metadata-hasleader: true`), is refused on a member
+/// without a leader with etcd's error, as the gRPC call is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_pass_the_interceptors_checks() -> anyhow::Result<()> {
+    let cluster = TestCluster::start(3).await?;
+    let leader = cluster.wait_for_leader(WAIT).await?;
+    let follower = (cluster.index_of(leader) + 1) % 3;
+    let url = cluster.client_urls()[follower].clone();
+    let read = json!({"key": b64("k"), "serializable": true}).to_string();
+    let require_leader = [("Grpc-Metadata-hasleader", "true")];
+    let served = send_with(
+        &url,
+        "POST",
+        "/v3/kv/range",
+        &require_leader,
+        read.as_bytes(),
+    )
+    .await?;
+    ensure!(served.status == 200, "{served:?}");
+
+    info!("--- isolate the follower until it knows no leader");
+    cluster
+        .faults
+        .isolate(cluster.members[follower].id, &cluster.ids());
+    let refused = rampart_tests::wait_until("the isolated member to refuse", WAIT, || async {
+        let answer = send_with(
+            &url,
+            "POST",
+            "/v3/kv/range",
+            &require_leader,
+            read.as_bytes(),
+        )
+        .await?;
+        Ok((answer.status != 200).then_some(answer))
+    })
+    .await?;
+    ensure!(refused.status == 503, "{refused:?}");
+    ensure!(
+        refused.json()?
+            == json!({"error": "etcdserver: no leader", "message": "etcdserver: no leader",
+                      "code": 14})
+    );
+    let local = send(&url, "POST", "/v3/kv/range", read.as_bytes()).await?;
+    ensure!(
+        local.status == 200,
+        "without the header, served locally: {local:?}"
+    );
+    cluster.faults.heal();
     cluster.shutdown().await;
     Ok(())
 }

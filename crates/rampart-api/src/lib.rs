@@ -11,6 +11,11 @@
 //! - the test-only control of a member's peer-link faults, [`faults`]
 //!   (`rampart.faults.v1`), served only with `--experimental-peer-fault-injection`.
 //!
+//! The etcd packages' messages also implement serde's `Serialize` and `Deserialize` with the
+//! protobuf JSON mapping as etcd's JSON gateway (grpc-gateway with `OrigName`) uses it: the
+//! .proto field names, 64-bit integers as strings (numbers accepted too), bytes as base64, enums
+//! by name (numbers accepted too), default values left out, unknown fields refused.
+//!
 //! The code is generated at build time by `tonic-prost-build` from the
 //! `.proto` files under `proto/` at the workspace root. For each service `Foo`
 //! there is a client `foo_client::FooClient` and a server trait `foo_server::Foo`
@@ -19,26 +24,31 @@
 /// etcd's `mvccpb` package: stored key-values and watch events.
 pub mod mvccpb {
     tonic::include_proto!("mvccpb");
+    include!(concat!(env!("OUT_DIR"), "/mvccpb.serde.rs"));
 }
 
 /// etcd's `authpb` package: users, roles and permissions.
 pub mod authpb {
     tonic::include_proto!("authpb");
+    include!(concat!(env!("OUT_DIR"), "/authpb.serde.rs"));
 }
 
 /// etcd's `etcdserverpb` package: the client API services and their messages.
 pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");
+    include!(concat!(env!("OUT_DIR"), "/etcdserverpb.serde.rs"));
 }
 
 /// etcd's `v3lockpb` package: the Lock service.
 pub mod v3lockpb {
     tonic::include_proto!("v3lockpb");
+    include!(concat!(env!("OUT_DIR"), "/v3lockpb.serde.rs"));
 }
 
 /// etcd's `v3electionpb` package: the Election service.
 pub mod v3electionpb {
     tonic::include_proto!("v3electionpb");
+    include!(concat!(env!("OUT_DIR"), "/v3electionpb.serde.rs"));
 }
 
 /// Rampart's peer protocol, package `rampart.peer.v1`: Raft messages, forwarded

@@ -313,23 +313,41 @@ pub fn event(e: &domain::Event, with_prev_kv: bool) -> mvccpb::Event {
 
 /// A txn response; every nested response carries the same header, as etcd's do.
 pub fn txn_response(r: domain::TxnResponse, header: &pb::ResponseHeader) -> pb::TxnResponse {
+    pb::TxnResponse {
+        header: Some(*header),
+        ..nested_txn_response(r, header.revision)
+    }
+}
+
+/// A txn's response as etcd's applier builds it (`newTxnResp`), before the server fills in the
+/// outermost header: each op's response carries only the revision, a nested txn's an empty
+/// header.
+fn nested_txn_response(r: domain::TxnResponse, revision: i64) -> pb::TxnResponse {
     use pb::response_op::Response;
+    let op_header = pb::ResponseHeader {
+        revision,
+        ..Default::default()
+    };
     let responses = r
         .responses
         .into_iter()
         .map(|op| pb::ResponseOp {
             response: Some(match op {
-                domain::ResponseOp::Range(r) => Response::ResponseRange(range_response(r, *header)),
-                domain::ResponseOp::Put(r) => Response::ResponsePut(put_response(r, *header)),
-                domain::ResponseOp::DeleteRange(r) => {
-                    Response::ResponseDeleteRange(delete_response(r, *header))
+                domain::ResponseOp::Range(r) => {
+                    Response::ResponseRange(range_response(r, op_header))
                 }
-                domain::ResponseOp::Txn(r) => Response::ResponseTxn(txn_response(r, header)),
+                domain::ResponseOp::Put(r) => Response::ResponsePut(put_response(r, op_header)),
+                domain::ResponseOp::DeleteRange(r) => {
+                    Response::ResponseDeleteRange(delete_response(r, op_header))
+                }
+                domain::ResponseOp::Txn(r) => {
+                    Response::ResponseTxn(nested_txn_response(r, revision))
+                }
             }),
         })
         .collect();
     pb::TxnResponse {
-        header: Some(*header),
+        header: Some(pb::ResponseHeader::default()),
         succeeded: r.succeeded,
         responses,
     }

@@ -39,7 +39,16 @@ pub fn with_call_path<B>(mut request: http::Request<B>) -> http::Request<B> {
 const LEARNER_CALLS: &[&str] = &["/etcdserverpb.Maintenance/Status", "/etcdserverpb.KV/Range"];
 
 /// The plain HTTP endpoints served beside the gRPC services, which the checks let through.
-const HTTP_PATHS: &[&str] = &["/metrics", "/health", "/livez", "/readyz"];
+const HTTP_PATHS: &[&str] = &["/metrics", "/health", "/livez", "/readyz", "/version"];
+
+/// The JSON gateway's paths (`crate::gateway`), which the checks let through too: the gateway
+/// makes the same checks of the gRPC call each request becomes, and answers their errors as JSON.
+const HTTP_PREFIXES: &[&str] = &["/v3/", "/v3beta/"];
+
+/// Whether `path` is one of the HTTP endpoints' rather than a gRPC method.
+fn is_http_path(path: &str) -> bool {
+    HTTP_PATHS.contains(&path) || HTTP_PREFIXES.iter().any(|prefix| path.starts_with(prefix))
+}
 
 /// The checks of every client call, in order.
 #[derive(Clone)]
@@ -112,11 +121,12 @@ const CORRUPT_MEMBER_CALLS: &[&str] = &[
 
 impl tonic::service::Interceptor for RequestInterceptor {
     fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        // The HTTP endpoints on the same port (`crate::http`) are no calls of etcd's API.
+        // The HTTP endpoints on the same port (`crate::http`, `crate::gateway`) are no calls of
+        // etcd's gRPC API.
         if request
             .extensions()
             .get::<CallPath>()
-            .is_some_and(|CallPath(path)| HTTP_PATHS.contains(&path.as_str()))
+            .is_some_and(|CallPath(path)| is_http_path(path))
         {
             return Ok(request);
         }

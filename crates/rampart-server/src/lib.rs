@@ -7,7 +7,8 @@
 //! - `server`: start-up, the registration of every service behind the interceptor chain, and
 //!   the ordered shutdown; nothing else imports it.
 //! - `services`: one file per etcd gRPC service, thin adaptors over the in-process client;
-//!   `interceptor`: the checks every client call passes first.
+//!   `interceptor`: the checks every client call passes first; `gateway`: etcd's JSON gateway,
+//!   the same services over HTTP/JSON.
 //! - `client`: the in-process client (etcd's KV, Lease and Watch calls on protobuf messages),
 //!   on which services, and those built on KV, Lease and Watch, are written.
 //! - `watch`: watch streams; `lessor`: the leader's lease clock; `membership`: membership
@@ -30,6 +31,7 @@ mod corruption;
 pub mod error;
 mod fault_control;
 mod forward_check;
+mod gateway;
 mod grpc_stats;
 mod http;
 mod interceptor;

@@ -482,8 +482,13 @@ fn serve_clients(
         );
     // The HTTP endpoints share the port, as etcd's do: HTTP/1.1 requests and HTTP/2 ones that
     // are not gRPC calls reach them, past the interceptor (which lets them through).
-    let routes =
-        tonic::service::Routes::from(services.routes().into_axum_router().merge(endpoints));
+    let routes = tonic::service::Routes::from(
+        services
+            .routes()
+            .into_axum_router()
+            .merge(endpoints)
+            .merge(crate::gateway::router(node, client, membership)),
+    );
     let config = node.config();
     // etcd's server options: keepalive pings only when both durations are positive.
     let router = tonic::transport::Server::builder()

@@ -17,6 +17,8 @@
 //! - [`flags`]: etcd's command line: flags and `ETCD_*` variables, refusals, etcd's ids,
 //!   auto-compaction in both modes, `--max-concurrent-streams`.
 //! - [`failover`]: leader loss as a client sees it, against processes (leases kept alive).
+//! - [`gateway`]: the JSON gateway through plain HTTP (JSON, errors, streams), and the Python
+//!   etcd3gw client with its own suite (`tests/gateway/run`).
 //! - [`hardening`]: leaders whose appends cannot commit; peer calls no client could send.
 //! - [`interceptor`]: the checks every client call passes first (etcd's require-leader).
 //! - [`lease`]: grant, attach, keep-alive, revoke and expiry, across leader loss and restart.
@@ -52,6 +54,7 @@ mod etcd_client;
 mod etcdctl;
 mod failover;
 mod flags;
+mod gateway;
 mod hardening;
 mod interceptor;
 mod lease;

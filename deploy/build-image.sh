@@ -15,7 +15,7 @@
 #                 member's data)
 #   environment   RAMPART_DATA_DIR, RAMPART_LISTEN_CLIENT_URLS=http://0.0.0.0:2379,
 #                 RAMPART_LISTEN_PEER_URLS=http://0.0.0.0:2380; every other RAMPART_* variable
-#                 or flag as `rampart --help` lists them (etcd's ETCD_X is RAMPART_X)
+#                 or flag as `rampart --help` lists them (etcd's ETCD_X variables are read too)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."

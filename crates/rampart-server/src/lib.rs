@@ -19,7 +19,8 @@
 //!   `forward_check`: the leader's checks of commands other members forward;
 //!   `alarm`: alarms in the API's terms and the space quota; `corruption`: the comparison of
 //!   the members' data (start-up and periodic);
-//!   `fault_control`: TEST ONLY remote control of the peer-link faults.
+//!   `fault_control`: TEST ONLY remote control of the peer-link faults; `tls`: the client and
+//!   peer listeners' TLS, certificates reloaded when their files change.
 
 mod alarm;
 mod client;
@@ -38,6 +39,7 @@ pub mod metrics;
 pub mod node;
 mod server;
 mod services;
+pub mod tls;
 mod watch;
 
 pub use client::Client;

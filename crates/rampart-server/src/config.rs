@@ -513,7 +513,11 @@ impl Config {
             Some("json") => LogFormat::Json,
             Some(other) => return Err(invalid("log-format", other, "must be text or json")),
         };
-        let (client_tls, peer_tls, cipher_suites) = tls_settings(
+        let TlsSettings {
+            client_tls,
+            peer_tls,
+            cipher_suites,
+        } = tls_settings(
             &raw_tls,
             &listen_client_urls,
             &listen_peer_urls,
@@ -689,6 +693,13 @@ impl RawTls {
     }
 }
 
+/// The validated TLS settings, for [`Config`]'s fields of the same names.
+struct TlsSettings {
+    client_tls: Option<TlsFiles>,
+    peer_tls: Option<TlsFiles>,
+    cipher_suites: Vec<String>,
+}
+
 /// Validates the TLS flags against the URLs: an https:// URL needs its side's certificate and
 /// key (etcd's rule), and a peer side that dials https:// members needs the CA to check them.
 /// The files themselves are read at start (`crate::tls::ServingTls`).
@@ -697,7 +708,7 @@ fn tls_settings(
     listen_client_urls: &[String],
     listen_peer_urls: &[String],
     initial_cluster: &[InitialMember],
-) -> Result<(Option<TlsFiles>, Option<TlsFiles>, Vec<String>), ConfigError> {
+) -> Result<TlsSettings, ConfigError> {
     let pair = |cert_flag: &'static str,
                 key_flag: &'static str,
                 cert: &Option<PathBuf>,
@@ -787,7 +798,11 @@ fn tls_settings(
             cipher_suites.push(name.to_string());
         }
     }
-    Ok((client_tls, peer_tls, cipher_suites))
+    Ok(TlsSettings {
+        client_tls,
+        peer_tls,
+        cipher_suites,
+    })
 }
 
 fn parse_initial_cluster(text: &str, token: &str) -> Result<Vec<InitialMember>, ConfigError> {

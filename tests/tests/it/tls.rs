@@ -1,7 +1,8 @@
 //! TLS on the client and peer URLs, against real `rampart` processes and the real etcdctl 3.4:
 //! a cluster whose clients and peers must all show certificates of their CA, refused clients
 //! (no certificate, one from another CA, plain HTTP on a TLS port, TLS on a plain port), the
-//! metrics endpoint over https, and a certificate rotated on disk served without a restart.
+//! metrics endpoint over https, a certificate rotated on disk served without a restart, and
+//! `--cipher-suites` narrowing what TLS 1.2 clients can negotiate.
 //!
 //! The CAs and certificates are made here with rcgen, each test in its own directory: ECDSA P-256
 //! keys, leaf certificates for `localhost` and `127.0.0.1` good for both server and client
@@ -583,5 +584,80 @@ async fn tls_to_a_plain_port_fails_at_once() -> anyhow::Result<()> {
     info!("the TLS client said: {text}");
     let ca = [format!("--cacert={}", files.ca.display())];
     etcdctl_refused(&[&url], &ca, &["get", "x"]).await?;
+    Ok(())
+}
+
+/// A TLS 1.2-only client trusting `ca` that offers just the suite named `suite` (rustls's name).
+fn tls12_client(ca: &Path, suite: &str) -> anyhow::Result<Arc<ClientConfig>> {
+    #[allow(deprecated)]
+    let mut provider = ring::default_provider();
+    provider
+        .cipher_suites
+        .retain(|s| format!("{:?}", s.suite()) == suite);
+    ensure!(
+        provider.cipher_suites.len() == 1,
+        "rustls has no suite {suite}"
+    );
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca)? {
+        roots.add(cert?)?;
+    }
+    let mut config = ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&[&tokio_rustls::rustls::version::TLS12])?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cipher_suites_limit_what_tls_1_2_clients_can_negotiate() -> anyhow::Result<()> {
+    rampart_tests::init_tracing();
+    let dir = TempDir::new()?;
+    let ca = Ca::new("rampart cipher CA")?;
+    let files = ca.issue(dir.path(), "server")?;
+    let tls = vec![format!("--cacert={}", files.ca.display())];
+
+    info!("--- one member allowing one TLS 1.2 suite, by etcd's name");
+    let members = start_members(
+        dir.path(),
+        1,
+        true,
+        false,
+        vec![
+            format!("--cert-file={}", files.cert.display()),
+            format!("--key-file={}", files.key.display()),
+            "--cipher-suites=TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384".to_string(),
+        ],
+        &tls,
+    )
+    .await?;
+    let url = members[0].client_url.clone();
+
+    info!("--- a TLS 1.2 client offering that suite gets it; one offering another is refused");
+    let chosen = tls12_client(&files.ca, "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384")?;
+    let (code, _) = https_get(&url, "/health", chosen).await?;
+    ensure!(
+        code == 200,
+        "/health over the allowed suite answered {code}"
+    );
+    let other = tls12_client(&files.ca, "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256")?;
+    let text = refused(
+        "a suite not in --cipher-suites",
+        https_get(&url, "/health", other),
+    )
+    .await?;
+    ensure!(
+        text.contains("HandshakeFailure"),
+        "refused for another reason: {text}"
+    );
+    info!("--- TLS 1.3 is untouched by a list of TLS 1.2 suites, as in etcd; etcdctl connects");
+    let stream = tls_connect(&url, client_config(&files.ca, None, b"http/1.1")?).await?;
+    let version = stream.get_ref().1.protocol_version();
+    ensure!(
+        version == Some(tokio_rustls::rustls::ProtocolVersion::TLSv1_3),
+        "a default client negotiated {version:?}"
+    );
+    etcdctl_ok(&[&url], &tls, &["put", "cipher", "ok"]).await?;
     Ok(())
 }

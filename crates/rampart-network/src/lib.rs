@@ -12,6 +12,8 @@
 //! - [`PeerService`] answers those RPCs on the receiving node.
 //! - [`Proposer`] batches the leader's proposals, [`Forwarder`] a follower's forwarded writes,
 //!   [`ReadIndexer`] read-index rounds.
+//! - `peer_tls`: the connector of channels to `https://` peer URLs (TCP, then the TLS
+//!   handshake with the member's peer CA and certificate).
 //! - [`LinkFaults`] can drop or delay traffic between chosen nodes; tests use it to cut links,
 //!   production leaves it empty.
 //!
@@ -23,6 +25,7 @@ mod forwarder;
 mod messages;
 mod peer_network;
 mod peer_service;
+mod peer_tls;
 mod proposer;
 mod raft_calls;
 mod read_index;

@@ -19,6 +19,7 @@ use rampart_api::peer::RaftRequest;
 use rampart_storage::{Command, NodeId, PeerNode, TypeConfig};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio_rustls::rustls::ClientConfig;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::batching::MAX_BATCH_BYTES;
@@ -26,6 +27,7 @@ use crate::faults::{LinkFaults, Verdict};
 use crate::messages::{
     AdminError, AdminReply, AdminRequest, ForwardReply, LeaseReply, LeaseRequest, ReadIndexReply,
 };
+use crate::peer_tls::{TlsTarget, TCP_CONNECT_ERROR, TLS_HANDSHAKE_ERROR};
 use crate::stats::{peer_label, NetworkStats};
 
 /// openraft's snapshot chunk (`Config::snapshot_max_chunk_size`): a snapshot travels as
@@ -125,6 +127,9 @@ pub struct PeerNetwork {
     replication_paused: Arc<AtomicBool>,
     /// Round trips and failures per peer, and the batching figures of this member.
     stats: Arc<NetworkStats>,
+    /// How to dial `https://` peer URLs (the peer CA and this member's peer certificate);
+    /// `None` without `--peer-cert-file`, when such URLs cannot be reached.
+    tls: Option<Arc<ClientConfig>>,
 }
 
 /// A peer's connection history, as seen by the calls sent to it.
@@ -146,7 +151,14 @@ impl PeerNetwork {
             health: Arc::default(),
             replication_paused: Arc::default(),
             stats: Arc::default(),
+            tls: None,
         }
+    }
+
+    /// Dials `https://` peer URLs with `tls` (built by the server from the peer TLS flags).
+    pub fn with_tls(mut self, tls: Option<Arc<ClientConfig>>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// This member's network and batching measurements.
@@ -203,15 +215,32 @@ impl PeerNetwork {
                 return Ok(channel.clone());
             }
         }
-        let channel = Endpoint::from_shared(url.clone())
-            .map_err(|e| unreachable(format!("invalid peer URL {url}: {e}")))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .initial_stream_window_size(PEER_STREAM_WINDOW_BYTES)
-            .initial_connection_window_size(PEER_CONNECTION_WINDOW_BYTES)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_while_idle(true)
-            .connect_lazy();
+        let endpoint = |endpoint_url: String| {
+            Endpoint::from_shared(endpoint_url)
+                .map_err(|e| unreachable(format!("invalid peer URL {url}: {e}")))
+                .map(|endpoint| {
+                    endpoint
+                        .connect_timeout(CONNECT_TIMEOUT)
+                        .tcp_nodelay(true)
+                        .initial_stream_window_size(PEER_STREAM_WINDOW_BYTES)
+                        .initial_connection_window_size(PEER_CONNECTION_WINDOW_BYTES)
+                        .http2_keep_alive_interval(Duration::from_secs(10))
+                        .keep_alive_while_idle(true)
+                })
+        };
+        let channel = match url.strip_prefix("https://") {
+            Some(host_port) => {
+                let tls = self.tls.as_ref().ok_or_else(|| {
+                    unreachable(format!(
+                        "peer URL {url} needs TLS, but this member has no peer certificate \
+                         (--peer-cert-file, --peer-key-file, --peer-trusted-ca-file)"
+                    ))
+                })?;
+                let target = TlsTarget::new(host_port, tls).map_err(unreachable)?;
+                endpoint(target.endpoint_url)?.connect_with_connector_lazy(target.connector)
+            }
+            None => endpoint(url.clone())?.connect_lazy(),
+        };
         channels.insert(target, (url.clone(), channel.clone()));
         Ok(channel)
     }
@@ -248,9 +277,11 @@ impl PeerNetwork {
             Err(_) => return Err(CallError::Timeout { target, timeout }),
             Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
                 let reason = status.message().to_string();
-                // A failed connect sent nothing; any other transport failure may have come
-                // after the request was delivered.
-                return Err(if reason.contains("tcp connect error") {
+                // A failed connect or TLS handshake sent nothing; any other transport failure
+                // may have come after the request was delivered.
+                let not_sent =
+                    reason.contains(TCP_CONNECT_ERROR) || reason.contains(TLS_HANDSHAKE_ERROR);
+                return Err(if not_sent {
                     CallError::NotSent { target, reason }
                 } else {
                     CallError::Unreachable { target, reason }

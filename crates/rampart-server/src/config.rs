@@ -21,6 +21,8 @@ use serde::Deserialize;
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
 
+use crate::tls::TlsFiles;
+
 /// Settings as given, before defaults and validation.
 #[derive(Clone, Debug, Default, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -178,6 +180,50 @@ pub struct RawConfig {
     #[command(flatten)]
     #[serde(skip)]
     pub etcd_only: EtcdOnly,
+
+    // TLS (etcd's flags; `crate::tls`). An https:// client or peer URL needs its side's files.
+    /// Path to the client server's TLS certificate (PEM), served on the https:// client URLs;
+    /// read again when the file changes.
+    #[arg(long, env = "RAMPART_CERT_FILE")]
+    pub cert_file: Option<PathBuf>,
+    /// Path to the private key (PEM) of --cert-file.
+    #[arg(long, env = "RAMPART_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Path to the CA certificates (PEM) that client certificates must come from, with
+    /// --client-cert-auth.
+    #[arg(long, env = "RAMPART_TRUSTED_CA_FILE")]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Refuse, at the TLS handshake, clients without a certificate from --trusted-ca-file.
+    #[arg(
+        long,
+        env = "RAMPART_CLIENT_CERT_AUTH",
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub client_cert_auth: Option<bool>,
+    /// Path to this member's peer TLS certificate (PEM): served on the https:// peer URLs and
+    /// presented to the other members.
+    #[arg(long, env = "RAMPART_PEER_CERT_FILE")]
+    pub peer_cert_file: Option<PathBuf>,
+    /// Path to the private key (PEM) of --peer-cert-file.
+    #[arg(long, env = "RAMPART_PEER_KEY_FILE")]
+    pub peer_key_file: Option<PathBuf>,
+    /// Path to the CA certificates (PEM) the other members' peer certificates come from.
+    #[arg(long, env = "RAMPART_PEER_TRUSTED_CA_FILE")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+    /// Accept, on the peer URLs, only members with a certificate from --peer-trusted-ca-file.
+    #[arg(
+        long,
+        env = "RAMPART_PEER_CLIENT_CERT_AUTH",
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub peer_client_cert_auth: Option<bool>,
+    /// Comma-separated TLS cipher suites (etcd's names, e.g.
+    /// TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256) for TLS 1.2, and TLS 1.3 if any is named;
+    /// default: rustls's.
+    #[arg(long, env = "RAMPART_CIPHER_SUITES")]
+    pub cipher_suites: Option<String>,
 }
 
 impl RawConfig {
@@ -251,6 +297,16 @@ impl RawConfig {
             grpc_keepalive_interval,
             grpc_keepalive_timeout,
             max_concurrent_streams,
+            // TLS
+            cert_file,
+            key_file,
+            trusted_ca_file,
+            client_cert_auth,
+            peer_cert_file,
+            peer_key_file,
+            peer_trusted_ca_file,
+            peer_client_cert_auth,
+            cipher_suites,
         )
     }
 }
@@ -381,6 +437,13 @@ pub struct Config {
     pub max_concurrent_streams: u32,
     /// One line each for the flags given that are accepted without effect, logged at start.
     pub accepted_flags: Vec<String>,
+    /// The client side's TLS files: `None` unless `--cert-file` and `--key-file` are given.
+    pub client_tls: Option<TlsFiles>,
+    /// The peer side's TLS files: `None` unless `--peer-cert-file` and `--peer-key-file` are
+    /// given.
+    pub peer_tls: Option<TlsFiles>,
+    /// `--cipher-suites`, each one of `crate::tls::CIPHER_SUITE_NAMES`; empty: rustls's.
+    pub cipher_suites: Vec<String>,
     /// This member's id, derived from its peer URLs and the cluster token, as etcd derives it.
     pub member_id: NodeId,
     /// The cluster's id, derived from the initial member ids, as etcd derives it.
@@ -433,6 +496,7 @@ pub const DEFAULT_QUOTA_BACKEND_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 impl Config {
     /// Applies the defaults to `raw` and validates it.
     pub fn from_raw(raw: RawConfig) -> Result<Config, ConfigError> {
+        let raw_tls = RawTls::take(&raw);
         let name = raw.name.unwrap_or_else(|| "default".to_string());
         if name.is_empty() {
             return Err(invalid("name", name, "must not be empty"));
@@ -640,6 +704,23 @@ impl Config {
             ));
         }
         accepted_flags.extend(raw.etcd_only.check()?);
+        let TlsSettings {
+            client_tls,
+            peer_tls,
+            cipher_suites,
+        } = tls_settings(
+            &raw_tls,
+            &listen_client_urls,
+            &listen_peer_urls,
+            &initial_cluster,
+        )?;
+        if let Some(url) = listen_metrics_urls.iter().find(|u| is_https(u)) {
+            return Err(invalid(
+                "listen-metrics-urls",
+                url,
+                "serves plain HTTP only; the https:// client URLs serve /metrics over TLS",
+            ));
+        }
         let cluster_id = cluster_id(&initial_cluster);
         let legacy_identity = ClusterIdentity {
             cluster_id: legacy_cluster_id(&initial_cluster, &initial_cluster_token),
@@ -678,6 +759,9 @@ impl Config {
             grpc_keepalive_timeout,
             max_concurrent_streams,
             accepted_flags,
+            client_tls,
+            peer_tls,
+            cipher_suites,
             member_id,
             cluster_id,
             legacy_identity,
@@ -743,18 +827,10 @@ fn resolves(url: &str) -> Result<(), String> {
     socket_addr(url).map(drop)
 }
 
-/// Why a URL that is not `http://` is refused.
-fn not_http(url: &str) -> String {
-    if url.starts_with("https://") || url.starts_with("unixs://") {
-        format!("{url:?} needs TLS, and TLS is not there yet: use an http:// URL")
-    } else {
-        format!("{url:?} is not an http:// URL")
-    }
-}
-
-/// Whether `url` is `http://host:port` with a numeric port, without resolving `host`.
+/// Whether `url` is `http://host:port` or `https://host:port` with a numeric port, without
+/// resolving `host`.
 pub fn check_url(url: &str) -> Result<(), String> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| not_http(url))?;
+    let rest = without_scheme(url)?;
     let host_port = rest.trim_end_matches('/');
     if host_port.contains('/') {
         return Err(format!("{url:?} must not have a path"));
@@ -765,9 +841,9 @@ pub fn check_url(url: &str) -> Result<(), String> {
     }
 }
 
-/// The address an `http://host:port` URL names. Only plain HTTP is supported so far.
+/// The address an `http://host:port` or `https://host:port` URL names.
 pub fn socket_addr(url: &str) -> Result<SocketAddr, String> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| not_http(url))?;
+    let rest = without_scheme(url)?;
     let host_port = rest.trim_end_matches('/');
     if host_port.contains('/') {
         return Err(format!("{url:?} must not have a path"));
@@ -784,6 +860,159 @@ pub fn socket_addr(url: &str) -> Result<SocketAddr, String> {
         .or(addrs.first())
         .copied()
         .ok_or_else(|| format!("{url:?} resolves to no address"))
+}
+
+/// `url` after its `http://` or `https://`.
+fn without_scheme(url: &str) -> Result<&str, String> {
+    url.strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| format!("{url:?} is not an http:// or https:// URL"))
+}
+
+/// Whether `url` is served or dialled with TLS.
+pub fn is_https(url: &str) -> bool {
+    url.starts_with("https://")
+}
+
+/// The TLS settings as given, taken from a [`RawConfig`] before its other fields are used.
+struct RawTls {
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    trusted_ca_file: Option<PathBuf>,
+    client_cert_auth: bool,
+    peer_cert_file: Option<PathBuf>,
+    peer_key_file: Option<PathBuf>,
+    peer_trusted_ca_file: Option<PathBuf>,
+    peer_client_cert_auth: bool,
+    cipher_suites: Option<String>,
+}
+
+impl RawTls {
+    fn take(raw: &RawConfig) -> RawTls {
+        RawTls {
+            cert_file: raw.cert_file.clone(),
+            key_file: raw.key_file.clone(),
+            trusted_ca_file: raw.trusted_ca_file.clone(),
+            client_cert_auth: raw.client_cert_auth.unwrap_or(false),
+            peer_cert_file: raw.peer_cert_file.clone(),
+            peer_key_file: raw.peer_key_file.clone(),
+            peer_trusted_ca_file: raw.peer_trusted_ca_file.clone(),
+            peer_client_cert_auth: raw.peer_client_cert_auth.unwrap_or(false),
+            cipher_suites: raw.cipher_suites.clone(),
+        }
+    }
+}
+
+/// The validated TLS settings, for [`Config`]'s fields of the same names.
+struct TlsSettings {
+    client_tls: Option<TlsFiles>,
+    peer_tls: Option<TlsFiles>,
+    cipher_suites: Vec<String>,
+}
+
+/// Validates the TLS flags against the URLs: an https:// URL needs its side's certificate and
+/// key (etcd's rule), and a peer side that dials https:// members needs the CA to check them.
+/// The files themselves are read at start (`crate::tls::ServingTls`).
+fn tls_settings(
+    raw: &RawTls,
+    listen_client_urls: &[String],
+    listen_peer_urls: &[String],
+    initial_cluster: &[InitialMember],
+) -> Result<TlsSettings, ConfigError> {
+    let pair = |cert_flag: &'static str,
+                key_flag: &'static str,
+                cert: &Option<PathBuf>,
+                key: &Option<PathBuf>|
+     -> Result<Option<(PathBuf, PathBuf)>, ConfigError> {
+        match (cert, key) {
+            (Some(cert), Some(key)) => Ok(Some((cert.clone(), key.clone()))),
+            (None, None) => Ok(None),
+            (Some(cert), None) => Err(invalid(
+                cert_flag,
+                cert.display().to_string(),
+                format!("needs --{key_flag}"),
+            )),
+            (None, Some(key)) => Err(invalid(
+                key_flag,
+                key.display().to_string(),
+                format!("needs --{cert_flag}"),
+            )),
+        }
+    };
+    let client = pair("cert-file", "key-file", &raw.cert_file, &raw.key_file)?;
+    if let Some(url) = listen_client_urls.iter().find(|u| is_https(u)) {
+        if client.is_none() {
+            return Err(invalid(
+                "listen-client-urls",
+                url,
+                "TLS key/cert (--cert-file, --key-file) must be provided for client url with \
+                 HTTPS scheme",
+            ));
+        }
+    }
+    if raw.client_cert_auth && raw.trusted_ca_file.is_none() {
+        return Err(invalid(
+            "client-cert-auth",
+            "true",
+            "needs --trusted-ca-file, the CA client certificates must come from",
+        ));
+    }
+    let client_tls = client.map(|(cert_file, key_file)| TlsFiles {
+        cert_file,
+        key_file,
+        trusted_ca_file: raw.trusted_ca_file.clone(),
+        client_cert_auth: raw.client_cert_auth,
+        prefix: "",
+    });
+
+    let peer = pair(
+        "peer-cert-file",
+        "peer-key-file",
+        &raw.peer_cert_file,
+        &raw.peer_key_file,
+    )?;
+    let https_peer = listen_peer_urls
+        .iter()
+        .chain(initial_cluster.iter().flat_map(|m| m.peer_urls.iter()))
+        .find(|u| is_https(u));
+    if let Some(url) = https_peer {
+        if peer.is_none() || raw.peer_trusted_ca_file.is_none() {
+            return Err(invalid(
+                "listen-peer-urls",
+                url,
+                "TLS key/cert (--peer-cert-file, --peer-key-file) and \
+                 --peer-trusted-ca-file must be provided for peer url with HTTPS scheme",
+            ));
+        }
+    }
+    if raw.peer_client_cert_auth && raw.peer_trusted_ca_file.is_none() {
+        return Err(invalid(
+            "peer-client-cert-auth",
+            "true",
+            "needs --peer-trusted-ca-file, the CA peer certificates must come from",
+        ));
+    }
+    let peer_tls = peer.map(|(cert_file, key_file)| TlsFiles {
+        cert_file,
+        key_file,
+        trusted_ca_file: raw.peer_trusted_ca_file.clone(),
+        client_cert_auth: raw.peer_client_cert_auth,
+        prefix: "peer-",
+    });
+
+    let mut cipher_suites = Vec::new();
+    if let Some(text) = &raw.cipher_suites {
+        for name in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            crate::tls::cipher_suite(name)
+                .map_err(|reason| invalid("cipher-suites", text, reason))?;
+            cipher_suites.push(name.to_string());
+        }
+    }
+    Ok(TlsSettings {
+        client_tls,
+        peer_tls,
+        cipher_suites,
+    })
 }
 
 fn parse_initial_cluster(text: &str, token: &str) -> Result<Vec<InitialMember>, ConfigError> {
@@ -1219,7 +1448,8 @@ pub const ETCD_ONLY_FLAGS: &[EtcdFlag] = &[
     ),
 ];
 
-const NOT_YET: &str = "TLS and authentication are not there yet";
+const NOT_YET: &str = "Rampart's TLS has no CRLs, automatic certificates or certificate name checks yet";
+const NO_AUTH: &str = "authentication is not there yet";
 
 const fn not_yet(
     name: &'static str,
@@ -1229,34 +1459,26 @@ const fn not_yet(
     refused_unless(name, value, default, NOT_YET)
 }
 
-/// etcd 3.4's TLS and authentication flags: refused with any value but etcd's default until
-/// Rampart has TLS and authentication. A flag that becomes a setting of its own moves from
-/// here to a field of [`RawConfig`].
+/// etcd 3.4's TLS flags that Rampart does not implement, and its authentication flags:
+/// refused with any value but etcd's default until Rampart has them. The TLS flags Rampart
+/// implements (`--cert-file`, `--key-file`, `--trusted-ca-file`, `--client-cert-auth`, their
+/// `--peer-*` twins and `--cipher-suites`) are fields of [`RawConfig`].
 pub const TLS_AND_AUTH_FLAGS: &[EtcdFlag] = &[
-    not_yet("cert-file", Text, &[""]),
-    not_yet("key-file", Text, &[""]),
-    not_yet("client-cert-auth", Bool, &["false"]),
     not_yet("client-crl-file", Text, &[""]),
     not_yet("client-cert-allowed-hostname", Text, &[""]),
-    not_yet("trusted-ca-file", Text, &[""]),
     not_yet("auto-tls", Bool, &["false"]),
-    not_yet("peer-cert-file", Text, &[""]),
-    not_yet("peer-key-file", Text, &[""]),
-    not_yet("peer-client-cert-auth", Bool, &["false"]),
-    not_yet("peer-trusted-ca-file", Text, &[""]),
     not_yet("peer-cert-allowed-cn", Text, &[""]),
     not_yet("peer-cert-allowed-hostname", Text, &[""]),
     not_yet("peer-auto-tls", Bool, &["false"]),
     not_yet("peer-crl-file", Text, &[""]),
-    not_yet("cipher-suites", Text, &[""]),
     not_yet(
         "experimental-peer-skip-client-san-verification",
         Bool,
         &["false"],
     ),
-    not_yet("auth-token", Text, &["simple"]),
-    not_yet("bcrypt-cost", Number, &["10"]),
-    not_yet("auth-token-ttl", Number, &["300"]),
+    refused_unless("auth-token", Text, &["simple"], NO_AUTH),
+    refused_unless("bcrypt-cost", Number, &["10"], NO_AUTH),
+    refused_unless("auth-token-ttl", Number, &["300"], NO_AUTH),
 ];
 
 /// Every etcd-only flag, accepted or refused.
@@ -1630,6 +1852,85 @@ mod tests {
         assert!(err.starts_with("invalid --log-format \"xml\""), "{err}");
     }
 
+    #[test]
+    fn tls_flags_go_with_https_urls() {
+        let https = |raw: RawConfig| {
+            Config::from_raw(RawConfig {
+                listen_client_urls: Some("https://127.0.0.1:2379".into()),
+                ..raw
+            })
+        };
+        let err = https(RawConfig::default()).unwrap_err().to_string();
+        assert!(
+            err.contains("TLS key/cert (--cert-file, --key-file)"),
+            "{err}"
+        );
+        let err = https(RawConfig {
+            cert_file: Some("c.pem".into()),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("invalid --cert-file") && err.contains("--key-file"),
+            "{err}"
+        );
+        let err = https(RawConfig {
+            cert_file: Some("c.pem".into()),
+            key_file: Some("k.pem".into()),
+            client_cert_auth: Some(true),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("needs --trusted-ca-file"), "{err}");
+        let config = https(RawConfig {
+            cert_file: Some("c.pem".into()),
+            key_file: Some("k.pem".into()),
+            trusted_ca_file: Some("ca.pem".into()),
+            client_cert_auth: Some(true),
+            cipher_suites: Some("TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        let client = config.client_tls.unwrap();
+        assert!(client.client_cert_auth);
+        assert_eq!(client.trusted_ca_file, Some(PathBuf::from("ca.pem")));
+        assert!(config.peer_tls.is_none());
+        assert_eq!(config.cipher_suites.len(), 1);
+
+        let err = Config::from_raw(RawConfig {
+            cipher_suites: Some("TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,TLS_NOPE".into()),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("invalid --cipher-suites")
+                && err.contains("unexpected TLS cipher suite \"TLS_NOPE\""),
+            "{err}"
+        );
+        let err = Config::from_raw(RawConfig {
+            listen_peer_urls: Some("https://127.0.0.1:2380".into()),
+            peer_cert_file: Some("p.pem".into()),
+            peer_key_file: Some("pk.pem".into()),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("--peer-trusted-ca-file must be provided"),
+            "{err}"
+        );
+        let err = Config::from_raw(RawConfig {
+            listen_metrics_urls: Some("https://127.0.0.1:2381".into()),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("invalid --listen-metrics-urls"), "{err}");
+    }
+
     /// In Compose or a StatefulSet the other members' names resolve only once their
     /// containers run; the configuration must not need them to.
     #[test]
@@ -1865,11 +2166,10 @@ mod tests {
             err,
             "--enable-v2=true is refused: Rampart serves the v3 API only"
         );
-        let err = from_args(&["--cert-file=/etc/etcd/server.pem"]).unwrap_err();
-        assert!(
-            err.ends_with("TLS and authentication are not there yet"),
-            "{err}"
-        );
+        let err = from_args(&["--auth-token=jwt"]).unwrap_err();
+        assert!(err.ends_with("authentication is not there yet"), "{err}");
+        let err = from_args(&["--auto-tls"]).unwrap_err();
+        assert!(err.ends_with("certificate name checks yet"), "{err}");
         for bad in [
             "--max-wals=many",
             "--pre-vote=maybe",

@@ -20,7 +20,8 @@
 //!   `forward_check`: the leader's checks of commands other members forward;
 //!   `alarm`: alarms in the API's terms and the space quota; `corruption`: the comparison of
 //!   the members' data (start-up and periodic); `compactor`: the leader's auto-compaction;
-//!   `fault_control`: TEST ONLY remote control of the peer-link faults.
+//!   `fault_control`: TEST ONLY remote control of the peer-link faults; `tls`: the client and
+//!   peer listeners' TLS, certificates reloaded when their files change.
 
 mod alarm;
 mod client;
@@ -41,6 +42,7 @@ pub mod metrics;
 pub mod node;
 mod server;
 mod services;
+pub mod tls;
 mod watch;
 
 pub use client::Client;

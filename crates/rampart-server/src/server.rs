@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use openraft::{Raft, SnapshotPolicy};
 use rampart_api::etcdserverpb::cluster_server::ClusterServer;
 use rampart_api::etcdserverpb::kv_server::KvServer;
@@ -16,19 +17,21 @@ use rampart_api::etcdserverpb::maintenance_server::MaintenanceServer;
 use rampart_api::etcdserverpb::watch_server::WatchServer;
 use rampart_api::v3electionpb::election_server::ElectionServer;
 use rampart_api::v3lockpb::lock_server::LockServer;
+use rampart_h2_compat::AuthorityFix;
 use rampart_network::{
     AdminAnswer, AdminRequest, LinkFaults, PeerHandlers, PeerNetwork, PeerService,
 };
 use rampart_storage::{ClusterIdentity, Command, MemberAttributes, NodeId, PeerNode, Store};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::service::InterceptorLayer;
 use tower::util::MapRequestLayer;
 
 use crate::client::Client;
-use crate::config::{ClusterState, Config};
+use crate::config::{is_https, ClusterState, Config};
 use crate::convert::Limits;
 use crate::fault_control::FaultControl;
 use crate::forward_check::ForwardedCommands;
@@ -42,6 +45,7 @@ use crate::services::{
     ClusterService, ElectionService, KvService, LeaseService, LockService, MaintenanceService,
     WatchService,
 };
+use crate::tls::ServingTls;
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +92,8 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error("TLS configuration")]
+    Tls(#[source] crate::tls::TlsError),
 }
 
 /// The listeners a node serves on, bound by the caller so that tests can use port 0.
@@ -147,6 +153,8 @@ impl RunningNode {
             source,
         };
         let mut config = config;
+        // The certificate files are read before anything else, so a bad one stops the start.
+        let tls = ServingTls::from_config(&config).map_err(StartError::Tls)?;
         let store = Store::open(&config.data_dir).map_err(storage_error)?;
         let mut want = ClusterIdentity {
             cluster_id: config.cluster_id,
@@ -174,7 +182,7 @@ impl RunningNode {
             None => true,
         };
         if fresh && joining {
-            want = join(&config, &faults).await?;
+            want = join(&config, &faults, &tls).await?;
         }
         config.member_id = want.member_id;
         config.cluster_id = want.cluster_id;
@@ -207,7 +215,8 @@ impl RunningNode {
             config.member_id,
             faults.clone(),
             rampart_network::max_peer_message_bytes(config.max_request_bytes),
-        );
+        )
+        .with_tls(tls.peer_client.clone());
         let raft = Raft::new(
             config.member_id,
             raft_config,
@@ -262,12 +271,16 @@ impl RunningNode {
             admin: membership.clone(),
             checks: Arc::new(checks),
         });
-        for listener in listeners.peer {
+        // Listeners come in the order of their URLs (`Listeners::bind`); each URL's scheme says
+        // whether its listener speaks TLS.
+        let peer_urls = node.config().listen_peer_urls.clone();
+        for (listener, url) in listeners.peer.into_iter().zip(&peer_urls) {
             tasks.spawn(serve_peers(
                 &node,
                 peer_service.clone(),
                 &faults,
                 listener,
+                is_https(url).then(|| tls.peer.clone()).flatten(),
                 cancel.clone(),
             ));
         }
@@ -279,12 +292,14 @@ impl RunningNode {
         let grpc_stats = Arc::new(GrpcStats::default());
         let metrics = Arc::new(Metrics::new(node.clone(), lessor.clone(), grpc_stats));
         let endpoints = crate::http::router(node.clone(), metrics.clone());
-        for listener in listeners.client {
+        let client_urls = node.config().listen_client_urls.clone();
+        for (listener, url) in listeners.client.into_iter().zip(&client_urls) {
             tasks.spawn(serve_clients(
                 &node,
                 &client,
                 &membership,
                 listener,
+                is_https(url).then(|| tls.client.clone()).flatten(),
                 endpoints.clone(),
                 metrics.grpc().clone(),
                 cancel.clone(),
@@ -363,14 +378,19 @@ const JOIN_PATIENCE: Duration = Duration::from_secs(30);
 /// with an empty data directory): it asks the other members of `--initial-cluster` for the
 /// cluster's id and members, and is the member whose peer URLs are its own, which `member add`
 /// put there.
-async fn join(config: &Config, faults: &LinkFaults) -> Result<ClusterIdentity, StartError> {
+async fn join(
+    config: &Config,
+    faults: &LinkFaults,
+    tls: &ServingTls,
+) -> Result<ClusterIdentity, StartError> {
     let mut mine = config.initial_advertise_peer_urls.clone();
     mine.sort();
     let network = PeerNetwork::new(
         config.member_id,
         faults.clone(),
         rampart_network::max_peer_message_bytes(config.max_request_bytes),
-    );
+    )
+    .with_tls(tls.peer_client.clone());
     let peers: Vec<_> = config
         .initial_cluster
         .iter()
@@ -439,12 +459,14 @@ async fn join(config: &Config, faults: &LinkFaults) -> Result<ClusterIdentity, S
 /// Serves the etcd client API on `listener` until `shutdown`: KV, Watch, Lease, Maintenance,
 /// Cluster, Lock, Election and gRPC health, every call through [`RequestInterceptor`] first. Long-lived streams
 /// end on `shutdown` too, so that the graceful drain does not wait for clients that never hang
-/// up.
+/// up. With `tls` (an https:// URL), every connection is a TLS one.
+#[allow(clippy::too_many_arguments)]
 fn serve_clients(
     node: &Arc<Node>,
     client: &Client,
     membership: &Arc<Membership>,
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     endpoints: axum::Router,
     grpc_stats: Arc<GrpcStats>,
     shutdown: CancellationToken,
@@ -502,8 +524,10 @@ fn serve_clients(
         .add_routes(routes);
     async move {
         health_reporter.set_serving::<KvServer<KvService>>().await;
-        // etcdctl 3.4 sends a URL as :authority, which h2 rejects; see rampart_h2_compat.
-        let incoming = rampart_h2_compat::incoming(listener);
+        // etcdctl 3.4 sends a URL as :authority, which h2 rejects; see rampart_h2_compat. The
+        // fix reads the HTTP/2 frames, so it comes after the TLS layer.
+        let incoming = crate::tls::incoming(listener, tls, shutdown.clone())
+            .map(|conn| conn.map(AuthorityFix::new));
         let shutdown = shutdown.cancelled_owned();
         if let Err(e) = router
             .serve_with_incoming_shutdown(incoming, shutdown)
@@ -527,11 +551,14 @@ async fn serve_http(listener: TcpListener, endpoints: axum::Router, shutdown: Ca
 
 /// Serves the peer protocol on `listener` until `shutdown`, and, with
 /// `--experimental-peer-fault-injection` only (TEST ONLY), the remote control of `faults`.
+/// With `tls` (an https:// URL), every connection is a TLS one, from a member with a
+/// certificate of the peer CA if `--peer-client-cert-auth` is set.
 fn serve_peers(
     node: &Node,
     service: PeerService,
     faults: &LinkFaults,
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     shutdown: CancellationToken,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
     let fault_control = node
@@ -539,7 +566,7 @@ fn serve_peers(
         .peer_fault_injection
         .then(|| FaultControl::server(node.id(), faults.clone()));
     async move {
-        let incoming = rampart_h2_compat::accepted(listener);
+        let incoming = crate::tls::incoming(listener, tls, shutdown.clone());
         if let Err(e) = tonic::transport::Server::builder()
             .initial_stream_window_size(rampart_network::PEER_STREAM_WINDOW_BYTES)
             .initial_connection_window_size(rampart_network::PEER_CONNECTION_WINDOW_BYTES)

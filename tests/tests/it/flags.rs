@@ -280,9 +280,9 @@ async fn unknown_and_unsupported_flags_and_shadowed_variables_are_refused() -> a
             &["--enable-v2=true is refused", "v3 API only"],
         ),
         (
-            &["--cert-file=/etc/etcd/server.pem"],
+            &["--auth-token=jwt,pub-key=a.pem,priv-key=b.pem,sign-method=RS256"],
             &[],
-            &["--cert-file", "TLS and authentication are not there yet"],
+            &["--auth-token", "authentication is not there yet"],
         ),
         (
             &[],

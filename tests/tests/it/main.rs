@@ -35,6 +35,8 @@
 //! - [`process_cluster`]: acknowledged writes survive kill -9; bad settings and foreign data
 //!   directories are refused.
 //! - [`signals`]: SIGTERM and SIGINT stop a member in order.
+//! - [`tls`]: https:// client and peer URLs with etcdctl's certificates, clients refused at
+//!   the handshake, /metrics over https, a certificate rotated on disk picked up.
 //! - [`watch`]: the Watch service, its ordering and its bounded memory.
 //! - [`common`]: the helpers the modules share.
 //!
@@ -66,4 +68,5 @@ mod membership;
 mod observe;
 mod process_cluster;
 mod signals;
+mod tls;
 mod watch;

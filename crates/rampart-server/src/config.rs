@@ -1448,7 +1448,8 @@ pub const ETCD_ONLY_FLAGS: &[EtcdFlag] = &[
     ),
 ];
 
-const NOT_YET: &str = "Rampart's TLS has no CRLs, automatic certificates or certificate name checks yet";
+const NOT_YET: &str =
+    "Rampart's TLS has no CRLs, automatic certificates or certificate name checks yet";
 const NO_AUTH: &str = "authentication is not there yet";
 
 const fn not_yet(

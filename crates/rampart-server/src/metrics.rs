@@ -71,7 +71,7 @@ impl Metrics {
         let scraped = ScrapedValues::default();
         let leader_changes = Counter::default();
         register_server(&mut registry, &node, &scraped, &leader_changes);
-        register_storage(&mut registry, &node, &scraped);
+        register_storage(&mut registry, &node);
         register_network(&mut registry, &node);
         grpc.register(&mut registry);
         registry.register_collector(Box::new(ProcessCollector));
@@ -132,7 +132,8 @@ impl Metrics {
         scraped.term.set(to_i64(raft.current_term));
         let db_size = to_i64(node.db_size());
         scraped.db_size.set(db_size);
-        scraped.db_size_in_use.set(db_size);
+        // Status reports the same (`Node::db_size_in_use`: the live keys and values).
+        scraped.db_size_in_use.set(to_i64(node.db_size_in_use()));
         let mvcc = node.mvcc();
         scraped.keys.set(to_i64(mvcc.key_count() as u64));
         scraped.revision.set(mvcc.revision());
@@ -270,7 +271,7 @@ fn register_server(
 }
 
 /// etcd's `etcd_disk_*` families and the slow applies.
-fn register_storage(registry: &mut Registry, node: &Node, _scraped: &ScrapedValues) {
+fn register_storage(registry: &mut Registry, node: &Node) {
     let stats = node.storage_stats();
     let etcd = registry.sub_registry_with_prefix("etcd");
     etcd.register(

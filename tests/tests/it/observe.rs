@@ -7,32 +7,12 @@ use rampart_api::etcdserverpb as pb;
 use rampart_server::config::{Config, RawConfig};
 use rampart_server::{Listeners, RunningNode};
 use rampart_tests::{put, wait_until, TestCluster};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tracing::info;
 
-const WAIT: Duration = Duration::from_secs(20);
+use crate::common::http_get;
 
-/// An HTTP/1.0 GET of `path` from the server at `url` (`http://host:port`): its status code and
-/// body.
-async fn http_get(url: &str, path: &str) -> anyhow::Result<(u16, String)> {
-    let address = url.trim_start_matches("http://");
-    let mut stream = TcpStream::connect(address).await?;
-    let request = format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n");
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = Vec::new();
-    tokio::time::timeout(WAIT, stream.read_to_end(&mut response)).await??;
-    let response = String::from_utf8(response)?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow::anyhow!("no end of headers in {response:?}"))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .ok_or_else(|| anyhow::anyhow!("no status line in {head:?}"))?
-        .parse()?;
-    Ok((status, body.to_string()))
-}
+const WAIT: Duration = Duration::from_secs(20);
 
 /// The value of the sample `series` (a metric name with its labels, as written) in `text`.
 fn sample(text: &str, series: &str) -> Option<f64> {
@@ -104,6 +84,20 @@ async fn metrics_on_the_client_port_have_etcds_names_and_live_values() -> anyhow
     );
     assert_eq!(sample(&text, "etcd_server_proposals_pending"), Some(0.0));
     assert!(sample(&text, "etcd_mvcc_db_total_size_in_bytes") > Some(0.0));
+    // In use: what Status reports as dbSizeInUse (nothing is written meanwhile), less than the
+    // file once a defragment has made it a whole sled segment.
+    let channel = tonic::transport::Channel::from_shared(urls[0].clone())?
+        .connect()
+        .await?;
+    let mut maintenance = pb::maintenance_client::MaintenanceClient::new(channel);
+    maintenance.defragment(pb::DefragmentRequest {}).await?;
+    let status = maintenance.status(pb::StatusRequest {}).await?.into_inner();
+    assert!(status.db_size_in_use < status.db_size, "{status:?}");
+    let text = metrics(&urls[0]).await?;
+    assert_eq!(
+        sample(&text, "etcd_mvcc_db_total_size_in_use_in_bytes"),
+        Some(status.db_size_in_use as f64)
+    );
     let put_ok = [
         "grpc_method=\"Put\"",
         "grpc_code=\"OK\"",

@@ -1,10 +1,13 @@
-//! Helpers shared by the test modules: etcd-client connections, etcd's errors, etcdctl.
+//! Helpers shared by the test modules: etcd-client connections, etcd's errors, etcdctl, plain
+//! HTTP GETs.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{ensure, Context};
 use etcd_client::{Client, ConnectOptions};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tonic::Code;
 
 /// An etcd-client `Client` that balances over `urls`.
@@ -26,6 +29,41 @@ pub async fn connect_patient(urls: &[String]) -> anyhow::Result<Client> {
     Client::connect(urls, Some(options))
         .await
         .with_context(|| format!("connecting etcd-client to {urls:?}"))
+}
+
+/// How long [`http_get`] waits for a whole answer.
+const HTTP_ANSWER_WITHIN: Duration = Duration::from_secs(20);
+
+/// The status code and body of a whole HTTP/1.x response.
+pub fn parse_http_response(response: Vec<u8>) -> anyhow::Result<(u16, String)> {
+    let response = String::from_utf8(response)?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("no end of headers in {response:?}"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .with_context(|| format!("no status line in {head:?}"))?
+        .parse()?;
+    Ok((status, body.to_string()))
+}
+
+/// An HTTP/1.0 GET of `path` from the server at `url` (`http://host:port`), over plain TCP:
+/// its status code and body, within [`HTTP_ANSWER_WITHIN`].
+pub async fn http_get(url: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    let address = url.trim_start_matches("http://");
+    let exchange = async {
+        let mut stream = TcpStream::connect(address).await?;
+        let request = format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        anyhow::Ok(response)
+    };
+    let response = tokio::time::timeout(HTTP_ANSWER_WITHIN, exchange)
+        .await
+        .with_context(|| format!("no answer to GET {path} from {url} in time"))??;
+    parse_http_response(response)
 }
 
 /// The key-value stored at `key`, read linearizably through `client`, if any.

@@ -29,6 +29,7 @@ use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 use tokio_rustls::TlsConnector;
 use tracing::info;
 
+use crate::common::{http_get, parse_http_response};
 use crate::etcdctl::Etcdctl;
 
 /// How long members may take to start, elect a leader, or pick up a rotated certificate
@@ -208,20 +209,12 @@ async fn https_get(
         stream.write_all(request.as_bytes()).await?;
         let mut response = Vec::new();
         stream.read_to_end(&mut response).await?;
-        anyhow::Ok(String::from_utf8(response)?)
+        anyhow::Ok(response)
     };
     let response = tokio::time::timeout(REFUSAL_WITHIN, exchange)
         .await
         .context("no answer in time")??;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .with_context(|| format!("no end of headers in {response:?}"))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .with_context(|| format!("no status line in {head:?}"))?
-        .parse()?;
-    Ok((status, body.to_string()))
+    parse_http_response(response)
 }
 
 /// Requires `attempt` to fail, and to fail within [`REFUSAL_WITHIN`]; returns its error text.
@@ -419,7 +412,7 @@ async fn a_cluster_over_tls_serves_etcdctl_and_refuses_clients_without_its_certi
     info!("--- plain HTTP on an https port gets a clear answer at once");
     let plain = async {
         let url = urls[0].replacen("https://", "http://", 1);
-        let (code, body) = http_get_plain(&url, "/health").await?;
+        let (code, body) = http_get(&url, "/health").await?;
         anyhow::Ok((code, body))
     };
     let (code, body) = tokio::time::timeout(REFUSAL_WITHIN, plain).await??;
@@ -469,27 +462,6 @@ async fn tls_connect_and_read(url: &str, config: Arc<ClientConfig>) -> anyhow::R
     tokio::time::timeout(REFUSAL_WITHIN, exchange)
         .await
         .context("no answer in time")?
-}
-
-/// An HTTP/1.0 GET of `path` over plain TCP: status and body.
-async fn http_get_plain(url: &str, path: &str) -> anyhow::Result<(u16, String)> {
-    let address = url.trim_start_matches("http://");
-    let mut stream = TcpStream::connect(address).await?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").as_bytes())
-        .await?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await?;
-    let response = String::from_utf8(response)?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .with_context(|| format!("no end of headers in {response:?}"))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .with_context(|| format!("no status line in {head:?}"))?
-        .parse()?;
-    Ok((status, body.to_string()))
 }
 
 /// The leaf certificate `url` presents now.

@@ -332,6 +332,9 @@ impl Client {
 /// `ErrGRPCNotSupportedForLearner`), given before the call reaches its service.
 const LEARNER_REFUSAL: &str = "etcdserver: rpc not supported for learner";
 
+/// etcd's refusal of a write its queues have no room for (nothing was proposed).
+const TOO_MANY_REQUESTS: &str = "etcdserver: too many requests";
+
 fn connect(url: &str, timeout: Duration) -> KvClient<Channel> {
     // Only a malformed URL fails here, and the cluster made these URLs.
     KvClient::new(channel(url, timeout).expect("cluster URLs are valid"))
@@ -347,12 +350,16 @@ fn parse_value(bytes: &[u8]) -> Value {
 }
 
 /// Whether a failed request was surely not carried out: refused by the server's checks before
-/// it reached Raft (InvalidArgument, or a learner's refusal of every call but Status and
-/// serializable reads, which comes before the call's service), or never sent because no
-/// connection could be made. Anything else (Unavailable, timeouts, a connection lost
-/// mid-call, "no leader") may have been committed: its outcome is unknown.
+/// it reached Raft (InvalidArgument; a learner's refusal of every call but Status and
+/// serializable reads, which comes before the call's service; "too many requests", which a
+/// member answers only before it proposes), or never sent because no connection could be
+/// made. Anything else (Unavailable, timeouts, a connection lost mid-call, "no leader") may
+/// have been committed: its outcome is unknown.
 pub(crate) fn surely_not_executed(status: &tonic::Status) -> bool {
-    if status.code() == tonic::Code::InvalidArgument || status.message() == LEARNER_REFUSAL {
+    if status.code() == tonic::Code::InvalidArgument
+        || status.message() == LEARNER_REFUSAL
+        || status.message() == TOO_MANY_REQUESTS
+    {
         return true;
     }
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);

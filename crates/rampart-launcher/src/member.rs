@@ -236,12 +236,15 @@ impl Member {
         Ok(())
     }
 
+    /// The process's id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Sends `signal` (a name `kill` knows: `TERM`, `INT`, `STOP`, ...) to the process.
     pub fn signal(&self, signal: &str) -> anyhow::Result<()> {
         let pid = self
-            .child
-            .as_ref()
-            .map(Child::id)
+            .pid()
             .with_context(|| format!("{} has no process", self.name))?;
         send_signal(pid, signal).with_context(|| format!("signalling {}", self.name))
     }

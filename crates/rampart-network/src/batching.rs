@@ -21,7 +21,7 @@ pub(crate) fn gather<T: Batched>(
     fits: impl Fn(&T, &T) -> bool,
     max_requests: usize,
 ) -> (Vec<T>, Option<T>) {
-    let mut bytes = encoded_size(first.command());
+    let mut bytes = first.command().encoded_size();
     let mut batch = vec![first];
     while batch.len() < max_requests && bytes < MAX_BATCH_BYTES {
         let Some(request) = next() else {
@@ -30,12 +30,8 @@ pub(crate) fn gather<T: Batched>(
         if !fits(&batch[0], &request) {
             return (batch, Some(request));
         }
-        bytes += encoded_size(request.command());
+        bytes += request.command().encoded_size();
         batch.push(request);
     }
     (batch, None)
-}
-
-fn encoded_size(command: &Command) -> u64 {
-    bincode::serialized_size(command).unwrap_or(MAX_BATCH_BYTES)
 }

@@ -4,7 +4,7 @@
 //!
 //! Modules, each using only those below it: `peer_service` (the receiving side), `proposer`,
 //! `forwarder`, `read_index` (the batching tasks), `raft_calls` (calls into this member's own
-//! Raft), `peer_network` (the sending side), `batching`, `faults`, `messages`.
+//! Raft), `peer_network` (the sending side), `admission`, `batching`, `faults`, `messages`.
 //!
 //! - [`PeerNetwork`] is openraft's `RaftNetworkFactory`: one cached, lazily connected gRPC channel
 //!   per peer, shared by the Raft connections and by [`PeerNetwork::forward`] and
@@ -19,6 +19,7 @@
 //!
 //! This crate knows nothing of the etcd client API.
 
+mod admission;
 mod batching;
 mod faults;
 mod forwarder;
@@ -31,6 +32,7 @@ mod raft_calls;
 mod read_index;
 mod stats;
 
+pub use admission::{Admission, AdmissionLimits, Admitted, ADMISSION_WAIT};
 pub use faults::LinkFaults;
 pub use forwarder::{Forwarded, Forwarder};
 pub use messages::{

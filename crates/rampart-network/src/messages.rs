@@ -22,6 +22,11 @@ pub enum ForwardError {
     /// passes (a follower running the same checks never sends one). Nothing was proposed.
     #[error("the leader refused the command: {0}")]
     Rejected(String),
+    /// The leader's proposal queue was full: the command was not proposed, and may be sent
+    /// again later (etcd's "too many requests"). Last, so that the variants before it keep
+    /// their encoding.
+    #[error("too many requests")]
+    TooManyRequests,
 }
 
 /// Reply to `Forward`: the outcome of applying the command on the leader, with the log index of

@@ -11,6 +11,11 @@
 //!
 //! A batch entry is committed or not as a whole, so every request in it shares its fate: all get
 //! the same [`ForwardError`] when it fails, and each its own response when it is applied.
+//!
+//! The queue is bounded by an [`Admission`] (requests and bytes, the member's
+//! `--max-pending-writes` and `--max-pending-write-bytes`): a request that finds it full waits
+//! briefly for room and is then refused with [`ForwardError::TooManyRequests`], never proposed.
+//! A request holds its room until it is answered, so the bound covers the proposals in Raft too.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +24,7 @@ use openraft::Raft;
 use rampart_storage::{Command, CommandResult, TypeConfig};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use crate::admission::{Admission, AdmissionLimits, Admitted, ADMISSION_WAIT};
 use crate::batching::{gather, Batched};
 use crate::messages::{ForwardError, ForwardReply};
 use crate::raft_calls::propose;
@@ -28,13 +34,12 @@ use crate::stats::NetworkStats;
 pub const MAX_IN_FLIGHT: usize = 2;
 /// Most requests in one batch entry (and at most `MAX_BATCH_BYTES` of commands).
 const MAX_BATCH: usize = 1024;
-/// Requests waiting for a proposal; a full queue makes callers wait (backpressure).
-const QUEUE: usize = 16 * 1024;
-
 /// A request waiting to be proposed.
 struct Pending {
     command: Command,
     reply: oneshot::Sender<ForwardReply>,
+    /// Its room in the queue, given back once it is answered (or dropped unanswered).
+    admitted: Admitted,
 }
 
 impl Batched for Pending {
@@ -47,37 +52,74 @@ impl Batched for Pending {
 /// on the same queue.
 #[derive(Clone)]
 pub struct Proposer {
-    queue: mpsc::Sender<Pending>,
+    queue: mpsc::UnboundedSender<Pending>,
+    /// The bound of the queue (and of the proposals in Raft).
+    admission: Admission,
 }
 
 impl Proposer {
     /// Starts the batching task; it ends when every handle is dropped. `timeout` bounds each
-    /// proposal (callers have their own deadlines too).
-    pub fn start(raft: Raft<TypeConfig>, timeout: Duration, stats: Arc<NetworkStats>) -> Proposer {
-        let (queue, requests) = mpsc::channel(QUEUE);
+    /// proposal (callers have their own deadlines too); `limits` bound the requests waiting.
+    pub fn start(
+        raft: Raft<TypeConfig>,
+        timeout: Duration,
+        stats: Arc<NetworkStats>,
+        limits: AdmissionLimits,
+    ) -> Proposer {
+        let (queue, requests) = mpsc::unbounded_channel();
         tokio::spawn(run(raft, requests, timeout, stats));
-        Proposer { queue }
+        Proposer {
+            queue,
+            admission: Admission::new(limits),
+        }
     }
 
     /// Proposes `command` and waits until it is applied on this node, which must be the leader;
     /// the same contract as [`propose`]: [`ForwardError::NotLeader`] means it was surely not
-    /// committed, a timeout leaves the outcome unknown.
+    /// committed, [`ForwardError::TooManyRequests`] that it was never proposed, a timeout leaves
+    /// the outcome unknown.
     pub async fn propose(&self, command: Command, timeout: Duration) -> ForwardReply {
-        let (reply, answer) = oneshot::channel();
-        let queued = async {
-            self.queue
-                .send(Pending { command, reply })
-                .await
-                .map_err(|_| ForwardError::Unavailable("the proposer has stopped".into()))?;
-            answer
-                .await
-                .map_err(|_| ForwardError::Unavailable("the proposer has stopped".into()))?
-        };
-        match tokio::time::timeout(timeout, queued).await {
-            Ok(reply) => reply,
-            Err(_) => Err(ForwardError::Timeout),
+        match self.enqueue(command, ADMISSION_WAIT).await {
+            Ok(answer) => match tokio::time::timeout(timeout, answer).await {
+                Ok(Ok(reply)) => reply,
+                Ok(Err(_)) => Err(stopped()),
+                Err(_) => Err(ForwardError::Timeout),
+            },
+            Err(refused) => Err(refused),
         }
     }
+
+    /// Queues `command` once the queue has room for it, waiting at most `wait` (see
+    /// [`Admission::admit`]).
+    async fn enqueue(
+        &self,
+        command: Command,
+        wait: Duration,
+    ) -> Result<oneshot::Receiver<ForwardReply>, ForwardError> {
+        let admitted = self
+            .admission
+            .admit(command.encoded_size(), wait)
+            .await
+            .ok_or(ForwardError::TooManyRequests)?;
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(Pending {
+                command,
+                reply,
+                admitted,
+            })
+            .map_err(|_| stopped())?;
+        Ok(answer)
+    }
+
+    /// The bound of the queue, for the server's metrics.
+    pub fn admission(&self) -> &Admission {
+        &self.admission
+    }
+}
+
+fn stopped() -> ForwardError {
+    ForwardError::Unavailable("the proposer has stopped".into())
 }
 
 impl Proposer {
@@ -88,19 +130,19 @@ impl Proposer {
         commands: Vec<Command>,
         timeout: Duration,
     ) -> Vec<ForwardReply> {
-        let stopped = || ForwardError::Unavailable("the proposer has stopped".into());
+        // The commands share one wait for room: those that find none by then are refused.
+        let admission_deadline = tokio::time::Instant::now() + ADMISSION_WAIT;
         let mut answers = Vec::with_capacity(commands.len());
         for command in commands {
-            let (reply, answer) = oneshot::channel();
-            let queued = self.queue.send(Pending { command, reply }).await.is_ok();
-            answers.push(queued.then_some(answer));
+            let wait = admission_deadline.saturating_duration_since(tokio::time::Instant::now());
+            answers.push(self.enqueue(command, wait).await);
         }
         let deadline = tokio::time::Instant::now() + timeout;
         let mut replies = Vec::with_capacity(answers.len());
         for answer in answers {
             replies.push(match answer {
-                None => Err(stopped()),
-                Some(answer) => match tokio::time::timeout_at(deadline, answer).await {
+                Err(refused) => Err(refused),
+                Ok(answer) => match tokio::time::timeout_at(deadline, answer).await {
                     Err(_) => Err(ForwardError::Timeout),
                     Ok(Err(_)) => Err(stopped()),
                     Ok(Ok(reply)) => reply,
@@ -113,7 +155,7 @@ impl Proposer {
 
 async fn run(
     raft: Raft<TypeConfig>,
-    mut requests: mpsc::Receiver<Pending>,
+    mut requests: mpsc::UnboundedReceiver<Pending>,
     timeout: Duration,
     stats: Arc<NetworkStats>,
 ) {
@@ -145,8 +187,15 @@ async fn propose_batch(raft: &Raft<TypeConfig>, batch: Vec<Pending>, timeout: Du
         }
         return;
     }
-    let (commands, replies): (Vec<Command>, Vec<oneshot::Sender<ForwardReply>>) =
-        batch.into_iter().map(|p| (p.command, p.reply)).unzip();
+    let mut commands = Vec::with_capacity(batch.len());
+    let mut replies = Vec::with_capacity(batch.len());
+    // The requests keep their room until they are answered.
+    let mut admitted = Vec::with_capacity(batch.len());
+    for pending in batch {
+        commands.push(pending.command);
+        replies.push(pending.reply);
+        admitted.push(pending.admitted);
+    }
     let count = commands.len();
     match propose(raft, Command::Batch(commands), timeout).await {
         Ok((index, response)) => match response.result {
@@ -171,4 +220,5 @@ async fn propose_batch(raft: &Raft<TypeConfig>, batch: Vec<Pending>, timeout: Du
             }
         }
     }
+    drop(admitted);
 }

@@ -16,6 +16,7 @@ use std::net::ToSocketAddrs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use rampart_network::AdmissionLimits;
 use rampart_storage::{ClusterIdentity, NodeId};
 use serde::Deserialize;
 use sha1::Sha1;
@@ -67,6 +68,15 @@ pub struct RawConfig {
     /// Most operations in one transaction.
     #[arg(long, env = "RAMPART_MAX_TXN_OPS")]
     pub max_txn_ops: Option<usize>,
+    /// Most writes a member holds at once (its clients' in progress, and as leader those
+    /// waiting to be proposed); past it a write is refused with "too many requests" (default
+    /// 16384). Rampart's own.
+    #[arg(long, env = "RAMPART_MAX_PENDING_WRITES")]
+    pub max_pending_writes: Option<u64>,
+    /// Most bytes of writes a member holds at once, as `--max-pending-writes` counts them
+    /// (default 64 MiB). Rampart's own.
+    #[arg(long, env = "RAMPART_MAX_PENDING_WRITE_BYTES")]
+    pub max_pending_write_bytes: Option<u64>,
     /// Time between leader heartbeats, in milliseconds.
     #[arg(long, env = "RAMPART_HEARTBEAT_INTERVAL")]
     pub heartbeat_interval: Option<u64>,
@@ -275,6 +285,8 @@ impl RawConfig {
             initial_cluster_token,
             max_request_bytes,
             max_txn_ops,
+            max_pending_writes,
+            max_pending_write_bytes,
             heartbeat_interval,
             election_timeout,
             snapshot_count,
@@ -398,6 +410,10 @@ pub struct Config {
     pub initial_cluster_token: String,
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
+    /// The bound of the writes a member holds at once (`--max-pending-writes`,
+    /// `--max-pending-write-bytes`): of its own clients' in progress, and of the leader's
+    /// proposal queue.
+    pub pending_writes: AdmissionLimits,
     pub heartbeat_interval: Duration,
     pub election_timeout: Duration,
     pub snapshot_count: u64,
@@ -490,6 +506,11 @@ fn invalid(flag: &'static str, value: impl Into<String>, reason: impl Into<Strin
 
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1536 * 1024;
 pub const DEFAULT_MAX_TXN_OPS: usize = 128;
+/// `--max-pending-writes`'s default: room for thousands of clients' writes in flight at once.
+pub const DEFAULT_MAX_PENDING_WRITES: u64 = 16 * 1024;
+/// `--max-pending-write-bytes`'s default: a second or two of writes at this machine's disk
+/// speed, and a bound on the memory they hold.
+pub const DEFAULT_MAX_PENDING_WRITE_BYTES: u64 = 64 * 1024 * 1024;
 /// etcd's default `--quota-backend-bytes`, 2 GiB.
 pub const DEFAULT_QUOTA_BACKEND_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 
@@ -601,6 +622,18 @@ impl Config {
         let max_txn_ops = raw.max_txn_ops.unwrap_or(DEFAULT_MAX_TXN_OPS);
         if max_txn_ops == 0 {
             return Err(invalid("max-txn-ops", "0", "must be positive"));
+        }
+        let pending_writes = AdmissionLimits {
+            requests: raw.max_pending_writes.unwrap_or(DEFAULT_MAX_PENDING_WRITES),
+            bytes: raw
+                .max_pending_write_bytes
+                .unwrap_or(DEFAULT_MAX_PENDING_WRITE_BYTES),
+        };
+        if pending_writes.requests == 0 {
+            return Err(invalid("max-pending-writes", "0", "must be positive"));
+        }
+        if pending_writes.bytes == 0 {
+            return Err(invalid("max-pending-write-bytes", "0", "must be positive"));
         }
         let snapshot_count = raw.snapshot_count.unwrap_or(100_000);
         if snapshot_count == 0 {
@@ -739,6 +772,7 @@ impl Config {
             initial_cluster_token,
             max_request_bytes,
             max_txn_ops,
+            pending_writes,
             heartbeat_interval: Duration::from_millis(heartbeat_ms),
             election_timeout: Duration::from_millis(election_ms),
             snapshot_count,
@@ -1697,6 +1731,51 @@ mod tests {
         assert_eq!(config.initial_cluster[0].id, config.member_id);
         assert_eq!(config.max_request_bytes, 1536 * 1024);
         assert_eq!(config.max_txn_ops, 128);
+        assert_eq!(
+            config.pending_writes,
+            AdmissionLimits {
+                requests: 16 * 1024,
+                bytes: 64 * 1024 * 1024
+            }
+        );
+    }
+
+    #[test]
+    fn pending_write_bounds_are_taken_and_zero_is_refused() {
+        let config = Config::from_raw(RawConfig {
+            max_pending_writes: Some(8),
+            max_pending_write_bytes: Some(4096),
+            ..RawConfig::default()
+        })
+        .unwrap();
+        assert_eq!(
+            config.pending_writes,
+            AdmissionLimits {
+                requests: 8,
+                bytes: 4096
+            }
+        );
+        for (raw, flag) in [
+            (
+                RawConfig {
+                    max_pending_writes: Some(0),
+                    ..RawConfig::default()
+                },
+                "max-pending-writes",
+            ),
+            (
+                RawConfig {
+                    max_pending_write_bytes: Some(0),
+                    ..RawConfig::default()
+                },
+                "max-pending-write-bytes",
+            ),
+        ] {
+            match Config::from_raw(raw) {
+                Err(ConfigError::Invalid { flag: refused, .. }) => assert_eq!(refused, flag),
+                other => panic!("{flag}=0 was not refused: {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -49,6 +49,11 @@ pub enum ServerError {
     Timeout,
     #[error("etcdserver: request timed out, waiting for the applied index took too long")]
     TimeoutWaitAppliedIndex,
+    /// A write refused before it was proposed: this member's or the leader's queue of writes
+    /// is full, or this member's state machine lags its commit index (etcd's
+    /// `ErrGRPCTooManyRequests`). Nothing happened; the client may try again.
+    #[error("etcdserver: too many requests")]
+    TooManyRequests,
     #[error("etcdserver: not capable")]
     NotCapable,
     #[error("etcdserver: member not found")]
@@ -170,7 +175,10 @@ impl ServerError {
             | NotLeader
             | BadLeaderTransferee => Code::FailedPrecondition,
             MemberBadUrls => Code::InvalidArgument,
-            NoSpace => Code::ResourceExhausted,
+            // etcd 3.4 sends TooManyRequests as `Unknown` (its gRPC layer maps it to the
+            // client-side error, not to a status); clients match on the text, and
+            // ResourceExhausted is the code etcd's rpctypes gives it.
+            NoSpace | TooManyRequests => Code::ResourceExhausted,
             Corrupt => Code::DataLoss,
             LeaderTransferTimeout => Code::Unknown,
             Storage(_) | Internal(_) => Code::Internal,

@@ -268,6 +268,11 @@ fn register_server(
         "Leases on the lease clock; only the leader keeps it (0 on the others).",
         scraped.leases.clone(),
     );
+    rampart.register(
+        "server_writes_refused",
+        "Writes refused with \"too many requests\" before they were proposed",
+        stats.writes_refused.clone(),
+    );
 }
 
 /// etcd's `etcd_disk_*` families and the slow applies.

@@ -15,8 +15,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use rampart_api::etcdserverpb::ResponseHeader;
 use rampart_network::{
-    CallError, ForwardError, Forwarder, LeaseHandler, LeaseRequest, LeaseStatus, PeerHandlers,
-    PeerNetwork, PeerService, Proposer, ReadIndexer,
+    Admission, Admitted, CallError, ForwardError, Forwarder, LeaseHandler, LeaseRequest,
+    LeaseStatus, PeerHandlers, PeerNetwork, PeerService, Proposer, ReadIndexer, ADMISSION_WAIT,
 };
 use rampart_storage::{
     AlarmAction, AlarmMember, AlarmType, Command, CommandResponse, CommandResult, Mvcc, NodeId,
@@ -28,6 +28,10 @@ use tokio::time::Instant;
 use crate::alarm::Quota;
 use crate::config::Config;
 use crate::error::ServerError;
+
+/// How far this member's applied index may fall behind its commit index before it refuses new
+/// writes: etcd's `maxGapBetweenApplyAndCommitIndex`.
+pub const MAX_APPLY_GAP: u64 = 5_000;
 
 /// The state every client service shares: one per member.
 pub struct Node {
@@ -43,6 +47,9 @@ pub struct Node {
     proposer: Proposer,
     /// Batches the writes this node forwards to the leader.
     forwarder: Forwarder,
+    /// The bound of this member's clients' writes in progress (`--max-pending-writes`,
+    /// `--max-pending-write-bytes`), checked before anything is proposed or forwarded.
+    admission: Admission,
     /// Batches the read-index rounds of linearizable reads (this node's and, when it leads,
     /// forwarded ones).
     read_indexer: ReadIndexer,
@@ -64,6 +71,9 @@ pub struct NodeStats {
     /// Writes through this member that failed before they were applied (no leader, timeouts,
     /// leader changes): not those the state machine refused.
     pub proposals_failed: Counter,
+    /// Writes refused before they were proposed with "too many requests": a full queue, here
+    /// or on the leader, or this member's applied index too far behind its commit index.
+    pub writes_refused: Counter,
     /// Watchers open on this member's watch streams.
     pub watchers: Gauge,
 }
@@ -80,11 +90,13 @@ impl Node {
             raft.clone(),
             config.request_timeout(),
             network.stats().clone(),
+            config.pending_writes,
         );
         let read_indexer =
             ReadIndexer::start(raft.clone(), network.clone(), config.request_timeout());
         let forwarder = Forwarder::start(network.clone(), config.request_timeout());
         Node {
+            admission: Admission::new(config.pending_writes),
             quota: Quota::new(config.quota_backend_bytes),
             found_corrupt: AtomicBool::new(false),
             proposer,
@@ -356,14 +368,39 @@ impl Node {
     /// Proposes `command` through Raft, on the leader wherever it is, and returns once this
     /// node has applied it, so a later serializable read here sees it. The entry is on the disks
     /// of a quorum when the leader answers.
+    ///
+    /// A write that would exceed this member's bounds is refused at once with
+    /// [`ServerError::TooManyRequests`], before it is proposed (see [`Node::admit`]).
     pub async fn write(&self, command: Command) -> Result<CommandResponse, ServerError> {
+        let _admitted = self.admit(&command).await.inspect_err(|_| {
+            self.stats.writes_refused.inc();
+        })?;
         // Counted until the write ends, however it ends (its caller going away included).
         let _pending = Held::new(&self.stats.proposals_pending);
         let result = self.write_through_leader(command).await;
-        if result.is_err() {
-            self.stats.proposals_failed.inc();
-        }
+        match &result {
+            Err(ServerError::TooManyRequests) => self.stats.writes_refused.inc(),
+            Err(_) => self.stats.proposals_failed.inc(),
+            Ok(_) => 0,
+        };
         result
+    }
+
+    /// Room for `command` among this member's writes in progress, held until the write is
+    /// answered; refused, as etcd's `processInternalRaftRequestOnce` refuses, while this
+    /// member's state machine is more than [`MAX_APPLY_GAP`] entries behind the commit index
+    /// (its writes would wait for all of those), and when the writes in progress fill
+    /// `--max-pending-writes` or `--max-pending-write-bytes` for longer than
+    /// [`ADMISSION_WAIT`].
+    async fn admit(&self, command: &Command) -> Result<Admitted, ServerError> {
+        let applied = self.mvcc.applied_index();
+        if self.store.committed_index() > applied + MAX_APPLY_GAP {
+            return Err(ServerError::TooManyRequests);
+        }
+        self.admission
+            .admit(command.encoded_size(), ADMISSION_WAIT)
+            .await
+            .ok_or(ServerError::TooManyRequests)
     }
 
     /// [`Node::write`]'s work.
@@ -413,6 +450,8 @@ impl Node {
                     continue;
                 }
                 Err(ForwardError::Timeout) => return Err(ServerError::Timeout),
+                // The leader's queue was full: nothing was proposed.
+                Err(ForwardError::TooManyRequests) => return Err(ServerError::TooManyRequests),
                 Err(ForwardError::LeaderChanged) => return Err(ServerError::LeaderChanged),
                 Err(ForwardError::Unavailable(_)) => return Err(ServerError::LeaderChanged),
                 // This member checked the request as the leader did: they disagree on the

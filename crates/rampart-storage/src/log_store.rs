@@ -26,6 +26,7 @@ use std::fs::File;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
@@ -67,6 +68,9 @@ pub struct LogStore {
     unflushed: mpsc::Sender<Unflushed>,
     /// Counts this handle as in use for [`crate::Store::released`].
     _in_use: Arc<()>,
+    /// The index of the last committed entry openraft told this log of
+    /// ([`LogStore::committed_index`]), read without a call into Raft.
+    committed: Arc<AtomicU64>,
     /// The state machine's durable applied index ([`crate::mvcc`]'s `durable_applied`), which a
     /// purge waits for; `None` only for a log tested alone (see [`crate::Store::log_store`]).
     purge_guard: Option<watch::Receiver<u64>>,
@@ -84,6 +88,7 @@ impl LogStore {
         let (disk, tree) = (&handles.disk, &handles.log);
         let purged: Option<LogId<NodeId>> = get(tree, PURGED, "last purged log id")?;
         let committed: Option<LogId<NodeId>> = get(tree, COMMITTED, "committed log id")?;
+        let committed_index = committed.map_or(0, |id| id.index);
         let recorded = Recorded {
             purged: purged.map(|id| id.index),
             committed: committed.map(|id| id.index),
@@ -97,8 +102,16 @@ impl LogStore {
             wal: Arc::new(RwLock::new(wal)),
             unflushed,
             _in_use: in_use,
+            committed: Arc::new(AtomicU64::new(committed_index)),
             purge_guard: None,
         })
+    }
+
+    /// The index of the last entry known committed, as openraft last saved it: what the
+    /// server's admission control compares with the applied index (etcd refuses new requests
+    /// while the state machine is more than 5,000 entries behind the commit).
+    pub fn committed_index(&self) -> u64 {
+        self.committed.load(Ordering::Acquire)
     }
 
     /// Makes every purge wait until the state machine holds the purged entries on disk.
@@ -283,6 +296,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             self.write_mark(COMMITTED, value)
         };
         write().map_err(|e| StorageIOError::write(&e))?;
+        self.committed
+            .store(committed.map_or(0, |id| id.index), Ordering::Release);
         // Not flushed on purpose: the committed id only lets a restart re-apply committed entries
         // early; if a crash loses it, the restarted node learns the commit index from the leader
         // again. It never reaches disk ahead of the entries it covers: openraft 0.9.25 runs its

@@ -560,6 +560,12 @@ impl Mvcc {
             .map_err(|_| StoreError::Stopped("the compactor"))
     }
 
+    /// The index of the last log entry applied and visible to readers, read without the
+    /// state's lock (see `crate::applied`).
+    pub fn applied_index(&self) -> u64 {
+        self.core.applied_waiters.applied()
+    }
+
     /// The last log entry applied to the store.
     pub fn applied_log_id(&self) -> Option<LogId<NodeId>> {
         self.core.read_state().applied

@@ -139,6 +139,11 @@ impl Store {
         &self.core
     }
 
+    /// The index of the last entry known committed (see [`LogStore::committed_index`]).
+    pub fn committed_index(&self) -> u64 {
+        self.log.committed_index()
+    }
+
     /// A read handle on the applied MVCC state.
     pub fn mvcc(&self) -> Mvcc {
         Mvcc::new(self.core.clone())

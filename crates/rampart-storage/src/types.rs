@@ -381,6 +381,15 @@ pub enum ApplyError {
     NoSpace,
 }
 
+impl Command {
+    /// The bytes this command takes in a log entry (bincode's size of it).
+    pub fn encoded_size(&self) -> u64 {
+        // Sizing a value bincode can encode cannot fail; a command too odd to size is counted
+        // as large.
+        bincode::serialized_size(self).unwrap_or(u64::MAX / 2)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CommandResult {
     Put(PutResponse),

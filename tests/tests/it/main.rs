@@ -31,6 +31,8 @@
 //!   limits and the strict reconfiguration checks, in process.
 //! - [`observe`]: `/metrics` under etcd's names, and the `/health`, `/livez` and `/readyz`
 //!   probes, on the client port and on `--listen-metrics-urls`.
+//! - [`overload`]: a flood of writes past the members' bounds is refused with "too many
+//!   requests", definitely (nothing refused is applied, nothing times out), while reads go on.
 //! - [`long_reads`]: whole-keyspace reads of a large store under writes stall no member.
 //! - [`process_cluster`]: acknowledged writes survive kill -9; bad settings and foreign data
 //!   directories are refused.
@@ -66,6 +68,7 @@ mod lock_failover;
 mod long_reads;
 mod membership;
 mod observe;
+mod overload;
 mod process_cluster;
 mod signals;
 mod tls;

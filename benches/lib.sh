@@ -2,9 +2,9 @@
 # Variables set here are read by the sourcing scripts, and those it reads are set by them:
 # shellcheck disable=SC2034,SC2154
 #
-# Shared by compare.sh, capacity.sh, failover.sh and leases.sh (sourced, not run): building and
-# finding the binaries, starting, stopping and restarting 3-member etcd and Rampart clusters on
-# loopback, waiting for them, and finding their leader.
+# Shared by compare.sh, capacity.sh, overload.sh, failover.sh and leases.sh (sourced, not run):
+# building and finding the binaries, starting, stopping and restarting 3-member etcd and Rampart
+# clusters on loopback, waiting for them, and finding their leader.
 #
 # The sourcing script sets, before calling anything here:
 #   repo     the repository's root

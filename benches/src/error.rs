@@ -40,6 +40,10 @@ pub enum BenchError {
     #[error("cannot encode the report as JSON")]
     Json(#[from] serde_json::Error),
 
+    /// A sweep's summary (`plot-sweep --summary`) that cannot be read, or has nothing to draw.
+    #[error("cannot plot the summary {path}: {message}")]
+    Summary { path: PathBuf, message: String },
+
     #[error("cannot draw {path}: {message}")]
     Plot { path: PathBuf, message: String },
 }

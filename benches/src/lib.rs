@@ -12,7 +12,8 @@
 //!   lease-hold and lease-renew, lock, election, load).
 //! - [`keys`] and [`payload`]: the keys and values written.
 //! - [`stats`]: latency histograms and per-second counts; [`report`]: the printed and JSON
-//!   results; [`plot`]: the PNG plots.
+//!   results; [`plot`]: the PNG plots; [`sweep`]: the plot of a concurrency sweep's summary
+//!   (`rampart-bench plot-sweep`, for `benches/overload.sh`).
 //!
 //! [`run`] is the whole of a run, for the binary and for tests alike.
 
@@ -28,6 +29,7 @@ pub mod progress;
 pub mod report;
 pub mod schedule;
 pub mod stats;
+pub mod sweep;
 mod workloads;
 
 pub use config::Config;

@@ -1,13 +1,20 @@
 //! The `rampart-bench` command: parses the options, runs the workload, prints the report and
-//! writes the JSON and plots asked for.
+//! writes the JSON and plots asked for; or runs a subcommand (`plot-sweep`).
 
 use anyhow::Context;
 use clap::Parser;
-use rampart_bench::{plot, Options};
+use rampart_bench::options::{Cli, Command};
+use rampart_bench::{plot, sweep};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = Options::parse().validate()?;
+    let cli = Cli::parse();
+    if let Some(Command::PlotSweep(args)) = &cli.command {
+        let path = sweep::write_sweep_plot(&args.summary, &args.out)?;
+        println!("wrote {}", path.display());
+        return Ok(());
+    }
+    let config = cli.run.validate()?;
     println!(
         "rampart-bench {} against {}: seed {} (replay with --seed {})",
         config.workload.name(),

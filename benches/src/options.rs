@@ -2,12 +2,13 @@
 //!
 //! The CLI parses these with clap and tests build them with [`Options::default`] and struct
 //! update syntax, so the defaults live in one place: the `#[arg]` attributes below.
-//! [`Options::validate`] turns them into the [`Config`] a run uses.
+//! [`Options::validate`] turns them into the [`Config`] a run uses. [`Cli`] is the whole
+//! command line: those options, or a subcommand that runs no workload ([`Command`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
 /// What a run measures.
@@ -76,6 +77,48 @@ pub enum Consistency {
     /// From the member's local state: may be stale, needs no round trip to the leader.
     #[value(alias = "s")]
     Serializable,
+}
+
+/// The command line of `rampart-bench`: a run of a workload, as the options describe (no
+/// subcommand), or one of the subcommands, which take none of those options.
+#[derive(Debug, Parser)]
+#[command(
+    name = "rampart-bench",
+    version,
+    about = "Load generator for the etcd v3 gRPC API: drives Rampart and etcd with the same \
+             workloads.",
+    long_about = None,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    /// What to do instead of a run; none runs the workload.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// The run's options, used when no subcommand is given.
+    #[command(flatten)]
+    pub run: Options,
+}
+
+/// The subcommands: work on results, without connecting to a server.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Draw overload.png (puts per second and p99 latency against the number of clients, one
+    /// line per system) from the summary that benches/overload.sh writes.
+    PlotSweep(PlotSweep),
+}
+
+/// The arguments of `plot-sweep`.
+#[derive(Debug, Clone, Args)]
+pub struct PlotSweep {
+    /// The sweep's summary: one JSON object a line, with `system`, `clients`, `throughput`
+    /// and `p99_us`.
+    #[arg(long)]
+    pub summary: PathBuf,
+
+    /// The directory to write overload.png into (created if missing).
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 /// Load generator for the etcd v3 gRPC API: drives Rampart and etcd with the same workloads.
@@ -274,6 +317,70 @@ mod tests {
         .expect("parses");
         assert_eq!(options.workload, Workload::Election);
         assert_eq!((options.elections, options.observers), (2, 16));
+    }
+
+    #[test]
+    fn the_command_line_is_a_run_or_a_subcommand() {
+        let cli = Cli::try_parse_from(["rampart-bench"]).expect("parses");
+        assert!(cli.command.is_none());
+        assert_eq!(cli.run.workload, Workload::Put);
+        // As benches/overload.sh runs its read probe.
+        let cli = Cli::try_parse_from([
+            "rampart-bench",
+            "-w",
+            "range",
+            "--consistency",
+            "linearizable",
+            "--clients",
+            "2",
+            "--rate",
+            "20",
+            "--endpoints",
+            "127.0.0.1:1,127.0.0.1:3",
+        ])
+        .expect("parses");
+        assert!(cli.command.is_none());
+        assert_eq!(cli.run.workload, Workload::Range);
+        assert_eq!((cli.run.clients, cli.run.rate), (2, Some(20.0)));
+        let cli = Cli::try_parse_from([
+            "rampart-bench",
+            "plot-sweep",
+            "--summary",
+            "s.jsonl",
+            "--out",
+            "plots",
+        ])
+        .expect("parses");
+        let Some(Command::PlotSweep(plot)) = cli.command else {
+            panic!("plot-sweep parsed as {:?}", cli.command);
+        };
+        assert_eq!(plot.summary, PathBuf::from("s.jsonl"));
+        assert_eq!(plot.out, PathBuf::from("plots"));
+        // A run's options do not mix with a subcommand, before it or after it.
+        for args in [
+            &[
+                "rampart-bench",
+                "--clients",
+                "4",
+                "plot-sweep",
+                "--summary",
+                "s",
+                "--out",
+                "o",
+            ][..],
+            &[
+                "rampart-bench",
+                "plot-sweep",
+                "--summary",
+                "s",
+                "--out",
+                "o",
+                "--clients",
+                "4",
+            ],
+        ] {
+            assert!(Cli::try_parse_from(args).is_err(), "{args:?} is refused");
+        }
     }
 
     #[test]

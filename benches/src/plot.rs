@@ -13,11 +13,12 @@ use crate::error::BenchError;
 use crate::report::{Report, SeriesReport};
 
 const SIZE: (u32, u32) = (1000, 600);
-const FONT: &str = "sans-serif";
+/// The family name the embedded font is registered under.
+pub(crate) const FONT: &str = "sans-serif";
 
 /// Registers the embedded font once per process. Answers whether text can be drawn; it always
 /// can unless the embedded font is corrupt.
-fn font_registered() -> bool {
+pub(crate) fn font_registered() -> bool {
     static REGISTERED: OnceLock<bool> = OnceLock::new();
     *REGISTERED
         .get_or_init(|| register_font(FONT, FontStyle::Normal, dejavu::sans::regular()).is_ok())

@@ -32,6 +32,8 @@
 //! - [`observe`]: `/metrics` under etcd's names, and the `/health`, `/livez` and `/readyz`
 //!   probes, on the client port and on `--listen-metrics-urls`.
 //! - [`long_reads`]: whole-keyspace reads of a large store under writes stall no member.
+//! - [`patroni`]: PostgreSQL high availability with Patroni (PyPI) through the JSON gateway,
+//!   across kill -9 of the Rampart leader and of the PostgreSQL primary (`tests/patroni/run`).
 //! - [`process_cluster`]: acknowledged writes survive kill -9; bad settings and foreign data
 //!   directories are refused.
 //! - [`signals`]: SIGTERM and SIGINT stop a member in order.
@@ -66,6 +68,7 @@ mod lock_failover;
 mod long_reads;
 mod membership;
 mod observe;
+mod patroni;
 mod process_cluster;
 mod signals;
 mod tls;

@@ -175,6 +175,10 @@ pub struct RawConfig {
     /// 4294967295, etcd's).
     #[arg(long, env = "RAMPART_MAX_CONCURRENT_STREAMS")]
     pub max_concurrent_streams: Option<u32>,
+    /// Comma-separated origins (`scheme://host:port`) whose browsers may read the client URLs'
+    /// HTTP answers (the JSON gateway, /health, /metrics), or "*" for any (default "*", etcd's).
+    #[arg(long, env = "RAMPART_CORS")]
+    pub cors: Option<String>,
     /// The etcd 3.4 flags that Rampart accepts without effect or refuses (see
     /// [`ETCD_ONLY_FLAGS`] and [`TLS_AND_AUTH_FLAGS`]): command line and environment only.
     #[command(flatten)]
@@ -297,6 +301,7 @@ impl RawConfig {
             grpc_keepalive_interval,
             grpc_keepalive_timeout,
             max_concurrent_streams,
+            cors,
             // TLS
             cert_file,
             key_file,
@@ -309,6 +314,16 @@ impl RawConfig {
             cipher_suites,
         )
     }
+}
+
+/// The browser origins `--cors` allows, as etcd 3.4's access controller has them: an answer to
+/// an allowed origin carries etcd's `Access-Control-Allow-*` headers (`crate::cors`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Cors {
+    /// `*`, the default: every answer allows any origin, whether the request names one or not.
+    AnyOrigin,
+    /// These origins (`scheme://host:port`), each compared exactly with a request's `Origin`.
+    Origins(Vec<String>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -435,6 +450,8 @@ pub struct Config {
     pub grpc_keepalive_timeout: Duration,
     /// Most concurrent HTTP/2 streams per client connection (`--max-concurrent-streams`).
     pub max_concurrent_streams: u32,
+    /// The browser origins allowed to read the client URLs' HTTP answers (`--cors`).
+    pub cors: Cors,
     /// One line each for the flags given that are accepted without effect, logged at start.
     pub accepted_flags: Vec<String>,
     /// The client side's TLS files: `None` unless `--cert-file` and `--key-file` are given.
@@ -703,6 +720,15 @@ impl Config {
                 "must be positive (no client could make a call)",
             ));
         }
+        let cors = match raw.cors.as_deref() {
+            None | Some("*") => Cors::AnyOrigin,
+            Some(value) => Cors::Origins(
+                parse_urls("cors", value, check_url)?
+                    .into_iter()
+                    .map(|url| url.trim_end_matches('/').to_string())
+                    .collect(),
+            ),
+        };
         accepted_flags.extend(raw.etcd_only.check()?);
         let TlsSettings {
             client_tls,
@@ -758,6 +784,7 @@ impl Config {
             grpc_keepalive_interval,
             grpc_keepalive_timeout,
             max_concurrent_streams,
+            cors,
             accepted_flags,
             client_tls,
             peer_tls,
@@ -1379,14 +1406,9 @@ pub const ETCD_ONLY_FLAGS: &[EtcdFlag] = &[
     ),
     refused_unless("enable-v2", Bool, &["false"], V2),
     accepted(
-        "cors",
-        Text,
-        "Rampart has no HTTP JSON API (v2 or gateway) for browsers to call",
-    ),
-    accepted(
         "host-whitelist",
         Text,
-        "Rampart has no HTTP JSON API (v2 or gateway) to guard",
+        "Rampart does not check the Host header of the HTTP requests of its client URLs",
     ),
     refused_unless(
         "enable-pprof",
@@ -2333,6 +2355,32 @@ mod tests {
             let err = from_args(&[bad]).unwrap_err();
             let flag = bad.split('=').next().unwrap();
             assert!(err.starts_with(&format!("invalid {flag} ")), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn cors_is_etcds() {
+        assert_eq!(from_args(&[]).unwrap().cors, Cors::AnyOrigin);
+        assert_eq!(from_args(&["--cors=*"]).unwrap().cors, Cors::AnyOrigin);
+        assert_eq!(
+            from_args(&["--cors=http://example.com:8080,https://b.org:443/"])
+                .unwrap()
+                .cors,
+            Cors::Origins(vec![
+                "http://example.com:8080".into(),
+                "https://b.org:443".into()
+            ])
+        );
+        // etcd's refusals: no port, no scheme, a path, "*" among URLs, nothing.
+        for bad in [
+            "--cors=http://example.com",
+            "--cors=example.com:80",
+            "--cors=https://x.org:443/path",
+            "--cors=http://a.com:1,*",
+            "--cors=",
+        ] {
+            let err = from_args(&[bad]).unwrap_err();
+            assert!(err.starts_with("invalid --cors "), "{bad}: {err}");
         }
     }
 

@@ -21,7 +21,8 @@
 //!   `alarm`: alarms in the API's terms and the space quota; `corruption`: the comparison of
 //!   the members' data (start-up and periodic); `compactor`: the leader's auto-compaction;
 //!   `fault_control`: TEST ONLY remote control of the peer-link faults; `tls`: the client and
-//!   peer listeners' TLS, certificates reloaded when their files change.
+//!   peer listeners' TLS, certificates reloaded when their files change; `cors`: etcd's CORS
+//!   headers and preflight answers on the client URLs' HTTP answers (`--cors`).
 
 mod alarm;
 mod client;
@@ -29,6 +30,7 @@ mod compactor;
 pub mod config;
 mod convert;
 mod corruption;
+mod cors;
 pub mod error;
 mod fault_control;
 mod forward_check;

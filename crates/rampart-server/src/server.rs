@@ -503,15 +503,20 @@ fn serve_clients(
                 .max_decoding_message_size(limit),
         );
     // The HTTP endpoints share the port, as etcd's do: HTTP/1.1 requests and HTTP/2 ones that
-    // are not gRPC calls reach them, past the interceptor (which lets them through).
+    // are not gRPC calls reach them, past the interceptor (which lets them through). Their
+    // answers, and those to OPTIONS on any path, carry etcd's CORS headers (`--cors`).
+    let config = node.config();
     let routes = tonic::service::Routes::from(
         services
             .routes()
             .into_axum_router()
             .merge(endpoints)
-            .merge(crate::gateway::router(node, client, membership)),
+            .merge(crate::gateway::router(node, client, membership))
+            .layer(axum::middleware::from_fn_with_state(
+                Arc::new(config.cors.clone()),
+                crate::cors::cors,
+            )),
     );
-    let config = node.config();
     // etcd's server options: keepalive pings only when both durations are positive.
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(config.grpc_keepalive_interval)

@@ -7,6 +7,7 @@ Each subcommand prints one answer on stdout and exits 0, or prints why not on st
                                  (e.g. "primary running -", "replica streaming streaming")
   leader PREFIX GATEWAY_URL...   the leader key under PREFIX: "NAME MOD_REVISION"
   members PREFIX GATEWAY_URL...  the member keys under PREFIX, one "NAME ROLE STATE" a line
+  key KEY GATEWAY_URL...         the value of KEY
   sql PORT QUERY                 runs QUERY on 127.0.0.1:PORT as the superuser, in autocommit,
                                  and prints the first column of each row
 
@@ -81,6 +82,13 @@ def members(prefix, urls):
         fail(f"no keys under {prefix}members/")
 
 
+def key(name, urls):
+    kv = prefix_range(name, urls).get(name)
+    if kv is None:
+        fail(f"no key {name}")
+    print(kv["value"])
+
+
 def sql(port, query):
     import psycopg2  # only this subcommand needs it
 
@@ -110,6 +118,8 @@ def main(args):
         leader(args[1], args[2:])
     elif len(args) >= 3 and args[0] == "members":
         members(args[1], args[2:])
+    elif len(args) >= 3 and args[0] == "key":
+        key(args[1], args[2:])
     elif len(args) == 3 and args[0] == "sql":
         try:
             sql(args[1], args[2])

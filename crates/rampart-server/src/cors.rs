@@ -12,8 +12,7 @@ use std::sync::Arc;
 
 use axum::extract::{Request, State};
 use axum::http::header::{
-    ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN,
-    CONTENT_TYPE, ORIGIN,
+    ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN, ORIGIN,
 };
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
@@ -29,11 +28,7 @@ const ALLOW_HEADERS: HeaderValue = HeaderValue::from_static("accept, content-typ
 /// The middleware (`axum::middleware::from_fn_with_state`, with `--cors`'s origins) that answers
 /// preflights and adds the headers to the answers of allowed origins.
 pub async fn cors(State(cors): State<Arc<Cors>>, request: Request, next: Next) -> Response {
-    let grpc = request
-        .headers()
-        .get(CONTENT_TYPE)
-        .is_some_and(|t| t.as_bytes().starts_with(b"application/grpc"));
-    if grpc {
+    if crate::http::is_grpc(request.headers()) {
         return next.run(request).await;
     }
     let allowed = match &*cors {

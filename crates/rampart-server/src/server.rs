@@ -504,7 +504,8 @@ fn serve_clients(
         );
     // The HTTP endpoints share the port, as etcd's do: HTTP/1.1 requests and HTTP/2 ones that
     // are not gRPC calls reach them, past the interceptor (which lets them through). Their
-    // answers, and those to OPTIONS on any path, carry etcd's CORS headers (`--cors`).
+    // answers, and those to OPTIONS on any path, carry etcd's CORS headers (`--cors`); a path
+    // no route serves answers 404 (gRPC's Unimplemented to a gRPC call).
     let config = node.config();
     let routes = tonic::service::Routes::from(
         services
@@ -512,6 +513,7 @@ fn serve_clients(
             .into_axum_router()
             .merge(endpoints)
             .merge(crate::gateway::router(node, client, membership))
+            .fallback(crate::http::unknown_path)
             .layer(axum::middleware::from_fn_with_state(
                 Arc::new(config.cors.clone()),
                 crate::cors::cors,
@@ -546,7 +548,7 @@ fn serve_clients(
 /// Serves the HTTP endpoints (`crate::http`) alone on `listener` (`--listen-metrics-urls`)
 /// until `shutdown`.
 async fn serve_http(listener: TcpListener, endpoints: axum::Router, shutdown: CancellationToken) {
-    if let Err(e) = axum::serve(listener, endpoints)
+    if let Err(e) = axum::serve(listener, endpoints.fallback(crate::http::unknown_path))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
     {

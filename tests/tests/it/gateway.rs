@@ -1058,3 +1058,51 @@ async fn cors_as_etcd_3_4_does() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A path no route serves answers as etcd 3.4's HTTP mux does (404, Go's text), not with a gRPC
+/// answer, while a gRPC call to an unknown method still gets gRPC's `Unimplemented`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_paths_as_etcd_3_4_does() -> anyhow::Result<()> {
+    let etcd = Etcd::start().await?;
+    let cluster = TestCluster::start(1).await?;
+    cluster.wait_for_leader(WAIT).await?;
+    let rampart = &cluster.client_urls()[0];
+    let requests = [
+        ("GET", "/no/such/path", ""),
+        ("POST", "/no/such/path", "{}"),
+        ("POST", "/v3/kv/nothing", "{}"),
+        ("GET", "/v3/kv/range", ""),
+    ];
+    for (method, path, body) in requests {
+        let theirs = send(&etcd.url, method, path, body.as_bytes()).await?;
+        let ours = send(rampart, method, path, body.as_bytes()).await?;
+        ensure!(
+            (ours.status, &ours.content_type, &ours.body)
+                == (theirs.status, &theirs.content_type, &theirs.body),
+            "{method} {path}: Rampart answers {} {:?} {:?}, etcd {} {:?} {:?}",
+            ours.status,
+            ours.content_type,
+            ours.body,
+            theirs.status,
+            theirs.content_type,
+            theirs.body
+        );
+    }
+    // A gRPC call (its content type says so) to a method no service has.
+    let address = rampart.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(address).await?;
+    let head = format!(
+        "POST /no.Such/Method HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/grpc\r\n\
+         Content-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut answer)).await??;
+    let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    ensure!(
+        answer.contains("content-type: application/grpc") && answer.contains("grpc-status: 12"),
+        "a gRPC call to an unknown method: {answer}"
+    );
+    cluster.shutdown().await;
+    Ok(())
+}

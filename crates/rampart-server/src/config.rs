@@ -179,6 +179,10 @@ pub struct RawConfig {
     /// HTTP answers (the JSON gateway, /health, /metrics), or "*" for any (default "*", etcd's).
     #[arg(long, env = "RAMPART_CORS")]
     pub cors: Option<String>,
+    /// Comma-separated host names that plain-HTTP requests to the client URLs may name in their
+    /// Host header (etcd's guard against DNS rebinding), or "*" for any (default "*", etcd's).
+    #[arg(long, env = "RAMPART_HOST_WHITELIST")]
+    pub host_whitelist: Option<String>,
     /// The etcd 3.4 flags that Rampart accepts without effect or refuses (see
     /// [`ETCD_ONLY_FLAGS`] and [`TLS_AND_AUTH_FLAGS`]): command line and environment only.
     #[command(flatten)]
@@ -302,6 +306,7 @@ impl RawConfig {
             grpc_keepalive_timeout,
             max_concurrent_streams,
             cors,
+            host_whitelist,
             // TLS
             cert_file,
             key_file,
@@ -317,7 +322,7 @@ impl RawConfig {
 }
 
 /// The browser origins `--cors` allows, as etcd 3.4's access controller has them: an answer to
-/// an allowed origin carries etcd's `Access-Control-Allow-*` headers (`crate::cors`).
+/// an allowed origin carries etcd's `Access-Control-Allow-*` headers (`crate::access`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Cors {
     /// `*`, the default: every answer allows any origin, whether the request names one or not.
@@ -452,6 +457,9 @@ pub struct Config {
     pub max_concurrent_streams: u32,
     /// The browser origins allowed to read the client URLs' HTTP answers (`--cors`).
     pub cors: Cors,
+    /// The host names plain-HTTP requests to the client URLs may name (`--host-whitelist`):
+    /// `None`, any (`*`, the default).
+    pub host_whitelist: Option<Vec<String>>,
     /// One line each for the flags given that are accepted without effect, logged at start.
     pub accepted_flags: Vec<String>,
     /// The client side's TLS files: `None` unless `--cert-file` and `--key-file` are given.
@@ -729,6 +737,12 @@ impl Config {
                     .collect(),
             ),
         };
+        // As etcd's: the names as given, split at commas (an empty one allows a request
+        // without a host name); "*" among them allows any.
+        let host_whitelist = raw
+            .host_whitelist
+            .map(|value| value.split(',').map(str::to_string).collect::<Vec<_>>())
+            .filter(|hosts| !hosts.iter().any(|h| h == "*"));
         accepted_flags.extend(raw.etcd_only.check()?);
         let TlsSettings {
             client_tls,
@@ -785,6 +799,7 @@ impl Config {
             grpc_keepalive_timeout,
             max_concurrent_streams,
             cors,
+            host_whitelist,
             accepted_flags,
             client_tls,
             peer_tls,
@@ -1405,11 +1420,6 @@ pub const ETCD_ONLY_FLAGS: &[EtcdFlag] = &[
          rejoining member from disrupting the leader as pre-vote does",
     ),
     refused_unless("enable-v2", Bool, &["false"], V2),
-    accepted(
-        "host-whitelist",
-        Text,
-        "Rampart does not check the Host header of the HTTP requests of its client URLs",
-    ),
     refused_unless(
         "enable-pprof",
         Bool,
@@ -2141,7 +2151,7 @@ mod tests {
             assert!(config.accepted_flags[0].contains(flag.why), "{arg}");
             seen += 1;
         }
-        assert!(seen >= 20, "only {seen} accepted flags");
+        assert!(seen >= 15, "only {seen} accepted flags");
         // Several at once, as a production unit passes them; a boolean alone means true.
         let config = from_args(&[
             "--logger=zap",
@@ -2382,6 +2392,23 @@ mod tests {
             let err = from_args(&[bad]).unwrap_err();
             assert!(err.starts_with("invalid --cors "), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn host_whitelist_is_etcds() {
+        assert_eq!(from_args(&[]).unwrap().host_whitelist, None);
+        assert_eq!(
+            from_args(&["--host-whitelist=a.example,*"])
+                .unwrap()
+                .host_whitelist,
+            None
+        );
+        assert_eq!(
+            from_args(&["--host-whitelist=a.example,localhost"])
+                .unwrap()
+                .host_whitelist,
+            Some(vec!["a.example".to_string(), "localhost".to_string()])
+        );
     }
 
     #[test]

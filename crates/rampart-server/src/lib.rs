@@ -21,16 +21,16 @@
 //!   `alarm`: alarms in the API's terms and the space quota; `corruption`: the comparison of
 //!   the members' data (start-up and periodic); `compactor`: the leader's auto-compaction;
 //!   `fault_control`: TEST ONLY remote control of the peer-link faults; `tls`: the client and
-//!   peer listeners' TLS, certificates reloaded when their files change; `cors`: etcd's CORS
-//!   headers and preflight answers on the client URLs' HTTP answers (`--cors`).
+//!   peer listeners' TLS, certificates reloaded when their files change; `access`: etcd's
+//!   access controller on the client URLs' HTTP requests (`--host-whitelist`, `--cors`).
 
+mod access;
 mod alarm;
 mod client;
 mod compactor;
 pub mod config;
 mod convert;
 mod corruption;
-mod cors;
 pub mod error;
 mod fault_control;
 mod forward_check;

@@ -504,8 +504,9 @@ fn serve_clients(
         );
     // The HTTP endpoints share the port, as etcd's do: HTTP/1.1 requests and HTTP/2 ones that
     // are not gRPC calls reach them, past the interceptor (which lets them through). Their
-    // answers, and those to OPTIONS on any path, carry etcd's CORS headers (`--cors`); a path
-    // no route serves answers 404 (gRPC's Unimplemented to a gRPC call).
+    // requests pass etcd's access controller first (`--host-whitelist` on plain HTTP, `--cors`,
+    // OPTIONS on any path); a path no route serves answers 404 (gRPC's Unimplemented to a gRPC
+    // call).
     let config = node.config();
     let routes = tonic::service::Routes::from(
         services
@@ -515,8 +516,11 @@ fn serve_clients(
             .merge(crate::gateway::router(node, client, membership))
             .fallback(crate::http::unknown_path)
             .layer(axum::middleware::from_fn_with_state(
-                Arc::new(config.cors.clone()),
-                crate::cors::cors,
+                Arc::new(crate::access::Access {
+                    cors: config.cors.clone(),
+                    hosts: config.host_whitelist.clone().filter(|_| tls.is_none()),
+                }),
+                crate::access::access_control,
             )),
     );
     // etcd's server options: keepalive pings only when both durations are positive.

@@ -32,7 +32,8 @@ impl Answer {
     }
 }
 
-/// The head of an HTTP request to `address` (`host:port`), with `headers` besides the usual.
+/// The head of an HTTP request to `address` (`host:port`), with `headers` besides the usual (a
+/// `Host` among them replaces `address` there).
 fn request_head(
     method: &str,
     path: &str,
@@ -42,10 +43,15 @@ fn request_head(
     close: bool,
 ) -> String {
     let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n",
+        "{method} {path} HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
         body.len()
     );
+    if !headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("host"))
+    {
+        head.push_str(&format!("Host: {address}\r\n"));
+    }
     for (name, value) in headers {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
@@ -1103,6 +1109,60 @@ async fn unknown_paths_as_etcd_3_4_does() -> anyhow::Result<()> {
         answer.contains("content-type: application/grpc") && answer.contains("grpc-status: 12"),
         "a gRPC call to an unknown method: {answer}"
     );
+    cluster.shutdown().await;
+    Ok(())
+}
+
+/// `--host-whitelist` as etcd 3.4 has it: the same requests, naming the same hosts, to etcd and
+/// to Rampart started with the same list get the same answers (421 and etcd's text for a host
+/// not listed, the port and IPv6 brackets left aside as Go's `net.SplitHostPort` does); gRPC
+/// calls pass whatever host they name. (etcd's list has 127.0.0.1 too, which the test's wait
+/// for it to serve names; Rampart's has not, so that its own requests to 127.0.0.1 show the
+/// refusal of HTTP and the passage of gRPC.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_whitelist_as_etcd_3_4_does() -> anyhow::Result<()> {
+    let listed = "example.com,::1";
+    let etcd = Etcd::start_with(&["--host-whitelist", &format!("{listed},127.0.0.1")]).await?;
+    let cluster =
+        TestCluster::start_with(1, |raw| raw.host_whitelist = Some(listed.into())).await?;
+    cluster.wait_for_leader(WAIT).await?;
+    let rampart = &cluster.client_urls()[0];
+    let range = json!({"key": b64("k")}).to_string();
+    let requests = [
+        ("POST", "/v3/kv/range", "example.com:2379", range.as_str()),
+        ("POST", "/v3/kv/range", "example.com", range.as_str()),
+        ("OPTIONS", "/v3/kv/range", "evil.example:2379", ""),
+        ("GET", "/health", "[::1]:2379", ""),
+        ("GET", "/version", "::1", ""),
+        ("GET", "/metrics", "localhost:2379", ""),
+    ];
+    for (method, path, host, body) in requests {
+        let headers = [("Host", host)];
+        let theirs = send_with(&etcd.url, method, path, &headers, body.as_bytes()).await?;
+        let ours = send_with(rampart, method, path, &headers, body.as_bytes()).await?;
+        let answer = |a: &Answer| {
+            let body = if a.status == 421 {
+                a.body.clone()
+            } else {
+                String::new()
+            };
+            (a.status, a.access_control.clone(), body)
+        };
+        ensure!(
+            answer(&ours) == answer(&theirs),
+            "{method} {path} naming host {host:?}: Rampart answers {:?}, etcd {:?}",
+            answer(&ours),
+            answer(&theirs)
+        );
+    }
+    // Rampart's own address, 127.0.0.1, is not listed: HTTP is refused, gRPC passes.
+    let refused = post(rampart, "/v3/kv/range", json!({"key": b64("k")})).await?;
+    ensure!(
+        refused.status == 421 && refused.body.contains("--host-whitelist \"127.0.0.1\""),
+        "a request naming 127.0.0.1: {refused:?}"
+    );
+    let mut client = cluster.client(0).await?;
+    rampart_tests::put(&mut client, "grpc", "passes").await?;
     cluster.shutdown().await;
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! etcd 3.4's access controller on the HTTP answers of the client URLs (the JSON gateway,
-//! `/version`, `/health`, `/metrics`, the probes, unknown paths); gRPC calls pass untouched, as
-//! etcd serves them apart from its HTTP handlers. In etcd's order:
+//! `/version`, `/health`, `/metrics`, the probes, unknown paths), a layer over those routes
+//! only; gRPC calls pass untouched (a call to an unknown method reaches it through the
+//! fallback), as etcd serves them apart from its HTTP handlers. In etcd's order:
 //!
 //! 1. `--host-whitelist`, on plain-HTTP URLs only: a request whose `Host` (without its port)
 //!    is not listed is refused with 421 and etcd's text about DNS rebinding (CVE-2018-5702).

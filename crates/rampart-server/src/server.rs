@@ -506,22 +506,25 @@ fn serve_clients(
     // are not gRPC calls reach them, past the interceptor (which lets them through). Their
     // requests pass etcd's access controller first (`--host-whitelist` on plain HTTP, `--cors`,
     // OPTIONS on any path); a path no route serves answers 404 (gRPC's Unimplemented to a gRPC
-    // call).
+    // call). The gRPC services' routes stay outside the access controller.
     let config = node.config();
+    let access = axum::middleware::from_fn_with_state(
+        Arc::new(crate::access::Access {
+            cors: config.cors.clone(),
+            hosts: config.host_whitelist.clone().filter(|_| tls.is_none()),
+        }),
+        crate::access::access_control,
+    );
+    let http = endpoints
+        .merge(crate::gateway::router(node, client, membership))
+        .layer(access.clone());
+    let unknown_path = axum::handler::Handler::layer(crate::http::unknown_path, access);
     let routes = tonic::service::Routes::from(
         services
             .routes()
             .into_axum_router()
-            .merge(endpoints)
-            .merge(crate::gateway::router(node, client, membership))
-            .fallback(crate::http::unknown_path)
-            .layer(axum::middleware::from_fn_with_state(
-                Arc::new(crate::access::Access {
-                    cors: config.cors.clone(),
-                    hosts: config.host_whitelist.clone().filter(|_| tls.is_none()),
-                }),
-                crate::access::access_control,
-            )),
+            .merge(http)
+            .fallback(unknown_path),
     );
     // etcd's server options: keepalive pings only when both durations are positive.
     let router = tonic::transport::Server::builder()

@@ -185,6 +185,14 @@ pub struct RawConfig {
     /// 4294967295, etcd's).
     #[arg(long, env = "RAMPART_MAX_CONCURRENT_STREAMS")]
     pub max_concurrent_streams: Option<u32>,
+    /// Comma-separated origins (`scheme://host:port`) whose browsers may read the client URLs'
+    /// HTTP answers (the JSON gateway, /health, /metrics), or "*" for any (default "*", etcd's).
+    #[arg(long, env = "RAMPART_CORS")]
+    pub cors: Option<String>,
+    /// Comma-separated host names that plain-HTTP requests to the client URLs may name in their
+    /// Host header (etcd's guard against DNS rebinding), or "*" for any (default "*", etcd's).
+    #[arg(long, env = "RAMPART_HOST_WHITELIST")]
+    pub host_whitelist: Option<String>,
     /// The etcd 3.4 flags that Rampart accepts without effect or refuses (see
     /// [`ETCD_ONLY_FLAGS`] and [`TLS_AND_AUTH_FLAGS`]): command line and environment only.
     #[command(flatten)]
@@ -309,6 +317,8 @@ impl RawConfig {
             grpc_keepalive_interval,
             grpc_keepalive_timeout,
             max_concurrent_streams,
+            cors,
+            host_whitelist,
             // TLS
             cert_file,
             key_file,
@@ -321,6 +331,16 @@ impl RawConfig {
             cipher_suites,
         )
     }
+}
+
+/// The browser origins `--cors` allows, as etcd 3.4's access controller has them: an answer to
+/// an allowed origin carries etcd's `Access-Control-Allow-*` headers (`crate::access`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Cors {
+    /// `*`, the default: every answer allows any origin, whether the request names one or not.
+    AnyOrigin,
+    /// These origins (`scheme://host:port`), each compared exactly with a request's `Origin`.
+    Origins(Vec<String>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -451,6 +471,11 @@ pub struct Config {
     pub grpc_keepalive_timeout: Duration,
     /// Most concurrent HTTP/2 streams per client connection (`--max-concurrent-streams`).
     pub max_concurrent_streams: u32,
+    /// The browser origins allowed to read the client URLs' HTTP answers (`--cors`).
+    pub cors: Cors,
+    /// The host names plain-HTTP requests to the client URLs may name (`--host-whitelist`):
+    /// `None`, any (`*`, the default).
+    pub host_whitelist: Option<Vec<String>>,
     /// One line each for the flags given that are accepted without effect, logged at start.
     pub accepted_flags: Vec<String>,
     /// The client side's TLS files: `None` unless `--cert-file` and `--key-file` are given.
@@ -736,6 +761,21 @@ impl Config {
                 "must be positive (no client could make a call)",
             ));
         }
+        let cors = match raw.cors.as_deref() {
+            None | Some("*") => Cors::AnyOrigin,
+            Some(value) => Cors::Origins(
+                parse_urls("cors", value, check_url)?
+                    .into_iter()
+                    .map(|url| url.trim_end_matches('/').to_string())
+                    .collect(),
+            ),
+        };
+        // As etcd's: the names as given, split at commas (an empty one allows a request
+        // without a host name); "*" among them allows any.
+        let host_whitelist = raw
+            .host_whitelist
+            .map(|value| value.split(',').map(str::to_string).collect::<Vec<_>>())
+            .filter(|hosts| !hosts.iter().any(|h| h == "*"));
         accepted_flags.extend(raw.etcd_only.check()?);
         let TlsSettings {
             client_tls,
@@ -792,6 +832,8 @@ impl Config {
             grpc_keepalive_interval,
             grpc_keepalive_timeout,
             max_concurrent_streams,
+            cors,
+            host_whitelist,
             accepted_flags,
             client_tls,
             peer_tls,
@@ -1412,16 +1454,6 @@ pub const ETCD_ONLY_FLAGS: &[EtcdFlag] = &[
          rejoining member from disrupting the leader as pre-vote does",
     ),
     refused_unless("enable-v2", Bool, &["false"], V2),
-    accepted(
-        "cors",
-        Text,
-        "Rampart has no HTTP JSON API (v2 or gateway) for browsers to call",
-    ),
-    accepted(
-        "host-whitelist",
-        Text,
-        "Rampart has no HTTP JSON API (v2 or gateway) to guard",
-    ),
     refused_unless(
         "enable-pprof",
         Bool,
@@ -2198,7 +2230,7 @@ mod tests {
             assert!(config.accepted_flags[0].contains(flag.why), "{arg}");
             seen += 1;
         }
-        assert!(seen >= 20, "only {seen} accepted flags");
+        assert!(seen >= 15, "only {seen} accepted flags");
         // Several at once, as a production unit passes them; a boolean alone means true.
         let config = from_args(&[
             "--logger=zap",
@@ -2413,6 +2445,49 @@ mod tests {
             let flag = bad.split('=').next().unwrap();
             assert!(err.starts_with(&format!("invalid {flag} ")), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn cors_is_etcds() {
+        assert_eq!(from_args(&[]).unwrap().cors, Cors::AnyOrigin);
+        assert_eq!(from_args(&["--cors=*"]).unwrap().cors, Cors::AnyOrigin);
+        assert_eq!(
+            from_args(&["--cors=http://example.com:8080,https://b.org:443/"])
+                .unwrap()
+                .cors,
+            Cors::Origins(vec![
+                "http://example.com:8080".into(),
+                "https://b.org:443".into()
+            ])
+        );
+        // etcd's refusals: no port, no scheme, a path, "*" among URLs, nothing.
+        for bad in [
+            "--cors=http://example.com",
+            "--cors=example.com:80",
+            "--cors=https://x.org:443/path",
+            "--cors=http://a.com:1,*",
+            "--cors=",
+        ] {
+            let err = from_args(&[bad]).unwrap_err();
+            assert!(err.starts_with("invalid --cors "), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn host_whitelist_is_etcds() {
+        assert_eq!(from_args(&[]).unwrap().host_whitelist, None);
+        assert_eq!(
+            from_args(&["--host-whitelist=a.example,*"])
+                .unwrap()
+                .host_whitelist,
+            None
+        );
+        assert_eq!(
+            from_args(&["--host-whitelist=a.example,localhost"])
+                .unwrap()
+                .host_whitelist,
+            Some(vec!["a.example".to_string(), "localhost".to_string()])
+        );
     }
 
     #[test]

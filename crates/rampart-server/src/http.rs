@@ -10,12 +10,15 @@
 //!   and its Raft runs. Ready: live, this member not found corrupt, a leader known, and a
 //!   linearizable read succeeds. Each answers `ok` (HTTP 200) or the failed checks (HTTP 503);
 //!   `?verbose` lists every check.
+//!
+//! A path no route serves answers as etcd's: Go's `404 page not found` ([`unknown_path`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Query, State};
-use axum::http::{header, StatusCode};
+use axum::body::Body;
+use axum::extract::{Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -42,6 +45,35 @@ pub fn router(node: Arc<Node>, metrics: Arc<Metrics>) -> Router {
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
         .with_state(Endpoints { node, metrics })
+}
+
+/// Whether a request is a gRPC call (its content type `application/grpc`, or `+proto` and the
+/// like), which the client URLs serve apart from the HTTP endpoints.
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// The answer to a path no route serves: to a gRPC call, gRPC's `Unimplemented` (as tonic's
+/// own fallback answers); to anything else, Go's `404 page not found`, as etcd's HTTP mux
+/// answers, not a gRPC answer to a browser or `curl`.
+pub async fn unknown_path(request: Request) -> Response {
+    if is_grpc(request.headers()) {
+        let (parts, ()) = tonic::Status::unimplemented("")
+            .into_http::<()>()
+            .into_parts();
+        return Response::from_parts(parts, Body::empty());
+    }
+    (
+        StatusCode::NOT_FOUND,
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        "404 page not found\n",
+    )
+        .into_response()
 }
 
 async fn metrics_text(State(endpoints): State<Endpoints>) -> Response {

@@ -21,8 +21,10 @@
 //!   `alarm`: alarms in the API's terms and the space quota; `corruption`: the comparison of
 //!   the members' data (start-up and periodic); `compactor`: the leader's auto-compaction;
 //!   `fault_control`: TEST ONLY remote control of the peer-link faults; `tls`: the client and
-//!   peer listeners' TLS, certificates reloaded when their files change.
+//!   peer listeners' TLS, certificates reloaded when their files change; `access`: etcd's
+//!   access controller on the client URLs' HTTP requests (`--host-whitelist`, `--cors`).
 
+mod access;
 mod alarm;
 mod client;
 mod compactor;

@@ -503,15 +503,29 @@ fn serve_clients(
                 .max_decoding_message_size(limit),
         );
     // The HTTP endpoints share the port, as etcd's do: HTTP/1.1 requests and HTTP/2 ones that
-    // are not gRPC calls reach them, past the interceptor (which lets them through).
+    // are not gRPC calls reach them, past the interceptor (which lets them through). Their
+    // requests pass etcd's access controller first (`--host-whitelist` on plain HTTP, `--cors`,
+    // OPTIONS on any path); a path no route serves answers 404 (gRPC's Unimplemented to a gRPC
+    // call). The gRPC services' routes stay outside the access controller.
+    let config = node.config();
+    let access = axum::middleware::from_fn_with_state(
+        Arc::new(crate::access::Access {
+            cors: config.cors.clone(),
+            hosts: config.host_whitelist.clone().filter(|_| tls.is_none()),
+        }),
+        crate::access::access_control,
+    );
+    let http = endpoints
+        .merge(crate::gateway::router(node, client, membership))
+        .layer(access.clone());
+    let unknown_path = axum::handler::Handler::layer(crate::http::unknown_path, access);
     let routes = tonic::service::Routes::from(
         services
             .routes()
             .into_axum_router()
-            .merge(endpoints)
-            .merge(crate::gateway::router(node, client, membership)),
+            .merge(http)
+            .fallback(unknown_path),
     );
-    let config = node.config();
     // etcd's server options: keepalive pings only when both durations are positive.
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(config.grpc_keepalive_interval)
@@ -541,7 +555,7 @@ fn serve_clients(
 /// Serves the HTTP endpoints (`crate::http`) alone on `listener` (`--listen-metrics-urls`)
 /// until `shutdown`.
 async fn serve_http(listener: TcpListener, endpoints: axum::Router, shutdown: CancellationToken) {
-    if let Err(e) = axum::serve(listener, endpoints)
+    if let Err(e) = axum::serve(listener, endpoints.fallback(crate::http::unknown_path))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
     {

@@ -15,11 +15,14 @@ use rampart_tests::TestCluster;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-/// One HTTP answer: its status, content type and body (a chunked body decoded).
+/// One HTTP answer: its status, content type, CORS headers and body (a chunked body decoded).
 #[derive(Debug)]
 struct Answer {
     status: u16,
     content_type: String,
+    /// Its `Access-Control-*` headers, as `name: value` with the name in lower case, sorted:
+    /// what `--cors` decides.
+    access_control: Vec<String>,
     body: String,
 }
 
@@ -29,7 +32,8 @@ impl Answer {
     }
 }
 
-/// The head of an HTTP request to `address` (`host:port`), with `headers` besides the usual.
+/// The head of an HTTP request to `address` (`host:port`), with `headers` besides the usual (a
+/// `Host` among them replaces `address` there).
 fn request_head(
     method: &str,
     path: &str,
@@ -39,10 +43,15 @@ fn request_head(
     close: bool,
 ) -> String {
     let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n",
+        "{method} {path} HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
         body.len()
     );
+    if !headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("host"))
+    {
+        head.push_str(&format!("Host: {address}\r\n"));
+    }
     for (name, value) in headers {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
@@ -53,9 +62,17 @@ fn request_head(
     head
 }
 
-/// Reads a response's status line and headers: the status, the content type, and whether the
-/// body is chunked.
-async fn read_head(reader: &mut BufReader<TcpStream>) -> anyhow::Result<(u16, String, bool)> {
+/// What the head of a response says: its status, content type, `Access-Control-*` headers and
+/// whether the body is chunked.
+struct Head {
+    status: u16,
+    content_type: String,
+    access_control: Vec<String>,
+    chunked: bool,
+}
+
+/// Reads a response's status line and headers.
+async fn read_head(reader: &mut BufReader<TcpStream>) -> anyhow::Result<Head> {
     let mut line = String::new();
     reader.read_line(&mut line).await?;
     let status = line
@@ -63,18 +80,28 @@ async fn read_head(reader: &mut BufReader<TcpStream>) -> anyhow::Result<(u16, St
         .nth(1)
         .with_context(|| format!("no status line: {line:?}"))?
         .parse()?;
-    let (mut content_type, mut chunked) = (String::new(), false);
+    let mut head = Head {
+        status,
+        content_type: String::new(),
+        access_control: Vec::new(),
+        chunked: false,
+    };
     loop {
         line.clear();
         reader.read_line(&mut line).await?;
         let header = line.trim_end();
         if header.is_empty() {
-            return Ok((status, content_type, chunked));
+            head.access_control.sort();
+            return Ok(head);
         }
         let (name, value) = header.split_once(':').context("a header without a colon")?;
-        match name.to_ascii_lowercase().as_str() {
-            "content-type" => content_type = value.trim().to_string(),
-            "transfer-encoding" => chunked = value.trim().eq_ignore_ascii_case("chunked"),
+        let (name, value) = (name.to_ascii_lowercase(), value.trim());
+        match name.as_str() {
+            "content-type" => head.content_type = value.to_string(),
+            "transfer-encoding" => head.chunked = value.eq_ignore_ascii_case("chunked"),
+            _ if name.starts_with("access-control-") => {
+                head.access_control.push(format!("{name}: {value}"))
+            }
             _ => {}
         }
     }
@@ -112,9 +139,9 @@ async fn send_with(
         stream.write_all(head.as_bytes()).await?;
         stream.write_all(body).await?;
         let mut reader = BufReader::new(stream);
-        let (status, content_type, chunked) = read_head(&mut reader).await?;
+        let head = read_head(&mut reader).await?;
         let mut read = Vec::new();
-        if chunked {
+        if head.chunked {
             while let Some(chunk) = read_chunk(&mut reader).await? {
                 read.extend(chunk);
             }
@@ -122,8 +149,9 @@ async fn send_with(
             reader.read_to_end(&mut read).await?;
         }
         anyhow::Ok(Answer {
-            status,
-            content_type,
+            status: head.status,
+            content_type: head.content_type,
+            access_control: head.access_control,
             body: String::from_utf8(read)?,
         })
     };
@@ -160,10 +188,10 @@ impl Lines {
         stream.write_all(head.as_bytes()).await?;
         stream.write_all(body.as_bytes()).await?;
         let mut reader = BufReader::new(stream);
-        let (status, _, chunked) = tokio::time::timeout(WAIT, read_head(&mut reader)).await??;
-        ensure!(chunked, "{path} did not answer a stream");
+        let head = tokio::time::timeout(WAIT, read_head(&mut reader)).await??;
+        ensure!(head.chunked, "{path} did not answer a stream");
         let pending = Vec::new();
-        Ok((status, Lines { reader, pending }))
+        Ok((head.status, Lines { reader, pending }))
     }
 
     /// The next line, as JSON; `None` when the stream ended.
@@ -759,6 +787,11 @@ struct Etcd {
 
 impl Etcd {
     async fn start() -> anyhow::Result<Etcd> {
+        Self::start_with(&[]).await
+    }
+
+    /// Starts etcd with `extra_args` besides the usual flags.
+    async fn start_with(extra_args: &[&str]) -> anyhow::Result<Etcd> {
         let dir = tempfile::tempdir()?;
         let client = format!("http://127.0.0.1:{}", rampart_launcher::free_port()?);
         let peer = format!("http://127.0.0.1:{}", rampart_launcher::free_port()?);
@@ -778,6 +811,7 @@ impl Etcd {
                 &peer,
             ])
             .args(["--initial-cluster", &format!("e={peer}")])
+            .args(extra_args)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .kill_on_drop(true)
@@ -964,6 +998,171 @@ async fn answers_as_etcd_3_4_does() -> anyhow::Result<()> {
             );
         }
     }
+    cluster.shutdown().await;
+    Ok(())
+}
+
+/// `--cors` as etcd 3.4 has it: the same requests, from the same origins, to etcd and to Rampart
+/// started with the same `--cors` get the same statuses and `Access-Control-*` headers: any
+/// origin by default, only the listed ones otherwise, on the gateway and the other HTTP
+/// endpoints; a preflight `OPTIONS`, to any path, answers 200 with an empty body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_as_etcd_3_4_does() -> anyhow::Result<()> {
+    let listed = "http://example.com:8080,https://b.org:443";
+    for cors in [None, Some(listed)] {
+        let etcd = match cors {
+            Some(cors) => Etcd::start_with(&["--cors", cors]).await?,
+            None => Etcd::start().await?,
+        };
+        let cluster = TestCluster::start_with(1, |raw| raw.cors = cors.map(String::from)).await?;
+        cluster.wait_for_leader(WAIT).await?;
+        let rampart = &cluster.client_urls()[0];
+        let requests = [
+            ("OPTIONS", "/v3/kv/put", Some("http://example.com:8080")),
+            ("OPTIONS", "/v3/kv/put", Some("http://elsewhere.example:1")),
+            ("OPTIONS", "/v3/watch", None),
+            ("OPTIONS", "/no/such/path", Some("https://b.org:443")),
+            ("POST", "/v3/kv/range", Some("https://b.org:443")),
+            ("POST", "/v3/kv/range", Some("https://b.org")),
+            ("POST", "/v3/kv/range", None),
+            ("POST", "/v3/kv/put", Some("http://example.com:8080")),
+            ("GET", "/health", Some("http://example.com:8080")),
+            ("GET", "/version", Some("http://elsewhere.example:1")),
+        ];
+        for (method, path, origin) in requests {
+            let headers: Vec<(&str, &str)> = origin.map(|o| ("Origin", o)).into_iter().collect();
+            let body = match path {
+                "/v3/kv/put" if method == "POST" => json!({"key": b64("k"), "value": b64("v")}),
+                "/v3/kv/range" => json!({"key": b64("k")}),
+                _ => Value::Null,
+            };
+            let body = if body.is_null() {
+                String::new()
+            } else {
+                body.to_string()
+            };
+            let theirs = send_with(&etcd.url, method, path, &headers, body.as_bytes()).await?;
+            let ours = send_with(rampart, method, path, &headers, body.as_bytes()).await?;
+            ensure!(
+                (ours.status, &ours.access_control) == (theirs.status, &theirs.access_control),
+                "{method} {path} from {origin:?}, --cors {cors:?}: Rampart answers {} {:?}, \
+                 etcd {} {:?}",
+                ours.status,
+                ours.access_control,
+                theirs.status,
+                theirs.access_control
+            );
+            if method == "OPTIONS" {
+                ensure!(
+                    ours.body.is_empty(),
+                    "{method} {path}: a body {:?}",
+                    ours.body
+                );
+            }
+        }
+        cluster.shutdown().await;
+    }
+    Ok(())
+}
+
+/// A path no route serves answers as etcd 3.4's HTTP mux does (404, Go's text), not with a gRPC
+/// answer, while a gRPC call to an unknown method still gets gRPC's `Unimplemented`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_paths_as_etcd_3_4_does() -> anyhow::Result<()> {
+    let etcd = Etcd::start().await?;
+    let cluster = TestCluster::start(1).await?;
+    cluster.wait_for_leader(WAIT).await?;
+    let rampart = &cluster.client_urls()[0];
+    let requests = [
+        ("GET", "/no/such/path", ""),
+        ("POST", "/no/such/path", "{}"),
+        ("POST", "/v3/kv/nothing", "{}"),
+        ("GET", "/v3/kv/range", ""),
+    ];
+    for (method, path, body) in requests {
+        let theirs = send(&etcd.url, method, path, body.as_bytes()).await?;
+        let ours = send(rampart, method, path, body.as_bytes()).await?;
+        ensure!(
+            (ours.status, &ours.content_type, &ours.body)
+                == (theirs.status, &theirs.content_type, &theirs.body),
+            "{method} {path}: Rampart answers {} {:?} {:?}, etcd {} {:?} {:?}",
+            ours.status,
+            ours.content_type,
+            ours.body,
+            theirs.status,
+            theirs.content_type,
+            theirs.body
+        );
+    }
+    // A gRPC call (its content type says so) to a method no service has.
+    let address = rampart.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(address).await?;
+    let head = format!(
+        "POST /no.Such/Method HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/grpc\r\n\
+         Content-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut answer)).await??;
+    let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    ensure!(
+        answer.contains("content-type: application/grpc") && answer.contains("grpc-status: 12"),
+        "a gRPC call to an unknown method: {answer}"
+    );
+    cluster.shutdown().await;
+    Ok(())
+}
+
+/// `--host-whitelist` as etcd 3.4 has it: the same requests, naming the same hosts, to etcd and
+/// to Rampart started with the same list get the same answers (421 and etcd's text for a host
+/// not listed, the port and IPv6 brackets left aside as Go's `net.SplitHostPort` does); gRPC
+/// calls pass whatever host they name. (etcd's list has 127.0.0.1 too, which the test's wait
+/// for it to serve names; Rampart's has not, so that its own requests to 127.0.0.1 show the
+/// refusal of HTTP and the passage of gRPC.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_whitelist_as_etcd_3_4_does() -> anyhow::Result<()> {
+    let listed = "example.com,::1";
+    let etcd = Etcd::start_with(&["--host-whitelist", &format!("{listed},127.0.0.1")]).await?;
+    let cluster =
+        TestCluster::start_with(1, |raw| raw.host_whitelist = Some(listed.into())).await?;
+    cluster.wait_for_leader(WAIT).await?;
+    let rampart = &cluster.client_urls()[0];
+    let range = json!({"key": b64("k")}).to_string();
+    let requests = [
+        ("POST", "/v3/kv/range", "example.com:2379", range.as_str()),
+        ("POST", "/v3/kv/range", "example.com", range.as_str()),
+        ("OPTIONS", "/v3/kv/range", "evil.example:2379", ""),
+        ("GET", "/health", "[::1]:2379", ""),
+        ("GET", "/version", "::1", ""),
+        ("GET", "/metrics", "localhost:2379", ""),
+    ];
+    for (method, path, host, body) in requests {
+        let headers = [("Host", host)];
+        let theirs = send_with(&etcd.url, method, path, &headers, body.as_bytes()).await?;
+        let ours = send_with(rampart, method, path, &headers, body.as_bytes()).await?;
+        let answer = |a: &Answer| {
+            let body = if a.status == 421 {
+                a.body.clone()
+            } else {
+                String::new()
+            };
+            (a.status, a.access_control.clone(), body)
+        };
+        ensure!(
+            answer(&ours) == answer(&theirs),
+            "{method} {path} naming host {host:?}: Rampart answers {:?}, etcd {:?}",
+            answer(&ours),
+            answer(&theirs)
+        );
+    }
+    // Rampart's own address, 127.0.0.1, is not listed: HTTP is refused, gRPC passes.
+    let refused = post(rampart, "/v3/kv/range", json!({"key": b64("k")})).await?;
+    ensure!(
+        refused.status == 421 && refused.body.contains("--host-whitelist \"127.0.0.1\""),
+        "a request naming 127.0.0.1: {refused:?}"
+    );
+    let mut client = cluster.client(0).await?;
+    rampart_tests::put(&mut client, "grpc", "passes").await?;
     cluster.shutdown().await;
     Ok(())
 }

@@ -34,6 +34,8 @@
 //! - [`overload`]: a flood of writes past the members' bounds is refused with "too many
 //!   requests", definitely (nothing refused is applied, nothing times out), while reads go on.
 //! - [`long_reads`]: whole-keyspace reads of a large store under writes stall no member.
+//! - [`patroni`]: PostgreSQL high availability with Patroni (PyPI) through the JSON gateway,
+//!   across kill -9 of the Rampart leader and of the PostgreSQL primary (`tests/patroni/run`).
 //! - [`process_cluster`]: acknowledged writes survive kill -9; bad settings and foreign data
 //!   directories are refused.
 //! - [`signals`]: SIGTERM and SIGINT stop a member in order.
@@ -69,6 +71,7 @@ mod long_reads;
 mod membership;
 mod observe;
 mod overload;
+mod patroni;
 mod process_cluster;
 mod signals;
 mod tls;

@@ -141,6 +141,8 @@ pub struct TestCluster {
     pub faults: LinkFaults,
     /// Holds every member's data directory; removed when the cluster is dropped.
     pub dir: TempDir,
+    /// The cluster's id, which peer calls must name.
+    pub cluster_id: u64,
 }
 
 async fn bind_local() -> anyhow::Result<(TcpListener, String)> {
@@ -175,6 +177,7 @@ impl TestCluster {
             .join(",");
         let faults = LinkFaults::default();
         let mut members = Vec::new();
+        let mut cluster_id = 0;
         for (name, client, client_url, peer, peer_url) in bound {
             let mut raw = RawConfig {
                 name: Some(name.clone()),
@@ -189,6 +192,7 @@ impl TestCluster {
             };
             adjust(&mut raw);
             let config = Config::from_raw(raw.clone())?;
+            cluster_id = config.cluster_id;
             let listeners = Listeners {
                 client: vec![client],
                 peer: vec![peer],
@@ -208,6 +212,7 @@ impl TestCluster {
             members,
             faults,
             dir,
+            cluster_id,
         })
     }
 

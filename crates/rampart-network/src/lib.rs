@@ -12,6 +12,7 @@
 //! - [`PeerService`] answers those RPCs on the receiving node.
 //! - [`Proposer`] batches the leader's proposals, [`Forwarder`] a follower's forwarded writes,
 //!   [`ReadIndexer`] read-index rounds.
+//! - `caller`: who sent a peer call; the receiving side refuses calls from outside the cluster.
 //! - `peer_tls`: the connector of channels to `https://` peer URLs (TCP, then the TLS
 //!   handshake with the member's peer CA and certificate).
 //! - [`LinkFaults`] can drop or delay traffic between chosen nodes; tests use it to cut links,
@@ -21,6 +22,7 @@
 
 mod admission;
 mod batching;
+mod caller;
 mod faults;
 mod forwarder;
 mod messages;
@@ -33,6 +35,7 @@ mod read_index;
 mod stats;
 
 pub use admission::{Admission, AdmissionLimits, Admitted, ADMISSION_WAIT};
+pub use caller::{CLUSTER_ID_KEY, MEMBER_ID_KEY};
 pub use faults::LinkFaults;
 pub use forwarder::{Forwarded, Forwarder};
 pub use messages::{

@@ -112,8 +112,11 @@ pub enum CallError {
 /// Cloning is cheap; clones share the channel cache.
 #[derive(Clone)]
 pub struct PeerNetwork {
-    /// The node that sends: the `from` of every fault rule.
+    /// The node that sends: the `from` of every fault rule, and the caller its calls name.
     id: NodeId,
+    /// The cluster this node belongs to, which its calls name with `id` (see
+    /// [`crate::caller`]); 0 until it is known (a member joining asks `ClusterInfo` first).
+    cluster_id: u64,
     faults: LinkFaults,
     /// One channel per peer, keyed by id and the URL it was built for, so a member whose URL
     /// changes gets a new channel. tonic channels reconnect by themselves after failures.
@@ -145,6 +148,7 @@ impl PeerNetwork {
     pub fn new(id: NodeId, faults: LinkFaults, max_message_bytes: usize) -> Self {
         PeerNetwork {
             id,
+            cluster_id: 0,
             faults,
             channels: Arc::default(),
             max_message_bytes,
@@ -153,6 +157,13 @@ impl PeerNetwork {
             stats: Arc::default(),
             tls: None,
         }
+    }
+
+    /// Names this node's cluster in every call, beside its member id: the receivers refuse
+    /// calls from outside their cluster (see [`crate::caller`]).
+    pub fn with_cluster(mut self, cluster_id: u64) -> Self {
+        self.cluster_id = cluster_id;
+        self
     }
 
     /// Dials `https://` peer URLs with `tls` (built by the server from the peer TLS flags).
@@ -260,7 +271,10 @@ impl PeerNetwork {
         let mut client = PeerClient::new(channel)
             .max_decoding_message_size(MAX_PEER_REPLY_BYTES)
             .max_encoding_message_size(self.max_message_bytes);
-        let request = tonic::Request::new(RaftRequest { data });
+        let mut request = tonic::Request::new(RaftRequest { data });
+        if self.cluster_id != 0 {
+            crate::caller::name(request.metadata_mut(), self.cluster_id, self.id);
+        }
         let reply = async {
             match method {
                 Method::AppendEntries => client.append_entries(request).await,

@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::{Request, Response, Status};
 
+use crate::caller;
 use crate::messages::{
     AdminReply, AdminRequest, ForwardError, ForwardReply, LeaseReply, LeaseRequest,
 };
@@ -61,6 +62,8 @@ pub struct PeerService {
     handlers: PeerHandlers,
     /// The largest request accepted: see [`crate::max_peer_message_bytes`].
     max_message_bytes: usize,
+    /// This member's cluster: calls from any other are refused (see [`crate::caller`]).
+    cluster_id: u64,
 }
 
 impl PeerService {
@@ -71,6 +74,7 @@ impl PeerService {
         request_timeout: Duration,
         handlers: PeerHandlers,
         max_message_bytes: usize,
+        cluster_id: u64,
     ) -> Self {
         PeerService {
             raft,
@@ -79,7 +83,18 @@ impl PeerService {
             request_timeout,
             handlers,
             max_message_bytes,
+            cluster_id,
         }
+    }
+
+    /// Refuses `request` unless it comes from a member of this cluster ([`crate::caller`]).
+    fn check_caller(&self, request: &Request<RaftRequest>) -> Result<(), Status> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let membership = metrics.membership_config.membership();
+        caller::check(request.metadata(), self.cluster_id, |member| {
+            caller::in_membership(membership, member)
+        })
     }
 
     /// Proposes a forwarded command if it passes the checks.
@@ -118,6 +133,7 @@ impl Peer for PeerService {
         &self,
         request: Request<RaftRequest>,
     ) -> Result<Response<RaftReply>, Status> {
+        self.check_caller(&request)?;
         let reply = self.raft.append_entries(decode(request)?).await;
         encode(&reply)
     }
@@ -126,16 +142,19 @@ impl Peer for PeerService {
         &self,
         request: Request<RaftRequest>,
     ) -> Result<Response<RaftReply>, Status> {
+        self.check_caller(&request)?;
         let reply = self.raft.install_snapshot(decode(request)?).await;
         encode(&reply)
     }
 
     async fn vote(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        self.check_caller(&request)?;
         let reply = self.raft.vote(decode(request)?).await;
         encode(&reply)
     }
 
     async fn forward(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        self.check_caller(&request)?;
         let command: Command = decode(request)?;
         encode(&self.propose_checked(command).await)
     }
@@ -144,6 +163,7 @@ impl Peer for PeerService {
         &self,
         request: Request<RaftRequest>,
     ) -> Result<Response<RaftReply>, Status> {
+        self.check_caller(&request)?;
         let commands: Vec<Command> = decode(request)?;
         // Each command is checked alone: one refused fails no other, as it would not have if
         // they had been forwarded one by one.
@@ -179,17 +199,28 @@ impl Peer for PeerService {
         &self,
         request: Request<RaftRequest>,
     ) -> Result<Response<RaftReply>, Status> {
+        self.check_caller(&request)?;
         let () = decode(request)?;
         encode(&self.read_indexer.local(self.request_timeout).await)
     }
 
     async fn lease(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        self.check_caller(&request)?;
         let request: LeaseRequest = decode(request)?;
         encode(&self.handlers.leases.handle(request).await)
     }
 
     async fn admin(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        let caller = self.check_caller(&request);
         let request: AdminRequest = decode(request)?;
+        // A member joining asks ClusterInfo before it knows who it is; a removed member asks
+        // whether it is still a member. Everything else comes from members only.
+        if !matches!(
+            request,
+            AdminRequest::ClusterInfo | AdminRequest::IsMember { .. }
+        ) {
+            caller?;
+        }
         encode(&self.handlers.admin.handle(request).await)
     }
 }

@@ -122,6 +122,7 @@ impl Node {
             self.config.request_timeout(),
             handlers,
             rampart_network::max_peer_message_bytes(self.config.max_request_bytes),
+            self.config.cluster_id,
         )
     }
 

@@ -216,6 +216,7 @@ impl RunningNode {
             faults.clone(),
             rampart_network::max_peer_message_bytes(config.max_request_bytes),
         )
+        .with_cluster(config.cluster_id)
         .with_tls(tls.peer_client.clone());
         let raft = Raft::new(
             config.member_id,

@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use rampart_network::{ForwardError, LinkFaults, PeerNetwork};
+use rampart_network::{
+    AdminAnswer, AdminRequest, CallError, ForwardError, LinkFaults, PeerNetwork,
+};
 use rampart_storage::{Command, LeaseCheckpoint, PeerNode, PutRequest, RequestOp, TxnRequest};
 use rampart_tests::{get, put, wait_until, TestCluster};
 use tracing::info;
@@ -84,11 +86,18 @@ async fn the_leader_refuses_forwarded_commands_no_client_could_send() -> anyhow:
         peer_urls: vec![cluster.members[leader_index].peer_url.clone()],
         ..Default::default()
     };
+    // A member's own identity: the leader takes the calls, and judges each command.
+    let follower = cluster
+        .ids()
+        .into_iter()
+        .find(|&id| id != leader)
+        .context("a follower")?;
     let peer = PeerNetwork::new(
-        0,
+        follower,
         LinkFaults::default(),
         rampart_network::max_peer_message_bytes(1536 * 1024),
-    );
+    )
+    .with_cluster(cluster.cluster_id);
     let timeout = Duration::from_secs(10);
     let put_op = |key: &str| {
         RequestOp::Put(PutRequest {
@@ -171,6 +180,102 @@ async fn the_leader_refuses_forwarded_commands_no_client_could_send() -> anyhow:
         revision + 1,
         "only the good put changed the store"
     );
+    cluster.shutdown().await;
+    Ok(())
+}
+
+/// The peer port takes calls from the members of its cluster only: a call naming another
+/// cluster, a node that is no member, or nobody is refused before it is read, whatever it
+/// carries; `ClusterInfo`, what a member joining asks before it knows who it is, is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_calls_from_outside_the_cluster_are_refused() -> anyhow::Result<()> {
+    let cluster = TestCluster::start(3).await?;
+    let leader = cluster.wait_for_leader(LEADER_WAIT).await?;
+    let leader_index = cluster.index_of(leader);
+    let mut client = cluster.client(leader_index).await?;
+    put(&mut client, "k", "before").await?;
+    let leader_node = PeerNode {
+        peer_urls: vec![cluster.members[leader_index].peer_url.clone()],
+        ..Default::default()
+    };
+    let bytes = rampart_network::max_peer_message_bytes(1536 * 1024);
+    let member = cluster
+        .ids()
+        .into_iter()
+        .find(|&id| id != leader)
+        .context("a follower")?;
+    let outsiders = [
+        (
+            "no identity",
+            PeerNetwork::new(member, LinkFaults::default(), bytes),
+        ),
+        (
+            "another cluster",
+            PeerNetwork::new(member, LinkFaults::default(), bytes)
+                .with_cluster(cluster.cluster_id ^ 1),
+        ),
+        (
+            "a node that is no member",
+            PeerNetwork::new(0x5eed, LinkFaults::default(), bytes).with_cluster(cluster.cluster_id),
+        ),
+    ];
+    let timeout = Duration::from_secs(10);
+    let write = Command::Put(PutRequest {
+        key: b"k".to_vec(),
+        value: b"forged".to_vec(),
+        ..Default::default()
+    });
+    for (who, peer) in &outsiders {
+        info!("--- a forwarded write, a read index and a lease question from {who}");
+        match peer.forward(leader, &leader_node, &write, timeout).await {
+            Err(CallError::Status { status, .. }) => {
+                assert_eq!(
+                    status.code(),
+                    tonic::Code::PermissionDenied,
+                    "{who}: {status:?}"
+                )
+            }
+            other => panic!("{who}: a forwarded write was not refused: {other:?}"),
+        }
+        match peer.read_index(leader, &leader_node, timeout).await {
+            Err(CallError::Status { status, .. }) => {
+                assert_eq!(
+                    status.code(),
+                    tonic::Code::PermissionDenied,
+                    "{who}: {status:?}"
+                )
+            }
+            other => panic!("{who}: a read index was not refused: {other:?}"),
+        }
+        match peer
+            .admin(leader, &leader_node, &AdminRequest::TimeoutNow, timeout)
+            .await
+        {
+            Err(CallError::Status { status, .. }) => {
+                assert_eq!(
+                    status.code(),
+                    tonic::Code::PermissionDenied,
+                    "{who}: {status:?}"
+                )
+            }
+            other => panic!("{who}: TimeoutNow was not refused: {other:?}"),
+        }
+        let info = peer
+            .admin(leader, &leader_node, &AdminRequest::ClusterInfo, timeout)
+            .await
+            .with_context(|| format!("{who}: ClusterInfo"))?;
+        assert!(
+            matches!(info, Ok(AdminAnswer::ClusterInfo(_))),
+            "{who}: ClusterInfo is answered: {info:?}"
+        );
+    }
+
+    info!("--- nothing changed, and the leader still leads");
+    assert_eq!(
+        get(&mut client, "k", false).await?.as_deref(),
+        Some("before")
+    );
+    assert_eq!(cluster.wait_for_leader(LEADER_WAIT).await?, leader);
     cluster.shutdown().await;
     Ok(())
 }

@@ -14,10 +14,11 @@ use std::sync::Arc;
 use futures::Stream;
 use prost::Message;
 use rampart_api::etcdserverpb as pb;
-use rampart_storage::{ApplyError, Command, CommandResult};
+use rampart_storage::{Access, ApplyError, AuthState, Command, CommandResult};
 use tokio_util::sync::CancellationToken;
 
 use crate::alarm;
+use crate::auth::Caller;
 use crate::convert::{self, Limits, MAX_LEASE_TTL};
 use crate::error::ServerError;
 use crate::lessor::Lessor;
@@ -32,6 +33,9 @@ pub struct Client {
     lessor: Arc<Lessor>,
     /// Cancelled when the node stops; ends watch and keep-alive streams.
     shutdown: CancellationToken,
+    /// Whose calls these are: their permissions are checked (`crate::auth`) unless this
+    /// member's own.
+    caller: Caller,
 }
 
 impl Client {
@@ -40,7 +44,45 @@ impl Client {
             node,
             lessor,
             shutdown,
+            caller: Caller::Trusted,
         }
+    }
+
+    /// This client, making its calls as `caller` (each call's permissions checked as etcd
+    /// checks them), as the services use it for a client's call.
+    pub fn as_caller(&self, caller: Caller) -> Client {
+        Client {
+            caller,
+            ..self.clone()
+        }
+    }
+
+    /// The client for the call `request`: as the caller the interceptor found.
+    pub fn for_request<T>(&self, request: &tonic::Request<T>) -> Client {
+        self.as_caller(Caller::of(request))
+    }
+
+    /// Whose calls these are.
+    pub fn caller(&self) -> &Caller {
+        &self.caller
+    }
+
+    /// `check` of the auth store, as this client's caller.
+    fn permit(
+        &self,
+        check: impl FnOnce(&AuthState, &str) -> Result<(), ApplyError>,
+    ) -> Result<(), ServerError> {
+        self.caller.check(&self.node.mvcc().auth(), check)
+    }
+
+    /// etcd's request-time check of `command` for this caller, which the applier repeats
+    /// (see [`Caller::wrap`]); lease revokes are checked there only, where the lease's keys
+    /// are known.
+    fn permit_command(&self, command: &Command) -> Result<(), ServerError> {
+        self.permit(|auth, user| {
+            auth.check_command(user, command, &|_| Ok(Vec::new()))
+                .unwrap_or(Ok(()))
+        })
     }
 
     /// The member this client talks to.
@@ -67,7 +109,8 @@ impl Client {
         &self,
         command: Command,
     ) -> Result<(CommandResult, pb::ResponseHeader), ServerError> {
-        let response = self.node.write(command).await?;
+        self.permit_command(&command)?;
+        let response = self.node.write(self.caller.wrap(command)).await?;
         let result = response.result?;
         Ok((result, self.node.header(response.revision)))
     }
@@ -77,6 +120,9 @@ impl Client {
         // Also checked by the interceptor when the call began; a Range of an in-process
         // client (Lock, Election) passes only here.
         self.node.check_not_corrupt()?;
+        self.permit(|auth, user| {
+            auth.check_range(user, Access::Read, &request.key, &request.range_end)
+        })?;
         if !request.serializable {
             self.node.read_barrier().await?;
         }
@@ -264,7 +310,12 @@ impl Client {
         R: Stream<Item = Result<pb::WatchRequest, E>> + Unpin + Send + 'static,
         E: std::fmt::Display + Send + 'static,
     {
-        watch::serve(self.node.clone(), &self.shutdown, requests)
+        watch::serve(
+            self.node.clone(),
+            &self.shutdown,
+            self.caller.clone(),
+            requests,
+        )
     }
 }
 

@@ -105,6 +105,40 @@ pub enum ServerError {
     /// `concurrency.ErrSessionExpired`).
     #[error("mutex: session is expired")]
     SessionExpired,
+    // Authentication (etcd's auth errors, `crate::auth`).
+    #[error("etcdserver: root user does not exist")]
+    RootUserNotExist,
+    #[error("etcdserver: root user does not have root role")]
+    RootRoleNotExist,
+    #[error("etcdserver: user name already exists")]
+    UserAlreadyExists,
+    /// Also a call that needs a user made without credentials while authentication is on.
+    #[error("etcdserver: user name is empty")]
+    UserEmpty,
+    #[error("etcdserver: user name not found")]
+    UserNotFound,
+    #[error("etcdserver: role name already exists")]
+    RoleAlreadyExists,
+    #[error("etcdserver: role name not found")]
+    RoleNotFound,
+    #[error("etcdserver: role name is empty")]
+    RoleEmpty,
+    #[error("etcdserver: authentication failed, invalid user ID or password")]
+    AuthFailed,
+    #[error("etcdserver: permission denied")]
+    PermissionDenied,
+    #[error("etcdserver: role is not granted to the user")]
+    RoleNotGranted,
+    #[error("etcdserver: permission is not granted to the role")]
+    PermissionNotGranted,
+    #[error("etcdserver: authentication is not enabled")]
+    AuthNotEnabled,
+    /// A token this member did not issue, or one that expired or was voided.
+    #[error("etcdserver: invalid auth token")]
+    InvalidAuthToken,
+    /// Deleting the root user or role, or revoking root's root role, with authentication on.
+    #[error("etcdserver: invalid auth management")]
+    InvalidAuthManagement,
     /// A call etcd defines that Rampart does not serve yet.
     #[error("rampart does not support {0} yet")]
     Unimplemented(&'static str),
@@ -175,6 +209,12 @@ impl ServerError {
             LeaderTransferTimeout => Code::Unknown,
             Storage(_) | Internal(_) => Code::Internal,
             Unimplemented(_) => Code::Unimplemented,
+            RootUserNotExist | RootRoleNotExist | UserAlreadyExists | UserNotFound
+            | RoleAlreadyExists | RoleNotFound | RoleNotGranted | PermissionNotGranted
+            | AuthNotEnabled => Code::FailedPrecondition,
+            UserEmpty | RoleEmpty | AuthFailed | InvalidAuthManagement => Code::InvalidArgument,
+            PermissionDenied => Code::PermissionDenied,
+            InvalidAuthToken => Code::Unauthenticated,
             ElectionNotLeader | ElectionNoLeader | MissingLeaderKey | SessionExpired => {
                 Code::Unknown
             }
@@ -236,6 +276,19 @@ impl From<ApplyError> for ServerError {
             // Only a server bug proposes one.
             ApplyError::NestedBatch => ServerError::Internal(error.to_string()),
             ApplyError::NoSpace => ServerError::NoSpace,
+            ApplyError::RootUserNotExist => ServerError::RootUserNotExist,
+            ApplyError::RootRoleNotExist => ServerError::RootRoleNotExist,
+            ApplyError::UserAlreadyExists => ServerError::UserAlreadyExists,
+            ApplyError::UserEmpty => ServerError::UserEmpty,
+            ApplyError::UserNotFound => ServerError::UserNotFound,
+            ApplyError::RoleAlreadyExists => ServerError::RoleAlreadyExists,
+            ApplyError::RoleNotFound => ServerError::RoleNotFound,
+            ApplyError::RoleEmpty => ServerError::RoleEmpty,
+            ApplyError::PermissionDenied => ServerError::PermissionDenied,
+            ApplyError::RoleNotGranted => ServerError::RoleNotGranted,
+            ApplyError::PermissionNotGranted => ServerError::PermissionNotGranted,
+            ApplyError::InvalidAuthManagement => ServerError::InvalidAuthManagement,
+            ApplyError::NestedUser => ServerError::Internal(error.to_string()),
         }
     }
 }
@@ -291,6 +344,31 @@ mod tests {
                 ServerError::Corrupt,
                 Code::DataLoss,
                 "etcdserver: corrupt cluster",
+            ),
+            (
+                ServerError::PermissionDenied,
+                Code::PermissionDenied,
+                "etcdserver: permission denied",
+            ),
+            (
+                ServerError::InvalidAuthToken,
+                Code::Unauthenticated,
+                "etcdserver: invalid auth token",
+            ),
+            (
+                ServerError::UserEmpty,
+                Code::InvalidArgument,
+                "etcdserver: user name is empty",
+            ),
+            (
+                ServerError::RoleNotGranted,
+                Code::FailedPrecondition,
+                "etcdserver: role is not granted to the user",
+            ),
+            (
+                ServerError::AuthFailed,
+                Code::InvalidArgument,
+                "etcdserver: authentication failed, invalid user ID or password",
             ),
             (
                 ServerError::Unimplemented("Downgrade"),

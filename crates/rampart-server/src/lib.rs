@@ -21,9 +21,11 @@
 //!   `alarm`: alarms in the API's terms and the space quota; `corruption`: the comparison of
 //!   the members' data (start-up and periodic); `compactor`: the leader's auto-compaction;
 //!   `fault_control`: TEST ONLY remote control of the peer-link faults; `tls`: the client and
-//!   peer listeners' TLS, certificates reloaded when their files change.
+//!   peer listeners' TLS, certificates reloaded when their files change; `auth`: who a call is
+//!   from (tokens this member issued) and password hashing.
 
 mod alarm;
+pub mod auth;
 mod client;
 mod compactor;
 pub mod config;

@@ -767,6 +767,163 @@ mod tests {
         assert!(again.meta.enabled_at > s.meta.enabled_at);
     }
 
+    /// The commands that set up [`store_with`]'s store, with `perms`, as log entries.
+    fn setup_commands(perms: &[Permission]) -> Vec<Command> {
+        let mut commands: Vec<Command> = [
+            AuthCommand::UserAdd {
+                name: ROOT.into(),
+                password: Some("h".into()),
+            },
+            AuthCommand::UserGrantRole {
+                user: ROOT.into(),
+                role: ROOT.into(),
+            },
+            AuthCommand::UserAdd {
+                name: "u".into(),
+                password: Some("h".into()),
+            },
+            AuthCommand::RoleAdd { name: "r".into() },
+            AuthCommand::UserGrantRole {
+                user: "u".into(),
+                role: "r".into(),
+            },
+        ]
+        .into_iter()
+        .map(Command::Auth)
+        .collect();
+        commands.push(Command::Auth(AuthCommand::Enable));
+        for p in perms {
+            commands.push(Command::Auth(AuthCommand::RoleGrantPermission {
+                role: "r".into(),
+                permission: p.clone(),
+            }));
+        }
+        commands
+    }
+
+    fn as_user(user: &str, command: Command) -> Command {
+        Command::AsUser {
+            user: user.into(),
+            command: Box::new(command),
+        }
+    }
+
+    #[test]
+    fn the_store_is_applied_kept_across_a_reopen_and_carried_by_snapshots() {
+        use crate::test_support::{entry, put_cmd};
+        use crate::types::CommandResult;
+        use openraft::storage::RaftStateMachine;
+        let (dir, other) = (
+            tempfile::TempDir::new().unwrap(),
+            tempfile::TempDir::new().unwrap(),
+        );
+        let expected = store_with(&[perm(PermissionKind::ReadWrite, "a", "")]);
+        let mut index = 0;
+        {
+            let store = crate::Store::open(dir.path()).unwrap();
+            let core = store.core_for_tests();
+            for command in setup_commands(&[perm(PermissionKind::ReadWrite, "a", "")]) {
+                index += 1;
+                let applied = core.apply_entry(&entry(index, command)).unwrap();
+                assert!(
+                    matches!(applied.result, Ok(CommandResult::Auth { .. })),
+                    "{applied:?}"
+                );
+            }
+            assert_eq!(*store.mvcc().auth(), expected);
+            // A refused change changes nothing.
+            index += 1;
+            let refused = core
+                .apply_entry(&entry(
+                    index,
+                    Command::Auth(AuthCommand::RoleAdd { name: "r".into() }),
+                ))
+                .unwrap();
+            assert_eq!(refused.result, Err(ApplyError::RoleAlreadyExists));
+            store.flush().unwrap();
+        }
+        let store = crate::Store::open(dir.path()).unwrap();
+        assert_eq!(*store.mvcc().auth(), expected);
+        let core = store.core_for_tests();
+        index += 1;
+        core.apply_entry(&entry(index, put_cmd("k", "v"))).unwrap();
+        let (meta, file) =
+            crate::state_machine::build(&core, &store.snapshots_for_tests(), || {}).unwrap();
+        let installed = crate::Store::open(other.path()).unwrap();
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let mut sm = installed.state_machine();
+                sm.install_snapshot(&meta, Box::new(tokio::fs::File::from_std(file)))
+                    .await
+            })
+            .expect("the snapshot installs");
+        assert_eq!(*installed.mvcc().auth(), expected);
+    }
+
+    #[test]
+    fn a_users_command_is_checked_against_the_store_as_it_is_when_applied() {
+        use crate::test_support::{entry, put_cmd};
+        let dir = tempfile::TempDir::new().unwrap();
+        let store = crate::Store::open(dir.path()).unwrap();
+        let core = store.core_for_tests();
+        let mut index = 0;
+        let mut apply = |command: Command| {
+            index += 1;
+            core.apply_entry(&entry(index, command)).unwrap().result
+        };
+        for command in setup_commands(&[perm(PermissionKind::ReadWrite, "a", "")]) {
+            apply(command).unwrap();
+        }
+        assert!(apply(as_user("u", put_cmd("a", "1"))).is_ok());
+        assert_eq!(
+            apply(as_user("u", put_cmd("b", "1"))),
+            Err(ApplyError::PermissionDenied)
+        );
+        assert_eq!(
+            apply(as_user("", put_cmd("a", "1"))),
+            Err(ApplyError::UserEmpty)
+        );
+        // Revoked after the request was checked: the entry is refused when applied.
+        apply(Command::Auth(AuthCommand::RoleRevokePermission {
+            role: "r".into(),
+            key: b"a".to_vec(),
+            range_end: Vec::new(),
+        }))
+        .unwrap();
+        assert_eq!(
+            apply(as_user("u", put_cmd("a", "2"))),
+            Err(ApplyError::PermissionDenied)
+        );
+        // Only root changes the store; a nested user command is refused.
+        assert_eq!(
+            apply(as_user(
+                "u",
+                Command::Auth(AuthCommand::RoleAdd { name: "x".into() })
+            )),
+            Err(ApplyError::PermissionDenied)
+        );
+        assert!(apply(as_user(
+            ROOT,
+            Command::Auth(AuthCommand::RoleAdd { name: "x".into() })
+        ))
+        .is_ok());
+        assert_eq!(
+            apply(as_user(ROOT, as_user(ROOT, put_cmd("a", "3")))),
+            Err(ApplyError::NestedUser)
+        );
+        // Nothing refused was written: "a" holds its first value only.
+        let range = crate::types::RangeRequest {
+            key: b"a".to_vec(),
+            ..Default::default()
+        };
+        let (found, _) = store.mvcc().try_range(&range).unwrap();
+        assert_eq!(found.kvs.len(), 1);
+        assert_eq!(found.kvs[0].value, b"1");
+        assert_eq!(found.kvs[0].version, 1);
+    }
+
     #[test]
     fn a_granted_permission_on_the_same_range_changes_its_kind() {
         let s = store_with(&[

@@ -658,6 +658,76 @@ mod tests {
                 },
                 "0900000000000000030000000000000001000000",
             ),
+            pin(
+                Command::AsUser {
+                    user: "u".into(),
+                    command: Box::new(Command::Compact { revision: 9 }),
+                },
+                "0a000000010000000000000075030000000900000000000000",
+            ),
+            pin(
+                Command::Auth(AuthCommand::RoleGrantPermission {
+                    role: "r".into(),
+                    permission: Permission {
+                        kind: PermissionKind::ReadWrite,
+                        key: b"k".to_vec(),
+                        range_end: b"l".to_vec(),
+                    },
+                }),
+                "0b000000090000000100000000000000720200000001000000000000006b01000000000000006c",
+            ),
+            pin(AuthCommand::Enable, "00000000"),
+            pin(AuthCommand::Disable, "01000000"),
+            pin(
+                AuthCommand::UserAdd {
+                    name: "u".into(),
+                    password: Some("h".into()),
+                },
+                "0200000001000000000000007501010000000000000068",
+            ),
+            pin(
+                AuthCommand::UserDelete { name: "u".into() },
+                "03000000010000000000000075",
+            ),
+            pin(
+                AuthCommand::UserChangePassword {
+                    name: "u".into(),
+                    password: "h".into(),
+                },
+                "04000000010000000000000075010000000000000068",
+            ),
+            pin(
+                AuthCommand::UserGrantRole {
+                    user: "u".into(),
+                    role: "r".into(),
+                },
+                "05000000010000000000000075010000000000000072",
+            ),
+            pin(
+                AuthCommand::UserRevokeRole {
+                    user: "u".into(),
+                    role: "r".into(),
+                },
+                "06000000010000000000000075010000000000000072",
+            ),
+            pin(
+                AuthCommand::RoleAdd { name: "r".into() },
+                "07000000010000000000000072",
+            ),
+            pin(
+                AuthCommand::RoleDelete { name: "r".into() },
+                "08000000010000000000000072",
+            ),
+            pin(
+                AuthCommand::RoleRevokePermission {
+                    role: "r".into(),
+                    key: b"k".to_vec(),
+                    range_end: Vec::new(),
+                },
+                "0a00000001000000000000007201000000000000006b0000000000000000",
+            ),
+            pin(PermissionKind::Read, "00000000"),
+            pin(PermissionKind::Write, "01000000"),
             pin(AlarmAction::Deactivate, "01000000"),
             pin(AlarmType::None, "00000000"),
             pin(AlarmType::Corrupt, "02000000"),

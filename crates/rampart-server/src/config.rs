@@ -2173,6 +2173,34 @@ mod tests {
     }
 
     #[test]
+    fn the_auth_flags_take_etcds_values_and_refuse_the_rest() {
+        let config = from_args(&[]).unwrap();
+        assert_eq!(config.bcrypt_cost, 10);
+        assert_eq!(config.auth_token_ttl, Duration::from_secs(300));
+        let config = from_args(&[
+            "--auth-token=simple",
+            "--bcrypt-cost=4",
+            "--auth-token-ttl=20",
+        ])
+        .unwrap();
+        assert_eq!(config.bcrypt_cost, 4);
+        assert_eq!(config.auth_token_ttl, Duration::from_secs(20));
+        for (bad, why) in [
+            (
+                "--auth-token=jwt,pub-key=a.pem,priv-key=b.pem,sign-method=RS256",
+                "JWT is not there yet",
+            ),
+            ("--auth-token=magic", "simple tokens only"),
+            ("--bcrypt-cost=3", "from 4 to 31"),
+            ("--bcrypt-cost=32", "from 4 to 31"),
+            ("--auth-token-ttl=0", "must be positive"),
+        ] {
+            let err = from_args(&[bad]).unwrap_err();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn flags_without_effect_are_accepted_with_a_line_each() {
         let mut seen = 0;
         for flag in ETCD_ONLY_FLAGS.iter().filter(|f| f.inert.is_none()) {

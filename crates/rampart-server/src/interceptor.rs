@@ -14,9 +14,10 @@ use std::sync::Arc;
 use tonic::codegen::http;
 use tonic::{Request, Status};
 
-use crate::auth::{AUTHORIZATION_KEY, TOKEN_KEY};
+use crate::auth::{Caller, AUTHORIZATION_KEY, TOKEN_KEY};
 use crate::error::ServerError;
 use crate::node::Node;
+use crate::tls::ConnInfo;
 
 /// The metadata key with which a client asks that its call fail unless the cluster has a
 /// leader (etcd's `rpctypes.MetadataRequireLeaderKey`; clientv3's `WithRequireLeader`).
@@ -57,11 +58,22 @@ fn is_http_path(path: &str) -> bool {
 #[derive(Clone)]
 pub struct RequestInterceptor {
     node: Arc<Node>,
+    /// `--client-cert-auth`: a client certificate's common name names the caller of a call
+    /// without a token.
+    client_cert_auth: bool,
 }
 
 impl RequestInterceptor {
     pub fn new(node: Arc<Node>) -> Self {
-        RequestInterceptor { node }
+        let client_cert_auth = node
+            .config()
+            .client_tls
+            .as_ref()
+            .is_some_and(|tls| tls.client_cert_auth);
+        RequestInterceptor {
+            node,
+            client_cert_auth,
+        }
     }
 
     /// etcd refuses a call that requires a leader with "no leader" when its member knows of
@@ -133,7 +145,18 @@ impl RequestInterceptor {
             .get(TOKEN_KEY)
             .or_else(|| metadata.get(AUTHORIZATION_KEY))
             .and_then(|value| value.to_str().ok());
-        let caller = self.node.authenticator().caller(&auth, token);
+        let mut caller = self.node.authenticator().caller(&auth, token);
+        // Without a token, the common name of a verified client certificate is the user (etcd's
+        // `AuthInfoFromTLS`, with `--client-cert-auth`).
+        if token.is_none() && auth.enabled() && self.client_cert_auth {
+            if let Some(name) = request
+                .extensions()
+                .get::<ConnInfo>()
+                .and_then(|info| info.common_name.clone())
+            {
+                caller = Caller::User(name);
+            }
+        }
         let path = request.extensions().get::<CallPath>();
         if path.is_some_and(|CallPath(path)| ROOT_ONLY_CALLS.contains(&path.as_str())) {
             caller.check(&auth, |auth, user| auth.check_admin(user))?;

@@ -84,17 +84,23 @@ impl Caller {
         }
     }
 
-    /// `command` as this caller proposes it: a user's command carries the user, so that the
-    /// applier checks it again against the auth store as it is then.
-    pub fn wrap(&self, command: Command) -> Command {
-        match self {
-            Caller::User(user) => Command::AsUser {
-                user: user.clone(),
-                command: Box::new(command),
-            },
+    /// `command` as this caller proposes it, under an auth store that is `enabled` or not: a
+    /// user's command carries the user, so that the applier checks it again against the auth
+    /// store as it is then; so does an anonymous one while authentication is on (as the empty
+    /// user: a revoke of a lease without keys needs no user, one of a lease with keys does).
+    /// With authentication off, an anonymous command goes as it is: the applier does not
+    /// check it, even if authentication was turned on meanwhile.
+    pub fn wrap(&self, command: Command, enabled: bool) -> Command {
+        let user = match self {
+            Caller::User(user) => user.clone(),
+            Caller::Anonymous if enabled => String::new(),
             // An invalid token's calls are refused by [`Caller::check`] before they are
             // proposed.
-            Caller::Trusted | Caller::Anonymous | Caller::InvalidToken => command,
+            Caller::Trusted | Caller::Anonymous | Caller::InvalidToken => return command,
+        };
+        Command::AsUser {
+            user,
+            command: Box::new(command),
         }
     }
 

@@ -75,11 +75,11 @@ impl Client {
         self.caller.check(&self.node.mvcc().auth(), check)
     }
 
-    /// etcd's request-time check of `command` for this caller, which the applier repeats
-    /// (see [`Caller::wrap`]); lease revokes are checked there only, where the lease's keys
+    /// etcd's request-time check of `command` for this caller under `auth`, which the applier
+    /// repeats (see [`Caller::wrap`]); the keys of leases are checked there only, where they
     /// are known.
-    fn permit_command(&self, command: &Command) -> Result<(), ServerError> {
-        self.permit(|auth, user| {
+    fn permit_command(&self, auth: &AuthState, command: &Command) -> Result<(), ServerError> {
+        self.caller.check(auth, |auth, user| {
             auth.check_command(user, command, &|_| Ok(Vec::new()))
                 .unwrap_or(Ok(()))
         })
@@ -109,8 +109,10 @@ impl Client {
         &self,
         command: Command,
     ) -> Result<(CommandResult, pb::ResponseHeader), ServerError> {
-        self.permit_command(&command)?;
-        let response = self.node.write(self.caller.wrap(command)).await?;
+        let auth = self.node.mvcc().auth();
+        self.permit_command(&auth, &command)?;
+        let command = self.caller.wrap(command, auth.enabled());
+        let response = self.node.write(command).await?;
         let result = response.result?;
         Ok((result, self.node.header(response.revision)))
     }

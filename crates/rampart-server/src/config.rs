@@ -1477,6 +1477,7 @@ pub const ETCD_ONLY_FLAGS: &[EtcdFlag] = &[
 
 const NOT_YET: &str =
     "Rampart's TLS has no CRLs, automatic certificates or certificate name checks yet";
+
 /// The default of `--bcrypt-cost`, etcd's.
 pub const DEFAULT_BCRYPT_COST: u32 = 10;
 
@@ -1504,7 +1505,7 @@ fn auth_settings(
     if !(4..=31).contains(&cost) {
         return Err(invalid(
             "bcrypt-cost",
-            &cost.to_string(),
+            cost.to_string(),
             "must be from 4 to 31 (bcrypt's limits)",
         ));
     }
@@ -1527,10 +1528,11 @@ const fn not_yet(
     refused_unless(name, value, default, NOT_YET)
 }
 
-/// etcd 3.4's TLS flags that Rampart does not implement, and its authentication flags:
-/// refused with any value but etcd's default until Rampart has them. The TLS flags Rampart
-/// implements (`--cert-file`, `--key-file`, `--trusted-ca-file`, `--client-cert-auth`, their
-/// `--peer-*` twins and `--cipher-suites`) are fields of [`RawConfig`].
+/// etcd 3.4's TLS flags that Rampart does not implement: refused with any value but etcd's
+/// default until Rampart has them. The TLS flags Rampart implements (`--cert-file`,
+/// `--key-file`, `--trusted-ca-file`, `--client-cert-auth`, their `--peer-*` twins and
+/// `--cipher-suites`) and the authentication flags (`--auth-token`, `--bcrypt-cost`,
+/// `--auth-token-ttl`) are fields of [`RawConfig`].
 pub const TLS_AND_AUTH_FLAGS: &[EtcdFlag] = &[
     not_yet("client-crl-file", Text, &[""]),
     not_yet("client-cert-allowed-hostname", Text, &[""]),

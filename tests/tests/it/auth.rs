@@ -345,6 +345,57 @@ async fn the_auth_store_reaches_followers_and_survives_a_restart() -> anyhow::Re
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_lease_revoke_needs_write_access_to_the_leases_keys() -> anyhow::Result<()> {
+    rampart_tests::init_tracing();
+    let cluster = ProcessCluster::start(1).await?;
+    let url = cluster.client_urls()[0].clone();
+    let etcdctl = Etcdctl::new(&[&url])?;
+    set_up_reader(&etcdctl).await?;
+    let lease_with = |key: &'static str| {
+        let etcdctl = &etcdctl;
+        async move {
+            // A lease grant needs no user, as etcd's.
+            let granted = etcdctl.ok(&["lease", "grant", "600"]).await?;
+            let id = granted
+                .split_whitespace()
+                .nth(1)
+                .context("no lease id")?
+                .to_string();
+            if !key.is_empty() {
+                let lease = format!("--lease={id}");
+                etcdctl
+                    .ok(&["--user", "root:rootpw", "put", key, "v", &lease])
+                    .await?;
+            }
+            anyhow::Ok(id)
+        }
+    };
+    let leased = lease_with("k2").await?;
+    let stderr = refused(&etcdctl, &["lease", "revoke", &leased]).await?;
+    ensure!(
+        stderr.contains("etcdserver: user name is empty"),
+        "{stderr}"
+    );
+    let stderr = refused(
+        &etcdctl,
+        &["--user", "bob:bobpw", "lease", "revoke", &leased],
+    )
+    .await?;
+    ensure!(stderr.contains("etcdserver: permission denied"), "{stderr}");
+    let kept = etcdctl
+        .ok(&["--user", "root:rootpw", "get", "k2", "--print-value-only"])
+        .await?;
+    ensure!(kept == "v\n", "k2 after the refused revokes: {kept:?}");
+    etcdctl
+        .ok(&["--user", "root:rootpw", "lease", "revoke", &leased])
+        .await?;
+    // A lease without keys: anyone may revoke it.
+    let empty = lease_with("").await?;
+    etcdctl.ok(&["lease", "revoke", &empty]).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn the_json_gateway_authenticates_with_the_authorization_header() -> anyhow::Result<()> {
     rampart_tests::init_tracing();
     let cluster = ProcessCluster::start(1).await?;

@@ -2,24 +2,22 @@
 //! password half of `auth/store.go`): who a call is from ([`Caller`]), the tokens this member
 //! issued, and the bcrypt hashing and checking of passwords.
 //!
-//! The auth store itself (users, roles, permissions, whether authentication is on) is
-//! replicated state: `rampart_storage::AuthState`, changed only through Raft. Tokens are not:
-//! as etcd's simple tokens, each lives on the member that issued it, for `--auth-token-ttl`
-//! after its last use, and a client that reaches another member gets "invalid auth token" and
-//! authenticates again (etcd's clients do so by themselves). A token is void once its user is
-//! deleted or its password changes, and once authentication is turned off.
+//! The auth store itself (users, roles, permissions, whether authentication is on, the key of
+//! the tokens) is replicated state: `rampart_storage::AuthState`, changed only through Raft.
+//! Tokens are signed with the store's key, so any member checks a token another issued (see
+//! [`Authenticator`]); only when each token was last used is kept, per member, in memory.
 //!
 //! Passwords are hashed here, on the member that takes the request, before the change is
 //! proposed: no plaintext password enters the Raft log.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use rampart_storage::{AuthState, Command};
 use rand::distributions::Alphanumeric;
 use rand::Rng;
+use sha2::{Digest, Sha256};
 
 use crate::error::ServerError;
 
@@ -117,97 +115,99 @@ impl Caller {
     }
 }
 
-/// One token this member issued.
-struct Session {
-    user: String,
-    /// The user's password hash when the token was issued: a changed password voids it.
-    password: Option<String>,
-    /// The auth revision when it was issued: authentication turned off and on since voids it.
-    revision: u64,
-    /// When it expires unless used before; every use moves it `ttl` on.
-    expires: Instant,
-}
-
-/// The tokens this member issued, and its password hashing settings.
+/// The tokens members issue, checked by any member, and this member's password hashing.
+///
+/// A token is `random.issued.user.mac`: 16 random characters, the Unix second it was issued,
+/// the user's name in hex, and an HMAC-SHA-256 (in hex) over those and the user's password
+/// hash, keyed with the auth store's token key. Every member holds the key (it is replicated,
+/// drawn anew by each `AuthEnable`), so a token issued by one member is good on all of them,
+/// as etcd 3.4's simple tokens (which it replicates through Raft) are. It is void once the
+/// user's password changes, the user goes, or authentication is turned off and on; and it
+/// expires `--auth-token-ttl` after it was issued, or after its last use on the member
+/// checking it, whichever is later.
 pub struct Authenticator {
-    sessions: Mutex<HashMap<String, Session>>,
+    /// When each token was last used on this member: a use renews it for `ttl` here.
+    last_used: Mutex<HashMap<String, Instant>>,
     /// `--auth-token-ttl`.
     ttl: Duration,
     /// `--bcrypt-cost`.
     bcrypt_cost: u32,
-    /// The number after the token's dot: etcd puts its Raft index there; unique on this
-    /// member is what matters.
-    next_index: AtomicU64,
 }
 
 impl Authenticator {
     pub fn new(ttl: Duration, bcrypt_cost: u32) -> Authenticator {
         Authenticator {
-            sessions: Mutex::new(HashMap::new()),
+            last_used: Mutex::new(HashMap::new()),
             ttl,
             bcrypt_cost,
-            next_index: AtomicU64::new(1),
         }
     }
 
     /// The caller a call's `token` (if any) stands for, under `auth` as this member last
     /// applied it. With authentication off, tokens are not looked at.
     pub fn caller(&self, auth: &AuthState, token: Option<&str>) -> Caller {
-        self.session(auth, token).unwrap_or(Caller::InvalidToken)
-    }
-
-    /// [`Authenticator::caller`], with an unknown token an error.
-    fn session(&self, auth: &AuthState, token: Option<&str>) -> Result<Caller, ServerError> {
         if !auth.enabled() {
-            return Ok(Caller::Anonymous);
+            return Caller::Anonymous;
         }
         let Some(token) = token else {
-            return Ok(Caller::Anonymous);
+            return Caller::Anonymous;
         };
-        let now = Instant::now();
-        let mut sessions = self.sessions.lock();
-        let valid = sessions.get(token).is_some_and(|s| {
-            s.expires > now
-                && s.revision >= auth.meta.enabled_at
-                && auth
-                    .users
-                    .get(&s.user)
-                    .is_some_and(|u| u.password == s.password)
-        });
-        if !valid {
-            sessions.remove(token);
-            return Err(ServerError::InvalidAuthToken);
+        match self.check(auth, token) {
+            Some(user) => Caller::User(user),
+            None => {
+                self.last_used.lock().remove(token);
+                Caller::InvalidToken
+            }
         }
-        let session = sessions
-            .get_mut(token)
-            .ok_or(ServerError::InvalidAuthToken)?;
-        session.expires = now + self.ttl;
-        Ok(Caller::User(session.user.clone()))
     }
 
-    /// Issues a token for `user`, whose password (hash) is `password`, under `auth`.
-    pub fn issue(&self, auth: &AuthState, user: &str, password: Option<String>) -> String {
+    /// The user of `token` if it is valid under `auth` and fresh; renews it.
+    fn check(&self, auth: &AuthState, token: &str) -> Option<String> {
+        let mut parts = token.split('.');
+        let (random, issued, user, mac) =
+            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() {
+            return None;
+        }
+        let user = String::from_utf8(decode_hex(user)?).ok()?;
+        let password = auth.users.get(&user)?.password.as_deref()?;
+        let expected = token_mac(&auth.meta.token_key, &user, password, random, issued);
+        if !equal_in_constant_time(&decode_hex(mac)?, &expected) {
+            return None;
+        }
+        let issued: u64 = issued.parse().ok()?;
+        let now = Instant::now();
+        let mut last_used = self.last_used.lock();
+        let fresh = unix_now().saturating_sub(issued) < self.ttl.as_secs()
+            || last_used
+                .get(token)
+                .is_some_and(|used| now.duration_since(*used) < self.ttl);
+        if !fresh {
+            return None;
+        }
+        if !last_used.contains_key(token) {
+            // Tokens not used for a TTL go when a new one comes, so they never pile up.
+            let ttl = self.ttl;
+            last_used.retain(|_, used| now.duration_since(*used) < ttl);
+        }
+        last_used.insert(token.to_string(), now);
+        Some(user)
+    }
+
+    /// Issues a token for `user`, whose password hash is `password`, under `auth`.
+    pub fn issue(&self, auth: &AuthState, user: &str, password: &str) -> String {
         let random: String = rand::thread_rng()
             .sample_iter(&Alphanumeric)
             .take(TOKEN_LENGTH)
             .map(char::from)
             .collect();
-        let index = self.next_index.fetch_add(1, Ordering::Relaxed);
-        let token = format!("{random}.{index}");
-        let now = Instant::now();
-        let mut sessions = self.sessions.lock();
-        // Expired sessions go when a new one comes, so they never pile up.
-        sessions.retain(|_, s| s.expires > now);
-        sessions.insert(
-            token.clone(),
-            Session {
-                user: user.to_string(),
-                password,
-                revision: auth.revision(),
-                expires: now + self.ttl,
-            },
-        );
-        token
+        let issued = unix_now().to_string();
+        let mac = token_mac(&auth.meta.token_key, user, password, &random, &issued);
+        format!(
+            "{random}.{issued}.{}.{}",
+            encode_hex(user.as_bytes()),
+            encode_hex(&mac)
+        )
     }
 
     /// The bcrypt hash of `password` at `--bcrypt-cost`, made off the async workers (it takes
@@ -228,12 +228,60 @@ impl Authenticator {
     }
 }
 
+/// Seconds since the Unix epoch (0 if the clock is before it).
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The MAC of a token's parts: HMAC-SHA-256 keyed with `key`, over each part with its length.
+fn token_mac(key: &[u8], user: &str, password: &str, random: &str, issued: &str) -> [u8; 32] {
+    let mut block = [0u8; 64];
+    if key.len() > block.len() {
+        block[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        block[..key.len()].copy_from_slice(key);
+    }
+    let mut inner = Sha256::new();
+    inner.update(block.map(|b| b ^ 0x36));
+    for part in [user, password, random, issued] {
+        inner.update((part.len() as u64).to_be_bytes());
+        inner.update(part.as_bytes());
+    }
+    let mut outer = Sha256::new();
+    outer.update(block.map(|b| b ^ 0x5c));
+    outer.update(inner.finalize());
+    outer.finalize().into()
+}
+
+/// Whether `a` and `b` are equal, in a time that does not depend on where they differ.
+fn equal_in_constant_time(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `bytes` in lowercase hex.
+fn encode_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The bytes of lowercase or uppercase hex `text`; `None` if it is not hex.
+fn decode_hex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use rampart_storage::AuthCommand;
 
-    fn enabled_store() -> AuthState {
+    fn enabled_store(key: &[u8]) -> AuthState {
         let mut s = AuthState::default();
         for step in [
             AuthCommand::UserAdd {
@@ -244,7 +292,9 @@ mod tests {
                 user: "root".into(),
                 role: "root".into(),
             },
-            AuthCommand::Enable,
+            AuthCommand::Enable {
+                token_key: key.to_vec(),
+            },
         ] {
             s = s.after(&step).unwrap();
         }
@@ -252,19 +302,24 @@ mod tests {
     }
 
     #[test]
-    fn tokens_name_their_user_until_voided() {
-        let auth = Authenticator::new(Duration::from_secs(60), 4);
-        let store = enabled_store();
-        let token = auth.issue(&store, "root", Some("h1".into()));
-        let (random, index) = token.split_once('.').unwrap();
-        assert_eq!(random.len(), TOKEN_LENGTH);
-        assert_eq!(index, "1");
-        assert_eq!(
-            auth.caller(&store, Some(&token)),
-            Caller::User("root".into())
-        );
-        assert_eq!(auth.caller(&store, None), Caller::Anonymous);
-        assert_eq!(auth.caller(&store, Some("nope.1")), Caller::InvalidToken);
+    fn tokens_name_their_user_on_every_member_until_voided() {
+        let member = Authenticator::new(Duration::from_secs(60), 4);
+        let other = Authenticator::new(Duration::from_secs(60), 4);
+        let store = enabled_store(b"key");
+        let token = member.issue(&store, "root", "h1");
+        assert_eq!(token.split('.').next().unwrap().len(), TOKEN_LENGTH);
+        for at in [&member, &other] {
+            assert_eq!(at.caller(&store, Some(&token)), Caller::User("root".into()));
+        }
+        assert_eq!(member.caller(&store, None), Caller::Anonymous);
+        for forged in [
+            "nope.1",
+            "a.1.726f6f74.00",
+            &token.replace(".726f6f74.", ".616c696365."),
+            &format!("{token}.more"),
+        ] {
+            assert_eq!(member.caller(&store, Some(forged)), Caller::InvalidToken);
+        }
         // A changed password voids it.
         let changed = store
             .after(&AuthCommand::UserChangePassword {
@@ -272,23 +327,47 @@ mod tests {
                 password: "h2".into(),
             })
             .unwrap();
-        assert_eq!(auth.caller(&changed, Some(&token)), Caller::InvalidToken);
-        // So does turning authentication off and on.
-        let token = auth.issue(&store, "root", Some("h1".into()));
+        assert_eq!(member.caller(&changed, Some(&token)), Caller::InvalidToken);
+        // So does turning authentication off and on (a new key).
         let cycled = store
             .after(&AuthCommand::Disable)
             .unwrap()
-            .after(&AuthCommand::Enable)
+            .after(&AuthCommand::Enable {
+                token_key: b"key2".to_vec(),
+            })
             .unwrap();
-        assert_eq!(auth.caller(&cycled, Some(&token)), Caller::InvalidToken);
+        assert_eq!(member.caller(&cycled, Some(&token)), Caller::InvalidToken);
+        // With authentication off, tokens are not looked at.
+        let off = store.after(&AuthCommand::Disable).unwrap();
+        assert_eq!(member.caller(&off, Some("nope")), Caller::Anonymous);
     }
 
     #[test]
     fn tokens_expire_unless_used() {
         let auth = Authenticator::new(Duration::ZERO, 4);
-        let store = enabled_store();
-        let token = auth.issue(&store, "root", Some("h1".into()));
+        let store = enabled_store(b"key");
+        let token = auth.issue(&store, "root", "h1");
         assert_eq!(auth.caller(&store, Some(&token)), Caller::InvalidToken);
+    }
+
+    #[test]
+    fn the_mac_is_hmac_sha256() {
+        // HMAC (RFC 2104) built by hand from SHA-256, over the length-prefixed parts.
+        let key = b"Jefe";
+        let mac = token_mac(key, "u", "p", "r", "1");
+        let mut message = Vec::new();
+        for part in ["u", "p", "r", "1"] {
+            message.extend((part.len() as u64).to_be_bytes());
+            message.extend(part.as_bytes());
+        }
+        let mut block = [0u8; 64];
+        block[..key.len()].copy_from_slice(key);
+        let inner = Sha256::digest([&block.map(|b| b ^ 0x36)[..], &message].concat());
+        let outer = Sha256::digest([&block.map(|b| b ^ 0x5c)[..], &inner[..]].concat());
+        assert_eq!(mac[..], outer[..]);
+        assert_eq!(decode_hex(&encode_hex(&mac)).unwrap(), mac);
+        assert_eq!(decode_hex("abc"), None);
+        assert_eq!(decode_hex("zz"), None);
     }
 
     #[tokio::test]

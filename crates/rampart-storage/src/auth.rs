@@ -27,16 +27,18 @@ use crate::types::{
 /// The user that `AuthEnable` requires, and the role that gives a user every permission.
 pub const ROOT: &str = "root";
 
-/// Whether authentication is on, and the auth revision.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Whether authentication is on, the auth revision, and the key of the tokens.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuthMeta {
     pub enabled: bool,
     /// Raised by every change of the auth store (etcd's `authRevision`); 1 for a store never
     /// changed.
     pub revision: u64,
-    /// The revision at which authentication was last turned on: tokens issued before it are
-    /// void (a disable and an enable drop every session, as etcd's token provider does).
-    pub enabled_at: u64,
+    /// The key every member signs and checks tokens with, drawn anew by each `AuthEnable`
+    /// (so turning authentication off and on voids every token, as etcd's token provider
+    /// does); empty while authentication has never been on.
+    #[serde(with = "serde_bytes")]
+    pub token_key: Vec<u8>,
 }
 
 /// One user as the auth store keeps it.
@@ -70,7 +72,7 @@ impl Default for AuthState {
             meta: AuthMeta {
                 enabled: false,
                 revision: 1,
-                enabled_at: 0,
+                token_key: Vec::new(),
             },
             users: BTreeMap::new(),
             roles: BTreeMap::new(),
@@ -259,7 +261,7 @@ impl AuthState {
         let mut next = self.clone();
         let enabled = self.enabled();
         let changed = match command {
-            AuthCommand::Enable => {
+            AuthCommand::Enable { token_key } => {
                 if enabled {
                     return Ok(next);
                 }
@@ -269,9 +271,8 @@ impl AuthState {
                     Some(_) => {}
                 }
                 next.meta.enabled = true;
-                // etcd's enable does not raise the revision. The disable before it did, so
-                // tokens issued before it are older than `enabled_at`.
-                next.meta.enabled_at = next.meta.revision;
+                // etcd's enable does not raise the revision.
+                next.meta.token_key = token_key.clone();
                 return Ok(next);
             }
             AuthCommand::Disable => {
@@ -530,7 +531,9 @@ mod tests {
                 user: "u".into(),
                 role: "r".into(),
             },
-            AuthCommand::Enable,
+            AuthCommand::Enable {
+                token_key: b"key".to_vec(),
+            },
         ];
         for step in steps {
             s = s.after(&step).unwrap();
@@ -674,7 +677,9 @@ mod tests {
     fn etcds_rules_for_users_and_roles() {
         let s = AuthState::default();
         assert_eq!(
-            s.after(&AuthCommand::Enable),
+            s.after(&AuthCommand::Enable {
+                token_key: b"key".to_vec()
+            }),
             Err(ApplyError::RootUserNotExist)
         );
         let s = s
@@ -684,7 +689,9 @@ mod tests {
             })
             .unwrap();
         assert_eq!(
-            s.after(&AuthCommand::Enable),
+            s.after(&AuthCommand::Enable {
+                token_key: b"key".to_vec()
+            }),
             Err(ApplyError::RootRoleNotExist)
         );
         let s = store_with(&[]);
@@ -758,13 +765,15 @@ mod tests {
             .unwrap();
         assert!(s2.users["u"].roles.is_empty());
         assert_eq!(s2.revision(), revision + 1);
-        // A disable then an enable starts a new generation of sessions.
+        // A disable then an enable draws a new token key.
         let again = s
             .after(&AuthCommand::Disable)
             .unwrap()
-            .after(&AuthCommand::Enable)
+            .after(&AuthCommand::Enable {
+                token_key: b"key2".to_vec(),
+            })
             .unwrap();
-        assert!(again.meta.enabled_at > s.meta.enabled_at);
+        assert_ne!(again.meta.token_key, s.meta.token_key);
     }
 
     /// The commands that set up [`store_with`]'s store, with `perms`, as log entries.
@@ -791,7 +800,9 @@ mod tests {
         .into_iter()
         .map(Command::Auth)
         .collect();
-        commands.push(Command::Auth(AuthCommand::Enable));
+        commands.push(Command::Auth(AuthCommand::Enable {
+            token_key: b"key".to_vec(),
+        }));
         for p in perms {
             commands.push(Command::Auth(AuthCommand::RoleGrantPermission {
                 role: "r".into(),

@@ -285,8 +285,12 @@ pub enum Command {
 /// A change of the auth store, as etcd's `InternalRaftRequest` auth fields.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AuthCommand {
-    /// Turns authentication on; needs the user `root` with the role `root`.
-    Enable,
+    /// Turns authentication on; needs the user `root` with the role `root`. `token_key` is
+    /// the random key of the tokens issued from now on, drawn by the member that proposed it.
+    Enable {
+        #[serde(with = "serde_bytes")]
+        token_key: Vec<u8>,
+    },
     /// Turns authentication off.
     Disable,
     /// Adds a user; `password` is the bcrypt hash of its password, `None` for a user added with
@@ -676,7 +680,12 @@ mod tests {
                 }),
                 "0b000000090000000100000000000000720200000001000000000000006b01000000000000006c",
             ),
-            pin(AuthCommand::Enable, "00000000"),
+            pin(
+                AuthCommand::Enable {
+                    token_key: b"k".to_vec(),
+                },
+                "0000000001000000000000006b",
+            ),
             pin(AuthCommand::Disable, "01000000"),
             pin(
                 AuthCommand::UserAdd {

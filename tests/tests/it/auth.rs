@@ -13,6 +13,10 @@ use crate::common::Etcd;
 use crate::etcdctl::{Etcdctl, Run};
 use crate::gateway::send_with;
 
+/// bcrypt's lowest cost: the tests authenticate often, on a machine that runs many at once,
+/// and the cost changes nothing of what they check.
+const CHEAP_HASHES: &[&str] = &["--bcrypt-cost=4"];
+
 /// One etcdctl command of a script: its arguments and what it reads from its standard input.
 type Step = (&'static [&'static str], Option<&'static str>);
 
@@ -208,7 +212,7 @@ fn comparable(run: &Run) -> String {
 async fn etcdctl_user_role_and_auth_commands_print_what_etcd_prints() -> anyhow::Result<()> {
     rampart_tests::init_tracing();
     let etcd = Etcd::start().await?;
-    let cluster = ProcessCluster::start(1).await?;
+    let cluster = ProcessCluster::start_with_args(1, CHEAP_HASHES).await?;
     let rampart_url = cluster.client_urls()[0].clone();
     let on_etcd = Etcdctl::new(&[&etcd.url])?;
     let on_rampart = Etcdctl::new(&[&rampart_url])?;
@@ -270,7 +274,7 @@ async fn refused(etcdctl: &Etcdctl, args: &[&str]) -> anyhow::Result<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_auth_store_reaches_followers_and_survives_a_restart() -> anyhow::Result<()> {
     rampart_tests::init_tracing();
-    let mut cluster = ProcessCluster::start(3).await?;
+    let mut cluster = ProcessCluster::start_with_args(3, CHEAP_HASHES).await?;
     let urls = cluster.client_urls();
     let on = |i: usize| Etcdctl::new(&[&urls[i]]);
     let leader = cluster.leader_index(&[0, 1, 2]).await?;
@@ -295,6 +299,21 @@ async fn the_auth_store_reaches_followers_and_survives_a_restart() -> anyhow::Re
         stderr.contains("etcdserver: user name is empty"),
         "{stderr}"
     );
+
+    // A token is good on every member: etcdctl's balancer sends its calls to all three, with
+    // the token one of them issued, and none is refused.
+    let everywhere = Etcdctl::new(&urls.iter().map(String::as_str).collect::<Vec<_>>())?;
+    for _ in 0..3 {
+        let run = everywhere
+            .run(&["--user", "bob:bobpw", "get", "k"], None)
+            .await?;
+        ensure!(
+            run.success && !run.stderr.contains("invalid auth token"),
+            "bob through every member: {} {}",
+            run.stdout,
+            run.stderr
+        );
+    }
 
     // A member restarted holds the same store: authentication on, bob a reader.
     cluster.kill(other)?;
@@ -347,7 +366,7 @@ async fn the_auth_store_reaches_followers_and_survives_a_restart() -> anyhow::Re
 #[tokio::test(flavor = "multi_thread")]
 async fn a_lease_revoke_needs_write_access_to_the_leases_keys() -> anyhow::Result<()> {
     rampart_tests::init_tracing();
-    let cluster = ProcessCluster::start(1).await?;
+    let cluster = ProcessCluster::start_with_args(1, CHEAP_HASHES).await?;
     let url = cluster.client_urls()[0].clone();
     let etcdctl = Etcdctl::new(&[&url])?;
     set_up_reader(&etcdctl).await?;
@@ -398,7 +417,7 @@ async fn a_lease_revoke_needs_write_access_to_the_leases_keys() -> anyhow::Resul
 #[tokio::test(flavor = "multi_thread")]
 async fn the_json_gateway_authenticates_with_the_authorization_header() -> anyhow::Result<()> {
     rampart_tests::init_tracing();
-    let cluster = ProcessCluster::start(1).await?;
+    let cluster = ProcessCluster::start_with_args(1, CHEAP_HASHES).await?;
     let url = cluster.client_urls()[0].clone();
     set_up_reader(&Etcdctl::new(&[&url])?).await?;
     let range_k = r#"{"key":"aw=="}"#;

@@ -8,8 +8,8 @@
 //! then (etcd's `needAdminPermission`); passwords are hashed here first. Reads (UserGet,
 //! UserList, RoleGet, RoleList, AuthStatus) are served from this member's auth store after a
 //! read barrier, with etcd's checks: the lists need the root role, a user may get itself and
-//! the roles it holds. Authenticate checks the password here and issues a token of this member
-//! (`crate::auth`).
+//! the roles it holds. Authenticate checks the password here and issues a token, good on every
+//! member (`crate::auth`).
 
 use std::sync::Arc;
 
@@ -112,8 +112,10 @@ impl Auth for AuthService {
         &self,
         request: Request<pb::AuthEnableRequest>,
     ) -> Result<Response<pb::AuthEnableResponse>, Status> {
+        // The key of the tokens issued from now on, on every member.
+        let token_key = rand::random::<[u8; 32]>().to_vec();
         let header = self
-            .change(&Caller::of(&request), AuthCommand::Enable)
+            .change(&Caller::of(&request), AuthCommand::Enable { token_key })
             .await?;
         Ok(Response::new(pb::AuthEnableResponse {
             header: Some(header),
@@ -165,7 +167,7 @@ impl Auth for AuthService {
         if !authenticator.verify(request.password, hash.clone()).await {
             return Err(ServerError::AuthFailed.into());
         }
-        let token = authenticator.issue(&auth, &request.name, Some(hash));
+        let token = authenticator.issue(&auth, &request.name, &hash);
         Ok(Response::new(pb::AuthenticateResponse {
             header: Some(header),
             token,

@@ -136,6 +136,10 @@ pub enum ServerError {
     /// A token this member did not issue, or one that expired or was voided.
     #[error("etcdserver: invalid auth token")]
     InvalidAuthToken,
+    /// Authenticate with a password for a user added without one. etcd 3.4 answers its auth
+    /// store's own error, untranslated: code `Unknown`, "auth: ..." text.
+    #[error("auth: authentication failed, password was given for no password user")]
+    NoPasswordUser,
     /// Deleting the root user or role, or revoking root's root role, with authentication on.
     #[error("etcdserver: invalid auth management")]
     InvalidAuthManagement,
@@ -206,7 +210,7 @@ impl ServerError {
             MemberBadUrls => Code::InvalidArgument,
             NoSpace => Code::ResourceExhausted,
             Corrupt => Code::DataLoss,
-            LeaderTransferTimeout => Code::Unknown,
+            LeaderTransferTimeout | NoPasswordUser => Code::Unknown,
             Storage(_) | Internal(_) => Code::Internal,
             Unimplemented(_) => Code::Unimplemented,
             RootUserNotExist | RootRoleNotExist | UserAlreadyExists | UserNotFound
@@ -219,6 +223,20 @@ impl ServerError {
                 Code::Unknown
             }
         }
+    }
+
+    /// The status of a refusal by etcd's `authMaintenanceServer` (Defragment, Snapshot, Hash,
+    /// HashKV), which answers its auth store's errors untranslated: code `Unknown` and the
+    /// store's own "auth: ..." text.
+    pub fn into_maintenance_auth_status(self) -> Status {
+        let text = match self {
+            ServerError::UserEmpty => "auth: user name is empty",
+            ServerError::UserNotFound => "auth: user not found",
+            ServerError::PermissionDenied => "auth: permission denied",
+            ServerError::InvalidAuthToken => "auth: invalid auth token",
+            other => return Status::from(other),
+        };
+        Status::new(Code::Unknown, text)
     }
 
     /// The status the Lock and Election services answer with: etcd's text with code `Unknown`,
@@ -371,6 +389,11 @@ mod tests {
                 "etcdserver: authentication failed, invalid user ID or password",
             ),
             (
+                ServerError::NoPasswordUser,
+                Code::Unknown,
+                "auth: authentication failed, password was given for no password user",
+            ),
+            (
                 ServerError::Unimplemented("Downgrade"),
                 Code::Unimplemented,
                 "rampart does not support Downgrade yet",
@@ -404,6 +427,20 @@ mod tests {
             assert_eq!(status.code(), Code::Unknown);
             assert_eq!(status.message(), text);
         }
+    }
+
+    #[test]
+    fn the_root_only_maintenance_calls_refuse_with_the_auth_stores_own_texts() {
+        for (error, text) in [
+            (ServerError::UserEmpty, "auth: user name is empty"),
+            (ServerError::PermissionDenied, "auth: permission denied"),
+            (ServerError::InvalidAuthToken, "auth: invalid auth token"),
+        ] {
+            let status = error.into_maintenance_auth_status();
+            assert_eq!((status.code(), status.message()), (Code::Unknown, text));
+        }
+        let other = ServerError::NoLeader.into_maintenance_auth_status();
+        assert_eq!(other.code(), Code::Unavailable);
     }
 
     #[test]

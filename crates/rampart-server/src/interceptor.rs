@@ -138,7 +138,7 @@ impl RequestInterceptor {
     /// Who the call is from: the user of its `token` (or `authorization`) metadata when
     /// authentication is on, put in its extensions for the service; and the Maintenance calls
     /// etcd keeps for the root role (its `authMaintenanceServer`).
-    fn authenticate(&self, request: &mut Request<()>) -> Result<(), ServerError> {
+    fn authenticate(&self, request: &mut Request<()>) -> Result<(), Status> {
         let auth = self.node.mvcc().auth();
         let metadata = request.metadata();
         let token = metadata
@@ -159,7 +159,9 @@ impl RequestInterceptor {
         }
         let path = request.extensions().get::<CallPath>();
         if path.is_some_and(|CallPath(path)| ROOT_ONLY_CALLS.contains(&path.as_str())) {
-            caller.check(&auth, |auth, user| auth.check_admin(user))?;
+            caller
+                .check(&auth, |auth, user| auth.check_admin(user))
+                .map_err(ServerError::into_maintenance_auth_status)?;
         }
         request.extensions_mut().insert(caller);
         Ok(())

@@ -32,7 +32,14 @@ const SCRIPT: &[Step] = &[
     (&["role", "add", "root"], None),
     (&["role", "add", ""], None),
     (&["user", "grant-role", "root", "root"], None),
+    (&["user", "grant-role", "root", "root"], None),
     (&["user", "grant-role", "root", "nope"], None),
+    (&["user", "add", "bob", "--no-password"], None),
+    (&["user", "add", "carol:"], None),
+    (
+        &["user", "passwd", "nobody", "--interactive=false"],
+        Some("x\n"),
+    ),
     (&["user", "add", "alice:apw"], None),
     (&["role", "add", "reader"], None),
     (&["role", "add", "reader"], None),
@@ -53,6 +60,30 @@ const SCRIPT: &[Step] = &[
         None,
     ),
     (&["role", "grant-permission", "nope", "read", "foo"], None),
+    (&["role", "grant-permission", "reader", "readwrite"], None),
+    (
+        &["role", "grant-permission", "reader", "badtype", "k"],
+        None,
+    ),
+    (&["role", "grant-permission", "reader", "read", "k"], None),
+    (&["role", "grant-permission", "reader", "write", "k"], None),
+    (
+        &[
+            "role",
+            "grant-permission",
+            "reader",
+            "read",
+            "a",
+            "--from-key",
+        ],
+        None,
+    ),
+    (&["role", "get", "reader"], None),
+    (
+        &["role", "revoke-permission", "reader", "a", "--from-key"],
+        None,
+    ),
+    (&["role", "revoke-permission", "reader", "k"], None),
     (&["role", "get", "reader"], None),
     (&["role", "get", "nope"], None),
     (&["user", "grant-role", "alice", "reader"], None),
@@ -62,7 +93,15 @@ const SCRIPT: &[Step] = &[
     (&["role", "list"], None),
     (&["put", "foo", "bar"], None),
     (&["auth", "enable"], None),
+    (&["auth", "enable"], None),
     (&["put", "foo", "bar2"], None),
+    (&["--user", "bob:x", "get", "foo"], None),
+    (&["--user", "carol:", "get", "foo"], None),
+    (&["--user", "carol:", "defrag"], None),
+    (&["--user", "root:rootpw", "defrag"], None),
+    (&["--user", "carol:", "alarm", "list"], None),
+    (&["--user", "root:rootpw", "user", "delete", "bob"], None),
+    (&["--user", "root:rootpw", "user", "delete", "carol"], None),
     (&["get", "foo"], None),
     (&["--user", "root:rootpw", "put", "foo", "bar"], None),
     (&["--user", "root:wrong", "get", "foo"], None),
@@ -181,11 +220,12 @@ const SCRIPT: &[Step] = &[
     (&["auth", "enable"], None),
 ];
 
-/// `run` with what differs between two servers by nature (etcdctl's log timestamps, its
-/// client ids and the endpoint in its retry warnings) removed.
-fn comparable(run: &Run) -> String {
+/// `run` against `url` with what differs between two servers by nature (etcdctl's log
+/// timestamps, its client ids, the endpoint in its retry warnings, the server's URL) removed.
+fn comparable(run: &Run, url: &str) -> String {
     let stderr: Vec<String> = run
         .stderr
+        .replace(url, "<url>")
         .lines()
         .map(|line| {
             let mut line = line.to_string();
@@ -203,7 +243,7 @@ fn comparable(run: &Run) -> String {
     format!(
         "success: {}\nstdout:\n{}stderr:\n{}",
         run.success,
-        run.stdout,
+        run.stdout.replace(url, "<url>"),
         stderr.join("\n")
     )
 }
@@ -218,8 +258,8 @@ async fn etcdctl_user_role_and_auth_commands_print_what_etcd_prints() -> anyhow:
     let on_rampart = Etcdctl::new(&[&rampart_url])?;
     let mut differences = Vec::new();
     for (args, stdin) in SCRIPT {
-        let expected = comparable(&on_etcd.run(args, *stdin).await?);
-        let got = comparable(&on_rampart.run(args, *stdin).await?);
+        let expected = comparable(&on_etcd.run(args, *stdin).await?, &etcd.url);
+        let got = comparable(&on_rampart.run(args, *stdin).await?, &rampart_url);
         info!("etcdctl {args:?}:\n{got}");
         if expected != got {
             differences.push(format!(

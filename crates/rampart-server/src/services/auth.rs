@@ -155,14 +155,12 @@ impl Auth for AuthService {
         if !auth.enabled() {
             return Err(ServerError::AuthNotEnabled.into());
         }
-        // A user without a password cannot authenticate with one.
-        let Some(hash) = auth
+        let user = auth
             .users
             .get(&request.name)
-            .and_then(|user| user.password.clone())
-        else {
-            return Err(ServerError::AuthFailed.into());
-        };
+            .ok_or(ServerError::AuthFailed)?;
+        // A user without a password cannot authenticate with one.
+        let hash = user.password.clone().ok_or(ServerError::NoPasswordUser)?;
         let authenticator = self.node.authenticator();
         if !authenticator.verify(request.password, hash.clone()).await {
             return Err(ServerError::AuthFailed.into());

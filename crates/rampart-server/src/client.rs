@@ -3,8 +3,10 @@
 //! of their own server.
 //!
 //! Everything a call does besides the transport lives here: etcd's checks before Raft (request
-//! size, `--max-txn-ops`, the checks of `crate::convert`), the write or read path of [`Node`],
-//! and the response with its header. The gRPC services (`crate::services`) are thin adaptors
+//! size, `--max-txn-ops`, the checks of `crate::convert`, the caller's permissions once
+//! authentication is on), the write or read path of [`Node`], and the response with its header.
+//! A client made by [`Client::new`] is this member's own and is not checked; the services make
+//! their calls through [`Client::for_request`], as the call's caller. The gRPC services (`crate::services`) are thin adaptors
 //! over it, and services built on KV, Lease and Watch (Lock, Election, the JSON gateway) call it
 //! instead of reaching into [`Node`] or dialling the member over gRPC. Errors are
 //! [`ServerError`]s, which become etcd's statuses in one place (`crate::error`).

@@ -124,12 +124,13 @@ impl Client {
         // Also checked by the interceptor when the call began; a Range of an in-process
         // client (Lock, Election) passes only here.
         self.node.check_not_corrupt()?;
-        self.permit(|auth, user| {
-            auth.check_range(user, Access::Read, &request.key, &request.range_end)
-        })?;
         if !request.serializable {
             self.node.read_barrier().await?;
         }
+        // After the barrier, as etcd: against an auth store at least as new as the read.
+        self.permit(|auth, user| {
+            auth.check_range(user, Access::Read, &request.key, &request.range_end)
+        })?;
         let (response, revision) = self.node.mvcc().try_range(&request)?;
         Ok(convert::range_response(
             response,

@@ -187,7 +187,8 @@ impl MvccCore {
             };
             let tree = self.tree();
             let mut txn = WriteTxn::at(&tree, &state.index, revision, state.compact_revision);
-            let refused = alarms::refusal(&state.alarms, command);
+            let refused = alarms::refusal(&state.alarms, command)
+                .or_else(|| state.auth.refusal_without_user(command));
             let result = match refused.map_or_else(|| txn.put(req), |e| Err(e.into())) {
                 Ok(response) => {
                     let written = txn.commit(&mut batch)?;
@@ -377,8 +378,22 @@ fn execute(
         // Against the auth store as it is now, whatever it was when the request was checked.
         let lease_keys = |id| lease::keys(tree, id);
         state.auth.check_command(user, command, &lease_keys)??;
-        return execute(tree, state, command, batch, changes);
+        return run(tree, state, command, batch, changes);
     }
+    if let Some(refused) = state.auth.refusal_without_user(cmd) {
+        return Err(refused.into());
+    }
+    run(tree, state, cmd, batch, changes)
+}
+
+/// Executes `cmd`, once [`execute`] has checked whose it is.
+fn run(
+    tree: &sled::Tree,
+    state: &MvccState,
+    cmd: &Command,
+    batch: &mut WriteBatch,
+    changes: &mut Changes,
+) -> Result<CommandResult, MvccError> {
     if let Some(refused) = alarms::refusal(&state.alarms, cmd) {
         return Err(refused.into());
     }

@@ -227,6 +227,19 @@ impl AuthState {
         })
     }
 
+    /// The refusal of a client's `command` that reaches the applier without a user
+    /// ([`Command::AsUser`]) while authentication is on: puts, deletes and txns come only from
+    /// clients, and such one was proposed by a member that had not yet applied the
+    /// `AuthEnable` (etcd refuses it as made by the empty user). The member's own commands
+    /// (lease revokes of expired leases, compactions, alarms) are never refused.
+    pub fn refusal_without_user(&self, command: &Command) -> Option<ApplyError> {
+        let from_client = matches!(
+            command,
+            Command::Put(_) | Command::DeleteRange(_) | Command::Txn(_)
+        );
+        (self.enabled() && from_client).then_some(ApplyError::UserEmpty)
+    }
+
     /// etcd's `checkTxnAuth`, with nested txns checked as well.
     pub fn check_txn(&self, user: &str, txn: &TxnRequest) -> Result<(), ApplyError> {
         for compare in &txn.compare {
@@ -888,6 +901,16 @@ mod tests {
             apply(command).unwrap();
         }
         assert!(apply(as_user("u", put_cmd("a", "1"))).is_ok());
+        // A client's write without a user (from a member that had not applied the enable yet)
+        // is refused, alone or in a run of puts; the member's own commands are not.
+        assert_eq!(apply(put_cmd("a", "0")), Err(ApplyError::UserEmpty));
+        let run = apply(Command::Batch(vec![put_cmd("a", "0"), put_cmd("b", "0")]));
+        let Ok(crate::types::CommandResult::Batch(parts)) = run else {
+            panic!("a batch answers with a batch: {run:?}");
+        };
+        assert!(parts.iter().all(|p| p.result == Err(ApplyError::UserEmpty)));
+        assert!(apply(Command::LeaseGrant { id: 5, ttl: 60 }).is_ok());
+        assert!(apply(Command::LeaseRevoke { id: 5 }).is_ok());
         assert_eq!(
             apply(as_user("u", put_cmd("b", "1"))),
             Err(ApplyError::PermissionDenied)

@@ -3,8 +3,10 @@
 //! of their own server.
 //!
 //! Everything a call does besides the transport lives here: etcd's checks before Raft (request
-//! size, `--max-txn-ops`, the checks of `crate::convert`), the write or read path of [`Node`],
-//! and the response with its header. The gRPC services (`crate::services`) are thin adaptors
+//! size, `--max-txn-ops`, the checks of `crate::convert`, the caller's permissions once
+//! authentication is on), the write or read path of [`Node`], and the response with its header.
+//! A client made by [`Client::new`] is this member's own and is not checked; the services make
+//! their calls through [`Client::for_request`], as the call's caller. The gRPC services (`crate::services`) are thin adaptors
 //! over it, and services built on KV, Lease and Watch (Lock, Election, the JSON gateway) call it
 //! instead of reaching into [`Node`] or dialling the member over gRPC. Errors are
 //! [`ServerError`]s, which become etcd's statuses in one place (`crate::error`).
@@ -14,10 +16,11 @@ use std::sync::Arc;
 use futures::Stream;
 use prost::Message;
 use rampart_api::etcdserverpb as pb;
-use rampart_storage::{ApplyError, Command, CommandResult};
+use rampart_storage::{Access, ApplyError, AuthState, Command, CommandResult};
 use tokio_util::sync::CancellationToken;
 
 use crate::alarm;
+use crate::auth::Caller;
 use crate::convert::{self, Limits, MAX_LEASE_TTL};
 use crate::error::ServerError;
 use crate::lessor::Lessor;
@@ -32,6 +35,9 @@ pub struct Client {
     lessor: Arc<Lessor>,
     /// Cancelled when the node stops; ends watch and keep-alive streams.
     shutdown: CancellationToken,
+    /// Whose calls these are: their permissions are checked (`crate::auth`) unless this
+    /// member's own.
+    caller: Caller,
 }
 
 impl Client {
@@ -40,7 +46,45 @@ impl Client {
             node,
             lessor,
             shutdown,
+            caller: Caller::Trusted,
         }
+    }
+
+    /// This client, making its calls as `caller` (each call's permissions checked as etcd
+    /// checks them), as the services use it for a client's call.
+    pub fn as_caller(&self, caller: Caller) -> Client {
+        Client {
+            caller,
+            ..self.clone()
+        }
+    }
+
+    /// The client for the call `request`: as the caller the interceptor found.
+    pub fn for_request<T>(&self, request: &tonic::Request<T>) -> Client {
+        self.as_caller(Caller::of(request))
+    }
+
+    /// Whose calls these are.
+    pub fn caller(&self) -> &Caller {
+        &self.caller
+    }
+
+    /// `check` of the auth store, as this client's caller.
+    fn permit(
+        &self,
+        check: impl FnOnce(&AuthState, &str) -> Result<(), ApplyError>,
+    ) -> Result<(), ServerError> {
+        self.caller.check(&self.node.mvcc().auth(), check)
+    }
+
+    /// etcd's request-time check of `command` for this caller under `auth`, which the applier
+    /// repeats (see [`Caller::wrap`]); the keys of leases are checked there only, where they
+    /// are known.
+    fn permit_command(&self, auth: &AuthState, command: &Command) -> Result<(), ServerError> {
+        self.caller.check(auth, |auth, user| {
+            auth.check_command(user, command, &|_| Ok(Vec::new()))
+                .unwrap_or(Ok(()))
+        })
     }
 
     /// The member this client talks to.
@@ -67,6 +111,9 @@ impl Client {
         &self,
         command: Command,
     ) -> Result<(CommandResult, pb::ResponseHeader), ServerError> {
+        let auth = self.node.mvcc().auth();
+        self.permit_command(&auth, &command)?;
+        let command = self.caller.wrap(command, auth.enabled());
         let response = self.node.write(command).await?;
         let result = response.result?;
         Ok((result, self.node.header(response.revision)))
@@ -80,6 +127,10 @@ impl Client {
         if !request.serializable {
             self.node.read_barrier().await?;
         }
+        // After the barrier, as etcd: against an auth store at least as new as the read.
+        self.permit(|auth, user| {
+            auth.check_range(user, Access::Read, &request.key, &request.range_end)
+        })?;
         let (response, revision) = self.node.mvcc().try_range(&request)?;
         Ok(convert::range_response(
             response,
@@ -264,7 +315,12 @@ impl Client {
         R: Stream<Item = Result<pb::WatchRequest, E>> + Unpin + Send + 'static,
         E: std::fmt::Display + Send + 'static,
     {
-        watch::serve(self.node.clone(), &self.shutdown, requests)
+        watch::serve(
+            self.node.clone(),
+            &self.shutdown,
+            self.caller.clone(),
+            requests,
+        )
     }
 }
 

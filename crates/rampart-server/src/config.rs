@@ -242,6 +242,18 @@ pub struct RawConfig {
     /// default: rustls's.
     #[arg(long, env = "RAMPART_CIPHER_SUITES")]
     pub cipher_suites: Option<String>,
+
+    // Authentication (etcd's flags; `crate::auth`).
+    /// Kind of the tokens Authenticate hands out: "simple" (etcd's default), the only kind
+    /// Rampart has.
+    #[arg(long, env = "RAMPART_AUTH_TOKEN")]
+    pub auth_token: Option<String>,
+    /// Cost of the bcrypt hashes of users' passwords, from 4 to 31 (default 10, etcd's).
+    #[arg(long, env = "RAMPART_BCRYPT_COST")]
+    pub bcrypt_cost: Option<u32>,
+    /// Seconds a simple token stays valid after its last use (default 300, etcd's).
+    #[arg(long, env = "RAMPART_AUTH_TOKEN_TTL")]
+    pub auth_token_ttl: Option<u64>,
 }
 
 impl RawConfig {
@@ -329,6 +341,10 @@ impl RawConfig {
             peer_trusted_ca_file,
             peer_client_cert_auth,
             cipher_suites,
+            // Authentication
+            auth_token,
+            bcrypt_cost,
+            auth_token_ttl,
         )
     }
 }
@@ -485,6 +501,10 @@ pub struct Config {
     pub peer_tls: Option<TlsFiles>,
     /// `--cipher-suites`, each one of `crate::tls::CIPHER_SUITE_NAMES`; empty: rustls's.
     pub cipher_suites: Vec<String>,
+    /// `--bcrypt-cost`: the cost of the password hashes this member makes.
+    pub bcrypt_cost: u32,
+    /// `--auth-token-ttl`: how long a token stays valid after its last use.
+    pub auth_token_ttl: Duration,
     /// This member's id, derived from its peer URLs and the cluster token, as etcd derives it.
     pub member_id: NodeId,
     /// The cluster's id, derived from the initial member ids, as etcd derives it.
@@ -777,6 +797,11 @@ impl Config {
             .map(|value| value.split(',').map(str::to_string).collect::<Vec<_>>())
             .filter(|hosts| !hosts.iter().any(|h| h == "*"));
         accepted_flags.extend(raw.etcd_only.check()?);
+        let (bcrypt_cost, auth_token_ttl) = auth_settings(
+            raw.auth_token.as_deref(),
+            raw.bcrypt_cost,
+            raw.auth_token_ttl,
+        )?;
         let TlsSettings {
             client_tls,
             peer_tls,
@@ -838,6 +863,8 @@ impl Config {
             client_tls,
             peer_tls,
             cipher_suites,
+            bcrypt_cost,
+            auth_token_ttl,
             member_id,
             cluster_id,
             legacy_identity,
@@ -1516,7 +1543,48 @@ pub const ETCD_ONLY_FLAGS: &[EtcdFlag] = &[
 
 const NOT_YET: &str =
     "Rampart's TLS has no CRLs, automatic certificates or certificate name checks yet";
-const NO_AUTH: &str = "authentication is not there yet";
+
+/// The default of `--bcrypt-cost`, etcd's.
+pub const DEFAULT_BCRYPT_COST: u32 = 10;
+
+/// The default of `--auth-token-ttl`, etcd's, in seconds.
+pub const DEFAULT_AUTH_TOKEN_TTL: u64 = 300;
+
+/// `--bcrypt-cost` and `--auth-token-ttl`, checked, after `--auth-token`, which must name
+/// simple tokens (etcd's form is `simple` or `jwt,pub-key=...,...`).
+fn auth_settings(
+    auth_token: Option<&str>,
+    bcrypt_cost: Option<u32>,
+    auth_token_ttl: Option<u64>,
+) -> Result<(u32, Duration), ConfigError> {
+    if let Some(token) = auth_token {
+        let kind = token.split(',').next().unwrap_or_default();
+        if kind != "simple" {
+            return Err(invalid(
+                "auth-token",
+                token,
+                "Rampart has simple tokens only (\"simple\", etcd's default); JWT is not there yet",
+            ));
+        }
+    }
+    let cost = bcrypt_cost.unwrap_or(DEFAULT_BCRYPT_COST);
+    if !(4..=31).contains(&cost) {
+        return Err(invalid(
+            "bcrypt-cost",
+            cost.to_string(),
+            "must be from 4 to 31 (bcrypt's limits)",
+        ));
+    }
+    let ttl = auth_token_ttl.unwrap_or(DEFAULT_AUTH_TOKEN_TTL);
+    if ttl == 0 {
+        return Err(invalid(
+            "auth-token-ttl",
+            "0",
+            "must be positive (every token would expire at once)",
+        ));
+    }
+    Ok((cost, Duration::from_secs(ttl)))
+}
 
 const fn not_yet(
     name: &'static str,
@@ -1526,10 +1594,11 @@ const fn not_yet(
     refused_unless(name, value, default, NOT_YET)
 }
 
-/// etcd 3.4's TLS flags that Rampart does not implement, and its authentication flags:
-/// refused with any value but etcd's default until Rampart has them. The TLS flags Rampart
-/// implements (`--cert-file`, `--key-file`, `--trusted-ca-file`, `--client-cert-auth`, their
-/// `--peer-*` twins and `--cipher-suites`) are fields of [`RawConfig`].
+/// etcd 3.4's TLS flags that Rampart does not implement: refused with any value but etcd's
+/// default until Rampart has them. The TLS flags Rampart implements (`--cert-file`,
+/// `--key-file`, `--trusted-ca-file`, `--client-cert-auth`, their `--peer-*` twins and
+/// `--cipher-suites`) and the authentication flags (`--auth-token`, `--bcrypt-cost`,
+/// `--auth-token-ttl`) are fields of [`RawConfig`].
 pub const TLS_AND_AUTH_FLAGS: &[EtcdFlag] = &[
     not_yet("client-crl-file", Text, &[""]),
     not_yet("client-cert-allowed-hostname", Text, &[""]),
@@ -1543,9 +1612,6 @@ pub const TLS_AND_AUTH_FLAGS: &[EtcdFlag] = &[
         Bool,
         &["false"],
     ),
-    refused_unless("auth-token", Text, &["simple"], NO_AUTH),
-    refused_unless("bcrypt-cost", Number, &["10"], NO_AUTH),
-    refused_unless("auth-token-ttl", Number, &["300"], NO_AUTH),
 ];
 
 /// Every etcd-only flag, accepted or refused.
@@ -2220,6 +2286,34 @@ mod tests {
     }
 
     #[test]
+    fn the_auth_flags_take_etcds_values_and_refuse_the_rest() {
+        let config = from_args(&[]).unwrap();
+        assert_eq!(config.bcrypt_cost, 10);
+        assert_eq!(config.auth_token_ttl, Duration::from_secs(300));
+        let config = from_args(&[
+            "--auth-token=simple",
+            "--bcrypt-cost=4",
+            "--auth-token-ttl=20",
+        ])
+        .unwrap();
+        assert_eq!(config.bcrypt_cost, 4);
+        assert_eq!(config.auth_token_ttl, Duration::from_secs(20));
+        for (bad, why) in [
+            (
+                "--auth-token=jwt,pub-key=a.pem,priv-key=b.pem,sign-method=RS256",
+                "JWT is not there yet",
+            ),
+            ("--auth-token=magic", "simple tokens only"),
+            ("--bcrypt-cost=3", "from 4 to 31"),
+            ("--bcrypt-cost=32", "from 4 to 31"),
+            ("--auth-token-ttl=0", "must be positive"),
+        ] {
+            let err = from_args(&[bad]).unwrap_err();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn flags_without_effect_are_accepted_with_a_line_each() {
         let mut seen = 0;
         for flag in ETCD_ONLY_FLAGS.iter().filter(|f| f.inert.is_none()) {
@@ -2279,7 +2373,7 @@ mod tests {
             "--enable-v2=true is refused: Rampart serves the v3 API only"
         );
         let err = from_args(&["--auth-token=jwt"]).unwrap_err();
-        assert!(err.ends_with("authentication is not there yet"), "{err}");
+        assert!(err.ends_with("JWT is not there yet"), "{err}");
         let err = from_args(&["--auto-tls"]).unwrap_err();
         assert!(err.ends_with("certificate name checks yet"), "{err}");
         for bad in [

@@ -110,6 +110,44 @@ pub enum ServerError {
     /// `concurrency.ErrSessionExpired`).
     #[error("mutex: session is expired")]
     SessionExpired,
+    // Authentication (etcd's auth errors, `crate::auth`).
+    #[error("etcdserver: root user does not exist")]
+    RootUserNotExist,
+    #[error("etcdserver: root user does not have root role")]
+    RootRoleNotExist,
+    #[error("etcdserver: user name already exists")]
+    UserAlreadyExists,
+    /// Also a call that needs a user made without credentials while authentication is on.
+    #[error("etcdserver: user name is empty")]
+    UserEmpty,
+    #[error("etcdserver: user name not found")]
+    UserNotFound,
+    #[error("etcdserver: role name already exists")]
+    RoleAlreadyExists,
+    #[error("etcdserver: role name not found")]
+    RoleNotFound,
+    #[error("etcdserver: role name is empty")]
+    RoleEmpty,
+    #[error("etcdserver: authentication failed, invalid user ID or password")]
+    AuthFailed,
+    #[error("etcdserver: permission denied")]
+    PermissionDenied,
+    #[error("etcdserver: role is not granted to the user")]
+    RoleNotGranted,
+    #[error("etcdserver: permission is not granted to the role")]
+    PermissionNotGranted,
+    #[error("etcdserver: authentication is not enabled")]
+    AuthNotEnabled,
+    /// A token this member did not issue, or one that expired or was voided.
+    #[error("etcdserver: invalid auth token")]
+    InvalidAuthToken,
+    /// Authenticate with a password for a user added without one. etcd 3.4 answers its auth
+    /// store's own error, untranslated: code `Unknown`, "auth: ..." text.
+    #[error("auth: authentication failed, password was given for no password user")]
+    NoPasswordUser,
+    /// Deleting the root user or role, or revoking root's root role, with authentication on.
+    #[error("etcdserver: invalid auth management")]
+    InvalidAuthManagement,
     /// A call etcd defines that Rampart does not serve yet.
     #[error("rampart does not support {0} yet")]
     Unimplemented(&'static str),
@@ -180,13 +218,33 @@ impl ServerError {
             // ResourceExhausted is the code etcd's rpctypes gives it.
             NoSpace | TooManyRequests => Code::ResourceExhausted,
             Corrupt => Code::DataLoss,
-            LeaderTransferTimeout => Code::Unknown,
+            LeaderTransferTimeout | NoPasswordUser => Code::Unknown,
             Storage(_) | Internal(_) => Code::Internal,
             Unimplemented(_) => Code::Unimplemented,
+            RootUserNotExist | RootRoleNotExist | UserAlreadyExists | UserNotFound
+            | RoleAlreadyExists | RoleNotFound | RoleNotGranted | PermissionNotGranted
+            | AuthNotEnabled => Code::FailedPrecondition,
+            UserEmpty | RoleEmpty | AuthFailed | InvalidAuthManagement => Code::InvalidArgument,
+            PermissionDenied => Code::PermissionDenied,
+            InvalidAuthToken => Code::Unauthenticated,
             ElectionNotLeader | ElectionNoLeader | MissingLeaderKey | SessionExpired => {
                 Code::Unknown
             }
         }
+    }
+
+    /// The status of a refusal by etcd's `authMaintenanceServer` (Defragment, Snapshot, Hash,
+    /// HashKV), which answers its auth store's errors untranslated: code `Unknown` and the
+    /// store's own "auth: ..." text.
+    pub fn into_maintenance_auth_status(self) -> Status {
+        let text = match self {
+            ServerError::UserEmpty => "auth: user name is empty",
+            ServerError::UserNotFound => "auth: user not found",
+            ServerError::PermissionDenied => "auth: permission denied",
+            ServerError::InvalidAuthToken => "auth: invalid auth token",
+            other => return Status::from(other),
+        };
+        Status::new(Code::Unknown, text)
     }
 
     /// The status the Lock and Election services answer with: etcd's text with code `Unknown`,
@@ -244,6 +302,19 @@ impl From<ApplyError> for ServerError {
             // Only a server bug proposes one.
             ApplyError::NestedBatch => ServerError::Internal(error.to_string()),
             ApplyError::NoSpace => ServerError::NoSpace,
+            ApplyError::RootUserNotExist => ServerError::RootUserNotExist,
+            ApplyError::RootRoleNotExist => ServerError::RootRoleNotExist,
+            ApplyError::UserAlreadyExists => ServerError::UserAlreadyExists,
+            ApplyError::UserEmpty => ServerError::UserEmpty,
+            ApplyError::UserNotFound => ServerError::UserNotFound,
+            ApplyError::RoleAlreadyExists => ServerError::RoleAlreadyExists,
+            ApplyError::RoleNotFound => ServerError::RoleNotFound,
+            ApplyError::RoleEmpty => ServerError::RoleEmpty,
+            ApplyError::PermissionDenied => ServerError::PermissionDenied,
+            ApplyError::RoleNotGranted => ServerError::RoleNotGranted,
+            ApplyError::PermissionNotGranted => ServerError::PermissionNotGranted,
+            ApplyError::InvalidAuthManagement => ServerError::InvalidAuthManagement,
+            ApplyError::NestedUser => ServerError::Internal(error.to_string()),
         }
     }
 }
@@ -301,6 +372,36 @@ mod tests {
                 "etcdserver: corrupt cluster",
             ),
             (
+                ServerError::PermissionDenied,
+                Code::PermissionDenied,
+                "etcdserver: permission denied",
+            ),
+            (
+                ServerError::InvalidAuthToken,
+                Code::Unauthenticated,
+                "etcdserver: invalid auth token",
+            ),
+            (
+                ServerError::UserEmpty,
+                Code::InvalidArgument,
+                "etcdserver: user name is empty",
+            ),
+            (
+                ServerError::RoleNotGranted,
+                Code::FailedPrecondition,
+                "etcdserver: role is not granted to the user",
+            ),
+            (
+                ServerError::AuthFailed,
+                Code::InvalidArgument,
+                "etcdserver: authentication failed, invalid user ID or password",
+            ),
+            (
+                ServerError::NoPasswordUser,
+                Code::Unknown,
+                "auth: authentication failed, password was given for no password user",
+            ),
+            (
                 ServerError::Unimplemented("Downgrade"),
                 Code::Unimplemented,
                 "rampart does not support Downgrade yet",
@@ -334,6 +435,20 @@ mod tests {
             assert_eq!(status.code(), Code::Unknown);
             assert_eq!(status.message(), text);
         }
+    }
+
+    #[test]
+    fn the_root_only_maintenance_calls_refuse_with_the_auth_stores_own_texts() {
+        for (error, text) in [
+            (ServerError::UserEmpty, "auth: user name is empty"),
+            (ServerError::PermissionDenied, "auth: permission denied"),
+            (ServerError::InvalidAuthToken, "auth: invalid auth token"),
+        ] {
+            let status = error.into_maintenance_auth_status();
+            assert_eq!((status.code(), status.message()), (Code::Unknown, text));
+        }
+        let other = ServerError::NoLeader.into_maintenance_auth_status();
+        assert_eq!(other.code(), Code::Unavailable);
     }
 
     #[test]

@@ -53,6 +53,15 @@ impl ForwardedCommands {
             }
             Command::Compact { .. } | Command::Publish(_) | Command::LeaseRevoke { .. } => {}
             Command::Alarm { alarm, .. } => crate::alarm::alarm_type(alarm.alarm)?,
+            Command::AsUser { command, .. } => match **command {
+                Command::AsUser { .. } | Command::Batch(_) | Command::LeaseCheckpoint { .. } => {
+                    return Err(ServerError::InvalidArgument(
+                        "a user's command holds another user's, a batch or a checkpoint".into(),
+                    ))
+                }
+                ref inner => self.checked(inner)?,
+            },
+            Command::Auth(_) => {}
             Command::LeaseCheckpoint { .. } | Command::Batch(_) => {
                 return Err(ServerError::InvalidArgument(
                     "lease checkpoints and batches are proposed by the leader only".into(),

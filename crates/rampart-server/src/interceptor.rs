@@ -1,7 +1,9 @@
 //! The interceptor chain every client call passes before its service sees it, as etcd's
 //! `v3rpc/interceptor.go`: what applies to every call alike (require-leader, a learner's
-//! refusals; authentication tokens and request metrics belong here too) is done once, here,
-//! and registered once, in `crate::server`.
+//! refusals, who the caller is from its token, the root-only Maintenance calls) is done once,
+//! here, and registered once, in `crate::server`. The caller goes to the service as a
+//! [`Caller`] extension of the request; the permissions a call's content needs are checked by
+//! the client the service calls (`crate::client`).
 //!
 //! A tonic interceptor sees a call's metadata when the call begins (for a stream, when it is
 //! opened), not its messages; checks of a message's content stay with the service. The call's
@@ -12,8 +14,10 @@ use std::sync::Arc;
 use tonic::codegen::http;
 use tonic::{Request, Status};
 
+use crate::auth::{Caller, AUTHORIZATION_KEY, TOKEN_KEY};
 use crate::error::ServerError;
 use crate::node::Node;
+use crate::tls::ConnInfo;
 
 /// The metadata key with which a client asks that its call fail unless the cluster has a
 /// leader (etcd's `rpctypes.MetadataRequireLeaderKey`; clientv3's `WithRequireLeader`).
@@ -54,11 +58,22 @@ fn is_http_path(path: &str) -> bool {
 #[derive(Clone)]
 pub struct RequestInterceptor {
     node: Arc<Node>,
+    /// `--client-cert-auth`: a client certificate's common name names the caller of a call
+    /// without a token.
+    client_cert_auth: bool,
 }
 
 impl RequestInterceptor {
     pub fn new(node: Arc<Node>) -> Self {
-        RequestInterceptor { node }
+        let client_cert_auth = node
+            .config()
+            .client_tls
+            .as_ref()
+            .is_some_and(|tls| tls.client_cert_auth);
+        RequestInterceptor {
+            node,
+            client_cert_auth,
+        }
     }
 
     /// etcd refuses a call that requires a leader with "no leader" when its member knows of
@@ -119,8 +134,51 @@ const CORRUPT_MEMBER_CALLS: &[&str] = &[
     "/etcdserverpb.Maintenance/Defragment",
 ];
 
+impl RequestInterceptor {
+    /// Who the call is from: the user of its `token` (or `authorization`) metadata when
+    /// authentication is on, put in its extensions for the service; and the Maintenance calls
+    /// etcd keeps for the root role (its `authMaintenanceServer`).
+    fn authenticate(&self, request: &mut Request<()>) -> Result<(), Status> {
+        let auth = self.node.mvcc().auth();
+        let metadata = request.metadata();
+        let token = metadata
+            .get(TOKEN_KEY)
+            .or_else(|| metadata.get(AUTHORIZATION_KEY))
+            .and_then(|value| value.to_str().ok());
+        let mut caller = self.node.authenticator().caller(&auth, token);
+        // Without a token, the common name of a verified client certificate is the user (etcd's
+        // `AuthInfoFromTLS`, with `--client-cert-auth`).
+        if token.is_none() && auth.enabled() && self.client_cert_auth {
+            if let Some(name) = request
+                .extensions()
+                .get::<ConnInfo>()
+                .and_then(|info| info.common_name.clone())
+            {
+                caller = Caller::User(name);
+            }
+        }
+        let path = request.extensions().get::<CallPath>();
+        if path.is_some_and(|CallPath(path)| ROOT_ONLY_CALLS.contains(&path.as_str())) {
+            caller
+                .check(&auth, |auth, user| auth.check_admin(user))
+                .map_err(ServerError::into_maintenance_auth_status)?;
+        }
+        request.extensions_mut().insert(caller);
+        Ok(())
+    }
+}
+
+/// The calls only a user with the root role may make while authentication is on (etcd 3.4's
+/// `authMaintenanceServer`).
+const ROOT_ONLY_CALLS: &[&str] = &[
+    "/etcdserverpb.Maintenance/Defragment",
+    "/etcdserverpb.Maintenance/Snapshot",
+    "/etcdserverpb.Maintenance/Hash",
+    "/etcdserverpb.Maintenance/HashKV",
+];
+
 impl tonic::service::Interceptor for RequestInterceptor {
-    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         // The HTTP endpoints on the same port (`crate::http`, `crate::gateway`) are no calls of
         // etcd's gRPC API.
         if request
@@ -133,6 +191,7 @@ impl tonic::service::Interceptor for RequestInterceptor {
         self.corrupt(&request)?;
         self.learner(&request)?;
         self.require_leader(&request)?;
+        self.authenticate(&mut request)?;
         Ok(request)
     }
 }

@@ -22,10 +22,12 @@
 //!   the members' data (start-up and periodic); `compactor`: the leader's auto-compaction;
 //!   `fault_control`: TEST ONLY remote control of the peer-link faults; `tls`: the client and
 //!   peer listeners' TLS, certificates reloaded when their files change; `access`: etcd's
-//!   access controller on the client URLs' HTTP requests (`--host-whitelist`, `--cors`).
+//!   access controller on the client URLs' HTTP requests (`--host-whitelist`, `--cors`);
+//!   `auth`: who a call is from (tokens this member issued) and password hashing.
 
 mod access;
 mod alarm;
+pub mod auth;
 mod client;
 mod compactor;
 pub mod config;

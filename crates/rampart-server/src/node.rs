@@ -26,6 +26,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::alarm::Quota;
+use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::error::ServerError;
 
@@ -61,6 +62,8 @@ pub struct Node {
     /// Set when this member's start-up check found its data unlike its peers' (before its
     /// CORRUPT alarm is applied): it serves no client.
     found_corrupt: AtomicBool,
+    /// The tokens this member issued and its password hashing (`crate::auth`).
+    authenticator: Authenticator,
 }
 
 /// What this member's request paths count, for its metrics (etcd's names in `crate::metrics`).
@@ -97,6 +100,7 @@ impl Node {
         let forwarder = Forwarder::start(network.clone(), config.request_timeout());
         Node {
             admission: Admission::new(config.pending_writes),
+            authenticator: Authenticator::new(config.auth_token_ttl, config.bcrypt_cost),
             quota: Quota::new(config.quota_backend_bytes),
             found_corrupt: AtomicBool::new(false),
             proposer,
@@ -163,6 +167,11 @@ impl Node {
     /// The read handle of this member's MVCC store (its applied state).
     pub fn mvcc(&self) -> &Mvcc {
         &self.mvcc
+    }
+
+    /// The tokens this member issued, and its password hashing.
+    pub fn authenticator(&self) -> &Authenticator {
+        &self.authenticator
     }
 
     pub fn metrics(&self) -> RaftMetrics<NodeId, PeerNode> {

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use openraft::{Raft, SnapshotPolicy};
+use rampart_api::etcdserverpb::auth_server::AuthServer;
 use rampart_api::etcdserverpb::cluster_server::ClusterServer;
 use rampart_api::etcdserverpb::kv_server::KvServer;
 use rampart_api::etcdserverpb::lease_server::LeaseServer;
@@ -42,8 +43,8 @@ use crate::membership::Membership;
 use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::services::{
-    ClusterService, ElectionService, KvService, LeaseService, LockService, MaintenanceService,
-    WatchService,
+    AuthService, ClusterService, ElectionService, KvService, LeaseService, LockService,
+    MaintenanceService, WatchService,
 };
 use crate::tls::ServingTls;
 
@@ -458,7 +459,7 @@ async fn join(
 }
 
 /// Serves the etcd client API on `listener` until `shutdown`: KV, Watch, Lease, Maintenance,
-/// Cluster, Lock, Election and gRPC health, every call through [`RequestInterceptor`] first. Long-lived streams
+/// Cluster, Lock, Election, Auth and gRPC health, every call through [`RequestInterceptor`] first. Long-lived streams
 /// end on `shutdown` too, so that the graceful drain does not wait for clients that never hang
 /// up. With `tls` (an https:// URL), every connection is a TLS one.
 #[allow(clippy::too_many_arguments)]
@@ -502,6 +503,9 @@ fn serve_clients(
         .add_service(
             ElectionServer::new(ElectionService::new(client.clone()))
                 .max_decoding_message_size(limit),
+        )
+        .add_service(
+            AuthServer::new(AuthService::new(node.clone())).max_decoding_message_size(limit),
         );
     // The HTTP endpoints share the port, as etcd's do: HTTP/1.1 requests and HTTP/2 ones that
     // are not gRPC calls reach them, past the interceptor (which lets them through). Their

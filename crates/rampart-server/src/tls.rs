@@ -561,15 +561,87 @@ impl AsyncWrite for Conn {
     }
 }
 
-impl Connected for Conn {
-    type ConnectInfo = TcpConnectInfo;
+/// What tonic puts in each request's extensions about its connection: the TCP addresses, and
+/// the common name of the client's certificate, which names the user of calls without a token
+/// when `--client-cert-auth` is on (etcd's `AuthInfoFromTLS`).
+#[derive(Clone, Debug)]
+pub struct ConnInfo {
+    pub tcp: TcpConnectInfo,
+    /// The subject's common name of the certificate the client presented, if any (only a
+    /// certificate from `--trusted-ca-file` passes the handshake).
+    pub common_name: Option<String>,
+}
 
-    fn connect_info(&self) -> TcpConnectInfo {
+impl Connected for Conn {
+    type ConnectInfo = ConnInfo;
+
+    fn connect_info(&self) -> ConnInfo {
         match self {
-            Conn::Plain(stream) => stream.connect_info(),
-            Conn::Tls(stream) => stream.get_ref().0.connect_info(),
+            Conn::Plain(stream) => ConnInfo {
+                tcp: stream.connect_info(),
+                common_name: None,
+            },
+            Conn::Tls(stream) => {
+                let (tcp, session) = stream.get_ref();
+                let common_name = session
+                    .peer_certificates()
+                    .and_then(|chain| chain.first())
+                    .and_then(|leaf| common_name(leaf.as_ref()));
+                ConnInfo {
+                    tcp: tcp.connect_info(),
+                    common_name,
+                }
+            }
         }
     }
+}
+
+/// The subject's common name (OID 2.5.4.3) of the DER certificate `der`, if it has one that is
+/// UTF-8; anything malformed is none.
+pub fn common_name(der: &[u8]) -> Option<String> {
+    let (_, certificate, _) = der_element(der)?;
+    let (_, tbs, _) = der_element(certificate)?;
+    // tbsCertificate: [0] version (optional), serialNumber, signature, issuer, validity,
+    // subject, ...
+    let (tag, _, after_version) = der_element(tbs)?;
+    let mut fields = if tag == 0xa0 { after_version } else { tbs };
+    for _ in 0..4 {
+        fields = der_element(fields)?.2;
+    }
+    let (_, mut names, _) = der_element(fields)?;
+    while !names.is_empty() {
+        let (_, mut set, rest) = der_element(names)?;
+        names = rest;
+        while !set.is_empty() {
+            let (_, attribute, rest) = der_element(set)?;
+            set = rest;
+            let (_, oid, value) = der_element(attribute)?;
+            if oid == [0x55, 0x04, 0x03] {
+                let (_, text, _) = der_element(value)?;
+                return String::from_utf8(text.to_vec()).ok();
+            }
+        }
+    }
+    None
+}
+
+/// The first DER element of `input`: its tag, its contents, and what follows it.
+fn der_element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let bytes = usize::from(first & 0x7f);
+        if bytes == 0 || bytes > 4 || rest.len() < bytes {
+            return None;
+        }
+        let len = rest[..bytes]
+            .iter()
+            .fold(0usize, |len, b| (len << 8) | usize::from(*b));
+        (len, &rest[bytes..])
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
 }
 
 /// The connections accepted on `listener`: plain, or, with `tls`, those whose TLS handshake
@@ -658,6 +730,30 @@ async fn handshake(acceptor: &TlsAcceptor, mut stream: TcpStream) -> io::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_common_name_is_read_from_a_certificate() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "Rampart tests");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "alice");
+        let der = params.self_signed(&key).unwrap().der().to_vec();
+        assert_eq!(common_name(&der).as_deref(), Some("alice"));
+        let mut nameless = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+        nameless.distinguished_name = rcgen::DistinguishedName::new();
+        let cert = nameless.self_signed(&key).unwrap();
+        assert_eq!(common_name(cert.der()), None);
+        // Cut short anywhere, or not DER at all: no name, no panic.
+        for end in 0..der.len() {
+            let _ = common_name(&der[..end]);
+        }
+        assert_eq!(common_name(b"\x30\x84\xff\xff\xff\xff"), None);
+    }
 
     #[test]
     fn cipher_suites_take_etcds_names_and_refuse_others() {

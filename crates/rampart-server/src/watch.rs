@@ -48,6 +48,7 @@ use rampart_api::etcdserverpb as pb;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Caller;
 use crate::error::ServerError;
 use crate::node::Node;
 use shared::{Outgoing, StreamShared};
@@ -66,7 +67,12 @@ pub type Responses = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, ServerE
 
 /// Opens a watch stream on `node` fed by `requests` (creates, cancels, progress requests), until
 /// `requests` fails, the returned responses are dropped, or `shutdown` is cancelled.
-pub fn serve<R, E>(node: Arc<Node>, shutdown: &CancellationToken, requests: R) -> Responses
+pub fn serve<R, E>(
+    node: Arc<Node>,
+    shutdown: &CancellationToken,
+    caller: Caller,
+    requests: R,
+) -> Responses
 where
     R: Stream<Item = Result<pb::WatchRequest, E>> + Unpin + Send + 'static,
     E: std::fmt::Display + Send + 'static,
@@ -84,6 +90,7 @@ where
                 .max(MIN_PROGRESS_INTERVAL),
         ),
         node,
+        caller,
     });
     tokio::spawn(stream::run(shared, requests));
     responses(outgoing, shutdown.clone())

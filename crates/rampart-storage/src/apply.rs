@@ -21,9 +21,12 @@
 //! Steps 1 and 2, and the staging of step 3, are [`WriteTxn`]'s; the write and what follows it
 //! are this module's.
 
+use std::sync::Arc;
+
 use openraft::{EntryPayload, LogId, Membership, StoredMembership};
 
 use crate::alarms;
+use crate::auth::AuthState;
 use crate::codec::{self, Live, Progress, META_MEMBERSHIP, META_PROGRESS};
 use crate::error::{MvccError, StoreError};
 use crate::events::Written;
@@ -50,6 +53,8 @@ struct Changes {
     lease: Option<LeaseChange>,
     /// An alarm raised or cleared.
     alarm: Option<(AlarmAction, AlarmMember)>,
+    /// The auth store after a [`Command::Auth`].
+    auth: Option<Arc<AuthState>>,
 }
 
 impl MvccCore {
@@ -182,7 +187,8 @@ impl MvccCore {
             };
             let tree = self.tree();
             let mut txn = WriteTxn::at(&tree, &state.index, revision, state.compact_revision);
-            let refused = alarms::refusal(&state.alarms, command);
+            let refused = alarms::refusal(&state.alarms, command)
+                .or_else(|| state.auth.refusal_without_user(command));
             let result = match refused.map_or_else(|| txn.put(req), |e| Err(e.into())) {
                 Ok(response) => {
                     let written = txn.commit(&mut batch)?;
@@ -288,6 +294,10 @@ impl MvccCore {
             };
             self.publish_alarms(state);
         }
+        if let Some(auth) = changes.auth {
+            state.auth = auth;
+            self.publish_auth(state);
+        }
         if let Some(change) = changes.lease {
             // Under the write lock, in apply order, like the watch feed below.
             self.lease_feeds.send(change);
@@ -361,6 +371,29 @@ fn execute(
     batch: &mut WriteBatch,
     changes: &mut Changes,
 ) -> Result<CommandResult, MvccError> {
+    if let Command::AsUser { user, command } = cmd {
+        if matches!(**command, Command::AsUser { .. } | Command::Batch(_)) {
+            return Err(ApplyError::NestedUser.into());
+        }
+        // Against the auth store as it is now, whatever it was when the request was checked.
+        let lease_keys = |id| lease::keys(tree, id);
+        state.auth.check_command(user, command, &lease_keys)??;
+        return run(tree, state, command, batch, changes);
+    }
+    if let Some(refused) = state.auth.refusal_without_user(cmd) {
+        return Err(refused.into());
+    }
+    run(tree, state, cmd, batch, changes)
+}
+
+/// Executes `cmd`, once [`execute`] has checked whose it is.
+fn run(
+    tree: &sled::Tree,
+    state: &MvccState,
+    cmd: &Command,
+    batch: &mut WriteBatch,
+    changes: &mut Changes,
+) -> Result<CommandResult, MvccError> {
     if let Some(refused) = alarms::refusal(&state.alarms, cmd) {
         return Err(refused.into());
     }
@@ -410,6 +443,15 @@ fn execute(
             let changed = alarms::apply(&state.alarms, *action, *alarm, batch);
             changes.alarm = changed.map(|a| (*action, a));
             CommandResult::Alarm(changed.into_iter().collect())
+        }
+        // Taken apart above: only one inside another reaches here.
+        Command::AsUser { .. } => return Err(ApplyError::NestedUser.into()),
+        Command::Auth(command) => {
+            let next = state.auth.after(command)?;
+            state.auth.stage(&next, batch)?;
+            let revision = next.revision();
+            changes.auth = Some(Arc::new(next));
+            CommandResult::Auth { revision }
         }
     };
     changes.written = txn.commit(batch)?;

@@ -603,9 +603,10 @@ mod tests {
     use super::*;
     use crate::codec::{Pairs, META};
     use crate::test_support::{entry, put_cmd};
-    use crate::types::{Command, DeleteRangeRequest, PutRequest};
+    use crate::types::{AuthCommand, Command, DeleteRangeRequest, PutRequest};
 
-    /// A store with history, a delete, a lease with a key attached, and a compaction.
+    /// A store with history, a delete, a lease with a key attached, a compaction, and
+    /// authentication on.
     fn source(dir: &Path) -> Store {
         let store = Store::open(dir).unwrap();
         let core = store.core_for_tests();
@@ -626,6 +627,17 @@ mod tests {
             }),
             Command::Compact { revision: 3 },
             put_cmd("c", "1"),
+            Command::Auth(AuthCommand::UserAdd {
+                name: "root".into(),
+                password: Some("$2b$04$hash".into()),
+            }),
+            Command::Auth(AuthCommand::UserGrantRole {
+                user: "root".into(),
+                role: "root".into(),
+            }),
+            Command::Auth(AuthCommand::Enable {
+                token_key: b"key".to_vec(),
+            }),
         ];
         for (index, command) in (1..).zip(commands) {
             core.apply_entry(&entry(index, command)).unwrap();
@@ -709,6 +721,8 @@ mod tests {
         assert!(restored_mvcc.members().is_empty());
         assert_eq!(restored.identity().unwrap(), Some(target.identity));
         assert_eq!(restored_mvcc.lease_keys(7).unwrap(), [b"leased".to_vec()]);
+        assert!(restored_mvcc.auth().enabled());
+        assert_eq!(restored_mvcc.auth(), mvcc.auth(), "users, roles and all");
 
         tracing::info!("--- a restore never writes over a directory");
         drop(restored);

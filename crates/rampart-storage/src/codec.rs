@@ -11,6 +11,9 @@
 //! | `A` lid enc(key)      | empty: the key is attached to the lease                    |
 //! | `m` name              | bincode of one meta value (see `META_*`)                   |
 //! | `malarm/` id type     | empty: member `id` raised alarm `type` (`crate::alarms`)    |
+//! | `mauth`               | bincode(`AuthMeta`): authentication on, auth revision       |
+//! | `mauthuser/` name     | bincode(`AuthUser`): password hash, roles (`crate::auth`)   |
+//! | `mauthrole/` name     | bincode(`AuthRole`): the role's permissions                 |
 //!
 //! History is keyed by revision, as etcd's (`rev` and `seq` are 8 and 4 bytes big-endian):
 //! version `seq` (0-based, in the order the command's operations made them) of revision `rev` is
@@ -69,6 +72,12 @@ pub(crate) const META_MEMBER_PREFIX: &[u8] = b"mmember/";
 /// Prefix of the raised alarms: member id (8 bytes big-endian), alarm type (1 byte); empty
 /// values (see `crate::alarms`). Among the meta pairs, so snapshots carry them.
 pub(crate) const META_ALARM_PREFIX: &[u8] = b"malarm/";
+/// The auth store's [`crate::auth::AuthMeta`]: whether authentication is on, its revision.
+pub(crate) const META_AUTH: &[u8] = b"mauth";
+/// Prefix of the auth store's users: the name, then bincode([`crate::auth::AuthUser`]).
+pub(crate) const META_AUTH_USER_PREFIX: &[u8] = b"mauthuser/";
+/// Prefix of the auth store's roles: the name, then bincode([`crate::auth::AuthRole`]).
+pub(crate) const META_AUTH_ROLE_PREFIX: &[u8] = b"mauthrole/";
 /// Layout version 3's `i64` store revision, now [`Progress::revision`].
 pub(crate) const V3_REVISION: &[u8] = b"mrevision";
 /// Layout version 3's `Option<LogId>` last applied log id, now [`Progress::applied`].

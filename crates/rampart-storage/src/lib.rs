@@ -14,7 +14,8 @@
 //!   watch events replayed from history, the live [`WatchFeed`] of new revisions, and the
 //!   [`LeaseFeed`] of grants and revokes.
 //!
-//! Layout of the code: `alarms` (the raised alarms and the writes NOSPACE refuses), `codec` (how the MVCC tree is laid out on disk), `key_range` (etcd's
+//! Layout of the code: `alarms` (the raised alarms and the writes NOSPACE refuses), `auth`
+//! (users, roles, permissions and their checks, at request and at apply time), `codec` (how the MVCC tree is laid out on disk), `key_range` (etcd's
 //! `(key, range_end)` sets of keys), `index` (the in-memory key index over history), `range`
 //! (reads: etcd's Range at the current or a past revision), `apply` (one log entry: the
 //! dispatch of its commands, batches and runs of puts, its atomic write), `write_txn` (etcd's
@@ -45,6 +46,7 @@
 mod alarms;
 mod applied;
 mod apply;
+mod auth;
 mod backup;
 mod codec;
 mod compactor;
@@ -73,6 +75,7 @@ mod wal;
 mod watch_feed;
 mod write_txn;
 
+pub use auth::{Access, AuthMeta, AuthRole, AuthState, AuthUser, ROOT as AUTH_ROOT};
 pub use backup::{Backup, BackupError, BackupStatus, RestoreTarget, BACKUP_FORMAT};
 pub use defrag::{DefragReport, DefragStep};
 pub use error::{MvccError, StoreError};

@@ -22,6 +22,7 @@ use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 use tokio::sync::{broadcast, watch};
 
 use crate::applied::AppliedWaiters;
+use crate::auth::AuthState;
 use crate::codec::{
     self, Pairs, Progress, FORMAT_VERSION, FORMAT_VERSION_3, HISTORY, META, META_ALARM_PREFIX,
     META_COMPACT, META_FORMAT, META_MEMBERSHIP, META_MEMBER_PREFIX, META_PROGRESS, V3_APPLIED,
@@ -61,6 +62,8 @@ pub(crate) struct MvccState {
     pub members: BTreeMap<NodeId, MemberAttributes>,
     /// The raised alarms (see `crate::alarms`).
     pub alarms: BTreeSet<AlarmMember>,
+    /// Users, roles and whether authentication is on (see `crate::auth`).
+    pub auth: Arc<AuthState>,
     /// Which version of each key is visible at each revision.
     pub index: KeyIndex,
 }
@@ -85,8 +88,10 @@ impl MvccState {
             membership: StoredMembership::default(),
             members: BTreeMap::new(),
             alarms: BTreeSet::new(),
+            auth: Arc::new(AuthState::default()),
             index: KeyIndex::default(),
         };
+        let mut auth = AuthState::default();
         let mut format = None;
         let mut progress = None;
         let mut v3 = Progress::default();
@@ -113,10 +118,12 @@ impl MvccState {
                     v3_seen = true;
                 }
                 other => {
-                    return Err(StoreError::corrupt(
-                        "mvcc meta",
-                        format!("unknown meta key {:?}", String::from_utf8_lossy(other)),
-                    ))
+                    if !auth.read_pair(other, v)? {
+                        return Err(StoreError::corrupt(
+                            "mvcc meta",
+                            format!("unknown meta key {:?}", String::from_utf8_lossy(other)),
+                        ));
+                    }
                 }
             }
         }
@@ -138,6 +145,7 @@ impl MvccState {
             None => return Err(StoreError::corrupt("mvcc tree", "no layout version")),
         };
         state.set_progress(progress);
+        state.auth = Arc::new(auth);
         Ok((state, format.unwrap_or(FORMAT_VERSION)))
     }
 
@@ -221,6 +229,9 @@ pub(crate) struct MvccCore {
     /// for writing): the checks every client call makes read it without waiting for an entry
     /// being applied.
     raised_alarms: Mutex<Arc<BTreeSet<AlarmMember>>>,
+    /// `state`'s auth store, replaced whenever it changes (with `state` locked for writing):
+    /// every client call's checks read it without waiting for an entry being applied.
+    published_auth: Mutex<Arc<AuthState>>,
 }
 
 impl MvccCore {
@@ -272,6 +283,7 @@ impl MvccCore {
         }))?;
         let applied = state.applied.map_or(0, |id| id.index);
         let raised_alarms = Mutex::new(Arc::new(state.alarms.clone()));
+        let published_auth = Mutex::new(state.auth.clone());
         Ok(MvccCore {
             compactor: Compactor::open(database.clone())?,
             database,
@@ -285,6 +297,7 @@ impl MvccCore {
             live_bytes: AtomicU64::new(live_bytes),
             changed_in_place: Mutex::new(None),
             raised_alarms,
+            published_auth,
         })
     }
 
@@ -292,6 +305,12 @@ impl MvccCore {
     /// writing, after they changed.
     pub(crate) fn publish_alarms(&self, state: &MvccState) {
         *self.raised_alarms.lock() = Arc::new(state.alarms.clone());
+    }
+
+    /// Publishes `state`'s auth store to [`Mvcc::auth`]; called with `state` locked for
+    /// writing, after it changed.
+    pub(crate) fn publish_auth(&self, state: &MvccState) {
+        *self.published_auth.lock() = state.auth.clone();
     }
 
     /// Notes the keys outside history that `batch` wrote, if a defragment is copying; called
@@ -445,6 +464,7 @@ impl MvccCore {
         // In the tree now: exactly the snapshot's pairs. Durable at the caller's flush.
         *state = incoming;
         self.publish_alarms(&state);
+        self.publish_auth(&state);
         // Sent under the write lock, like every feed message.
         self.feed.send_reset(state.revision);
         self.lease_feeds.end_all();
@@ -591,6 +611,12 @@ impl Mvcc {
     /// the state's lock: every client call checks them.
     pub fn alarms(&self) -> Vec<AlarmMember> {
         self.core.raised_alarms.lock().iter().copied().collect()
+    }
+
+    /// The auth store (users, roles, whether authentication is on) as of the last entry
+    /// applied. Read without the state's lock: every client call checks it.
+    pub fn auth(&self) -> Arc<AuthState> {
+        self.core.published_auth.lock().clone()
     }
 
     /// The members' published attributes (from `Command::Publish`, the latest per id), by id.

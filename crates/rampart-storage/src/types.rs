@@ -221,7 +221,7 @@ pub struct MemberAttributes {
 /// order, and nothing else. So, for `Command` and every type a command holds (the requests,
 /// [`RequestOp`], [`Compare`], [`CompareResult`], [`CompareTarget`], [`SortOrder`],
 /// [`SortTarget`], [`MemberAttributes`], [`LeaseCheckpoint`], [`AlarmAction`], [`AlarmMember`],
-/// [`AlarmType`]):
+/// [`AlarmType`], [`AuthCommand`], [`Permission`], [`PermissionKind`]):
 /// - a new variant goes at the END of its enum; no variant is ever reordered or removed (one no
 ///   longer wanted stays, refused when applied), or every later variant decodes as another;
 /// - a struct's fields, and a variant's payload, stay exactly as they are: no field added, not
@@ -267,6 +267,103 @@ pub enum Command {
         action: AlarmAction,
         alarm: AlarmMember,
     },
+    /// A client's command made on behalf of authenticated `user` (etcd's `AuthInfo` in the Raft
+    /// request header): applied only if the auth store, as it is when the entry is applied,
+    /// lets the user make it (see `crate::auth`), so a permission revoked after the request was
+    /// checked still takes effect. The response is the inner command's. Never nested; `user`
+    /// is empty for a client that gave no credentials.
+    AsUser {
+        user: String,
+        command: Box<Command>,
+    },
+    /// A change of users, roles or whether authentication is on (etcd's `Auth*` Raft
+    /// requests); the response is [`CommandResult::Auth`]. Passwords travel only as bcrypt
+    /// hashes, made before proposing. See `crate::auth`.
+    Auth(AuthCommand),
+}
+
+/// A change of the auth store, as etcd's `InternalRaftRequest` auth fields.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AuthCommand {
+    /// Turns authentication on; needs the user `root` with the role `root`. `token_key` is
+    /// the random key of the tokens issued from now on, drawn by the member that proposed it.
+    Enable {
+        #[serde(with = "serde_bytes")]
+        token_key: Vec<u8>,
+    },
+    /// Turns authentication off.
+    Disable,
+    /// Adds a user; `password` is the bcrypt hash of its password, `None` for a user added with
+    /// `--no-password` (it cannot authenticate with a password).
+    UserAdd {
+        name: String,
+        password: Option<String>,
+    },
+    UserDelete {
+        name: String,
+    },
+    /// Replaces a user's password hash (bcrypt).
+    UserChangePassword {
+        name: String,
+        password: String,
+    },
+    UserGrantRole {
+        user: String,
+        role: String,
+    },
+    UserRevokeRole {
+        user: String,
+        role: String,
+    },
+    RoleAdd {
+        name: String,
+    },
+    RoleDelete {
+        name: String,
+    },
+    /// Grants `permission` to `role`, replacing the type of one on the same range.
+    RoleGrantPermission {
+        role: String,
+        permission: Permission,
+    },
+    /// Takes back the permission of `role` on exactly `[key, range_end)`.
+    RoleRevokePermission {
+        role: String,
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        range_end: Vec<u8>,
+    },
+}
+
+/// Access to one key or range of keys, as etcd's `authpb.Permission`: `range_end` empty for the
+/// key alone, `[0]` for every key from `key` on, otherwise `[key, range_end)`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Permission {
+    pub kind: PermissionKind,
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub range_end: Vec<u8>,
+}
+
+/// What a [`Permission`] allows, as etcd's `authpb.Permission_Type` (its numbers are etcd's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PermissionKind {
+    Read,
+    Write,
+    ReadWrite,
+}
+
+impl PermissionKind {
+    /// etcd's name of the kind (`READWRITE`), as `etcdctl role get` prints it.
+    pub fn name(self) -> &'static str {
+        match self {
+            PermissionKind::Read => "READ",
+            PermissionKind::Write => "WRITE",
+            PermissionKind::ReadWrite => "READWRITE",
+        }
+    }
 }
 
 /// An alarm's kind, as etcd's `etcdserverpb.AlarmType` (its numbers are etcd's).
@@ -379,6 +476,36 @@ pub enum ApplyError {
     /// raised (etcd's `applierV3Capped`).
     #[error("database space exceeded")]
     NoSpace,
+    // The auth store's refusals (etcd's `auth/store.go` errors); see `crate::auth`.
+    #[error("root user does not exist")]
+    RootUserNotExist,
+    #[error("root user does not have root role")]
+    RootRoleNotExist,
+    #[error("user name already exists")]
+    UserAlreadyExists,
+    #[error("user name is empty")]
+    UserEmpty,
+    #[error("user name not found")]
+    UserNotFound,
+    #[error("role name already exists")]
+    RoleAlreadyExists,
+    #[error("role name not found")]
+    RoleNotFound,
+    #[error("role name is empty")]
+    RoleEmpty,
+    #[error("permission denied")]
+    PermissionDenied,
+    #[error("role is not granted to the user")]
+    RoleNotGranted,
+    #[error("permission is not granted to the role")]
+    PermissionNotGranted,
+    /// Deleting the root user or role, or revoking the root role from root, while
+    /// authentication is on.
+    #[error("invalid auth management")]
+    InvalidAuthManagement,
+    /// A [`Command::AsUser`] inside another, or around a batch (the server never proposes one).
+    #[error("a user's command cannot contain another user's command or a batch")]
+    NestedUser,
 }
 
 impl Command {
@@ -410,6 +537,10 @@ pub enum CommandResult {
     Batch(Vec<CommandResponse>),
     /// The alarm a [`Command::Alarm`] raised or cleared; none if it was already so.
     Alarm(Vec<AlarmMember>),
+    /// A [`Command::Auth`] applied; the auth store's revision after it.
+    Auth {
+        revision: u64,
+    },
 }
 
 /// What applying one log entry produced.
@@ -540,6 +671,81 @@ mod tests {
                 },
                 "0900000000000000030000000000000001000000",
             ),
+            pin(
+                Command::AsUser {
+                    user: "u".into(),
+                    command: Box::new(Command::Compact { revision: 9 }),
+                },
+                "0a000000010000000000000075030000000900000000000000",
+            ),
+            pin(
+                Command::Auth(AuthCommand::RoleGrantPermission {
+                    role: "r".into(),
+                    permission: Permission {
+                        kind: PermissionKind::ReadWrite,
+                        key: b"k".to_vec(),
+                        range_end: b"l".to_vec(),
+                    },
+                }),
+                "0b000000090000000100000000000000720200000001000000000000006b01000000000000006c",
+            ),
+            pin(
+                AuthCommand::Enable {
+                    token_key: b"k".to_vec(),
+                },
+                "0000000001000000000000006b",
+            ),
+            pin(AuthCommand::Disable, "01000000"),
+            pin(
+                AuthCommand::UserAdd {
+                    name: "u".into(),
+                    password: Some("h".into()),
+                },
+                "0200000001000000000000007501010000000000000068",
+            ),
+            pin(
+                AuthCommand::UserDelete { name: "u".into() },
+                "03000000010000000000000075",
+            ),
+            pin(
+                AuthCommand::UserChangePassword {
+                    name: "u".into(),
+                    password: "h".into(),
+                },
+                "04000000010000000000000075010000000000000068",
+            ),
+            pin(
+                AuthCommand::UserGrantRole {
+                    user: "u".into(),
+                    role: "r".into(),
+                },
+                "05000000010000000000000075010000000000000072",
+            ),
+            pin(
+                AuthCommand::UserRevokeRole {
+                    user: "u".into(),
+                    role: "r".into(),
+                },
+                "06000000010000000000000075010000000000000072",
+            ),
+            pin(
+                AuthCommand::RoleAdd { name: "r".into() },
+                "07000000010000000000000072",
+            ),
+            pin(
+                AuthCommand::RoleDelete { name: "r".into() },
+                "08000000010000000000000072",
+            ),
+            pin(
+                AuthCommand::RoleRevokePermission {
+                    role: "r".into(),
+                    key: b"k".to_vec(),
+                    range_end: Vec::new(),
+                },
+                "0a00000001000000000000007201000000000000006b0000000000000000",
+            ),
+            pin(PermissionKind::Read, "00000000"),
+            pin(PermissionKind::Write, "01000000"),
             pin(AlarmAction::Deactivate, "01000000"),
             pin(AlarmType::None, "00000000"),
             pin(AlarmType::Corrupt, "02000000"),

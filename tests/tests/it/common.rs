@@ -1,5 +1,5 @@
 //! Helpers shared by the test modules: etcd-client connections, etcd's errors, etcdctl, plain
-//! HTTP GETs.
+//! HTTP GETs, a real etcd to compare with.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -128,4 +128,68 @@ pub fn spawn_etcdctl(endpoints: &[String], args: &[&str]) -> anyhow::Result<toki
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()?)
+}
+
+/// A real etcd 3.4 on free loopback ports (the Debian package etcd-server, which CI installs),
+/// killed when dropped.
+pub struct Etcd {
+    process: tokio::process::Child,
+    /// Its client URL.
+    pub url: String,
+    /// Its data directory, removed when dropped.
+    _dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    /// Starts one and waits until its `/health` answers.
+    pub async fn start() -> anyhow::Result<Etcd> {
+        Self::start_with(&[]).await
+    }
+
+    /// Starts one with `extra_args` besides the usual flags, and waits until its `/health`
+    /// answers.
+    pub async fn start_with(extra_args: &[&str]) -> anyhow::Result<Etcd> {
+        let dir = tempfile::tempdir()?;
+        let client = format!("http://127.0.0.1:{}", rampart_launcher::free_port()?);
+        let peer = format!("http://127.0.0.1:{}", rampart_launcher::free_port()?);
+        let process = tokio::process::Command::new("etcd")
+            .args(["--name", "e", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &format!("e={peer}")])
+            .args(extra_args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting etcd (Debian package etcd-server; scripts/test installs it)")?;
+        let etcd = Etcd {
+            process,
+            url: client,
+            _dir: dir,
+        };
+        rampart_tests::wait_until("etcd to serve", Duration::from_secs(20), || async {
+            let answer = http_get(&etcd.url, "/health").await;
+            Ok(answer.is_ok_and(|(status, _)| status == 200).then_some(()))
+        })
+        .await?;
+        Ok(etcd)
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.process.start_kill();
+    }
 }

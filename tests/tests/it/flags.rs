@@ -282,7 +282,7 @@ async fn unknown_and_unsupported_flags_and_shadowed_variables_are_refused() -> a
         (
             &["--auth-token=jwt,pub-key=a.pem,priv-key=b.pem,sign-method=RS256"],
             &[],
-            &["--auth-token", "authentication is not there yet"],
+            &["--auth-token", "JWT is not there yet"],
         ),
         (
             &[],

@@ -13,17 +13,19 @@ use tracing::info;
 
 use rampart_tests::TestCluster;
 
+use crate::common::Etcd;
+
 const WAIT: Duration = Duration::from_secs(20);
 
 /// One HTTP answer: its status, content type, CORS headers and body (a chunked body decoded).
 #[derive(Debug)]
-struct Answer {
-    status: u16,
-    content_type: String,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
+    pub(crate) content_type: String,
     /// Its `Access-Control-*` headers, as `name: value` with the name in lower case, sorted:
     /// what `--cors` decides.
-    access_control: Vec<String>,
-    body: String,
+    pub(crate) access_control: Vec<String>,
+    pub(crate) body: String,
 }
 
 impl Answer {
@@ -125,7 +127,7 @@ async fn send(url: &str, method: &str, path: &str, body: &[u8]) -> anyhow::Resul
 }
 
 /// [`send`] with `headers` besides the usual.
-async fn send_with(
+pub(crate) async fn send_with(
     url: &str,
     method: &str,
     path: &str,
@@ -456,12 +458,13 @@ async fn bad_requests_get_clear_errors() -> anyhow::Result<()> {
     ensure!(get.status == 405, "{get:?}");
     let auth = call(url, "/v3/auth/status", json!({})).await?;
     ensure!(
-        without_header(auth)? == json!({}),
-        "auth is disabled: enabled false, left out"
+        without_header(auth)? == json!({"authRevision": "1"}),
+        "auth is disabled: enabled false, left out; a store never changed is at revision 1"
     );
-    let user_add = post(url, "/v3/auth/user/add", json!({"name": "root"})).await?;
-    ensure!(user_add.status == 501, "{user_add:?}");
-    ensure!(user_add.json()?["code"] == 12);
+    let user_add = post(url, "/v3/auth/user/add", json!({"name": ""})).await?;
+    ensure!(user_add.status == 400, "{user_add:?}");
+    ensure!(user_add.json()?["error"] == "etcdserver: user name is empty");
+    ensure!(user_add.json()?["code"] == 3);
 
     info!("--- the gRPC API still answers on the same port");
     let mut client = cluster.client(0).await?;
@@ -775,66 +778,6 @@ async fn etcd3gw_against_a_cluster() -> anyhow::Result<()> {
     );
     cluster.shutdown().await;
     Ok(())
-}
-
-/// A real etcd 3.4 on free loopback ports (the Debian package etcd-server, which CI installs),
-/// killed when dropped.
-struct Etcd {
-    process: tokio::process::Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Etcd {
-    async fn start() -> anyhow::Result<Etcd> {
-        Self::start_with(&[]).await
-    }
-
-    /// Starts etcd with `extra_args` besides the usual flags.
-    async fn start_with(extra_args: &[&str]) -> anyhow::Result<Etcd> {
-        let dir = tempfile::tempdir()?;
-        let client = format!("http://127.0.0.1:{}", rampart_launcher::free_port()?);
-        let peer = format!("http://127.0.0.1:{}", rampart_launcher::free_port()?);
-        let process = tokio::process::Command::new("etcd")
-            .args(["--name", "e", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .args([
-                "--listen-client-urls",
-                &client,
-                "--advertise-client-urls",
-                &client,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-            ])
-            .args(["--initial-cluster", &format!("e={peer}")])
-            .args(extra_args)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting etcd (Debian package etcd-server; scripts/test installs it)")?;
-        let etcd = Etcd {
-            process,
-            url: client,
-            _dir: dir,
-        };
-        rampart_tests::wait_until("etcd to serve", WAIT, || async {
-            let answer = post(&etcd.url, "/v3/kv/range", json!({"key": b64("-")})).await;
-            Ok(answer.is_ok_and(|a| a.status == 200).then_some(()))
-        })
-        .await?;
-        Ok(etcd)
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.process.start_kill();
-    }
 }
 
 /// `value` with what differs between two clusters by nature (ids, terms, the seconds a lease

@@ -4,6 +4,8 @@
 //!
 //! - [`alarms`]: the Alarm call, NOSPACE and CORRUPT alarms, and the space quota (etcdctl's
 //!   `alarm` and `endpoint status` included).
+//! - [`auth`]: users, roles and permissions through etcdctl, compared with a real etcd 3.4;
+//!   the auth store on followers and across a restart; the JSON gateway's tokens.
 //! - [`backup`]: `etcdctl snapshot save` while writes go on, `rampartctl snapshot restore` into a
 //!   new cluster of processes serving the same data, damaged and truncated files refused.
 //! - [`cluster`]: leader loss, partitions, healing and catch-up by snapshot, in process.
@@ -51,6 +53,7 @@
 mod common;
 
 mod alarms;
+mod auth;
 mod backup;
 mod cluster;
 mod corruption;

@@ -1,8 +1,9 @@
 //! TLS on the client and peer URLs, against real `rampart` processes and the real etcdctl 3.4:
 //! a cluster whose clients and peers must all show certificates of their CA, refused clients
 //! (no certificate, one from another CA, plain HTTP on a TLS port, TLS on a plain port), the
-//! metrics endpoint over https, a certificate rotated on disk served without a restart, and
-//! `--cipher-suites` narrowing what TLS 1.2 clients can negotiate.
+//! metrics endpoint over https, a certificate rotated on disk served without a restart,
+//! `--cipher-suites` narrowing what TLS 1.2 clients can negotiate, and a client certificate's
+//! common name as the user of calls without a token once authentication is on.
 //!
 //! The CAs and certificates are made here with rcgen, each test in its own directory: ECDSA P-256
 //! keys, leaf certificates for `localhost` and `127.0.0.1` good for both server and client
@@ -443,6 +444,59 @@ async fn a_cluster_over_tls_serves_etcdctl_and_refuses_clients_without_its_certi
         "the peer port answered frame type {}",
         settings[3]
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_auth_on_a_client_certificates_common_name_is_its_user() -> anyhow::Result<()> {
+    rampart_tests::init_tracing();
+    let dir = TempDir::new()?;
+    let ca = Ca::new("rampart test client CA")?;
+    let server = ca.issue(dir.path(), "server")?;
+    // Leaf certificates whose common names are users: root, a reader, and no user at all.
+    let root = etcdctl_tls(&ca.issue(dir.path(), "root")?);
+    let alice = etcdctl_tls(&ca.issue(dir.path(), "alice")?);
+    let nobody = etcdctl_tls(&ca.issue(dir.path(), "nobody")?);
+    let args = vec![
+        format!("--cert-file={}", server.cert.display()),
+        format!("--key-file={}", server.key.display()),
+        format!("--trusted-ca-file={}", server.ca.display()),
+        "--client-cert-auth".to_string(),
+    ];
+    let members = start_members(dir.path(), 1, true, false, args, &root).await?;
+    let url = [members[0].client_url.as_str()];
+    for setup in [
+        &["user", "add", "root:rootpw"][..],
+        &["user", "grant-role", "root", "root"],
+        &["user", "add", "alice:alicepw"],
+        &["role", "add", "reader"],
+        &["role", "grant-permission", "reader", "read", "k"],
+        &["user", "grant-role", "alice", "reader"],
+        &["put", "k", "v"],
+        &["auth", "enable"],
+    ] {
+        etcdctl_ok(&url, &root, setup).await?;
+    }
+    info!("--- no token: the certificate names the user");
+    etcdctl_ok(&url, &root, &["put", "k", "by-root"]).await?;
+    let read = etcdctl_ok(&url, &alice, &["get", "k", "--print-value-only"]).await?;
+    ensure!(read.trim() == "by-root", "alice read {read:?}");
+    for (who, tls, args) in [
+        ("alice", &alice, &["put", "k", "x"][..]),
+        ("nobody", &nobody, &["get", "k"]),
+    ] {
+        let run = etcdctl(&url, tls, args).await?;
+        ensure!(
+            !run.success && run.stderr.contains("etcdserver: permission denied"),
+            "{who} {args:?}: {} {}",
+            run.stdout,
+            run.stderr
+        );
+    }
+    info!("--- a token wins over the certificate");
+    let mut alice_as_root = alice.clone();
+    alice_as_root.extend(["--user".to_string(), "root:rootpw".to_string()]);
+    etcdctl_ok(&url, &alice_as_root, &["put", "k", "by-token"]).await?;
     Ok(())
 }
 

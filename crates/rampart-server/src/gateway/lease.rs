@@ -60,12 +60,13 @@ async fn leases(State(g): State<Shared>, request: Request) -> Response {
 }
 
 async fn keep_alive(State(g): State<Shared>, request: Request) -> Response {
-    if let Err(status) = g.check(
+    let caller = match g.check(
         "/etcdserverpb.Lease/LeaseKeepAlive",
         &metadata(request.headers()),
     ) {
-        return json::error(&status);
-    }
+        Ok(caller) => caller,
+        Err(status) => return json::error(&status),
+    };
     let mut requests =
         Requests::<pb::LeaseKeepAliveRequest>::new(request.into_body(), g.body_limit);
     // A first request that cannot be read fails the call; later ones end the requests.
@@ -77,7 +78,7 @@ async fn keep_alive(State(g): State<Shared>, request: Request) -> Response {
         }
         None => None,
     };
-    let client = g.client.clone();
+    let client = g.client.as_caller(caller);
     let answers = futures::stream::unfold(
         (first, requests, client),
         |(first, mut requests, client)| async move {

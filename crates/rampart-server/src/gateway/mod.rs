@@ -12,8 +12,8 @@
 //!
 //! The areas, one file each: [`kv`], [`watch`] (a streaming response), [`lease`] (keep-alives
 //! streamed too), [`cluster`], [`maintenance`] (snapshot streamed), [`lock`], [`election`]
-//! (observe streamed), [`auth`] (no authentication yet: status says disabled, the rest is
-//! refused as not implemented). `GET /version` answers etcd's version document, which clients
+//! (observe streamed), [`auth`] (users, roles, authenticate; the token then goes in the
+//! `Authorization` header). `GET /version` answers etcd's version document, which clients
 //! (etcd3gw, Patroni) read to choose the API prefix. Unknown paths under the prefixes answer 404
 //! with grpc-gateway's plain `Not Found`.
 
@@ -43,13 +43,14 @@ use tonic::metadata::MetadataMap;
 use tonic::service::Interceptor;
 use tonic::Status;
 
+use crate::auth::Caller;
 use crate::client::Client;
 use crate::interceptor::{CallPath, RequestInterceptor};
 use crate::membership::Membership;
 use crate::node::Node;
 use crate::services::{
-    ClusterService, ElectionService, KvService, LeaseService, LockService, MaintenanceService,
-    API_VERSION,
+    AuthService, ClusterService, ElectionService, KvService, LeaseService, LockService,
+    MaintenanceService, API_VERSION,
 };
 
 /// What every route's handler shares: the services it calls and the checks it makes first.
@@ -60,10 +61,10 @@ pub(super) struct Gateway {
     maintenance: MaintenanceService,
     lock: LockService,
     election: ElectionService,
+    auth: AuthService,
     /// For the bidirectional streams (Watch, LeaseKeepAlive), whose services take a gRPC stream:
     /// the same client calls their services make.
     client: Client,
-    node: Arc<Node>,
     interceptor: RequestInterceptor,
     /// The most bytes of JSON one request message may take: the gRPC limit on a request
     /// (`--max-request-bytes` and etcd's overhead) twice over, for base64 (4/3) and the names
@@ -83,8 +84,8 @@ pub fn router(node: &Arc<Node>, client: &Client, membership: &Arc<Membership>) -
         maintenance: MaintenanceService::new(node.clone(), membership.clone()),
         lock: LockService::new(client.clone()),
         election: ElectionService::new(client.clone()),
+        auth: AuthService::new(node.clone()),
         client: client.clone(),
-        node: node.clone(),
         interceptor: RequestInterceptor::new(node.clone()),
         body_limit: 2 * node.config().max_grpc_message_bytes(),
     };
@@ -176,12 +177,14 @@ fn metadata(headers: &HeaderMap) -> MetadataMap {
 
 impl Gateway {
     /// The interceptor's checks of gRPC call `method` with `metadata`, as if the call had come
-    /// over gRPC (etcd's gateway makes the gRPC call, so its interceptors apply).
-    fn check(&self, method: &'static str, metadata: &MetadataMap) -> Result<(), Status> {
+    /// over gRPC (etcd's gateway makes the gRPC call, so its interceptors apply), and the
+    /// caller they found (from a token in the `Authorization` header).
+    fn check(&self, method: &'static str, metadata: &MetadataMap) -> Result<Caller, Status> {
         let mut call = tonic::Request::new(());
         *call.metadata_mut() = metadata.clone();
         call.extensions_mut().insert(CallPath(method.to_string()));
-        self.interceptor.clone().call(call).map(drop)
+        let checked = self.interceptor.clone().call(call)?;
+        Ok(Caller::of(&checked))
     }
 
     /// The body of `request` as the one request message of gRPC call `method`, which then
@@ -197,9 +200,10 @@ impl Gateway {
         let metadata = metadata(request.headers());
         let body = json::read_body(request.into_body(), self.body_limit).await?;
         let message = json::decode::<Req>(&body)?;
-        self.check(method, &metadata)?;
+        let caller = self.check(method, &metadata)?;
         let mut call = tonic::Request::new(message);
         *call.metadata_mut() = metadata;
+        call.extensions_mut().insert(caller);
         Ok(call)
     }
 

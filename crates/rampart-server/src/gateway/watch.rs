@@ -25,9 +25,10 @@ pub(super) fn routes() -> Router<Shared> {
 }
 
 async fn watch(State(g): State<Shared>, request: Request) -> Response {
-    if let Err(status) = g.check("/etcdserverpb.Watch/Watch", &metadata(request.headers())) {
-        return json::error(&status);
-    }
+    let caller = match g.check("/etcdserverpb.Watch/Watch", &metadata(request.headers())) {
+        Ok(caller) => caller,
+        Err(status) => return json::error(&status),
+    };
     let mut requests = Requests::<pb::WatchRequest>::new(request.into_body(), g.body_limit);
     let first = match requests.next().await {
         Some(Ok(first)) => Some(first),
@@ -62,6 +63,7 @@ async fn watch(State(g): State<Shared>, request: Request) -> Response {
     );
     let responses = g
         .client
+        .as_caller(caller)
         .watch(Box::pin(feed))
         .map(|response| response.map_err(Status::from));
     let refusal = futures::stream::once(refusal)

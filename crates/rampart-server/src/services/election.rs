@@ -316,7 +316,7 @@ impl Election for ElectionService {
         &self,
         request: Request<CampaignRequest>,
     ) -> Result<Response<CampaignResponse>, Status> {
-        campaign(&self.client, request.into_inner())
+        campaign(&self.client.for_request(&request), request.into_inner())
             .await
             .map(Response::new)
             .map_err(ServerError::into_concurrency_status)
@@ -326,7 +326,7 @@ impl Election for ElectionService {
         &self,
         request: Request<ProclaimRequest>,
     ) -> Result<Response<ProclaimResponse>, Status> {
-        proclaim(&self.client, request.into_inner())
+        proclaim(&self.client.for_request(&request), request.into_inner())
             .await
             .map(Response::new)
             .map_err(ServerError::into_concurrency_status)
@@ -336,7 +336,7 @@ impl Election for ElectionService {
         &self,
         request: Request<LeaderRequest>,
     ) -> Result<Response<LeaderResponse>, Status> {
-        leader(&self.client, request.into_inner())
+        leader(&self.client.for_request(&request), request.into_inner())
             .await
             .map(Response::new)
             .map_err(ServerError::into_concurrency_status)
@@ -350,7 +350,7 @@ impl Election for ElectionService {
     ) -> Result<Response<ObserveStream>, Status> {
         let (out, responses) = mpsc::channel(OBSERVE_QUEUE);
         let observer = Observer {
-            client: self.client.clone(),
+            client: self.client.for_request(&request),
             prefix: prefix_of(&request.into_inner().name),
             out,
             last_sent: None,
@@ -363,7 +363,7 @@ impl Election for ElectionService {
         &self,
         request: Request<ResignRequest>,
     ) -> Result<Response<ResignResponse>, Status> {
-        resign(&self.client, request.into_inner())
+        resign(&self.client.for_request(&request), request.into_inner())
             .await
             .map(Response::new)
             .map_err(ServerError::into_concurrency_status)

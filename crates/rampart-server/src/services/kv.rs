@@ -28,7 +28,10 @@ impl Kv for KvService {
         request: Request<pb::RangeRequest>,
     ) -> Result<Response<pb::RangeResponse>, Status> {
         Ok(Response::new(
-            self.client.range(request.into_inner()).await?,
+            self.client
+                .for_request(&request)
+                .range(request.into_inner())
+                .await?,
         ))
     }
 
@@ -39,7 +42,11 @@ impl Kv for KvService {
         &self,
         request: Request<pb::RangeRequest>,
     ) -> Result<Response<RangeStream>, Status> {
-        let response = self.client.range(request.into_inner()).await?;
+        let response = self
+            .client
+            .for_request(&request)
+            .range(request.into_inner())
+            .await?;
         let message = pb::RangeStreamResponse {
             range_response: Some(response),
         };
@@ -52,7 +59,12 @@ impl Kv for KvService {
         &self,
         request: Request<pb::PutRequest>,
     ) -> Result<Response<pb::PutResponse>, Status> {
-        Ok(Response::new(self.client.put(request.into_inner()).await?))
+        Ok(Response::new(
+            self.client
+                .for_request(&request)
+                .put(request.into_inner())
+                .await?,
+        ))
     }
 
     async fn delete_range(
@@ -60,7 +72,10 @@ impl Kv for KvService {
         request: Request<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
         Ok(Response::new(
-            self.client.delete_range(request.into_inner()).await?,
+            self.client
+                .for_request(&request)
+                .delete_range(request.into_inner())
+                .await?,
         ))
     }
 
@@ -68,7 +83,12 @@ impl Kv for KvService {
         &self,
         request: Request<pb::TxnRequest>,
     ) -> Result<Response<pb::TxnResponse>, Status> {
-        Ok(Response::new(self.client.txn(request.into_inner()).await?))
+        Ok(Response::new(
+            self.client
+                .for_request(&request)
+                .txn(request.into_inner())
+                .await?,
+        ))
     }
 
     async fn compact(
@@ -76,7 +96,10 @@ impl Kv for KvService {
         request: Request<pb::CompactionRequest>,
     ) -> Result<Response<pb::CompactionResponse>, Status> {
         Ok(Response::new(
-            self.client.compact(request.into_inner()).await?,
+            self.client
+                .for_request(&request)
+                .compact(request.into_inner())
+                .await?,
         ))
     }
 }

@@ -56,7 +56,10 @@ impl Lease for LeaseService {
         request: Request<pb::LeaseGrantRequest>,
     ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
         Ok(Response::new(
-            self.client.lease_grant(request.into_inner()).await?,
+            self.client
+                .for_request(&request)
+                .lease_grant(request.into_inner())
+                .await?,
         ))
     }
 
@@ -65,7 +68,10 @@ impl Lease for LeaseService {
         request: Request<pb::LeaseRevokeRequest>,
     ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
         Ok(Response::new(
-            self.client.lease_revoke(request.into_inner()).await?,
+            self.client
+                .for_request(&request)
+                .lease_revoke(request.into_inner())
+                .await?,
         ))
     }
 
@@ -77,7 +83,7 @@ impl Lease for LeaseService {
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
         let (sender, receiver) = mpsc::channel(16);
         tokio::spawn(keep_alive_stream(
-            self.client.clone(),
+            self.client.for_request(&request),
             request.into_inner(),
             sender,
         ));
@@ -89,7 +95,10 @@ impl Lease for LeaseService {
         request: Request<pb::LeaseTimeToLiveRequest>,
     ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
         Ok(Response::new(
-            self.client.lease_time_to_live(request.into_inner()).await?,
+            self.client
+                .for_request(&request)
+                .lease_time_to_live(request.into_inner())
+                .await?,
         ))
     }
 

@@ -75,7 +75,7 @@ async fn lock(client: &Client, request: LockRequest) -> Result<LockResponse, Ser
 #[tonic::async_trait]
 impl Lock for LockService {
     async fn lock(&self, request: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
-        lock(&self.client, request.into_inner())
+        lock(&self.client.for_request(&request), request.into_inner())
             .await
             .map(Response::new)
             .map_err(ServerError::into_concurrency_status)
@@ -86,11 +86,11 @@ impl Lock for LockService {
         &self,
         request: Request<UnlockRequest>,
     ) -> Result<Response<UnlockResponse>, Status> {
+        let client = &self.client.for_request(&request);
         let delete = pb::DeleteRangeRequest {
             key: request.into_inner().key,
             ..Default::default()
         };
-        let client = &self.client;
         retrying(client, Patience::Step, || {
             client.delete_range(delete.clone())
         })

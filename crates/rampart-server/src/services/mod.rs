@@ -4,6 +4,7 @@
 //! Election share `concurrency` (session leases, waiting for older keys to go), as etcd's share
 //! clientv3's `concurrency` package.
 
+mod auth;
 mod cluster;
 mod concurrency;
 mod election;
@@ -13,6 +14,7 @@ mod lock;
 mod maintenance;
 mod watch;
 
+pub use auth::AuthService;
 pub use cluster::ClusterService;
 pub use election::ElectionService;
 pub use kv::KvService;

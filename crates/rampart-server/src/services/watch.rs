@@ -30,7 +30,10 @@ impl Watch for WatchService {
         &self,
         request: Request<Streaming<pb::WatchRequest>>,
     ) -> Result<Response<WatchStream>, Status> {
-        let responses = self.client.watch(request.into_inner());
+        let responses = self
+            .client
+            .for_request(&request)
+            .watch(request.into_inner());
         Ok(Response::new(Box::pin(
             responses.map(|response| response.map_err(Status::from)),
         )))

@@ -8,6 +8,7 @@ use rampart_api::etcdserverpb as pb;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Caller;
 use crate::node::Node;
 
 /// One item of a stream's outgoing channel: responses that reach the client back to back.
@@ -28,6 +29,8 @@ pub(super) struct StreamShared {
     pub(super) fragment_limit: usize,
     /// How often a `progress_notify` watch hears of its progress when it has had no events.
     pub(super) progress_interval: Duration,
+    /// Whose stream it is: each watch needs read access to its range (`crate::auth`).
+    pub(super) caller: Caller,
 }
 
 impl StreamShared {

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use rampart_api::etcdserverpb as pb;
+use rampart_storage::Access;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -131,6 +132,20 @@ impl WatchStream {
             Ok(spec) => spec,
             Err(reason) => return self.refuse(reason).await,
         };
+        // etcd's `isWatchPermitted`: read access to the whole range, or the create is refused
+        // with the status's text as the reason.
+        let auth = self.shared.node.mvcc().auth();
+        if let Err(refused) = self.shared.caller.check(&auth, |auth, user| {
+            auth.check_range(user, Access::Read, &request.key, &request.range_end)
+        }) {
+            let status = tonic::Status::from(refused);
+            let reason = format!(
+                "rpc error: code = {:?} desc = {}",
+                status.code(),
+                status.message()
+            );
+            return self.refuse(reason).await;
+        }
         let id = if request.watch_id == AUTO_WATCH_ID {
             self.automatic_id()
         } else if self.watchers.contains_key(&request.watch_id) {

@@ -1,8 +1,10 @@
 //! Who sent a peer call. Every call a member sends names its cluster and its member id in
 //! the gRPC metadata; the receiving [`crate::PeerService`] refuses, with `PermissionDenied`,
-//! a call from another cluster, from a member its membership does not hold (a removed member,
-//! a process that is no member), or naming nobody. Only two questions are answered to anyone
-//! of the cluster, or to anyone at all: `ClusterInfo` (what a member joining asks before it
+//! a call naming another cluster or nobody, and a forwarded write, read index, lease question
+//! or admin order from a member its membership does not hold (a removed member, a process
+//! that is no member). Raft's own RPCs need only name the cluster: a follower that lags
+//! learns of a member added since (that member now leading, say) only from what it sends.
+//! Two questions are answered to anyone: `ClusterInfo` (what a member joining asks before it
 //! knows its identity) and `IsMember` (what a removed member asks to learn that it was
 //! removed). With peer TLS and `--peer-client-cert-auth` the handshake has already refused
 //! callers without a certificate from the peer CA; these checks stand on their own without it.

@@ -97,6 +97,14 @@ impl PeerService {
         })
     }
 
+    /// Refuses a Raft RPC unless it names this cluster. Its sender need not be in this
+    /// member's membership: a follower that lags learns of a member added since (that member
+    /// now leading, say) only through the entries that member sends; Raft's terms and logs
+    /// decide what the call may do.
+    fn check_raft_caller(&self, request: &Request<RaftRequest>) -> Result<(), Status> {
+        caller::check(request.metadata(), self.cluster_id, |_| true)
+    }
+
     /// Proposes a forwarded command if it passes the checks.
     async fn propose_checked(&self, command: Command) -> ForwardReply {
         self.handlers
@@ -133,7 +141,7 @@ impl Peer for PeerService {
         &self,
         request: Request<RaftRequest>,
     ) -> Result<Response<RaftReply>, Status> {
-        self.check_caller(&request)?;
+        self.check_raft_caller(&request)?;
         let reply = self.raft.append_entries(decode(request)?).await;
         encode(&reply)
     }
@@ -142,13 +150,13 @@ impl Peer for PeerService {
         &self,
         request: Request<RaftRequest>,
     ) -> Result<Response<RaftReply>, Status> {
-        self.check_caller(&request)?;
+        self.check_raft_caller(&request)?;
         let reply = self.raft.install_snapshot(decode(request)?).await;
         encode(&reply)
     }
 
     async fn vote(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
-        self.check_caller(&request)?;
+        self.check_raft_caller(&request)?;
         let reply = self.raft.vote(decode(request)?).await;
         encode(&reply)
     }

@@ -25,6 +25,14 @@
 //!   happened, so it is tried only where it changes the register, never kept pending;
 //! - reads and failed CASes are linearized as soon as they can be, without alternatives;
 //! - a value written once is never overwritten while a read of it is still to come.
+//!
+//! A valid history is found valid quickly, since the search rarely has to undo a choice. A
+//! violation needs every order of the operations in flight around it ruled out, which with
+//! hundreds in flight can take very long; the common ones (a read of an overwritten value, a
+//! read of nothing after an acknowledged write with no delete in between: stale reads and lost
+//! writes) are therefore found before any search, by [`plainly_stale`]. Others (say, two
+//! readers that see two writes in opposite orders) are left to the search, and may be slow to
+//! prove in a crowded history.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -287,10 +295,12 @@ impl Guard {
 /// changes nothing), and whether it must take effect at all.
 #[derive(Clone, Copy, Debug)]
 struct Step {
+    /// When it was invoked: it cannot take effect before.
     call: u64,
     /// When it completed; `None` for an operation that may have taken effect at any time after
     /// its call, or never (its outcome is unknown and nothing forces it to have happened).
     ret: Option<u64>,
+    /// What the register must hold for the operation to take effect (and answer as it did).
     guard: Guard,
     /// The register's value after the operation, when it changes it.
     sets: Option<Option<Value>>,

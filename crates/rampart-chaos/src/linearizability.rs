@@ -30,7 +30,7 @@
 //! violation needs every order of the operations in flight around it ruled out, which with
 //! hundreds in flight can take very long; the common ones (a read of an overwritten value, a
 //! read of nothing after an acknowledged write with no delete in between: stale reads and lost
-//! writes) are therefore found before any search, by [`plainly_stale`]. Others (say, two
+//! writes) are therefore found before any search, by `plainly_stale`. Others (say, two
 //! readers that see two writes in opposite orders) are left to the search, and may be slow to
 //! prove in a crowded history.
 
@@ -515,7 +515,7 @@ struct Frame {
 /// - a value written once is not overwritten while a read of it (or a successful CAS from it)
 ///   is still to be linearized: that read could never be explained.
 ///
-/// With the transformations of [`prepare`], a history whose operations with unknown outcomes
+/// With the transformations of `prepare`, a history whose operations with unknown outcomes
 /// pile up (each of which used to stay pending forever and double the search) checks in time
 /// about linear in its length.
 pub fn linearizable(ops: &[Operation]) -> bool {

@@ -226,29 +226,39 @@ pub fn check_run(records: &[Record], histories: Histories<'_>) -> Verdict {
         locks,
         elections,
     } = histories;
+    let started = std::time::Instant::now();
     let (report, mut findings) = check_history(records);
+    tracing::info!(elapsed = ?started.elapsed(), "checked linearizability and revisions");
     let lease_records = leases.map_or(&[][..], |l| l.records.as_slice());
     let mut watch = WatchSummary::default();
     if let Some(watches) = watches {
+        let started = std::time::Instant::now();
         let (summary, watch_findings) = watch_check::check(watches, records, lease_records);
+        tracing::info!(elapsed = ?started.elapsed(), "checked the watches");
         watch = summary;
         findings.extend(watch_findings);
     }
     let mut lease = LeaseSummary::default();
     if let Some(leases) = leases {
+        let started = std::time::Instant::now();
         let (summary, lease_findings) = lease_check::check(leases, watches);
+        tracing::info!(elapsed = ?started.elapsed(), "checked the leases");
         lease = summary;
         findings.extend(lease_findings);
     }
     let mut lock = LockSummary::default();
     if let Some(locks) = locks {
+        let started = std::time::Instant::now();
         let (summary, lock_findings) = lock_check::check(locks);
+        tracing::info!(elapsed = ?started.elapsed(), "checked the locks");
         lock = summary;
         findings.extend(lock_findings);
     }
     let mut election = ElectionSummary::default();
     if let Some(elections) = elections {
+        let started = std::time::Instant::now();
         let (summary, election_findings) = election_check::check(elections);
+        tracing::info!(elapsed = ?started.elapsed(), "checked the elections");
         election = summary;
         findings.extend(election_findings);
     }

@@ -168,12 +168,22 @@ async fn raise(node: &Node, corrupt: &[NodeId]) {
     }
 }
 
+/// How long the initial check waits for Raft to publish the membership it read from the log.
+const MEMBERSHIP_WAIT: Duration = Duration::from_secs(10);
+
 /// etcd's initial corruption check: run before this member serves clients. If a quorum's hash
 /// at this member's revision differs from its own, it refuses clients from now on and raises
 /// its CORRUPT alarm (in the background: that needs a leader); once the alarm is applied, the
 /// alarm decides, as for a member the periodic check found.
 pub(crate) async fn initial_check(node: &Arc<Node>, cancel: &CancellationToken) {
     let id = node.id();
+    // Raft publishes the membership it read from the log a moment after it starts; until then
+    // this member knows no peer to ask, and the check could decide nothing.
+    let mut metrics = node.subscribe_metrics();
+    let known = metrics.wait_for(|m| m.membership_config.membership().nodes().next().is_some());
+    if tokio::time::timeout(MEMBERSHIP_WAIT, known).await.is_err() {
+        tracing::warn!("initial corruption check: no membership known after {MEMBERSHIP_WAIT:?}");
+    }
     match compare(node).await {
         Ok((own, Verdict::Corrupt(members))) if members.contains(&id) => {
             tracing::error!(

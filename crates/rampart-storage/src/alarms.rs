@@ -96,7 +96,7 @@ fn ops_put(ops: &[RequestOp]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::{entry, put_cmd};
+    use crate::test_support::{entry, installed_copy, put_cmd};
     use crate::types::{CommandResult, DeleteRangeRequest, TxnRequest};
 
     fn alarm(member_id: u64, alarm: AlarmType) -> AlarmMember {
@@ -192,7 +192,6 @@ mod tests {
 
     #[test]
     fn snapshots_carry_the_alarms() {
-        use openraft::storage::RaftStateMachine;
         let (dir, other) = (
             tempfile::TempDir::new().unwrap(),
             tempfile::TempDir::new().unwrap(),
@@ -202,18 +201,7 @@ mod tests {
         let corrupt = alarm(5, AlarmType::Corrupt);
         core.apply_entry(&entry(1, activate(corrupt))).unwrap();
         core.apply_entry(&entry(2, put_cmd("a", "1"))).unwrap();
-        let (meta, file) =
-            crate::state_machine::build(&core, &store.snapshots_for_tests(), || {}).unwrap();
-        let installed = crate::Store::open(other.path()).unwrap();
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap()
-            .block_on(async {
-                let mut sm = installed.state_machine();
-                sm.install_snapshot(&meta, Box::new(tokio::fs::File::from_std(file)))
-                    .await
-            })
-            .expect("the snapshot installs");
+        let installed = installed_copy(&store, other.path());
         assert_eq!(installed.mvcc().alarms(), vec![corrupt]);
         // And the installed store still refuses what its alarms refuse: none here.
         assert_eq!(installed.mvcc().revision(), 2);

@@ -834,9 +834,8 @@ mod tests {
 
     #[test]
     fn the_store_is_applied_kept_across_a_reopen_and_carried_by_snapshots() {
-        use crate::test_support::{entry, put_cmd};
+        use crate::test_support::{entry, installed_copy, put_cmd};
         use crate::types::CommandResult;
-        use openraft::storage::RaftStateMachine;
         let (dir, other) = (
             tempfile::TempDir::new().unwrap(),
             tempfile::TempDir::new().unwrap(),
@@ -871,18 +870,7 @@ mod tests {
         let core = store.core_for_tests();
         index += 1;
         core.apply_entry(&entry(index, put_cmd("k", "v"))).unwrap();
-        let (meta, file) =
-            crate::state_machine::build(&core, &store.snapshots_for_tests(), || {}).unwrap();
-        let installed = crate::Store::open(other.path()).unwrap();
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap()
-            .block_on(async {
-                let mut sm = installed.state_machine();
-                sm.install_snapshot(&meta, Box::new(tokio::fs::File::from_std(file)))
-                    .await
-            })
-            .expect("the snapshot installs");
+        let installed = installed_copy(&store, other.path());
         assert_eq!(*installed.mvcc().auth(), expected);
     }
 

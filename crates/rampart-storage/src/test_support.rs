@@ -1,11 +1,15 @@
 //! Helpers shared by the crate's unit tests: commands and log entries to apply, and what a
 //! store holds, read back as short strings that assertions can compare.
 
+use std::path::Path;
+
+use openraft::storage::RaftStateMachine;
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
 
 use crate::codec::{self, HISTORY};
 use crate::mvcc::MvccCore;
 use crate::types::{Command, NodeId, PutRequest, TypeConfig};
+use crate::Store;
 
 /// The history versions physically in the tree, as `key@revision` (`-` marks a delete),
 /// in key order, then revision order.
@@ -80,4 +84,23 @@ pub(crate) fn progress(core: &MvccCore) -> (i64, Option<u64>, Option<(u64, u32)>
         state.applied.map(|id| id.index),
         state.applied_part.map(|(id, p)| (id.index, p)),
     )
+}
+
+/// Builds a snapshot of `store` and installs it, as a follower would, into a new store in
+/// `dir`, which is returned.
+pub(crate) fn installed_copy(store: &Store, dir: &Path) -> Store {
+    let (meta, file) =
+        crate::state_machine::build(&store.core_for_tests(), &store.snapshots_for_tests(), || {})
+            .unwrap();
+    let installed = Store::open(dir).unwrap();
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let mut sm = installed.state_machine();
+            sm.install_snapshot(&meta, Box::new(tokio::fs::File::from_std(file)))
+                .await
+        })
+        .expect("the snapshot installs");
+    installed
 }

@@ -85,7 +85,9 @@ impl Admission {
     }
 
     /// Takes room for a request of `bytes` bytes if there is some now; `None` (refused) if not.
-    pub fn try_admit(&self, bytes: u64) -> Option<Admitted> {
+    /// The tests fill a queue with it.
+    #[cfg(test)]
+    fn try_admit(&self, bytes: u64) -> Option<Admitted> {
         let admitted = self.try_take(bytes);
         if admitted.is_none() {
             self.refused.fetch_add(1, Ordering::Relaxed);
@@ -128,7 +130,8 @@ impl Admission {
     }
 
     /// Requests held now.
-    pub fn requests(&self) -> u64 {
+    #[cfg(test)]
+    fn requests(&self) -> u64 {
         permits(self.limits.requests).saturating_sub(self.requests.available_permits()) as u64
     }
 

@@ -111,11 +111,6 @@ impl Proposer {
             .map_err(|_| stopped())?;
         Ok(answer)
     }
-
-    /// The bound of the queue, for the server's metrics.
-    pub fn admission(&self) -> &Admission {
-        &self.admission
-    }
 }
 
 fn stopped() -> ForwardError {

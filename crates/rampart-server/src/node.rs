@@ -389,10 +389,14 @@ impl Node {
         let _pending = Held::new(&self.stats.proposals_pending);
         let result = self.write_through_leader(command).await;
         match &result {
-            Err(ServerError::TooManyRequests) => self.stats.writes_refused.inc(),
-            Err(_) => self.stats.proposals_failed.inc(),
-            Ok(_) => 0,
-        };
+            Err(ServerError::TooManyRequests) => {
+                self.stats.writes_refused.inc();
+            }
+            Err(_) => {
+                self.stats.proposals_failed.inc();
+            }
+            Ok(_) => {}
+        }
         result
     }
 

@@ -13,13 +13,15 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use hmac::{Hmac, Mac};
 use parking_lot::Mutex;
 use rampart_storage::{AuthState, Command};
 use rand::distributions::Alphanumeric;
 use rand::Rng;
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 
 use crate::error::ServerError;
+use crate::jwt::{IssueError, JwtKeys};
 
 /// The metadata key of a token (etcd's `rpctypes.TokenFieldNameGRPC`).
 pub const TOKEN_KEY: &str = "token";
@@ -47,6 +49,10 @@ pub enum Caller {
     /// member): every call that needs a user fails with "invalid auth token", upon which
     /// etcd's clients authenticate again; calls that need none go on, as etcd's.
     InvalidToken,
+    /// A client whose JSON Web Token was issued before the auth store last changed: every call
+    /// that needs a user fails with "revision of auth store is old" (etcd's
+    /// `ErrAuthOldRevision`), upon which etcd's clients authenticate again.
+    OldAuthRevision,
 }
 
 impl Caller {
@@ -67,6 +73,7 @@ impl Caller {
             Caller::Anonymous => Ok(Some("")),
             Caller::User(name) => Ok(Some(name)),
             Caller::InvalidToken => Err(ServerError::InvalidAuthToken),
+            Caller::OldAuthRevision => Err(ServerError::AuthOldRevision),
         }
     }
 
@@ -86,15 +93,24 @@ impl Caller {
     /// user's command carries the user, so that the applier checks it again against the auth
     /// store as it is then; so does an anonymous one while authentication is on (as the empty
     /// user: a revoke of a lease without keys needs no user, one of a lease with keys does).
-    /// With authentication off, an anonymous command goes as it is: the applier does not
-    /// check it, even if authentication was turned on meanwhile.
+    ///
+    /// With authentication off, an anonymous write goes as it is, and the applier refuses it
+    /// if authentication was turned on meanwhile (`AuthState::refusal_without_user`). A lease
+    /// revoke cannot be told from the revokes of expired leases that way, so an anonymous
+    /// one always carries the empty user: should authentication be on when it is applied,
+    /// a lease with keys is refused, as etcd's applier refuses it.
     pub fn wrap(&self, command: Command, enabled: bool) -> Command {
         let user = match self {
             Caller::User(user) => user.clone(),
-            Caller::Anonymous if enabled => String::new(),
-            // An invalid token's calls are refused by [`Caller::check`] before they are
+            Caller::Anonymous if enabled || matches!(command, Command::LeaseRevoke { .. }) => {
+                String::new()
+            }
+            // The calls of an invalid or old token are refused by [`Caller::check`] before they are
             // proposed.
-            Caller::Trusted | Caller::Anonymous | Caller::InvalidToken => return command,
+            Caller::Trusted
+            | Caller::Anonymous
+            | Caller::InvalidToken
+            | Caller::OldAuthRevision => return command,
         };
         Command::AsUser {
             user,
@@ -115,30 +131,53 @@ impl Caller {
     }
 }
 
+/// The kind of tokens Authenticate hands out (`--auth-token`).
+#[derive(Clone, Debug)]
+pub enum TokenSettings {
+    /// etcd's simple tokens, valid for `ttl` (`--auth-token-ttl`) after their last use.
+    Simple { ttl: Duration },
+    /// JSON Web Tokens (`--auth-token=jwt,...`).
+    Jwt(JwtKeys),
+}
+
 /// The tokens members issue, checked by any member, and this member's password hashing.
-///
-/// A token is `random.issued.user.mac`: 16 random characters, the Unix second it was issued,
-/// the user's name in hex, and an HMAC-SHA-256 (in hex) over those and the user's password
-/// hash, keyed with the auth store's token key. Every member holds the key (it is replicated,
-/// drawn anew by each `AuthEnable`), so a token issued by one member is good on all of them,
-/// as etcd 3.4's simple tokens (which it replicates through Raft) are. It is void once the
-/// user's password changes, the user goes, or authentication is turned off and on; and it
-/// expires `--auth-token-ttl` after it was issued, or after its last use on the member
-/// checking it, whichever is later.
 pub struct Authenticator {
-    /// When each token was last used on this member: a use renews it for `ttl` here.
-    last_used: Mutex<HashMap<String, Instant>>,
-    /// `--auth-token-ttl`.
-    ttl: Duration,
+    tokens: Tokens,
     /// `--bcrypt-cost`.
     bcrypt_cost: u32,
 }
 
+enum Tokens {
+    Simple(SimpleTokens),
+    Jwt(JwtKeys),
+}
+
+/// Simple tokens. A token is `random.issued.user.mac`: 16 random characters, the Unix second
+/// it was issued, the user's name in hex, and an HMAC-SHA-256 (in hex) over those and the
+/// user's password hash, keyed with the auth store's token key. Every member holds the key
+/// (it is replicated, drawn anew by each `AuthEnable`), so a token issued by one member is
+/// good on all of them, as etcd 3.4's simple tokens (which it replicates through Raft) are.
+/// It is void once the user's password changes, the user goes, or authentication is turned
+/// off and on; and it expires `--auth-token-ttl` after it was issued, or after its last use
+/// on the member checking it, whichever is later.
+struct SimpleTokens {
+    /// When each token was last used on this member: a use renews it for `ttl` here.
+    last_used: Mutex<HashMap<String, Instant>>,
+    /// `--auth-token-ttl`.
+    ttl: Duration,
+}
+
 impl Authenticator {
-    pub fn new(ttl: Duration, bcrypt_cost: u32) -> Authenticator {
+    pub fn new(tokens: TokenSettings, bcrypt_cost: u32) -> Authenticator {
+        let tokens = match tokens {
+            TokenSettings::Simple { ttl } => Tokens::Simple(SimpleTokens {
+                last_used: Mutex::new(HashMap::new()),
+                ttl,
+            }),
+            TokenSettings::Jwt(keys) => Tokens::Jwt(keys),
+        };
         Authenticator {
-            last_used: Mutex::new(HashMap::new()),
-            ttl,
+            tokens,
             bcrypt_cost,
         }
     }
@@ -152,62 +191,36 @@ impl Authenticator {
         let Some(token) = token else {
             return Caller::Anonymous;
         };
-        match self.check(auth, token) {
-            Some(user) => Caller::User(user),
-            None => {
-                self.last_used.lock().remove(token);
-                Caller::InvalidToken
-            }
+        match &self.tokens {
+            Tokens::Simple(simple) => match simple.check(auth, token) {
+                Some(user) => Caller::User(user),
+                None => {
+                    simple.last_used.lock().remove(token);
+                    Caller::InvalidToken
+                }
+            },
+            Tokens::Jwt(keys) => match keys.verify(token) {
+                None => Caller::InvalidToken,
+                Some(claims) if claims.revision < auth.revision() => Caller::OldAuthRevision,
+                Some(claims) => Caller::User(claims.username),
+            },
         }
-    }
-
-    /// The user of `token` if it is valid under `auth` and fresh; renews it.
-    fn check(&self, auth: &AuthState, token: &str) -> Option<String> {
-        let mut parts = token.split('.');
-        let (random, issued, user, mac) =
-            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-        if parts.next().is_some() {
-            return None;
-        }
-        let user = String::from_utf8(decode_hex(user)?).ok()?;
-        let password = auth.users.get(&user)?.password.as_deref()?;
-        let expected = token_mac(&auth.meta.token_key, &user, password, random, issued);
-        if !equal_in_constant_time(&decode_hex(mac)?, &expected) {
-            return None;
-        }
-        let issued: u64 = issued.parse().ok()?;
-        let now = Instant::now();
-        let mut last_used = self.last_used.lock();
-        let fresh = unix_now().saturating_sub(issued) < self.ttl.as_secs()
-            || last_used
-                .get(token)
-                .is_some_and(|used| now.duration_since(*used) < self.ttl);
-        if !fresh {
-            return None;
-        }
-        if !last_used.contains_key(token) {
-            // Tokens not used for a TTL go when a new one comes, so they never pile up.
-            let ttl = self.ttl;
-            last_used.retain(|_, used| now.duration_since(*used) < ttl);
-        }
-        last_used.insert(token.to_string(), now);
-        Some(user)
     }
 
     /// Issues a token for `user`, whose password hash is `password`, under `auth`.
-    pub fn issue(&self, auth: &AuthState, user: &str, password: &str) -> String {
-        let random: String = rand::thread_rng()
-            .sample_iter(&Alphanumeric)
-            .take(TOKEN_LENGTH)
-            .map(char::from)
-            .collect();
-        let issued = unix_now().to_string();
-        let mac = token_mac(&auth.meta.token_key, user, password, &random, &issued);
-        format!(
-            "{random}.{issued}.{}.{}",
-            encode_hex(user.as_bytes()),
-            encode_hex(&mac)
-        )
+    pub fn issue(
+        &self,
+        auth: &AuthState,
+        user: &str,
+        password: &str,
+    ) -> Result<String, ServerError> {
+        match &self.tokens {
+            Tokens::Simple(_) => Ok(SimpleTokens::issue(auth, user, password)),
+            Tokens::Jwt(keys) => keys.issue(user, auth.revision()).map_err(|e| match e {
+                IssueError::VerifyOnly => ServerError::JwtVerifyOnly,
+                IssueError::Signing(reason) => ServerError::Internal(reason),
+            }),
+        }
     }
 
     /// The bcrypt hash of `password` at `--bcrypt-cost`, made off the async workers (it takes
@@ -228,6 +241,56 @@ impl Authenticator {
     }
 }
 
+impl SimpleTokens {
+    /// The user of `token` if it is valid under `auth` and fresh; renews it.
+    fn check(&self, auth: &AuthState, token: &str) -> Option<String> {
+        let mut parts = token.split('.');
+        let (random, issued, user, mac) =
+            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() {
+            return None;
+        }
+        let user = String::from_utf8(hex::decode(user).ok()?).ok()?;
+        let password = auth.users.get(&user)?.password.as_deref()?;
+        token_mac(&auth.meta.token_key, &user, password, random, issued)
+            .verify_slice(&hex::decode(mac).ok()?)
+            .ok()?;
+        let issued: u64 = issued.parse().ok()?;
+        let now = Instant::now();
+        let mut last_used = self.last_used.lock();
+        let fresh = unix_now().saturating_sub(issued) < self.ttl.as_secs()
+            || last_used
+                .get(token)
+                .is_some_and(|used| now.duration_since(*used) < self.ttl);
+        if !fresh {
+            return None;
+        }
+        if !last_used.contains_key(token) {
+            // Tokens not used for a TTL go when a new one comes, so they never pile up.
+            let ttl = self.ttl;
+            last_used.retain(|_, used| now.duration_since(*used) < ttl);
+        }
+        last_used.insert(token.to_string(), now);
+        Some(user)
+    }
+
+    /// Issues a token for `user`, whose password hash is `password`, under `auth`.
+    fn issue(auth: &AuthState, user: &str, password: &str) -> String {
+        let random: String = rand::thread_rng()
+            .sample_iter(&Alphanumeric)
+            .take(TOKEN_LENGTH)
+            .map(char::from)
+            .collect();
+        let issued = unix_now().to_string();
+        let mac = token_mac(&auth.meta.token_key, user, password, &random, &issued);
+        format!(
+            "{random}.{issued}.{}.{}",
+            hex::encode(user),
+            hex::encode(mac.finalize().into_bytes())
+        )
+    }
+}
+
 /// Seconds since the Unix epoch (0 if the clock is before it).
 fn unix_now() -> u64 {
     SystemTime::now()
@@ -235,51 +298,27 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// The MAC of a token's parts: HMAC-SHA-256 keyed with `key`, over each part with its length.
-fn token_mac(key: &[u8], user: &str, password: &str, random: &str, issued: &str) -> [u8; 32] {
-    let mut block = [0u8; 64];
-    if key.len() > block.len() {
-        block[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        block[..key.len()].copy_from_slice(key);
-    }
-    let mut inner = Sha256::new();
-    inner.update(block.map(|b| b ^ 0x36));
+/// The MAC of a token's parts, to finalize or verify: HMAC-SHA-256 keyed with `key`, over
+/// each part with its length.
+fn token_mac(key: &[u8], user: &str, password: &str, random: &str, issued: &str) -> Hmac<Sha256> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
     for part in [user, password, random, issued] {
-        inner.update((part.len() as u64).to_be_bytes());
-        inner.update(part.as_bytes());
+        mac.update(&(part.len() as u64).to_be_bytes());
+        mac.update(part.as_bytes());
     }
-    let mut outer = Sha256::new();
-    outer.update(block.map(|b| b ^ 0x5c));
-    outer.update(inner.finalize());
-    outer.finalize().into()
-}
-
-/// Whether `a` and `b` are equal, in a time that does not depend on where they differ.
-fn equal_in_constant_time(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// `bytes` in lowercase hex.
-fn encode_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The bytes of lowercase or uppercase hex `text`; `None` if it is not hex.
-fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
+    mac
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use rampart_storage::AuthCommand;
+
+    fn simple(ttl: u64) -> TokenSettings {
+        TokenSettings::Simple {
+            ttl: Duration::from_secs(ttl),
+        }
+    }
 
     fn enabled_store(key: &[u8]) -> AuthState {
         let mut s = AuthState::default();
@@ -303,10 +342,10 @@ mod tests {
 
     #[test]
     fn tokens_name_their_user_on_every_member_until_voided() {
-        let member = Authenticator::new(Duration::from_secs(60), 4);
-        let other = Authenticator::new(Duration::from_secs(60), 4);
+        let member = Authenticator::new(simple(60), 4);
+        let other = Authenticator::new(simple(60), 4);
         let store = enabled_store(b"key");
-        let token = member.issue(&store, "root", "h1");
+        let token = member.issue(&store, "root", "h1").unwrap();
         assert_eq!(token.split('.').next().unwrap().len(), TOKEN_LENGTH);
         for at in [&member, &other] {
             assert_eq!(at.caller(&store, Some(&token)), Caller::User("root".into()));
@@ -344,35 +383,66 @@ mod tests {
 
     #[test]
     fn tokens_expire_unless_used() {
-        let auth = Authenticator::new(Duration::ZERO, 4);
+        let auth = Authenticator::new(simple(0), 4);
         let store = enabled_store(b"key");
-        let token = auth.issue(&store, "root", "h1");
+        let token = auth.issue(&store, "root", "h1").unwrap();
         assert_eq!(auth.caller(&store, Some(&token)), Caller::InvalidToken);
     }
 
     #[test]
-    fn the_mac_is_hmac_sha256() {
-        // HMAC (RFC 2104) built by hand from SHA-256, over the length-prefixed parts.
-        let key = b"Jefe";
-        let mac = token_mac(key, "u", "p", "r", "1");
-        let mut message = Vec::new();
-        for part in ["u", "p", "r", "1"] {
-            message.extend((part.len() as u64).to_be_bytes());
-            message.extend(part.as_bytes());
-        }
-        let mut block = [0u8; 64];
-        block[..key.len()].copy_from_slice(key);
-        let inner = Sha256::digest([&block.map(|b| b ^ 0x36)[..], &message].concat());
-        let outer = Sha256::digest([&block.map(|b| b ^ 0x5c)[..], &inner[..]].concat());
-        assert_eq!(mac[..], outer[..]);
-        assert_eq!(decode_hex(&encode_hex(&mac)).unwrap(), mac);
-        assert_eq!(decode_hex("abc"), None);
-        assert_eq!(decode_hex("zz"), None);
+    fn json_web_tokens_go_stale_when_the_auth_store_changes() {
+        let keys = crate::jwt::JwtKeys::new(
+            jsonwebtoken::Algorithm::HS256,
+            None,
+            Some(b"secret"),
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        let member = Authenticator::new(TokenSettings::Jwt(keys), 4);
+        let store = enabled_store(b"key");
+        let token = member.issue(&store, "root", "h1").unwrap();
+        assert_eq!(
+            member.caller(&store, Some(&token)),
+            Caller::User("root".into())
+        );
+        assert_eq!(member.caller(&store, Some("a.b.c")), Caller::InvalidToken);
+        // Any change of the auth store (here, a new user) raises its revision: the token is
+        // then too old for any call that needs a user, and etcd's clients authenticate again.
+        let changed = store
+            .after(&AuthCommand::UserAdd {
+                name: "alice".into(),
+                password: Some("h2".into()),
+            })
+            .unwrap();
+        let old = member.caller(&changed, Some(&token));
+        assert_eq!(old, Caller::OldAuthRevision);
+        assert_eq!(old.user(), Err(ServerError::AuthOldRevision));
+        let renewed = member.issue(&changed, "root", "h1").unwrap();
+        assert_eq!(
+            member.caller(&changed, Some(&renewed)),
+            Caller::User("root".into())
+        );
+    }
+
+    #[test]
+    fn an_anonymous_lease_revoke_always_names_the_empty_user() {
+        let revoke = Command::LeaseRevoke { id: 7 };
+        let as_nobody = Command::AsUser {
+            user: String::new(),
+            command: Box::new(revoke.clone()),
+        };
+        assert_eq!(Caller::Anonymous.wrap(revoke.clone(), false), as_nobody);
+        assert_eq!(Caller::Anonymous.wrap(revoke.clone(), true), as_nobody);
+        assert_eq!(Caller::Trusted.wrap(revoke.clone(), true), revoke);
+        // Other anonymous writes go bare with authentication off: the applier refuses them
+        // if it was turned on meanwhile.
+        let compact = Command::Compact { revision: 3 };
+        assert_eq!(Caller::Anonymous.wrap(compact.clone(), false), compact);
     }
 
     #[tokio::test]
     async fn passwords_are_hashed_and_checked() {
-        let auth = Authenticator::new(Duration::from_secs(60), 4);
+        let auth = Authenticator::new(simple(60), 4);
         let hash = auth.hash("secret".into()).await.unwrap();
         assert!(hash.starts_with("$2"), "{hash}");
         assert!(!hash.contains("secret"));

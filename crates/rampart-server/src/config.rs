@@ -18,6 +18,9 @@ use std::time::Duration;
 
 use rampart_network::AdmissionLimits;
 use rampart_storage::{ClusterIdentity, NodeId};
+
+use crate::auth::TokenSettings;
+use crate::jwt::JwtKeys;
 use serde::Deserialize;
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
@@ -244,8 +247,9 @@ pub struct RawConfig {
     pub cipher_suites: Option<String>,
 
     // Authentication (etcd's flags; `crate::auth`).
-    /// Kind of the tokens Authenticate hands out: "simple" (etcd's default), the only kind
-    /// Rampart has.
+    /// Kind of the tokens Authenticate hands out: "simple" (etcd's default) or
+    /// "jwt,sign-method=RS256,pub-key=FILE,priv-key=FILE[,ttl=5m]" (JSON Web Tokens, any
+    /// member with the public key verifies them).
     #[arg(long, env = "RAMPART_AUTH_TOKEN")]
     pub auth_token: Option<String>,
     /// Cost of the bcrypt hashes of users' passwords, from 4 to 31 (default 10, etcd's).
@@ -503,8 +507,9 @@ pub struct Config {
     pub cipher_suites: Vec<String>,
     /// `--bcrypt-cost`: the cost of the password hashes this member makes.
     pub bcrypt_cost: u32,
-    /// `--auth-token-ttl`: how long a token stays valid after its last use.
-    pub auth_token_ttl: Duration,
+    /// `--auth-token` (with `--auth-token-ttl` for simple tokens): the tokens Authenticate
+    /// hands out.
+    pub tokens: TokenSettings,
     /// This member's id, derived from its peer URLs and the cluster token, as etcd derives it.
     pub member_id: NodeId,
     /// The cluster's id, derived from the initial member ids, as etcd derives it.
@@ -797,10 +802,11 @@ impl Config {
             .map(|value| value.split(',').map(str::to_string).collect::<Vec<_>>())
             .filter(|hosts| !hosts.iter().any(|h| h == "*"));
         accepted_flags.extend(raw.etcd_only.check()?);
-        let (bcrypt_cost, auth_token_ttl) = auth_settings(
+        let (bcrypt_cost, tokens) = auth_settings(
             raw.auth_token.as_deref(),
             raw.bcrypt_cost,
             raw.auth_token_ttl,
+            &mut accepted_flags,
         )?;
         let TlsSettings {
             client_tls,
@@ -864,7 +870,7 @@ impl Config {
             peer_tls,
             cipher_suites,
             bcrypt_cost,
-            auth_token_ttl,
+            tokens,
             member_id,
             cluster_id,
             legacy_identity,
@@ -1550,23 +1556,36 @@ pub const DEFAULT_BCRYPT_COST: u32 = 10;
 /// The default of `--auth-token-ttl`, etcd's, in seconds.
 pub const DEFAULT_AUTH_TOKEN_TTL: u64 = 300;
 
-/// `--bcrypt-cost` and `--auth-token-ttl`, checked, after `--auth-token`, which must name
-/// simple tokens (etcd's form is `simple` or `jwt,pub-key=...,...`).
+/// `--bcrypt-cost`, and the tokens of `--auth-token` (`simple`, etcd's default, or
+/// `jwt,sign-method=...,pub-key=...,priv-key=...,ttl=...`) with `--auth-token-ttl`, checked;
+/// the JWT options Rampart does not know go to `accepted`, to be logged.
 fn auth_settings(
     auth_token: Option<&str>,
     bcrypt_cost: Option<u32>,
     auth_token_ttl: Option<u64>,
-) -> Result<(u32, Duration), ConfigError> {
-    if let Some(token) = auth_token {
-        let kind = token.split(',').next().unwrap_or_default();
-        if kind != "simple" {
+    accepted: &mut Vec<String>,
+) -> Result<(u32, TokenSettings), ConfigError> {
+    let jwt = match auth_token.map(|token| token.split_once(',').unwrap_or((token, ""))) {
+        None | Some(("simple", _)) => None,
+        Some(("jwt", options)) => {
+            let (keys, unknown) = JwtKeys::from_options(options)
+                .map_err(|reason| invalid("auth-token", auth_token.unwrap_or_default(), reason))?;
+            if !unknown.is_empty() {
+                accepted.push(format!(
+                    "--auth-token: unknown JWT options {} ignored, as etcd does",
+                    unknown.join(", ")
+                ));
+            }
+            Some(keys)
+        }
+        Some((kind, _)) => {
             return Err(invalid(
                 "auth-token",
-                token,
-                "Rampart has simple tokens only (\"simple\", etcd's default); JWT is not there yet",
-            ));
+                kind,
+                "must be \"simple\" or \"jwt,sign-method=...,pub-key=...,priv-key=...\"",
+            ))
         }
-    }
+    };
     let cost = bcrypt_cost.unwrap_or(DEFAULT_BCRYPT_COST);
     if !(4..=31).contains(&cost) {
         return Err(invalid(
@@ -1583,7 +1602,13 @@ fn auth_settings(
             "must be positive (every token would expire at once)",
         ));
     }
-    Ok((cost, Duration::from_secs(ttl)))
+    let tokens = match jwt {
+        Some(keys) => TokenSettings::Jwt(keys),
+        None => TokenSettings::Simple {
+            ttl: Duration::from_secs(ttl),
+        },
+    };
+    Ok((cost, tokens))
 }
 
 const fn not_yet(
@@ -2289,7 +2314,9 @@ mod tests {
     fn the_auth_flags_take_etcds_values_and_refuse_the_rest() {
         let config = from_args(&[]).unwrap();
         assert_eq!(config.bcrypt_cost, 10);
-        assert_eq!(config.auth_token_ttl, Duration::from_secs(300));
+        assert!(
+            matches!(config.tokens, TokenSettings::Simple { ttl } if ttl == Duration::from_secs(300))
+        );
         let config = from_args(&[
             "--auth-token=simple",
             "--bcrypt-cost=4",
@@ -2297,13 +2324,16 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(config.bcrypt_cost, 4);
-        assert_eq!(config.auth_token_ttl, Duration::from_secs(20));
+        assert!(
+            matches!(config.tokens, TokenSettings::Simple { ttl } if ttl == Duration::from_secs(20))
+        );
         for (bad, why) in [
             (
-                "--auth-token=jwt,pub-key=a.pem,priv-key=b.pem,sign-method=RS256",
-                "JWT is not there yet",
+                "--auth-token=jwt,pub-key=/nonexistent/a.pem,sign-method=RS256",
+                "/nonexistent/a.pem",
             ),
-            ("--auth-token=magic", "simple tokens only"),
+            ("--auth-token=jwt,ttl=1m", "sign-method is required"),
+            ("--auth-token=magic", "must be \"simple\" or \"jwt"),
             ("--bcrypt-cost=3", "from 4 to 31"),
             ("--bcrypt-cost=32", "from 4 to 31"),
             ("--auth-token-ttl=0", "must be positive"),

@@ -141,6 +141,13 @@ pub enum ServerError {
     /// A token this member did not issue, or one that expired or was voided.
     #[error("etcdserver: invalid auth token")]
     InvalidAuthToken,
+    /// A JSON Web Token issued before the auth store last changed.
+    #[error("etcdserver: revision of auth store is old")]
+    AuthOldRevision,
+    /// Authenticate on a member given only the public key of `--auth-token=jwt,...`. etcd 3.4
+    /// answers its auth store's own error, untranslated: code `Unknown`, "auth: ..." text.
+    #[error("auth: token signing attempted with verify-only key")]
+    JwtVerifyOnly,
     /// Authenticate with a password for a user added without one. etcd 3.4 answers its auth
     /// store's own error, untranslated: code `Unknown`, "auth: ..." text.
     #[error("auth: authentication failed, password was given for no password user")]
@@ -218,13 +225,15 @@ impl ServerError {
             // ResourceExhausted is the code etcd's rpctypes gives it.
             NoSpace | TooManyRequests => Code::ResourceExhausted,
             Corrupt => Code::DataLoss,
-            LeaderTransferTimeout | NoPasswordUser => Code::Unknown,
+            LeaderTransferTimeout | NoPasswordUser | JwtVerifyOnly => Code::Unknown,
             Storage(_) | Internal(_) => Code::Internal,
             Unimplemented(_) => Code::Unimplemented,
             RootUserNotExist | RootRoleNotExist | UserAlreadyExists | UserNotFound
             | RoleAlreadyExists | RoleNotFound | RoleNotGranted | PermissionNotGranted
             | AuthNotEnabled => Code::FailedPrecondition,
-            UserEmpty | RoleEmpty | AuthFailed | InvalidAuthManagement => Code::InvalidArgument,
+            UserEmpty | RoleEmpty | AuthFailed | InvalidAuthManagement | AuthOldRevision => {
+                Code::InvalidArgument
+            }
             PermissionDenied => Code::PermissionDenied,
             InvalidAuthToken => Code::Unauthenticated,
             ElectionNotLeader | ElectionNoLeader | MissingLeaderKey | SessionExpired => {

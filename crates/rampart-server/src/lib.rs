@@ -40,6 +40,7 @@ mod gateway;
 mod grpc_stats;
 mod http;
 mod interceptor;
+pub mod jwt;
 mod lessor;
 mod membership;
 pub mod metrics;

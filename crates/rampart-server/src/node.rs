@@ -100,7 +100,7 @@ impl Node {
         let forwarder = Forwarder::start(network.clone(), config.request_timeout());
         Node {
             admission: Admission::new(config.pending_writes),
-            authenticator: Authenticator::new(config.auth_token_ttl, config.bcrypt_cost),
+            authenticator: Authenticator::new(config.tokens.clone(), config.bcrypt_cost),
             quota: Quota::new(config.quota_backend_bytes),
             found_corrupt: AtomicBool::new(false),
             proposer,

@@ -899,6 +899,21 @@ mod tests {
         assert!(parts.iter().all(|p| p.result == Err(ApplyError::UserEmpty)));
         assert!(apply(Command::LeaseGrant { id: 5, ttl: 60 }).is_ok());
         assert!(apply(Command::LeaseRevoke { id: 5 }).is_ok());
+        // An anonymous client's revoke carries the empty user (taken while authentication
+        // was off, applied after it was turned on): refused for a lease with keys.
+        assert!(apply(Command::LeaseGrant { id: 6, ttl: 60 }).is_ok());
+        let leased_put = Command::Put(crate::types::PutRequest {
+            key: b"leased".to_vec(),
+            value: b"1".to_vec(),
+            lease: 6,
+            ..Default::default()
+        });
+        assert!(apply(as_user(ROOT, leased_put)).is_ok());
+        assert_eq!(
+            apply(as_user("", Command::LeaseRevoke { id: 6 })),
+            Err(ApplyError::UserEmpty)
+        );
+        assert!(apply(as_user(ROOT, Command::LeaseRevoke { id: 6 })).is_ok());
         assert_eq!(
             apply(as_user("u", put_cmd("b", "1"))),
             Err(ApplyError::PermissionDenied)

@@ -1,11 +1,13 @@
 //! Authentication through the real `etcdctl` 3.4 against `rampart` processes: every `user`,
 //! `role` and `auth` command and the permission checks, compared line for line with what a
 //! real etcd 3.4 prints for the same commands; the auth store replicated to followers and kept
-//! across a restart; the JSON gateway's `auth/` paths with a token in `Authorization`.
+//! across a restart; the JSON gateway's `auth/` paths with a token in `Authorization`; JSON
+//! Web Tokens checked by every member and made stale by a change of the auth store.
 
 use std::time::Duration;
 
 use anyhow::{ensure, Context};
+use base64::Engine;
 use rampart_tests::{wait_until, ProcessCluster};
 use tracing::info;
 
@@ -509,6 +511,102 @@ async fn the_json_gateway_authenticates_with_the_authorization_header() -> anyho
     ensure!(
         status == 200 && body.contains("\"enabled\":true"),
         "{status} {body}"
+    );
+    Ok(())
+}
+
+/// `--auth-token` for JSON Web Tokens signed with the RSA test key of `rampart-server`; with
+/// only its public half when `verify_only`.
+fn jwt_flag(verify_only: bool) -> String {
+    let keys =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/rampart-server/testdata");
+    let public = keys.join("jwt-rsa.pub");
+    let mut flag = format!(
+        "--auth-token=jwt,sign-method=RS256,pub-key={}",
+        public.display()
+    );
+    if !verify_only {
+        flag += &format!(",priv-key={}", keys.join("jwt-rsa.pem").display());
+    }
+    flag
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_web_tokens_are_good_on_every_member_until_the_auth_store_changes(
+) -> anyhow::Result<()> {
+    rampart_tests::init_tracing();
+    let jwt = jwt_flag(false);
+    let cluster = ProcessCluster::start_with_args(3, &[CHEAP_HASHES[0], &jwt]).await?;
+    let urls = cluster.client_urls();
+    let leader = cluster.leader_index(&[0, 1, 2]).await?;
+    let (issuer, checker) = ((leader + 1) % 3, (leader + 2) % 3);
+    let admin = Etcdctl::new(&[&urls[leader]])?;
+    set_up_reader(&admin).await?;
+
+    let (status, body) = post(
+        &urls[issuer],
+        "/v3/auth/authenticate",
+        r#"{"name":"bob","password":"bobpw"}"#,
+        None,
+    )
+    .await?;
+    ensure!(status == 200, "{status} {body}");
+    let answer: serde_json::Value = serde_json::from_str(&body)?;
+    let token = answer["token"].as_str().context("no token")?.to_string();
+    // etcd's claims, in a signed JWT (header.claims.signature, base64url).
+    let claims = token.split('.').nth(1).context("not a JWT")?;
+    let claims: serde_json::Value =
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(claims)?)?;
+    ensure!(
+        claims["username"] == "bob" && claims["revision"].is_u64() && claims["exp"].is_u64(),
+        "claims {claims}"
+    );
+
+    // Checked by another member, which keeps no state of it.
+    let range_k = r#"{"key":"aw=="}"#;
+    let (status, body) = post(&urls[checker], "/v3/kv/range", range_k, Some(&token)).await?;
+    ensure!(status == 200 && body.contains("\"kvs\""), "{status} {body}");
+    let forged = format!("{}x", &token[..token.len() - 1]);
+    let (status, body) = post(&urls[checker], "/v3/kv/range", range_k, Some(&forged)).await?;
+    ensure!(
+        status == 401 && body.contains("etcdserver: invalid auth token"),
+        "{status} {body}"
+    );
+
+    // A change of the auth store makes it too old; etcdctl authenticates anew and goes on.
+    admin
+        .ok(&["--user", "root:rootpw", "user", "add", "dave:davepw"])
+        .await?;
+    let body = wait_until(
+        "the checker to apply the new user",
+        Duration::from_secs(10),
+        || async {
+            let (status, body) =
+                post(&urls[checker], "/v3/kv/range", range_k, Some(&token)).await?;
+            Ok((status != 200).then_some(body))
+        },
+    )
+    .await?;
+    ensure!(
+        body.contains("etcdserver: revision of auth store is old"),
+        "{body}"
+    );
+    let everywhere = Etcdctl::new(&urls.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let read = everywhere.ok(&["--user", "bob:bobpw", "get", "k"]).await?;
+    ensure!(read == "k\nv\n", "bob read {read:?}");
+
+    // A member given only the public key verifies tokens but issues none, as etcd's.
+    let verify_only = jwt_flag(true);
+    let single = ProcessCluster::start_with_args(1, &[CHEAP_HASHES[0], &verify_only]).await?;
+    let url = single.client_urls()[0].clone();
+    let etcdctl = Etcdctl::new(&[&url])?;
+    etcdctl.ok(&["user", "add", "root:rootpw"]).await?;
+    etcdctl.ok(&["user", "grant-role", "root", "root"]).await?;
+    etcdctl.ok(&["auth", "enable"]).await?;
+    let stderr = refused(&etcdctl, &["--user", "root:rootpw", "get", "k"]).await?;
+    ensure!(
+        stderr.contains("auth: token signing attempted with verify-only key"),
+        "{stderr}"
     );
     Ok(())
 }

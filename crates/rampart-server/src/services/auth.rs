@@ -165,7 +165,7 @@ impl Auth for AuthService {
         if !authenticator.verify(request.password, hash.clone()).await {
             return Err(ServerError::AuthFailed.into());
         }
-        let token = authenticator.issue(&auth, &request.name, &hash);
+        let token = authenticator.issue(&auth, &request.name, &hash)?;
         Ok(Response::new(pb::AuthenticateResponse {
             header: Some(header),
             token,

@@ -41,6 +41,36 @@ pub struct AuthMeta {
     pub token_key: Vec<u8>,
 }
 
+/// The auth store's meta pair `value` without the token key, for a backup: with the key and
+/// the users' password hashes, anyone holding the file could make tokens that the cluster
+/// accepts. `None` for every other pair.
+pub(crate) fn without_token_key(key: &[u8], value: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+    if key != META_AUTH {
+        return Ok(None);
+    }
+    let meta: AuthMeta = codec::decode("auth meta", value)?;
+    let redacted = AuthMeta {
+        token_key: Vec::new(),
+        ..meta
+    };
+    codec::encode("auth meta", &redacted).map(Some)
+}
+
+/// The auth store's meta pair `value` with a token key drawn anew, for a restore: the restored
+/// cluster accepts no token made with the key of the cluster the backup came from (a backup
+/// holds none, but one written before backups left it out does). `None` for every other pair.
+pub(crate) fn with_new_token_key(key: &[u8], value: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+    if key != META_AUTH {
+        return Ok(None);
+    }
+    let meta: AuthMeta = codec::decode("auth meta", value)?;
+    let fresh = AuthMeta {
+        token_key: rand::random::<[u8; 32]>().to_vec(),
+        ..meta
+    };
+    codec::encode("auth meta", &fresh).map(Some)
+}
+
 /// One user as the auth store keeps it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuthUser {

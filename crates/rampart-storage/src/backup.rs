@@ -24,7 +24,9 @@
 //! The snapshot is the state after one applied log entry, though writes go on while it is
 //! taken (see `MvccCore::export`): every key with its create and mod revisions and version, the
 //! history not yet compacted, the compact revision, the leases with their TTLs and attached
-//! keys. Its membership and member attributes are the old cluster's.
+//! keys. Its membership and member attributes are the old cluster's. The auth store is in it
+//! without the key of the simple tokens (`auth::without_token_key`): with it and the password
+//! hashes, a reader of the file could make tokens the cluster accepts.
 //!
 //! Restoring ([`restore`]) writes a new data directory whose state machine is the snapshot's,
 //! except its bookkeeping: the membership becomes the one the restore is given (the new
@@ -36,7 +38,8 @@
 //! membership, and they elect a leader among themselves. The member's identity (cluster id,
 //! member id) is recorded, so a member started on the directory with `--initial-cluster-state
 //! new` and the same flags does not initialize again; it serves the restored data. The revision
-//! and the compact revision stay those of the snapshot, as etcd's restore keeps them.
+//! and the compact revision stay those of the snapshot, as etcd's restore keeps them. The
+//! restored auth store gets a token key drawn anew.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -231,6 +234,7 @@ impl Backup {
                     },
                 )
             },
+            crate::auth::without_token_key,
             each_history_row,
         )?;
         let (mut file, _) = writer.finish()?;
@@ -557,9 +561,15 @@ fn write_restored(
         // Nothing else uses the new store; the lock keeps its compactor off the tree anyway.
         let _state = core.state.write();
         refill_tree(&core.tree(), || match reader.next_batch()? {
-            Some(batch) => Ok(Some(
-                batch.into_iter().filter(|(k, _)| !rewritten(k)).collect(),
-            )),
+            Some(batch) => batch
+                .into_iter()
+                .filter(|(k, _)| !rewritten(k))
+                .map(|(k, v)| match crate::auth::with_new_token_key(&k, &v)? {
+                    Some(fresh) => Ok((k, fresh)),
+                    None => Ok((k, v)),
+                })
+                .collect::<Result<_, StoreError>>()
+                .map(Some),
             None => Ok(bookkeeping.take()),
         })
         .map_err(|source| BackupError::Damaged {
@@ -601,6 +611,7 @@ fn write_restored(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::AuthMeta;
     use crate::codec::{Pairs, META};
     use crate::test_support::{entry, put_cmd};
     use crate::types::{AuthCommand, Command, DeleteRangeRequest, PutRequest};
@@ -722,7 +733,28 @@ mod tests {
         assert_eq!(restored.identity().unwrap(), Some(target.identity));
         assert_eq!(restored_mvcc.lease_keys(7).unwrap(), [b"leased".to_vec()]);
         assert!(restored_mvcc.auth().enabled());
-        assert_eq!(restored_mvcc.auth(), mvcc.auth(), "users, roles and all");
+        let (restored_auth, source_auth) = (restored_mvcc.auth(), mvcc.auth());
+        assert_eq!(restored_auth.users, source_auth.users);
+        assert_eq!(restored_auth.roles, source_auth.roles);
+        assert_eq!(restored_auth.revision(), source_auth.revision());
+        // The restored cluster signs its tokens with a key of its own.
+        assert_eq!(restored_auth.meta.token_key.len(), 32);
+        assert_ne!(restored_auth.meta.token_key, source_auth.meta.token_key);
+
+        tracing::info!("--- the file holds no token key: it could make the source's tokens");
+        let mut reader = open_snapshot(&file, check(&file).unwrap().snapshot_len).unwrap();
+        let mut saved_meta = None;
+        while let Some(batch) = reader.next_batch().unwrap() {
+            for (key, value) in batch {
+                if key == crate::codec::META_AUTH {
+                    saved_meta = Some(codec::decode::<AuthMeta>("auth meta", &value).unwrap());
+                }
+            }
+        }
+        let saved_meta = saved_meta.expect("the backup holds the auth store");
+        assert!(saved_meta.enabled);
+        assert!(saved_meta.token_key.is_empty(), "{saved_meta:?}");
+        assert!(!source_auth.meta.token_key.is_empty());
 
         tracing::info!("--- a restore never writes over a directory");
         drop(restored);

@@ -394,6 +394,7 @@ impl MvccCore {
     pub(crate) fn export(
         &self,
         start: impl FnOnce(&MvccState) -> Result<SnapshotWriter, StoreError>,
+        redact: impl Fn(&[u8], &[u8]) -> Result<Option<Vec<u8>>, StoreError>,
         mut each_history_row: impl FnMut(),
     ) -> Result<SnapshotWriter, StoreError> {
         let _removals = self.compactor.hold_removals();
@@ -408,7 +409,10 @@ impl MvccCore {
             let mut out = start(&state)?;
             for pair in tree.range(..history).chain(tree.range(after_history..)) {
                 let (k, v) = pair?;
-                out.push(&k, &v)?;
+                match redact(&k, &v)? {
+                    Some(redacted) => out.push(&k, &redacted)?,
+                    None => out.push(&k, &v)?,
+                }
             }
             (out, state.revision, tree)
         };

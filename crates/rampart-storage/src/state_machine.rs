@@ -99,6 +99,7 @@ pub(crate) fn build(
                     snapshot_id: snapshots.new_id(state.applied),
                 })
             },
+            |_, _| Ok(None),
             each_history_row,
         )
         .map_err(|e| snapshot_error(None, ErrorVerb::Read, &e))?;

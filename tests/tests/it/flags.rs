@@ -280,9 +280,9 @@ async fn unknown_and_unsupported_flags_and_shadowed_variables_are_refused() -> a
             &["--enable-v2=true is refused", "v3 API only"],
         ),
         (
-            &["--auth-token=jwt,pub-key=a.pem,priv-key=b.pem,sign-method=RS256"],
+            &["--auth-token=jwt,pub-key=/nonexistent/a.pem,sign-method=RS256"],
             &[],
-            &["--auth-token", "JWT is not there yet"],
+            &["--auth-token", "pub-key \"/nonexistent/a.pem\""],
         ),
         (
             &[],

@@ -479,16 +479,7 @@ async fn the_json_gateway_authenticates_with_the_authorization_header() -> anyho
         status == 400 && body.contains("authentication failed"),
         "{status} {body}"
     );
-    let (status, body) = post(
-        &url,
-        "/v3/auth/authenticate",
-        r#"{"name":"bob","password":"bobpw"}"#,
-        None,
-    )
-    .await?;
-    ensure!(status == 200, "{status} {body}");
-    let answer: serde_json::Value = serde_json::from_str(&body)?;
-    let token = answer["token"].as_str().context("no token")?.to_string();
+    let token = bobs_token(&url).await?;
     let (status, body) = post(&url, "/v3/kv/range", range_k, Some(&token)).await?;
     ensure!(status == 200 && body.contains("\"kvs\""), "{status} {body}");
     let (status, body) = post(
@@ -543,16 +534,7 @@ async fn json_web_tokens_are_good_on_every_member_until_the_auth_store_changes(
     let admin = Etcdctl::new(&[&urls[leader]])?;
     set_up_reader(&admin).await?;
 
-    let (status, body) = post(
-        &urls[issuer],
-        "/v3/auth/authenticate",
-        r#"{"name":"bob","password":"bobpw"}"#,
-        None,
-    )
-    .await?;
-    ensure!(status == 200, "{status} {body}");
-    let answer: serde_json::Value = serde_json::from_str(&body)?;
-    let token = answer["token"].as_str().context("no token")?.to_string();
+    let token = bobs_token(&urls[issuer]).await?;
     // etcd's claims, in a signed JWT (header.claims.signature, base64url).
     let claims = token.split('.').nth(1).context("not a JWT")?;
     let claims: serde_json::Value =
@@ -609,6 +591,20 @@ async fn json_web_tokens_are_good_on_every_member_until_the_auth_store_changes(
         "{stderr}"
     );
     Ok(())
+}
+
+/// The token the gateway of the member at `url` gives bob (of [`set_up_reader`]).
+async fn bobs_token(url: &str) -> anyhow::Result<String> {
+    let (status, body) = post(
+        url,
+        "/v3/auth/authenticate",
+        r#"{"name":"bob","password":"bobpw"}"#,
+        None,
+    )
+    .await?;
+    ensure!(status == 200, "{status} {body}");
+    let answer: serde_json::Value = serde_json::from_str(&body)?;
+    Ok(answer["token"].as_str().context("no token")?.to_string())
 }
 
 /// A POST of the JSON `body` to `path`, with `token` as its `Authorization` header: the

@@ -25,6 +25,8 @@
 mod authority_fix;
 mod error;
 mod frame;
+#[doc(hidden)]
+pub mod fuzzing;
 mod header_block;
 mod inbound;
 

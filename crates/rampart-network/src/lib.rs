@@ -25,6 +25,8 @@ mod batching;
 mod caller;
 mod faults;
 mod forwarder;
+#[doc(hidden)]
+pub mod fuzzing;
 mod messages;
 mod peer_network;
 mod peer_service;

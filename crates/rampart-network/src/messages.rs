@@ -1,7 +1,15 @@
 //! The bincode payloads of the peer RPCs other than openraft's own.
 
 use rampart_storage::{CommandResponse, NodeId, PeerNode};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+
+/// Decodes one peer message, request or reply, from its bincode bytes: the one decoding of
+/// what comes from another member. Decoding from a slice allocates no more than the slice
+/// could hold for every length it reads.
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::Error> {
+    bincode::deserialize(bytes)
+}
 
 /// Why a forwarded request was not carried out by the node it was sent to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]

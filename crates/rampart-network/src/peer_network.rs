@@ -341,7 +341,7 @@ impl PeerNetwork {
         };
         let data = bincode::serialize(request).map_err(codec)?;
         let reply = self.call(target, node, method, data, timeout).await?;
-        bincode::deserialize(&reply).map_err(codec)
+        crate::messages::decode(&reply).map_err(codec)
     }
 
     /// Asks the leader `target` to propose `command` and to answer once it is applied there.

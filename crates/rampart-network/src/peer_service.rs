@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 
 use crate::caller;
 use crate::messages::{
-    AdminReply, AdminRequest, ForwardError, ForwardReply, LeaseReply, LeaseRequest,
+    self, AdminReply, AdminRequest, ForwardError, ForwardReply, LeaseReply, LeaseRequest,
 };
 use crate::peer_network::MAX_PEER_REPLY_BYTES;
 use crate::proposer::Proposer;
@@ -125,7 +125,7 @@ impl PeerService {
 }
 
 fn decode<T: DeserializeOwned>(request: Request<RaftRequest>) -> Result<T, Status> {
-    bincode::deserialize(&request.into_inner().data)
+    messages::decode(&request.into_inner().data)
         .map_err(|e| Status::invalid_argument(format!("undecodable peer message: {e}")))
 }
 

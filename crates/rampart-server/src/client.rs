@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::alarm;
 use crate::auth::Caller;
-use crate::convert::{self, Limits, MAX_LEASE_TTL};
+use crate::convert::{self, Limits};
 use crate::error::ServerError;
 use crate::lessor::Lessor;
 use crate::node::Node;
@@ -216,11 +216,7 @@ impl Client {
         &self,
         request: pb::LeaseGrantRequest,
     ) -> Result<pb::LeaseGrantResponse, ServerError> {
-        if request.ttl > MAX_LEASE_TTL {
-            return Err(ServerError::LeaseTtlTooLarge);
-        }
-        // As etcd, a shorter TTL is raised to the minimum, so a lease outlives an election.
-        let ttl = request.ttl.max(self.node.config().min_lease_ttl());
+        let ttl = convert::lease_ttl(request.ttl, self.node.config().min_lease_ttl())?;
         self.node.check_quota(alarm::LEASE_OVERHEAD).await?;
         loop {
             let id = match request.id {

@@ -556,6 +556,8 @@ fn invalid(flag: &'static str, value: impl Into<String>, reason: impl Into<Strin
 
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1536 * 1024;
 pub const DEFAULT_MAX_TXN_OPS: usize = 128;
+/// etcd's `grpcOverheadBytes`: what a gRPC message may hold beyond `--max-request-bytes`.
+pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 /// `--max-pending-writes`'s default: room for thousands of clients' writes in flight at once.
 pub const DEFAULT_MAX_PENDING_WRITES: u64 = 16 * 1024;
 /// `--max-pending-write-bytes`'s default: a second or two of writes at this machine's disk
@@ -887,8 +889,6 @@ impl Config {
     /// for gRPC overhead, so that an oversized request still reaches the server's own check and
     /// gets etcd's "request is too large". Watch fragments are cut to this size too.
     pub fn max_grpc_message_bytes(&self) -> usize {
-        /// etcd's `grpcOverheadBytes`.
-        const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
         self.max_request_bytes + GRPC_OVERHEAD_BYTES
     }
 

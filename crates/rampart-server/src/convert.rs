@@ -18,6 +18,15 @@ pub struct Limits {
     pub max_txn_ops: usize,
 }
 
+/// The TTL a lease asked for with `requested` seconds is granted: etcd refuses one past
+/// [`MAX_LEASE_TTL`] and raises a shorter one than `min_ttl`, so a lease outlives an election.
+pub fn lease_ttl(requested: i64, min_ttl: i64) -> Result<i64, ServerError> {
+    if requested > MAX_LEASE_TTL {
+        return Err(ServerError::LeaseTtlTooLarge);
+    }
+    Ok(requested.max(min_ttl))
+}
+
 fn non_empty(key: Vec<u8>) -> Result<Vec<u8>, ServerError> {
     if key.is_empty() {
         Err(ServerError::EmptyKey)

@@ -36,6 +36,8 @@ mod corruption;
 pub mod error;
 mod fault_control;
 mod forward_check;
+#[doc(hidden)]
+pub mod fuzzing;
 mod gateway;
 mod grpc_stats;
 mod http;

@@ -52,6 +52,7 @@ use crate::auth::Caller;
 use crate::error::ServerError;
 use crate::node::Node;
 use shared::{Outgoing, StreamShared};
+pub(crate) use watcher::WatchSpec;
 
 /// How many items (a control response, or one watcher's responses for one revision) a stream
 /// may have queued for its client before its tasks wait. etcd buffers 128 events and 128

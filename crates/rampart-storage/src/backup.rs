@@ -340,13 +340,23 @@ fn read_up_to(file: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(got)
 }
 
-/// Checks the backup file at `path` whole: its header and length, its SHA-256, then the
-/// snapshot inside (frames, checksums, the pair count, the bookkeeping its pairs hold).
+/// Checks the backup file at `path` whole (see [`check_input`]).
 fn check(path: &Path) -> Result<Checked, BackupError> {
     let mut file = fs::File::open(path).map_err(io_err("open", path))?;
     let len = file.metadata().map_err(io_err("stat", path))?.len();
+    check_input(&mut file, len, path)
+}
+
+/// Checks the backup `file`, `len` bytes long and named `path` in errors, whole: its header
+/// and length, its SHA-256, then the snapshot inside (frames, checksums, the pair count, the
+/// bookkeeping its pairs hold).
+fn check_input<F: Read + Seek>(
+    file: &mut F,
+    len: u64,
+    path: &Path,
+) -> Result<Checked, BackupError> {
     let mut header = [0; HEADER_LEN as usize];
-    let got = read_up_to(&mut file, &mut header).map_err(io_err("read", path))?;
+    let got = read_up_to(&mut *file, &mut header).map_err(io_err("read", path))?;
     let magic_seen = got.min(MAGIC.len());
     if got == 0 || header[..magic_seen] != MAGIC[..magic_seen] {
         return Err(BackupError::NotABackup {
@@ -390,7 +400,7 @@ fn check(path: &Path) -> Result<Checked, BackupError> {
     file.seek(SeekFrom::Start(0))
         .map_err(io_err("seek", path))?;
     let mut hasher = Sha256::new();
-    let mut body = BufReader::with_capacity(256 * 1024, (&mut file).take(len - HASH_LEN));
+    let mut body = BufReader::with_capacity(256 * 1024, (&mut *file).take(len - HASH_LEN));
     let mut buf = vec![0; 256 * 1024];
     loop {
         match body.read(&mut buf).map_err(io_err("read", path))? {
@@ -414,7 +424,7 @@ fn check(path: &Path) -> Result<Checked, BackupError> {
         path: path.to_path_buf(),
         source,
     };
-    let mut reader = open_snapshot(path, snapshot_len)?;
+    let mut reader = snapshot_in(&mut *file, snapshot_len, path)?;
     let mut leases = 0;
     let pairs = reader.pairs().inspect(|pair| {
         if matches!(pair, Ok((key, _)) if key.first() == Some(&codec::LEASE)) {
@@ -450,14 +460,47 @@ fn open_snapshot(
     path: &Path,
     snapshot_len: u64,
 ) -> Result<SnapshotReader<BufReader<std::io::Take<fs::File>>>, BackupError> {
-    let mut file = fs::File::open(path).map_err(io_err("open", path))?;
-    file.seek(SeekFrom::Start(HEADER_LEN))
+    let file = fs::File::open(path).map_err(io_err("open", path))?;
+    snapshot_in(file, snapshot_len, path)
+}
+
+/// A reader of the snapshot inside the backup `input` (named `path` in errors), positioned
+/// after its meta.
+fn snapshot_in<F: Read + Seek>(
+    mut input: F,
+    snapshot_len: u64,
+    path: &Path,
+) -> Result<SnapshotReader<BufReader<std::io::Take<F>>>, BackupError> {
+    input
+        .seek(SeekFrom::Start(HEADER_LEN))
         .map_err(io_err("seek", path))?;
-    let input = BufReader::with_capacity(256 * 1024, file.take(snapshot_len));
+    let input = BufReader::with_capacity(256 * 1024, input.take(snapshot_len));
     SnapshotReader::open(input, snapshot_len).map_err(|source| BackupError::Damaged {
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// Checks the backup held in `bytes` whole, as [`status`] checks a file: the fuzzing entry
+/// point's way in.
+pub(crate) fn status_of(bytes: &[u8]) -> Result<BackupStatus, BackupError> {
+    let mut input = std::io::Cursor::new(bytes);
+    check_input(&mut input, bytes.len() as u64, Path::new("backup")).map(|checked| checked.status)
+}
+
+/// `snapshot` wrapped as a backup file: header, padding and SHA-256 (what
+/// `Backup::export` writes around the snapshot it builds).
+pub(crate) fn wrap(snapshot: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(snapshot.len() + 2 * ALIGN as usize);
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&BACKUP_FORMAT.to_le_bytes());
+    out.extend_from_slice(&(snapshot.len() as u64).to_le_bytes());
+    out.extend_from_slice(snapshot);
+    let padded = hash_offset(snapshot.len() as u64).unwrap_or(out.len() as u64);
+    out.resize(padded as usize, 0);
+    let hash: [u8; 32] = Sha256::digest(&out).into();
+    out.extend_from_slice(&hash);
+    out
 }
 
 /// Checks the backup file at `path` whole and tells what it holds.

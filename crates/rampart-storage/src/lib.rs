@@ -56,6 +56,8 @@ mod durability;
 mod error;
 mod events;
 mod files;
+#[doc(hidden)]
+pub mod fuzzing;
 mod hash;
 mod index;
 mod key_range;

@@ -481,6 +481,41 @@ fn read_frame<R: Read>(layout: &mut Layout<R>, len: u64) -> Result<Option<Frame>
     }
 }
 
+/// `bytes` with every checksum of a snapshot of either format made to match (for fuzzing: so
+/// that generated frames reach the decoding behind the checksums). Format 2: each whole frame's
+/// CRC; format 1: the body's length and CRC, taken as the rest of the input.
+pub(crate) fn with_checksums_fixed(bytes: &[u8]) -> Vec<u8> {
+    let mut out = bytes.to_vec();
+    let header = HEADER_LEN as usize;
+    let format = out
+        .get(8..header)
+        .map(|f| u32::from_le_bytes([f[0], f[1], f[2], f[3]]));
+    match format {
+        Some(SNAPSHOT_FORMAT) => {
+            let mut at = header;
+            while let Some(head) = out.get(at..at + FRAME_HEAD) {
+                let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+                let start = at + FRAME_HEAD;
+                let Some(payload) = out.get(start..start.saturating_add(len)) else {
+                    break;
+                };
+                let crc = crc32fast::hash(payload);
+                out[at + 4..start].copy_from_slice(&crc.to_le_bytes());
+                at = start + len;
+            }
+        }
+        Some(SNAPSHOT_FORMAT_1) if out.len() >= header + 12 => {
+            let body = header + 12;
+            let crc = crc32fast::hash(&out[body..]);
+            let body_len = (out.len() - body) as u64;
+            out[header..header + 4].copy_from_slice(&crc.to_le_bytes());
+            out[header + 4..body].copy_from_slice(&body_len.to_le_bytes());
+        }
+        _ => {}
+    }
+    out
+}
+
 /// Opens the snapshot file at `path` for reading.
 pub(crate) fn open_file(path: &Path) -> Result<SnapshotReader<BufReader<fs::File>>, StoreError> {
     let file = fs::File::open(path).map_err(|e| StoreError::io("open", path, e))?;

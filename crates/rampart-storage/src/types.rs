@@ -4,9 +4,10 @@
 //! (encoded with bincode) and what the MVCC store answers. The gRPC layer converts between them and
 //! the generated protobuf types, and validates requests before they reach Raft.
 
+use std::cell::Cell;
 use std::fmt;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// A member's Raft id; equal to its etcd member ID.
 pub type NodeId = u64;
@@ -145,7 +146,7 @@ pub enum RequestOp {
     Range(RangeRequest),
     Put(PutRequest),
     DeleteRange(DeleteRangeRequest),
-    Txn(TxnRequest),
+    Txn(#[serde(deserialize_with = "nested")] TxnRequest),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -153,7 +154,44 @@ pub enum ResponseOp {
     Range(RangeResponse),
     Put(PutResponse),
     DeleteRange(DeleteRangeResponse),
-    Txn(TxnResponse),
+    Txn(#[serde(deserialize_with = "nested")] TxnResponse),
+}
+
+/// How deep the values that hold values of their own type (a txn in a txn, a command in a
+/// batch or in a user's command, their responses) may nest when they are decoded. A client's
+/// txn nests at most 49 deep (prost refuses protobuf nested past 100 messages, and each level
+/// is two: `TxnRequest`, `RequestOp`; the JSON gateway's serde_json stops sooner), and a batch
+/// or a user's command adds one each: this refuses nothing a client can send. Without it a
+/// peer message, a log record or a reply nested a few thousand deep overflows the stack of
+/// the thread that decodes it, which aborts the member: decoding recurses once per level.
+pub const MAX_NESTING: u32 = 64;
+
+thread_local! {
+    /// How many nested values the decoding on this thread is inside (see [`nested`]).
+    static NESTING: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Decodes a value nested in one of its own type, refusing it past [`MAX_NESTING`] levels.
+/// The depth is counted per thread, as decoding runs on one, and given back when the value is
+/// done, whether it decoded or not.
+fn nested<'de, D: Deserializer<'de>, T: Deserialize<'de>>(deserializer: D) -> Result<T, D::Error> {
+    struct Level;
+    impl Drop for Level {
+        fn drop(&mut self) {
+            NESTING.with(|n| n.set(n.get() - 1));
+        }
+    }
+    let depth = NESTING.with(|n| {
+        n.set(n.get() + 1);
+        n.get()
+    });
+    let _level = Level;
+    if depth > MAX_NESTING {
+        return Err(serde::de::Error::custom(format!(
+            "nested more than {MAX_NESTING} deep"
+        )));
+    }
+    T::deserialize(deserializer)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -260,7 +298,7 @@ pub enum Command {
     /// Several clients' commands proposed as one log entry (proposal batching). Each is applied
     /// as if it were an entry of its own, in order, with a revision of its own; the entry's
     /// response is [`CommandResult::Batch`]. Never nested.
-    Batch(Vec<Command>),
+    Batch(#[serde(deserialize_with = "nested")] Vec<Command>),
     /// Raises or clears an alarm of one member (etcd's `AlarmRequest` through Raft); the
     /// response is [`CommandResult::Alarm`]. See `crate::alarms`.
     Alarm {
@@ -274,6 +312,7 @@ pub enum Command {
     /// is empty for a client that gave no credentials.
     AsUser {
         user: String,
+        #[serde(deserialize_with = "nested")]
         command: Box<Command>,
     },
     /// A change of users, roles or whether authentication is on (etcd's `Auth*` Raft
@@ -534,7 +573,7 @@ pub enum CommandResult {
     /// Entries without a command (blank entries, membership changes).
     Empty,
     /// The responses of a [`Command::Batch`], one per command, in order.
-    Batch(Vec<CommandResponse>),
+    Batch(#[serde(deserialize_with = "nested")] Vec<CommandResponse>),
     /// The alarm a [`Command::Alarm`] raised or cleared; none if it was already so.
     Alarm(Vec<AlarmMember>),
     /// A [`Command::Auth`] applied; the auth store's revision after it.
@@ -554,6 +593,61 @@ pub struct CommandResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A command nested `depth` deep: in users' commands and batches, in turn.
+    fn nested_command(depth: u32) -> Command {
+        let mut command = Command::Compact { revision: 1 };
+        for level in 0..depth {
+            command = if level % 2 == 0 {
+                Command::AsUser {
+                    user: String::new(),
+                    command: Box::new(command),
+                }
+            } else {
+                Command::Batch(vec![command])
+            };
+        }
+        command
+    }
+
+    /// A txn whose success branch holds a txn, and so on, `depth` deep.
+    fn nested_txn(depth: u32) -> Command {
+        let mut txn = TxnRequest::default();
+        for _ in 0..depth {
+            txn = TxnRequest {
+                success: vec![RequestOp::Txn(txn)],
+                ..Default::default()
+            };
+        }
+        Command::Txn(txn)
+    }
+
+    #[test]
+    fn values_nested_past_the_limit_are_refused_not_a_stack_overflow() {
+        let decode = |c: &Command| bincode::deserialize::<Command>(&bincode::serialize(c).unwrap());
+        for nested in [nested_command, nested_txn] {
+            let at_limit = nested(MAX_NESTING);
+            assert_eq!(decode(&at_limit).unwrap(), at_limit);
+            let refused = decode(&nested(MAX_NESTING + 1)).unwrap_err();
+            assert!(
+                refused.to_string().contains("nested more than 64 deep"),
+                "{refused}"
+            );
+        }
+        // A user's command in a user's command ... 20,000 deep (240 KB, what a peer could
+        // send): written out by hand, as encoding or dropping such a value would itself
+        // overflow the stack.
+        let mut bytes = Vec::new();
+        for _ in 0..20_000 {
+            bytes.extend_from_slice(&10u32.to_le_bytes()); // AsUser
+            bytes.extend_from_slice(&0u64.to_le_bytes()); // user: ""
+        }
+        bytes.extend_from_slice(&3u32.to_le_bytes()); // Compact
+        bytes.extend_from_slice(&1i64.to_le_bytes());
+        assert!(bincode::deserialize::<Command>(&bytes).is_err());
+        // The refusals leave nothing counted on the thread.
+        assert_eq!(NESTING.with(Cell::get), 0);
+    }
 
     /// What `value` is, its bytes as the Raft log stores it (in hex), and `pinned`, the bytes
     /// it must have.

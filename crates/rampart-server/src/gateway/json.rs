@@ -222,7 +222,7 @@ fn malformed<T>(e: serde_json::Error) -> Status {
 }
 
 /// The one request message a unary call's body holds (the empty request if it holds nothing).
-pub(super) fn decode<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, Status> {
+pub(crate) fn decode<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, Status> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
@@ -230,6 +230,35 @@ pub(super) fn decode<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, St
     let message = T::deserialize(&mut json).map_err(malformed::<T>)?;
     json.end().map_err(malformed::<T>)?;
     Ok(message)
+}
+
+/// Takes the next request message of a streaming call's body off the front of `buffered` (and
+/// the white space before it); `None` while no whole message is buffered, or, once the body
+/// has `ended`, when nothing but white space is left.
+pub(crate) fn take_message<T: DeserializeOwned>(
+    buffered: &mut Vec<u8>,
+    ended: bool,
+) -> Option<Result<T, Status>> {
+    let start = buffered
+        .iter()
+        .position(|byte| !byte.is_ascii_whitespace())
+        .unwrap_or(buffered.len());
+    buffered.drain(..start);
+    if buffered.is_empty() {
+        return None;
+    }
+    let mut values = serde_json::Deserializer::from_slice(buffered).into_iter::<T>();
+    match values.next() {
+        Some(Ok(message)) => {
+            let used = values.byte_offset();
+            buffered.drain(..used);
+            Some(Ok(message))
+        }
+        // Only part of the next message has arrived.
+        Some(Err(e)) if e.is_eof() && !ended => None,
+        Some(Err(e)) => Some(Err(malformed::<T>(e))),
+        None => None,
+    }
 }
 
 /// The request messages of a streaming call's body, one JSON value after another (separated by
@@ -262,26 +291,8 @@ impl<T: DeserializeOwned> Requests<T> {
     /// The next request, or `None` at the end of the body.
     pub(super) async fn next(&mut self) -> Option<Result<T, Status>> {
         loop {
-            let start = self
-                .buffered
-                .iter()
-                .position(|byte| !byte.is_ascii_whitespace())
-                .unwrap_or(self.buffered.len());
-            self.buffered.drain(..start);
-            if !self.buffered.is_empty() {
-                let mut values =
-                    serde_json::Deserializer::from_slice(&self.buffered).into_iter::<T>();
-                match values.next() {
-                    Some(Ok(message)) => {
-                        let used = values.byte_offset();
-                        self.buffered.drain(..used);
-                        return Some(Ok(message));
-                    }
-                    // Only part of the next message has arrived.
-                    Some(Err(e)) if e.is_eof() && !self.ended => {}
-                    Some(Err(e)) => return Some(Err(malformed::<T>(e))),
-                    None => {}
-                }
+            if let Some(message) = take_message(&mut self.buffered, self.ended) {
+                return Some(message);
             }
             if self.ended {
                 return None;

@@ -20,7 +20,7 @@
 mod auth;
 mod cluster;
 mod election;
-mod json;
+pub(crate) mod json;
 mod kv;
 mod lease;
 mod lock;

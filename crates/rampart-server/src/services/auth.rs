@@ -72,7 +72,7 @@ impl AuthService {
 }
 
 /// A protobuf permission as the auth store's.
-fn permission(perm: Option<authpb::Permission>) -> Result<Permission, ServerError> {
+pub(crate) fn permission(perm: Option<authpb::Permission>) -> Result<Permission, ServerError> {
     let perm = perm.ok_or_else(|| ServerError::InvalidArgument("permission not given".into()))?;
     let kind = match authpb::permission::Type::try_from(perm.perm_type) {
         Ok(authpb::permission::Type::Read) => PermissionKind::Read,

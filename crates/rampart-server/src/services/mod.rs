@@ -14,6 +14,7 @@ mod lock;
 mod maintenance;
 mod watch;
 
+pub(crate) use auth::permission;
 pub use auth::AuthService;
 pub use cluster::ClusterService;
 pub use election::ElectionService;

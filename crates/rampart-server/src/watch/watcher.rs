@@ -73,7 +73,7 @@ pub(super) const EMPTY_RANGE: &str = "mvcc: watcher range is empty";
 
 /// A watch as its create request asked for it, normalized as etcd's `recvLoop` does.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) struct WatchSpec {
+pub(crate) struct WatchSpec {
     /// The first key; never empty (etcd watches `"\0"`, the smallest key, for an empty one).
     pub key: Vec<u8>,
     /// etcd's conventions: empty for the single key, `"\0"` for every key from `key` on.
@@ -87,7 +87,7 @@ pub(super) struct WatchSpec {
 
 impl WatchSpec {
     /// The watch `request` asks for, or the reason etcd refuses it.
-    pub(super) fn from_request(request: &pb::WatchCreateRequest) -> Result<WatchSpec, String> {
+    pub(crate) fn from_request(request: &pb::WatchCreateRequest) -> Result<WatchSpec, String> {
         use pb::watch_create_request::FilterType;
         let key = if request.key.is_empty() {
             vec![0]

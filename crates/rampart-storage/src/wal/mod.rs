@@ -598,6 +598,53 @@ struct Loaded {
 /// Reads one segment file, checking every record in order.
 fn load_segment(first: u64, path: &Path) -> Result<Loaded, StoreError> {
     let bytes = fs::read(path).map_err(|e| StoreError::io("read", path, e))?;
+    let Scanned {
+        offsets,
+        last,
+        end,
+        damage,
+    } = scan_segment(first, &bytes);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| StoreError::io("open", path, e))?;
+    let segment = Segment {
+        path: path.to_path_buf(),
+        file: Arc::new(file),
+        first,
+        offsets,
+        end,
+    };
+    Ok(Loaded {
+        segment,
+        last,
+        damage,
+    })
+}
+
+/// What [`scan_segment`] found in a segment's bytes.
+pub(crate) struct Scanned {
+    /// Where each record that checks out starts.
+    pub(crate) offsets: Vec<u64>,
+    /// The log id of the last of them.
+    pub(crate) last: Option<LogId<NodeId>>,
+    /// Where the last of them ends.
+    pub(crate) end: u64,
+    /// The first record that does not check out, if any (see [`Loaded::damage`]).
+    damage: Option<Damage>,
+}
+
+impl Scanned {
+    /// Why the scan stopped before the end, if it did.
+    pub(crate) fn damage(&self) -> Option<&str> {
+        self.damage.as_ref().map(|d| d.reason.as_str())
+    }
+}
+
+/// Checks the records of a segment's `bytes`, whose first entry must have index `first`, in
+/// order, up to the first that does not check out. What opening reads from every segment file.
+pub(crate) fn scan_segment(first: u64, bytes: &[u8]) -> Scanned {
     let mut offsets = Vec::new();
     let mut last = None;
     let mut at = 0usize;
@@ -629,23 +676,12 @@ fn load_segment(first: u64, path: &Path) -> Result<Loaded, StoreError> {
             reason,
         });
     };
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .map_err(|e| StoreError::io("open", path, e))?;
-    let segment = Segment {
-        path: path.to_path_buf(),
-        file: Arc::new(file),
-        first,
+    Scanned {
         offsets,
-        end: at as u64,
-    };
-    Ok(Loaded {
-        segment,
         last,
+        end: at as u64,
         damage,
-    })
+    }
 }
 
 /// Cuts the last segment durably where `damage` starts: everything from there on is a torn
@@ -680,8 +716,13 @@ fn cut_torn_tail(
     segment.cut(segment.offsets.len())
 }
 
-fn encode_record(out: &mut Vec<u8>, entry: &Entry) -> Result<(), StoreError> {
+pub(crate) fn encode_record(out: &mut Vec<u8>, entry: &Entry) -> Result<(), StoreError> {
     let payload = codec::encode("log entry", entry)?;
+    put_record(out, &payload)
+}
+
+/// Appends one record holding `payload`: its length, its CRC and the payload.
+fn put_record(out: &mut Vec<u8>, payload: &[u8]) -> Result<(), StoreError> {
     let len = u32::try_from(payload.len()).map_err(|_| {
         StoreError::corrupt(
             "log entry",
@@ -689,18 +730,42 @@ fn encode_record(out: &mut Vec<u8>, entry: &Entry) -> Result<(), StoreError> {
         )
     })?;
     let len_bytes = len.to_le_bytes();
+    out.extend_from_slice(&len_bytes);
+    out.extend_from_slice(&record_crc(len_bytes, payload).to_le_bytes());
+    out.extend_from_slice(payload);
+    Ok(())
+}
+
+/// The CRC of a record: of its length bytes and its payload.
+fn record_crc(len_bytes: [u8; 4], payload: &[u8]) -> u32 {
     let mut crc = crc32fast::Hasher::new();
     crc.update(&len_bytes);
-    crc.update(&payload);
-    out.extend_from_slice(&len_bytes);
-    out.extend_from_slice(&crc.finalize().to_le_bytes());
-    out.extend_from_slice(&payload);
-    Ok(())
+    crc.update(payload);
+    crc.finalize()
+}
+
+/// `bytes` with the CRC of every whole record made to match (for fuzzing: so that generated
+/// records reach the decoding behind the checksum). Stops at the first record cut short.
+pub(crate) fn with_checksums_fixed(bytes: &[u8]) -> Vec<u8> {
+    let mut out = bytes.to_vec();
+    let mut at = 0;
+    while let Some(header) = out.get(at..at + HEADER_BYTES) {
+        let len_bytes: [u8; 4] = [header[0], header[1], header[2], header[3]];
+        let len = u32::from_le_bytes(len_bytes) as usize;
+        let start = at + HEADER_BYTES;
+        let Some(payload) = out.get(start..start.saturating_add(len)) else {
+            break;
+        };
+        let crc = record_crc(len_bytes, payload);
+        out[at + 4..start].copy_from_slice(&crc.to_le_bytes());
+        at = start + len;
+    }
+    out
 }
 
 /// Decodes the record at the start of `bytes`: the entry and the bytes it took, `Ok(None)` if
 /// `bytes` ends before the record does, an error if the record is damaged.
-fn decode_record(bytes: &[u8]) -> Result<Option<(Entry, usize)>, StoreError> {
+pub(crate) fn decode_record(bytes: &[u8]) -> Result<Option<(Entry, usize)>, StoreError> {
     let Some(header) = bytes.get(..HEADER_BYTES) else {
         return Ok(None);
     };
@@ -710,10 +775,7 @@ fn decode_record(bytes: &[u8]) -> Result<Option<(Entry, usize)>, StoreError> {
     let Some(payload) = bytes.get(HEADER_BYTES..HEADER_BYTES + len) else {
         return Ok(None);
     };
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(&len_bytes);
-    crc.update(payload);
-    if crc.finalize() != u32::from_le_bytes(crc_bytes) {
+    if record_crc(len_bytes, payload) != u32::from_le_bytes(crc_bytes) {
         return Err(StoreError::corrupt(
             "raft log",
             "a record fails its checksum",

@@ -655,7 +655,15 @@ pub(crate) fn scan_segment(first: u64, bytes: &[u8]) -> Scanned {
         }
         let reason = match decode_record(rest) {
             Ok(Some((entry, used))) => {
-                let expected = first + offsets.len() as u64;
+                // A file named with an index near the end of u64's range has no room for more.
+                let Some(expected) = first.checked_add(offsets.len() as u64 + 1).map(|e| e - 1)
+                else {
+                    break Some(Damage {
+                        offset: at as u64,
+                        bytes: rest.len() as u64,
+                        reason: format!("has more entries than indexes after {first}"),
+                    });
+                };
                 if entry.log_id.index == expected {
                     offsets.push(at as u64);
                     last = Some(entry.log_id);

@@ -439,3 +439,21 @@ fn a_read_bounded_in_bytes_stops_before_the_budget_but_returns_one_entry() {
         assert_eq!(wal.end_within(9, 20, 2 * record), 20);
     }
 }
+
+#[test]
+fn a_segment_with_no_indexes_left_for_its_entries_is_damaged_there() {
+    let mut bytes = Vec::new();
+    for index in [u64::MAX - 1, u64::MAX] {
+        encode_record(&mut bytes, &entry(1, index)).unwrap();
+    }
+    let scanned = scan_segment(u64::MAX - 1, &bytes);
+    assert_eq!(
+        scanned.offsets.len(),
+        1,
+        "the entry with a next index is kept"
+    );
+    let damage = scanned
+        .damage()
+        .expect("the last entry leaves no next index");
+    assert!(damage.contains("more entries than indexes"), "{damage}");
+}

@@ -656,8 +656,8 @@ mod tests {
     use super::*;
     use crate::auth::AuthMeta;
     use crate::codec::{Pairs, META};
-    use crate::test_support::{entry, put_cmd};
-    use crate::types::{AuthCommand, Command, DeleteRangeRequest, PutRequest};
+    use crate::test_support::{enabling_auth, entry, put_cmd};
+    use crate::types::{Command, DeleteRangeRequest, PutRequest};
 
     /// A store with history, a delete, a lease with a key attached, a compaction, and
     /// authentication on.
@@ -681,19 +681,8 @@ mod tests {
             }),
             Command::Compact { revision: 3 },
             put_cmd("c", "1"),
-            Command::Auth(AuthCommand::UserAdd {
-                name: "root".into(),
-                password: Some("$2b$04$hash".into()),
-            }),
-            Command::Auth(AuthCommand::UserGrantRole {
-                user: "root".into(),
-                role: "root".into(),
-            }),
-            Command::Auth(AuthCommand::Enable {
-                token_key: b"key".to_vec(),
-            }),
         ];
-        for (index, command) in (1..).zip(commands) {
+        for (index, command) in (1..).zip(commands.into_iter().chain(enabling_auth())) {
             core.apply_entry(&entry(index, command)).unwrap();
         }
         store

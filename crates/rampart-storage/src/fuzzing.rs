@@ -143,10 +143,10 @@ mod seeds {
     use openraft::{EntryPayload, Membership};
 
     use crate::backup::Backup;
-    use crate::test_support::{entry, log_id, put_cmd};
+    use crate::test_support::{enabling_auth, entry, log_id, put_cmd};
     use crate::types::{
-        AuthCommand, Command, Compare, CompareResult, CompareTarget, DeleteRangeRequest, PeerNode,
-        PutRequest, RequestOp, TxnRequest,
+        Command, Compare, CompareResult, CompareTarget, DeleteRangeRequest, PeerNode, PutRequest,
+        RequestOp, TxnRequest,
     };
     use crate::wal::{self, Entry};
     use crate::Store;
@@ -190,18 +190,10 @@ mod seeds {
                 ..Default::default()
             }),
             Command::Compact { revision: 3 },
-            Command::Auth(AuthCommand::UserAdd {
-                name: "root".into(),
-                password: Some("$2b$04$hash".into()),
-            }),
-            Command::Auth(AuthCommand::UserGrantRole {
-                user: "root".into(),
-                role: "root".into(),
-            }),
-            Command::Auth(AuthCommand::Enable {
-                token_key: b"key".to_vec(),
-            }),
         ]
+        .into_iter()
+        .chain(enabling_auth())
+        .collect()
     }
 
     #[test]

@@ -8,7 +8,7 @@ use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
 
 use crate::codec::{self, HISTORY};
 use crate::mvcc::MvccCore;
-use crate::types::{Command, NodeId, PutRequest, TypeConfig};
+use crate::types::{AuthCommand, Command, NodeId, PutRequest, TypeConfig};
 use crate::Store;
 
 /// The history versions physically in the tree, as `key@revision` (`-` marks a delete),
@@ -64,6 +64,24 @@ pub(crate) fn put_cmd(k: &str, v: &str) -> Command {
 }
 
 /// The log id of entry `index` in term 1, leader 1.
+/// The commands that turn authentication on: a user `root` (with a bcrypt-shaped hash), the
+/// role `root` granted to it, and the enable with token key `key`.
+pub(crate) fn enabling_auth() -> [Command; 3] {
+    [
+        Command::Auth(AuthCommand::UserAdd {
+            name: "root".into(),
+            password: Some("$2b$04$hash".into()),
+        }),
+        Command::Auth(AuthCommand::UserGrantRole {
+            user: "root".into(),
+            role: "root".into(),
+        }),
+        Command::Auth(AuthCommand::Enable {
+            token_key: b"key".to_vec(),
+        }),
+    ]
+}
+
 pub(crate) fn log_id(index: u64) -> LogId<NodeId> {
     LogId::new(CommittedLeaderId::new(1, 1), index)
 }

@@ -14,7 +14,7 @@ use plotters::prelude::*;
 use serde::Deserialize;
 
 use crate::error::BenchError;
-use crate::plot::{font_registered, FONT};
+use crate::plot::{draw_legend, font_registered, DrawResult, FONT};
 
 /// Each panel's size; the PNG holds two side by side.
 const PANEL: (u32, u32) = (800, 600);
@@ -136,8 +136,6 @@ pub fn write_sweep_plot(summary: &Path, dir: &Path) -> Result<PathBuf, BenchErro
     Ok(path)
 }
 
-type DrawResult = Result<(), Box<dyn std::error::Error>>;
-
 fn draw(lines: &[SweepLine], path: &Path) -> DrawResult {
     let root = BitMapBackend::new(path, (2 * PANEL.0, PANEL.1)).into_drawing_area();
     root.fill(&WHITE)?;
@@ -234,14 +232,7 @@ where
                 .map(|&point| Circle::new(point, 4, color.filled())),
         )?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .label_font((FONT, 14))
-        .draw()?;
-    Ok(())
+    draw_legend(&mut chart, SeriesLabelPosition::UpperLeft)
 }
 
 #[cfg(test)]

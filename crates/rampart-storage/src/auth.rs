@@ -932,12 +932,7 @@ mod tests {
         // An anonymous client's revoke carries the empty user (taken while authentication
         // was off, applied after it was turned on): refused for a lease with keys.
         assert!(apply(Command::LeaseGrant { id: 6, ttl: 60 }).is_ok());
-        let leased_put = Command::Put(crate::types::PutRequest {
-            key: b"leased".to_vec(),
-            value: b"1".to_vec(),
-            lease: 6,
-            ..Default::default()
-        });
+        let leased_put = crate::test_support::leased_put_cmd("leased", "1", 6);
         assert!(apply(as_user(ROOT, leased_put)).is_ok());
         assert_eq!(
             apply(as_user("", Command::LeaseRevoke { id: 6 })),

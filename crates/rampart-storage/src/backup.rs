@@ -656,8 +656,8 @@ mod tests {
     use super::*;
     use crate::auth::AuthMeta;
     use crate::codec::{Pairs, META};
-    use crate::test_support::{enabling_auth, entry, put_cmd};
-    use crate::types::{Command, DeleteRangeRequest, PutRequest};
+    use crate::test_support::{enabling_auth, entry, leased_put_cmd, put_cmd};
+    use crate::types::{Command, DeleteRangeRequest};
 
     /// A store with history, a delete, a lease with a key attached, a compaction, and
     /// authentication on.
@@ -669,12 +669,7 @@ mod tests {
             put_cmd("b", "1"),
             put_cmd("a", "2"),
             Command::LeaseGrant { id: 7, ttl: 600 },
-            Command::Put(PutRequest {
-                key: b"leased".to_vec(),
-                value: b"v".to_vec(),
-                lease: 7,
-                ..Default::default()
-            }),
+            leased_put_cmd("leased", "v", 7),
             Command::DeleteRange(DeleteRangeRequest {
                 key: b"b".to_vec(),
                 ..Default::default()

@@ -502,8 +502,8 @@ mod tests {
 
     use super::*;
     use crate::store::ClusterIdentity;
-    use crate::test_support::{entry, history, progress, put_cmd};
-    use crate::types::{Command, PutRequest};
+    use crate::test_support::{entry, history, leased_put_cmd, progress, put_cmd};
+    use crate::types::Command;
     use crate::Store;
 
     const IDENTITY: ClusterIdentity = ClusterIdentity {
@@ -532,12 +532,7 @@ mod tests {
             index += 1;
         };
         apply(Command::LeaseGrant { id: 7, ttl: 600 });
-        apply(Command::Put(PutRequest {
-            key: b"leased".to_vec(),
-            value: b"v".to_vec(),
-            lease: 7,
-            ..Default::default()
-        }));
+        apply(leased_put_cmd("leased", "v", 7));
         let value = "x".repeat(value_len);
         for round in 0..rounds {
             for key in 0..keys {

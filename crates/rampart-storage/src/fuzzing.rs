@@ -143,7 +143,7 @@ mod seeds {
     use openraft::{EntryPayload, Membership};
 
     use crate::backup::Backup;
-    use crate::test_support::{enabling_auth, entry, log_id, put_cmd};
+    use crate::test_support::{enabling_auth, entry, leased_put_cmd, log_id, put_cmd};
     use crate::types::{
         Command, Compare, CompareResult, CompareTarget, DeleteRangeRequest, PeerNode, PutRequest,
         RequestOp, TxnRequest,
@@ -162,12 +162,7 @@ mod seeds {
             put_cmd("a", "1"),
             put_cmd("b", "1"),
             Command::LeaseGrant { id: 7, ttl: 600 },
-            Command::Put(PutRequest {
-                key: b"leased".to_vec(),
-                value: b"v".to_vec(),
-                lease: 7,
-                ..Default::default()
-            }),
+            leased_put_cmd("leased", "v", 7),
             Command::Txn(TxnRequest {
                 compare: vec![Compare {
                     result: CompareResult::Equal,

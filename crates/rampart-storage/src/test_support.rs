@@ -63,6 +63,16 @@ pub(crate) fn put_cmd(k: &str, v: &str) -> Command {
     })
 }
 
+/// A put of `k` = `v` attached to lease `lease`.
+pub(crate) fn leased_put_cmd(k: &str, v: &str, lease: i64) -> Command {
+    Command::Put(PutRequest {
+        key: k.into(),
+        value: v.into(),
+        lease,
+        ..Default::default()
+    })
+}
+
 /// The log id of entry `index` in term 1, leader 1.
 /// The commands that turn authentication on: a user `root` (with a bcrypt-shaped hash), the
 /// role `root` granted to it, and the enable with token key `key`.

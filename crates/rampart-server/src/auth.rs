@@ -137,7 +137,7 @@ pub enum TokenSettings {
     /// etcd's simple tokens, valid for `ttl` (`--auth-token-ttl`) after their last use.
     Simple { ttl: Duration },
     /// JSON Web Tokens (`--auth-token=jwt,...`).
-    Jwt(JwtKeys),
+    Jwt(Box<JwtKeys>),
 }
 
 /// The tokens members issue, checked by any member, and this member's password hashing.
@@ -149,7 +149,7 @@ pub struct Authenticator {
 
 enum Tokens {
     Simple(SimpleTokens),
-    Jwt(JwtKeys),
+    Jwt(Box<JwtKeys>),
 }
 
 /// Simple tokens. A token is `random.issued.user.mac`: 16 random characters, the Unix second
@@ -398,7 +398,7 @@ mod tests {
             Duration::from_secs(60),
         )
         .unwrap();
-        let member = Authenticator::new(TokenSettings::Jwt(keys), 4);
+        let member = Authenticator::new(TokenSettings::Jwt(Box::new(keys)), 4);
         let store = enabled_store(b"key");
         let token = member.issue(&store, "root", "h1").unwrap();
         assert_eq!(

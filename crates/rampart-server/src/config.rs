@@ -1603,7 +1603,7 @@ fn auth_settings(
         ));
     }
     let tokens = match jwt {
-        Some(keys) => TokenSettings::Jwt(keys),
+        Some(keys) => TokenSettings::Jwt(Box::new(keys)),
         None => TokenSettings::Simple {
             ttl: Duration::from_secs(ttl),
         },

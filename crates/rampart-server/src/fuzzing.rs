@@ -163,7 +163,10 @@ pub fn client_request(data: &[u8]) {
                 ttl,
             )
             .expect("an HMAC key is always good");
-            for tokens in [TokenSettings::Simple { ttl }, TokenSettings::Jwt(jwt)] {
+            for tokens in [
+                TokenSettings::Simple { ttl },
+                TokenSettings::Jwt(Box::new(jwt)),
+            ] {
                 let _ = Authenticator::new(tokens, 4).caller(&auth_enabled(), Some(&token));
             }
             None

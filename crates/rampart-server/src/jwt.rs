@@ -34,6 +34,10 @@ pub struct JwtKeys {
     /// `None` when the member has only the public key: it verifies tokens but issues none.
     signing: Option<EncodingKey>,
     verifying: DecodingKey,
+    /// What [`JwtKeys::verify`] accepts: this member's method, and `exp` checked to the
+    /// second with no leeway, as etcd's jwt-go checks it. Made once: every call with a token
+    /// is checked against it.
+    validation: Validation,
     ttl: Duration,
 }
 
@@ -130,10 +134,13 @@ impl JwtKeys {
                 (signing, verifying)
             }
         };
+        let mut validation = Validation::new(algorithm);
+        validation.leeway = 0;
         let keys = JwtKeys {
             algorithm,
             signing,
             verifying,
+            validation,
             ttl,
         };
         if keys.signing.is_some() {
@@ -163,10 +170,7 @@ impl JwtKeys {
     /// The claims of `token` if its signature is good, its method is this member's, and it
     /// has not expired.
     pub fn verify(&self, token: &str) -> Option<Claims> {
-        let mut validation = Validation::new(self.algorithm);
-        // etcd's jwt-go checks `exp` to the second, with no leeway.
-        validation.leeway = 0;
-        jsonwebtoken::decode::<Claims>(token, &self.verifying, &validation)
+        jsonwebtoken::decode::<Claims>(token, &self.verifying, &self.validation)
             .ok()
             .map(|data| data.claims)
     }

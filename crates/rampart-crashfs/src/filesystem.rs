@@ -17,7 +17,7 @@ use fuser::{
     WriteFlags,
 };
 use nix::libc;
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
 use crate::inodes::{self, Inodes, OpenFile};
 
@@ -33,6 +33,9 @@ const MAX_WRITE: u32 = 1 << 20;
 pub(crate) struct Shared {
     pub(crate) inodes: Mutex<Inodes>,
     handles: Mutex<Handles>,
+    /// Whether the disk is frozen: reads, writes and syncs of file data wait while it is.
+    frozen: Mutex<bool>,
+    thawed: Condvar,
 }
 
 #[derive(Debug, Default)]
@@ -56,7 +59,25 @@ impl Shared {
         Ok(Shared {
             inodes: Mutex::new(Inodes::new(backing)?),
             handles: Mutex::new(Handles::default()),
+            frozen: Mutex::new(false),
+            thawed: Condvar::new(),
         })
+    }
+
+    /// Freezes or thaws the disk (see `MountedCrashFs::freeze`).
+    pub(crate) fn set_frozen(&self, frozen: bool) {
+        *self.frozen.lock() = frozen;
+        if !frozen {
+            self.thawed.notify_all();
+        }
+    }
+
+    /// Waits while the disk is frozen.
+    fn wait_thawed(&self) {
+        let mut frozen = self.frozen.lock();
+        while *frozen {
+            self.thawed.wait(&mut frozen);
+        }
     }
 
     fn add_handle(&self, handle: Handle) -> FileHandle {
@@ -418,6 +439,7 @@ impl Filesystem for CrashFilesystem {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        self.shared.wait_thawed();
         let result = self.shared.file_handle(fh).and_then(|file| {
             let overlay = file.overlay.lock();
             Ok(overlay.read(&file.backing, offset, size)?)
@@ -437,6 +459,7 @@ impl Filesystem for CrashFilesystem {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        self.shared.wait_thawed();
         let result = self.shared.file_handle(fh).map(|file| {
             file.overlay.lock().write(offset, data);
         });
@@ -481,6 +504,7 @@ impl Filesystem for CrashFilesystem {
         reply: ReplyEmpty,
     ) {
         // fsync and fdatasync alike: the data, the size, and metadata (already through).
+        self.shared.wait_thawed();
         let result = self.shared.file_handle(fh).and_then(|file| {
             let mut overlay = file.overlay.lock();
             Ok(overlay.sync(&file.backing)?)

@@ -133,6 +133,20 @@ impl MountedCrashFs {
         Ok(())
     }
 
+    /// Freezes the disk, as one that stops answering does: from now on every read, write and
+    /// sync of file data waits until [`MountedCrashFs::thaw`] (names and metadata still pass).
+    /// A process waiting on it cannot die meanwhile, not even of SIGKILL: the kernel waits
+    /// for the filesystem's answer to a request already handed over, as it waits for a real
+    /// disk.
+    pub fn freeze(&self) {
+        self.shared.set_frozen(true);
+    }
+
+    /// Ends [`MountedCrashFs::freeze`]: what waited goes on. Unmounting thaws too.
+    pub fn thaw(&self) {
+        self.shared.set_frozen(false);
+    }
+
     /// Bytes written through the mount and not yet synced: what a crash now would lose.
     pub fn unsynced_bytes(&self) -> u64 {
         let files = self.shared.inodes.lock().open_files();
@@ -152,6 +166,8 @@ impl MountedCrashFs {
         let Some(session) = self.session.take() else {
             return;
         };
+        // Requests waiting on a freeze would keep the session from ending.
+        self.thaw();
         // Dropping the session's mount (at the end of this block) unmounts; the kernel then
         // ends the session and its threads return.
         let guard = {

@@ -255,3 +255,36 @@ fn many_files_written_from_many_threads_keep_what_each_synced() {
         }
     }
 }
+
+#[test]
+fn a_frozen_disk_holds_every_sync_until_it_thaws() {
+    let Some(mounted) = mount() else { return };
+    let path = mounted.path("wal");
+    let mut file = create(&path);
+    file.write_all(b"before").unwrap();
+    file.sync_all().unwrap();
+
+    mounted.fs.freeze();
+    let (done, synced) = std::sync::mpsc::channel();
+    let writer = std::thread::spawn(move || {
+        file.write_all(b" during").unwrap();
+        file.sync_data().unwrap();
+        done.send(()).unwrap();
+    });
+    // Frozen: the write and its sync wait, however long.
+    assert!(
+        synced
+            .recv_timeout(std::time::Duration::from_millis(500))
+            .is_err(),
+        "a write and sync finished on a frozen disk"
+    );
+    // Names still pass while the data waits.
+    assert!(mounted.path("wal").exists());
+
+    mounted.fs.thaw();
+    synced
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the sync finishes once the disk thaws");
+    writer.join().unwrap();
+    assert_eq!(read(&mounted.backing("wal")), b"before during");
+}

@@ -127,6 +127,12 @@ pub struct RawConfig {
     /// How often the leader compares the members' data, e.g. "1m"; "0s" (the default) never.
     #[arg(long, env = "RAMPART_EXPERIMENTAL_CORRUPT_CHECK_TIME")]
     pub experimental_corrupt_check_time: Option<String>,
+    /// How long one storage operation (a flush or fsync, an apply, a compaction chunk) may
+    /// take before the member counts itself frozen, logs what is stuck and exits at once
+    /// (SIGABRT), so that its supervisor restarts it and it recovers from its log; e.g. "1m"
+    /// (the default); "0s" never exits.
+    #[arg(long, env = "RAMPART_STORAGE_STALL_TIMEOUT")]
+    pub storage_stall_timeout: Option<String>,
     /// TEST ONLY: serve the `rampart.faults.v1.Faults` service on the peer URLs, through which
     /// anyone who reaches them can cut and delay this member's links to its peers. For
     /// fault-injection harnesses (rampart-chaos); never enable it in production.
@@ -321,6 +327,7 @@ impl RawConfig {
             quota_backend_bytes,
             experimental_initial_corrupt_check,
             experimental_corrupt_check_time,
+            storage_stall_timeout,
             experimental_peer_fault_injection,
             log_level,
             log_format,
@@ -472,6 +479,9 @@ pub struct Config {
     /// How often the leader compares the members' data (`--experimental-corrupt-check-time`);
     /// zero: never.
     pub corrupt_check_time: Duration,
+    /// How long a storage operation may take before the member exits (`--storage-stall-timeout`);
+    /// zero: never.
+    pub storage_stall_timeout: Duration,
     /// Whether the peer listeners serve the test-only fault control
     /// (`--experimental-peer-fault-injection`).
     pub peer_fault_injection: bool,
@@ -556,6 +566,10 @@ fn invalid(flag: &'static str, value: impl Into<String>, reason: impl Into<Strin
 
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1536 * 1024;
 pub const DEFAULT_MAX_TXN_OPS: usize = 128;
+/// `--storage-stall-timeout`'s default: far beyond any flush, fsync or apply of a working disk
+/// (etcd warns of an fdatasync past 1 s), and short enough that a frozen member's clients
+/// are soon free to go elsewhere.
+pub const DEFAULT_STORAGE_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// etcd's `grpcOverheadBytes`: what a gRPC message may hold beyond `--max-request-bytes`.
 pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 /// `--max-pending-writes`'s default: room for thousands of clients' writes in flight at once.
@@ -714,6 +728,12 @@ impl Config {
             Some(text) => parse_duration(&text)
                 .map_err(|e| invalid("experimental-corrupt-check-time", text, e))?,
         };
+        let storage_stall_timeout = match raw.storage_stall_timeout {
+            None => DEFAULT_STORAGE_STALL_TIMEOUT,
+            Some(text) => {
+                parse_duration(&text).map_err(|e| invalid("storage-stall-timeout", text, e))?
+            }
+        };
         let quota_backend_bytes = match raw.quota_backend_bytes.unwrap_or(0) {
             0 => Some(DEFAULT_QUOTA_BACKEND_BYTES),
             n if n < 0 => None,
@@ -856,6 +876,7 @@ impl Config {
             quota_backend_bytes,
             initial_corrupt_check: raw.experimental_initial_corrupt_check.unwrap_or(false),
             corrupt_check_time,
+            storage_stall_timeout,
             peer_fault_injection: raw.experimental_peer_fault_injection.unwrap_or(false),
             log_level,
             log_format,
@@ -1959,6 +1980,10 @@ mod tests {
                 experimental_corrupt_check_time: Some("often".into()),
                 ..Default::default()
             },
+            RawConfig {
+                storage_stall_timeout: Some("-1s".into()),
+                ..Default::default()
+            },
         ];
         for raw in cases {
             let err = Config::from_raw(raw).unwrap_err().to_string();
@@ -1973,6 +1998,7 @@ mod tests {
         assert_eq!(default.quota_backend_bytes, Some(2 * 1024 * 1024 * 1024));
         assert!(!default.initial_corrupt_check);
         assert_eq!(default.corrupt_check_time, Duration::ZERO);
+        assert_eq!(default.storage_stall_timeout, Duration::from_secs(60));
         let zero = config(RawConfig {
             quota_backend_bytes: Some(0),
             ..Default::default()
@@ -1987,11 +2013,13 @@ mod tests {
             quota_backend_bytes: Some(1 << 20),
             experimental_initial_corrupt_check: Some(true),
             experimental_corrupt_check_time: Some("2s".into()),
+            storage_stall_timeout: Some("0s".into()),
             ..Default::default()
         });
         assert_eq!(set.quota_backend_bytes, Some(1 << 20));
         assert!(set.initial_corrupt_check);
         assert_eq!(set.corrupt_check_time, Duration::from_secs(2));
+        assert_eq!(set.storage_stall_timeout, Duration::ZERO);
     }
 
     #[test]

@@ -23,7 +23,8 @@
 //!   `fault_control`: TEST ONLY remote control of the peer-link faults; `tls`: the client and
 //!   peer listeners' TLS, certificates reloaded when their files change; `access`: etcd's
 //!   access controller on the client URLs' HTTP requests (`--host-whitelist`, `--cors`);
-//!   `auth`: who a call is from (tokens this member issued) and password hashing.
+//!   `auth`: who a call is from (tokens this member issued) and password hashing;
+//!   `watchdog`: the exit of a member whose storage stalls (`--storage-stall-timeout`).
 
 mod access;
 mod alarm;
@@ -51,6 +52,7 @@ mod server;
 mod services;
 pub mod tls;
 mod watch;
+pub mod watchdog;
 
 pub use client::Client;
 pub use config::{Config, ConfigError, RawConfig};

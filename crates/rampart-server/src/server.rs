@@ -95,6 +95,8 @@ pub enum StartError {
     },
     #[error("TLS configuration")]
     Tls(#[source] crate::tls::TlsError),
+    #[error("cannot start the storage stall watchdog")]
+    Watchdog(#[source] std::io::Error),
 }
 
 /// The listeners a node serves on, bound by the caller so that tests can use port 0.
@@ -157,6 +159,12 @@ impl RunningNode {
         // The certificate files are read before anything else, so a bad one stops the start.
         let tls = ServingTls::from_config(&config).map_err(StartError::Tls)?;
         let store = Store::open(&config.data_dir).map_err(storage_error)?;
+        crate::watchdog::start(
+            &store.stats(),
+            config.storage_stall_timeout,
+            crate::watchdog::exit_frozen,
+        )
+        .map_err(StartError::Watchdog)?;
         let mut want = ClusterIdentity {
             cluster_id: config.cluster_id,
             member_id: config.member_id,

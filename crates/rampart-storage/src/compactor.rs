@@ -210,6 +210,8 @@ fn step(core: &MvccCore, pass: &mut Option<Pass>) -> Result<bool, StoreError> {
     // A snapshot export may be reading the rows this chunk would remove: wait for it.
     let _removals = compactor.removals.write();
     let mut state = core.state.write();
+    let stats = core.disk().stats();
+    let _removing = stats.in_flight.begin("compaction");
     if compactor.generation.load(Ordering::SeqCst) != current.generation {
         // The tree (and its index) this pass was working on is gone; start over on the new one.
         *pass = None;

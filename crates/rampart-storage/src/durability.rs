@@ -117,6 +117,7 @@ impl Disk {
 
     /// Writes everything written to the database so far to stable storage; blocks until done.
     pub(crate) fn flush(&self) -> Result<(), StoreError> {
+        let _flushing = self.stats.in_flight.begin("database flush");
         let began = Instant::now();
         self.db.flush()?;
         let mut synced_blobs = self.synced_blobs.lock();

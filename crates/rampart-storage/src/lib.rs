@@ -86,7 +86,7 @@ pub use lease::{LeaseFeed, LeaseFeedEnded};
 pub use log_store::LogStore;
 pub use mvcc::Mvcc;
 pub use state_machine::{SnapshotBuilder, StateMachine};
-pub use stats::StorageStats;
+pub use stats::{InFlight, InFlightGuard, StorageStats};
 pub use store::{ClusterIdentity, Store};
 /// Checking and restoring backups (`rampartctl snapshot status` and `restore`).
 pub mod restore {

@@ -74,6 +74,8 @@ pub struct LogStore {
     /// The state machine's durable applied index ([`crate::mvcc`]'s `durable_applied`), which a
     /// purge waits for; `None` only for a log tested alone (see [`crate::Store::log_store`]).
     purge_guard: Option<watch::Receiver<u64>>,
+    /// Where appends and syncs are measured, and noted while in progress.
+    stats: Arc<StorageStats>,
 }
 
 impl LogStore {
@@ -95,7 +97,7 @@ impl LogStore {
         };
         let mut wal = Wal::open(wal_dir, recorded)?;
         move_old_entries(disk, tree, &mut wal)?;
-        let unflushed = spawn_flusher(stats)?;
+        let unflushed = spawn_flusher(stats.clone())?;
         drop(handles);
         Ok(LogStore {
             database,
@@ -104,6 +106,7 @@ impl LogStore {
             _in_use: in_use,
             committed: Arc::new(AtomicU64::new(committed_index)),
             purge_guard: None,
+            stats,
         })
     }
 
@@ -330,11 +333,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
+        let appending = self.stats.in_flight.begin("log append");
         let written = self
             .wal
             .write()
             .append(entries)
             .map_err(|e| StorageIOError::write_logs(&e))?;
+        drop(appending);
         // The entries are readable from here on (openraft requires that when append returns).
         // They become durable with the flusher's next sync of their segment, which starts after
         // this send; only its callback lets openraft count them toward a quorum.
@@ -411,6 +416,7 @@ fn spawn_flusher(stats: Arc<StorageStats>) -> Result<mpsc::Sender<Unflushed>, St
                         continue;
                     }
                     let began = Instant::now();
+                    let _syncing = stats.in_flight.begin("log fsync");
                     if let Err(e) = segment.sync_data() {
                         outcome = Err(e);
                         break;

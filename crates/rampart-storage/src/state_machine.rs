@@ -197,10 +197,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 // Each entry is applied (and visible to readers) whole, one at a time, in log
                 // order.
                 let began = Instant::now();
+                let applying = self.stats.in_flight.begin("apply");
                 let resp = self
                     .core
                     .apply_entry(&entry)
                     .map_err(|e| (entry.log_id, e))?;
+                drop(applying);
                 if began.elapsed() > SLOW_APPLY {
                     self.stats.slow_applies.inc();
                 }

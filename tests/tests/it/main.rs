@@ -41,6 +41,8 @@
 //! - [`process_cluster`]: acknowledged writes survive kill -9; bad settings and foreign data
 //!   directories are refused.
 //! - [`signals`]: SIGTERM and SIGINT stop a member in order.
+//! - [`stall`]: a member whose disk freezes exits (`--storage-stall-timeout`) and, started
+//!   again, serves its data.
 //! - [`tls`]: https:// client and peer URLs with etcdctl's certificates, clients refused at
 //!   the handshake, /metrics over https, a certificate rotated on disk picked up.
 //! - [`watch`]: the Watch service, its ordering and its bounded memory.
@@ -77,5 +79,6 @@ mod overload;
 mod patroni;
 mod process_cluster;
 mod signals;
+mod stall;
 mod tls;
 mod watch;

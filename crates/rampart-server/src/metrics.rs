@@ -16,6 +16,7 @@
 //! `etcd_server_heartbeat_send_failures_total` (heartbeats fail as any Raft call does: in
 //! `etcd_network_peer_sent_failures_total`), and the `etcd_debugging_*` families but the key count.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
@@ -49,6 +50,8 @@ struct ScrapedValues {
     revision: Gauge,
     compact_revision: Gauge,
     leases: Gauge,
+    /// Seconds the oldest storage operation in progress has run (0 when none runs).
+    storage_stuck: Gauge<f64, AtomicU64>,
 }
 
 /// One member's metrics registry and what fills it.
@@ -71,7 +74,7 @@ impl Metrics {
         let scraped = ScrapedValues::default();
         let leader_changes = Counter::default();
         register_server(&mut registry, &node, &scraped, &leader_changes);
-        register_storage(&mut registry, &node);
+        register_storage(&mut registry, &node, &scraped);
         register_network(&mut registry, &node);
         grpc.register(&mut registry);
         registry.register_collector(Box::new(ProcessCollector));
@@ -141,6 +144,10 @@ impl Metrics {
         scraped
             .leases
             .set(to_i64(self.lessor.lease_count().unwrap_or(0) as u64));
+        let oldest = node.storage_stats().in_flight.oldest();
+        scraped
+            .storage_stuck
+            .set(oldest.map_or(0.0, |(_, age)| age.as_secs_f64()));
     }
 
     /// The registry in Prometheus's text format ([`CONTENT_TYPE`]), refreshed first.
@@ -275,8 +282,8 @@ fn register_server(
     );
 }
 
-/// etcd's `etcd_disk_*` families and the slow applies.
-fn register_storage(registry: &mut Registry, node: &Node) {
+/// etcd's `etcd_disk_*` families and the slow applies, and Rampart's stall gauge.
+fn register_storage(registry: &mut Registry, node: &Node, scraped: &ScrapedValues) {
     let stats = node.storage_stats();
     let etcd = registry.sub_registry_with_prefix("etcd");
     etcd.register(
@@ -293,6 +300,12 @@ fn register_storage(registry: &mut Registry, node: &Node) {
         "server_slow_apply",
         "The total number of slow apply requests (likely overloaded from slow disk).",
         stats.slow_applies.clone(),
+    );
+    registry.sub_registry_with_prefix("rampart").register(
+        "storage_oldest_operation_seconds",
+        "How long the oldest storage operation in progress (a flush, an fsync, an apply) has \
+         run; past --storage-stall-timeout the member exits.",
+        scraped.storage_stuck.clone(),
     );
 }
 

@@ -67,6 +67,11 @@ async fn metrics_on_the_client_port_have_etcds_names_and_live_values() -> anyhow
         assert!(sample(&text, "process_resident_memory_bytes") > Some(0.0));
         assert!(sample(&text, "process_start_time_seconds") > Some(0.0));
         assert!(sample(&text, "etcd_disk_wal_fsync_duration_seconds_count") > Some(0.0));
+        let stuck = sample(&text, "rampart_storage_oldest_operation_seconds");
+        assert!(
+            stuck.is_some_and(|seconds| (0.0..60.0).contains(&seconds)),
+            "{text}"
+        );
         assert!(text.contains("etcd_server_id{server_id=\""), "{text}");
     }
     assert_eq!(leaders, 1.0);

@@ -78,6 +78,25 @@ pub async fn kv_client(url: &str) -> anyhow::Result<KvClient<Channel>> {
     Ok(KvClient::new(channel))
 }
 
+/// Connects to the single member at `client_url` once it serves, and waits until a put of
+/// `key` = `value` through it succeeds (a new member elects itself first).
+pub async fn first_put(
+    client_url: &str,
+    key: &str,
+    value: &str,
+) -> anyhow::Result<KvClient<Channel>> {
+    let client = wait_until("the member to serve", Duration::from_secs(30), || async {
+        Ok(Some(kv_client(client_url).await?))
+    })
+    .await?;
+    wait_until("a write to succeed", Duration::from_secs(30), || {
+        let mut client = client.clone();
+        async move { Ok(put(&mut client, key, value).await.ok()) }
+    })
+    .await?;
+    Ok(client)
+}
+
 /// Puts `key = value` and returns the revision it created.
 pub async fn put(client: &mut KvClient<Channel>, key: &str, value: &str) -> anyhow::Result<i64> {
     let response = client

@@ -163,6 +163,35 @@ pub(crate) async fn send_with(
         .with_context(|| format!("{method} {url}{path}"))
 }
 
+/// [`send_with`] to the real etcd, sent again (up to 5 times in all) when the connection is
+/// reset. etcd 3.4's Go server closes a connection without reading a request body its handler
+/// left unread, so the body that follows the request's head can meet a closed socket and the
+/// reset can reach the client before the answer does (95 of 2,000 POSTs to an unknown path
+/// here, none from Rampart). Only etcd's answers are sent again: Rampart's must not reset.
+async fn etcds_answer(
+    url: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> anyhow::Result<Answer> {
+    let mut tries = 1;
+    loop {
+        match send_with(url, method, path, headers, body).await {
+            Err(e) if tries < 5 && was_reset(&e) => tries += 1,
+            answer => return answer,
+        }
+    }
+}
+
+fn was_reset(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset)
+    })
+}
+
 async fn post(url: &str, path: &str, body: Value) -> anyhow::Result<Answer> {
     send(url, "POST", path, body.to_string().as_bytes()).await
 }
@@ -984,7 +1013,7 @@ async fn cors_as_etcd_3_4_does() -> anyhow::Result<()> {
             } else {
                 body.to_string()
             };
-            let theirs = send_with(&etcd.url, method, path, &headers, body.as_bytes()).await?;
+            let theirs = etcds_answer(&etcd.url, method, path, &headers, body.as_bytes()).await?;
             let ours = send_with(rampart, method, path, &headers, body.as_bytes()).await?;
             ensure!(
                 (ours.status, &ours.access_control) == (theirs.status, &theirs.access_control),
@@ -1023,7 +1052,7 @@ async fn unknown_paths_as_etcd_3_4_does() -> anyhow::Result<()> {
         ("GET", "/v3/kv/range", ""),
     ];
     for (method, path, body) in requests {
-        let theirs = send(&etcd.url, method, path, body.as_bytes()).await?;
+        let theirs = etcds_answer(&etcd.url, method, path, &[], body.as_bytes()).await?;
         let ours = send(rampart, method, path, body.as_bytes()).await?;
         ensure!(
             (ours.status, &ours.content_type, &ours.body)
@@ -1081,7 +1110,7 @@ async fn host_whitelist_as_etcd_3_4_does() -> anyhow::Result<()> {
     ];
     for (method, path, host, body) in requests {
         let headers = [("Host", host)];
-        let theirs = send_with(&etcd.url, method, path, &headers, body.as_bytes()).await?;
+        let theirs = etcds_answer(&etcd.url, method, path, &headers, body.as_bytes()).await?;
         let ours = send_with(rampart, method, path, &headers, body.as_bytes()).await?;
         let answer = |a: &Answer| {
             let body = if a.status == 421 {

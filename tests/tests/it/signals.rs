@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use rampart_launcher::{free_url, send_signal};
-use rampart_tests::{get, kv_client, put, rampart_binary, wait_until};
+use rampart_tests::{first_put, get, rampart_binary, wait_until};
 
 async fn stops_cleanly_on(signal: &str) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -24,15 +24,7 @@ async fn stops_cleanly_on(signal: &str) -> anyhow::Result<()> {
             .context("spawning rampart")
     };
     let mut child = start()?;
-    let client = wait_until("the member to serve", Duration::from_secs(30), || async {
-        Ok(Some(kv_client(&client_url).await?))
-    })
-    .await?;
-    wait_until("a write to succeed", Duration::from_secs(30), || {
-        let mut client = client.clone();
-        async move { Ok(put(&mut client, "k", "kept").await.ok()) }
-    })
-    .await?;
+    let client = first_put(&client_url, "k", "kept").await?;
 
     send_signal(child.id(), signal)?;
     let exit = wait_until("the member to exit", Duration::from_secs(30), || {

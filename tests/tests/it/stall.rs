@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use rampart_crashfs::CrashFs;
 use rampart_launcher::free_url;
-use rampart_tests::{get, kv_client, put, rampart_binary, wait_until};
+use rampart_tests::{first_put, get, put, rampart_binary, wait_until};
 
 /// The member's limit: short, so that the test is quick; far above what a write on a working
 /// (even a loaded) disk takes.
@@ -57,15 +57,7 @@ async fn a_member_whose_disk_freezes_exits_and_serves_its_data_when_started_agai
     let (client_url, peer_url) = (free_url()?, free_url()?);
 
     let mut child = start(&data_dir, &client_url, &peer_url, &log)?;
-    let client = wait_until("the member to serve", Duration::from_secs(30), || async {
-        Ok(Some(kv_client(&client_url).await?))
-    })
-    .await?;
-    wait_until("a write to succeed", Duration::from_secs(30), || {
-        let mut client = client.clone();
-        async move { Ok(put(&mut client, "k", "kept").await.ok()) }
-    })
-    .await?;
+    let client = first_put(&client_url, "k", "kept").await?;
 
     // The disk stops answering; the next write waits on it, and the member gives up.
     disk.freeze();

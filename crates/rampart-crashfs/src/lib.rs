@@ -38,8 +38,8 @@
 //! `fuse3`); [`MountedCrashFs::crash`] cuts the
 //! power once the processes using it are dead; [`MountedCrashFs::unsynced_bytes`] is what a
 //! crash now would lose. [`MountedCrashFs::freeze`] makes the disk stop answering (reads,
-//! writes and syncs of file data wait) until [`MountedCrashFs::thaw`]. Dropping the handle unmounts. [`fuse_available`] tells tests whether
-//! they can run here at all. The `rampart-crashfs` binary mounts one by hand.
+//! writes and syncs of file data wait) until [`MountedCrashFs::thaw`]. Dropping the handle
+//! unmounts. [`fuse_available`] tells tests whether they can run here at all. The `rampart-crashfs` binary mounts one by hand.
 //!
 //! # Layout
 //!

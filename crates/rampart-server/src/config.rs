@@ -723,17 +723,22 @@ impl Config {
             raw.experimental_lease_checkpoint_interval,
             Duration::from_secs(5),
         )?;
-        let corrupt_check_time = match raw.experimental_corrupt_check_time {
-            None => Duration::ZERO,
-            Some(text) => parse_duration(&text)
-                .map_err(|e| invalid("experimental-corrupt-check-time", text, e))?,
-        };
-        let storage_stall_timeout = match raw.storage_stall_timeout {
-            None => DEFAULT_STORAGE_STALL_TIMEOUT,
-            Some(text) => {
-                parse_duration(&text).map_err(|e| invalid("storage-stall-timeout", text, e))?
-            }
-        };
+        // Durations for which zero means never.
+        let duration_or_never =
+            |flag: &'static str, value: Option<String>, default: Duration| match value {
+                None => Ok(default),
+                Some(text) => parse_duration(&text).map_err(|e| invalid(flag, text, e)),
+            };
+        let corrupt_check_time = duration_or_never(
+            "experimental-corrupt-check-time",
+            raw.experimental_corrupt_check_time,
+            Duration::ZERO,
+        )?;
+        let storage_stall_timeout = duration_or_never(
+            "storage-stall-timeout",
+            raw.storage_stall_timeout,
+            DEFAULT_STORAGE_STALL_TIMEOUT,
+        )?;
         let quota_backend_bytes = match raw.quota_backend_bytes.unwrap_or(0) {
             0 => Some(DEFAULT_QUOTA_BACKEND_BYTES),
             n if n < 0 => None,

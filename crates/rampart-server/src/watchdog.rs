@@ -90,12 +90,26 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn an_operation_past_the_limit_is_reported_once_and_short_ones_never() {
+    /// A store's stats, watched with `limit`, and where the stalls the watchdog finds arrive.
+    fn watched(limit: Duration) -> (Arc<StorageStats>, mpsc::Receiver<Stall>) {
         let stats = Arc::new(StorageStats::default());
         let (sender, stalls) = mpsc::channel();
-        let limit = Duration::from_secs(1);
         start(&stats, limit, move |stall| sender.send(stall).unwrap()).unwrap();
+        (stats, stalls)
+    }
+
+    /// Whether the watchdog has ended (the sender it held is gone) within a few seconds.
+    fn ended(stalls: &mpsc::Receiver<Stall>) -> bool {
+        matches!(
+            stalls.recv_timeout(Duration::from_secs(10)),
+            Err(mpsc::RecvTimeoutError::Disconnected)
+        )
+    }
+
+    #[test]
+    fn an_operation_past_the_limit_is_reported_once_and_short_ones_never() {
+        let limit = Duration::from_secs(1);
+        let (stats, stalls) = watched(limit);
 
         // Operations far shorter than the limit, back to back, for several limits' time.
         let began = Instant::now();
@@ -115,40 +129,20 @@ mod tests {
         assert_eq!(stall.operation, "log fsync");
         assert!(stall.stuck_for > limit, "{stall:?}");
         drop(stuck);
-        // The watchdog has ended: the sender it held is gone.
-        assert!(matches!(
-            stalls.recv_timeout(Duration::from_secs(10)),
-            Err(mpsc::RecvTimeoutError::Disconnected)
-        ));
+        assert!(ended(&stalls), "the watchdog reports once, then ends");
     }
 
     #[test]
     fn the_watchdog_ends_with_its_store() {
-        let stats = Arc::new(StorageStats::default());
-        let (sender, stalls) = mpsc::channel::<Stall>();
-        start(&stats, Duration::from_millis(100), move |stall| {
-            sender.send(stall).unwrap()
-        })
-        .unwrap();
+        let (stats, stalls) = watched(Duration::from_millis(100));
         drop(stats);
-        assert!(matches!(
-            stalls.recv_timeout(Duration::from_secs(10)),
-            Err(mpsc::RecvTimeoutError::Disconnected)
-        ));
+        assert!(ended(&stalls));
     }
 
     #[test]
     fn a_zero_limit_watches_nothing() {
-        let stats = Arc::new(StorageStats::default());
-        let (sender, stalls) = mpsc::channel::<Stall>();
-        start(&stats, Duration::ZERO, move |stall| {
-            sender.send(stall).unwrap()
-        })
-        .unwrap();
+        let (stats, stalls) = watched(Duration::ZERO);
         let _stuck = stats.in_flight.begin("apply");
-        assert!(matches!(
-            stalls.recv_timeout(Duration::from_secs(10)),
-            Err(mpsc::RecvTimeoutError::Disconnected)
-        ));
+        assert!(ended(&stalls));
     }
 }

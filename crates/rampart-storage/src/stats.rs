@@ -48,8 +48,7 @@ pub(crate) fn observe_since(histogram: &Histogram, began: Instant) {
 
 /// The storage operations in progress, each with when it began: the database's flushes, the
 /// log's appends and fdatasyncs, applies (with their wait for the state's lock) and compaction
-/// chunks.
-/// None of them takes more than seconds on a working disk.
+/// chunks. None of them takes more than seconds on a working disk.
 #[derive(Debug, Default)]
 pub struct InFlight {
     operations: Mutex<Operations>,

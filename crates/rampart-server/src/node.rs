@@ -193,6 +193,11 @@ impl Node {
         self.store.stats()
     }
 
+    /// How many requests the applied entries held, for the log's retention.
+    pub(crate) fn applied_requests(&self) -> Arc<rampart_storage::AppliedRequests> {
+        self.store.applied_requests()
+    }
+
     /// What the network and the batching measure.
     pub fn network_stats(&self) -> &Arc<rampart_network::NetworkStats> {
         self.network.stats()

@@ -232,7 +232,7 @@ impl RunningNode {
             raft_config,
             network.clone(),
             store.log_store(),
-            store.state_machine(),
+            store.state_machine().for_raft_start(),
         )
         .await
         .map_err(StartError::Raft)?;
@@ -324,6 +324,7 @@ impl RunningNode {
         tasks.spawn(publish(node.clone(), cancel.clone()));
         tasks.spawn(lessor.run());
         tasks.spawn(crate::compactor::run(node.clone(), cancel.clone()));
+        tasks.spawn(crate::log_retention::run(node.clone(), cancel.clone()));
         let corrupt_check_time = node.config().corrupt_check_time;
         if !corrupt_check_time.is_zero() {
             tasks.spawn(crate::corruption::run_periodic(

@@ -801,7 +801,7 @@ mod tests {
             let (core, snapshots) = (core.clone(), store.snapshots_for_tests());
             move || {
                 let mut rows = 0;
-                crate::state_machine::build(&core, &snapshots, || {
+                crate::state_machine::export(&core, &snapshots, || {
                     rows += 1;
                     if rows == 20 {
                         paused.send(()).unwrap();

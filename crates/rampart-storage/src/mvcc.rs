@@ -361,6 +361,13 @@ impl MvccCore {
         self.live_bytes.store(bytes, Ordering::Relaxed);
     }
 
+    /// Whether the compactor has removed everything `state`'s compact revision supersedes: from
+    /// then on, until the next entry applies, history holds the same rows however often it is
+    /// read.
+    pub(crate) fn compaction_settled(&self, state: &MvccState) -> bool {
+        *self.compactor.subscribe().borrow() >= state.compact_revision
+    }
+
     /// Records that the tree holds everything applied up to log index `index` on disk; called
     /// only after a flush that followed that entry's apply.
     pub(crate) fn flushed_through(&self, index: u64) {

@@ -24,13 +24,17 @@
 //! follower of an older build refuses format 2 with "format 2, this build reads 1" (upgrade the
 //! followers first).
 //!
-//! On disk, in `snap/`: `current.snap`, the snapshot openraft sends; it is replaced by building
-//! `current.snap.tmp`, fsyncing it, renaming it over, and fsyncing the directory, so after a
-//! crash the file is the old snapshot or the new one. An install first makes the received
-//! snapshot `installing.snap` (fsynced, renamed, directory fsynced) and only then rewrites the
-//! tree from it, in bounded batches; it renames it to `current.snap` once the tree is flushed.
-//! While `installing.snap` exists the tree may be half rewritten, and `Store::open` finishes the
-//! install from the file before anything reads the tree.
+//! On disk, in `snap/`: no copy of the state machine. sled holds it, durably up to the point a
+//! snapshot names (etcd's state machine is its snapshot the same way), so a snapshot is only
+//! its meta, `current.meta`: a snapshot of no pairs, replaced by writing `current.meta.tmp`,
+//! fsyncing it, renaming it over and fsyncing the directory. The bytes openraft sends are made
+//! when it asks for them ([`SnapshotFiles::export_file`]): the state machine as it is then. An
+//! install first makes the received snapshot `installing.snap` (fsynced, renamed, directory
+//! fsynced) and only then rewrites the tree from it, in bounded batches; once the tree is
+//! flushed it records the meta and removes the file. While `installing.snap` exists the tree
+//! may be half rewritten, and `Store::open` finishes the install from the file before anything
+//! reads the tree. A `current.snap` of an earlier build, a whole copy, is read for its meta and
+//! removed at open.
 
 use std::fs;
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
@@ -61,13 +65,18 @@ pub(crate) const FRAME_BYTES: usize = 1024 * 1024;
 /// A frame's length and checksum.
 const FRAME_HEAD: usize = 8;
 
+/// The meta of the current snapshot: the state machine on disk holds at least its last log id.
+const CURRENT_META: &str = "current.meta";
+const CURRENT_META_TMP: &str = "current.meta.tmp";
+/// An earlier build's whole snapshot; read for its meta, then removed.
 const CURRENT: &str = "current.snap";
 const CURRENT_TMP: &str = "current.snap.tmp";
 /// A received snapshot, checked and durable, that the tree is being rewritten from.
 const INSTALLING: &str = "installing.snap";
 const INSTALLING_TMP: &str = "installing.snap.tmp";
-/// Where a damaged current snapshot is set aside.
+/// Where a damaged current snapshot (or its meta) is set aside.
 const CURRENT_CORRUPT: &str = "current.snap.corrupt";
+const CURRENT_META_CORRUPT: &str = "current.meta.corrupt";
 
 pub(crate) type Meta = SnapshotMeta<NodeId, PeerNode>;
 
@@ -551,19 +560,21 @@ impl<R: Read> Read for Tee<R> {
 /// The snapshot files of one data directory.
 pub(crate) struct SnapshotFiles {
     dir: PathBuf,
-    /// Meta of `current.snap`; the lock also serializes replacing it, so a slow build of an
-    /// older snapshot cannot overwrite a newer one installed meanwhile.
+    /// The current snapshot's meta (`current.meta`); the lock also serializes replacing it, so
+    /// a slow build of an older snapshot cannot overwrite a newer one installed meanwhile.
     current: Mutex<Option<Meta>>,
-    /// Makes snapshot ids unique; seeded from the clock so they stay unique across restarts.
+    /// Makes snapshot ids and scratch file names unique; seeded from the clock so they stay
+    /// unique across restarts.
     next_id: AtomicU64,
 }
 
 impl SnapshotFiles {
-    /// Opens (creating) `dir`, drops leftover temporary files and checks the current snapshot.
-    /// An `installing.snap` is kept: see [`SnapshotFiles::interrupted_install`].
+    /// Opens (creating) `dir`, drops leftover temporary files and reads the current snapshot's
+    /// meta, taking it from an earlier build's `current.snap` if that is what the directory
+    /// holds. An `installing.snap` is kept: see [`SnapshotFiles::interrupted_install`].
     pub(crate) fn open(dir: &Path) -> Result<Self, StoreError> {
         fs::create_dir_all(dir).map_err(|e| StoreError::io("create snapshot directory", dir, e))?;
-        for name in [CURRENT_TMP, INSTALLING_TMP] {
+        for name in [CURRENT_TMP, CURRENT_META_TMP, INSTALLING_TMP] {
             let tmp = dir.join(name);
             match fs::remove_file(&tmp) {
                 Ok(()) => {
@@ -583,46 +594,83 @@ impl SnapshotFiles {
                     .unwrap_or(0),
             ),
         };
-        let path = dir.join(CURRENT);
-        let meta = match path.exists() {
-            false => None,
-            true => match open_file(&path).and_then(SnapshotReader::verify) {
-                Ok(meta) => Some(meta),
-                // The state machine is in sled, intact or checked on its own; the file is only
-                // a copy of it for followers, and a missing one is built again (openraft does
-                // so at start when the log has been purged). Keep the damaged file.
-                Err(e @ (StoreError::Corrupt { .. } | StoreError::Decode { .. })) => {
-                    let aside = dir.join(CURRENT_CORRUPT);
-                    tracing::error!(
-                        error = %e,
-                        kept_as = %aside.display(),
-                        "the current snapshot file is damaged; it is set aside and built again"
-                    );
-                    fs::rename(&path, &aside).map_err(|e| StoreError::io("set aside", &path, e))?;
-                    crate::files::sync_dir(dir)?;
-                    None
+        let mut meta = files.read_meta(CURRENT_META, CURRENT_META_CORRUPT)?;
+        if dir.join(CURRENT).exists() {
+            // An earlier build's copy of the state machine: that build flushed the tree before
+            // it saved the file, so its meta is a durable point of the tree as well.
+            if let Some(old) = files.read_meta(CURRENT, CURRENT_CORRUPT)? {
+                if meta
+                    .as_ref()
+                    .is_none_or(|m| m.last_log_id < old.last_log_id)
+                {
+                    files.write_meta(&old)?;
+                    meta = Some(old);
                 }
-                Err(e) => return Err(e),
-            },
-        };
+                let path = dir.join(CURRENT);
+                fs::remove_file(&path).map_err(|e| StoreError::io("remove", &path, e))?;
+                crate::files::sync_dir(dir)?;
+                tracing::info!("replaced an earlier build's snapshot file with its meta");
+            }
+        }
         *files.current.lock() = meta;
         Ok(files)
     }
 
-    /// The last log id of the current snapshot file, if there is one.
+    /// The meta of the snapshot file `name`, if there is one; a damaged one is renamed to
+    /// `aside` and counts as none.
+    fn read_meta(&self, name: &str, aside: &str) -> Result<Option<Meta>, StoreError> {
+        let path = self.dir.join(name);
+        if !path.exists() {
+            return Ok(None);
+        }
+        match open_file(&path).and_then(SnapshotReader::verify) {
+            Ok(meta) => Ok(Some(meta)),
+            // The state machine is in sled, intact or checked on its own; without a meta
+            // openraft builds a snapshot again at start when the log has been purged.
+            Err(e @ (StoreError::Corrupt { .. } | StoreError::Decode { .. })) => {
+                let aside = self.dir.join(aside);
+                tracing::error!(
+                    error = %e,
+                    kept_as = %aside.display(),
+                    "the current snapshot file is damaged; it is set aside and built again"
+                );
+                fs::rename(&path, &aside).map_err(|e| StoreError::io("set aside", &path, e))?;
+                crate::files::sync_dir(&self.dir)?;
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Makes `meta` the content of `current.meta`: a snapshot of no pairs, written aside,
+    /// fsynced and renamed over, the directory fsynced.
+    fn write_meta(&self, meta: &Meta) -> Result<(), StoreError> {
+        let tmp = self.dir.join(CURRENT_META_TMP);
+        SnapshotWriter::create(&tmp, meta.clone())?.finish()?;
+        let path = self.dir.join(CURRENT_META);
+        fs::rename(&tmp, &path).map_err(|e| StoreError::io("rename into", &path, e))?;
+        crate::files::sync_dir(&self.dir)
+    }
+
+    /// The last log id of the current snapshot, if there is one.
     pub(crate) fn current_last(&self) -> Option<Option<openraft::LogId<NodeId>>> {
         self.current.lock().as_ref().map(|meta| meta.last_log_id)
     }
 
-    /// Removes the current snapshot file: it ends before the log's first entry, so it could
-    /// not bring a follower up to the log (openraft builds a new one at start).
+    /// The current snapshot's meta, if there is one.
+    pub(crate) fn current(&self) -> Option<Meta> {
+        self.current.lock().clone()
+    }
+
+    /// Forgets the current snapshot: it ends before the log's first entry, so openraft would
+    /// take the log as holding what it does not (it builds a new snapshot at start).
     pub(crate) fn remove_stale(&self, purged: u64) -> Result<(), StoreError> {
         let mut current = self.current.lock();
-        let path = self.dir.join(CURRENT);
+        let path = self.dir.join(CURRENT_META);
         tracing::warn!(
             snapshot = ?current.as_ref().map(|m| m.to_string()),
             purged,
-            "the current snapshot file ends before the purged log; it is removed and built again"
+            "the current snapshot ends before the purged log; it is removed and built again"
         );
         fs::remove_file(&path).map_err(|e| StoreError::io("remove", path, e))?;
         crate::files::sync_dir(&self.dir)?;
@@ -639,49 +687,27 @@ impl SnapshotFiles {
         }
     }
 
-    /// The current snapshot, opened for reading, if there is one.
-    pub(crate) fn current(&self) -> Result<Option<(Meta, fs::File)>, StoreError> {
-        let current = self.current.lock();
-        let Some(meta) = current.as_ref() else {
-            return Ok(None);
-        };
-        let path = self.dir.join(CURRENT);
-        let file = fs::File::open(&path).map_err(|e| StoreError::io("open", path, e))?;
-        Ok(Some((meta.clone(), file)))
-    }
-
-    /// Starts writing a new snapshot described by `meta` into `current.snap.tmp` (openraft
-    /// builds one snapshot at a time).
-    pub(crate) fn start_build(&self, meta: Meta) -> Result<SnapshotWriter, StoreError> {
-        SnapshotWriter::create(&self.dir.join(CURRENT_TMP), meta)
-    }
-
-    /// Makes the finished build `meta` the current snapshot, unless the current one is newer.
-    /// Returns whether it did.
-    pub(crate) fn save_built(&self, meta: &Meta) -> Result<bool, StoreError> {
+    /// Makes `meta` the current snapshot, unless the current one is newer; the tree must hold
+    /// `meta.last_log_id` on disk already. Returns whether it did.
+    pub(crate) fn record(&self, meta: &Meta) -> Result<bool, StoreError> {
         let mut current = self.current.lock();
-        let tmp = self.dir.join(CURRENT_TMP);
         if let Some(cur) = current.as_ref() {
             if cur.last_log_id > meta.last_log_id {
                 tracing::debug!(current = %cur, skipped = %meta, "kept the newer snapshot");
-                fs::remove_file(&tmp).map_err(|e| StoreError::io("remove", &tmp, e))?;
                 return Ok(false);
             }
         }
-        let path = self.dir.join(CURRENT);
-        fs::rename(&tmp, &path).map_err(|e| StoreError::io("rename into", &path, e))?;
-        crate::files::sync_dir(&self.dir)?;
-        // On disk: `current.snap` is this snapshot, complete, checksummed and fsynced, and the
-        // rename is durable; a crash from here on restarts with it.
+        self.write_meta(meta)?;
+        // On disk: `current.meta` is this snapshot's; a crash from here on restarts with it.
         *current = Some(meta.clone());
         Ok(true)
     }
 
-    /// A new file with no name in the snapshot directory, for a snapshot being received: a
-    /// transfer cut short leaves nothing behind, not even after a crash.
-    pub(crate) fn receiving_file(&self) -> Result<fs::File, StoreError> {
+    /// A new file with no name in the snapshot directory, and the name it had (for errors): it
+    /// leaves nothing behind, not even after a crash.
+    fn scratch_file(&self, kind: &str) -> Result<(fs::File, PathBuf), StoreError> {
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let path = self.dir.join(format!("receiving-{n}.tmp"));
+        let path = self.dir.join(format!("{kind}-{n}.tmp"));
         let file = fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -689,7 +715,20 @@ impl SnapshotFiles {
             .open(&path)
             .map_err(|e| StoreError::io("create", &path, e))?;
         fs::remove_file(&path).map_err(|e| StoreError::io("remove", &path, e))?;
-        Ok(file)
+        Ok((file, path))
+    }
+
+    /// Starts writing a snapshot described by `meta` into a file with no name, to be sent to a
+    /// follower and dropped.
+    pub(crate) fn export_file(&self, meta: Meta) -> Result<SnapshotWriter, StoreError> {
+        let (file, path) = self.scratch_file("sending")?;
+        SnapshotWriter::over(file, &path, meta)
+    }
+
+    /// A new file with no name in the snapshot directory, for a snapshot being received: a
+    /// transfer cut short leaves nothing behind, not even after a crash.
+    pub(crate) fn receiving_file(&self) -> Result<fs::File, StoreError> {
+        Ok(self.scratch_file("receiving")?.0)
     }
 
     /// Wraps `source`, a received snapshot, so that reading it copies it into
@@ -735,21 +774,12 @@ impl SnapshotFiles {
         path.exists().then_some(path)
     }
 
-    /// The tree holds `installing.snap` (`meta`) on disk: it becomes the current snapshot,
-    /// unless that is newer.
+    /// The tree holds `installing.snap` (`meta`) on disk: its meta becomes the current
+    /// snapshot's (unless that is newer), and the file is removed.
     pub(crate) fn finish_install(&self, meta: &Meta) -> Result<(), StoreError> {
-        let mut current = self.current.lock();
+        self.record(meta)?;
         let installing = self.dir.join(INSTALLING);
-        if current
-            .as_ref()
-            .is_some_and(|cur| cur.last_log_id > meta.last_log_id)
-        {
-            fs::remove_file(&installing).map_err(|e| StoreError::io("remove", &installing, e))?;
-        } else {
-            let path = self.dir.join(CURRENT);
-            fs::rename(&installing, &path).map_err(|e| StoreError::io("rename into", &path, e))?;
-            *current = Some(meta.clone());
-        }
+        fs::remove_file(&installing).map_err(|e| StoreError::io("remove", &installing, e))?;
         crate::files::sync_dir(&self.dir)
         // On disk: no `installing.snap`, so a restart reads the tree as it is.
     }

@@ -12,6 +12,7 @@ use openraft::{
 
 use crate::error::StoreError;
 use crate::mvcc::{blocking, MvccCore};
+use crate::requests::AppliedRequests;
 use crate::snapshot::{self, Meta, SnapshotFiles, SnapshotReader};
 use crate::stats::{StorageStats, SLOW_APPLY};
 use crate::types::{CommandResponse, NodeId, PeerNode, TypeConfig};
@@ -25,6 +26,10 @@ pub struct StateMachine {
     _in_use: Arc<()>,
     /// Where slow applies are counted.
     stats: Arc<StorageStats>,
+    /// Whether the next `get_current_snapshot` is openraft's start asking for the meta only.
+    start_pending: bool,
+    /// Where the requests of each applied entry are counted.
+    requests: Arc<AppliedRequests>,
 }
 
 impl StateMachine {
@@ -33,13 +38,25 @@ impl StateMachine {
         snapshots: Arc<SnapshotFiles>,
         in_use: Arc<()>,
         stats: Arc<StorageStats>,
+        requests: Arc<AppliedRequests>,
     ) -> Self {
         StateMachine {
             core,
             snapshots,
             _in_use: in_use,
             stats,
+            start_pending: false,
+            requests,
         }
+    }
+
+    /// This handle, for `Raft::new`. openraft's start calls `get_current_snapshot` once, before
+    /// anything else can, and keeps only the meta (`storage/helper.rs`, openraft 0.9.25): this
+    /// handle answers that first call with the current meta and an empty file, so that a start
+    /// does not export the whole state machine for nothing.
+    pub fn for_raft_start(mut self) -> Self {
+        self.start_pending = true;
+        self
     }
 }
 
@@ -58,66 +75,116 @@ fn snapshot_error(
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    /// A snapshot is the state machine on disk (see [`crate::snapshot`]): building one flushes
+    /// the tree and records the meta, so it costs one flush, not a copy of the store. The data
+    /// openraft gets back is empty: it keeps only the meta of a build.
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
-        // Reading the whole store, encoding and saving it take long: on a thread of their own,
-        // so that the runtime's workers go on serving heartbeats and requests meanwhile.
         let (core, snapshots) = (self.core.clone(), self.snapshots.clone());
-        let built = tokio::task::spawn_blocking(move || build(&core, &snapshots, || {}))
-            .await
-            .map_err(|e| {
-                let e = StoreError::Stopped(if e.is_panic() {
-                    "a snapshot build (it panicked)"
-                } else {
-                    "a snapshot build"
-                });
-                snapshot_error(None, ErrorVerb::Write, &e)
-            })?;
-        let (meta, file) = built.map_err(|e| *e)?;
+        let built = tokio::task::spawn_blocking(move || {
+            let meta = record(&core, &snapshots)?;
+            Ok::<_, StoreError>((meta, snapshots.receiving_file()?))
+        })
+        .await
+        .map_err(|e| {
+            let e = StoreError::Stopped(if e.is_panic() {
+                "a snapshot build (it panicked)"
+            } else {
+                "a snapshot build"
+            });
+            snapshot_error(None, ErrorVerb::Write, &e)
+        })?;
+        let (meta, empty) = built.map_err(|e| snapshot_error(None, ErrorVerb::Write, &e))?;
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(tokio::fs::File::from_std(file)),
+            snapshot: Box::new(tokio::fs::File::from_std(empty)),
         })
     }
 }
 
-/// Builds and saves a snapshot of `core` as it is now; returns it, open at its start. (The error
-/// is boxed only to keep the result small on its way back from the blocking thread.)
+/// Makes the state machine durable as it is now and records that point as the current
+/// snapshot; returns its meta.
+fn record(core: &MvccCore, snapshots: &SnapshotFiles) -> Result<Meta, StoreError> {
+    let (applied, membership) = {
+        let state = core.read_state();
+        (state.applied, state.membership.clone())
+    };
+    // openraft purges the log up to the snapshot once it has it, and after a restart the state
+    // machine is read back from sled: so the tree must be durable up to `applied` before the
+    // meta is handed over. Flushing after reading it covers that (and possibly more).
+    core.disk().flush()?;
+    core.flushed_through(applied.map_or(0, |id| id.index));
+    let meta = meta_at(snapshots, applied, membership);
+    snapshots.record(&meta)?;
+    tracing::info!(snapshot = %meta, "recorded snapshot");
+    Ok(meta)
+}
+
+/// The meta of a snapshot of the state after `applied`: the current snapshot's when nothing was
+/// applied since it (the same snapshot, under the same id), else a new one.
+fn meta_at(
+    snapshots: &SnapshotFiles,
+    applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, PeerNode>,
+) -> Meta {
+    match snapshots.current() {
+        Some(current) if current.last_log_id == applied => current,
+        _ => fresh_meta(snapshots, applied, membership),
+    }
+}
+
+/// The meta of a snapshot of the state after `applied`, under a new id.
+fn fresh_meta(
+    snapshots: &SnapshotFiles,
+    applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, PeerNode>,
+) -> Meta {
+    SnapshotMeta {
+        last_log_id: applied,
+        last_membership: membership,
+        snapshot_id: snapshots.new_id(applied),
+    }
+}
+
+/// Writes the state machine as it is now into a file with no name, for a follower; returns it,
+/// open at its start, with its meta. The meta is the current snapshot's when nothing was applied
+/// since it was recorded (and the compactor is done), so that openraft sees the snapshot it
+/// knows; otherwise a new one, later than it (openraft accepts a shipped snapshot newer than the
+/// one it chose).
 /// `each_history_row` is [`MvccCore::export`]'s test seam.
-pub(crate) fn build(
+pub(crate) fn export(
     core: &MvccCore,
     snapshots: &SnapshotFiles,
     each_history_row: impl FnMut(),
 ) -> Result<(Meta, std::fs::File), Box<StorageError<NodeId>>> {
-    // A consistent copy, streamed to `current.snap.tmp`: the state after `state.applied`, which
-    // becomes the snapshot's last log id (see `MvccCore::export`).
+    // A consistent copy: the state after `state.applied`, which becomes the snapshot's last
+    // log id (see `MvccCore::export`).
     let writer = core
         .export(
             |state| {
-                snapshots.start_build(SnapshotMeta {
-                    last_log_id: state.applied,
-                    last_membership: state.membership.clone(),
-                    snapshot_id: snapshots.new_id(state.applied),
-                })
+                let membership = state.membership.clone();
+                // One id, one content: while the compactor still removes rows, a second export
+                // at the same log id could hold fewer, and a follower resuming a transfer of
+                // that id would mix the two.
+                let meta = if core.compaction_settled(state) {
+                    meta_at(snapshots, state.applied, membership)
+                } else {
+                    fresh_meta(snapshots, state.applied, membership)
+                };
+                snapshots.export_file(meta)
             },
             |_, _| Ok(None),
             each_history_row,
         )
         .map_err(|e| snapshot_error(None, ErrorVerb::Read, &e))?;
     let meta = writer.meta().clone();
-    let write_err = |e: StoreError| snapshot_error(Some(&meta), ErrorVerb::Write, &e);
-    let (file, largest_frame) = writer.finish().map_err(write_err)?;
-    // openraft purges the log up to the snapshot once it has it, and after a restart the state
-    // machine is read back from sled, not from the snapshot file: so the tree must be durable
-    // up to `last_log_id` before the snapshot is handed over. Flushing after the export covers
-    // that (and possibly more).
-    core.disk().flush().map_err(write_err)?;
-    core.flushed_through(meta.last_log_id.map_or(0, |id| id.index));
-    snapshots.save_built(&meta).map_err(write_err)?;
+    let (file, largest_frame) = writer
+        .finish()
+        .map_err(|e| snapshot_error(Some(&meta), ErrorVerb::Write, &e))?;
     tracing::info!(
         snapshot = %meta,
         bytes = file.metadata().map_or(0, |m| m.len()),
         largest_frame,
-        "built snapshot"
+        "exported snapshot"
     );
     Ok((meta, file))
 }
@@ -207,6 +274,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     self.stats.slow_applies.inc();
                 }
                 self.core.applied_waiters.advance(entry.log_id.index);
+                self.requests.note(&entry);
                 responses.push(resp);
             }
             Ok(responses)
@@ -248,10 +316,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .flush_async()
             .await
             .map_err(|e| snapshot_error(Some(meta), ErrorVerb::Write, &e))?;
-        // On disk: the state machine is exactly the snapshot's. The file comes next, and only
-        // then may the log be purged up to it (`flushed_through` lets the purge go on): so the
-        // log is never purged past both the state machine and the snapshot file. (A crash
-        // before the rename redoes the install at open from `installing.snap`.)
+        // On disk: the state machine is exactly the snapshot's. Its meta is recorded next, and
+        // only then may the log be purged up to it (`flushed_through` lets the purge go on).
+        // (A crash before `installing.snap` is removed redoes the install at open from it.)
         self.snapshots
             .finish_install(meta)
             .map_err(|e| snapshot_error(Some(meta), ErrorVerb::Write, &e))?;
@@ -261,14 +328,37 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(())
     }
 
+    /// The state machine as it is now, exported for a follower (see [`export`]); `None` before
+    /// the first snapshot. The first call of a handle made by [`StateMachine::for_raft_start`]
+    /// answers with the current meta and no data instead.
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
-        let current = self
-            .snapshots
-            .current()
-            .map_err(|e| snapshot_error(None, ErrorVerb::Read, &e))?;
-        Ok(current.map(|(meta, file)| Snapshot {
+        let Some(current) = self.snapshots.current() else {
+            self.start_pending = false;
+            return Ok(None);
+        };
+        if std::mem::take(&mut self.start_pending) {
+            let empty = blocking(|| self.snapshots.receiving_file())
+                .map_err(|e| snapshot_error(Some(&current), ErrorVerb::Read, &e))?;
+            return Ok(Some(Snapshot {
+                meta: current,
+                snapshot: Box::new(tokio::fs::File::from_std(empty)),
+            }));
+        }
+        let (core, snapshots) = (self.core.clone(), self.snapshots.clone());
+        let exported = tokio::task::spawn_blocking(move || export(&core, &snapshots, || {}))
+            .await
+            .map_err(|e| {
+                let e = StoreError::Stopped(if e.is_panic() {
+                    "a snapshot export (it panicked)"
+                } else {
+                    "a snapshot export"
+                });
+                snapshot_error(None, ErrorVerb::Read, &e)
+            })?;
+        let (meta, file) = exported.map_err(|e| *e)?;
+        Ok(Some(Snapshot {
             meta,
             snapshot: Box::new(tokio::fs::File::from_std(file)),
         }))
@@ -350,7 +440,7 @@ mod tests {
             let (core, snapshots) = (core.clone(), store.snapshots_for_tests());
             move || {
                 let mut rows = 0;
-                build(&core, &snapshots, || {
+                export(&core, &snapshots, || {
                     rows += 1;
                     if rows == 20 {
                         paused.send(()).unwrap();
@@ -430,7 +520,7 @@ mod tests {
         for index in 1..=40 {
             core.apply_entry(&entry(index, command(index))).unwrap();
         }
-        let (meta, _) = build(&core, &store.snapshots_for_tests(), || {}).unwrap();
+        let (meta, _) = export(&core, &store.snapshots_for_tests(), || {}).unwrap();
         let mut old = tempfile::tempfile().unwrap();
         std::io::Write::write_all(&mut old, &encode_format_1(&meta, &tree(&core))).unwrap();
         old.seek(SeekFrom::Start(0)).unwrap();
@@ -457,7 +547,7 @@ mod tests {
         for index in 1..=40 {
             core.apply_entry(&entry(index, command(index))).unwrap();
         }
-        let (meta, _) = build(&core, &store.snapshots_for_tests(), || {}).unwrap();
+        let (meta, mut exported) = export(&core, &store.snapshots_for_tests(), || {}).unwrap();
 
         {
             let follower = Store::open(other.path()).unwrap();
@@ -469,11 +559,9 @@ mod tests {
             }
             // As a stop would leave it: the snapshot staged, the tree half rewritten (its
             // bookkeeping gone, some of the snapshot's pairs in).
-            std::fs::copy(
-                dir.path().join("snap").join("current.snap"),
-                other.path().join("snap").join("installing.snap"),
-            )
-            .unwrap();
+            let mut staged =
+                std::fs::File::create(other.path().join("snap").join("installing.snap")).unwrap();
+            std::io::copy(&mut exported, &mut staged).unwrap();
             follower_core
                 .tree()
                 .remove(crate::codec::META_FORMAT)

@@ -13,6 +13,7 @@ use crate::durability::SledFiles;
 use crate::error::StoreError;
 use crate::log_store::LogStore;
 use crate::mvcc::{Mvcc, MvccCore};
+use crate::requests::AppliedRequests;
 use crate::snapshot::SnapshotFiles;
 use crate::state_machine::StateMachine;
 use crate::stats::StorageStats;
@@ -43,6 +44,8 @@ pub struct Store {
     in_use: Arc<()>,
     /// The store's measurements, for the server's metrics.
     stats: Arc<StorageStats>,
+    /// The requests of the applied entries, for the log's retention.
+    requests: Arc<AppliedRequests>,
 }
 
 impl Store {
@@ -94,6 +97,7 @@ impl Store {
             dir: dir.to_path_buf(),
             in_use,
             stats,
+            requests: Arc::default(),
         })
     }
 
@@ -126,7 +130,14 @@ impl Store {
             self.snapshots.clone(),
             self.in_use.clone(),
             self.stats.clone(),
+            self.requests.clone(),
         )
+    }
+
+    /// How many requests the applied entries held (etcd's unit for `--snapshot-count` and
+    /// `--snapshot-catchup-entries`).
+    pub fn applied_requests(&self) -> Arc<AppliedRequests> {
+        self.requests.clone()
     }
 
     /// What the store measures of itself (fsync and flush durations, slow applies).
@@ -546,4 +557,34 @@ fn drop_stale_snapshot(
         snapshots.remove_stale(log_start)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// sled's freeze on 16 MiB segments (see [`SEGMENT_SIZE`]): these 100,000 pairs, written in
+    /// order, fill a 16 MiB I/O buffer to its last byte, and the flush then never returns. With
+    /// the segments a new database gets, it returns at once.
+    #[test]
+    fn a_log_buffer_filled_to_its_last_byte_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_db(&SledFiles::new(&dir.path().join("db"))).unwrap();
+        let tree = db.open_tree("history").unwrap();
+        for revision in 0..100_000u64 {
+            let mut key = b"h".to_vec();
+            key.extend_from_slice(&revision.to_be_bytes());
+            key.extend_from_slice(&0u32.to_be_bytes());
+            let mut value = vec![b'x'; 64];
+            value[..8].copy_from_slice(&revision.to_le_bytes());
+            tree.insert(key, value).unwrap();
+        }
+        let (flushed, done) = std::sync::mpsc::channel();
+        std::thread::spawn(move || flushed.send(db.flush().map(|_| ())));
+        done.recv_timeout(Duration::from_secs(60))
+            .expect("the flush returned")
+            .unwrap();
+    }
 }

@@ -118,7 +118,7 @@ pub(crate) fn progress(core: &MvccCore) -> (i64, Option<u64>, Option<(u64, u32)>
 /// `dir`, which is returned.
 pub(crate) fn installed_copy(store: &Store, dir: &Path) -> Store {
     let (meta, file) =
-        crate::state_machine::build(&store.core_for_tests(), &store.snapshots_for_tests(), || {})
+        crate::state_machine::export(&store.core_for_tests(), &store.snapshots_for_tests(), || {})
             .unwrap();
     let installed = Store::open(dir).unwrap();
     tokio::runtime::Builder::new_current_thread()

@@ -317,6 +317,78 @@ async fn a_lagging_follower_is_caught_up_by_snapshot() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--snapshot-count` and `--snapshot-catchup-entries` count requests, as etcd's do, though a
+/// Rampart log entry may batch many: concurrent puts fill few entries, and the log is still
+/// snapshotted and purged after that many requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_is_snapshotted_and_purged_by_requests_not_entries() -> anyhow::Result<()> {
+    const SNAPSHOT_COUNT: u64 = 300;
+    const CATCHUP: u64 = 50;
+    let cluster = TestCluster::start_with(3, |raw| {
+        raw.snapshot_count = Some(SNAPSHOT_COUNT);
+        raw.snapshot_catchup_entries = Some(CATCHUP);
+    })
+    .await?;
+    let leader = cluster.wait_for_leader(LEADER_WAIT).await?;
+    let leader_index = cluster.index_of(leader);
+    let client = cluster.client(leader_index).await?;
+    let node = &cluster.members[leader_index]
+        .running
+        .as_ref()
+        .context("leader stopped")?
+        .node;
+
+    info!("--- snapshot-count puts, from 64 clients at once");
+    let mut written = 0;
+    while written < SNAPSHOT_COUNT {
+        let mut round = tokio::task::JoinSet::new();
+        for i in 0..64 {
+            let mut client = client.clone();
+            let key = format!("key-{:05}", written + i);
+            round.spawn(async move { put(&mut client, &key, "v").await });
+        }
+        while let Some(done) = round.join_next().await {
+            done??;
+        }
+        written += 64;
+    }
+    wait_until("the leader to snapshot", CATCH_UP, || async {
+        Ok(node.metrics().snapshot)
+    })
+    .await?;
+    let snapshot = node.metrics().snapshot.context("no snapshot")?;
+    info!(written, ?snapshot, "--- the first snapshot");
+    assert!(
+        snapshot.index + 1 < SNAPSHOT_COUNT,
+        "the snapshot at entry {} came from openraft's count of entries",
+        snapshot.index
+    );
+
+    info!("--- the purge keeps the last catch-up requests, fewer entries than that");
+    let purged = wait_until("the leader to purge its log", CATCH_UP, || async {
+        Ok(node.metrics().purged)
+    })
+    .await?;
+    assert!(
+        snapshot.index - purged.index < CATCHUP,
+        "purged up to {} behind a snapshot at {}: openraft's count of entries",
+        purged.index,
+        snapshot.index
+    );
+
+    info!("--- every put is still there");
+    let mut client = client;
+    let all = pb::RangeRequest {
+        key: b"key-".to_vec(),
+        range_end: b"key.".to_vec(),
+        count_only: true,
+        ..Default::default()
+    };
+    assert_eq!(client.range(all).await?.into_inner().count, written as i64);
+    cluster.shutdown().await;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_links_delay_but_do_not_break_the_cluster() -> anyhow::Result<()> {
     let cluster = TestCluster::start(3).await?;

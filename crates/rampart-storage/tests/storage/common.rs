@@ -101,10 +101,18 @@ impl Node {
             .collect()
     }
 
-    /// A snapshot of the state now, as openraft builds one.
+    /// A snapshot of the state now, as openraft builds one and then sends it.
     pub async fn snapshot(&mut self) -> Snapshot<TypeConfig> {
         let mut builder = self.sm.get_snapshot_builder().await;
-        builder.build_snapshot().await.expect("snapshot builds")
+        let built = builder.build_snapshot().await.expect("snapshot builds");
+        let sent = self
+            .sm
+            .get_current_snapshot()
+            .await
+            .expect("snapshot exports")
+            .expect("a current snapshot");
+        assert_eq!(sent.meta, built.meta, "nothing was applied in between");
+        sent
     }
 
     /// Installs `snapshot` over the state, as openraft does on a follower.

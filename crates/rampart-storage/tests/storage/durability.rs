@@ -17,6 +17,9 @@ async fn populate(node: &mut Node) {
     node.delete("b", "").await; // 5
     node.put("c", "1").await; // 6
     node.apply(Command::Compact { revision: 3 }).await;
+    // Done removing what it supersedes: a snapshot exported from here on holds the same rows
+    // each time, and keeps the id it was built with.
+    node.mvcc.wait_compacted(3).await.unwrap();
     node.apply_payload(EntryPayload::Membership(Membership::new(
         vec![BTreeSet::from([1, 2, 3])],
         None,
@@ -200,6 +203,8 @@ async fn snapshot_moves_the_whole_state() {
         None,
         "the old state is gone entirely"
     );
+    // An install sets the compactor going again over what it brought.
+    follower.mvcc.wait_compacted(3).await.unwrap();
     let installed = follower
         .sm
         .get_current_snapshot()
@@ -232,14 +237,7 @@ async fn corrupt_snapshots_are_refused() {
     let follower_dir = TempDir::new().unwrap();
     let mut leader = Node::open(leader_dir.path());
     populate(&mut leader).await;
-    let snap = leader
-        .sm
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
-    let mut snap = snap;
+    let mut snap = leader.snapshot().await;
     let bytes = snapshot_bytes(&mut snap.snapshot).await;
 
     let mut follower = Node::open(follower_dir.path());
@@ -287,8 +285,8 @@ async fn corrupt_snapshots_are_refused() {
     assert_eq!(observe(&follower), observe(&leader));
 }
 
-/// The state machine is in sled; the snapshot file is only a copy of it for followers. A damaged
-/// file is set aside and the store opens, with the same state.
+/// The state machine is in sled; the snapshot file is only its meta. A damaged file is set
+/// aside and the store opens, with the same state.
 #[tokio::test]
 async fn a_corrupt_snapshot_file_is_set_aside_at_open() {
     let dir = TempDir::new().unwrap();
@@ -303,7 +301,7 @@ async fn a_corrupt_snapshot_file_is_set_aside_at_open() {
             .unwrap();
         observe(&node)
     };
-    let path = dir.path().join("snap").join("current.snap");
+    let path = dir.path().join("snap").join("current.meta");
     let mut bytes = std::fs::read(&path).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 0xFF;
@@ -312,7 +310,7 @@ async fn a_corrupt_snapshot_file_is_set_aside_at_open() {
     let mut node = Node::open(dir.path());
     assert_eq!(observe(&node), before, "the state machine is untouched");
     assert!(node.sm.get_current_snapshot().await.unwrap().is_none());
-    let aside = dir.path().join("snap").join("current.snap.corrupt");
+    let aside = dir.path().join("snap").join("current.meta.corrupt");
     assert_eq!(
         std::fs::read(&aside).unwrap(),
         bytes,
@@ -334,4 +332,101 @@ async fn a_data_directory_in_use_is_refused_with_a_clear_error() {
         "{error:?}"
     );
     assert!(error.to_string().contains("another process"), "{error}");
+}
+
+/// A snapshot is the state machine's durable point, not a copy of it: building one writes its
+/// meta only, however large the state; the bytes a follower needs are made when asked for, from
+/// the state as it is then.
+#[tokio::test]
+async fn a_snapshot_build_writes_no_copy_of_the_state_and_sends_the_state_now() {
+    let dir = TempDir::new().unwrap();
+    let mut node = Node::open(dir.path());
+    let value = "v".repeat(4096);
+    for i in 0..256 {
+        node.put(&format!("k{i:03}"), &value).await;
+    }
+    let built = node
+        .sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    assert_eq!(built.meta.last_log_id, node.mvcc.applied_log_id());
+    let snap_dir: u64 = std::fs::read_dir(dir.path().join("snap"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(
+        snap_dir < 4096,
+        "{snap_dir} bytes in snap/ for 1 MiB of values"
+    );
+
+    tracing::info!("--- nothing applied since: the snapshot sent is the one built");
+    let mut sent = node.sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(sent.meta, built.meta);
+    assert!(snapshot_bytes(&mut sent.snapshot).await.len() > 256 * 4096);
+
+    tracing::info!("--- applied since: a later snapshot, of the state now");
+    node.put("later", "1").await;
+    let mut sent = node.sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(sent.meta.last_log_id, node.mvcc.applied_log_id());
+    assert_ne!(sent.meta.snapshot_id, built.meta.snapshot_id);
+    let follower_dir = TempDir::new().unwrap();
+    let mut follower = Node::open(follower_dir.path());
+    let bytes = snapshot_bytes(&mut sent.snapshot).await;
+    follower
+        .sm
+        .install_snapshot(&sent.meta, snapshot_data(&bytes))
+        .await
+        .unwrap();
+    assert_eq!(observe(&follower), observe(&node));
+}
+
+/// openraft's start asks for the current snapshot for its meta only: the handle made for it
+/// answers that first call without exporting the store, and every later call with the data.
+#[tokio::test]
+async fn the_handle_for_a_raft_start_answers_its_first_call_with_the_meta_only() {
+    let dir = TempDir::new().unwrap();
+    let built = {
+        let mut node = Node::open(dir.path());
+        populate(&mut node).await;
+        node.sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap()
+    };
+    let store = rampart_storage::Store::open(dir.path()).unwrap();
+    let mut sm = store.state_machine().for_raft_start();
+    let mut first = sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(first.meta, built.meta);
+    assert!(snapshot_bytes(&mut first.snapshot).await.is_empty());
+    let mut second = sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(second.meta, built.meta);
+    assert!(!snapshot_bytes(&mut second.snapshot).await.is_empty());
+}
+
+/// An earlier build kept a whole copy of the state machine as `snap/current.snap`; opened by
+/// this build, the directory keeps its meta and drops the copy.
+#[tokio::test]
+async fn an_earlier_builds_snapshot_file_becomes_its_meta() {
+    let dir = TempDir::new().unwrap();
+    let (before, old_meta) = {
+        let mut node = Node::open(dir.path());
+        populate(&mut node).await;
+        let mut sent = node.snapshot().await;
+        // As the earlier build left it: the whole snapshot, and no meta file.
+        let bytes = snapshot_bytes(&mut sent.snapshot).await;
+        std::fs::write(dir.path().join("snap").join("current.snap"), bytes).unwrap();
+        std::fs::remove_file(dir.path().join("snap").join("current.meta")).unwrap();
+        (observe(&node), sent.meta)
+    };
+    let mut node = Node::open(dir.path());
+    assert_eq!(observe(&node), before);
+    assert!(!dir.path().join("snap").join("current.snap").exists());
+    assert!(dir.path().join("snap").join("current.meta").exists());
+    let current = node.sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(current.meta, old_meta);
 }

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use openraft::storage::RaftStateMachine;
-use openraft::{EntryPayload, RaftSnapshotBuilder};
+use openraft::EntryPayload;
 use rampart_storage::{
     ApplyError, Command, DeleteRangeRequest, Event, EventKind, KeyValue, MvccError, RequestOp,
     RevisionEvents, TxnRequest, WatchFeed, WATCH_FEED_CAPACITY,
@@ -407,13 +407,7 @@ async fn the_feed_is_reset_by_a_snapshot_install() {
     for i in 0..5 {
         leader.put(&format!("k{i}"), "v").await;
     }
-    let snap = leader
-        .sm
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
+    let snap = leader.snapshot().await;
 
     let mut follower = Node::open(follower_dir.path());
     let mut feed = follower.mvcc.subscribe();

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use openraft::storage::{RaftLogStorage, RaftStateMachine};
-use openraft::{RaftSnapshotBuilder, Snapshot};
+use openraft::Snapshot;
 use rampart_storage::TypeConfig;
 use tempfile::TempDir;
 
@@ -32,14 +32,9 @@ async fn follower(dir: &TempDir) -> Node {
     follower
 }
 
-/// Builds (and saves) a snapshot of `node` as it is.
+/// Builds (records) a snapshot of `node` as it is, and exports it as openraft would to send it.
 async fn build(node: &mut Node) -> Snapshot<TypeConfig> {
-    node.sm
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .expect("a snapshot builds")
+    node.snapshot().await
 }
 
 async fn install(node: &mut Node, snapshot: &mut Snapshot<TypeConfig>) {
@@ -96,9 +91,9 @@ async fn the_purge_mark_waits_for_the_state_machine_to_hold_the_snapshot() {
     assert_eq!(node.mvcc.applied_log_id(), Some(upto));
 }
 
-/// A crash after the state machine took the snapshot but before the file was replaced leaves
-/// the old file; a file that ends before the log starts is dropped at open, so that openraft
-/// builds a new one instead of sending followers one they cannot continue from.
+/// A crash after the state machine took the snapshot but before its meta was replaced leaves
+/// the old meta; a snapshot that ends before the log starts is dropped at open, so that openraft
+/// builds a new one instead of taking the log for longer than it is.
 #[tokio::test]
 async fn a_snapshot_file_older_than_the_log_is_dropped_at_open() {
     let leader_dir = TempDir::new().unwrap();
@@ -108,7 +103,7 @@ async fn a_snapshot_file_older_than_the_log_is_dropped_at_open() {
         .meta
         .last_log_id
         .expect("the snapshot has a last log id");
-    let file = follower_dir.path().join("snap").join("current.snap");
+    let file = follower_dir.path().join("snap").join("current.meta");
 
     for purge_too in [false, true] {
         tracing::info!(
@@ -117,13 +112,13 @@ async fn a_snapshot_file_older_than_the_log_is_dropped_at_open() {
         );
         let dir = TempDir::new().unwrap();
         let mut node = follower(&dir).await;
-        let old_file = std::fs::read(dir.path().join("snap").join("current.snap")).unwrap();
+        let old_file = std::fs::read(dir.path().join("snap").join("current.meta")).unwrap();
         install(&mut node, &mut snapshot).await;
         if purge_too {
             node.store.log_store().purge(upto).await.unwrap();
         }
         drop(node);
-        std::fs::write(dir.path().join("snap").join("current.snap"), &old_file).unwrap();
+        std::fs::write(dir.path().join("snap").join("current.meta"), &old_file).unwrap();
 
         let mut node = Node::open(dir.path());
         assert_eq!(node.mvcc.applied_log_id(), Some(upto));

@@ -19,8 +19,8 @@
 //!   its one mapping to gRPC statuses; `config`: flags, environment and file into [`Config`];
 //!   `forward_check`: the leader's checks of commands other members forward;
 //!   `alarm`: alarms in the API's terms and the space quota; `corruption`: the comparison of
-//!   the members' data (start-up and periodic); `compactor`: the leader's auto-compaction; `log_retention`: snapshots and purges by
-//!   requests applied;
+//!   the members' data (start-up and periodic); `compactor`: the leader's auto-compaction;
+//!   `log_retention`: snapshots and purges by requests applied;
 //!   `fault_control`: TEST ONLY remote control of the peer-link faults; `tls`: the client and
 //!   peer listeners' TLS, certificates reloaded when their files change; `access`: etcd's
 //!   access controller on the client URLs' HTTP requests (`--host-whitelist`, `--cors`);

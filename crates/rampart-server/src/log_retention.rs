@@ -18,6 +18,9 @@ use crate::node::Node;
 
 /// How often the counts are looked at.
 const CHECK_INTERVAL: Duration = Duration::from_millis(500);
+/// How long a snapshot asked for may take to show in the metrics before it is asked for again
+/// (a build is one flush, which a large store under writes can make last several looks).
+const BUILD_PATIENCE: Duration = Duration::from_secs(30);
 
 /// What the counts call for at one look.
 #[derive(Debug, PartialEq, Eq)]
@@ -56,6 +59,9 @@ pub(crate) async fn run(node: Arc<Node>, cancel: CancellationToken) {
         node.config().snapshot_count,
         node.config().snapshot_catchup_entries,
     );
+    // The applied index a snapshot was last asked at, and when: not asked again until one at
+    // least that recent shows, or `BUILD_PATIENCE` has passed.
+    let mut asked: Option<(u64, tokio::time::Instant)> = None;
     let mut tick = tokio::time::interval(CHECK_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -77,11 +83,15 @@ pub(crate) async fn run(node: Arc<Node>, cancel: CancellationToken) {
             catchup,
         );
         // Both only fail once Raft has stopped, which ends this task through `cancel` too.
-        if todo.snapshot {
+        let applied = metrics.last_applied.map_or(0, |id| id.index);
+        let built = metrics.snapshot.map_or(0, |id| id.index);
+        let waiting = asked.is_some_and(|(at, when)| built < at && when.elapsed() < BUILD_PATIENCE);
+        if todo.snapshot && !waiting {
             tracing::debug!(
-                applied = ?metrics.last_applied,
+                applied,
                 "snapshot-count requests applied since the last snapshot"
             );
+            asked = Some((applied, tokio::time::Instant::now()));
             let _ = node.raft().trigger().snapshot().await;
         }
         if let Some(upto) = todo.purge_upto {

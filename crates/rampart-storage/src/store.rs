@@ -377,9 +377,12 @@ const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 const CACHE_CAPACITY: u64 = 64 * 1024 * 1024;
 
 /// sled's log segment size for a new database: 16 MiB, the largest sled accepts
-/// (`config.rs:531-534`). sled writes a log message longer than a quarter of a segment, less
-/// 52 bytes of headers (`pagecache/logger.rs:162-173`, `constants.rs:9-17`), to a blob file of
-/// its own; sled never fsyncs blob files, and when one is missing at recovery it skips the
+/// (`config.rs:531-534`). sled 0.34.7 froze when a buffer of that size filled to its last
+/// byte; Rampart builds with its copy in `vendor/sled`, which never fills it (see
+/// `vendor/sled/RAMPART.md` and `tests::a_log_buffer_filled_to_its_last_byte_is_written`).
+/// sled writes a log message longer than a quarter of a segment, less 52 bytes of headers
+/// (`pagecache/logger.rs:162-173`, `constants.rs:9-17`), to a blob file of its own; sled never
+/// fsyncs blob files, and when one is missing at recovery it skips the
 /// message and keeps the later ones (`pagecache/iterator.rs:156-163`), so a power loss could
 /// keep an entry's progress record without the history version a blob held: a member silently
 /// diverging. With 16 MiB segments every write an entry makes is inline up to 4 MiB: the value
@@ -565,9 +568,10 @@ mod tests {
 
     use super::*;
 
-    /// sled's freeze on 16 MiB segments (see [`SEGMENT_SIZE`]): these 100,000 pairs, written in
-    /// order, fill a 16 MiB I/O buffer to its last byte, and the flush then never returns. With
-    /// the segments a new database gets, it returns at once.
+    /// sled 0.34.7's freeze on 16 MiB segments (see [`SEGMENT_SIZE`]): these 100,000 pairs,
+    /// written in order, fill a 16 MiB I/O buffer to its last byte, and with sled as published
+    /// the flush never returns (it did not within 60 s, three times of three). With the copy in
+    /// `vendor/sled` it returns at once.
     #[test]
     fn a_log_buffer_filled_to_its_last_byte_is_written() {
         let dir = tempfile::tempdir().unwrap();

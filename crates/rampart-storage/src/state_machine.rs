@@ -74,6 +74,16 @@ fn snapshot_error(
     StorageIOError::new(ErrorSubject::Snapshot(meta.map(|m| m.signature())), verb, e).into()
 }
 
+/// The error of a task on a blocking thread that ended without its result: `what`, or
+/// `what_panicked` if it panicked.
+fn ended(
+    e: &tokio::task::JoinError,
+    what: &'static str,
+    what_panicked: &'static str,
+) -> StoreError {
+    StoreError::Stopped(if e.is_panic() { what_panicked } else { what })
+}
+
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     /// A snapshot is the state machine on disk (see [`crate::snapshot`]): building one flushes
     /// the tree and records the meta, so it costs one flush, not a copy of the store. The data
@@ -86,12 +96,11 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         })
         .await
         .map_err(|e| {
-            let e = StoreError::Stopped(if e.is_panic() {
-                "a snapshot build (it panicked)"
-            } else {
-                "a snapshot build"
-            });
-            snapshot_error(None, ErrorVerb::Write, &e)
+            snapshot_error(
+                None,
+                ErrorVerb::Write,
+                &ended(&e, "a snapshot build", "a snapshot build (it panicked)"),
+            )
         })?;
         let (meta, empty) = built.map_err(|e| snapshot_error(None, ErrorVerb::Write, &e))?;
         Ok(Snapshot {
@@ -350,12 +359,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let exported = tokio::task::spawn_blocking(move || export(&core, &snapshots, || {}))
             .await
             .map_err(|e| {
-                let e = StoreError::Stopped(if e.is_panic() {
-                    "a snapshot export (it panicked)"
-                } else {
-                    "a snapshot export"
-                });
-                snapshot_error(None, ErrorVerb::Read, &e)
+                snapshot_error(
+                    None,
+                    ErrorVerb::Read,
+                    &ended(&e, "a snapshot export", "a snapshot export (it panicked)"),
+                )
             })?;
         let (meta, file) = exported.map_err(|e| *e)?;
         Ok(Some(Snapshot {

@@ -101,10 +101,15 @@ impl Node {
             .collect()
     }
 
+    /// A snapshot built as openraft builds one: the state's durable point, its data empty.
+    pub async fn build(&mut self) -> Snapshot<TypeConfig> {
+        let mut builder = self.sm.get_snapshot_builder().await;
+        builder.build_snapshot().await.expect("snapshot builds")
+    }
+
     /// A snapshot of the state now, as openraft builds one and then sends it.
     pub async fn snapshot(&mut self) -> Snapshot<TypeConfig> {
-        let mut builder = self.sm.get_snapshot_builder().await;
-        let built = builder.build_snapshot().await.expect("snapshot builds");
+        let built = self.build().await;
         let sent = self
             .sm
             .get_current_snapshot()

@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 
 use openraft::storage::{RaftLogReader, RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
-use openraft::{Entry, EntryPayload, Membership, RaftSnapshotBuilder, StoredMembership, Vote};
+use openraft::{Entry, EntryPayload, Membership, StoredMembership, Vote};
 use rampart_storage::{ClusterIdentity, Command, MemberAttributes, RangeRequest, TypeConfig};
 use tempfile::TempDir;
 
@@ -171,13 +171,7 @@ async fn snapshot_moves_the_whole_state() {
     follower.put("a", "stale").await;
 
     tracing::info!("--- build on the leader");
-    let snap = leader
-        .sm
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
+    let snap = leader.build().await;
     assert_eq!(snap.meta.last_log_id, leader.mvcc.applied_log_id());
     assert_eq!(snap.meta.last_membership, leader.mvcc.membership());
     let current = leader
@@ -293,12 +287,7 @@ async fn a_corrupt_snapshot_file_is_set_aside_at_open() {
     let before = {
         let mut node = Node::open(dir.path());
         populate(&mut node).await;
-        node.sm
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        node.build().await;
         observe(&node)
     };
     let path = dir.path().join("snap").join("current.meta");
@@ -345,13 +334,7 @@ async fn a_snapshot_build_writes_no_copy_of_the_state_and_sends_the_state_now() 
     for i in 0..256 {
         node.put(&format!("k{i:03}"), &value).await;
     }
-    let built = node
-        .sm
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
+    let built = node.build().await;
     assert_eq!(built.meta.last_log_id, node.mvcc.applied_log_id());
     let snap_dir: u64 = std::fs::read_dir(dir.path().join("snap"))
         .unwrap()
@@ -391,12 +374,7 @@ async fn the_handle_for_a_raft_start_answers_its_first_call_with_the_meta_only()
     let built = {
         let mut node = Node::open(dir.path());
         populate(&mut node).await;
-        node.sm
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap()
+        node.build().await
     };
     let store = rampart_storage::Store::open(dir.path()).unwrap();
     let mut sm = store.state_machine().for_raft_start();

@@ -74,18 +74,20 @@ pub(crate) async fn run(node: Arc<Node>, cancel: CancellationToken) {
         if let Some(purged) = purged {
             requests.forget_through(purged);
         }
+        let applied = metrics.last_applied.map_or(0, |id| id.index);
+        let snapshot = metrics.snapshot.map(|id| id.index);
         let todo = steps(
             &requests,
-            metrics.last_applied.map_or(0, |id| id.index),
-            metrics.snapshot.map(|id| id.index),
+            applied,
+            snapshot,
             purged,
             snapshot_count,
             catchup,
         );
+        let waiting = asked.is_some_and(|(at, when)| {
+            snapshot.unwrap_or(0) < at && when.elapsed() < BUILD_PATIENCE
+        });
         // Both only fail once Raft has stopped, which ends this task through `cancel` too.
-        let applied = metrics.last_applied.map_or(0, |id| id.index);
-        let built = metrics.snapshot.map_or(0, |id| id.index);
-        let waiting = asked.is_some_and(|(at, when)| built < at && when.elapsed() < BUILD_PATIENCE);
         if todo.snapshot && !waiting {
             tracing::debug!(
                 applied,

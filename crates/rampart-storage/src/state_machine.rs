@@ -84,6 +84,14 @@ fn ended(
     StoreError::Stopped(if e.is_panic() { what_panicked } else { what })
 }
 
+/// `file` as openraft's snapshot data, described by `meta`.
+fn snapshot_of(meta: Meta, file: std::fs::File) -> Snapshot<TypeConfig> {
+    Snapshot {
+        meta,
+        snapshot: Box::new(tokio::fs::File::from_std(file)),
+    }
+}
+
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     /// A snapshot is the state machine on disk (see [`crate::snapshot`]): building one flushes
     /// the tree and records the meta, so it costs one flush, not a copy of the store. The data
@@ -103,10 +111,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             )
         })?;
         let (meta, empty) = built.map_err(|e| snapshot_error(None, ErrorVerb::Write, &e))?;
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(tokio::fs::File::from_std(empty)),
-        })
+        Ok(snapshot_of(meta, empty))
     }
 }
 
@@ -350,10 +355,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if std::mem::take(&mut self.start_pending) {
             let empty = blocking(|| self.snapshots.receiving_file())
                 .map_err(|e| snapshot_error(Some(&current), ErrorVerb::Read, &e))?;
-            return Ok(Some(Snapshot {
-                meta: current,
-                snapshot: Box::new(tokio::fs::File::from_std(empty)),
-            }));
+            return Ok(Some(snapshot_of(current, empty)));
         }
         let (core, snapshots) = (self.core.clone(), self.snapshots.clone());
         let exported = tokio::task::spawn_blocking(move || export(&core, &snapshots, || {}))
@@ -366,10 +368,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 )
             })?;
         let (meta, file) = exported.map_err(|e| *e)?;
-        Ok(Some(Snapshot {
-            meta,
-            snapshot: Box::new(tokio::fs::File::from_std(file)),
-        }))
+        Ok(Some(snapshot_of(meta, file)))
     }
 }
 

@@ -31,6 +31,7 @@ use crate::codec::{self, Live, Progress, META_MEMBERSHIP, META_PROGRESS};
 use crate::error::{MvccError, StoreError};
 use crate::events::Written;
 use crate::index::Version;
+use crate::key_range::KeyRange;
 use crate::lease;
 use crate::mvcc::{MvccCore, MvccState};
 use crate::redo::WriteBatch;
@@ -57,7 +58,33 @@ struct Changes {
     auth: Option<Arc<AuthState>>,
 }
 
+/// At most this many keys are touched by entries that [`MvccCore::quick_to_apply`] calls quick:
+/// a few milliseconds of sled writes.
+const QUICK_KEYS: usize = 128;
+
 impl MvccCore {
+    /// Whether applying `entries` now is quick: nobody holds the state's lock, and together they
+    /// touch at most [`QUICK_KEYS`] keys (see [`Command::keys_touched`]; the ranges they read or
+    /// delete counted in the key index, which only the applier adds to).
+    pub(crate) fn quick_to_apply(&self, entries: &[openraft::Entry<TypeConfig>]) -> bool {
+        let Some(state) = self.state.try_write() else {
+            return false;
+        };
+        let mut keys_in = |key: &[u8], range_end: &[u8]| {
+            state
+                .index
+                .keys_within(&KeyRange::new(key, range_end), QUICK_KEYS + 1)
+        };
+        let keys = entries
+            .iter()
+            .map(|entry| match &entry.payload {
+                EntryPayload::Normal(command) => command.keys_touched(&mut keys_in),
+                EntryPayload::Blank | EntryPayload::Membership(_) => Some(0),
+            })
+            .sum::<Option<usize>>();
+        keys.is_some_and(|keys| keys <= QUICK_KEYS)
+    }
+
     /// Applies one entry: its effects, its applied log id and any membership in one atomic write.
     /// A [`Command::Batch`] entry applies each of its commands that way in turn, the last one
     /// recording the entry as applied (and each one its own position, so that a restart in the
@@ -462,7 +489,10 @@ fn run(
 mod tests {
     use super::*;
     use crate::test_support::{entry, history, log_id, progress, put_cmd, replay};
-    use crate::types::{DeleteRangeRequest, PutRequest};
+    use crate::types::{
+        Compare, CompareResult, CompareTarget, DeleteRangeRequest, PutRequest, RangeRequest,
+        RequestOp, TxnRequest,
+    };
 
     fn batch_revisions(response: &CommandResponse) -> Vec<(i64, bool)> {
         match &response.result {
@@ -472,6 +502,86 @@ mod tests {
                 .collect(),
             other => panic!("expected a batch answer, got {other:?}"),
         }
+    }
+
+    /// A lock's txn: create `name/<id>` if absent, and read the oldest key under `name/`.
+    fn lock_txn(name: &str, id: u32) -> Command {
+        let key = format!("{name}/{id:x}").into_bytes();
+        let prefix = format!("{name}/").into_bytes();
+        let mut range_end = prefix.clone();
+        *range_end.last_mut().unwrap() += 1;
+        Command::Txn(TxnRequest {
+            compare: vec![Compare {
+                result: CompareResult::Equal,
+                target: CompareTarget::Create(0),
+                key: key.clone(),
+                range_end: Vec::new(),
+            }],
+            success: vec![
+                RequestOp::Put(PutRequest {
+                    key,
+                    ..Default::default()
+                }),
+                RequestOp::Range(RangeRequest {
+                    key: prefix,
+                    range_end,
+                    limit: 1,
+                    ..Default::default()
+                }),
+            ],
+            failure: vec![],
+        })
+    }
+
+    /// Quick entries (applied on the runtime's worker itself) touch few keys, counting the keys
+    /// their ranges hold now; the rest, and any entry while the state is locked, are not.
+    #[test]
+    fn entries_touching_few_keys_with_the_state_unlocked_are_quick_to_apply() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let store = crate::Store::open(dir.path()).unwrap();
+        let core = store.core_for_tests();
+        let puts = |prefix: &str, n: usize| -> Vec<Command> {
+            (0..n)
+                .map(|i| put_cmd(&format!("{prefix}{i:04}"), "v"))
+                .collect()
+        };
+        core.apply_entry(&entry(1, Command::Batch(puts("many/", 200))))
+            .unwrap();
+        core.apply_entry(&entry(
+            2,
+            Command::Batch(vec![lock_txn("few", 1), lock_txn("few", 2)]),
+        ))
+        .unwrap();
+        let quick = |command: Command| core.quick_to_apply(&[entry(3, command)]);
+        let delete = |key: &str, range_end: &str| {
+            Command::DeleteRange(DeleteRangeRequest {
+                key: key.into(),
+                range_end: range_end.into(),
+                ..Default::default()
+            })
+        };
+
+        assert!(quick(Command::Batch(puts("new/", QUICK_KEYS))));
+        assert!(quick(lock_txn("few", 3)), "a lock's txn over a short queue");
+        assert!(quick(delete("many/0001", "")));
+        assert!(quick(delete("many/0001", "many/0100")), "99 keys");
+        assert!(quick(Command::LeaseGrant { id: 7, ttl: 60 }));
+
+        assert!(!quick(Command::Batch(puts("new/", QUICK_KEYS + 1))));
+        assert!(!quick(delete("many/", "many0")), "200 keys");
+        assert!(!quick(delete("\0", "\0")), "every key");
+        assert!(!quick(lock_txn("many", 3)), "a txn reading 200 keys");
+        assert!(!quick(Command::LeaseRevoke { id: 7 }));
+        assert!(!quick(Command::Compact { revision: 2 }));
+        assert!(
+            !core.quick_to_apply(&[entry(3, put_cmd("a", "1")), entry(4, lock_txn("many", 3))]),
+            "entries count together"
+        );
+
+        let reading = core.state.read();
+        assert!(!quick(put_cmd("a", "1")), "a reader holds the state");
+        drop(reading);
+        assert!(quick(put_cmd("a", "1")));
     }
 
     #[test]

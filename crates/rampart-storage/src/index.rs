@@ -129,6 +129,18 @@ impl KeyIndex {
             })
     }
 
+    /// How many keys of `range` have a version in the index, counted no further than `limit`
+    /// (a single key counts as one, whether or not it has one): a bound on the keys that reading
+    /// or deleting the range looks at, found in at most `limit` steps.
+    pub(crate) fn keys_within(&self, range: &KeyRange, limit: usize) -> usize {
+        match range {
+            KeyRange::Single(_) => 1,
+            _ => range.user_bounds().map_or(0, |bounds| {
+                self.keys.range::<[u8], _>(bounds).take(limit).count()
+            }),
+        }
+    }
+
     /// Removes from the index, from key `from` on, versions that a compaction at `target`
     /// superseded: per key, those older than its latest version at or below `target`, and that
     /// one too if it is a delete. Stops once `budget` is spent (each key looked at and each

@@ -269,11 +269,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = openraft::Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        // Applying waits for the store's write lock and writes to sled: it may take long (a
-        // snapshot being read, a delete of many keys), so the runtime moves its other tasks off
-        // this worker meanwhile.
-        blocking(|| {
-            let mut responses = Vec::new();
+        let entries: Vec<_> = entries.into_iter().collect();
+        let quick = self.core.quick_to_apply(&entries);
+        let apply_all = || {
+            let mut responses = Vec::with_capacity(entries.len());
             for entry in entries {
                 // Each entry is applied (and visible to readers) whole, one at a time, in log
                 // order.
@@ -292,8 +291,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 responses.push(resp);
             }
             Ok(responses)
-        })
-        .map_err(|(log_id, e)| StorageIOError::apply(log_id, &e).into())
+        };
+        // Applying waits for the store's write lock and writes to sled. Entries that touch a
+        // few keys, with the lock free, take some microseconds a key and run right here: moving
+        // this worker's other tasks to another thread for them would cost more than they do.
+        // Anything else may take long (a delete of many keys, a reader holding the lock), so
+        // the runtime moves its other tasks off this worker meanwhile.
+        let result = if quick {
+            apply_all()
+        } else {
+            blocking(apply_all)
+        };
+        result.map_err(|(log_id, e)| StorageIOError::apply(log_id, &e).into())
     }
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
@@ -421,6 +430,48 @@ mod tests {
                     .await
             })
             .expect("the snapshot installs");
+    }
+
+    /// An entry applied while a reader holds the state waits for the reader off the runtime's
+    /// worker: with one worker, another task still runs meanwhile. (Applied on the worker
+    /// itself, as a quick entry is when the state is free, it would stall every task until the
+    /// reader let go.)
+    #[test]
+    fn an_apply_waiting_for_a_reader_leaves_the_runtime_its_worker() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let core = store.core_for_tests();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .unwrap();
+        let reading = core.state.read();
+
+        let (started, has_started) = mpsc::channel();
+        let applied = runtime.spawn({
+            let mut sm = store.state_machine();
+            async move {
+                // Nothing between this send and the wait for the state lets another task run
+                // on the worker.
+                started.send(()).unwrap();
+                sm.apply(vec![entry(1, put_cmd("a", "1"))])
+                    .await
+                    .map(|_| ())
+            }
+        });
+        has_started.recv_timeout(DEADLINE).unwrap();
+        let (ran, has_run) = mpsc::channel();
+        runtime.spawn(async move { ran.send(()).unwrap() });
+        has_run
+            .recv_timeout(DEADLINE)
+            .expect("another task ran while the apply waited for the reader");
+
+        drop(reading);
+        runtime
+            .block_on(applied)
+            .unwrap()
+            .expect("the entry applies once the reader is done");
+        assert_eq!(core.read_state().revision, 2);
     }
 
     /// The export holds the state's lock only while it copies what changes in place: applying

@@ -554,6 +554,54 @@ impl Command {
         // as large.
         bincode::serialized_size(self).unwrap_or(u64::MAX / 2)
     }
+
+    /// How many keys applying this command touches at most, counting each single-key
+    /// operation as one and each range (read, deleted or compared) as `keys_in(key,
+    /// range_end)`, the keys it holds; `None` when that is not known beforehand (a revoke deletes
+    /// however many keys its lease has, a compaction, a change of users and roles or a lease
+    /// checkpoint may be of any size).
+    pub(crate) fn keys_touched(
+        &self,
+        keys_in: &mut impl FnMut(&[u8], &[u8]) -> usize,
+    ) -> Option<usize> {
+        match self {
+            Command::Put(_)
+            | Command::LeaseGrant { .. }
+            | Command::Publish(_)
+            | Command::Alarm { .. } => Some(1),
+            Command::DeleteRange(delete) => Some(keys_in(&delete.key, &delete.range_end)),
+            Command::Txn(txn) => Some(txn.keys_touched(keys_in)),
+            Command::AsUser { command, .. } => command.keys_touched(keys_in),
+            Command::Batch(commands) => commands.iter().map(|c| c.keys_touched(keys_in)).sum(),
+            Command::Compact { .. }
+            | Command::LeaseRevoke { .. }
+            | Command::LeaseCheckpoint { .. }
+            | Command::Auth(_) => None,
+        }
+    }
+}
+
+impl TxnRequest {
+    /// See [`Command::keys_touched`]: the compares' and both branches' keys.
+    fn keys_touched(&self, keys_in: &mut impl FnMut(&[u8], &[u8]) -> usize) -> usize {
+        let compares: usize = self
+            .compare
+            .iter()
+            .map(|compare| keys_in(&compare.key, &compare.range_end))
+            .sum();
+        let operations: usize = self
+            .success
+            .iter()
+            .chain(&self.failure)
+            .map(|op| match op {
+                RequestOp::Put(_) => 1,
+                RequestOp::Range(range) => keys_in(&range.key, &range.range_end),
+                RequestOp::DeleteRange(delete) => keys_in(&delete.key, &delete.range_end),
+                RequestOp::Txn(txn) => txn.keys_touched(keys_in),
+            })
+            .sum();
+        compares + operations
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

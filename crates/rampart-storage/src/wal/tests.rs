@@ -113,17 +113,16 @@ fn entries_survive_reopening_across_segments() {
 #[test]
 fn a_torn_last_record_is_cut_off_and_the_log_goes_on() {
     let dir = tempfile::tempdir().unwrap();
-    let path = {
+    let (path, end) = {
         let mut wal = Wal::open(dir.path(), Recorded::default()).unwrap();
         wal.append(entries(1, 1..=3)).unwrap();
-        dir.path().join(&segment_files(dir.path())[0])
+        (wal.segments[&1].path.clone(), wal.segments[&1].end)
     };
-    let len = fs::metadata(&path).unwrap().len();
     OpenOptions::new()
         .write(true)
         .open(&path)
         .unwrap()
-        .set_len(len - 3)
+        .set_len(end - 3)
         .unwrap();
     let mut wal = Wal::open(dir.path(), Recorded::default()).unwrap();
     assert_eq!(indexes(&wal, 1, 10), vec![(1, 1), (1, 2)]);
@@ -131,6 +130,69 @@ fn a_torn_last_record_is_cut_off_and_the_log_goes_on() {
     drop(wal);
     let wal = Wal::open(dir.path(), Recorded::default()).unwrap();
     assert_eq!(indexes(&wal, 1, 10), vec![(1, 1), (1, 2), (2, 3), (2, 4)]);
+}
+
+/// An append that reaches past the end of the file writes zeros after its records, and the
+/// appends after it write over them without changing the file's length (so that their
+/// fdatasync has no new length to commit). Opening takes the zeros for the end of the records,
+/// and leaves them.
+#[test]
+fn appends_write_over_zeros_written_ahead_and_opening_keeps_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let length = |wal: &Wal| fs::metadata(&wal.segments[&1].path).unwrap().len();
+    let mut wal = Wal::open(dir.path(), Recorded::default()).unwrap();
+    wal.append(entries(1, 1..=3)).unwrap();
+    let ahead = length(&wal);
+    assert_eq!(ahead, 3 * record_bytes() + ZEROED_AHEAD_BYTES as u64);
+    for index in 4..=20 {
+        wal.append(entries(1, index..=index)).unwrap();
+    }
+    assert_eq!(
+        length(&wal),
+        ahead,
+        "appends within the zeros grew the file"
+    );
+    drop(wal);
+
+    let mut wal = Wal::open(dir.path(), Recorded::default()).unwrap();
+    assert_eq!(indexes(&wal, 0, u64::MAX).len(), 20);
+    assert_eq!(length(&wal), ahead, "opening cut the zeros off");
+    wal.append(entries(2, 21..=22)).unwrap();
+    assert_eq!(length(&wal), ahead);
+    drop(wal);
+    let wal = Wal::open(dir.path(), Recorded::default()).unwrap();
+    assert_eq!(indexes(&wal, 20, 22), vec![(1, 20), (2, 21), (2, 22)]);
+}
+
+/// Zeros from a record's start to the end of the last segment, where sled records entries as
+/// committed, are the disk's corruption (committed entries were synced), not room written
+/// ahead: the log is refused. Below the committed index they are the end of the log.
+#[test]
+fn zeros_where_committed_entries_must_be_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, from) = {
+        let mut wal = Wal::open(dir.path(), Recorded::default()).unwrap();
+        wal.append(entries(1, 1..=6)).unwrap();
+        let segment = &wal.segments[&1];
+        (segment.path.clone(), segment.offsets[3])
+    };
+    let len = fs::metadata(&path).unwrap().len();
+    let file = OpenOptions::new().write(true).open(&path).unwrap();
+    file.write_all_at(&vec![0; (len - from) as usize], from)
+        .unwrap();
+    let committed = |index| Recorded {
+        purged: None,
+        committed: Some(index),
+    };
+
+    let detail = refusal(Wal::open(dir.path(), committed(5)));
+    assert!(
+        detail.contains("would lose committed entries 4 to 5"),
+        "{detail}"
+    );
+    let wal = Wal::open(dir.path(), committed(3)).unwrap();
+    assert_eq!(indexes(&wal, 0, u64::MAX), vec![(1, 1), (1, 2), (1, 3)]);
+    assert_eq!(fs::metadata(&path).unwrap().len(), len);
 }
 
 /// Overwrites the record of entry `index` with zeros, as an unwritten extent reads.

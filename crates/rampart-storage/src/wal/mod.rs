@@ -15,19 +15,20 @@
 //! reaches past the file's end also writes [`ZEROED_AHEAD_BYTES`] of zeros after its records
 //! (as etcd's WAL preallocates its files): the appends that follow overwrite blocks already on
 //! disk, so their fdatasync need not commit a new file length through the file system's journal
-//! as well, which on ext4 takes about twice as long. A new segment
-//! starts when the last one passes [`SEGMENT_BYTES`], or when an append does not follow the
-//! last entry (after a purge past the end, as when a snapshot is installed); the last segment
-//! is fdatasynced before the new one is created (as etcd's WAL `cut()` does, so that only the
-//! last segment can be torn), and creating it fsyncs the directory.
+//! as well, which on ext4 takes about twice as long. A new segment starts when the last one
+//! passes [`SEGMENT_BYTES`], or when an append does not follow the last entry (after a purge
+//! past the end, as when a snapshot is installed); the last segment is fdatasynced before the
+//! new one is created (as etcd's WAL `cut()` does, so that only the last segment can be torn),
+//! and creating it fsyncs the directory.
 //!
 //! Opening reads every segment and checks every record, in order. Zeros from some record's
 //! start to the end of the file are that segment's end: the room written ahead, which no record
 //! has used yet (a record never starts with zeros, as its length is never 0). In the last
 //! segment, the log is refused if sled records an entry there as committed, as for a torn tail
-//! below. The first record that does not check out, with anything but zeros after it, (cut short by the end of the file, failing its CRC or its decoding, or holding
-//! another index than the one it must) starts a torn tail if it is in the last segment, as in
-//! etcd's WAL (`isTornEntry`): the bytes of appends a power loss interrupted during their sync.
+//! below. Otherwise, the first record that does not check out (cut short by the end of the
+//! file, failing its CRC or its decoding, or holding another index than the one it must)
+//! starts a torn tail if it is in the last segment, as in etcd's WAL (`isTornEntry`): the bytes
+//! of appends a power loss interrupted during their sync.
 //! Those bytes need not reach disk as a prefix (on XFS a range can stay an unwritten extent and
 //! read as zeros while later ranges and the file size made it; a drive may reorder sectors), so
 //! the damage may start anywhere in the segment, with valid-looking records after it. None of

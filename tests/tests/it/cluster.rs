@@ -288,14 +288,17 @@ async fn a_lagging_follower_is_caught_up_by_snapshot() -> anyhow::Result<()> {
     cluster.faults.heal();
     wait_value(&cluster, lagging, "key-149", "value-149").await?;
     wait_value(&cluster, lagging, "first", "1").await?;
-    let snapshot = cluster.members[lagging]
+    // The state machine holds the snapshot's data before openraft publishes
+    // the snapshot in the member's metrics, so wait for the metrics too.
+    let follower = cluster.members[lagging]
         .running
         .as_ref()
-        .context("follower stopped")?
-        .node
-        .metrics()
-        .snapshot
-        .context("the follower holds no snapshot")?;
+        .context("follower stopped")?;
+    let snapshot = wait_until("the follower to report its snapshot", CATCH_UP, || {
+        let snapshot = follower.node.metrics().snapshot;
+        async move { Ok(snapshot) }
+    })
+    .await?;
     assert!(
         snapshot.index > lagging_applied,
         "snapshot {snapshot:?} is older than the gap"

@@ -39,6 +39,8 @@ pub(crate) struct Handles {
     pub disk: Arc<Disk>,
     /// The directory sled was opened at.
     pub dir: PathBuf,
+    /// The size of the database's log segments, in bytes.
+    pub segment_size: usize,
     pub mvcc: sled::Tree,
     pub redo: sled::Tree,
     pub compaction: sled::Tree,
@@ -52,6 +54,8 @@ impl Handles {
     pub(crate) fn open(dir: &Path, stats: Arc<StorageStats>) -> Result<Handles, StoreError> {
         let files = SledFiles::new(dir);
         let db = crate::store::open_db(&files)?;
+        // sled has recorded it by now.
+        let segment_size = crate::store::segment_size(&files)?;
         let disk = Arc::new(Disk::new(db.clone(), &files, stats)?);
         Ok(Handles {
             mvcc: db.open_tree(MVCC_TREE)?,
@@ -61,6 +65,7 @@ impl Handles {
             node: db.open_tree(NODE_TREE)?,
             disk,
             dir: dir.to_path_buf(),
+            segment_size,
             db,
         })
     }

@@ -1,8 +1,8 @@
 //! Defragmenting: rewriting the member's database into a fresh one and swapping it in, so that
 //! the data directory shrinks to about its live data, while reads and writes go on.
 //!
-//! sled never shrinks its file, and reuses a log segment only once most of it is garbage, so a
-//! store that was written over many times stays large even after a compaction. A defragment
+//! sled reuses a log segment only once most of it is garbage, so a store that was written over
+//! many times stays large even after a compaction. A defragment
 //! copies every tree into a new database beside the current one (`dir/db` or `dir/db.<n>`
 //! becomes `dir/db.<n+1>`) and makes it current through the pointer file `dir/current-db`:
 //!
@@ -16,6 +16,8 @@
 //!    found, after the applier has begun to note every key outside history it writes
 //!    (`MvccCore::changed_in_place`); those noted keys are copied again in step 2. Then a few rounds copy the history that arrived
 //!    meanwhile, and the new database is flushed, so that what is left for the pause is small.
+//!    As the copy fills the new database, the live pages of its mostly dead log segments are
+//!    relocated ([`SegmentCompaction`]), so that it ends close to its live data.
 //! 2. **The pause.** Under the MVCC state's write lock (no entry is applied, no chunk compacted,
 //!    nothing read) and [`Database::for_swap`] (no Raft mark or identity written): the history
 //!    past the last copied revision is copied; the noted keys outside history are copied again
@@ -230,12 +232,14 @@ impl Defragmenter {
         stop: &dyn Fn(DefragStep) -> Result<(), StoreError>,
     ) -> Result<i64, StoreError> {
         let copied_to = self.core.state.read().revision;
-        copy_history(&old.mvcc, &new.mvcc, 0, copied_to)?;
+        let mut compaction = SegmentCompaction::new(new);
+        copy_history(&old.mvcc, &new.mvcc, 0, copied_to, Some(&mut compaction))?;
         stop(DefragStep::Copying)?;
         // Every key written from now on is noted, and copied again in the pause; the others
         // keep the value this copy finds.
         *self.core.changed_in_place.lock() = Some(BTreeSet::new());
         sync_outside_history(&old.mvcc, &new.mvcc)?;
+        compaction.run()?;
         new.disk.flush()?;
         Ok(copied_to)
     }
@@ -249,9 +253,16 @@ impl Defragmenter {
         new: &Handles,
         mut copied_to: i64,
     ) -> Result<i64, StoreError> {
+        let mut compaction = SegmentCompaction::new(new);
         for _ in 0..CATCH_UP_ROUNDS {
             let revision = self.core.state.read().revision;
-            let rows = copy_history(&old.mvcc, &new.mvcc, copied_to, revision)?;
+            let rows = copy_history(
+                &old.mvcc,
+                &new.mvcc,
+                copied_to,
+                revision,
+                Some(&mut compaction),
+            )?;
             copied_to = revision;
             if rows < CATCH_UP_ENOUGH {
                 break;
@@ -277,7 +288,8 @@ impl Defragmenter {
         let pause_started = Instant::now();
         let state = self.core.state.write();
         let mut current = self.database.for_swap();
-        copy_history(&old.mvcc, &new.mvcc, copied_to, state.revision)?;
+        // No compaction under the pause: what is left is small.
+        copy_history(&old.mvcc, &new.mvcc, copied_to, state.revision, None)?;
         match self.core.changed_in_place.lock().take() {
             Some(changed) => {
                 for key in changed {
@@ -349,13 +361,14 @@ fn error_text(e: &StoreError) -> String {
     text
 }
 
-/// Copies the history rows of revisions `after + 1 ..= through` from `from` to `to`; returns
-/// how many there were.
+/// Copies the history rows of revisions `after + 1 ..= through` from `from` to `to`, letting
+/// `compaction`, if any, follow the bytes copied; returns how many rows there were.
 fn copy_history(
     from: &sled::Tree,
     to: &sled::Tree,
     after: i64,
     through: i64,
+    mut compaction: Option<&mut SegmentCompaction>,
 ) -> Result<u64, StoreError> {
     if through <= after {
         return Ok(0);
@@ -365,10 +378,63 @@ fn copy_history(
     let mut rows = 0;
     for pair in from.range(start.as_slice()..end.as_slice()) {
         let (k, v) = pair?;
+        let bytes = k.len() + v.len();
         to.insert(k, v)?;
+        if let Some(compaction) = compaction.as_mut() {
+            compaction.copied(bytes)?;
+        }
         rows += 1;
     }
     Ok(rows)
+}
+
+/// Keeps the new database's log file close to its live data while the copy fills it.
+///
+/// sled writes every insert as a delta of a page, rewrites the page whole every few deltas and
+/// splits it as it grows, so filling a database writes about twice what stays live; and it
+/// relocates the live pages of a log segment (freeing the segment) only once at most half of it
+/// is live, which fill garbage seldom reaches (each segment ends just over half live, and the
+/// file about twice the data). So every [`COMPACT_EVERY_SEGMENTS`] segments' worth of keys and
+/// values copied, the new database is
+/// flushed, which retires its full segments, and then the live pages of every retired segment
+/// at most [`COMPACT_BELOW_PCT`] live are relocated (`sled::Db::compact_segments`, Rampart's
+/// copy of sled: `vendor/sled/RAMPART.md`): the next flush frees those segments, and the copy
+/// reuses them, or they become holes in the file.
+struct SegmentCompaction<'a> {
+    handles: &'a Handles,
+    since: usize,
+}
+
+/// Log segments' worth of keys and values copied between compactions of the new database.
+const COMPACT_EVERY_SEGMENTS: usize = 2;
+/// A retired log segment of the new database at most this live (in percent) has its live pages
+/// relocated. Measured on 1,000,000 pairs of 317 bytes inserted one by one: the file at 1.88
+/// times the data without compacting, 1.48 with 60, 1.41 with 75, 1.29 with 90 (filling took
+/// 6.8, 7.5, 7.7 and 8.6 s).
+const COMPACT_BELOW_PCT: usize = 90;
+
+impl<'a> SegmentCompaction<'a> {
+    fn new(handles: &'a Handles) -> Self {
+        SegmentCompaction { handles, since: 0 }
+    }
+
+    /// Notes `bytes` more copied; compacts once [`COMPACT_EVERY_SEGMENTS`] segments' worth have
+    /// been since the last time.
+    fn copied(&mut self, bytes: usize) -> Result<(), StoreError> {
+        self.since += bytes;
+        if self.since >= COMPACT_EVERY_SEGMENTS * self.handles.segment_size {
+            self.run()?;
+        }
+        Ok(())
+    }
+
+    /// Retires the full segments, then relocates the live pages of those mostly dead.
+    fn run(&mut self) -> Result<(), StoreError> {
+        self.since = 0;
+        self.handles.disk.flush()?;
+        self.handles.db.compact_segments(COMPACT_BELOW_PCT)?;
+        Ok(())
+    }
 }
 
 /// The database directory the pointer in `dir` names, if it can be read.
@@ -694,6 +760,36 @@ mod tests {
     /// A stop at each step of a defragment leaves a data directory that opens, to the old
     /// database before the pointer is replaced and to the new one after, with everything in
     /// it, and only that database left; a defragment then runs again.
+    #[test]
+    fn a_defragmented_database_takes_little_more_than_its_live_data() {
+        // 50,000 keys of 256-byte values (16 MB of live keys and values), written over once,
+        // in log segments of 256 KiB: as many segments as a million keys take in full-size
+        // ones, so that the few segments sled keeps being written at the file's end are as
+        // small a part of it. Without the compaction of the copy's segments the file took 1.95
+        // times the live bytes; with it, 1.12.
+        let dir = tempfile::tempdir().unwrap();
+        let (report, live) = crate::store::tests::with_new_segment_size(256 << 10, || {
+            let store = Store::open(dir.path()).unwrap();
+            let mut index = fill(&store, 50_000, 2, 256);
+            compact(&store, &mut index);
+            let report = store.defragment().unwrap();
+            let live = store.size_in_use();
+            // The relocated pages, and the holes where segments were, read back after a reopen.
+            let before = contents(&store);
+            store.flush().unwrap();
+            drop(store);
+            assert_eq!(contents(&Store::open(dir.path()).unwrap()), before);
+            (report, live)
+        });
+        println!("defragmented: {report:?}, {live} bytes live");
+        assert!(live > 15_000_000, "{live}");
+        assert!(
+            report.size_after * 10 <= live * 13,
+            "{report:?}: {} bytes on disk for {live} live",
+            report.size_after
+        );
+    }
+
     #[test]
     fn a_stop_at_any_step_opens_the_old_or_the_new_database_never_neither() {
         for step in [

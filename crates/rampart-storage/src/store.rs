@@ -180,8 +180,9 @@ impl Store {
         Ok(())
     }
 
-    /// Bytes the database takes on disk (etcd's `dbSize`): the size of sled's file, which only
-    /// a defragment shrinks; 0 if sled cannot tell.
+    /// Bytes the database takes on disk (etcd's `dbSize`): the blocks of sled's file (its free
+    /// log segments are holes, `vendor/sled/RAMPART.md`), which writing over keys grows and a
+    /// defragment shrinks; 0 if sled cannot tell.
     pub fn size_on_disk(&self) -> u64 {
         self.database.get().db.size_on_disk().unwrap_or_else(|e| {
             tracing::warn!(dir = %self.dir.display(), error = %e, "cannot read database size");
@@ -474,7 +475,7 @@ pub(crate) fn open_db(files: &SledFiles) -> Result<sled::Db, StoreError> {
 /// a data file that holds anything, [`LEGACY_SEGMENT_SIZE`] (this version makes `conf` durable
 /// before the data file is first written, `SledFiles::sync_after_open`, and earlier ones never
 /// synced it, so a lost `conf` beside data is theirs), else, for a new database, [`SEGMENT_SIZE`].
-fn segment_size(files: &SledFiles) -> Result<usize, StoreError> {
+pub(crate) fn segment_size(files: &SledFiles) -> Result<usize, StoreError> {
     let conf = match std::fs::read(&files.conf) {
         Ok(conf) => conf,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
@@ -498,8 +499,19 @@ fn segment_size(files: &SledFiles) -> Result<usize, StoreError> {
     Ok(if data_len > 0 {
         LEGACY_SEGMENT_SIZE
     } else {
-        SEGMENT_SIZE
+        new_segment_size()
     })
+}
+
+/// The segment size of a new database: [`SEGMENT_SIZE`], or in a test the one
+/// [`tests::with_new_segment_size`] sets, so that a test can see how sled's log behaves over many
+/// segments with little data.
+fn new_segment_size() -> usize {
+    #[cfg(test)]
+    if let Some(size) = tests::NEW_SEGMENT_SIZE.get() {
+        return size;
+    }
+    SEGMENT_SIZE
 }
 
 /// Renames sled's snapshot files it must not read out of its way: every one, in a directory not
@@ -563,10 +575,23 @@ fn drop_stale_snapshot(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
+    use std::cell::Cell;
     use std::time::Duration;
 
     use super::*;
+
+    thread_local! {
+        pub(super) static NEW_SEGMENT_SIZE: Cell<Option<usize>> = const { Cell::new(None) };
+    }
+
+    /// Runs `f` with every database this thread makes using log segments of `size` bytes.
+    pub(crate) fn with_new_segment_size<T>(size: usize, f: impl FnOnce() -> T) -> T {
+        NEW_SEGMENT_SIZE.set(Some(size));
+        let result = f();
+        NEW_SEGMENT_SIZE.set(None);
+        result
+    }
 
     /// sled 0.34.7's freeze on 16 MiB segments (see [`SEGMENT_SIZE`]): these 100,000 pairs,
     /// written in order, fill a 16 MiB I/O buffer to its last byte, and with sled as published

@@ -427,6 +427,13 @@ impl Db {
         self.context.pagecache.size_on_disk()
     }
 
+    /// Relocates the pages of every segment at most `threshold_pct` live (see
+    /// `PageCache::compact_segments`); flush afterwards to free them.
+    #[doc(hidden)]
+    pub fn compact_segments(&self, threshold_pct: usize) -> Result<usize> {
+        self.context.pagecache.compact_segments(threshold_pct)
+    }
+
     /// Traverses all files and calculates their total physical
     /// size, then traverses all pages and calculates their
     /// total logical size, then divides the physical size

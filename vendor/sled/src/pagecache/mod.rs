@@ -874,6 +874,31 @@ impl PageCache {
         ret
     }
 
+    /// Relocates the pages of every inactive segment at most `threshold_pct` live, and of the
+    /// segments already marked for cleaning, so that those segments can be freed once the
+    /// relocations are flushed. Returns how many pages it relocated.
+    ///
+    /// Without the periodic flusher, the segments sled marks itself (those under
+    /// `SEGMENT_CLEANUP_THRESHOLD`) are only cleaned a page per page replacement, far slower
+    /// than a fresh database fills. This relocates as many pages as the cleaner holds when it
+    /// starts, in the cleaner's order, and no more: while much of the file is free, the segment
+    /// accountant marks the file's last segment again each time a relocation retires a segment,
+    /// so emptying the cleaner could never end.
+    pub(crate) fn compact_segments(&self, threshold_pct: usize) -> Result<usize> {
+        let cleaner = &self.log.iobufs.segment_cleaner;
+        self.log.iobufs.with_sa(|sa| sa.drain_inactive_segments(threshold_pct));
+        let queued = cleaner.len();
+        let mut relocated = 0;
+        while relocated < queued {
+            if self.attempt_gc()? {
+                relocated += 1;
+            } else if cleaner.is_empty() {
+                break;
+            }
+        }
+        Ok(relocated)
+    }
+
     /// Initiate an atomic sequence of writes to the
     /// underlying log. Returns a `RecoveryGuard` which,
     /// when dropped, will record the current max reserved
@@ -1395,7 +1420,7 @@ impl PageCache {
     }
 
     pub(crate) fn size_on_disk(&self) -> Result<u64> {
-        let mut size = self.config.file.metadata()?.len();
+        let mut size = allocated_len(&self.config.file.metadata()?);
 
         let stable = self.config.blob_path(0);
         let blob_dir = stable.parent().expect(
@@ -2183,5 +2208,20 @@ impl PageCache {
             active_segment: None,
             pt: page_states,
         }
+    }
+}
+
+/// Bytes a file takes on disk: its allocated blocks where the platform tells them (a free
+/// segment in the middle of the log file is a hole, see `SegmentAccountant::free_segment`),
+/// else its length.
+fn allocated_len(metadata: &std::fs::Metadata) -> u64 {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        metadata.blocks().saturating_mul(512).min(metadata.len())
+    }
+    #[cfg(not(unix))]
+    {
+        metadata.len()
     }
 }

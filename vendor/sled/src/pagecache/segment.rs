@@ -119,6 +119,16 @@ impl SegmentCleaner {
         None
     }
 
+    /// Whether no segment has pages left to relocate.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.inner.lock().values().all(BTreeSet::is_empty)
+    }
+
+    /// How many pages are left to relocate.
+    pub(crate) fn len(&self) -> usize {
+        self.inner.lock().values().map(BTreeSet::len).sum()
+    }
+
     fn add_pids(&self, offset: LogOffset, pids: BTreeSet<PageId>) {
         let mut inner = self.inner.lock();
         let prev = inner.insert(offset, pids);
@@ -717,8 +727,45 @@ impl SegmentAccountant {
             }
         }
 
+        if self.free.contains(&lid) {
+            self.punch_hole(lid);
+        }
+
         Ok(())
     }
+
+    /// Gives the disk blocks of the free segment at `lid` back to the file system, as
+    /// truncating does for free segments at the file's end. Recovery skips the segment as it
+    /// skips a truncated one: its zeroed header does not check.
+    #[cfg(target_os = "linux")]
+    fn punch_hole(&self, lid: LogOffset) {
+        use std::os::unix::io::AsRawFd;
+        let (Ok(offset), Ok(len)) = (
+            libc::off_t::try_from(lid),
+            libc::off_t::try_from(self.config.segment_size),
+        ) else {
+            return;
+        };
+        // SAFETY: fallocate on the file's own descriptor, which the config keeps open.
+        let ret = unsafe {
+            libc::fallocate(
+                self.config.file.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                offset,
+                len,
+            )
+        };
+        if ret != 0 {
+            debug!(
+                "cannot punch a hole in free segment {}: {}",
+                lid,
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn punch_hole(&self, _lid: LogOffset) {}
 
     /// Asynchronously apply a GC-related operation. Used in a flat-combining
     /// style that allows callers to avoid blocking while sending these
@@ -827,6 +874,29 @@ impl SegmentAccountant {
             segment_lsn,
             usize::try_from(cache_info.log_size).unwrap(),
         );
+    }
+
+    /// Marks every inactive segment at most `threshold_pct` live as draining, so that the
+    /// segment cleaner relocates its pages. Returns how many segments it marked.
+    pub(super) fn drain_inactive_segments(&mut self, threshold_pct: usize) -> usize {
+        let lsn = match self.ordering.keys().next_back() {
+            Some(lsn) => *lsn,
+            None => return 0,
+        };
+        let mut marked = 0;
+        for idx in 0..self.segments.len() {
+            let live_pct = match &self.segments[idx] {
+                Segment::Inactive(inactive) => inactive.rss * 100 / self.config.segment_size,
+                _ => continue,
+            };
+            if live_pct <= threshold_pct {
+                let segment_start = (idx * self.config.segment_size) as LogOffset;
+                let to_clean = self.segments[idx].inactive_to_draining(lsn);
+                self.segment_cleaner.add_pids(segment_start, to_clean);
+                marked += 1;
+            }
+        }
+        marked
     }
 
     fn possibly_clean_or_free_segment(

@@ -395,11 +395,11 @@ fn copy_history(
 /// relocates the live pages of a log segment (freeing the segment) only once at most half of it
 /// is live, which fill garbage seldom reaches (each segment ends just over half live, and the
 /// file about twice the data). So every [`COMPACT_EVERY_SEGMENTS`] segments' worth of keys and
-/// values copied, the new database is
-/// flushed, which retires its full segments, and then the live pages of every retired segment
-/// at most [`COMPACT_BELOW_PCT`] live are relocated (`sled::Db::compact_segments`, Rampart's
-/// copy of sled: `vendor/sled/RAMPART.md`): the next flush frees those segments, and the copy
-/// reuses them, or they become holes in the file.
+/// values copied, the new database is flushed, which retires its full segments, and then the
+/// live pages of every retired segment at most [`COMPACT_BELOW_PCT`] live, and of those sled
+/// marked itself, are relocated (`sled::Db::compact_segments`, Rampart's copy of sled:
+/// `vendor/sled/RAMPART.md`): the next flush frees those segments, and the copy reuses them,
+/// or they become holes in the file.
 struct SegmentCompaction<'a> {
     handles: &'a Handles,
     since: usize,

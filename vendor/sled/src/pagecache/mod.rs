@@ -886,7 +886,7 @@ impl PageCache {
     /// so emptying the cleaner could never end.
     pub(crate) fn compact_segments(&self, threshold_pct: usize) -> Result<usize> {
         let cleaner = &self.log.iobufs.segment_cleaner;
-        self.log.iobufs.with_sa(|sa| sa.drain_inactive_segments(threshold_pct));
+        self.log.iobufs.with_sa(|sa| sa.drain_inactive_segments(threshold_pct))?;
         let queued = cleaner.len();
         let mut relocated = 0;
         while relocated < queued {

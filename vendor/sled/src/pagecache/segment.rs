@@ -877,11 +877,12 @@ impl SegmentAccountant {
     }
 
     /// Marks every inactive segment at most `threshold_pct` live as draining, so that the
-    /// segment cleaner relocates its pages. Returns how many segments it marked.
-    pub(super) fn drain_inactive_segments(&mut self, threshold_pct: usize) -> usize {
+    /// segment cleaner relocates its pages, and frees at once any that has none left, as
+    /// `possibly_clean_or_free_segment` does. Returns how many segments it marked.
+    pub(super) fn drain_inactive_segments(&mut self, threshold_pct: usize) -> Result<usize> {
         let lsn = match self.ordering.keys().next_back() {
             Some(lsn) => *lsn,
-            None => return 0,
+            None => return Ok(0),
         };
         let mut marked = 0;
         for idx in 0..self.segments.len() {
@@ -893,10 +894,11 @@ impl SegmentAccountant {
                 let segment_start = (idx * self.config.segment_size) as LogOffset;
                 let to_clean = self.segments[idx].inactive_to_draining(lsn);
                 self.segment_cleaner.add_pids(segment_start, to_clean);
+                self.possibly_clean_or_free_segment(idx, lsn)?;
                 marked += 1;
             }
         }
-        marked
+        Ok(marked)
     }
 
     fn possibly_clean_or_free_segment(

@@ -183,7 +183,21 @@ async fn bad_membership_requests_get_etcds_errors_and_change_nothing() -> anyhow
     let cluster = TestCluster::start(3).await?;
     cluster.wait_for_leader(WAIT).await?;
     let mut admin = cluster.cluster_client(1).await?;
-    let before = member_list(&cluster, 1).await?;
+    // Each member publishes its client URLs through Raft once it has started; a publish landing
+    // during the bad requests would change the list, so the list is taken once all have landed.
+    let members = &cluster;
+    let before = wait_until(
+        "every member to publish its client URLs",
+        WAIT,
+        || async move {
+            let list = member_list(members, 1).await?;
+            Ok(list
+                .iter()
+                .all(|m| !m.client_ur_ls.is_empty())
+                .then_some(list))
+        },
+    )
+    .await?;
     let add = |urls: &[&str]| pb::MemberAddRequest {
         peer_ur_ls: urls.iter().map(|u| u.to_string()).collect(),
         is_learner: false,

@@ -53,9 +53,7 @@ impl Handles {
     /// `stats` records its flushes' durations.
     pub(crate) fn open(dir: &Path, stats: Arc<StorageStats>) -> Result<Handles, StoreError> {
         let files = SledFiles::new(dir);
-        let db = crate::store::open_db(&files)?;
-        // sled has recorded it by now.
-        let segment_size = crate::store::segment_size(&files)?;
+        let (db, segment_size) = crate::store::open_db(&files)?;
         let disk = Arc::new(Disk::new(db.clone(), &files, stats)?);
         Ok(Handles {
             mvcc: db.open_tree(MVCC_TREE)?,

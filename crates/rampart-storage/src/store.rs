@@ -428,7 +428,9 @@ const SET_ASIDE_PREFIX: &str = "set-aside.";
 /// Before sled reads anything, everything it will read is made durable, so that it recovers, and
 /// writes its snapshot of, durable data only (see `durability`); snapshots that may not be of
 /// durable data are set aside first, and sled then recovers from its log alone.
-pub(crate) fn open_db(files: &SledFiles) -> Result<sled::Db, StoreError> {
+///
+/// Returns the database with the size of its log segments (see [`segment_size`]).
+pub(crate) fn open_db(files: &SledFiles) -> Result<(sled::Db, usize), StoreError> {
     let segment_size = segment_size(files)?;
     if segment_size != SEGMENT_SIZE {
         tracing::warn!(
@@ -468,14 +470,14 @@ pub(crate) fn open_db(files: &SledFiles) -> Result<sled::Db, StoreError> {
     if !mark.exists() {
         crate::files::write_atomically(&files.dir, SYNCED_OPENS_MARK, b"")?;
     }
-    Ok(db)
+    Ok((db, segment_size))
 }
 
 /// The segment size to open the database with: the one sled recorded in its `conf`, else, for
 /// a data file that holds anything, [`LEGACY_SEGMENT_SIZE`] (this version makes `conf` durable
 /// before the data file is first written, `SledFiles::sync_after_open`, and earlier ones never
 /// synced it, so a lost `conf` beside data is theirs), else, for a new database, [`SEGMENT_SIZE`].
-pub(crate) fn segment_size(files: &SledFiles) -> Result<usize, StoreError> {
+fn segment_size(files: &SledFiles) -> Result<usize, StoreError> {
     let conf = match std::fs::read(&files.conf) {
         Ok(conf) => conf,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
@@ -600,7 +602,7 @@ pub(crate) mod tests {
     #[test]
     fn a_log_buffer_filled_to_its_last_byte_is_written() {
         let dir = tempfile::tempdir().unwrap();
-        let db = open_db(&SledFiles::new(&dir.path().join("db"))).unwrap();
+        let (db, _) = open_db(&SledFiles::new(&dir.path().join("db"))).unwrap();
         let tree = db.open_tree("history").unwrap();
         for revision in 0..100_000u64 {
             let mut key = b"h".to_vec();

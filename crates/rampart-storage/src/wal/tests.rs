@@ -170,16 +170,16 @@ fn appends_write_over_zeros_written_ahead_and_opening_keeps_them() {
 #[test]
 fn zeros_where_committed_entries_must_be_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let (path, from) = {
+    let path = {
         let mut wal = Wal::open(dir.path(), Recorded::default()).unwrap();
         wal.append(entries(1, 1..=6)).unwrap();
         let segment = &wal.segments[&1];
-        (segment.path.clone(), segment.offsets[3])
+        let from = segment.offsets[3];
+        let zeros = vec![0; (segment.allocated - from) as usize];
+        segment.file.write_all_at(&zeros, from).unwrap();
+        segment.path.clone()
     };
     let len = fs::metadata(&path).unwrap().len();
-    let file = OpenOptions::new().write(true).open(&path).unwrap();
-    file.write_all_at(&vec![0; (len - from) as usize], from)
-        .unwrap();
     let committed = |index| Recorded {
         purged: None,
         committed: Some(index),
